@@ -1,0 +1,1 @@
+"""NPU driver layer shared by edged and serverd (see docs/drivers.md)."""

@@ -1,0 +1,90 @@
+"""The driver contract: every NPU/accelerator driver implements ``Driver``.
+
+A driver is one file with a pydantic config (discriminated on ``type``) and a
+class that lists its devices, loads a model file onto a device, runs a batch,
+reports health and closes. Vendor SDKs are imported inside ``load``/``__init__``
+of the driver, never at module import, so a missing SDK is reported as a
+``DriverError`` with its reason instead of breaking the daemon.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class DriverConfig(BaseModel):
+    """Base of every driver's config; subclasses pin ``type`` to a literal."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One accelerator a driver can see."""
+
+    id: str
+    model: str  # hardware model name, e.g. "cpu", "x220" (groups devices for the device plugin)
+    healthy: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+    dtype: str  # numpy dtype name
+
+
+@dataclass
+class DriverHealth:
+    ok: bool
+    detail: str = ""
+    devices: list[DeviceInfo] = field(default_factory=list)
+
+
+class LoadedModel(abc.ABC):
+    """A model loaded on one device. ``run`` may be called from several threads."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    device: str
+
+    @abc.abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output by name. Raises DriverError."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model's device memory."""
+
+
+class Driver(abc.ABC):
+    """An accelerator backend. ``type`` is the name used in config and manifests."""
+
+    type: ClassVar[str]
+    config_model: ClassVar[type[DriverConfig]]
+    file_suffixes: ClassVar[tuple[str, ...]]  # model files this driver loads, e.g. (".onnx",)
+
+    def __init__(self, config: DriverConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def devices(self) -> list[DeviceInfo]:
+        """The devices this driver can see right now."""
+
+    @abc.abstractmethod
+    def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
+        """Load a model file onto ``device`` (default: the first healthy one)."""
+
+    def health(self) -> DriverHealth:
+        devs = self.devices()
+        return DriverHealth(ok=any(d.healthy for d in devs), devices=devs)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the driver's resources."""

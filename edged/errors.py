@@ -1,0 +1,55 @@
+"""The one exception tree of EdgeFed (edged, serverd and drivers).
+
+Library errors are translated into these at the adapter that calls the library
+(``raise DriverError(...) from exc``) so callers handle one documented tree.
+Exit codes for fatal errors of the daemons are listed in ``EXIT_CODES``.
+"""
+
+from __future__ import annotations
+
+
+class EdgeFedError(Exception):
+    """Base of every error EdgeFed raises on purpose."""
+
+
+class ConfigError(EdgeFedError):
+    """A configuration file, environment override or twin value is invalid."""
+
+
+class CaptureError(EdgeFedError):
+    """A camera source cannot be opened or read."""
+
+
+class DriverError(EdgeFedError):
+    """A driver cannot list devices, load a model or run it."""
+
+
+class ImageError(EdgeFedError):
+    """A model image is missing, malformed, corrupt or badly signed."""
+
+
+class ModelError(EdgeFedError):
+    """Pre- or post-processing of a model failed on a given input."""
+
+
+class OffloadError(EdgeFedError):
+    """The offload path (outbox, MQTT, server) failed."""
+
+
+class ProtocolError(OffloadError):
+    """A wire message is malformed, oversized or of an unknown version."""
+
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_IMAGE = 3
+EXIT_DRIVER = 4
+EXIT_RUNTIME = 5
+
+EXIT_CODES = {
+    EXIT_OK: "clean stop",
+    EXIT_CONFIG: "invalid configuration",
+    EXIT_IMAGE: "a model image failed verification",
+    EXIT_DRIVER: "no driver could load a configured model",
+    EXIT_RUNTIME: "unexpected runtime failure",
+}

@@ -1,0 +1,1 @@
+"""Model images: manifest, build from recipes, signature and hash verification."""
