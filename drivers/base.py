@@ -10,6 +10,7 @@ of the driver, never at module import, so a missing SDK is reported as a
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -68,7 +69,7 @@ class Driver(abc.ABC):
     """An accelerator backend. ``type`` is the name used in config and manifests."""
 
     type: ClassVar[str]
-    config_model: ClassVar[type[DriverConfig]]
+    config_model: ClassVar[builtins.type[DriverConfig]]
     file_suffixes: ClassVar[tuple[str, ...]]  # model files this driver loads, e.g. (".onnx",)
 
     def __init__(self, config: DriverConfig) -> None:

@@ -89,7 +89,7 @@ def create(config: DriverConfig) -> Driver:
     """Instantiate a driver from its validated config."""
     cls = driver_class(config.type)
     try:
-        return cls(config)  # type: ignore[call-arg]
+        return cls(config)
     except DriverError:
         raise
     except Exception as exc:

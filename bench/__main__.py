@@ -1,0 +1,36 @@
+"""``python -m bench NAME [args]``: run bench/NAME.py's ``main(argv)`` (dashes -> underscores)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+
+def available() -> list[str]:
+    here = Path(__file__).parent
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules([str(here)])
+        if not m.name.startswith("_") and m.name != "common"
+    )
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(f"usage: python -m bench NAME [args]\nbenchmarks: {', '.join(available())}")
+        return 0 if len(sys.argv) >= 2 else 2
+    name = sys.argv[1].replace("-", "_")
+    if name.replace("_", "-") not in available():
+        print(
+            f"unknown benchmark {sys.argv[1]!r}; known: {', '.join(available())}", file=sys.stderr
+        )
+        return 2
+    module = importlib.import_module(f"bench.{name}")
+    result: int | None = module.main(sys.argv[2:])
+    return result or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

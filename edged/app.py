@@ -1,0 +1,174 @@
+"""edged start-up: compose drivers, model runners, the pipeline and the services.
+
+Services have ``start()``/``stop()`` and are stopped in reverse order. A model that
+fails to load (bad image, unknown driver, broken SDK) is reported with its reason
+and the others still run; edged refuses to start only when no model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from drivers import registry
+from drivers.base import Driver
+from edged.config import EdgedConfig, ModelConfig
+from edged.errors import DriverError, EdgeFedError
+from edged.images.verify import read_manifest
+from edged.models.runner import ModelRunner, open_runner
+from edged.pipeline import FrameSink, Pipeline
+from edged.results import EventLog, JsonlSink
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def image_path(config: EdgedConfig, model: ModelConfig) -> Path:
+    """A model's image directory: a path as given, or a name under ``images.dir``."""
+    candidate = Path(model.image)
+    if candidate.is_absolute() or "/" in model.image:
+        return candidate
+    return config.images.dir / model.image
+
+
+@dataclass
+class LoadedModels:
+    runners: dict[str, ModelRunner] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    drivers: dict[str, Driver] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+        for driver in self.drivers.values():
+            driver.close()
+
+
+def load_models(config: EdgedConfig) -> LoadedModels:
+    """Verify and load every configured model; failures are collected, not raised."""
+    out = LoadedModels()
+    for m in config.models:
+        path = image_path(config, m)
+        try:
+            driver_type = m.driver or read_manifest(path).driver
+            if driver_type not in out.drivers:
+                out.drivers[driver_type] = registry.create(config.driver_config(driver_type))
+            out.runners[m.name] = open_runner(
+                m.name,
+                path,
+                out.drivers[driver_type],
+                m.device,
+                config.images.trusted_keys,
+                config.images.allow_unsigned,
+            )
+        except EdgeFedError as exc:
+            out.failures[m.name] = str(exc)
+            log.error("model %s not loaded: %s", m.name, exc)
+    for m in config.models:
+        if m.name in out.runners and m.cascade_on is not None and m.cascade_on not in out.runners:
+            out.failures[m.name] = (
+                f"parent model {m.cascade_on!r} is not loaded; {m.name} will not run"
+            )
+    return out
+
+
+class Summary:
+    """Logs one line of throughput every ``interval`` seconds on its own thread."""
+
+    def __init__(self, pipeline: Pipeline, interval: float) -> None:
+        self._pipeline = pipeline
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="summary", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            log.info("summary %s", summary_line(self._pipeline.status()))
+
+
+def summary_line(status: dict[str, Any]) -> str:
+    cams = " ".join(
+        f"{c['name']}: {c['capture_fps']}fps in, gated {c['gated']}, static {c['skipped_static']}"
+        for c in status["cameras"]
+    )
+    models = " ".join(
+        f"{name}={m['p50_ms']}ms/{m['inferences']}" for name, m in status["models"].items()
+    )
+    return f"frames={status['frames_completed']} fps={status['pipeline_fps']} {cams} | {models}"
+
+
+class EdgedApp:
+    """The running daemon: models, pipeline, sinks and services."""
+
+    def __init__(self, config: EdgedConfig, extra_sinks: tuple[FrameSink, ...] = ()) -> None:
+        self.config = config
+        self.events = EventLog()
+        self.models = load_models(config)
+        if not self.models.runners:
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.models.failures.items())
+            raise DriverError(f"no model could be loaded ({reasons})")
+        self._jsonl = JsonlSink(config.output.results) if config.output.results else None
+        sinks: list[FrameSink] = [self.events, *extra_sinks]
+        if self._jsonl is not None:
+            sinks.append(self._jsonl)
+        self.pipeline = Pipeline(config, self.models.runners, sinks=sinks)
+        self.services: list[Service] = [
+            self.pipeline,
+            Summary(self.pipeline, config.output.summary_interval_s),
+        ]
+        self._started: list[Service] = []
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+            self._started.append(service)
+
+    def stop(self) -> None:
+        while self._started:
+            service = self._started.pop()
+            try:
+                service.stop()
+            except Exception:
+                log.exception("stopping %r failed", service)
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self.models.close()
+
+    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set, the sources end, or ``output.max_results`` is reached."""
+        limit = self.config.output.max_results
+        try:
+            self.start()
+            while not stop.wait(0.2):
+                if on_tick is not None:
+                    on_tick()
+                if self.pipeline.finished():
+                    break
+                if limit is not None and self.pipeline.completed.total >= limit:
+                    break
+        finally:
+            self.stop()
+
+    def final_summary(self) -> dict[str, Any]:
+        status = self.pipeline.status()
+        status["model_failures"] = self.models.failures
+        status["detections"] = dict(self.events.detections)
+        return status

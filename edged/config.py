@@ -1,0 +1,240 @@
+"""edged configuration: YAML file < environment (``EDGED__A__B=value``) < device twin.
+
+Every section is a pydantic v2 model with ``extra="forbid"`` and a description on
+each field; validators do no I/O. ``load_config`` turns every validation problem
+into one ``ConfigError`` whose message lists each error with its field path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers import registry
+from drivers.base import DriverConfig
+from edged.capture import CameraConfig
+from edged.errors import ConfigError
+from edged.motion import MotionConfig
+
+ENV_PREFIX = "EDGED__"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImagesConfig(_Strict):
+    dir: Path = Field(
+        Path("firmware-images/build"),
+        description="Directory holding installed model images (one sub-directory per image)",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=lambda: [Path("firmware-images/build/keys/dev-signing.pub")],
+        description="Ed25519 public keys; an image must be signed by one of them",
+    )
+    allow_unsigned: bool = Field(
+        False, description="Accept images without a valid signature (development only)"
+    )
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Name of this model in results"
+    )
+    image: str = Field(description="Model image name under images.dir, or a path to one")
+    driver: str | None = Field(None, description="Driver type; default: the image's driver")
+    device: str | None = Field(None, description="Device id on the driver; default: first healthy")
+    enabled: bool = Field(True, description="Load and run this model")
+    cascade_on: str | None = Field(
+        None,
+        description="Cascade: run on each detection of this other model (e.g. pose landmarks "
+        "on each person) instead of on gated frames",
+    )
+    regions: Literal["motion", "full", "motion+full"] = Field(
+        "motion",
+        description="Where a frame model runs: square crops around motion, the whole frame, "
+        "or both (CCTV people are small: crops find them, the whole frame gives context)",
+    )
+    every_n: int = Field(1, ge=1, description="Run on every n-th gated frame only")
+    workers: int = Field(1, ge=1, le=8, description="Inference threads for this model")
+    queue_size: int = Field(
+        2, ge=1, le=64, description="Pending frames per model; past it the oldest is dropped"
+    )
+
+
+class PipelineConfig(_Strict):
+    target_fps: float | None = Field(
+        None, gt=0, description="Upper bound on frames/s taken from each camera (None: all)"
+    )
+    lossless: bool = Field(
+        False,
+        description="Block instead of dropping when a queue is full (benchmarks, file replay)",
+    )
+
+
+class OutputConfig(_Strict):
+    results: Path | None = Field(
+        Path("var/edged/results.jsonl"), description="JSON-lines file of results (None: off)"
+    )
+    summary_interval_s: float = Field(10.0, gt=0, description="Seconds between summary log lines")
+    max_results: int | None = Field(
+        None, ge=1, description="Stop after this many frames with results (None: run forever)"
+    )
+
+
+class EdgedConfig(_Strict):
+    device_id: str = Field(
+        "edge-01",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$",
+        description="Device id: <name> or <namespace>/<name> as in KubeEdge",
+    )
+    log_level: LogLevel = Field("INFO", description="Log level")
+    state_dir: Path = Field(
+        Path("var/edged"),
+        description="Writable directory for the outbox database and twin-applied settings",
+    )
+    cameras: list[CameraConfig] = Field(min_length=1, description="Camera sources")
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, description="Three-frame motion gate"
+    )
+    drivers: list[DriverConfig] = Field(
+        default_factory=lambda: [
+            registry.parse_config({"type": "onnxruntime"}),
+            registry.parse_config({"type": "litert"}),
+        ],
+        description="Driver configs, each validated by its driver's own model (key 'type')",
+    )
+    images: ImagesConfig = Field(default_factory=ImagesConfig, description="Model images")
+    models: list[ModelConfig] = Field(min_length=1, description="Models to run")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Results output")
+
+    @field_validator("drivers", mode="before")
+    @classmethod
+    def _parse_drivers(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            if isinstance(item, DriverConfig):
+                out.append(item)
+            elif isinstance(item, dict):
+                try:
+                    out.append(registry.parse_config(item))
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+            else:
+                raise ValueError("each driver config must be a mapping with a 'type'")
+        return out
+
+    @model_validator(mode="after")
+    def _check_references(self) -> EdgedConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        for m in self.models:
+            if m.cascade_on is not None and m.cascade_on not in names:
+                raise ValueError(
+                    f"model {m.name!r}: cascade_on names unknown model {m.cascade_on!r}"
+                )
+            if m.cascade_on == m.name:
+                raise ValueError(f"model {m.name!r}: cascade_on cannot name itself")
+        types = [d.type for d in self.drivers]
+        if len(set(types)) != len(types):
+            raise ValueError("each driver type may be configured once")
+        cams = [c.name for c in self.cameras]
+        if len(set(cams)) != len(cams):
+            raise ValueError("camera names must be unique")
+        return self
+
+    def driver_config(self, type_name: str) -> DriverConfig:
+        """The configured driver of ``type_name``, or its defaults if not configured."""
+        for d in self.drivers:
+            if d.type == type_name:
+                return d
+        return registry.parse_config({"type": type_name})
+
+
+def _child(node: Any, key: str, where: str) -> Any:
+    if isinstance(node, list):
+        if not (key.isdigit() and int(key) < len(node)):
+            raise ConfigError(f"environment override {where}: no list item {key}")
+        return node[int(key)]
+    if not isinstance(node.get(key), dict | list):
+        node[key] = {}
+    return node[key]
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    where = ".".join(path)
+    node: Any = tree
+    for key in path[:-1]:
+        node = _child(node, key, where)
+    last = path[-1]
+    if isinstance(node, list):
+        _child(node, last, where)  # validates the index
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``EDGED__SECTION__FIELD=value`` variables (values parsed as YAML scalars).
+
+    List items are addressed by index: ``EDGED__CAMERAS__0__SOURCE=rtsp://...``.
+    """
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        _set_path(raw, path, yaml.safe_load(env[key]))
+    return raw
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> EdgedConfig:
+    """Validate a config mapping (after environment overrides) or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a YAML mapping at the top level")
+    raw = apply_env(raw, os.environ if env is None else env)
+    try:
+        return EdgedConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> EdgedConfig:
+    """Read, override and validate an edged YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(raw, env)
+
+
+def dump_config(config: EdgedConfig) -> str:
+    """The resolved config as YAML (what ``edged check-config`` prints)."""
+    data = config.model_dump(mode="json")
+    data["drivers"] = [d.model_dump(mode="json") for d in config.drivers]
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,317 @@
+"""The edged pipeline: capture -> three-frame gate -> N models concurrently -> sinks.
+
+One dispatcher thread per camera takes the newest frame from the camera's ring,
+runs the motion gate (CPU, well under a millisecond) and hands frames with motion to
+every enabled frame model at once. Cascade models (``cascade_on: <detector>``) run on each
+detection of their parent. A frame is complete when every model that was given it
+has finished or dropped it; complete frames go to the sinks (JSON lines, the event
+log of the status API, the offload policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edged.capture import CaptureSource, Frame, FrameRing
+from edged.config import EdgedConfig, ModelConfig
+from edged.inference import ModelWorker, Task
+from edged.models.runner import ModelRunner, landmark_region
+from edged.models.types import Box, Detection, Result, result_to_dict
+from edged.motion import GateResult, ThreeFrameGate
+from edged.regions import motion_regions
+from edged.stats import RateMeter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameJob:
+    """One gated frame in flight through the models."""
+
+    frame: Frame
+    gate: GateResult
+    motion_regions: list[Box]
+    pending: int = 0
+    results: dict[str, list[Result]] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.frame.camera}:{self.frame.index}"
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready record written to results.jsonl and the event log."""
+        return {
+            "camera": self.frame.camera,
+            "frame": self.frame.index,
+            "time": round(self.frame.wall, 3),
+            "motion": {
+                "ratio": round(self.gate.ratio, 5),
+                "boxes": [[round(v, 1) for v in b] for b in self.gate.boxes],
+            },
+            "models": {
+                name: [result_to_dict(r) for r in results] for name, results in self.results.items()
+            },
+            "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
+            "errors": self.errors,
+            "dropped": self.dropped,
+        }
+
+
+class FrameSink(Protocol):
+    def __call__(self, job: FrameJob) -> None: ...
+
+
+ModelListener = Callable[[str, FrameJob, list[Result]], None]
+
+
+def regions_for(model: ModelConfig, motion: Sequence[Box]) -> list[Box | None]:
+    """Where a frame model runs on this frame (see ModelConfig.regions)."""
+    if model.regions == "full" or not motion:
+        return [None]
+    if model.regions == "motion":
+        return list(motion)
+    return [*motion, None]
+
+
+@dataclass
+class CameraStats:
+    gated: int = 0
+    skipped_static: int = 0
+    skipped_rate: int = 0
+    frames_in: RateMeter = field(default_factory=RateMeter)
+    processed: RateMeter = field(default_factory=RateMeter)
+    motion_ratio: float = 0.0
+
+
+class CameraLoop:
+    """Capture thread + dispatcher thread for one camera."""
+
+    def __init__(self, pipeline: Pipeline, index: int) -> None:
+        cfg = pipeline.config.cameras[index]
+        self.name = cfg.name
+        self._pipeline = pipeline
+        self.ring = FrameRing(cfg.ring_size, lossless=pipeline.config.pipeline.lossless)
+        self.capture = CaptureSource(cfg, self.ring)
+        self.gate = ThreeFrameGate(pipeline.config.motion)
+        self.stats = CameraStats()
+        self._thread = threading.Thread(target=self._run, name=f"dispatch-{cfg.name}", daemon=True)
+        self._last_dispatch = 0.0
+        self.finished = threading.Event()
+
+    def start(self) -> None:
+        self.capture.start()
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.capture.stop(timeout)
+        self.ring.close()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while not self._pipeline.stopping.is_set():
+                frame = self.ring.get(timeout=0.2)
+                if frame is None:
+                    if self.capture.stats().state.value in ("ended", "failed"):
+                        break
+                    continue
+                self._dispatch(frame)
+        finally:
+            self.finished.set()
+
+    def _dispatch(self, frame: Frame) -> None:
+        st = self.stats
+        st.frames_in.tick()
+        fps = self._pipeline.target_fps
+        if fps is not None and frame.ts - self._last_dispatch < 1.0 / fps:
+            st.skipped_rate += 1
+            return
+        self._last_dispatch = frame.ts
+        gate = self.gate.update(frame.image)
+        st.motion_ratio = gate.ratio
+        if not gate.motion:
+            st.skipped_static += 1
+            return
+        st.gated += 1
+        regions = motion_regions(gate.boxes, frame.image.shape)
+        self._pipeline.submit(FrameJob(frame=frame, gate=gate, motion_regions=regions), st.gated)
+
+
+class Pipeline:
+    """Composes camera loops and model workers; thread-safe status and reconfiguration."""
+
+    def __init__(
+        self,
+        config: EdgedConfig,
+        runners: dict[str, ModelRunner],
+        sinks: Sequence[FrameSink] = (),
+        listeners: Sequence[ModelListener] = (),
+    ) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self.target_fps = config.pipeline.target_fps
+        self._models = {m.name: m for m in config.models if m.name in runners}
+        self.enabled = {m.name for m in config.models if m.enabled and m.name in runners}
+        self._children: dict[str, list[ModelConfig]] = {}
+        for m in self._models.values():
+            if m.cascade_on is not None:
+                self._children.setdefault(m.cascade_on, []).append(m)
+        self._sinks = list(sinks)
+        self._listeners = list(listeners)
+        self._lock = threading.Lock()
+        self.completed = RateMeter()
+        self.workers = {
+            name: ModelWorker(
+                name,
+                runner,
+                threads=self._models[name].workers,
+                queue_size=self._models[name].queue_size,
+                lossless=config.pipeline.lossless,
+                on_done=self._on_done,
+                on_drop=self._on_drop,
+            )
+            for name, runner in runners.items()
+            if name in self._models
+        }
+        self.cameras = [CameraLoop(self, i) for i in range(len(config.cameras))]
+        self.started = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        for w in self.workers.values():
+            w.start()
+        for cam in self.cameras:
+            cam.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.stopping.set()
+        for cam in self.cameras:
+            cam.stop(timeout / 2)
+        for w in self.workers.values():
+            w.stop(timeout / 2)
+
+    def finished(self) -> bool:
+        """True when every camera source has ended and all queued work is done."""
+        return all(c.finished.is_set() for c in self.cameras) and self.idle()
+
+    def idle(self) -> bool:
+        return all(w.depth == 0 and w.busy == 0 for w in self.workers.values())
+
+    # -- data path ---------------------------------------------------------------
+    def submit(self, job: FrameJob, gated_count: int) -> None:
+        roots = [
+            m
+            for m in self._models.values()
+            if m.cascade_on is None and m.name in self.enabled and gated_count % m.every_n == 0
+        ]
+        if not roots:
+            return
+        job.pending = len(roots)
+        for m in roots:
+            self.workers[m.name].submit(Task(job, regions_for(m, job.motion_regions)))
+
+    def _on_done(
+        self, name: str, task: Task, results: list[Result] | None, ms: float, error: Any
+    ) -> None:
+        job: FrameJob = task.job
+        children: list[tuple[ModelConfig, list[Box | None]]] = []
+        if error is not None:
+            job.errors[name] = f"{type(error).__name__}: {error}"
+        elif results is not None:
+            job.results[name] = results
+            job.latency_ms[name] = ms
+            for child in self._children.get(name, []):
+                if child.name not in self.enabled:
+                    continue
+                dets = [r for r in results if isinstance(r, Detection)]
+                dets.sort(key=lambda d: d.score, reverse=True)
+                regions: list[Box | None] = [
+                    landmark_region(d, frame_shape=job.frame.image.shape) for d in dets[:4]
+                ]
+                if regions:
+                    children.append((child, regions))
+            for listener in self._listeners:
+                listener(name, job, results)
+        with self._lock:
+            job.pending += len(children) - 1
+            done = job.pending == 0
+        for child, regions in children:
+            self.workers[child.name].submit(Task(job, regions))
+        if done:
+            self._complete(job)
+
+    def _on_drop(self, name: str, task: Task) -> None:
+        job: FrameJob = task.job
+        with self._lock:
+            job.dropped.append(name)
+            job.pending -= 1
+            done = job.pending == 0
+        if done:
+            self._complete(job)
+
+    def _complete(self, job: FrameJob) -> None:
+        self.completed.tick()
+        for cam in self.cameras:
+            if cam.name == job.frame.camera:
+                cam.stats.processed.tick()
+        for sink in self._sinks:
+            try:
+                sink(job)
+            except Exception:
+                log.exception("result sink %r failed", sink)
+
+    # -- runtime configuration ---------------------------------------------------
+    def set_enabled(self, names: Sequence[str]) -> None:
+        unknown = sorted(set(names) - set(self._models))
+        if unknown:
+            raise ValueError(f"unknown or unloaded models: {', '.join(unknown)}")
+        self.enabled = set(names)
+
+    def set_motion(self, *, threshold: int | None = None, min_pixels: int | None = None) -> None:
+        for cam in self.cameras:
+            cam.gate.reconfigure(threshold=threshold, min_pixels=min_pixels)
+
+    # -- status --------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cams = []
+        for cam in self.cameras:
+            cs = cam.capture.stats()
+            st = cam.stats
+            total = st.gated + st.skipped_static
+            cams.append(
+                {
+                    "name": cam.name,
+                    "state": cs.state.value,
+                    "capture_fps": round(cs.fps, 2),
+                    "frames": cs.frames,
+                    "ring_drops": cs.drops,
+                    "reconnects": cs.reconnects,
+                    "last_error": cs.last_error,
+                    "processed_fps": cam.stats.processed.rate,
+                    "gated": st.gated,
+                    "skipped_static": st.skipped_static,
+                    "skipped_rate": st.skipped_rate,
+                    "gate_pass_ratio": round(st.gated / total, 4) if total else None,
+                    "motion_ratio": round(st.motion_ratio, 5),
+                }
+            )
+        models = {
+            name: {"enabled": name in self.enabled, **w.runner.describe(), **w.stats()}
+            for name, w in self.workers.items()
+        }
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "frames_completed": self.completed.total,
+            "pipeline_fps": self.completed.rate,
+            "target_fps": self.target_fps,
+            "cameras": cams,
+            "models": models,
+        }

@@ -1,0 +1,62 @@
+"""Result sinks: the JSON-lines file, the recent-events log and the periodic summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from edged.pipeline import FrameJob
+
+log = logging.getLogger(__name__)
+
+
+class JsonlSink:
+    """Appends one JSON object per completed frame to ``path`` (line-buffered)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self.path = path
+
+    def __call__(self, job: FrameJob) -> None:
+        line = json.dumps(job.record(), separators=(",", ":"))
+        with self._lock:
+            self._file.write(line + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class EventLog:
+    """The last ``size`` frame records with a monotonically increasing sequence number."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._events: deque[dict[str, Any]] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self.detections: dict[str, int] = {}
+
+    def __call__(self, job: FrameJob) -> None:
+        record = job.record()
+        with self._lock:
+            self._seq += 1
+            record["seq"] = self._seq
+            self._events.append(record)
+            for name, results in job.results.items():
+                self.detections[name] = self.detections.get(name, 0) + len(results)
+
+    def page(self, after: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """Records with ``seq > after``, oldest first, at most ``limit``."""
+        with self._lock:
+            return [e for e in self._events if e["seq"] > after][:limit]
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._seq
