@@ -39,6 +39,7 @@ class FrameJob:
     pending: int = 0
     results: dict[str, list[Result]] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter
     errors: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
 
@@ -222,6 +223,8 @@ class Pipeline:
         self, name: str, task: Task, results: list[Result] | None, ms: float, error: Any
     ) -> None:
         job: FrameJob = task.job
+        end = time.perf_counter()
+        job.spans[name] = (end - ms / 1000.0, end)
         children: list[tuple[ModelConfig, list[Box | None]]] = []
         if error is not None:
             job.errors[name] = f"{type(error).__name__}: {error}"

@@ -1,0 +1,112 @@
+"""The edged command line as an operator uses it: real process, real signals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edged.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, EXIT_RUNTIME
+from tests.support.configs import demo_config, write_config
+from tests.support.paths import IMAGES_DIR
+
+EDGED = [sys.executable, "-m", "edged"]
+
+
+def edged(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGED, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_config_prints_resolved_config(tmp_path: Path) -> None:
+    proc = edged("check-config", str(write_config(tmp_path, demo_config(tmp_path))))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "threshold: 25" in proc.stdout and "name: person" in proc.stdout
+
+
+def test_check_config_lists_each_error_with_its_path(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path, motion={"threshold": 0, "downscale_width": -5})
+    proc = edged("check-config", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_CONFIG
+    assert "motion.threshold:" in proc.stderr and "motion.downscale_width:" in proc.stderr
+
+
+def test_run_stops_cleanly_on_sigterm_within_five_seconds(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, demo_config(tmp_path))
+    proc = subprocess.Popen(
+        [*EDGED, "run", "-c", str(cfg), "--compact"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    results = tmp_path / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (results.exists() and results.stat().st_size):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5.0, "edged took more than 5 s to stop"
+    assert proc.returncode == EXIT_OK, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames_completed"] >= 1
+    assert "received SIGTERM" in err
+
+
+def test_missing_video_is_one_clear_line(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["cameras"][0]["source"] = str(tmp_path / "nope.avi")
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_RUNTIME
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("edged: camera error:") and "nope.avi" in last
+
+
+def test_corrupt_video_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.avi"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 100)
+    raw = demo_config(tmp_path)
+    raw["cameras"][0]["source"] = str(bad)
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_RUNTIME
+    assert "corrupt.avi" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_driver_is_a_config_error(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["models"][0]["driver"] = "warp-drive"
+    raw["drivers"].append({"type": "warp-drive"})
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_CONFIG
+    assert "unknown driver 'warp-drive'" in proc.stderr
+
+
+def test_tampered_model_is_refused_and_the_other_models_still_run(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(IMAGES_DIR, images)
+    model = images / "face_detector" / "face_detection_short_range.tflite"
+    if not model.exists():
+        model = next(p for p in (images / "face_detector").iterdir() if p.suffix == ".tflite")
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    raw = demo_config(tmp_path, output={"max_results": 5})
+    raw["images"]["dir"] = str(images)
+    raw["cameras"][0]["pace"] = "fast"
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)), "--compact", timeout=120)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "sha256 mismatch" in summary["model_failures"]["face"]
+    assert summary["frames_completed"] >= 5 and "face" not in summary["models"]
+
+
+def test_no_loadable_model_exits_with_the_driver_code(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["models"] = [{"name": "ghost", "image": str(tmp_path / "no-such-image")}]
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_DRIVER
+    assert "no model could be loaded" in proc.stderr and "ghost" in proc.stderr

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edged.config import load_config, parse_config
+from edged.errors import ConfigError
+from tests.support.configs import demo_config, write_config
+
+
+def test_demo_config_resolves_with_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, demo_config(tmp_path)), env={})
+    assert [m.name for m in cfg.models] == ["person", "pose", "face", "scene"]
+    assert cfg.models[1].cascade_on == "person"
+    assert cfg.motion.threshold == 25
+    assert {d.type for d in cfg.drivers} == {"onnxruntime", "litert"}
+    assert cfg.driver_config("litert").type == "litert"
+
+
+def test_environment_overrides_nested_and_indexed_fields(tmp_path: Path) -> None:
+    env = {
+        "EDGED__MOTION__THRESHOLD": "40",
+        "EDGED__CAMERAS__0__LOOP": "false",
+        "EDGED__MODELS__3__EVERY_N": "7",
+        "UNRELATED": "x",
+    }
+    cfg = parse_config(demo_config(tmp_path), env=env)
+    assert cfg.motion.threshold == 40
+    assert cfg.cameras[0].loop is False
+    assert cfg.models[3].every_n == 7
+
+
+def test_every_error_is_reported_with_its_field_path(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path, motion={"threshold": 300})
+    raw["models"][0]["regions"] = "everywhere"
+    del raw["models"][2]["image"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    lines = str(info.value).splitlines()
+    assert any(line.startswith("motion.threshold:") for line in lines)
+    assert any(line.startswith("models.0.regions:") for line in lines)
+    assert any(line.startswith("models.2.image:") for line in lines)
+
+
+def test_unknown_keys_drivers_and_cascades_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="motoin"):
+        parse_config({**demo_config(tmp_path), "motoin": {}}, env={})
+    with pytest.raises(ConfigError, match="unknown driver 'npu9000'"):
+        parse_config(demo_config(tmp_path, drivers=[{"type": "npu9000"}]), env={})
+    raw = demo_config(tmp_path)
+    raw["models"][1]["cascade_on"] = "nobody"
+    with pytest.raises(ConfigError, match="unknown model 'nobody'"):
+        parse_config(raw, env={})
+
+
+def test_bad_driver_option_names_the_driver(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path, drivers=[{"type": "litert", "num_threads": "many"}])
+    with pytest.raises(ConfigError, match="litert"):
+        parse_config(raw, env={})
+
+
+def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml", env={})
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad, env={})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("cameras: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken, env={})

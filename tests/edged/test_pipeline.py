@@ -1,0 +1,114 @@
+"""The pipeline on the real video with the real demo models."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.app import EdgedApp
+from edged.config import parse_config
+from edged.models.types import Box, Result
+from tests.support.configs import demo_config
+
+
+def run_app(tmp_path: Path, app: EdgedApp) -> list[dict[str, Any]]:
+    app.run(threading.Event())
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # frames still in flight when the run stops are written with the models that dropped them
+    return [r for r in records if not r["dropped"]]
+
+
+def fast_config(tmp_path: Path, frames: int, **sections: Any) -> dict[str, Any]:
+    raw = demo_config(tmp_path, output={"max_results": frames}, pipeline={"lossless": True})
+    raw["cameras"][0] |= {"pace": "fast", "loop": False}
+    raw["models"][3]["every_n"] = 1
+    raw.update(sections)
+    return raw
+
+
+def test_four_models_run_concurrently_on_the_same_frames(tmp_path: Path) -> None:
+    app = EdgedApp(parse_config(fast_config(tmp_path, 24), env={}))
+    spans: list[dict[str, tuple[float, float]]] = []
+    app.pipeline._sinks.append(lambda job: spans.append(dict(job.spans)))
+    records = run_app(tmp_path, app)
+    assert len(records) >= 24
+    with_all = [r for r in records if {"person", "face", "scene"} <= set(r["models"])]
+    assert len(with_all) >= 20, "every gated frame goes to every frame model"
+    # people walk through vtest: the detector finds them and the cascade gives landmarks
+    assert sum(len(r["models"]["person"]) for r in records) >= 20
+    poses = [p for r in records for p in r["models"].get("pose", [])]
+    assert poses and all(len(p["points"]) == 33 for p in poses)
+    assert all(r["models"]["scene"][0]["top"] for r in with_all)
+
+    # concurrency: on some frame, two different models were running at the same moment
+    def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
+
+    complete = [s for s in spans if {"person", "face", "scene"} <= set(s)]
+    overlapping = [
+        s for s in complete if overlap(s["person"], s["face"]) or overlap(s["person"], s["scene"])
+    ]
+    assert overlapping, "models ran one after another, never together"
+    status = app.final_summary()
+    assert status["model_failures"] == {}
+    assert all(m["errors"] == 0 for m in status["models"].values())
+
+
+class Flaky:
+    """Wraps a real runner and raises on every other call (an NPU that faults)."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        self.calls = 0
+
+    def infer(self, frame: np.ndarray, regions: list[Box | None]) -> list[Result]:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError("NPU fault injected by the test")
+        results: list[Result] = self._runner.infer(frame, regions)
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = self._runner.describe()
+        return described
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+def test_a_failing_model_is_contained_and_counted(tmp_path: Path) -> None:
+    app = EdgedApp(parse_config(fast_config(tmp_path, 16), env={}))
+    flaky = Flaky(app.pipeline.workers["face"].runner)
+    app.pipeline.workers["face"].runner = flaky
+    records = run_app(tmp_path, app)
+    assert len(records) >= 16
+    failed = [r for r in records if "face" in r["errors"]]
+    assert failed and all("NPU fault injected" in r["errors"]["face"] for r in failed)
+    assert all("person" in r["models"] and "scene" in r["models"] for r in records)
+    stats = app.pipeline.status()["models"]
+    assert stats["face"]["errors"] >= len(failed)  # plus frames cut off by the stop
+    assert stats["person"]["errors"] == 0
+
+
+def test_static_frames_never_reach_a_model(tmp_path: Path) -> None:
+    still = tmp_path / "still.avi"
+    import cv2
+
+    frame = cv2.imread("/usr/share/doc/opencv-doc/examples/data/basketball1.png")
+    writer = cv2.VideoWriter(str(still), cv2.VideoWriter.fourcc(*"MJPG"), 10, frame.shape[1::-1])
+    for _ in range(30):
+        writer.write(frame)
+    writer.release()
+    raw = fast_config(tmp_path, 1000)
+    raw["cameras"][0]["source"] = str(still)
+    app = EdgedApp(parse_config(raw, env={}))
+    app.run(threading.Event())
+    cam = app.pipeline.status()["cameras"][0]
+    assert cam["skipped_static"] >= 25
+    assert cam["gated"] == 0
+    assert all(m["inferences"] == 0 for m in app.pipeline.status()["models"].values())
