@@ -1,0 +1,131 @@
+"""``python -m bench multimodel``: the concurrent pipeline against a sequential loop.
+
+Both phases use the SAME loaded sessions (the demo models: person detector, pose landmarks
+on each person, face detector, scene classifier every 5th frame) on the SAME first N
+frames of vtest.avi with the same gate, regions and cascades. The pipeline phase is the
+real ``Pipeline`` (capture thread, dispatcher, one worker per model, lossless queues so no
+frame is dropped); the sequential phase is a bare loop calling the models one after
+another. ``peak_rss_mb`` is this process's peak resident memory: edged's own peak with
+the demo models loaded and running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import yaml
+
+from edged.app import load_models
+from edged.config import EdgedConfig, parse_config
+from edged.models.runner import ModelRunner, landmark_region
+from edged.models.types import Detection
+from edged.motion import ThreeFrameGate
+from edged.pipeline import FrameJob, Pipeline, regions_for
+from edged.regions import motion_regions
+
+REPO = Path(__file__).resolve().parents[1]
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def bench_config(frames: int) -> EdgedConfig:
+    raw: dict[str, Any] = yaml.safe_load((REPO / "packaging/dev/demo-edged.yaml").read_text())
+    raw["cameras"][0] |= {"source": VTEST, "pace": "fast", "loop": False}
+    raw["pipeline"] = {"lossless": True}
+    raw["output"] = {"results": None, "max_results": frames, "summary_interval_s": 3600}
+    raw["images"] = {
+        "dir": str(REPO / "firmware-images/build"),
+        "trusted_keys": [str(REPO / "firmware-images/build/keys/dev-signing.pub")],
+    }
+    return parse_config(raw, env={})
+
+
+def run_pipeline(config: EdgedConfig, runners: dict[str, ModelRunner], frames: int) -> float:
+    done = threading.Event()
+    count = 0
+
+    def sink(job: FrameJob) -> None:
+        nonlocal count
+        count += 1
+        if count >= frames:
+            done.set()
+
+    pipeline = Pipeline(config, runners, sinks=[sink])
+    start = time.perf_counter()
+    pipeline.start()
+    while not done.wait(0.05) and not pipeline.finished():
+        pass
+    elapsed = time.perf_counter() - start
+    pipeline.stop()
+    return count / elapsed
+
+
+def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames: int) -> float:
+    cap = cv2.VideoCapture(VTEST)
+    images = []
+    while len(images) < frames + 2:  # the gate needs two frames before the first decision
+        ok, image = cap.read()
+        if not ok:
+            break
+        images.append(image)
+    cap.release()
+    gate = ThreeFrameGate(config.motion)
+    models = {m.name: m for m in config.models}
+    roots = [m for m in config.models if m.cascade_on is None]
+    children = [m for m in config.models if m.cascade_on is not None]
+    start = time.perf_counter()
+    processed = gated = 0
+    for image in images:
+        result = gate.update(image)
+        if not result.motion:
+            continue
+        gated += 1
+        regions = motion_regions(result.boxes, image.shape)
+        for m in roots:
+            if gated % m.every_n:
+                continue
+            out = runners[m.name].infer(image, regions_for(m, regions))
+            for child in children:
+                if child.cascade_on != m.name:
+                    continue
+                dets = sorted((r for r in out if isinstance(r, Detection)), key=lambda d: -d.score)[
+                    :4
+                ]
+                if dets:
+                    crops = [landmark_region(d, frame_shape=image.shape) for d in dets]
+                    runners[models[child.name].name].infer(image, list(crops))
+        processed += 1
+    return processed / (time.perf_counter() - start)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench multimodel")
+    parser.add_argument("--frames", type=int, default=150, help="frames per phase")
+    args = parser.parse_args(argv)
+    config = bench_config(args.frames)
+    loaded = load_models(config)
+    if loaded.failures:
+        raise SystemExit(f"models failed to load: {loaded.failures}")
+    try:
+        run_sequential(config, loaded.runners, 5)  # warm-up: first-run allocations
+        pipeline_fps = run_pipeline(config, loaded.runners, args.frames)
+        sequential_fps = run_sequential(config, loaded.runners, args.frames)
+    finally:
+        loaded.close()
+    result = {
+        "models": sorted(loaded.runners),
+        "frames": args.frames,
+        "pipeline_fps": round(pipeline_fps, 2),
+        "sequential_fps": round(sequential_fps, 2),
+        "ratio": round(pipeline_fps / sequential_fps, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "targets": {"ratio": ">= 1.3", "peak_rss_mb": "< 500"},
+    }
+    print(json.dumps(result))
+    return 0
