@@ -1,0 +1,154 @@
+"""A faithful fake of a vendor NPU, for tests, demos and the device plugin without hardware.
+
+It behaves like a vendor driver whose kernel module exposes one sysfs-like state file per
+device: ``<state_dir>/npu<N>`` holds ``ok`` or ``fault`` (optionally followed by a reason,
+e.g. ``fault thermal trip``). Operators and tests flip a device's health by writing that
+file. Models are ``.onnx`` files that run on ONNX Runtime's CPU provider underneath, with
+an optional simulated device latency; a faulted device refuses to load or run models.
+Nothing here pretends to be real hardware: every id, message and resource says "fake".
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edged.errors import DriverError
+
+from .base import DeviceInfo, Driver, DriverConfig, LoadedModel
+from .onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
+
+STATE_OK = "ok"
+STATE_FAULT = "fault"
+_DEVICE_FILE = re.compile(r"^npu(\d+)$")
+
+
+class FakeNpuConfig(DriverConfig):
+    type: Literal["fake-npu"] = Field(description="Driver type")
+    devices: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Devices the fake card has; their state files are created",
+    )
+    model_name: str = Field(
+        default="fake-x220",
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+        description="Hardware model name reported for every device (groups device-plugin "
+        "resources, e.g. edgefed.io/npu-fake-x220)",
+    )
+    state_dir: Path = Field(
+        default=Path("var/fake-npu"),
+        description="Directory simulating the vendor's sysfs: one file per device (npu0, "
+        "npu1, ...) holding 'ok' or 'fault [reason]'",
+    )
+    latency_ms: float = Field(
+        default=0.0, ge=0, le=10_000, description="Simulated device latency added to every run"
+    )
+
+
+def read_state(path: Path) -> tuple[bool, str]:
+    """Health and detail of one device from its state file."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return False, f"state file unreadable: {exc.strerror or exc}"
+    word, _, reason = text.partition(" ")
+    if word.lower() == STATE_OK:
+        return True, ""
+    if word.lower() == STATE_FAULT:
+        return False, f"fault: {reason.strip()}" if reason.strip() else "fault"
+    return False, f"unknown state {text[:40]!r} (expected 'ok' or 'fault')"
+
+
+class FakeNpuModel(LoadedModel):
+    """A model 'on' one fake NPU: checks the device state before each run, then runs on ORT."""
+
+    def __init__(self, inner: LoadedModel, state_file: Path, device: str, latency_s: float):
+        self._inner = inner
+        self._state_file = state_file
+        self._latency_s = latency_s
+        self.device = device
+        self.inputs = inner.inputs
+        self.outputs = inner.outputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        healthy, detail = read_state(self._state_file)
+        if not healthy:
+            raise DriverError(f"fake-npu: device {self.device} cannot run: {detail}")
+        if self._latency_s:
+            time.sleep(self._latency_s)
+        return self._inner.run(feeds)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class FakeNpuDriver(Driver):
+    config_model: ClassVar[type[DriverConfig]] = FakeNpuConfig
+    type: ClassVar[str] = "fake-npu"
+    file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def __init__(self, config: DriverConfig) -> None:
+        if not isinstance(config, FakeNpuConfig):
+            raise DriverError(f"fake-npu driver needs a FakeNpuConfig, got {config.type}")
+        super().__init__(config)
+        self.cfg = config
+        self._runtime: OnnxRuntimeDriver | None = None
+        try:  # the "kernel module" creates its device entries; existing states are kept
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            for index in range(config.devices):
+                state = config.state_dir / f"npu{index}"
+                if not state.exists():
+                    state.write_text(STATE_OK + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise DriverError(
+                f"fake-npu: cannot prepare state dir {config.state_dir}: {exc}"
+            ) from exc
+
+    def state_file(self, device: str) -> Path:
+        """The file that holds ``device``'s state (write 'ok' or 'fault' to flip it)."""
+        return self.cfg.state_dir / device
+
+    def devices(self) -> list[DeviceInfo]:
+        try:
+            names = [p.name for p in self.cfg.state_dir.iterdir() if _DEVICE_FILE.match(p.name)]
+        except OSError as exc:
+            raise DriverError(f"fake-npu: cannot list {self.cfg.state_dir}: {exc}") from exc
+        names.sort(key=lambda n: int(n[3:]))
+        out = []
+        for name in names:
+            healthy, detail = read_state(self.cfg.state_dir / name)
+            out.append(DeviceInfo(name, self.cfg.model_name, healthy, detail))
+        return out
+
+    def _pick(self, device: str | None) -> DeviceInfo:
+        devs = self.devices()
+        if device is None:
+            healthy = [d for d in devs if d.healthy]
+            if not healthy:
+                raise DriverError("fake-npu: no healthy device")
+            return healthy[0]
+        for dev in devs:
+            if dev.id == device:
+                if not dev.healthy:
+                    raise DriverError(f"fake-npu: device {device} is not healthy: {dev.detail}")
+                return dev
+        known = ", ".join(d.id for d in devs) or "none"
+        raise DriverError(f"fake-npu: unknown device {device!r} (present: {known})")
+
+    def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
+        dev = self._pick(device)
+        if model_file.suffix not in self.file_suffixes:
+            raise DriverError(f"fake-npu: cannot load {model_file.name}: only .onnx files")
+        if self._runtime is None:  # imports onnxruntime: the fake's "vendor SDK"
+            self._runtime = OnnxRuntimeDriver(
+                OnnxRuntimeConfig.model_validate({"type": "onnxruntime"})
+            )
+        inner = self._runtime.load(model_file, "cpu")
+        return FakeNpuModel(inner, self.state_file(dev.id), dev.id, self.cfg.latency_ms / 1000)

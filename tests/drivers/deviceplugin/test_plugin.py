@@ -1,0 +1,212 @@
+"""The device plugin process against a kubelet stand-in serving the real Registration API."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from drivers.deviceplugin.stubs import Api
+from tests.support.paths import REPO
+
+from .conftest import PluginProcess, plugin_command
+from .kubelet import WAIT_S, KubeletStandIn
+
+RESOURCE = "edgefed.io/npu-fake-x220"
+ENDPOINT = "edgefed.io_npu-fake-x220.sock"
+ALL_HEALTHY = {"npu0": "Healthy", "npu1": "Healthy"}
+
+
+def plugin_stub(api: Api, socket_dir: Path, endpoint: str = ENDPOINT) -> Any:
+    channel = grpc.insecure_channel(f"unix:{socket_dir / endpoint}")
+    return api.grpc.DevicePluginStub(channel)
+
+
+def test_registers_with_the_kubelet(
+    api: Api, kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    request = kubelet.next_registration()
+    assert request.version == "v1beta1"
+    assert request.resource_name == RESOURCE
+    assert request.endpoint == ENDPOINT
+    assert (socket_dir / ENDPOINT).is_socket()
+    assert request.options.get_preferred_allocation_available is True
+    assert request.options.pre_start_required is False
+
+
+def test_list_and_watch_streams_health_changes(
+    kubelet: KubeletStandIn, plugin: PluginProcess
+) -> None:
+    kubelet.next_registration()
+    assert kubelet.next_devices() == ALL_HEALTHY
+    (plugin.state_dir / "npu1").write_text("fault ecc error\n", encoding="utf-8")
+    assert kubelet.next_devices() == {"npu0": "Healthy", "npu1": "Unhealthy"}
+    (plugin.state_dir / "npu1").write_text("ok\n", encoding="utf-8")
+    assert kubelet.next_devices() == ALL_HEALTHY
+    (plugin.state_dir / "npu0").unlink()  # hot-unplug: the device disappears from the list
+    assert kubelet.next_devices() == {"npu1": "Healthy"}
+    assert "npu1=Unhealthy (fault: ecc error)" in plugin.output()
+
+
+def test_a_driver_that_cannot_list_reports_its_devices_unhealthy(
+    kubelet: KubeletStandIn, plugin: PluginProcess
+) -> None:
+    kubelet.next_registration()
+    assert kubelet.next_devices() == ALL_HEALTHY
+    shutil.rmtree(plugin.state_dir)  # the vendor's sysfs is gone: devices() raises
+    assert kubelet.next_devices() == {"npu0": "Unhealthy", "npu1": "Unhealthy"}
+    assert "cannot list devices" in plugin.output()
+    assert plugin.proc.poll() is None  # contained: the plugin keeps serving
+
+
+def test_allocate_returns_env_devices_mounts_and_annotations(
+    api: Api, kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    kubelet.next_registration()
+    kubelet.next_devices()
+    stub = plugin_stub(api, socket_dir)
+    pb = api.pb
+    request = pb.AllocateRequest(
+        container_requests=[pb.ContainerAllocateRequest(devices_ids=["npu1", "npu0"])]
+    )
+    (container,) = stub.Allocate(request, timeout=WAIT_S).container_responses
+    assert dict(container.envs) == {
+        "EDGEFED_NPU_DEVICES": "npu0,npu1",
+        "EDGEFED_NPU_RESOURCE": RESOURCE,
+    }
+    assert [(d.host_path, d.container_path, d.permissions) for d in container.devices] == [
+        ("/dev/fake-npu0", "/dev/fake-npu0", "rw"),
+        ("/dev/fake-npu1", "/dev/fake-npu1", "rw"),
+    ]
+    assert [(m.host_path, m.container_path, m.read_only) for m in container.mounts] == [
+        (str(plugin.state_dir), "/run/fake-npu", True)
+    ]
+    assert dict(container.annotations) == {"edgefed.io/npu-devices": "npu0,npu1"}
+
+
+def test_allocate_refuses_unknown_and_faulted_devices(
+    api: Api, kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    kubelet.next_registration()
+    kubelet.next_devices()
+    stub = plugin_stub(api, socket_dir)
+    pb = api.pb
+
+    def allocate(*ids: str) -> Any:
+        request = pb.AllocateRequest(
+            container_requests=[pb.ContainerAllocateRequest(devices_ids=ids)]
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Allocate(request, timeout=WAIT_S)
+        return caught.value
+
+    error = allocate("npu7")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown device 'npu7'" in error.details()
+    (plugin.state_dir / "npu0").write_text("fault thermal trip\n", encoding="utf-8")
+    kubelet.devices_until({"npu0": "Unhealthy", "npu1": "Healthy"})
+    assert "thermal trip" in allocate("npu0").details()
+
+
+def test_options_and_preferred_allocation(
+    api: Api, kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    kubelet.next_registration()
+    stub = plugin_stub(api, socket_dir)
+    pb = api.pb
+    options = stub.GetDevicePluginOptions(pb.Empty(), timeout=WAIT_S)
+    assert options.get_preferred_allocation_available
+    request = pb.PreferredAllocationRequest(
+        container_requests=[
+            pb.ContainerPreferredAllocationRequest(
+                available_deviceIDs=["npu1", "npu0"], must_include_deviceIDs=[], allocation_size=1
+            ),
+            pb.ContainerPreferredAllocationRequest(
+                available_deviceIDs=["npu0", "npu1"],
+                must_include_deviceIDs=["npu1"],
+                allocation_size=1,
+            ),
+        ]
+    )
+    response = stub.GetPreferredAllocation(request, timeout=WAIT_S)
+    assert [list(c.deviceIDs) for c in response.container_responses] == [["npu0"], ["npu1"]]
+    assert (
+        stub.PreStartContainer(pb.PreStartContainerRequest(devices_ids=["npu0"]), timeout=WAIT_S)
+        == pb.PreStartContainerResponse()
+    )
+
+
+def test_registers_again_after_the_kubelet_restarts(
+    kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    first = kubelet.next_registration()
+    assert kubelet.next_devices() == ALL_HEALTHY
+    kubelet.restart()  # kubelet.sock recreated, the plugin's socket wiped
+    again = kubelet.next_registration()
+    assert (again.resource_name, again.endpoint) == (first.resource_name, first.endpoint)
+    assert (socket_dir / ENDPOINT).is_socket()
+    assert kubelet.devices_until(ALL_HEALTHY) == ALL_HEALTHY  # served from the new socket
+    (plugin.state_dir / "npu0").write_text("fault\n", encoding="utf-8")
+    assert kubelet.devices_until({"npu0": "Unhealthy", "npu1": "Healthy"})
+
+
+def test_waits_for_a_kubelet_that_starts_later(
+    api: Api, socket_dir: Path, plugin: PluginProcess
+) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not (socket_dir / ENDPOINT).is_socket():  # serving, but no kubelet to register with
+        assert time.monotonic() < deadline, plugin.output()
+        time.sleep(0.05)
+    kubelet = KubeletStandIn(api, socket_dir)
+    try:
+        kubelet.start()
+        assert kubelet.next_registration().resource_name == RESOURCE
+        assert kubelet.next_devices() == ALL_HEALTHY
+    finally:
+        kubelet.stop()
+    assert "waiting for the kubelet" in plugin.output()
+
+
+def test_sigterm_stops_cleanly_and_removes_its_socket(
+    kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    kubelet.next_registration()
+    assert plugin.stop() == 0
+    assert not (socket_dir / ENDPOINT).exists()
+    assert "device plugin stopped" in plugin.output()
+
+
+def test_bad_driver_config_is_a_one_line_config_error(tmp_path: Path, socket_dir: Path) -> None:
+    config = tmp_path / "driver.yaml"
+    config.write_text("type: fake-npu\ndevices: 0\n", encoding="utf-8")
+    proc = subprocess.run(
+        plugin_command(config, socket_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "invalid configuration" in line and "devices" in line
+
+
+def test_unknown_driver_type_is_refused(tmp_path: Path, socket_dir: Path) -> None:
+    config = tmp_path / "driver.yaml"
+    config.write_text("type: no-such-npu\n", encoding="utf-8")
+    proc = subprocess.run(
+        plugin_command(config, socket_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown driver 'no-such-npu'" in proc.stderr
