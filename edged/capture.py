@@ -1,0 +1,397 @@
+"""Camera capture: OpenCV reads a file, a network stream or a V4L2 device in its own thread.
+
+Frames go into a ``FrameRing`` (bounded; newest wins, or lossless for benchmarks).
+A file that cannot be opened or decoded fails ``start()`` with a ``CaptureError``;
+a stream or device that is unreachable or disappears is reopened with capped
+exponential backoff (with jitter) and the capture resumes. ``stop()`` returns within
+its timeout even while the thread backs off; a read blocked inside OpenCV ends by
+the stream's own timeout (``io_timeout_s``) and the daemon thread exits then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, NoReturn, Protocol
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edged.errors import CaptureError
+from edged.ring import Frame, FrameRing  # re-exported: callers import the ring from here
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_FPS = 25.0
+_FPS_EMA_ALPHA = 0.1
+_PUT_POLL_S = 0.2
+_STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+
+
+class SourceKind(StrEnum):
+    FILE = "file"
+    STREAM = "stream"
+    DEVICE = "device"
+
+
+def source_kind(source: str | int) -> SourceKind:
+    """File path, network stream URL or V4L2 device (index or /dev/video*)."""
+    if isinstance(source, int) or source.startswith("/dev/video"):
+        return SourceKind.DEVICE
+    scheme, sep, _ = source.partition("://")
+    if sep and scheme.lower() in _STREAM_SCHEMES:
+        return SourceKind.STREAM
+    return SourceKind.FILE
+
+
+class CameraConfig(BaseModel):
+    """One camera source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Camera name in results"
+    )
+    source: int | str = Field(
+        description="Video file path, stream URL (rtsp://, http://, ...) or V4L2 device "
+        "(index such as 0, or /dev/videoN)"
+    )
+    loop: bool = Field(False, description="Files only: rewind at the end instead of ending")
+    pace: Literal["native", "fast"] = Field(
+        "native",
+        description="Files only: 'native' delivers frames at the file's fps, 'fast' as fast as "
+        "they decode (live sources always arrive at their own rate)",
+    )
+    ring_size: int = Field(4, ge=1, le=256, description="Frames buffered before the oldest drops")
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, description="First wait before reopening a lost stream or device"
+    )
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="Cap of the doubling wait between reopen attempts"
+    )
+    reconnect_jitter: float = Field(
+        0.2, ge=0, le=1, description="Random share (+/-) applied to each reconnect wait"
+    )
+    io_timeout_s: float = Field(
+        10.0, gt=0, description="Streams: open and read timeout before a reconnect"
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _digits_are_devices(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("source must be a path, URL or device index, not a boolean")
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("source must not be empty")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"device index must be >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+    @property
+    def kind(self) -> SourceKind:
+        return source_kind(self.source)
+
+
+class VideoReader(Protocol):
+    """The part of ``cv2.VideoCapture`` the capture uses."""
+
+    def isOpened(self) -> bool: ...
+
+    def read(self) -> tuple[bool, Any]: ...
+
+    def get(self, prop_id: int) -> float: ...
+
+    def set(self, prop_id: int, value: float) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+Opener = Callable[[str | int], VideoReader]
+
+
+def open_video(source: str | int, timeout_s: float = 10.0) -> VideoReader:
+    """Open a source with OpenCV: FFmpeg for files and streams (with timeouts), V4L2 else."""
+    kind = source_kind(source)
+    if kind is SourceKind.DEVICE:
+        return cv2.VideoCapture(source, cv2.CAP_V4L2)
+    if kind is SourceKind.STREAM:
+        ms = int(timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        return cv2.VideoCapture(str(source), cv2.CAP_FFMPEG, params)
+    return cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+
+
+class Backoff:
+    """Capped exponential backoff with +/- jitter: initial, 2x, 4x, ... up to ``maximum``."""
+
+    def __init__(
+        self, initial: float, maximum: float, jitter: float, rng: random.Random | None = None
+    ) -> None:
+        self._initial, self._max, self._jitter = initial, maximum, jitter
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next(self) -> float:
+        base = min(self._max, self._initial * 2.0 ** min(self._attempt, 62))
+        self._attempt += 1
+        spread = base * self._jitter
+        return max(0.0, min(self._max, base + self._rng.uniform(-spread, spread)))
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class CaptureState(StrEnum):
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # a file reached its end (loop off)
+    FAILED = "failed"  # cannot continue: see last_error
+    STOPPED = "stopped"  # stop() was called
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    state: CaptureState
+    frames: int  # frames delivered to the ring
+    drops: int  # frames the ring dropped (newest wins)
+    reconnects: int  # times frames flowed again after the source was lost
+    retries: int  # failed open attempts
+    fps: float  # smoothed delivery rate (0 unless running)
+    last_error: str | None
+
+
+class CaptureSource:
+    """Reads one camera into a ring from a named daemon thread."""
+
+    def __init__(
+        self,
+        config: CameraConfig,
+        ring: FrameRing,
+        opener: Opener | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._ring = ring
+        self._opener: Opener = opener or (lambda s: open_video(s, config.io_timeout_s))
+        self._kind = config.kind
+        self._backoff = Backoff(
+            config.reconnect_initial_s, config.reconnect_max_s, config.reconnect_jitter, rng
+        )
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._state = CaptureState.CONNECTING
+        self._frames = 0
+        self._reconnects = 0
+        self._retries = 0
+        self._lost = False
+        self._ema_dt: float | None = None
+        self._last_ts: float | None = None
+        self._last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the capture thread; a file that cannot be read raises CaptureError here."""
+        if self._thread is not None:
+            raise RuntimeError(f"camera {self.config.name}: capture already started")
+        reader, first = self._open_file() if self._kind is SourceKind.FILE else (None, None)
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(reader, first),
+            name=f"capture-{self.config.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask the thread to stop and wait up to ``timeout`` seconds for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stats(self) -> CaptureStats:
+        with self._lock:
+            ema = self._ema_dt if self._state is CaptureState.RUNNING else None
+            return CaptureStats(
+                state=self._state,
+                frames=self._frames,
+                drops=self._ring.drops,
+                reconnects=self._reconnects,
+                retries=self._retries,
+                fps=1.0 / ema if ema else 0.0,
+                last_error=self._last_error,
+            )
+
+    # -- opening ---------------------------------------------------------------------
+    def _open_file(self) -> tuple[VideoReader, np.ndarray]:
+        """Open a file and decode its first frame, so a bad file fails at start."""
+        path = Path(str(self.config.source))
+        where = f"camera {self.config.name}: video file {path}"
+        if not path.is_file():
+            self._fail(f"{where} does not exist")
+        reader = self._open()
+        if reader is None:
+            self._fail(f"{where} cannot be opened (not a video OpenCV can decode)")
+        first = self._read(reader)
+        if first is None:
+            reader.release()
+            self._fail(f"{where} has no decodable frame")
+        return reader, first
+
+    def _fail(self, message: str) -> NoReturn:
+        self._set_state(CaptureState.FAILED, message)
+        raise CaptureError(message)
+
+    def _open(self) -> VideoReader | None:
+        try:
+            reader = self._opener(self.config.source)
+        except (cv2.error, OSError, ValueError) as exc:
+            self._note_error(f"open failed: {exc}")
+            return None
+        if reader.isOpened():
+            return reader
+        reader.release()
+        self._note_error(f"cannot open {self._describe_source()}")
+        return None
+
+    def _connect(self) -> VideoReader | None:
+        """Open a stream/device, backing off between attempts; None once stop() is called."""
+        while not self._stop.is_set():
+            reader = self._open()
+            if reader is not None:
+                return reader
+            with self._lock:
+                self._retries += 1
+            if self._stop.wait(self._backoff.next()):
+                break
+        return None
+
+    def _describe_source(self) -> str:
+        return f"{self._kind.value} {self.config.source}"
+
+    # -- the thread ------------------------------------------------------------------
+    def _run(self, reader: VideoReader | None, first: np.ndarray | None) -> None:
+        try:
+            self._loop(reader, first)
+        except Exception as exc:  # contained: a capture bug never kills the daemon
+            log.exception("camera %s: capture thread failed", self.config.name)
+            self._set_state(CaptureState.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                if self._state not in (CaptureState.ENDED, CaptureState.FAILED):
+                    self._state = CaptureState.STOPPED
+
+    def _loop(self, reader: VideoReader | None, first: np.ndarray | None) -> None:
+        if reader is None:
+            reader = self._connect()
+        interval = self._frame_interval(reader) if reader is not None else 0.0
+        due = time.monotonic()
+        while reader is not None and not self._stop.is_set():
+            image = first if first is not None else self._read(reader)
+            first = None
+            if image is not None:
+                if not self._deliver(image):
+                    break
+                if interval:
+                    due = self._pace(due, interval)
+                continue
+            reader.release()
+            reader = None
+            if self._kind is SourceKind.FILE:
+                if not self.config.loop:
+                    self._set_state(CaptureState.ENDED, None)
+                    log.info("camera %s: end of file", self.config.name)
+                    return
+                reader = self._open()
+                if reader is None:
+                    self._set_state(CaptureState.FAILED, "cannot reopen the file to loop")
+                    return
+                continue
+            self._lost = True
+            self._set_state(CaptureState.RECONNECTING, f"{self._describe_source()} lost")
+            log.warning("camera %s: source lost, reconnecting", self.config.name)
+            reader = self._connect()
+        if reader is not None:
+            reader.release()
+
+    def _read(self, reader: VideoReader) -> np.ndarray | None:
+        """The next decoded frame, or None at the end of a file or when a source fails."""
+        try:
+            ok, image = reader.read()
+        except cv2.error as exc:
+            self._note_error(f"read failed: {exc}")
+            return None
+        if not ok or not isinstance(image, np.ndarray) or image.size == 0:
+            return None
+        return image
+
+    def _deliver(self, image: np.ndarray) -> bool:
+        """Put one frame in the ring; False when the ring is closed or stop() was called."""
+        now = time.monotonic()
+        with self._lock:
+            if self._state is not CaptureState.RUNNING:
+                if self._lost:
+                    self._reconnects += 1
+                    self._lost = False
+                    log.info("camera %s: frames flow again", self.config.name)
+                self._state = CaptureState.RUNNING
+                self._ema_dt = self._last_ts = None  # the gap is not a frame interval
+            if self._last_ts is not None:
+                dt = max(now - self._last_ts, 1e-6)
+                ema = self._ema_dt
+                self._ema_dt = dt if ema is None else ema + _FPS_EMA_ALPHA * (dt - ema)
+            self._last_ts = now
+            frame = Frame(self.config.name, self._frames, now, time.time(), image)
+            self._frames += 1
+        self._backoff.reset()
+        while not self._stop.is_set():
+            if self._ring.put(frame, timeout=_PUT_POLL_S):
+                return True
+            if self._ring.closed:
+                return False
+        return False
+
+    def _frame_interval(self, reader: VideoReader) -> float:
+        if self._kind is not SourceKind.FILE or self.config.pace == "fast":
+            return 0.0
+        fps = reader.get(cv2.CAP_PROP_FPS)
+        if not (math.isfinite(fps) and 0 < fps <= 1000):
+            fps = _DEFAULT_FPS
+        return 1.0 / fps
+
+    def _pace(self, due: float, interval: float) -> float:
+        due += interval
+        wait = due - time.monotonic()
+        if wait > 0:
+            self._stop.wait(wait)
+        elif wait < -1.0:  # fell far behind (slow consumer): do not burst to catch up
+            due = time.monotonic()
+        return due
+
+    # -- state -------------------------------------------------------------------------
+    def _set_state(self, state: CaptureState, error: str | None) -> None:
+        with self._lock:
+            self._state = state
+            if error is not None:
+                self._last_error = error
+
+    def _note_error(self, error: str) -> None:
+        with self._lock:
+            self._last_error = error

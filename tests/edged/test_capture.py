@@ -1,0 +1,320 @@
+"""Capture from real video: files through OpenCV/FFmpeg and a real MJPEG-over-HTTP camera.
+
+The vanishing camera is an HTTP server (started by the test on a free port) that
+streams JPEG frames encoded from vtest.avi as ``multipart/x-mixed-replace``, the
+way IP cameras serve MJPEG; OpenCV's FFmpeg backend reads it like any camera URL.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from edged.capture import (
+    Backoff,
+    CameraConfig,
+    CaptureSource,
+    CaptureState,
+    Frame,
+    FrameRing,
+    SourceKind,
+    source_kind,
+)
+from edged.errors import CaptureError
+from tests.support.paths import VTEST
+
+WAIT_S = 20.0  # generous upper bound for conditions; never a timing assertion
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def frame(i: int) -> Frame:
+    return Frame("cam", i, float(i), float(i), np.zeros((2, 2, 3), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    cap = cv2.VideoCapture(str(VTEST))
+    out = []
+    for _ in range(12):
+        ok, image = cap.read()
+        assert ok
+        out.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+    cap.release()
+    return out
+
+
+@pytest.fixture
+def short_clip(tmp_path: Path) -> Path:
+    """A real 8-frame MJPG/AVI file cut from vtest.avi."""
+    path = tmp_path / "short.avi"
+    cap = cv2.VideoCapture(str(VTEST))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (768, 576))
+    for _ in range(8):
+        ok, image = cap.read()
+        assert ok
+        writer.write(image)
+    writer.release()
+    cap.release()
+    return path
+
+
+class MjpegCamera:
+    """An IP camera serving MJPEG over HTTP; ``stop()`` cuts every client like a power loss."""
+
+    def __init__(self, jpegs: list[bytes], port: int = 0) -> None:
+        self.jpegs = jpegs
+        self.halt = threading.Event()
+        camera = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not camera.halt.is_set():
+                        jpg = camera.jpegs[i % len(camera.jpegs)]
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpg)}"
+                        self.wfile.write(head.encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                        i += 1
+                        camera.halt.wait(0.02)
+                except OSError:
+                    pass  # the client went away
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/video.mjpg"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="mjpeg-camera")
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def camera(jpegs: list[bytes]) -> Iterator[MjpegCamera]:
+    cam = MjpegCamera(jpegs)
+    yield cam
+    if not cam.halt.is_set():
+        cam.stop()
+
+
+def drain(ring: FrameRing, stop: threading.Event, seen: list[Frame]) -> threading.Thread:
+    def run() -> None:
+        while not stop.is_set():
+            f = ring.get(timeout=0.1)
+            if f is not None:
+                seen.append(f)
+
+    t = threading.Thread(target=run, name="test-consumer", daemon=True)
+    t.start()
+    return t
+
+
+# -- FrameRing --------------------------------------------------------------------------
+def test_ring_newest_wins_and_counts_drops() -> None:
+    ring = FrameRing(3)
+    for i in range(5):
+        assert ring.put(frame(i))
+    assert ring.drops == 2 and len(ring) == 3
+    assert [ring.get(0).index for _ in range(3)] == [2, 3, 4]  # type: ignore[union-attr]
+    assert ring.get(timeout=0.01) is None
+
+
+def test_ring_close_wakes_a_waiting_consumer() -> None:
+    ring = FrameRing(2)
+    got: list[Frame | None] = []
+    t = threading.Thread(target=lambda: got.append(ring.get(timeout=None)))
+    t.start()
+    ring.close()
+    t.join(WAIT_S)
+    assert not t.is_alive() and got == [None]
+    assert not ring.put(frame(0))
+
+
+def test_lossless_ring_blocks_instead_of_dropping() -> None:
+    ring = FrameRing(2, lossless=True)
+    assert ring.put(frame(0)) and ring.put(frame(1))
+    assert not ring.put(frame(2), timeout=0.01)  # full: refused, not dropped
+    done = threading.Event()
+    t = threading.Thread(target=lambda: done.set() if ring.put(frame(2)) else None)
+    t.start()
+    assert ring.get(0) is not None
+    t.join(WAIT_S)
+    assert done.is_set() and ring.drops == 0
+    assert [ring.get(0).index for _ in range(2)] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_ring_rejects_zero_capacity() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        FrameRing(0)
+
+
+# -- config and pure helpers ------------------------------------------------------------
+def test_source_kinds_and_config() -> None:
+    assert source_kind(0) is SourceKind.DEVICE
+    assert source_kind("/dev/video2") is SourceKind.DEVICE
+    assert source_kind("rtsp://cam/stream") is SourceKind.STREAM
+    assert source_kind("HTTP://cam/video.mjpg") is SourceKind.STREAM
+    assert source_kind("clips/a.mp4") is SourceKind.FILE
+    assert CameraConfig(name="c", source="1").source == 1  # env overrides arrive as strings
+    with pytest.raises(ValidationError, match="reconnect_max_s"):
+        CameraConfig(name="c", source="a.mp4", reconnect_initial_s=5, reconnect_max_s=1)
+    with pytest.raises(ValidationError, match="extra"):
+        CameraConfig.model_validate({"name": "c", "source": "a.mp4", "fps": 3})
+    with pytest.raises(ValidationError, match="device index"):
+        CameraConfig(name="c", source=-1)
+
+
+def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:
+    plain = Backoff(0.5, 4.0, 0.0)
+    assert [plain.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    plain.reset()
+    assert plain.next() == 0.5
+    jittered = Backoff(1.0, 30.0, 0.2, random.Random(7))
+    for base in (1.0, 2.0, 4.0, 8.0):
+        assert 0.8 * base <= jittered.next() <= 1.2 * base
+
+
+# -- files ------------------------------------------------------------------------------
+def test_file_is_read_to_the_end(short_clip: Path) -> None:
+    ring = FrameRing(16, lossless=True)
+    src = CaptureSource(CameraConfig(name="clip", source=str(short_clip), pace="fast"), ring)
+    src.start()
+    wait_for(lambda: src.stats().state is CaptureState.ENDED, "end of file")
+    frames = [ring.get(0) for _ in range(len(ring))]
+    assert [f.index for f in frames if f] == list(range(8))
+    assert all(f and f.image.shape == (576, 768, 3) and f.camera == "clip" for f in frames)
+    st = src.stats()
+    assert st.frames == 8 and st.drops == 0 and st.reconnects == 0
+    src.stop()
+
+
+def test_file_loops(short_clip: Path) -> None:
+    ring = FrameRing(4, lossless=True)
+    cfg = CameraConfig(name="clip", source=str(short_clip), pace="fast", loop=True)
+    src = CaptureSource(cfg, ring)
+    seen: list[Frame] = []
+    stop = threading.Event()
+    consumer = drain(ring, stop, seen)
+    src.start()
+    wait_for(lambda: len(seen) >= 20, "20 frames from an 8-frame looping file")
+    src.stop()
+    stop.set()
+    consumer.join(WAIT_S)
+    assert [f.index for f in seen[:20]] == list(range(20))
+    assert np.array_equal(seen[0].image, seen[8].image)  # frame 8 is the first frame again
+    assert src.stats().state is CaptureState.STOPPED
+
+
+def test_missing_file_fails_at_start_with_the_cause(tmp_path: Path) -> None:
+    src = CaptureSource(CameraConfig(name="c", source=str(tmp_path / "nope.mp4")), FrameRing(2))
+    with pytest.raises(CaptureError, match=r"nope\.mp4 does not exist"):
+        src.start()
+    assert src.stats().state is CaptureState.FAILED
+
+
+def test_corrupt_file_fails_at_start_with_the_cause(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(range(256)) * 40)
+    src = CaptureSource(CameraConfig(name="c", source=str(bad)), FrameRing(2))
+    with pytest.raises(CaptureError, match=r"bad\.avi (cannot be opened|has no decodable frame)"):
+        src.start()
+    assert "\n" not in (src.stats().last_error or "\n")
+
+
+# -- live sources -----------------------------------------------------------------------
+def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) -> None:
+    ring = FrameRing(4)
+    cfg = CameraConfig(
+        name="ipcam",
+        source=camera.url,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.4,
+        io_timeout_s=3,
+    )
+    src = CaptureSource(cfg, ring)
+    seen: list[Frame] = []
+    stop = threading.Event()
+    consumer = drain(ring, stop, seen)
+    src.start()
+    try:
+        wait_for(lambda: len(seen) >= 10, "first frames from the camera")
+        assert src.stats().state is CaptureState.RUNNING
+        assert seen[0].image.shape == (576, 768, 3)
+        port = camera.port
+        camera.stop()  # the camera vanishes
+        wait_for(lambda: src.stats().state is CaptureState.RECONNECTING, "reconnecting state")
+        wait_for(lambda: src.stats().retries >= 2, "failed reopen attempts")
+        assert src.stats().last_error
+        before = len(seen)
+        again = MjpegCamera(camera.jpegs, port=port)  # back on the same address
+        try:
+            wait_for(lambda: len(seen) >= before + 10, "frames after the camera came back")
+            st = src.stats()
+            assert st.state is CaptureState.RUNNING and st.reconnects == 1
+            indexes = [f.index for f in seen]
+            assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+        finally:
+            src.stop()
+            again.stop()
+    finally:
+        src.stop()
+        stop.set()
+        consumer.join(WAIT_S)
+    assert src.stats().state is CaptureState.STOPPED
+
+
+def test_stop_returns_while_backing_off() -> None:
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = CameraConfig(
+        name="gone",
+        source=f"http://127.0.0.1:{port}/video.mjpg",
+        reconnect_initial_s=30,
+        reconnect_max_s=60,
+    )
+    src = CaptureSource(cfg, FrameRing(2))
+    src.start()  # a live source never fails start(): it keeps trying
+    wait_for(lambda: src.stats().retries >= 1, "first failed attempt")
+    assert src.stats().state is CaptureState.CONNECTING
+    src.stop(timeout=WAIT_S)  # the thread is in a 30 s backoff wait
+    assert src.stats().state is CaptureState.STOPPED
+
+
+def test_missing_device_is_retried_not_fatal() -> None:
+    src = CaptureSource(
+        CameraConfig(name="usb", source=63, reconnect_initial_s=0.05, reconnect_max_s=0.1),
+        FrameRing(2),
+    )
+    src.start()
+    wait_for(lambda: src.stats().retries >= 3, "device retries")
+    st = src.stats()
+    assert st.state is CaptureState.CONNECTING and "device 63" in (st.last_error or "")
+    src.stop()
