@@ -1,0 +1,65 @@
+"""Model files for the driver and model-runtime tests: built images and tiny ONNX graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.support.paths import IMAGES_DIR
+
+SETUP_HINT = "run packaging/dev/setup.sh"
+
+
+def built_image(name: str) -> Path:
+    """A built model image directory; the test fails (not skips) if it is missing."""
+    path = IMAGES_DIR / name
+    if not (path / "manifest.yaml").is_file():
+        pytest.fail(f"model image {path} is missing: {SETUP_HINT}", pytrace=False)
+    return path
+
+
+def built_model_file(image: str, file: str) -> Path:
+    path = built_image(image) / file
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: {SETUP_HINT}", pytrace=False)
+    return path
+
+
+def write_model(path: Path, graph: onnx.GraphProto) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def doubling_onnx(path: Path, shape: tuple[int, ...] = (1, 4)) -> Path:
+    """y = 2 * x: lets tests check that each caller gets its own result back."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    node = helper.make_node("Mul", ["x", "two"], ["y"])
+    return write_model(path, helper.make_graph([node], "double", [x], [y], initializer=[two]))
+
+
+def constant_output_onnx(
+    path: Path,
+    value: np.ndarray,
+    input_name: str = "images",
+    input_shape: tuple[int, ...] = (1, 3, 64, 64),
+    output_name: str = "output0",
+) -> Path:
+    """A graph with an image input whose output is always ``value`` (a fake detector head)."""
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))
+    out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(value.shape))
+    const = helper.make_node(
+        "Constant",
+        [],
+        [output_name],
+        value=numpy_helper.from_array(value.astype(np.float32), "value"),
+    )
+    return write_model(path, helper.make_graph([const], "constant", [x], [out]))
