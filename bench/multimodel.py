@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import yaml
 
 from edged.app import load_models
-from edged.config import EdgedConfig, parse_config
-from edged.models.runner import ModelRunner, landmark_region
-from edged.models.types import Detection
+from edged.config import EdgedConfig, ModelConfig, parse_config
+from edged.models.runner import ModelRunner, cascade_regions
+from edged.models.types import Box
 from edged.motion import ThreeFrameGate
 from edged.pipeline import FrameJob, Pipeline, regions_for
 from edged.regions import motion_regions
@@ -68,7 +69,7 @@ def run_pipeline(config: EdgedConfig, runners: dict[str, ModelRunner], frames: i
 
 def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames: int) -> float:
     cap = cv2.VideoCapture(VTEST)
-    images = []
+    images: list[np.ndarray] = []
     while len(images) < frames + 2:  # the gate needs two frames before the first decision
         ok, image = cap.read()
         if not ok:
@@ -76,9 +77,16 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
         images.append(image)
     cap.release()
     gate = ThreeFrameGate(config.motion)
-    models = {m.name: m for m in config.models}
     roots = [m for m in config.models if m.cascade_on is None]
-    children = [m for m in config.models if m.cascade_on is not None]
+
+    def run(model: ModelConfig, image: np.ndarray, regions: list[Box | None]) -> None:
+        out = runners[model.name].infer(image, regions)
+        for child in config.models:
+            if child.cascade_on == model.name:
+                crops = cascade_regions(out, image.shape)
+                if crops:
+                    run(child, image, crops)
+
     start = time.perf_counter()
     processed = gated = 0
     for image in images:
@@ -86,20 +94,10 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
         if not result.motion:
             continue
         gated += 1
-        regions = motion_regions(result.boxes, image.shape)
+        motion = motion_regions(result.boxes, image.shape)
         for m in roots:
-            if gated % m.every_n:
-                continue
-            out = runners[m.name].infer(image, regions_for(m, regions))
-            for child in children:
-                if child.cascade_on != m.name:
-                    continue
-                dets = sorted((r for r in out if isinstance(r, Detection)), key=lambda d: -d.score)[
-                    :4
-                ]
-                if dets:
-                    crops = [landmark_region(d, frame_shape=image.shape) for d in dets]
-                    runners[models[child.name].name].infer(image, list(crops))
+            if gated % m.every_n == 0:
+                run(m, image, regions_for(m, motion))
         processed += 1
     return processed / (time.perf_counter() - start)
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from edged.capture import CaptureSource, Frame, FrameRing
 from edged.config import EdgedConfig, ModelConfig
 from edged.inference import ModelWorker, Task
-from edged.models.runner import ModelRunner, landmark_region
-from edged.models.types import Box, Detection, Result, result_to_dict
+from edged.models.runner import ModelRunner, cascade_regions
+from edged.models.types import Box, Result, result_to_dict
 from edged.motion import GateResult, ThreeFrameGate
 from edged.regions import motion_regions
 from edged.stats import RateMeter
@@ -234,11 +234,7 @@ class Pipeline:
             for child in self._children.get(name, []):
                 if child.name not in self.enabled:
                     continue
-                dets = [r for r in results if isinstance(r, Detection)]
-                dets.sort(key=lambda d: d.score, reverse=True)
-                regions: list[Box | None] = [
-                    landmark_region(d, frame_shape=job.frame.image.shape) for d in dets[:4]
-                ]
+                regions = cascade_regions(results, job.frame.image.shape)
                 if regions:
                     children.append((child, regions))
             for listener in self._listeners:

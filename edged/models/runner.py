@@ -198,3 +198,33 @@ def landmark_region(
         cy = min(max(cy, 0.0), float(frame_shape[0]))
     half = radius * scale
     return cx - half, cy - half, cx + half, cy + half
+
+
+HEAD_LANDMARKS = range(11)  # BlazePose: nose, eyes, ears and mouth corners
+
+
+def head_region(
+    lm: Landmarks, scale: float = 3.0, frame_shape: tuple[int, ...] | None = None
+) -> Box:
+    """A square around a pose's head landmarks, for a face model cascaded on poses."""
+    pts = np.array([lm.points[i][:2] for i in HEAD_LANDMARKS if i < len(lm.points)])
+    if pts.size == 0:
+        return lm.box
+    (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
+    cx, cy = float(x1 + x2) / 2, float(y1 + y2) / 2
+    if frame_shape is not None:
+        cx = min(max(cx, 0.0), float(frame_shape[1]))
+        cy = min(max(cy, 0.0), float(frame_shape[0]))
+    half = max(float(x2 - x1), float(y2 - y1), 4.0) * scale / 2
+    return cx - half, cy - half, cx + half, cy + half
+
+
+def cascade_regions(
+    results: Sequence[Result], frame_shape: tuple[int, ...], limit: int = 4
+) -> list[Box | None]:
+    """Where a model cascaded on ``results`` runs: the best ``limit`` detections or poses."""
+    dets = sorted((r for r in results if isinstance(r, Detection)), key=lambda d: -d.score)
+    poses = sorted((r for r in results if isinstance(r, Landmarks)), key=lambda p: -p.presence)
+    regions: list[Box | None] = [landmark_region(d, frame_shape=frame_shape) for d in dets]
+    regions += [head_region(p, frame_shape=frame_shape) for p in poses]
+    return regions[:limit]
