@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edged.errors import ConfigError
+from edged.offload.policy import OffloadPolicyName
 
 log = logging.getLogger(__name__)
 
-OffloadPolicyName = Literal["never", "hard_example", "priority", "always"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 

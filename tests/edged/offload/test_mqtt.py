@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from edged.errors import ConfigError, ProtocolError
+from edged.mqtt import MqttClient, MqttConfig, MqttTls, on_loop, presence, tls_context
+from edged.protocol import Availability, Topics, decode_availability
+from tests.support.broker import Broker
+from tests.support.paths import REPO
+
+Inbox = queue.Queue[tuple[str, bytes]]
+
+
+def client(broker: Broker, name: str, **changes: object) -> MqttClient:
+    config = MqttConfig.model_validate({"port": broker.port, "client_id": name, **changes})
+    return MqttClient(config)
+
+
+def collect(mqtt: MqttClient, topic_filter: str) -> Inbox:
+    inbox: Inbox = queue.Queue()
+    mqtt.subscribe(topic_filter, lambda topic, payload: inbox.put((topic, payload)))
+    return inbox
+
+
+def test_publish_subscribe_round_trip_with_puback_and_nodelay(broker: Broker) -> None:
+    sub, pub = client(broker, "sub"), client(broker, "pub")
+    inbox = collect(sub, "t/#")
+    sub.start()
+    pub.start()
+    try:
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        assert pub.socket_nodelay() and sub.socket_nodelay()
+        acked: list[int] = []
+        ticket = pub.publish("t/a", b"\x00binary\xff", on_ack=lambda: acked.append(1))
+        assert ticket.wait(5)
+        assert inbox.get(timeout=5) == ("t/a", b"\x00binary\xff")
+        assert acked == [1]
+        assert pub.counters.messages_out == 1 and pub.counters.acked == 1
+        assert sub.counters.messages_in == 1
+    finally:
+        pub.stop()
+        sub.stop()
+
+
+def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path) -> None:
+    with Broker(tmp_path / "tls-broker", tls=True) as broker:
+        assert broker.tls is not None
+        files = broker.tls
+        good = client(
+            broker, "good", tls=MqttTls(ca=files.ca, cert=files.client_cert, key=files.client_key)
+        )
+        bad = client(broker, "bad", tls=MqttTls(ca=files.ca), reconnect_max_s=1)
+        inbox = collect(good, "secure/#")
+        good.start()
+        bad.start()
+        try:
+            assert good.wait_connected(10)
+            assert good.socket_nodelay()
+            good.publish("secure/x", b"hi").wait(5)
+            assert inbox.get(timeout=5) == ("secure/x", b"hi")
+            deadline = time.monotonic() + 10
+            while bad.counters.connect_failures == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bad.counters.connect_failures >= 1
+            assert not bad.connected and bad.counters.connects == 0
+        finally:
+            bad.stop()
+            good.stop()
+
+
+def test_tls_files_that_cannot_be_read_are_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot load certificates"):
+        tls_context(MqttTls(ca=tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="both cert and key"):
+        tls_context(MqttTls(ca=tmp_path / "ca.pem", cert=tmp_path / "c.pem"))
+
+
+def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker) -> None:
+    sub, pub = client(broker, "sub"), client(broker, "pub")
+
+    def picky(topic: str, payload: bytes) -> None:
+        if payload == b"malformed":
+            raise ProtocolError("not a frame")
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+
+    sub.subscribe("t/#", picky)
+    inbox = collect(sub, "t/#")
+    sub.start()
+    pub.start()
+    try:
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        for payload in (b"malformed", b"boom", b"fine"):
+            pub.publish("t/x", payload).wait(5)
+        received = [inbox.get(timeout=5)[1] for _ in range(3)]
+        assert received == [b"malformed", b"boom", b"fine"]
+        assert sub.counters.dropped == 1 and "not a frame" in sub.counters.last_drop
+        assert sub.counters.handler_errors == 1
+    finally:
+        pub.stop()
+        sub.stop()
+
+
+def test_subscriptions_come_back_after_a_broker_restart(broker: Broker) -> None:
+    sub, pub = client(broker, "sub"), client(broker, "pub")
+    inbox = collect(sub, "t/#")
+    links: queue.Queue[bool] = queue.Queue()
+    sub.add_connection_listener(links.put)
+    sub.start()
+    pub.start()
+    try:
+        assert links.get(timeout=10) is True
+        broker.stop()
+        assert links.get(timeout=10) is False
+        broker.start()
+        assert links.get(timeout=15) is True
+        assert pub.wait_connected(15)
+        pub.publish("t/after", b"again").wait(5)
+        assert inbox.get(timeout=5) == ("t/after", b"again")
+        assert sub.counters.reconnects == 1
+    finally:
+        pub.stop()
+        sub.stop()
+
+
+def test_presence_is_retained_and_the_last_will_says_offline(broker: Broker) -> None:
+    topics = Topics()
+    topic = topics.device_availability("cam-9")
+    child = textwrap.dedent(
+        f"""
+        import time
+        from edged.mqtt import MqttClient, MqttConfig, presence
+        from edged.protocol import Availability
+        online = Availability(role="device", id="cam-9", state="online", since=1)
+        mqtt = MqttClient(
+            MqttConfig(port={broker.port}, client_id="cam-9"), presence({topic!r}, online)
+        )
+        mqtt.start()
+        assert mqtt.wait_connected(10)
+        print("up", flush=True)
+        time.sleep(60)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, cwd=REPO, env=env, text=True
+    )
+    watcher = client(broker, "watcher")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        inbox = collect(watcher, topics.device_availability_filter())
+        watcher.start()
+        first = decode_availability(inbox.get(timeout=10)[1])  # retained
+        assert (first.id, first.state) == ("cam-9", "online")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        last = decode_availability(inbox.get(timeout=10)[1])
+        assert last.state == "offline"
+    finally:
+        proc.kill()
+        proc.wait()
+        watcher.stop()
+
+
+def test_a_clean_stop_publishes_offline(broker: Broker) -> None:
+    online = Availability(role="server", id="srv-1", state="online", since=1, models=["m"])
+    topic = Topics().server_availability("srv-1")
+    server = MqttClient(MqttConfig(port=broker.port, client_id="srv-1"), presence(topic, online))
+    server.start()
+    assert server.wait_connected(10)
+    server.stop()
+    watcher = client(broker, "watcher")
+    inbox = collect(watcher, topic)
+    watcher.start()
+    try:
+        retained = decode_availability(inbox.get(timeout=10)[1])
+        assert retained.state == "offline" and retained.models == ["m"]
+    finally:
+        watcher.stop()
+
+
+def test_on_loop_hands_messages_to_asyncio(broker: Broker) -> None:
+    async def main() -> tuple[str, bytes]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, bytes]] = loop.create_future()
+
+        def handler(topic: str, payload: bytes) -> None:
+            assert asyncio.get_running_loop() is loop
+            if not future.done():
+                future.set_result((topic, payload))
+
+        sub, pub = client(broker, "sub"), client(broker, "pub")
+        sub.subscribe("a/#", on_loop(loop, handler))
+        sub.start()
+        pub.start()
+        try:
+            assert await loop.run_in_executor(None, sub.wait_connected, 10)
+            assert await loop.run_in_executor(None, pub.wait_connected, 10)
+            pub.publish("a/b", b"x")
+            return await asyncio.wait_for(future, 10)
+        finally:
+            pub.stop()
+            sub.stop()
+
+    assert asyncio.run(main()) == ("a/b", b"x")
