@@ -1,0 +1,1 @@
+"""KubeEdge device twin: the message codec, the property table and the TwinService."""
