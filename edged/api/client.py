@@ -1,0 +1,116 @@
+"""``edged status``: the status API's view in a terminal (a thin client over HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from edged.errors import EXIT_OK, EdgeFedError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``<url>/api/v1/status``; EdgeFedError if the daemon cannot be reached."""
+    target = url.rstrip("/") + "/api/v1/status"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise EdgeFedError(f"{target}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EdgeFedError(f"cannot reach edged at {url}: {reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise EdgeFedError(f"{target}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EdgeFedError(f"{target}: unexpected answer")
+    return data
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Left-aligned columns separated by two spaces."""
+    cells = [list(headers), *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def _uptime(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The status as the text ``edged status`` prints."""
+    out = [
+        f"edged {st['device_id']}: up {_uptime(st['uptime_s'])}, "
+        f"{st['frames_completed']} frames completed, {_cell(st['pipeline_fps'])} frames/s",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
+        "",
+    ]
+    out += table(
+        ["CAMERA", "STATE", "CAPTURE/s", "PROCESSED/s", "GATED", "STATIC", "PASS", "MOTION"],
+        [
+            [
+                c["name"], c["state"], c["capture_fps"], c["processed_fps"], c["gated"],
+                c["skipped_static"],
+                None if c["gate_pass_ratio"] is None else f"{c['gate_pass_ratio']:.1%}",
+                f"{c['motion_ratio']:.2%}",
+            ]
+            for c in st["cameras"]
+        ],
+    )  # fmt: skip
+    out.append("")
+    out += table(
+        ["MODEL", "LOADED", "ENABLED", "DRIVER", "DEVICE", "P50ms", "P99ms", "RUNS", "ERR", "DROP"],
+        [
+            [
+                m["name"], m["loaded"], m["enabled"], m["driver"], m["device"], m["p50_ms"],
+                m["p99_ms"], m["inferences"], m["errors"], m["dropped"],
+            ]
+            for m in st["models"]
+        ],
+    )  # fmt: skip
+    out += [f"  {m['name']}: {m['error']}" for m in st["models"] if m.get("error")]
+    out.append("")
+    box = st["outbox"]
+    if box["available"]:
+        counts = ", ".join(f"{k} {v}" for k, v in box["counts"].items() if v)
+        out.append(f"outbox: {box['depth']} open" + (f" ({counts})" if counts else ""))
+    else:
+        out.append("outbox: not configured")
+    links = ", ".join(f"{ln['name']} {'up' if ln['connected'] else 'DOWN'}" for ln in st["links"])
+    out.append(f"links: {links or 'none configured'}")
+    pv = st["preview"]
+    out.append(f"preview: {pv['viewers']} viewers, {pv['renders']} renders")
+    return "\n".join(out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = fetch_status(args.url, args.timeout)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def add_subparsers(sub: Any) -> None:
+    """Register ``status`` on the ``edged`` command's sub-parsers."""
+    p = sub.add_parser("status", help="show a running edged's status (via its HTTP API)")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"edged API base URL (default {DEFAULT_URL})")
+    p.add_argument("--json", action="store_true", help="print the raw JSON status")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.set_defaults(func=cmd_status)

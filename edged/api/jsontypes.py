@@ -1,0 +1,55 @@
+"""Check a JSON body's value types against a published JSON Schema object.
+
+pydantic's lax mode (which the device twin needs: it sends every value as a string)
+would accept ``"25"`` for an integer or ``true`` for 1. The HTTP API holds JSON bodies to
+the JSON types its OpenAPI document states; ranges, enums and names are left to the
+model that validates the change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _is(kind: str, value: Any) -> bool:
+    if kind == "integer":
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and float(value).is_integer()
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    checks: dict[str, type | tuple[type, ...]] = {
+        "string": str,
+        "boolean": bool,
+        "array": list,
+        "object": dict,
+        "null": type(None),
+    }
+    return isinstance(value, checks[kind])
+
+
+def _kinds(schema: dict[str, Any]) -> set[str]:
+    """JSON types a schema allows (empty: unconstrained)."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return set(kind)
+    options = [_kinds(option) for option in schema.get("anyOf", [])]
+    return set() if not options or not all(options) else set().union(*options)
+
+
+def _check(where: str, schema: dict[str, Any], value: Any) -> list[str]:
+    kinds = _kinds(schema)
+    if kinds and not any(_is(k, value) for k in kinds):
+        return [f"{where}: must be JSON {' or '.join(sorted(kinds))}"]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [e for i, v in enumerate(value) for e in _check(f"{where}.{i}", schema["items"], v)]
+    return []
+
+
+def type_errors(schema: dict[str, Any], body: dict[str, Any]) -> list[str]:
+    """Type errors of ``body``'s known properties (unknown keys are left to the caller)."""
+    props: dict[str, Any] = schema.get("properties", {})
+    return [
+        e for key, value in body.items() if key in props for e in _check(key, props[key], value)
+    ]

@@ -1,0 +1,245 @@
+"""aiohttp handlers of the operator API. Every error is JSON ``{"error", "reason"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel, ValidationError
+
+from edged.errors import ConfigError
+from edged.runtime import RuntimeConfig
+
+from . import mjpeg
+from .jsontypes import type_errors
+from .preview import PreviewRenderer
+from .schemas import EventPage, EventsQuery, Health, OutboxQuery, PreviewQuery
+from .sources import ApiSources
+from .status import StatusViews
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+_JSON = "application/json"
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+Q = TypeVar("Q", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def reject(status: int, error: str, reason: str, **headers: str) -> web.HTTPException:
+    """An HTTP error with the API's JSON body, to raise from a handler."""
+    body = json.dumps({"error": error, "reason": reason})
+    exc = web.HTTPException(text=body, content_type=_JSON, headers=headers or None)
+    exc.set_status(status)
+    return exc
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns aiohttp's own errors (404, 405, ...) and unexpected failures into JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == _JSON:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
+        error = (exc.reason or "error").lower().replace(" ", "_")
+        raise reject(exc.status, error, exc.text or exc.reason, **headers) from None
+    except Exception:
+        log.exception("API handler for %s %s failed", request.method, request.path)
+        raise reject(500, "internal", "unexpected failure; see the daemon log") from None
+
+
+def check_bearer(header: str | None, token: str | None) -> None:
+    """Raise 401/403 unless ``header`` is ``Bearer <token>`` (constant-time comparison)."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise reject(401, "unauthorized", "send 'Authorization: Bearer <token>'", **_CHALLENGE)
+    if token is None:
+        raise reject(403, "forbidden", "no API token is configured on this device")
+    if not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise reject(403, "forbidden", "wrong token")
+
+
+def _reasons(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def parse_query(model: type[Q], request: web.Request) -> Q:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise reject(400, "bad_request", _reasons(exc)) from None
+
+
+def _ok(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), content_type=_JSON, status=status)
+
+
+class Routes:
+    """The handlers, bound to one server's sources (create on the API's event loop)."""
+
+    def __init__(
+        self,
+        sources: ApiSources,
+        views: StatusViews,
+        renderer: PreviewRenderer,
+        registry: CollectorRegistry,
+        openapi: dict[str, Any],
+        token: str | None,
+    ) -> None:
+        self._src = sources
+        self._views = views
+        self._renderer = renderer
+        self._registry = registry
+        self._openapi = json.dumps(openapi)
+        self._config_schema: dict[str, Any] = openapi["components"]["schemas"]["ConfigChange"]
+        self._token = token
+        self._static = {name: (STATIC / name).read_bytes() for name in _STATIC_TYPES}
+        self.closing = asyncio.Event()
+
+    def add_to(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/", self._page("index.html"))
+        r.add_get("/dashboard.js", self._page("dashboard.js"))
+        r.add_get("/dashboard.css", self._page("dashboard.css"))
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/api/v1/openapi.json", self.openapi)
+        r.add_get("/api/v1/status", self.status)
+        r.add_get("/api/v1/models", self.models)
+        r.add_get("/api/v1/events", self.events)
+        r.add_get("/api/v1/outbox", self.outbox)
+        r.add_get("/api/v1/config", self.get_config)
+        r.add_put("/api/v1/config", self.put_config)
+        r.add_get("/api/v1/preview.jpg", self.preview_jpg)
+        r.add_get("/api/v1/preview.mjpg", self.preview_mjpg)
+
+    def _page(self, name: str) -> Handler:
+        body, kind = self._static[name], _STATIC_TYPES[name]
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type=kind, charset="utf-8")
+
+        return page
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _ok(Health(status="ok"))
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = self._views.readiness()
+        return _ok(ready, 200 if ready.ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.get_running_loop().run_in_executor(None, encode, self._registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._openapi, content_type=_JSON)
+
+    async def status(self, request: web.Request) -> web.Response:
+        # off the loop: the outbox counts are a SQLite query
+        return _ok(await asyncio.get_running_loop().run_in_executor(None, self._views.status))
+
+    async def models(self, request: web.Request) -> web.Response:
+        body = "[" + ",".join(m.model_dump_json() for m in self._views.models()) + "]"
+        return web.Response(text=body, content_type=_JSON)
+
+    async def events(self, request: web.Request) -> web.Response:
+        q = parse_query(EventsQuery, request)
+        events = self._src.events
+        page = events.page(q.after, q.limit)
+        next_after = page[-1]["seq"] if page else q.after
+        body = {"events": page, "last_seq": events.last_seq, "next_after": next_after}
+        return _ok(EventPage.model_validate(body))
+
+    async def outbox(self, request: web.Request) -> web.Response:
+        q = parse_query(OutboxQuery, request)
+        page = await asyncio.get_running_loop().run_in_executor(None, self._views.outbox_page, q)
+        return _ok(page)
+
+    def _runtime(self) -> RuntimeConfig:
+        if self._src.runtime is None:
+            raise reject(503, "unavailable", "runtime configuration is not wired in this daemon")
+        return self._src.runtime
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return _ok(self._runtime().current())
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        check_bearer(request.headers.get("Authorization"), self._token)
+        runtime = self._runtime()
+        try:
+            changes = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise reject(400, "bad_request", f"body is not JSON: {exc}") from None
+        if not isinstance(changes, dict):
+            raise reject(400, "bad_request", "body must be a JSON object of settings")
+        errors = type_errors(self._config_schema, changes)
+        if errors:
+            raise reject(400, "invalid", "; ".join(errors))
+        try:
+            runtime.validate(changes)
+        except ConfigError as exc:
+            raise reject(400, "invalid", str(exc)) from None
+        try:
+            settings = runtime.apply(changes)
+        except ConfigError as exc:
+            raise reject(409, "not_applied", str(exc)) from None
+        return _ok(settings)
+
+    def _camera(self, q: PreviewQuery) -> str:
+        names = [c.name for c in self._src.pipeline.config.cameras]
+        if q.camera is None:
+            return names[0]
+        if q.camera not in names:
+            raise reject(404, "not_found", f"no camera {q.camera!r}; cameras: {', '.join(names)}")
+        return q.camera
+
+    async def preview_jpg(self, request: web.Request) -> web.Response:
+        q = parse_query(PreviewQuery, request)
+        rendered = await self._renderer.frame(self._camera(q), q.mask)
+        if rendered is None:
+            raise reject(503, "no_frame", "no frame has completed yet")
+        return web.Response(
+            body=rendered.jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+        )
+
+    async def preview_mjpg(self, request: web.Request) -> web.StreamResponse:
+        q = parse_query(PreviewQuery, request)
+        camera = self._camera(q)
+        headers = {"Content-Type": mjpeg.CONTENT_TYPE, "Cache-Control": "no-store"}
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        with self._renderer.watching(), contextlib.suppress(ConnectionError):
+            await resp.write(mjpeg.OPENING)
+            last = -1
+            while not self.closing.is_set():
+                rendered = await self._renderer.frame(camera, q.mask)
+                if rendered is not None and rendered.seq != last:
+                    last = rendered.seq
+                    await resp.write(mjpeg.part(rendered.jpeg))
+                await self._pause(self._renderer.interval)
+        return resp
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), seconds)
+
+
+_STATIC_TYPES = {
+    "index.html": "text/html",
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+}

@@ -1,0 +1,220 @@
+"""Response and query models of the HTTP API; the OpenAPI document is generated from them.
+
+Responses are built by validating the daemon's internal dicts through these models, so
+what the API sends is exactly what the OpenAPI document says. ``_Out`` models keep the
+fields they name and ignore other keys of the source dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edged.offload.jobs import Status as JobStatus
+
+Floats = list[float]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorBody(_Out):
+    error: str = Field(description="Short machine-readable error kind")
+    reason: str = Field(description="What was wrong, for a person")
+
+
+class Health(_Out):
+    status: Literal["ok"] = Field(description="Always 'ok' while the process serves HTTP")
+
+
+class Check(_Out):
+    name: str = Field(description="capture:<camera>, models or link:<name>")
+    ok: bool = Field(description="Whether this part is ready")
+    detail: str = Field(description="State or reason")
+
+
+class Readiness(_Out):
+    ready: bool = Field(description="All checks pass (HTTP 200), else HTTP 503")
+    checks: list[Check] = Field(description="One entry per camera, the models and each link")
+
+
+class CameraStatus(_Out):
+    name: str = Field(description="Camera name")
+    state: str = Field(description="connecting, running, reconnecting, ended, failed, stopped")
+    capture_fps: float = Field(description="Frames/s delivered by the capture")
+    processed_fps: float = Field(description="Frames/s that completed every model")
+    frames: int = Field(description="Frames captured")
+    ring_drops: int = Field(description="Frames dropped by the ring (newest wins)")
+    reconnects: int = Field(description="Times frames flowed again after a loss")
+    last_error: str | None = Field(description="Last capture error")
+    gated: int = Field(description="Frames with motion, sent to the models")
+    skipped_static: int = Field(description="Frames without motion, skipped by the gate")
+    skipped_rate: int = Field(description="Frames skipped by pipeline.target_fps")
+    gate_pass_ratio: float | None = Field(description="gated / (gated + skipped_static)")
+    motion_ratio: float = Field(description="Changed share of the last gated frame, 0..1")
+
+
+class ModelStatus(_Out):
+    name: str = Field(description="Model name")
+    loaded: bool = Field(description="The model image loaded on its driver")
+    enabled: bool = Field(False, description="The model runs (runtime setting)")
+    error: str | None = Field(None, description="Why the model did not load")
+    driver: str | None = Field(None, description="Driver type")
+    device: str | None = Field(None, description="Device id on the driver")
+    inferences: int = Field(0, description="Successful runs")
+    errors: int = Field(0, description="Failed runs")
+    dropped: int = Field(0, description="Frames dropped from a full queue")
+    queue_depth: int = Field(0, description="Frames waiting")
+    p50_ms: float | None = Field(None, description="Median run time over the last runs (ms)")
+    p99_ms: float | None = Field(None, description="99th percentile run time (ms)")
+    mean_ms: float | None = Field(None, description="Mean run time (ms)")
+
+
+class ModelInfo(ModelStatus):
+    image: str | None = Field(None, description="Model image name")
+    version: str | None = Field(None, description="Model image version")
+    task: str | None = Field(None, description="Task of the image (detection, landmarks, ...)")
+    input: str | None = Field(None, description="Input size WxH")
+    decoder: str | None = Field(None, description="Output decoder")
+    cascade_on: str | None = Field(None, description="Parent model of a cascade")
+    regions: str = Field(description="motion, full or motion+full")
+    every_n: int = Field(description="Runs on every n-th gated frame")
+
+
+class OutboxSummary(_Out):
+    available: bool = Field(description="An outbox is configured")
+    depth: int = Field(description="Open (not yet closed) jobs")
+    counts: dict[str, int] = Field(description="Jobs per status")
+
+
+class LinkStatus(_Out):
+    name: str = Field(description="Link name (e.g. mqtt)")
+    connected: bool = Field(description="The connection is up")
+
+
+class PreviewStatus(_Out):
+    viewers: int = Field(description="Open MJPEG streams")
+    renders: int = Field(description="Preview frames rendered since start")
+    frames: int = Field(description="Completed frames seen by the preview sink")
+
+
+class StatusBody(_Out):
+    device_id: str = Field(description="Device id")
+    versions: dict[str, str] = Field(description="edged, Python and key package versions")
+    uptime_s: float = Field(description="Seconds since the pipeline was built")
+    frames_completed: int = Field(description="Frames that completed every model")
+    pipeline_fps: float = Field(description="Completed frames/s")
+    target_fps: float | None = Field(description="Per-camera rate cap (null: none)")
+    cameras: list[CameraStatus] = Field(description="Per camera")
+    models: list[ModelStatus] = Field(description="Per configured model")
+    outbox: OutboxSummary = Field(description="Offload outbox depth by status")
+    links: list[LinkStatus] = Field(description="Broker links")
+    preview: PreviewStatus = Field(description="Live preview")
+    events_last_seq: int = Field(description="Sequence number of the newest event")
+
+
+class MotionInfo(_Out):
+    ratio: float = Field(description="Changed share of the frame")
+    boxes: list[Floats] = Field(description="Motion boxes x1, y1, x2, y2 (frame pixels)")
+
+
+class DetectionOut(_Out):
+    type: Literal["detection"]
+    label: str
+    score: float
+    box: Floats = Field(description="x1, y1, x2, y2 (frame pixels)")
+    keypoints: list[Floats] = Field(default_factory=list, description="x, y per keypoint")
+
+
+class LandmarksOut(_Out):
+    type: Literal["landmarks"]
+    box: Floats = Field(description="The crop the landmarks were found in")
+    presence: float
+    points: list[Floats] = Field(description="x, y, z, visibility per landmark (frame pixels)")
+
+
+class ClassificationOut(_Out):
+    type: Literal["classification"]
+    top: list[tuple[str, float]] = Field(description="(label, score), best first")
+    box: Floats | None = Field(description="Region classified (null: whole frame)")
+
+
+class TextOut(_Out):
+    type: Literal["text"]
+    box: Floats
+    score: float
+    polygon: list[Floats]
+
+
+ResultOut = Annotated[
+    DetectionOut | LandmarksOut | ClassificationOut | TextOut, Field(discriminator="type")
+]
+
+
+class Event(_Out):
+    seq: int = Field(description="Increasing sequence number")
+    camera: str
+    frame: int = Field(description="Frame index in its camera")
+    time: float = Field(description="Capture time (Unix seconds)")
+    motion: MotionInfo
+    models: dict[str, list[ResultOut]] = Field(description="Results per model")
+    latency_ms: dict[str, float] = Field(description="Run time per model (ms)")
+    errors: dict[str, str] = Field(description="Error per failed model")
+    dropped: list[str] = Field(description="Models that dropped this frame")
+
+
+class EventPage(_Out):
+    events: list[Event] = Field(description="Events with seq > after, oldest first")
+    last_seq: int = Field(description="Newest sequence number")
+    next_after: int = Field(description="Pass as 'after' for the next page")
+
+
+class OutboxJob(_Out):
+    id: str
+    device: str
+    model: str
+    requester: str
+    payload_kind: str
+    payload_bytes: int
+    priority: int
+    deadline: int = Field(description="Unix ms")
+    created: int = Field(description="Unix ms")
+    status: JobStatus
+    started: int | None
+    ended: int | None
+    updated: int
+    iteration: int = Field(description="Attempts so far")
+    next_attempt: int
+    last_error: str | None
+    reason: str = Field(description="Why the job was offloaded")
+    result: dict[str, Any] | None = Field(description="The server's result, once received")
+
+
+class OutboxPage(_Out):
+    available: bool = Field(description="An outbox is configured")
+    counts: dict[str, int] = Field(description="Jobs per status")
+    jobs: list[OutboxJob] = Field(description="Newest first")
+    limit: int
+    offset: int
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class EventsQuery(_Query):
+    after: int = Field(0, ge=0, le=2**53, description="Return events with seq > after")
+    limit: int = Field(50, ge=1, le=500, description="Most events returned")
+
+
+class OutboxQuery(_Query):
+    status: JobStatus | None = Field(None, description="Only jobs in this status")
+    limit: int = Field(50, ge=1, le=500, description="Most jobs returned")
+    offset: int = Field(0, ge=0, le=1_000_000_000, description="Jobs skipped (newest first)")
+
+
+class PreviewQuery(_Query):
+    camera: str | None = Field(None, description="Camera name (default: the first camera)")
+    mask: bool = Field(False, description="Tint the gate's motion mask in red")

@@ -1,0 +1,60 @@
+"""What the API reads from the running daemon, passed in by whoever composes it.
+
+The pipeline, event log and preview sink are always there; the runtime config, the
+offload outbox and the broker links are optional so the API runs before (or without)
+the offload path. Nothing here is reached through a module global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edged.offload.jobs import Status
+from edged.pipeline import Pipeline
+from edged.results import EventLog
+from edged.runtime import RuntimeConfig
+
+from .preview import PreviewSink
+
+
+class Link(Protocol):
+    """A connection whose state the API shows and /readyz checks (e.g. ``MqttClient``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class JobView(Protocol):
+    """One outbox row (``edged.offload.outbox.JobRecord``)."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class OutboxView(Protocol):
+    """The read side of the offload outbox (``edged.offload.outbox.Outbox``)."""
+
+    def counts(self) -> dict[str, int]: ...
+
+    def page(
+        self,
+        statuses: Iterable[Status] | None = ...,
+        limit: int = ...,
+        offset: int = ...,
+        oldest_first: bool = ...,
+    ) -> Iterable[JobView]: ...
+
+
+@dataclass(frozen=True)
+class ApiSources:
+    """Everything the API shows or changes."""
+
+    pipeline: Pipeline
+    events: EventLog
+    preview: PreviewSink
+    device_id: str
+    model_failures: Mapping[str, str] = field(default_factory=dict)
+    runtime: RuntimeConfig | None = None
+    outbox: OutboxView | None = None
+    links: Mapping[str, Link] = field(default_factory=dict)

@@ -1,0 +1,154 @@
+// edged dashboard: polls /api/v1/status (1 s) and /api/v1/outbox (5 s); no build step.
+"use strict";
+
+const POLL_MS = 1000;
+const OUTBOX_MS = 5000;
+const HISTORY = 120; // points kept for the gate chart
+
+const $ = (id) => document.getElementById(id);
+const gateHistory = []; // {sent, skipped} frames/s per poll interval
+let previous = null; // {t, gated, skipped} of the last poll
+let cameraNames = [];
+
+function fmt(value, digits = 1) {
+  if (value === null || value === undefined) return "–";
+  return typeof value === "number" ? value.toFixed(digits) : String(value);
+}
+
+function uptime(seconds) {
+  const s = Math.floor(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return `up ${h ? h + "h " : ""}${m}m ${s % 60}s`;
+}
+
+function fillRows(tableId, rows) {
+  const body = $(tableId).querySelector("tbody");
+  body.replaceChildren(...rows.map((cells) => {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      td.textContent = cell;
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+function streamUrl() {
+  const params = new URLSearchParams();
+  if ($("camera").value) params.set("camera", $("camera").value);
+  if ($("mask").checked) params.set("mask", "1");
+  return "/api/v1/preview.mjpg?" + params.toString();
+}
+
+function setCameras(names) {
+  if (names.join() === cameraNames.join()) return;
+  cameraNames = names;
+  $("camera").replaceChildren(...names.map((n) => new Option(n, n)));
+  $("stream").src = streamUrl();
+}
+
+function recordGate(cameras) {
+  const now = performance.now() / 1000;
+  const gated = cameras.reduce((a, c) => a + c.gated, 0);
+  const skipped = cameras.reduce((a, c) => a + c.skipped_static, 0);
+  if (previous && now > previous.t) {
+    const dt = now - previous.t;
+    gateHistory.push({
+      sent: Math.max(0, gated - previous.gated) / dt,
+      skipped: Math.max(0, skipped - previous.skipped) / dt,
+    });
+    if (gateHistory.length > HISTORY) gateHistory.shift();
+  }
+  previous = { t: now, gated, skipped };
+  const total = gated + skipped;
+  $("saving").textContent = total ? (100 * skipped / total).toFixed(1) + "%" : "–";
+  $("gain").textContent = gated ? (total / gated).toFixed(2) + "×" : "–";
+}
+
+function drawChart() {
+  const canvas = $("gate-chart");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  const top = Math.max(1, ...gateHistory.map((p) => p.sent + p.skipped));
+  const bar = w / HISTORY;
+  const style = getComputedStyle(document.documentElement);
+  gateHistory.forEach((p, i) => {
+    const x = w - (gateHistory.length - i) * bar;
+    const hs = (p.sent / top) * (h - 14), hk = (p.skipped / top) * (h - 14);
+    ctx.fillStyle = style.getPropertyValue("--sent");
+    ctx.fillRect(x, h - hs, bar - 1, hs);
+    ctx.fillStyle = style.getPropertyValue("--skip");
+    ctx.fillRect(x, h - hs - hk, bar - 1, hk);
+  });
+  ctx.fillStyle = style.getPropertyValue("--muted");
+  ctx.font = "11px sans-serif";
+  ctx.fillText(`max ${top.toFixed(1)}/s   blue: to models   amber: skipped`, 4, 11);
+}
+
+function render(st) {
+  $("device").textContent = st.device_id;
+  $("uptime").textContent = uptime(st.uptime_s);
+  $("frames").textContent = st.frames_completed;
+  $("fps").textContent = fmt(st.pipeline_fps);
+  setCameras(st.cameras.map((c) => c.name));
+  recordGate(st.cameras);
+  drawChart();
+  fillRows("models", st.models.map((m) => [
+    m.name + (m.loaded ? (m.enabled ? "" : " (off)") : " (not loaded)"),
+    m.driver ?? "–", m.device ?? "–", fmt(m.p50_ms), fmt(m.p99_ms),
+    m.inferences, m.errors, m.dropped,
+  ]));
+  fillRows("cameras", st.cameras.map((c) => [
+    c.name, c.state, fmt(c.capture_fps), fmt(c.processed_fps), c.gated, c.skipped_static,
+    (100 * c.motion_ratio).toFixed(2) + "%",
+  ]));
+  const box = st.outbox;
+  $("outbox-state").textContent = box.available ? `${box.depth} open` : "not configured";
+  $("outbox").hidden = $("jobs").hidden = !box.available;
+  fillRows("outbox", Object.entries(box.counts).filter(([, n]) => n > 0));
+  $("links").replaceChildren(...(st.links.length ? st.links : [{ name: "none configured" }])
+    .map((l) => {
+      const li = document.createElement("li");
+      li.textContent = l.connected === undefined ? l.name : `${l.name}: ${l.connected ? "up" : "DOWN"}`;
+      return li;
+    }));
+  $("versions").textContent = Object.entries(st.versions).map(([k, v]) => `${k} ${v}`).join(" · ");
+}
+
+async function getJson(path) {
+  const resp = await fetch(path, { cache: "no-store" });
+  if (!resp.ok && resp.status !== 503) throw new Error(`${path}: HTTP ${resp.status}`);
+  return resp.json();
+}
+
+async function pollStatus() {
+  try {
+    render(await getJson("/api/v1/status"));
+    const ready = await getJson("/readyz");
+    $("ready").textContent = ready.ready ? "ready" : "not ready";
+    $("ready").className = "badge " + (ready.ready ? "ok" : "bad");
+    $("error").hidden = true;
+  } catch (err) {
+    $("error").textContent = String(err.message || err);
+    $("error").hidden = false;
+  }
+}
+
+async function pollOutbox() {
+  try {
+    const page = await getJson("/api/v1/outbox?limit=10");
+    fillRows("jobs", page.jobs.map((j) => [j.id.slice(0, 8), j.model, j.status, j.iteration, j.reason]));
+  } catch (err) {
+    $("error").textContent = String(err.message || err);
+    $("error").hidden = false;
+  }
+}
+
+$("mask").addEventListener("change", () => { $("stream").src = streamUrl(); });
+$("camera").addEventListener("change", () => { $("stream").src = streamUrl(); });
+pollStatus();
+pollOutbox();
+setInterval(pollStatus, POLL_MS);
+setInterval(pollOutbox, OUTBOX_MS);

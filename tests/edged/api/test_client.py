@@ -1,0 +1,63 @@
+"""``edged status``: the same status in a terminal, from a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+import pytest
+
+from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status, table
+from edged.errors import EdgeFedError
+
+from .conftest import Daemon
+from .httpclient import wait_for
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="edged")
+    add_subparsers(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_status_prints_cameras_models_outbox_and_links(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for("a completed frame", lambda: daemon.app.pipeline.completed.total > 0)
+    args = parse(["status", "--url", daemon.url])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("edged demo/edge-01: up ")
+    assert any(line.startswith("vtest") and "running" in line for line in lines)
+    for model in ("person", "pose", "face", "scene"):
+        assert any(line.split()[:2] == [model, "yes"] for line in lines), model
+    assert "outbox: not configured" in lines and "links: none configured" in lines
+
+
+def test_status_json_is_the_api_document(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cmd_status(parse(["status", "--url", daemon.url + "/", "--json"])) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["device_id"] == "demo/edge-01"
+    assert {m["name"] for m in printed["models"]} == {"person", "pose", "face", "scene"}
+    assert format_status(printed).startswith("edged demo/edge-01")
+
+
+def test_status_of_an_unreachable_daemon_is_an_edgefed_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connection refused
+        with pytest.raises(EdgeFedError, match="cannot reach edged"):
+            fetch_status(f"http://127.0.0.1:{port}", timeout=2)
+
+
+def test_table_aligns_columns_and_shows_missing_values() -> None:
+    assert table(["A", "BB"], [["x", None], ["long", 1.5], ["y", True]]) == [
+        "A     BB",
+        "x     -",
+        "long  1.5",
+        "y     yes",
+    ]

@@ -1,0 +1,104 @@
+"""/metrics parsed by prometheus-client's own text parser; names as documented."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.paths import REPO
+
+from .conftest import Daemon
+from .httpclient import call, wait_for
+
+EXPECTED = {
+    "edged_build_info": "gauge",  # an info metric; the 0.0.4 text format has no info type
+    "edged_uptime_seconds": "gauge",
+    "edged_frames_completed": "counter",
+    "edged_pipeline_fps": "gauge",
+    "edged_camera_up": "gauge",
+    "edged_camera_capture_fps": "gauge",
+    "edged_camera_processed_fps": "gauge",
+    "edged_camera_motion_ratio": "gauge",
+    "edged_camera_frames": "counter",
+    "edged_camera_ring_drops": "counter",
+    "edged_camera_reconnects": "counter",
+    "edged_camera_gated_frames": "counter",
+    "edged_camera_skipped_frames": "counter",
+    "edged_model_loaded": "gauge",
+    "edged_model_enabled": "gauge",
+    "edged_model_inferences": "counter",
+    "edged_model_errors": "counter",
+    "edged_model_dropped": "counter",
+    "edged_model_queue_depth": "gauge",
+    "edged_model_latency_seconds": "gauge",
+    "edged_outbox_jobs": "gauge",
+    "edged_outbox_depth": "gauge",
+    "edged_link_up": "gauge",
+    "edged_preview_viewers": "gauge",
+    "edged_preview_renders": "counter",
+    "edged_events": "counter",
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+}
+
+
+def scrape(daemon: Daemon) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
+    answer = call(daemon.url + "/metrics")
+    assert answer.status == 200
+    assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {
+        f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
+        for f in text_string_to_metric_families(answer.body.decode())
+    }
+
+
+def test_metrics_parse_and_carry_the_expected_families(daemon: Daemon) -> None:
+    wait_for(
+        "every model ran",
+        lambda: all(w.latency.count > 0 for w in daemon.app.pipeline.workers.values()),
+        60,
+    )
+    families = scrape(daemon)
+    for name, kind in EXPECTED.items():
+        assert name in families, name
+        assert families[name][0] == kind, name
+    samples = {(n, tuple(sorted(lab.items()))): v for _, s in families.values() for n, lab, v in s}
+    assert samples[("edged_camera_up", (("camera", "vtest"),))] == 1.0
+    assert samples[("edged_frames_completed_total", ())] > 0
+    assert samples[("edged_model_inferences_total", (("model", "person"),))] > 0
+    p50 = samples[("edged_model_latency_seconds", (("model", "scene"), ("quantile", "0.5")))]
+    assert 0 < p50 < 10
+    skipped = {lab["reason"] for n, lab, _ in families["edged_camera_skipped_frames"][1]}
+    assert skipped == {"static", "rate"}
+
+
+def test_counters_grow_between_scrapes(daemon: Daemon) -> None:
+    def frames() -> float:
+        return scrape(daemon)["edged_frames_completed"][1][0][2]
+
+    first = frames()
+    wait_for("the frame counter to grow", lambda: frames() > first, 30)
+
+
+def test_openmetrics_is_served_when_asked_for(daemon: Daemon) -> None:
+    accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    answer = call(daemon.url + "/metrics", headers=accept)
+    assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+    families = {f.name: f.type for f in openmetrics_families(answer.body.decode())}
+    assert families["edged_build"] == "info"
+    assert families["edged_frames_completed"] == "counter"
+
+
+def test_every_metric_is_documented() -> None:
+    doc = (REPO / "docs" / "api.md").read_text()
+    exposed = {
+        f"{name}_total" if kind == "counter" else name
+        for name, kind in EXPECTED.items()
+        if name.startswith("edged_")
+    }
+    documented = set(re.findall(r"`(edged_[a-z_]+)`", doc))
+    assert exposed <= documented, sorted(exposed - documented)

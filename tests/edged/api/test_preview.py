@@ -1,0 +1,142 @@
+"""The live preview: shared, rate-capped rendering; MJPEG and single JPEG; annotations."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import aiohttp
+import cv2
+import numpy as np
+
+from edged.api.draw import POSE_CONNECTIONS, VISIBLE, annotate
+from edged.api.mjpeg import CONTENT_TYPE, read_parts
+from edged.api.preview import PreviewRenderer, PreviewSink, Rendered
+from edged.models.types import Detection, Landmarks
+from edged.pipeline import FrameJob
+
+from .conftest import Daemon
+from .httpclient import call, wait_for
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "not a JPEG"
+    return image
+
+
+def digests(parts: list[bytes]) -> set[bytes]:
+    return {hashlib.sha256(p).digest() for p in parts}
+
+
+async def watch(url: str, parts: int) -> list[bytes]:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == CONTENT_TYPE
+        out: list[bytes] = []
+        async for body in read_parts(resp):
+            out.append(body)
+            if len(out) == parts:
+                return out
+    raise AssertionError("stream ended early")
+
+
+async def two_viewers(url: str, parts: int) -> tuple[list[bytes], list[bytes]]:
+    a, b = await asyncio.gather(watch(url, parts), watch(url, parts))
+    return a, b
+
+
+def test_two_viewers_share_one_render_per_frame(daemon: Daemon) -> None:
+    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    renderer = daemon.api.renderer
+    renders_before = renderer.renders
+    started = time.monotonic()
+    a, b = asyncio.run(two_viewers(daemon.url + "/api/v1/preview.mjpg", 8))
+    elapsed = time.monotonic() - started
+    renders = renderer.renders - renders_before
+    seen_a, seen_b = digests(a), digests(b)
+    assert len(seen_a) == len(seen_b) == 8, "a viewer never gets the same frame twice"
+    assert seen_a & seen_b, "both viewers were sent the same rendered frames"
+    assert renders <= len(seen_a | seen_b), "every render was for a frame some viewer received"
+    # the cap: per camera and mask setting, renders are at least 1/fps apart
+    assert renders <= elapsed * daemon.api.config.preview_fps + 1
+    frame = decode(a[-1])
+    assert frame.shape == (576, 768, 3)
+    wait_for("closed streams to be uncounted", lambda: renderer.viewers == 0)
+
+
+def test_single_jpeg_and_mask_toggle(daemon: Daemon) -> None:
+    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    plain = call(daemon.url + "/api/v1/preview.jpg")
+    masked = call(daemon.url + "/api/v1/preview.jpg?mask=1&camera=vtest")
+    assert plain.headers["Content-Type"] == "image/jpeg"
+    assert decode(plain.body).shape == decode(masked.body).shape == (576, 768, 3)
+    assert call(daemon.url + "/api/v1/preview.jpg?camera=nope").status == 404
+    assert call(daemon.url + "/api/v1/preview.jpg?mask=maybe").status == 400
+
+
+def latest_job_with_pose(daemon: Daemon) -> FrameJob:
+    def pose_job() -> FrameJob | None:
+        latest = daemon.preview.latest("vtest")
+        if latest is None:
+            return None
+        job = latest[1]
+        return job if job.results.get("pose") and job.gate.boxes else None
+
+    wait_for("a frame with a pose skeleton", lambda: pose_job() is not None, 60)
+    job = pose_job()
+    assert job is not None
+    return job
+
+
+def test_annotation_draws_skeletons_boxes_and_the_mask(daemon: Daemon) -> None:
+    job = latest_job_with_pose(daemon)
+    raw = job.frame.image
+    drawn = annotate(job, mask=False, max_width=2000)
+    assert drawn.shape == raw.shape and not np.array_equal(drawn, raw)
+    assert np.array_equal(job.frame.image, raw), "the frame itself is never drawn on"
+    # landmark dots are white discs at the visible landmarks
+    pose = next(r for r in job.results["pose"] if isinstance(r, Landmarks))
+    visible = [p for p in pose.points if p[3] >= VISIBLE]
+    white = [
+        drawn[min(round(y), raw.shape[0] - 1), min(round(x), raw.shape[1] - 1)].min() >= 200
+        for x, y, _, _ in visible
+    ]
+    assert visible and sum(white) >= 0.8 * len(white)
+    assert len(POSE_CONNECTIONS) == 35 and max(max(c) for c in POSE_CONNECTIONS) == 32
+    # the motion mask tints changed pixels red and leaves the rest alone
+    masked = annotate(job, mask=True, max_width=2000)
+    big = cv2.resize(job.gate.mask, (raw.shape[1], raw.shape[0]), interpolation=cv2.INTER_NEAREST)
+    changed = np.any(masked != drawn, axis=2)
+    assert changed.any() and not changed[big == 0].any()
+    assert (masked[changed][:, 2].astype(int) >= drawn[changed][:, 2]).all()
+    # scaled down for narrow previews
+    small = annotate(job, mask=True, max_width=384)
+    assert small.shape == (288, 384, 3)
+
+
+async def render_twice(
+    renderer: PreviewRenderer, sink: PreviewSink, good: FrameJob
+) -> tuple[Rendered | None, Rendered | None]:
+    sink(good)
+    first = await renderer.frame("vtest", False)
+    nan = float("nan")
+    sink(replace(good, results={"person": [Detection("person", 0.9, (nan, 0.0, 9.0, 9.0))]}))
+    await asyncio.sleep(2 * renderer.interval)
+    second = await renderer.frame("vtest", False)
+    return first, second
+
+
+def test_a_frame_that_cannot_be_drawn_is_skipped(daemon: Daemon) -> None:
+    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    latest = daemon.preview.latest("vtest")
+    assert latest is not None
+    sink = PreviewSink()
+    with ThreadPoolExecutor(1, thread_name_prefix="test-render") as executor:
+        renderer = PreviewRenderer(sink, executor, fps=50, quality=70, max_width=960)
+        first, second = asyncio.run(render_twice(renderer, sink, latest[1]))
+    assert first is not None and second is first, "the last good frame stays on screen"
+    assert renderer.renders == 1
