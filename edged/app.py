@@ -16,6 +16,10 @@ from typing import Any, Protocol
 
 from drivers import registry
 from drivers.base import Driver
+from edged import wiring
+from edged.api.preview import PreviewSink
+from edged.api.server import ApiServer
+from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.errors import DriverError, EdgeFedError
 from edged.images.verify import read_manifest
@@ -113,25 +117,78 @@ def summary_line(status: dict[str, Any]) -> str:
 
 
 class EdgedApp:
-    """The running daemon: models, pipeline, sinks and services."""
+    """The running daemon: models, pipeline, sinks and the optional services.
+
+    Services start in list order and stop in reverse: pipeline, summary, MQTT, offload,
+    EventBus, twin, HTTP API (the API starts last and stops first).
+    """
 
     def __init__(self, config: EdgedConfig, extra_sinks: tuple[FrameSink, ...] = ()) -> None:
         self.config = config
         self.events = EventLog()
+        self.preview = PreviewSink()
         self.models = load_models(config)
         if not self.models.runners:
             reasons = "; ".join(f"{k}: {v}" for k, v in self.models.failures.items())
             raise DriverError(f"no model could be loaded ({reasons})")
         self._jsonl = JsonlSink(config.output.results) if config.output.results else None
-        sinks: list[FrameSink] = [self.events, *extra_sinks]
-        if self._jsonl is not None:
-            sinks.append(self._jsonl)
-        self.pipeline = Pipeline(config, self.models.runners, sinks=sinks)
+        self.mqtt = wiring.mqtt_client(config)
+        self.offload = wiring.offload(config, self.mqtt, self._queue_depth)
+        self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
+        sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
+        sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
+        listeners = []
+        if self.offload is not None:
+            sinks.append(self.offload.dispatcher.on_frame)
+            listeners.append(self.offload.dispatcher)
+        self.pipeline = Pipeline(config, self.models.runners, sinks=sinks, listeners=listeners)
+        self.runtime = wiring.runtime_config(config, self.pipeline, self.offload)
+        self.twin = wiring.twin(config, self.mqtt, self.runtime, self.eventbus, self._readings)
         self.services: list[Service] = [
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
+        optional = (self.mqtt, self.offload, self.eventbus, self.twin, self._api())
+        self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
+
+    def _queue_depth(self, model: str) -> int:
+        worker = self.pipeline.workers.get(model)
+        return worker.depth if worker is not None else 0
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline.status(),
+            "mqtt": self.mqtt.counters.as_dict() if self.mqtt is not None else None,
+            "offload": self.offload.status() if self.offload is not None else None,
+        }
+
+    def _readings(self) -> dict[str, Any]:
+        """Read-only twin properties."""
+        cams = self.pipeline.status()["cameras"]
+        gated = sum(c["gated"] for c in cams)
+        static = sum(c["skipped_static"] for c in cams)
+        depth = self.offload.outbox.stats().get("open_jobs", 0) if self.offload else 0
+        return {
+            "fps": round(sum(c["capture_fps"] for c in cams), 2),
+            "gated_ratio": round(static / (gated + static), 4) if gated + static else 0.0,
+            "outbox_depth": depth,
+        }
+
+    def _api(self) -> ApiServer | None:
+        if not self.config.api.enabled:
+            return None
+        sources = ApiSources(
+            pipeline=self.pipeline,
+            events=self.events,
+            preview=self.preview,
+            device_id=self.config.device_id,
+            model_failures=self.models.failures,
+            runtime=self.runtime,
+            outbox=self.offload.outbox if self.offload is not None else None,
+            links={"mqtt": self.mqtt} if self.mqtt is not None else {},
+        )
+        return ApiServer(self.config.api, sources)
 
     def add_service(self, service: Service) -> None:
         self.services.append(service)
@@ -150,6 +207,8 @@ class EdgedApp:
                 log.exception("stopping %r failed", service)
         if self._jsonl is not None:
             self._jsonl.close()
+        if self.offload is not None:
+            self.offload.outbox.close()
         self.models.close()
 
     def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
@@ -171,4 +230,6 @@ class EdgedApp:
         status = self.pipeline.status()
         status["model_failures"] = self.models.failures
         status["detections"] = dict(self.events.detections)
+        if self.offload is not None:
+            status["offload"] = self.offload.status()
         return status

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from edged import __version__
+from edged.api import client as api_client
 from edged.config import dump_config, load_config
 from edged.errors import (
     EXIT_CONFIG,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     image_cli.add_subparsers(sub)
+    api_client.add_subparsers(sub)
     return parser
 
 

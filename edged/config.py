@@ -17,9 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drivers import registry
 from drivers.base import DriverConfig
+from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
 from edged.errors import ConfigError
+from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
+from edged.mqtt import MqttConfig
+from edged.offload.config import OffloadConfig
+from edged.twin.service import TwinConfig
 
 ENV_PREFIX = "EDGED__"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -114,6 +119,23 @@ class EdgedConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1, description="Models to run")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Results output")
+    api: ApiConfig = Field(
+        default_factory=ApiConfig,
+        description="Operator HTTP API: status, metrics, live preview, dashboard",
+    )
+    mqtt: MqttConfig | None = Field(
+        None,
+        description="Node broker (shared with KubeEdge's EventBus, or bridged to serverd); "
+        "None: no twin, no events, no offload",
+    )
+    twin: TwinConfig = Field(default_factory=TwinConfig, description="KubeEdge device twin")
+    eventbus: EventBusConfig = Field(
+        default_factory=EventBusConfig,
+        description="Events and stats forwarded to the cloud by KubeEdge's EventBus",
+    )
+    offload: OffloadConfig = Field(
+        default_factory=OffloadConfig, description="Offload to serverd through the outbox"
+    )
 
     @field_validator("drivers", mode="before")
     @classmethod
@@ -149,6 +171,8 @@ class EdgedConfig(_Strict):
         types = [d.type for d in self.drivers]
         if len(set(types)) != len(types):
             raise ValueError("each driver type may be configured once")
+        if self.offload.enabled and self.mqtt is None:
+            raise ValueError("offload.enabled needs an mqtt section (the broker to serverd)")
         cams = [c.name for c in self.cameras]
         if len(set(cams)) != len(cams):
             raise ValueError("camera names must be unique")

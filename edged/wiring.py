@@ -1,0 +1,148 @@
+"""Builders for edged's optional services, each from its config section (None when off).
+
+``EdgedApp`` calls these in order; each returns an object with ``start()``/``stop()``
+or None, so the app's service list only holds what is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edged.config import EdgedConfig
+from edged.errors import ConfigError
+from edged.eventbus import EventBus
+from edged.mqtt import MqttClient, presence
+from edged.offload.client import OffloadClient
+from edged.offload.dispatch import OffloadDispatcher
+from edged.offload.outbox import Outbox
+from edged.pipeline import Pipeline
+from edged.protocol import Availability, Topics
+from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.twin.properties import load_property_table
+from edged.twin.service import TwinService
+
+log = logging.getLogger(__name__)
+
+RUNTIME_STATE = "runtime.json"
+
+
+def mqtt_client(config: EdgedConfig) -> MqttClient | None:
+    """The node broker connection, with this device's retained presence and Last Will."""
+    if config.mqtt is None:
+        return None
+    topics = Topics(config.offload.client.prefix)
+    online = Availability(
+        role="device",
+        id=config.device_id.replace("/", "."),
+        state="online",
+        since=int(time.time() * 1000),
+        models=sorted(m.name for m in config.models),
+    )
+    return MqttClient(config.mqtt, presence(topics.device_availability(config.device_id), online))
+
+
+@dataclass
+class OffloadService:
+    """The outbox, the client that drains it over MQTT, and the pipeline's dispatcher."""
+
+    outbox: Outbox
+    client: OffloadClient
+    dispatcher: OffloadDispatcher
+
+    def start(self) -> None:
+        self.client.start()
+
+    def stop(self) -> None:
+        self.client.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.client.status(), **self.dispatcher.status()}
+
+
+def offload(
+    config: EdgedConfig, mqtt: MqttClient | None, queue_depth: Callable[[str], int]
+) -> OffloadService | None:
+    if not config.offload.enabled or mqtt is None:
+        return None
+    outbox = Outbox(config.offload.outbox)
+    client = OffloadClient(config.device_id, mqtt, outbox, config.offload.client)
+    dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
+    return OffloadService(outbox, client, dispatcher)
+
+
+def eventbus(
+    config: EdgedConfig, mqtt: MqttClient | None, stats: Callable[[], Mapping[str, Any]]
+) -> EventBus | None:
+    if mqtt is None or not config.eventbus.enabled:
+        return None
+    return EventBus(config.eventbus, mqtt, config.device_id, stats=stats)
+
+
+def runtime_config(
+    config: EdgedConfig, pipeline: Pipeline, offload_service: OffloadService | None
+) -> RuntimeConfig:
+    """Runtime settings from the config file, then the values a twin or PUT left behind."""
+    policy = {"value": config.offload.policy.policy}
+
+    def set_policy(name: Any) -> None:
+        if offload_service is not None:
+            offload_service.dispatcher.set_policy(name)
+        policy["value"] = name
+
+    def set_target_fps(value: Any) -> None:
+        pipeline.target_fps = value
+
+    initial = RuntimeSettings(
+        motion_threshold=config.motion.threshold,
+        motion_min_pixels=config.motion.min_pixels,
+        target_fps=config.pipeline.target_fps,
+        enabled_models=sorted(pipeline.enabled),
+        offload_policy=policy["value"],
+        log_level=config.log_level,
+    )
+    state_path = config.state_dir / RUNTIME_STATE
+    runtime = RuntimeConfig(
+        initial,
+        {
+            "motion_threshold": lambda v: pipeline.set_motion(threshold=v),
+            "motion_min_pixels": lambda v: pipeline.set_motion(min_pixels=v),
+            "target_fps": set_target_fps,
+            "enabled_models": pipeline.set_enabled,
+            "offload_policy": set_policy,
+            "log_level": lambda v: logging.getLogger().setLevel(v),
+        },
+        known_models=set(pipeline.workers),
+        state_path=state_path,
+    )
+    persisted = RuntimeConfig.load_persisted(state_path)
+    if persisted:
+        try:
+            runtime.apply(persisted)
+            log.info("restored runtime settings from %s", state_path)
+        except ConfigError as exc:
+            log.warning("ignoring persisted runtime settings in %s: %s", state_path, exc)
+    return runtime
+
+
+def twin(
+    config: EdgedConfig,
+    mqtt: MqttClient | None,
+    runtime: RuntimeConfig,
+    bus: EventBus | None,
+    readings: Callable[[], Mapping[str, Any]],
+) -> TwinService | None:
+    if mqtt is None or not config.twin.enabled:
+        return None
+    return TwinService(
+        mqtt,
+        config.device_id,
+        runtime,
+        load_property_table(config.twin.properties_file),
+        on_outcome=bus.publish_twin if bus is not None else None,
+        readings=readings,
+        report_interval_s=config.twin.report_interval_s,
+    )
