@@ -25,6 +25,7 @@ def demo_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:
     raw["state_dir"] = str(tmp_path / "state")
     raw["output"]["results"] = str(tmp_path / "results.jsonl")
     raw["output"]["summary_interval_s"] = 60
+    raw["api"] = {"port": 0}  # an ephemeral port: tests never collide with a running edged
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **copy.deepcopy(value)}

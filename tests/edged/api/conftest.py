@@ -81,9 +81,16 @@ def start_daemon(tmp: Path, api: dict[str, Any] | None = None, **sections: Any) 
     """Build and start EdgedApp + ApiServer on a free port (the caller stops ``app``)."""
     missing = [name for name in DEMO_IMAGES if not (IMAGES_DIR / name).is_dir()]
     if missing or not VTEST.is_file():
-        pytest.skip(f"demo model images or the test video are missing: {missing or VTEST}")
+        pytest.fail(
+            f"demo images or the test video are missing: {missing or VTEST}; run "
+            "packaging/dev/setup.sh",
+            pytrace=False,
+        )
     raw = demo_config(tmp, **sections)
     raw["cameras"][0]["loop"] = True
+    raw["api"] = {
+        "enabled": False
+    }  # the test serves its own ApiServer with a fault-injecting runtime
     config = parse_config(raw, env={})
     preview = PreviewSink()
     app = EdgedApp(config, extra_sinks=(preview,))

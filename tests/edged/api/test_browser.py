@@ -19,10 +19,13 @@ from .conftest import Daemon
 from .httpclient import wait_for
 
 ARTIFACTS = REPO / "artifacts" / "api"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed"),
-]
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _need_chromium() -> None:
+    if CHROMIUM is None:  # the set-up installs Debian's chromium: missing means a broken set-up
+        pytest.fail("chromium is not installed: run packaging/dev/setup.sh", pytrace=False)
 
 
 async def until(what: str, probe: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:

@@ -1,0 +1,101 @@
+"""edged with every optional service wired from config, on a real broker and the real video."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edged.app import EdgedApp
+from edged.config import parse_config
+from tests.support.broker import Broker
+from tests.support.configs import demo_config
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path / "broker") as running:
+        yield running
+
+
+def full_config(tmp_path: Path, broker: Broker) -> dict[str, Any]:
+    return demo_config(
+        tmp_path,
+        mqtt={"host": broker.host, "port": broker.port, "client_id": "edged-services-test"},
+        offload={
+            "enabled": True,
+            "policy": {"policy": "always"},
+            "models": ["scene"],
+            "ttl_s": 0.5,
+            "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+        },
+        api={"port": 0, "token": TOKEN},
+    )
+
+
+def api_get(app: EdgedApp, path: str) -> Any:
+    server = next(s for s in app.services if type(s).__name__ == "ApiServer")
+    with urllib.request.urlopen(f"{server.url}{path}", timeout=5) as resp:  # type: ignore[attr-defined]
+        return json.loads(resp.read())
+
+
+def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Broker) -> None:
+    app = EdgedApp(parse_config(full_config(tmp_path, broker), env={}))
+    app.start()
+    try:
+        # no serverd: every offloaded job expires at its deadline and the local result stands
+        expired = wait_until(
+            "offloaded jobs to expire",
+            lambda: app.offload is not None and app.offload.outbox.counts().get("Expired", 0),
+        )
+        assert expired >= 1
+        status = api_get(app, "/api/v1/status")
+        scene = next(m for m in status["models"] if m["name"] == "scene")
+        assert scene["inferences"] >= 1
+        assert status["outbox"]["available"] and status["outbox"]["counts"]["Expired"] >= expired
+
+        # a KubeEdge twin delta changes the running gate and is persisted
+        delta = {
+            "event_id": "e1",
+            "timestamp": int(time.time() * 1000),
+            "twin": {},
+            "delta": {"motion_threshold": "60"},
+        }
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        pub.publish("$hw/events/device/demo/edge-01/twin/update/delta", json.dumps(delta), qos=1)
+        wait_until("the twin value", lambda: app.runtime.current().motion_threshold == 60)
+        assert app.pipeline.cameras[0].gate.config.threshold == 60
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        app.stop()
+
+    # the twin-applied value survives a restart until the twin changes it
+    again = EdgedApp(parse_config(full_config(tmp_path, broker), env={}))
+    try:
+        assert again.runtime.current().motion_threshold == 60
+        assert again.pipeline.cameras[0].gate.config.threshold == 60
+    finally:
+        again.models.close()
+        if again.offload is not None:
+            again.offload.outbox.close()
