@@ -110,3 +110,16 @@ def test_no_loadable_model_exits_with_the_driver_code(tmp_path: Path) -> None:
     proc = edged("run", "-c", str(write_config(tmp_path, raw)))
     assert proc.returncode == EXIT_DRIVER
     assert "no model could be loaded" in proc.stderr and "ghost" in proc.stderr
+
+
+def test_profile_measures_each_image_on_each_driver_that_loads_it(tmp_path: Path) -> None:
+    trust = str(IMAGES_DIR / "keys" / "dev-signing.pub")
+    images = [str(IMAGES_DIR / "face_detector"), str(IMAGES_DIR / "efficientnet_lite0")]
+    proc = edged("profile", *images, "--trust", trust, "--iterations", "5", "--json", timeout=120)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    rows = {(r["image"], r["driver"]): r for r in json.loads(proc.stdout)}
+    assert set(rows) == {("face_detector", "litert"), ("efficientnet_lite0", "onnxruntime")}
+    for row in rows.values():
+        assert row["ok"], row
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["throughput_per_s"] > 0 and row["peak_rss_mb"] > 0
