@@ -1,0 +1,279 @@
+"""``python -m bench offload-rtt``: edge -> server -> edge round trip on loopback.
+
+Brings up a private mosquitto (TCP_NODELAY) and ``serverd run`` as its own process with
+one supervised Triton serving the demo detector (``pose_detector`` through the npu
+backend) and the ``echo`` model (no model: the system's own overhead). The edge side is
+edged's real offload client (``edged.offload.OffloadClient``: SQLite outbox, MQTT QoS 1,
+result matched by job id). One job at a time; the time is from ``submit`` to the outcome.
+
+Requests are 640x480 JPEG frames of vtest.avi. In the same run, detector round trips
+alternate with direct tritonclient gRPC calls of the same model on the same Triton with
+the same frames, so ``overhead_ratio`` (detector round-trip p50 / direct p50) compares
+like with like. ``tiny_bare_publisher_*`` time the same echo jobs sent by a bare MQTT
+publisher on the wire contract (no outbox), which separates serverd's share from the
+edge client's. The original project's target for the round trip is 80 ms (over 5G).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tritonclient.grpc as grpcclient
+import yaml
+
+from edged.mqtt import MqttClient, MqttConfig
+from edged.offload.client import JobOutcome, OffloadClient
+from edged.offload.outbox import Outbox
+from edged.offload.records import OutboxConfig
+from edged.protocol import (
+    OffloadResult,
+    Topics,
+    decode_availability,
+    decode_reply,
+    encode_request,
+)
+from tests.support.broker import Broker
+from tests.support.paths import IMAGES_DIR, REPO, VTEST
+
+SERVER_ID = "bench-server"
+RAW_DEVICE = "bench-raw"
+TARGET_MS = 80.0
+TARGETS = {"tiny_p99_ms": 5.0, "detector_p99_ms": 30.0, "overhead_ratio": 1.5}
+
+
+def frames(count: int, quality: int) -> list[bytes]:
+    """``count`` 640x480 JPEG frames spread over vtest.avi."""
+    capture = cv2.VideoCapture(str(VTEST))
+    out: list[bytes] = []
+    step = max(1, 795 // count)
+    index = 0
+    while len(out) < count:
+        ok, image = capture.read()
+        if not ok:
+            break
+        if index % step == 0:
+            resized = cv2.resize(image, (640, 480))
+            ok, data = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            out.append(bytes(data.tobytes()))
+        index += 1
+    capture.release()
+    if not out:
+        raise SystemExit(f"cannot read frames from {VTEST}")
+    return out
+
+
+def free_block(size: int = 3) -> int:
+    """A base port with ``size`` consecutive free ports on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + size > 65000:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise SystemExit("no block of free ports found")
+
+
+def write_config(directory: Path, mqtt_port: int, base_port: int, threads: int) -> Path:
+    config = {
+        "server_id": SERVER_ID,
+        "log_level": "WARNING",
+        "state_dir": str(directory / "serverd"),
+        "mqtt": {"port": mqtt_port, "client_id": "serverd-bench"},
+        "images": {
+            "dir": str(IMAGES_DIR),
+            "trusted_keys": [str(IMAGES_DIR / "keys" / "dev-signing.pub")],
+        },
+        "triton": {
+            "venv": str(REPO / ".venv-triton"),
+            "instances": 1,
+            "base_port": base_port,
+            "models": [
+                {
+                    "name": "detector",
+                    "image": "pose_detector",
+                    "driver": {"type": "litert", "num_threads": threads},
+                },
+                {"name": "echo", "backend": "echo"},
+            ],
+        },
+    }
+    path = directory / "serverd.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+class Edge:
+    """edged's offload client with a blocking ``round_trip``."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self._done: dict[str, threading.Event] = {}
+        self._outcomes: dict[str, JobOutcome] = {}
+        self.mqtt = MqttClient(MqttConfig(port=port, client_id="bench-edge"))
+        self.outbox = Outbox(OutboxConfig(path=directory / "outbox.sqlite"))
+        self.client = OffloadClient("bench-cam", self.mqtt, self.outbox, on_outcome=self._on)
+        server_online = threading.Event()
+
+        def on_availability(_topic: str, data: bytes) -> None:
+            if decode_availability(data).state == "online":
+                server_online.set()
+
+        self.mqtt.subscribe(Topics().server_availability(SERVER_ID), on_availability)
+        self._raw: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.mqtt.subscribe(Topics().reply(RAW_DEVICE), lambda _t, data: self._raw.put(data))
+        self.client.start()
+        self.mqtt.start()
+        if not server_online.wait(180):
+            raise SystemExit("serverd did not announce itself online")
+
+    def _on(self, outcome: JobOutcome) -> None:
+        self._outcomes[outcome.job_id] = outcome
+        self._done[outcome.job_id].set()
+
+    def round_trip(self, model: str, jpeg: bytes) -> tuple[float, dict[str, float]]:
+        request = self.client.make_request(model, "jpeg", ttl_s=30)
+        event = self._done[request.job_id] = threading.Event()
+        start = time.perf_counter()
+        self.client.submit(request, jpeg)
+        if not event.wait(30):
+            raise SystemExit(f"no answer for a {model} job within 30 s")
+        elapsed = (time.perf_counter() - start) * 1000
+        outcome = self._outcomes.pop(request.job_id)
+        del self._done[request.job_id]
+        if outcome.result is None:
+            raise SystemExit(f"{model} job closed {outcome.status}: {outcome.reason}")
+        return elapsed, outcome.result.timings_ms
+
+    def raw_round_trip(self, model: str, jpeg: bytes) -> float:
+        """The same job from a bare publisher (no outbox): serverd's share of the time."""
+        request = self.client.make_request(model, "jpeg", ttl_s=30)
+        request = request.model_copy(update={"device_id": RAW_DEVICE})
+        start = time.perf_counter()
+        self.mqtt.publish(Topics().request(RAW_DEVICE), encode_request(request, jpeg))
+        while True:
+            reply = decode_reply(self._raw.get(timeout=30))
+            if isinstance(reply, OffloadResult) and reply.job_id == request.job_id:
+                return (time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self.client.stop()
+        self.mqtt.stop()
+        self.outbox.close()
+
+
+def direct_call(url: str) -> Callable[[str, bytes], float]:
+    client = grpcclient.InferenceServerClient(url)
+
+    def call(model: str, jpeg: bytes) -> float:
+        tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[jpeg]], dtype=np.object_))
+        start = time.perf_counter()
+        client.infer(model, [tensor])
+        return (time.perf_counter() - start) * 1000
+
+    return call
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 3)
+
+
+def measure(
+    edge: Edge, direct: Callable[[str, bytes], float], jpegs: list[bytes], n: int
+) -> dict[str, Any]:
+    for i in range(20):  # warm-up: connections, interpreters, caches
+        edge.round_trip("echo", jpegs[i % len(jpegs)])
+        edge.round_trip("detector", jpegs[i % len(jpegs)])
+        direct("detector", jpegs[i % len(jpegs)])
+    tiny: list[float] = []
+    tiny_raw: list[float] = []
+    for i in range(n):
+        tiny.append(edge.round_trip("echo", jpegs[i % len(jpegs)])[0])
+        tiny_raw.append(edge.raw_round_trip("echo", jpegs[i % len(jpegs)]))
+    detector: list[float] = []
+    direct_ms: list[float] = []
+    server: dict[str, list[float]] = {}
+    for i in range(n):
+        jpeg = jpegs[i % len(jpegs)]
+        ms, timings = edge.round_trip("detector", jpeg)
+        detector.append(ms)
+        for key, value in timings.items():
+            server.setdefault(key, []).append(value)
+        direct_ms.append(direct("detector", jpeg))
+    return {
+        "tiny_p50_ms": pct(tiny, 50),
+        "tiny_p99_ms": pct(tiny, 99),
+        "tiny_bare_publisher_p50_ms": pct(tiny_raw, 50),
+        "tiny_bare_publisher_p99_ms": pct(tiny_raw, 99),
+        "detector_p50_ms": pct(detector, 50),
+        "detector_p99_ms": pct(detector, 99),
+        "direct_p50_ms": pct(direct_ms, 50),
+        "direct_p99_ms": pct(direct_ms, 99),
+        "overhead_ratio": round(pct(detector, 50) / pct(direct_ms, 50), 3),
+        "detector_server_p50_ms": {k: pct(v, 50) for k, v in sorted(server.items())},
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench offload-rtt", description=__doc__)
+    parser.add_argument("--requests", type=int, default=300, help="timed jobs per series")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of frames")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads of the detector")
+    args = parser.parse_args(argv)
+    jpegs = frames(50, args.jpeg_quality)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with Broker(directory / "broker") as broker:
+            base = free_block()
+            config = write_config(directory, broker.port, base, args.threads)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serverd", "run", "-c", str(config)],
+                cwd=REPO,
+                env=os.environ | {"PYTHONPATH": str(REPO)},
+            )
+            edge: Edge | None = None
+            try:
+                edge = Edge(broker.port, directory)
+                report = measure(edge, direct_call(f"127.0.0.1:{base + 1}"), jpegs, args.requests)
+            finally:
+                if edge is not None:
+                    edge.close()
+                process.send_signal(signal.SIGTERM)
+                process.wait(60)
+    report |= {
+        "target_ms": TARGET_MS,
+        "targets": TARGETS,
+        "met": {k: report[k] < v for k, v in TARGETS.items()},
+        "requests": args.requests,
+        "payload_bytes_p50": int(np.median([len(j) for j in jpegs])),
+        "edge_client": "edged.offload.OffloadClient (SQLite outbox, MQTT QoS 1)",
+        "server": f"serverd run: 1 supervised Triton, npu backend, litert x{args.threads} threads",
+    }
+    print(json.dumps(report))
+    return 0

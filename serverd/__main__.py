@@ -1,0 +1,5 @@
+import sys
+
+from serverd.cli import main
+
+sys.exit(main())

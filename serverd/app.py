@@ -1,0 +1,172 @@
+"""serverd start-up: job table, own Tritons, external endpoints, MQTT and the offload service.
+
+Order of start: the job table; the model repository and the supervised Triton
+processes (in parallel; a failure names Triton's own words); the external endpoints'
+model lists; the scheduler; the MQTT connection with a retained ``online`` availability
+and its ``offline`` Last Will; the request subscription last, so that no request
+arrives before something can serve it. Everything stops in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from edged.errors import OffloadError
+from edged.mqtt import MqttClient, on_loop, presence
+from edged.protocol import Availability, Topics
+from serverd.config import ServerdConfig
+from serverd.jobs import JobTable
+from serverd.scheduler import Scheduler
+from serverd.service import OffloadService, ServiceSettings, now_ms
+from serverd.triton.client import TritonEndpoint
+from serverd.triton.install import TritonInstall
+from serverd.triton.repository import write_repository
+from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
+
+log = logging.getLogger(__name__)
+
+
+class ServerdApp:
+    """The running server daemon; ``run(stop)`` returns when ``stop`` is set."""
+
+    def __init__(self, config: ServerdConfig) -> None:
+        self.config = config
+        self.supervisors: dict[str, TritonSupervisor] = {}
+        self.endpoints: dict[str, TritonEndpoint] = {}
+        self.scheduler = Scheduler(
+            config.scheduler.ema_alpha, config.scheduler.prior_ms, config.scheduler.max_attempts
+        )
+        self.service: OffloadService | None = None
+        self.mqtt: MqttClient | None = None
+        self.ready = threading.Event()  # set once requests are being served
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _tritons(self) -> list[TritonSupervisor]:
+        cfg = self.config
+        if cfg.triton.instances == 0:
+            return []
+        install = TritonInstall.locate(cfg.triton.venv)
+        work = cfg.state_dir / "triton"
+        repository = write_repository(
+            work / "models",
+            cfg.triton.models,
+            cfg.images.dir,
+            cfg.images.trusted_keys,
+            cfg.images.allow_unsigned,
+        )
+        out = []
+        for i in range(cfg.triton.instances):
+            base = cfg.triton.base_port
+            ports = TritonPorts.free() if base is None else TritonPorts.at(base + 3 * i)
+            process = TritonProcess(
+                install, repository, work, f"local-{i}", ports, cfg.triton.ready_timeout_s
+            )
+            out.append(
+                TritonSupervisor(
+                    process,
+                    self._on_triton_state,
+                    cfg.triton.restarts,
+                    cfg.triton.restart_window_s,
+                )
+            )
+        return out
+
+    def _on_triton_state(self, name: str, up: bool) -> None:
+        """Called on a supervisor's watcher thread."""
+        service, loop = self.service, self._loop
+        if service is not None and loop is not None:
+            loop.call_soon_threadsafe(service.instance_state, name, up)
+
+    async def _start_tritons(self) -> None:
+        supervisors = self._tritons()
+        results = await asyncio.gather(
+            *(asyncio.to_thread(s.start) for s in supervisors), return_exceptions=True
+        )
+        for supervisor, result in zip(supervisors, results, strict=True):
+            if isinstance(result, BaseException):
+                await asyncio.gather(*(asyncio.to_thread(s.stop) for s in supervisors))
+                if isinstance(result, OffloadError):
+                    raise result
+                raise OffloadError(f"Triton {supervisor.process.name}: {result}") from result
+        capacity = self.config.scheduler.capacity
+        models = [m.name for m in self.config.triton.models]
+        for supervisor in supervisors:
+            name = supervisor.process.name
+            self.supervisors[name] = supervisor
+            self.endpoints[name] = TritonEndpoint(
+                name, supervisor.process.grpc_url, self.config.infer_timeout_s
+            )
+            self.scheduler.add_instance(name, models, capacity)
+
+    async def _add_external(self) -> None:
+        for ext in self.config.endpoints:
+            endpoint = TritonEndpoint(ext.name, ext.url, self.config.infer_timeout_s)
+            models = set(ext.models)
+            healthy = True
+            if not models:
+                try:
+                    models = await endpoint.models()
+                except OffloadError as exc:
+                    log.error("external Triton %s: %s (will retry)", ext.name, exc)
+                    healthy = False
+            self.endpoints[ext.name] = endpoint
+            self.scheduler.add_instance(
+                ext.name, models, self.config.scheduler.capacity, healthy=healthy
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        self._loop = loop = asyncio.get_running_loop()
+        jobs = JobTable(cfg.jobs_path)
+        if jobs.interrupted:
+            log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
+        try:
+            await self._start_tritons()
+            await self._add_external()
+            topics = Topics(cfg.prefix)
+            online = Availability(
+                role="server",
+                id=cfg.server_id,
+                state="online",
+                since=now_ms(),
+                models=sorted(self.scheduler.models()),
+            )
+            own = Topics(cfg.availability_prefix or cfg.prefix)
+            self.mqtt = MqttClient(
+                cfg.mqtt, presence(own.server_availability(cfg.server_id), online)
+            )
+            settings = ServiceSettings(
+                cfg.server_id,
+                cfg.max_message_bytes,
+                cfg.max_queue,
+                cfg.health_interval_s,
+                cfg.drain_s,
+                cfg.retention_s,
+                cfg.send_accepted,
+            )
+            self.service = OffloadService(
+                settings, topics, self.mqtt.publish, jobs, self.scheduler, self.endpoints
+            )
+            self.mqtt.subscribe(topics.requests_filter(), on_loop(loop, self._on_request))
+            self.mqtt.start()
+            log.info(
+                "serverd %s serving %s on %d instance(s)",
+                cfg.server_id,
+                ", ".join(online.models) or "nothing yet",
+                len(self.endpoints),
+            )
+            self.ready.set()
+            await self.service.run(stop)
+        finally:
+            if self.service is not None:
+                log.info("final status %s", self.service.status())
+            if self.mqtt is not None:
+                await asyncio.to_thread(self.mqtt.stop)
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.supervisors.values()))
+            jobs.close()
+
+    def _on_request(self, topic: str, payload: bytes) -> None:
+        if self.service is not None:
+            self.service.on_request(topic, payload)

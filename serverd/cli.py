@@ -1,0 +1,102 @@
+"""The ``serverd`` command line: a thin layer over ``serverd.app``.
+
+``serverd run -c serverd.yaml`` runs until SIGTERM/SIGINT; ``serverd check-config FILE``
+validates a config and prints it resolved. Exit codes are those of ``edged.errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edged.errors import (
+    EXIT_CONFIG,
+    EXIT_DRIVER,
+    EXIT_IMAGE,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    ConfigError,
+    DriverError,
+    EdgeFedError,
+    ImageError,
+)
+from serverd import __version__
+from serverd.config import dump_config, load_config
+
+log = logging.getLogger("serverd")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid configuration", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(dump_config(config), end="")
+    return EXIT_OK
+
+
+async def _serve(config_path: Path) -> None:
+    from serverd.app import ServerdApp  # heavy imports only when running
+
+    config = load_config(config_path)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    await ServerdApp(config).run(stop)
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    log.info("received %s, stopping", signal.Signals(signum).name)
+    stop.set()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(args.config))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serverd", description="EdgeFed server daemon: Triton host and offload scheduler"
+    )
+    parser.add_argument("--version", action="version", version=f"serverd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="serve offload requests until SIGTERM/SIGINT")
+    p.add_argument("-c", "--config", type=Path, required=True, help="serverd YAML config")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check-config", help="validate a config and print it resolved")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"serverd: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImageError as exc:
+        print(f"serverd: model image error: {exc}", file=sys.stderr)
+        return EXIT_IMAGE
+    except DriverError as exc:
+        print(f"serverd: driver error: {exc}", file=sys.stderr)
+        return EXIT_DRIVER
+    except EdgeFedError as exc:
+        print(f"serverd: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return code

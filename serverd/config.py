@@ -1,0 +1,188 @@
+"""serverd configuration (``serverd.yaml``): pydantic v2, ``extra="forbid"``, no I/O in validators.
+
+``load_config`` turns every problem into one ``ConfigError`` listing each field path.
+Relative paths are taken from the working directory serverd starts in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers import registry
+from edged.config import ImagesConfig, format_validation_error
+from edged.errors import ConfigError, ProtocolError
+from edged.mqtt import MqttConfig
+from edged.protocol import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
+from serverd.triton.repository import TritonModelConfig
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TritonConfig(_Strict):
+    """serverd's own Triton processes (the binary bundled in nvidia-pytriton)."""
+
+    venv: Path = Field(
+        Path(".venv-triton"), description="Triton's environment (serverd/triton/setup_env.sh)"
+    )
+    instances: int = Field(
+        1, ge=0, le=16, description="tritonserver processes to supervise (0: external only)"
+    )
+    base_port: int | None = Field(
+        None,
+        ge=1,
+        le=65000,
+        description="Instance i uses ports base+3i (HTTP), +1 (gRPC), +2 (metrics) on "
+        "127.0.0.1; None: free ports",
+    )
+    ready_timeout_s: float = Field(120.0, gt=0, description="Wait for /v2/health/ready")
+    restarts: int = Field(3, ge=0, description="Restarts allowed within restart_window_s")
+    restart_window_s: float = Field(300.0, gt=0, description="Window of the restart budget")
+    models: list[TritonModelConfig] = Field(
+        default_factory=list, description="Models of the generated repository"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TritonConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        if self.instances and not self.models:
+            raise ValueError("triton.instances > 0 needs at least one model")
+        for model in self.models:
+            if model.driver:
+                try:
+                    registry.parse_config(dict(model.driver))
+                except ConfigError as exc:
+                    raise ValueError(f"model {model.name!r}: {exc}") from None
+        return self
+
+
+class EndpointConfig(_Strict):
+    """An external Triton (e.g. a Kubernetes Service) serving npu/echo models over gRPC."""
+
+    name: str = Field(pattern=ID_PATTERN, description="Instance name in logs and results")
+    url: str = Field(min_length=3, description="gRPC address host:port")
+    models: list[str] = Field(
+        default_factory=list, description="Models it serves; empty: ask its repository index"
+    )
+
+
+class SchedulerConfig(_Strict):
+    capacity: int = Field(4, ge=1, le=1024, description="Jobs in flight per instance at most")
+    ema_alpha: float = Field(0.2, gt=0, le=1, description="Weight of a new latency sample")
+    prior_ms: float = Field(10.0, gt=0, description="Latency assumed before any measurement")
+    max_attempts: int = Field(
+        3, ge=0, description="Re-placements of a job after instance failures before it fails"
+    )
+
+
+class ServerdConfig(_Strict):
+    server_id: str = Field("server-01", pattern=ID_PATTERN, description="This server's id")
+    log_level: LogLevel = Field("INFO", description="Log level")
+    state_dir: Path = Field(
+        Path("var/serverd"), description="Writable: job table, model repository, Triton logs"
+    )
+    mqtt: MqttConfig = Field(description="Broker connection (TLS optional)")
+    prefix: str = Field(
+        DEFAULT_PREFIX,
+        description="Topic prefix shared with the edges; a '+' segment subscribes to many",
+    )
+    availability_prefix: str | None = Field(
+        None,
+        description="Prefix of this server's retained availability topic; needed when "
+        "prefix has a '+' segment (default: prefix)",
+    )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_BYTES, ge=1024, description="Largest request accepted from the wire"
+    )
+    images: ImagesConfig = Field(default_factory=ImagesConfig, description="Model images")
+    triton: TritonConfig = Field(default_factory=TritonConfig, description="Own Triton")
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, description="External Triton endpoints"
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="Dynamic scheduler"
+    )
+    send_accepted: bool = Field(
+        False,
+        description="Also tell the device when a job is queued (its status goes Inferencing); "
+        "costs one more message per job",
+    )
+    max_queue: int = Field(1000, ge=1, description="Jobs held (queued + in flight) at most")
+    infer_timeout_s: float = Field(10.0, gt=0, description="One Triton call, at most")
+    health_interval_s: float = Field(1.0, gt=0, description="Readiness probe period")
+    drain_s: float = Field(5.0, ge=0, description="On stop, wait this long for jobs in flight")
+    retention_s: float = Field(86400.0, gt=0, description="Finished jobs kept in the job table")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _valid_prefix(value):
+            raise ValueError(f"invalid topic prefix {value!r}")
+        return value
+
+    @field_validator("availability_prefix")
+    @classmethod
+    def _concrete(cls, value: str | None) -> str | None:
+        if value is not None and ("+" in value.split("/") or not _valid_prefix(value)):
+            raise ValueError(f"availability_prefix {value!r} must be a concrete topic prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _instances(self) -> ServerdConfig:
+        if "+" in self.prefix.split("/") and self.availability_prefix is None:
+            raise ValueError("prefix has a '+' segment: set availability_prefix")
+        if self.triton.instances == 0 and not self.endpoints:
+            raise ValueError("no Triton: set triton.instances > 0 or list endpoints")
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must be unique")
+        return self
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite"
+
+
+def _valid_prefix(prefix: str) -> bool:
+    try:
+        Topics(prefix)
+    except ProtocolError:
+        return False
+    return True
+
+
+def parse_config(raw: Any) -> ServerdConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a YAML mapping at the top level")
+    try:
+        return ServerdConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path) -> ServerdConfig:
+    """Read and validate a serverd YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(raw)
+
+
+def dump_config(config: ServerdConfig) -> str:
+    """The resolved config as YAML (what ``serverd check-config`` prints)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

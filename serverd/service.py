@@ -1,0 +1,388 @@
+"""The offload service: requests from MQTT -> job table -> scheduler -> Triton -> reply.
+
+Everything here runs on one asyncio loop (paho's thread hands messages over with
+``edged.mqtt.on_loop``; the Triton supervisors' watcher threads with
+``call_soon_threadsafe``). A bad message is counted and dropped; a request for a model
+no instance serves, a tensor payload, or an overloaded queue gets an
+``OffloadErrorMessage`` on the device's reply topic. A job whose instance fails is
+re-placed by the scheduler; every job is answered once (duplicates of finished jobs
+get the stored reply again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edged.errors import ModelError, OffloadError, ProtocolError
+from edged.offload.jobs import Status
+from edged.protocol import (
+    ErrorCode,
+    OffloadAccepted,
+    OffloadErrorMessage,
+    OffloadRequest,
+    OffloadResult,
+    Topics,
+    decode_request,
+    encode_message,
+)
+from serverd.jobs import Admission, JobTable
+from serverd.scheduler import Assignment, Job, Scheduler
+from serverd.triton.client import TritonEndpoint
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], object]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    dropped: int = 0
+    duplicates: int = 0
+    resent: int = 0
+    completed: int = 0
+    failed: int = 0
+    expired: int = 0
+    requeued: int = 0
+    stale: int = 0
+    errors: int = 0
+    last_drop: str = ""
+
+
+@dataclass
+class _Held:
+    """A job serverd holds until it is answered: its request, frame and reply topic."""
+
+    request: OffloadRequest
+    body: bytes
+    reply_topic: str
+    received: float  # perf_counter
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The parts of ``ServerdConfig`` the service uses (see there for their meaning)."""
+
+    server_id: str
+    max_message_bytes: int
+    max_queue: int
+    health_interval_s: float
+    drain_s: float
+    retention_s: float
+    send_accepted: bool
+
+
+class OffloadService:
+    """Owns the in-flight tasks and the sweeper; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        topics: Topics,
+        publish: Publish,
+        jobs: JobTable,
+        scheduler: Scheduler,
+        endpoints: Mapping[str, TritonEndpoint],
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self._topics = topics
+        self._publish = publish
+        self._jobs = jobs
+        self._scheduler = scheduler
+        self._endpoints = endpoints
+        self._clock_ms = clock_ms
+        self._held: dict[str, _Held] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reply_topics: dict[str, Topics] = {}
+        self._closing = False
+
+    # -- inputs ---------------------------------------------------------------------------
+    def on_request(self, topic: str, payload: bytes) -> None:
+        """One MQTT message on the requests filter (runs on the loop)."""
+        if self._closing:
+            return
+        self.counters.received += 1
+        try:
+            self._accept(topic, payload)
+        except ProtocolError as exc:
+            self.counters.dropped += 1
+            self.counters.last_drop = f"{topic}: {exc}"
+            log.warning("dropped a message on %s: %s", topic, exc)
+        except Exception:  # contained: a fault on one message never stops the service
+            self.counters.errors += 1
+            log.exception("handling a message on %s failed", topic)
+
+    def instance_state(self, name: str, up: bool) -> None:
+        """An instance came up or went down (supervisor or health probe)."""
+        if up:
+            log.info("instance %s is up", name)
+            self._scheduler.instance_up(name)
+            self._pump()
+        else:
+            self._instance_failed(name, "reported down")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        loops = [
+            asyncio.create_task(self._expire_loop(stop), name="serverd-expire"),
+            asyncio.create_task(self._health_loop(stop), name="serverd-health"),
+        ]
+        await stop.wait()
+        self._closing = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.drain_s)
+        pending = [*self._tasks, *loops]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for endpoint in self._endpoints.values():
+            await endpoint.close()
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """The job table's row of ``job_id``."""
+        return self._jobs.get(job_id)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters.__dict__),
+            "queued": self._scheduler.queued(),
+            "in_flight": self._scheduler.inflight(),
+            "instances": {
+                i.name: {
+                    "healthy": i.healthy,
+                    "in_flight": len(i.inflight),
+                    "completed": i.completed,
+                    "ema_ms": {m: round(v, 3) for m, v in i.ema_ms.items()},
+                }
+                for i in self._scheduler.instances()
+            },
+            "jobs": self._jobs.counts(),
+        }
+
+    # -- the flow -------------------------------------------------------------------------
+    def _accept(self, topic: str, payload: bytes) -> None:
+        match = self._topics.parse(topic)
+        if match is None or match.kind != "request":
+            raise ProtocolError("not an offload request topic")
+        message = decode_request(payload, self.settings.max_message_bytes)
+        request = message.request
+        if request.device_id != match.id:
+            raise ProtocolError(f"device id {request.device_id!r} does not match the topic")
+        reply_topic = self._reply_topic(match.prefix, match.id)
+        held = _Held(request, message.body, reply_topic, time.perf_counter())
+        admitted = self._jobs.admit(request)
+        if admitted.kind is Admission.RUNNING:
+            self.counters.duplicates += 1
+            return
+        if admitted.kind is Admission.DONE and admitted.reply is not None:
+            self.counters.resent += 1
+            self._publish(held.reply_topic, admitted.reply)
+            return
+        model = request.model
+        if request.payload_kind != "jpeg":
+            self._fail(held, "bad_request", "serverd runs JPEG payloads only", retryable=False)
+        elif not self._scheduler.serves(model):
+            served = ", ".join(sorted(self._scheduler.models())) or "none"
+            self._fail(held, "unknown_model", f"model {model!r} is not served (served: {served})")
+        elif request.deadline < self._clock_ms():
+            self.counters.expired += 1
+            self._fail(held, "overloaded", "deadline passed on arrival", status=Status.EXPIRED)
+        elif len(self._held) >= self.settings.max_queue:
+            self._fail(held, "overloaded", f"{len(self._held)} jobs held", retryable=True)
+        else:
+            self._held[request.job_id] = held
+            job = Job(request.job_id, model, request.priority, float(request.deadline))
+            self._scheduler.submit(job)
+            self._pump()
+            if self.settings.send_accepted:  # after the job's request has left for Triton
+                asyncio.get_running_loop().call_soon(self._accepted, held)
+
+    def _accepted(self, held: _Held) -> None:
+        accepted = OffloadAccepted(
+            job_id=held.request.job_id,
+            device_id=held.request.device_id,
+            served_by=self.settings.server_id,
+            queued=self._scheduler.position(held.request.job_id) or 0,
+        )
+        self._publish(held.reply_topic, encode_message(accepted))
+
+    def _reply_topic(self, prefix: str, device: str) -> str:
+        topics = self._reply_topics.get(prefix)
+        if topics is None:
+            topics = self._reply_topics[prefix] = Topics(prefix)
+        return topics.reply(device)
+
+    def _pump(self) -> None:
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        for assignment in self._scheduler.assign():
+            job_id = assignment.job.job_id
+            task = asyncio.create_task(
+                self._infer(assignment, self._held[job_id]),
+                name=f"infer-{job_id}-{assignment.attempt}",
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            # recorded right after the task has sent its request, off the critical path
+            loop.call_soon(self._jobs.started, job_id, assignment.instance, assignment.attempt)
+
+    async def _infer(self, assignment: Assignment, held: _Held) -> None:
+        try:
+            await self._run_job(assignment, held)
+        except Exception:  # contained, and never left as an unretrieved task exception
+            self.counters.errors += 1
+            log.exception("job %s on %s failed", held.request.job_id, assignment.instance)
+
+    async def _run_job(self, assignment: Assignment, held: _Held) -> None:
+        instance = assignment.instance
+        job_id = held.request.job_id
+        started = time.perf_counter()
+        try:
+            reply = await self._endpoints[instance].infer(held.request.model, held.body)
+        except OffloadError as exc:
+            self._instance_failed(instance, str(exc))
+            return
+        except ModelError as exc:
+            if self._scheduler.complete(job_id, instance, None):
+                self._fail(held, "bad_request", str(exc), retryable=False)
+                self._pump()
+            return
+        except Exception as exc:  # contained: one job's fault never stops the service
+            log.exception("job %s failed on %s", job_id, instance)
+            if self._scheduler.complete(job_id, instance, None):
+                self._fail(held, "internal", f"{type(exc).__name__}: {exc}", retryable=True)
+                self._pump()
+            return
+        done = time.perf_counter()
+        if not self._scheduler.complete(job_id, instance, (done - started) * 1000):
+            self.counters.stale += 1
+            return
+        timings = {
+            "queue": round((started - held.received) * 1000, 3),
+            "triton": round((done - started) * 1000, 3),
+            "total": round((done - held.received) * 1000, 3),
+            **reply.timings_ms,
+        }
+        result = OffloadResult(
+            job_id=job_id,
+            device_id=held.request.device_id,
+            model=held.request.model,
+            results=reply.results,
+            timings_ms=timings,
+            served_by=f"{self.settings.server_id}/{instance}",
+            completed=self._clock_ms(),
+        )
+        self._close(held, Status.EXIT, encode_message(result))
+        self.counters.completed += 1
+        self._pump()
+
+    def _instance_failed(self, name: str, reason: str) -> None:
+        was_healthy = any(i.healthy for i in self._scheduler.instances() if i.name == name)
+        outcome = self._scheduler.instance_down(name)
+        if was_healthy:
+            log.warning("instance %s is down: %s", name, reason)
+        for job in outcome.requeued:
+            self._jobs.requeued(job.job_id)
+            self.counters.requeued += 1
+        for job in outcome.exhausted:
+            held = self._held.get(job.job_id)
+            if held is not None:
+                why = f"no instance could finish it; last failure: {reason}"
+                self._fail(held, "unavailable", why, retryable=True)
+        self._pump()
+
+    def _fail(
+        self,
+        held: _Held,
+        code: ErrorCode,
+        reason: str,
+        retryable: bool = False,
+        status: Status = Status.FAILED,
+    ) -> None:
+        message = OffloadErrorMessage(
+            job_id=held.request.job_id,
+            device_id=held.request.device_id,
+            code=code,
+            reason=" ".join(reason.split())[:1000],
+            retryable=retryable,
+        )
+        log.info("job %s %s (%s): %s", held.request.job_id, status, code, message.reason)
+        self._close(held, status, encode_message(message), message.reason, retryable)
+        if status is Status.FAILED:
+            self.counters.failed += 1
+
+    def _close(
+        self,
+        held: _Held,
+        status: Status,
+        reply: bytes,
+        error: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        self._publish(held.reply_topic, reply)
+        self._jobs.finish(held.request.job_id, status, reply, error, retryable)
+        self._held.pop(held.request.job_id, None)
+
+    async def _expire_loop(self, stop: asyncio.Event) -> None:
+        """Answer queued jobs whose deadline passed (the edge's local result stands)."""
+        while not await _stopped(stop, 0.05):
+            for job in self._scheduler.expire(float(self._clock_ms())):
+                held = self._held.get(job.job_id)
+                if held is None:
+                    continue
+                self.counters.expired += 1
+                healthy = self._scheduler.healthy_for(job.model)
+                code: ErrorCode = "overloaded" if healthy else "unavailable"
+                self._fail(held, code, "deadline passed while queued", status=Status.EXPIRED)
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        """Probe every instance's readiness; prune old finished jobs now and then."""
+        next_prune = 0.0
+        while True:
+            names = list(self._endpoints)
+            ready = await asyncio.gather(*(self._endpoints[n].ready() for n in names))
+            known = {i.name: i for i in self._scheduler.instances()}
+            healthy = {name: i.healthy for name, i in known.items()}
+            for name, ok in zip(names, ready, strict=True):
+                if ok and name in known and not known[name].models:
+                    await self._discover(name)
+                if ok and not healthy.get(name, True):
+                    self.instance_state(name, True)
+                elif not ok and healthy.get(name, False):
+                    self._instance_failed(name, "not ready")
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 60.0
+                self._jobs.prune(self._clock_ms() - int(self.settings.retention_s * 1000))
+            if await _stopped(stop, self.settings.health_interval_s):
+                return
+
+    async def _discover(self, name: str) -> None:
+        """Learn the models of an endpoint that was unreachable at start."""
+        try:
+            models = await self._endpoints[name].models()
+        except OffloadError as exc:
+            log.warning("cannot list the models of %s: %s", name, exc)
+            return
+        self._scheduler.set_models(name, models)
+        log.info("instance %s serves %s", name, ", ".join(sorted(models)) or "nothing")
+
+
+async def _stopped(stop: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``stop``; True once it is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""serverd's Triton: environment, NPU backend, model repository, supervisor and client."""

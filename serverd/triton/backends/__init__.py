@@ -1,0 +1,1 @@
+"""Python-based Triton backends; Triton loads each model.py from a copy (see install.py)."""

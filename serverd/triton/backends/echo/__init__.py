@@ -1,0 +1,1 @@
+"""The python-based Triton backend "echo" (model.py)."""

@@ -1,0 +1,1 @@
+"""The python-based Triton backend "npu" (model.py)."""

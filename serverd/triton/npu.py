@@ -1,0 +1,125 @@
+"""The NPU backend's core: JPEG bytes in, JSON results out, through the project's runtime.
+
+``backends/npu/model.py`` (run by Triton's python backend stub in ``.venv-triton``) is a
+thin wrapper around ``NpuModel``: the model image is verified and loaded by
+``edged.models.runner.open_runner`` on a driver from ``drivers.registry``, exactly as on
+the edge, so the server runs the same pre-processing, model and decoder.
+
+Triton hands the model config's ``parameters`` as ``{key: {"string_value": str}}``;
+``NpuSettings.from_parameters`` reads them (see ``serverd.triton.repository``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers import registry
+from drivers.base import Driver
+from edged.errors import ConfigError, ModelError
+from edged.images.verify import read_manifest
+from edged.models.runner import ModelRunner, open_runner
+from edged.models.types import result_to_dict
+
+_PLAIN = frozenset({"image_dir", "device"})  # plain strings; every other parameter is JSON
+
+
+class NpuSettings(BaseModel):
+    """What one Triton model of backend ``npu`` runs; set by the repository generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_dir: Path = Field(description="Model image directory (manifest.yaml, model, labels)")
+    driver: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Driver config block (with 'type'); empty: the manifest's driver, defaults",
+    )
+    device: str | None = Field(None, description="Device id for the driver; None: its first")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys that may sign the image"
+    )
+    allow_unsigned: bool = Field(False, description="Accept an unsigned image (development)")
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, Any]) -> NpuSettings:
+        """Settings from a Triton model config's ``parameters`` (paths plain, the rest JSON)."""
+        data: dict[str, Any] = {}
+        try:
+            for key, value in parameters.items():
+                text = value.get("string_value", "")
+                data[key] = (text or None) if key in _PLAIN else json.loads(text)
+            return cls.model_validate(data)
+        except (json.JSONDecodeError, ValidationError) as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"npu backend parameters are invalid: {reason}") from exc
+
+    def to_parameters(self) -> dict[str, str]:
+        """The inverse of ``from_parameters``: one string per field."""
+        dumped = self.model_dump(mode="json")
+        return {
+            key: (value or "") if key in _PLAIN else json.dumps(value)
+            for key, value in dumped.items()
+        }
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """A BGR frame from JPEG (or any OpenCV-readable) bytes; ModelError if unreadable."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if frame is None:
+        raise ModelError(f"input of {len(data)} bytes is not a decodable image")
+    return frame
+
+
+class NpuModel:
+    """One model image on one driver, answering ``run(jpeg) -> JSON``."""
+
+    def __init__(self, runner: ModelRunner, driver: Driver) -> None:
+        self.runner = runner
+        self._driver = driver
+
+    @classmethod
+    def open(cls, name: str, settings: NpuSettings) -> NpuModel:
+        """Verify and load the image; ImageError/DriverError/ConfigError name the cause."""
+        block = dict(settings.driver)
+        block.setdefault("type", read_manifest(settings.image_dir).driver)
+        driver = registry.create(registry.parse_config(block))
+        try:
+            runner = open_runner(
+                name,
+                settings.image_dir,
+                driver,
+                settings.device,
+                settings.trusted_keys,
+                settings.allow_unsigned,
+            )
+        except Exception:
+            driver.close()
+            raise
+        return cls(runner, driver)
+
+    def run(self, data: bytes) -> bytes:
+        """JSON ``{"results": [...], "timings_ms": {...}}`` for one encoded frame or crop."""
+        t0 = time.perf_counter()
+        frame = decode_jpeg(data)
+        t1 = time.perf_counter()
+        results = self.runner.infer(frame, [None])
+        t2 = time.perf_counter()
+        reply = {
+            "results": [result_to_dict(r) for r in results],
+            "timings_ms": {
+                "decode": round((t1 - t0) * 1000, 3),
+                "infer": round((t2 - t1) * 1000, 3),
+            },
+        }
+        return json.dumps(reply, separators=(",", ":")).encode()
+
+    def close(self) -> None:
+        self.runner.close()
+        self._driver.close()

@@ -1,0 +1,302 @@
+"""Run the bundled ``tritonserver`` binary: start, wait for ready, restart, stop.
+
+``TritonProcess`` is one process on explicit 127.0.0.1 ports with its log in a file (a
+pipe would keep the python backend's stubs, which inherit it, from ever seeing EOF).
+It runs in its own process group so that stubs orphaned by a crash are killed with
+it, and with its own shared-memory prefix so that a crash's leftovers are removed.
+A start that fails raises ``OffloadError`` quoting Triton's own last error lines.
+
+``TritonSupervisor`` keeps one process running from a watcher thread: when it dies it
+reports the instance down, restarts it within a budget and reports it up when ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edged.errors import OffloadError
+from serverd.triton.install import TritonInstall
+
+log = logging.getLogger(__name__)
+
+SHM = Path("/dev/shm")
+# Log lines Triton prints on every CPU-only machine; never the cause of a failure.
+_NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
+_PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    http: int
+    grpc: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> TritonPorts:
+        return cls(free_port(), free_port(), free_port())
+
+    @classmethod
+    def at(cls, base: int) -> TritonPorts:
+        """HTTP on ``base``, gRPC on ``base + 1``, metrics on ``base + 2``."""
+        return cls(base, base + 1, base + 2)
+
+
+def quote_errors(log_text: str, limit: int = 3) -> str:
+    """Triton's own last error lines (noise removed), for an error message."""
+    lines = [line.rstrip() for line in log_text.splitlines() if line.strip()]
+    errors = [
+        _PREFIX.sub("", line)
+        for line in lines
+        if (line.startswith("E") or line.startswith("error:")) and not _NOISE.search(line)
+    ]
+    chosen = errors[-limit:] or [_PREFIX.sub("", line) for line in lines[-limit:]]
+    return " | ".join(" ".join(line.split()) for line in chosen) or "(nothing logged)"
+
+
+class TritonProcess:
+    """One ``tritonserver`` process serving ``repository`` on 127.0.0.1."""
+
+    def __init__(
+        self,
+        install: TritonInstall,
+        repository: Path,
+        workdir: Path,
+        name: str,
+        ports: TritonPorts,
+        ready_timeout: float = 60.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.install = install
+        self.repository = repository
+        self.workdir = workdir
+        self.name = name
+        self.ports = ports
+        self.ready_timeout = ready_timeout
+        self.extra_args = tuple(extra_args)
+        self.log_path = workdir / f"{name}.log"
+        self.shm_prefix = f"edgefed_{name}_{os.getpid()}_"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def command(self) -> list[str]:
+        backends = self.install.backend_dir(self.workdir / self.name)  # own copy: no races
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={self.install.cache_dir}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=5",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        """Start and wait until ``/v2/health/ready``; OffloadError quoting Triton if not."""
+        if self.poll() is None:
+            return
+        if self._process is not None:  # it died: clear its orphans before a new start
+            self._cleanup()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        with self.log_path.open("ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
+            offset = out.tell()
+            try:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    env=self.install.environment(os.environ),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
+        started = time.monotonic()
+        while time.monotonic() - started < self.ready_timeout:
+            code = self.poll()
+            if code is not None:
+                self._cleanup()
+                raise OffloadError(
+                    f"Triton {self.name} failed to start (exit code {code} after "
+                    f"{time.monotonic() - started:.1f} s); Triton said: {self._said(offset)}"
+                )
+            if self.ready():
+                log.info("Triton %s ready on %s (pid %s)", self.name, self.grpc_url, self.pid)
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise OffloadError(
+            f"Triton {self.name} was not ready within {self.ready_timeout:.0f} s; "
+            f"Triton said: {self._said(offset)} (log: {self.log_path})"
+        )
+
+    def ready(self) -> bool:
+        """True if the HTTP endpoint answers 200 on ``/v2/health/ready``."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def poll(self) -> int | None:
+        """The exit code, or None while running (and after ``stop``: -1 if never started)."""
+        if self._process is None:
+            return -1
+        return self._process.poll()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, wait, then SIGKILL; stubs left in the process group are killed too."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("Triton %s did not stop within %.0f s: killed", self.name, timeout)
+                process.kill()
+                process.wait(5)
+        self._cleanup()
+        self._process = None
+
+    def _cleanup(self) -> None:
+        """Kill what is left of the process group and remove its shared memory."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        for leftover in SHM.glob(f"{self.shm_prefix}*"):
+            leftover.unlink(missing_ok=True)
+
+    def _said(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return quote_errors(text)
+
+
+StateListener = Callable[[str, bool], None]
+
+
+class TritonSupervisor:
+    """Keeps one TritonProcess alive: restart within a budget, report down and up."""
+
+    def __init__(
+        self,
+        process: TritonProcess,
+        on_state: StateListener,
+        restarts: int = 3,
+        window_s: float = 300.0,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.process = process
+        self._on_state = on_state
+        self._restarts = restarts
+        self._window_s = window_s
+        self._poll_s = poll_s
+        self._history: deque[float] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.gave_up = False
+        self.restart_count = 0
+
+    def start(self) -> None:
+        """Start Triton (raises OffloadError quoting Triton) and begin watching it."""
+        self.process.start()
+        self._thread = threading.Thread(
+            target=self._watch, name=f"triton-watch-{self.process.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.process.stop()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            code = self.process.poll()
+            if code is None:
+                continue
+            log.error("Triton %s died (exit code %s)", self.process.name, code)
+            self._report(False)
+            if not self._restart():
+                return
+
+    def _restart(self) -> bool:
+        """Restart within the budget; False when the budget is spent (the watcher ends)."""
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while self._history and now - self._history[0] > self._window_s:
+                self._history.popleft()
+            if len(self._history) >= self._restarts:
+                self.gave_up = True
+                log.error(
+                    "Triton %s: %d restarts within %.0f s, giving up",
+                    self.process.name,
+                    self._restarts,
+                    self._window_s,
+                )
+                return False
+            self._history.append(now)
+            self.restart_count += 1
+            try:
+                self.process.start()
+            except OffloadError as exc:
+                log.error("restart of %s failed: %s", self.process.name, exc)
+                continue
+            self._report(True)
+            return True
+        return False
+
+    def _report(self, up: bool) -> None:
+        try:
+            self._on_state(self.process.name, up)
+        except Exception:
+            log.exception("Triton %s state listener failed", self.process.name)
