@@ -1,0 +1,106 @@
+"""The whole system: edged on the real video offloads by policy, serverd answers on a real
+Triton over a real broker, edged records the server's results in its outbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged.app import EdgedApp
+from edged.config import parse_config
+from edged.offload.records import Status
+from tests.serverd.harness import ServerdThread, serverd_config
+from tests.support.broker import Broker
+from tests.support.configs import demo_config
+from tests.support.paths import IMAGES_DIR, REPO
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, ServerdThread]]:
+    if not (REPO / ".venv-triton" / ".edgefed-installed").exists():
+        pytest.fail("Triton's environment is missing: run packaging/dev/setup.sh")
+    assert (IMAGES_DIR / "pose_detector").is_dir(), "run packaging/dev/setup.sh"
+    with Broker(tmp_path_factory.mktemp("broker")) as broker:
+        server = ServerdThread(
+            serverd_config(tmp_path_factory.mktemp("serverd"), broker.port, instances=1)
+        )
+        server.start()
+        try:
+            yield broker, server
+        finally:
+            server.stop()
+
+
+def edged_config(tmp_path: Path, broker: Broker, **offload: Any) -> dict[str, Any]:
+    return demo_config(
+        tmp_path,
+        mqtt={"host": broker.host, "port": broker.port, "client_id": f"edge-{tmp_path.name}"},
+        offload={
+            "enabled": True,
+            "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+            "ttl_s": 30,
+            **offload,
+        },
+    )
+
+
+def test_edged_offloads_and_records_the_servers_results(
+    tmp_path: Path, system: tuple[Broker, ServerdThread]
+) -> None:
+    broker, server = system
+    # "person" exists on both sides; the policy sends every person result to the server
+    raw = edged_config(tmp_path, broker, policy={"policy": "always"}, models=["person"])
+    app = EdgedApp(parse_config(raw, env={}))
+    assert app.offload is not None
+    app.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and app.offload.outbox.counts()[Status.EXIT] < 5:
+            time.sleep(0.2)
+        done = app.offload.outbox.page([Status.EXIT], limit=100)
+        counts = app.offload.outbox.counts()
+    finally:
+        app.stop()
+    assert len(done) >= 5, counts
+    for job in done:
+        assert job.model == "person" and job.reason == "offload policy is always"
+        assert job.result is not None and job.result["served_by"]
+        assert job.started is not None and job.ended is not None and job.ended >= job.started
+        assert isinstance(job.result["results"], list)
+        assert all(r["label"] == "person" and 0 < r["score"] <= 1 for r in job.result["results"])
+    assert server.status()["jobs"].get("Exit", 0) >= len(done)
+
+
+def test_unregistered_model_goes_to_the_server_and_hard_examples_are_chosen(
+    tmp_path: Path, system: tuple[Broker, ServerdThread]
+) -> None:
+    broker, _ = system
+    raw = edged_config(
+        tmp_path,
+        broker,
+        policy={"policy": "hard_example", "hard_example": {"threshold": 0.99}},
+        models=["person"],
+        remote_models=[{"name": "echo", "every_n": 3}],
+    )
+    app = EdgedApp(parse_config(raw, env={}))
+    assert app.offload is not None
+    app.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            models = {j.model for j in app.offload.outbox.page([Status.EXIT], limit=200)}
+            if {"echo", "person"} <= models:
+                break
+            time.sleep(0.2)
+        jobs = app.offload.outbox.page([Status.EXIT], limit=200)
+    finally:
+        app.stop()
+    reasons = {j.model: j.reason for j in jobs}
+    assert "not registered locally" in reasons["echo"]
+    assert reasons["person"] == "hard example by threshold"
+    decisions = app.offload.dispatcher.status()["decisions"]
+    assert decisions.get("unregistered_model", 0) >= 1 and decisions.get("hard_example", 0) >= 1
