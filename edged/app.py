@@ -151,6 +151,7 @@ class EdgedApp:
         optional = (self.mqtt, self.offload, self.eventbus, self.twin, self._api())
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
+        self._final: dict[str, Any] | None = None
 
     def _queue_depth(self, model: str) -> int:
         worker = self.pipeline.workers.get(model)
@@ -205,6 +206,7 @@ class EdgedApp:
                 service.stop()
             except Exception:
                 log.exception("stopping %r failed", service)
+        self._final = self._summary()  # while the outbox is still open
         if self._jsonl is not None:
             self._jsonl.close()
         if self.offload is not None:
@@ -227,6 +229,10 @@ class EdgedApp:
             self.stop()
 
     def final_summary(self) -> dict[str, Any]:
+        """The status at stop (or now, while running)."""
+        return self._final if self._final is not None else self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         status = self.pipeline.status()
         status["model_failures"] = self.models.failures
         status["detections"] = dict(self.events.detections)

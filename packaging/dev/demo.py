@@ -1,0 +1,198 @@
+"""The EdgeFed demo: a private mosquitto, serverd with its Triton, edged on vtest.avi.
+
+Run through ``bash packaging/dev/demo.sh`` (which sets up first). edged runs the four demo
+models on the sample video, offloads low-confidence person results (hard examples) and a
+server-only text detector to serverd, and serves its dashboard. Ctrl-C (or --duration)
+stops everything and prints a summary. Logs and state go to var/demo/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.support.broker import Broker  # noqa: E402  (a real mosquitto on a free port)
+
+STATE = REPO / "var" / "demo"
+BIN = REPO / ".venv" / "bin"
+KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
+    images = {"dir": str(REPO / "firmware-images/build"), "trusted_keys": [KEY]}
+    serverd = {
+        "server_id": "demo-server",
+        "state_dir": str(STATE / "serverd"),
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-serverd"},
+        "images": images,
+        "triton": {
+            "venv": str(REPO / ".venv-triton"),
+            "instances": 1,
+            "models": [
+                {"name": "person", "image": "pose_detector"},
+                {"name": "text", "image": "text_detector"},
+            ],
+        },
+    }
+    edged: dict[str, Any] = yaml.safe_load((REPO / "packaging/dev/demo-edged.yaml").read_text())
+    edged |= {
+        "state_dir": str(STATE / "edged"),
+        "images": images,
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-edged"},
+        "api": {"port": api_port, "token": token},
+        "offload": {
+            "enabled": True,
+            # person boxes scoring under 0.75 on average are hard examples for the server
+            "policy": {"policy": "hard_example", "hard_example": {"threshold": 0.75}},
+            "models": ["person"],
+            "remote_models": [{"name": "text", "every_n": 20}],
+            "outbox": {"path": str(STATE / "edged" / "outbox.sqlite")},
+        },
+    }
+    edged["output"]["results"] = str(STATE / "results.jsonl")
+    paths = STATE / "serverd.yaml", STATE / "edged.yaml"
+    for path, data in zip(paths, (serverd, edged), strict=True):
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return paths
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return json.loads(resp.read())
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"edged exited with {proc.returncode}; see {STATE / 'edged.log'}")
+        try:
+            get_json(f"{url}/healthz")
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"edged did not answer on {url} in {timeout:.0f} s")
+
+
+def status_line(url: str) -> str:
+    try:
+        st = get_json(f"{url}/api/v1/status")
+    except OSError as exc:
+        return f"status unavailable: {exc}"
+    cam = st["cameras"][0]
+    models = " ".join(f"{m['name']}={m['p50_ms']}ms" for m in st["models"])
+    return (
+        f"processed {st['frames_completed']} frames ({cam['processed_fps']} fps), "
+        f"gated {cam['gated']} / static {cam['skipped_static']} | {models} | "
+        f"outbox { ({k: v for k, v in st['outbox']['counts'].items() if v}) }"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=0, help="seconds to run (0: Ctrl-C)")
+    parser.add_argument("--port", type=int, default=8080, help="dashboard port (if free)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    args = parser.parse_args()
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True)
+    token = secrets.token_urlsafe(16)
+    stop = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with Broker(STATE / "broker") as broker:
+        serverd_yaml, edged_yaml = write_configs(broker, free_port(args.port), token)
+        port = yaml.safe_load(edged_yaml.read_text())["api"]["port"]
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with (STATE / "serverd.log").open("w") as slog, (STATE / "edged.log").open("w") as elog:
+            serverd = subprocess.Popen(
+                [str(BIN / "serverd"), "run", "-c", str(serverd_yaml)],
+                cwd=REPO,
+                stdout=slog,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
+            edged = subprocess.Popen(
+                [str(BIN / "edged"), "run", "-c", str(edged_yaml), "--compact"],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=elog,
+                text=True,
+                env=env,
+            )
+            try:
+                wait_ready(url, edged)
+                print(f"EdgeFed demo running (broker 127.0.0.1:{broker.port})")
+                print(f"  dashboard:  {url}/")
+                print(f"  status:     {url}/api/v1/status   metrics: {url}/metrics")
+                print(f"  API token:  {token}   (PUT {url}/api/v1/config)")
+                print(
+                    f"  logs:       {STATE}/edged.log, serverd.log; results {STATE}/results.jsonl"
+                )
+                print("  stop with Ctrl-C", flush=True)
+                if not args.no_browser and os.environ.get("DISPLAY"):
+                    webbrowser.open(f"{url}/")
+                started = time.monotonic()
+                while not stop and (
+                    not args.duration or time.monotonic() - started < args.duration
+                ):
+                    time.sleep(5)
+                    if edged.poll() is not None or serverd.poll() is not None:
+                        print("a daemon exited early; see the logs", file=sys.stderr)
+                        break
+                    print(status_line(url), flush=True)
+            finally:
+                for proc in (edged, serverd):
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+                out, _ = edged.communicate(timeout=30)
+                serverd.wait(timeout=30)
+    summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    (STATE / "summary.json").write_text(json.dumps(summary, indent=2))
+    offload = summary.get("offload", {})
+    print("\nsummary")
+    print(f"  frames processed: {summary.get('frames_completed')}")
+    print(f"  detections: {summary.get('detections')}")
+    print(f"  offload decisions: {offload.get('decisions')}")
+    print(f"  outbox jobs by status: {offload.get('jobs')}")
+    print(f"  edged exit {edged.returncode}, serverd exit {serverd.returncode}")
+    return 0 if edged.returncode == 0 and serverd.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

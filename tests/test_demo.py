@@ -1,0 +1,36 @@
+"""The README's demo command runs the whole system and offloads work by policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.paths import REPO
+
+
+def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "packaging/dev/demo.py"),
+            "--duration",
+            "20",
+            "--no-browser",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "dashboard:  http://127.0.0.1:" in proc.stdout
+    summary = json.loads((REPO / "var/demo/summary.json").read_text())
+    assert summary["frames_completed"] > 20
+    assert {"person", "pose", "scene"} <= set(summary["detections"])
+    decisions = summary["offload"]["decisions"]
+    assert decisions.get("unregistered_model", 0) >= 1
+    assert decisions.get("hard_example", 0) >= 1
+    assert summary["offload"]["jobs"]["Exit"] >= 1
