@@ -15,15 +15,10 @@ from edged.api import client as api_client
 from edged.config import dump_config, load_config
 from edged.errors import (
     EXIT_CONFIG,
-    EXIT_DRIVER,
-    EXIT_IMAGE,
     EXIT_OK,
-    EXIT_RUNTIME,
-    CaptureError,
     ConfigError,
-    DriverError,
     EdgeFedError,
-    ImageError,
+    describe_fatal,
 )
 from edged.images import cli as image_cli
 
@@ -118,21 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"edged: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ImageError as exc:
-        print(f"edged: model image error: {exc}", file=sys.stderr)
-        return EXIT_IMAGE
-    except DriverError as exc:
-        print(f"edged: driver error: {exc}", file=sys.stderr)
-        return EXIT_DRIVER
-    except CaptureError as exc:
-        print(f"edged: camera error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
     except EdgeFedError as exc:
-        print(f"edged: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+        message, code = describe_fatal(exc)
+        print(f"edged: {message}", file=sys.stderr)
     return code
 
 

@@ -24,10 +24,10 @@ from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.mqtt import MqttConfig
 from edged.offload.config import OffloadConfig
+from edged.runtime import LogLevel
 from edged.twin.service import TwinConfig
 
 ENV_PREFIX = "EDGED__"
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class _Strict(BaseModel):
@@ -209,15 +209,17 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
         node[last] = value
 
 
-def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``EDGED__SECTION__FIELD=value`` variables (values parsed as YAML scalars).
+def apply_env(
+    raw: dict[str, Any], env: Mapping[str, str], prefix: str = ENV_PREFIX
+) -> dict[str, Any]:
+    """Overlay ``<PREFIX>SECTION__FIELD=value`` variables (values parsed as YAML scalars).
 
     List items are addressed by index: ``EDGED__CAMERAS__0__SOURCE=rtsp://...``.
     """
     for key in sorted(env):
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(prefix):
             continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        path = [p.lower() for p in key[len(prefix) :].split("__") if p]
         if not path:
             continue
         _set_path(raw, path, yaml.safe_load(env[key]))
@@ -244,8 +246,8 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> EdgedConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> EdgedConfig:
-    """Read, override and validate an edged YAML config file."""
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, or ConfigError naming the file and the cause."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -254,7 +256,14 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> EdgedConfig
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(raw, env)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: config must be a YAML mapping at the top level")
+    return raw
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> EdgedConfig:
+    """Read, override and validate an edged YAML config file."""
+    return parse_config(read_yaml_mapping(path), env)
 
 
 def dump_config(config: EdgedConfig) -> str:

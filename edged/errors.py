@@ -53,3 +53,20 @@ EXIT_CODES = {
     EXIT_DRIVER: "no driver could load a configured model",
     EXIT_RUNTIME: "unexpected runtime failure",
 }
+
+
+_KINDS: tuple[tuple[type[EdgeFedError], str, int], ...] = (
+    (ConfigError, "invalid configuration: ", EXIT_CONFIG),
+    (ImageError, "model image error: ", EXIT_IMAGE),
+    (DriverError, "driver error: ", EXIT_DRIVER),
+    (CaptureError, "camera error: ", EXIT_RUNTIME),
+    (EdgeFedError, "", EXIT_RUNTIME),
+)
+
+
+def describe_fatal(exc: EdgeFedError) -> tuple[str, int]:
+    """The one-line message and documented exit code of a fatal error (both CLIs use it)."""
+    for kind, label, code in _KINDS:
+        if isinstance(exc, kind):
+            return f"{label}{exc}", code
+    raise AssertionError("unreachable: EdgeFedError matches the last entry")

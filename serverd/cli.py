@@ -15,14 +15,10 @@ from pathlib import Path
 
 from edged.errors import (
     EXIT_CONFIG,
-    EXIT_DRIVER,
-    EXIT_IMAGE,
     EXIT_OK,
-    EXIT_RUNTIME,
     ConfigError,
-    DriverError,
     EdgeFedError,
-    ImageError,
+    describe_fatal,
 )
 from serverd import __version__
 from serverd.config import dump_config, load_config
@@ -87,16 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"serverd: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ImageError as exc:
-        print(f"serverd: model image error: {exc}", file=sys.stderr)
-        return EXIT_IMAGE
-    except DriverError as exc:
-        print(f"serverd: driver error: {exc}", file=sys.stderr)
-        return EXIT_DRIVER
     except EdgeFedError as exc:
-        print(f"serverd: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+        message, code = describe_fatal(exc)
+        print(f"serverd: {message}", file=sys.stderr)
     return code

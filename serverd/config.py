@@ -6,20 +6,23 @@ Relative paths are taken from the working directory serverd starts in.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers import registry
-from edged.config import ImagesConfig, format_validation_error
+from edged.config import ImagesConfig, apply_env, format_validation_error, read_yaml_mapping
 from edged.errors import ConfigError, ProtocolError
 from edged.mqtt import MqttConfig
 from edged.protocol import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
+from edged.runtime import LogLevel
 from serverd.triton.repository import TritonModelConfig
 
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+ENV_PREFIX = "SERVERD__"
 
 
 class _Strict(BaseModel):
@@ -170,17 +173,10 @@ def parse_config(raw: Any) -> ServerdConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def load_config(path: Path) -> ServerdConfig:
-    """Read and validate a serverd YAML config file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(raw)
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> ServerdConfig:
+    """Read a serverd YAML file, overlay ``SERVERD__SECTION__FIELD`` variables, validate."""
+    raw = read_yaml_mapping(path)
+    return parse_config(apply_env(raw, os.environ if env is None else env, ENV_PREFIX))
 
 
 def dump_config(config: ServerdConfig) -> str:
