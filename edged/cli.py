@@ -17,8 +17,7 @@ from edged.errors import (
     EXIT_CONFIG,
     EXIT_OK,
     ConfigError,
-    EdgeFedError,
-    describe_fatal,
+    run_command,
 )
 from edged.images import cli as image_cli
 
@@ -111,12 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except EdgeFedError as exc:
-        message, code = describe_fatal(exc)
-        print(f"edged: {message}", file=sys.stderr)
-    return code
+    return run_command("edged", lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

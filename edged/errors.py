@@ -7,6 +7,9 @@ Exit codes for fatal errors of the daemons are listed in ``EXIT_CODES``.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class EdgeFedError(Exception):
     """Base of every error EdgeFed raises on purpose."""
@@ -70,3 +73,13 @@ def describe_fatal(exc: EdgeFedError) -> tuple[str, int]:
         if isinstance(exc, kind):
             return f"{label}{exc}", code
     raise AssertionError("unreachable: EdgeFedError matches the last entry")
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run a CLI command; a fatal EdgeFedError becomes one stderr line and its exit code."""
+    try:
+        return command()
+    except EdgeFedError as exc:
+        message, code = describe_fatal(exc)
+        print(f"{prog}: {message}", file=sys.stderr)
+        return code

@@ -17,8 +17,7 @@ from edged.errors import (
     EXIT_CONFIG,
     EXIT_OK,
     ConfigError,
-    EdgeFedError,
-    describe_fatal,
+    run_command,
 )
 from serverd import __version__
 from serverd.config import dump_config, load_config
@@ -81,9 +80,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except EdgeFedError as exc:
-        message, code = describe_fatal(exc)
-        print(f"serverd: {message}", file=sys.stderr)
-    return code
+    return run_command("serverd", lambda: int(args.func(args)))
