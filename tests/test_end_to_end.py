@@ -3,6 +3,11 @@ Triton over a real broker, edged records the server's results in its outbox."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +17,16 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
-from edged.offload.records import Status
+from edged.mqtt import MqttClient, MqttConfig
+from edged.offload.client import JobOutcome, OffloadClient
+from edged.offload.outbox import Outbox
+from edged.offload.records import OutboxConfig, Status
 from tests.serverd.harness import ServerdThread, serverd_config
 from tests.support.broker import Broker
 from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, REPO
+
+CHILD = REPO / "tests" / "edged" / "offload" / "edge_child.py"
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +114,55 @@ def test_unregistered_model_goes_to_the_server_and_hard_examples_are_chosen(
     assert reasons["person"] == "hard example by threshold"
     decisions = app.offload.dispatcher.status()["decisions"]
     assert decisions.get("unregistered_model", 0) >= 1 and decisions.get("hard_example", 0) >= 1
+
+
+def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
+    tmp_path: Path, system: tuple[Broker, ServerdThread]
+) -> None:
+    """A real serverd answers; the edge is killed with 20 jobs sent and 10 not yet sent."""
+    broker, server = system
+    db = tmp_path / "outbox.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(broker.port), str(db), "echo"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+    outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
+    outbox = Outbox(OutboxConfig(path=db, result_timeout_s=60.0))
+    # the restarted daemon has the same MQTT identity: the broker kept its session and replies
+    mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-child"))
+    client = OffloadClient("cam-1", mqtt, outbox, on_outcome=outcomes.put)
+    assert outbox.counts()["Enqueue"] == 10
+    client.start()
+    mqtt.start()
+    try:
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 30 and time.monotonic() < deadline:
+            try:
+                outcome = outcomes.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen[outcome.job_id] = seen.get(outcome.job_id, 0) + 1
+            assert outcome.status == Status.EXIT, outcome
+        time.sleep(1.0)  # a duplicate delivery would close a job a second time
+        while not outcomes.empty():
+            late = outcomes.get()
+            seen[late.job_id] = seen.get(late.job_id, 0) + 1
+        assert len(seen) == 30 and set(seen.values()) == {1}
+        assert outbox.counts()["Exit"] == 30
+        rows = [server.job(job_id) for job_id in seen]
+        assert all(row is not None and row["status"] == "Exit" for row in rows)
+        assert all(row is not None and row["iteration"] == 0 for row in rows), "ran once each"
+    finally:
+        client.stop()
+        mqtt.stop()
+        outbox.close()

@@ -1,6 +1,6 @@
 """Child process for the kill -9 test: enqueue jobs, get some sent, then wait to be killed.
 
-Usage: python edge_child.py PORT DB. Prints "ready" once 20 jobs are at the broker and
+Usage: python edge_child.py PORT DB [MODEL]. Prints "ready" once 20 jobs are at the broker and
 10 more wait in the outbox with the link down.
 """
 
@@ -18,7 +18,7 @@ from edged.offload.records import OutboxConfig
 JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 2000 + b"\xff\xd9"
 
 
-def main(port: int, db: Path) -> None:
+def main(port: int, db: Path, model: str = "det") -> None:
     outbox = Outbox(OutboxConfig(path=db, result_timeout_s=60.0))
     mqtt = MqttClient(MqttConfig(port=port, client_id="edged-child"))
     client = OffloadClient("cam-1", mqtt, outbox, OffloadClientConfig(sweep_interval_s=0.05))
@@ -27,7 +27,7 @@ def main(port: int, db: Path) -> None:
     assert mqtt.wait_connected(10)
 
     def submit(n: int) -> None:
-        request = client.make_request("det", "jpeg", priority=n % 3, ttl_s=120.0)
+        request = client.make_request(model, "jpeg", priority=n % 3, ttl_s=120.0)
         client.submit(request, JPEG, local_result={"n": n})
 
     for n in range(20):
@@ -42,4 +42,4 @@ def main(port: int, db: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    main(int(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])
