@@ -141,12 +141,13 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
     mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-child"))
     client = OffloadClient("cam-1", mqtt, outbox, on_outcome=outcomes.put)
     assert outbox.counts()["Enqueue"] == 10
+    closed_before = outbox.counts()["Exit"]  # answered before the kill (a server is running)
     client.start()
     mqtt.start()
     try:
         seen: dict[str, int] = {}
         deadline = time.monotonic() + 60
-        while len(seen) < 30 and time.monotonic() < deadline:
+        while len(seen) < 30 - closed_before and time.monotonic() < deadline:
             try:
                 outcome = outcomes.get(timeout=0.5)
             except queue.Empty:
@@ -157,12 +158,50 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
         while not outcomes.empty():
             late = outcomes.get()
             seen[late.job_id] = seen.get(late.job_id, 0) + 1
-        assert len(seen) == 30 and set(seen.values()) == {1}
+        assert len(seen) == 30 - closed_before and set(seen.values()) == {1}
         assert outbox.counts()["Exit"] == 30
-        rows = [server.job(job_id) for job_id in seen]
+        rows = [server.job(job.id) for job in outbox.page([Status.EXIT], limit=100)]
         assert all(row is not None and row["status"] == "Exit" for row in rows)
         assert all(row is not None and row["iteration"] == 0 for row in rows), "ran once each"
     finally:
+        client.stop()
+        mqtt.stop()
+        outbox.close()
+
+
+def test_jobs_queued_while_the_broker_is_down_drain_when_it_returns(
+    tmp_path: Path, system: tuple[Broker, ServerdThread]
+) -> None:
+    """Both daemons lose the broker; jobs wait in the outbox and all complete after it returns."""
+    broker, _ = system
+    outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.sqlite", result_timeout_s=30.0))
+    mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-broker-restart"))
+    client = OffloadClient("cam-2", mqtt, outbox, on_outcome=outcomes.put)
+    client.start()
+    mqtt.start()
+    try:
+        assert mqtt.wait_connected(10)
+        broker.stop()
+        for n in range(10):
+            request = client.make_request("echo", "jpeg", priority=n % 3, ttl_s=120.0)
+            client.submit(request, b"\xff\xd8" + bytes(2000) + b"\xff\xd9")
+        time.sleep(1.0)
+        assert outbox.counts()["Exit"] == 0
+        broker.start()
+        done: set[str] = set()
+        deadline = time.monotonic() + 60
+        while len(done) < 10 and time.monotonic() < deadline:
+            try:
+                outcome = outcomes.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            assert outcome.status == Status.EXIT, outcome
+            done.add(outcome.job_id)
+        assert len(done) == 10 and outbox.counts()["Exit"] == 10
+    finally:
+        if not broker.running:
+            broker.start()
         client.stop()
         mqtt.stop()
         outbox.close()

@@ -1,7 +1,7 @@
 """Child process for the kill -9 test: enqueue jobs, get some sent, then wait to be killed.
 
-Usage: python edge_child.py PORT DB [MODEL]. Prints "ready" once 20 jobs are at the broker and
-10 more wait in the outbox with the link down.
+Usage: python edge_child.py PORT DB [MODEL]. Prints "ready" once 20 jobs are at the broker
+(or further on) and 10 more wait in the outbox with the link down.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def main(port: int, db: Path, model: str = "det") -> None:
 
     for n in range(20):
         submit(n)
-    while outbox.counts()["Preprocessing_complete"] < 20:
+    waiting = ("Enqueue", "Preprocessing")  # not yet acknowledged by the broker
+    while sum(n for status, n in outbox.counts().items() if status not in waiting) < 20:
         time.sleep(0.01)
     mqtt.stop()
     for n in range(20, 30):
