@@ -6,7 +6,8 @@ operation is one transaction, so a job survives kill -9 of the process at any po
 covers power loss). The outbox is bounded by open jobs and their payload bytes: past
 the bound the oldest jobs of the lowest priority are shed (closed as Failed, counted),
 never newer or higher-priority ones. One connection serves all threads under a lock;
-``batch()`` groups a burst of operations into one commit.
+``batch()`` groups a burst of operations into one commit. WAL checkpoints run on a
+thread of their own (``checkpointer.py``), so a commit does not wait for them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sqlite_utils
 
 from edged.errors import OffloadError
 from edged.offload import jobs
+from edged.offload.checkpointer import Checkpointer
 from edged.offload.jobs import Status
 from edged.offload.migrations import migrate
 from edged.offload.records import (
@@ -66,6 +68,7 @@ class Outbox:
             self._db.execute(
                 "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
             )
+            self._checkpointer = Checkpointer(config.path)
         except sqlite3.Error as exc:
             raise OffloadError(f"outbox {config.path}: {exc}") from exc
         self._dead_payloads: list[str] = []
@@ -77,6 +80,7 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self._checkpointer.stop()
             self._db.close()
 
     @contextlib.contextmanager
@@ -89,10 +93,10 @@ class Outbox:
         """Store a job (Enqueue); sheds older lower-priority jobs if the outbox is full."""
         req, size, now = job.request, len(job.body), self._clock()
         with self._lock, self._tx():
-            if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (req.job_id,)).fetchone():
-                raise OffloadError(f"job {req.job_id} is already in the outbox")
             shed = self._make_room(req.priority, req.created, size)
             if shed is None:
+                if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (req.job_id,)).fetchone():
+                    raise OffloadError(f"job {req.job_id} is already in the outbox")
                 self.shed_total += 1
                 return Enqueued(False, [])
             row = (
@@ -101,16 +105,22 @@ class Outbox:
                 job.reason, to_json(req.metadata),
                 req.local.model_dump_json() if req.local else None, to_json(job.local_result),
             )  # fmt: skip
-            self._db.execute(
-                "INSERT INTO jobs (id, device, model, requester, payload_kind, payload_bytes, "
-                "priority, deadline, created, status, updated, iteration, next_attempt, reason, "
-                "metadata, local_summary, local_result) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                row,
-            )
-            self._db.execute(
+            try:  # the primary key refuses a duplicate; the transaction then rolls back
+                self._db.conn.execute(
+                    "INSERT INTO jobs (id, device, model, requester, payload_kind, "
+                    "payload_bytes, priority, deadline, created, status, updated, iteration, "
+                    "next_attempt, reason, metadata, local_summary, local_result) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
+                raise OffloadError(f"job {req.job_id} is already in the outbox") from exc
+            self._db.conn.execute(
                 "INSERT INTO payloads (id, body) VALUES (?, ?)", (req.job_id, job.body)
             )
+            self.shed_total += len(shed)
             self._open_rows += 1
             self._open_bytes += size
             return Enqueued(True, shed)
@@ -318,6 +328,7 @@ class Outbox:
         except BaseException:
             self._recount()
             raise
+        self._checkpointer.poke()
 
     def _recount(self) -> None:
         marks = sql_in(jobs.OPEN)
@@ -393,5 +404,4 @@ class Outbox:
         if rows > cfg.max_jobs or nbytes > cfg.max_bytes:
             return None
         self._close(shed, Status.FAILED, "shed: the outbox was full")
-        self.shed_total += len(shed)
         return [job_id for job_id, _ in shed]

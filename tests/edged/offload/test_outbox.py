@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,35 @@ def test_a_job_id_is_stored_once(tmp_path: Path, clock: Clock) -> None:
     with pytest.raises(OffloadError, match="already in the outbox"):
         box.enqueue(job(1))
     assert box.stats()["open_jobs"] == 1
+
+
+def test_a_duplicate_sheds_nothing_even_when_the_outbox_is_full(
+    tmp_path: Path, clock: Clock
+) -> None:
+    box = make(tmp_path, clock, max_jobs=2)
+    box.enqueue(job(1, priority=1))
+    box.enqueue(job(2, priority=5))
+    with pytest.raises(OffloadError, match="already in the outbox"):
+        box.enqueue(job(2, priority=5))  # would shed job 1 if it were new
+    with pytest.raises(OffloadError, match="already in the outbox"):
+        box.enqueue(job(1, priority=0))  # would be refused if it were new
+    assert box.counts()["Enqueue"] == 2 and box.counts()["Failed"] == 0
+    assert box.stats()["shed"] == 0 and box.stats()["open_jobs"] == 2
+
+
+def test_checkpoints_run_off_the_committing_thread(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path, clock)
+    for n in range(3):
+        box.enqueue(job(n))
+    checkpointer = box._checkpointer
+    deadline = time.monotonic() + 5
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointer.runs >= 1 and checkpointer.errors == 0
+    box.close()
+    assert not checkpointer.running
+    again = make(tmp_path, clock)
+    assert again.stats()["open_jobs"] == 3
 
 
 def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
