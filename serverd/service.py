@@ -235,8 +235,15 @@ class OffloadService:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            # recorded right after the task has sent its request, off the critical path
-            loop.call_soon(self._jobs.started, job_id, assignment.instance, assignment.attempt)
+            # Recorded once the request is on its way: the task's first step creates gRPC's
+            # own send task, which runs before this doubly deferred callback.
+            loop.call_soon(
+                loop.call_soon,
+                self._jobs.started,
+                job_id,
+                assignment.instance,
+                assignment.attempt,
+            )
 
     async def _infer(self, assignment: Assignment, held: _Held) -> None:
         try:
@@ -365,6 +372,10 @@ class OffloadService:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + 60.0
                 self._jobs.prune(self._clock_ms() - int(self.settings.retention_s * 1000))
+            try:
+                await asyncio.to_thread(self._jobs.checkpoint)
+            except OffloadError as exc:
+                log.warning("%s", exc)
             if await _stopped(stop, self.settings.health_interval_s):
                 return
 

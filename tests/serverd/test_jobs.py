@@ -127,3 +127,19 @@ def test_a_late_started_record_never_reopens_a_finished_job(table: JobTable) -> 
     table.started("job-0001", "local-0", 0)
     row = table.get("job-0001")
     assert row is not None and row["status"] == "Failed" and row["instance"] is None
+
+
+def test_commits_leave_the_wal_to_checkpoint_which_copies_it_back(table: JobTable) -> None:
+    for n in range(50):
+        table.admit(request(f"job-{n:04d}"))
+    before = table.path.stat().st_size  # the pages are still in the -wal file
+    table.checkpoint()
+    table.checkpoint()  # reuses its connection
+    assert table.path.stat().st_size > before
+    probe = sqlite3.connect(str(table.path))
+    try:
+        busy, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        probe.close()
+    assert busy == 0 and frames == copied
+    assert table.counts() == {"Enqueue": 50}
