@@ -12,11 +12,9 @@ from pathlib import Path
 
 from edged import __version__
 from edged.api import client as api_client
-from edged.config import dump_config, load_config
+from edged.config import check_config_command, dump_config, load_config
 from edged.errors import (
-    EXIT_CONFIG,
     EXIT_OK,
-    ConfigError,
     run_command,
 )
 from edged.images import cli as image_cli
@@ -33,15 +31,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"{args.file}: invalid configuration", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(dump_config(config), end="")
-    return EXIT_OK
+    return check_config_command(args.file, load_config, dump_config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

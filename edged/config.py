@@ -8,7 +8,8 @@ into one ``ConfigError`` whose message lists each error with its field path.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from drivers import registry
 from drivers.base import DriverConfig
 from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
-from edged.errors import ConfigError
+from edged.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.mqtt import MqttConfig
@@ -271,3 +272,18 @@ def dump_config(config: EdgedConfig) -> str:
     data = config.model_dump(mode="json")
     data["drivers"] = [d.model_dump(mode="json") for d in config.drivers]
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def check_config_command(
+    path: Path, load: Callable[[Path], Any], dump: Callable[[Any], str]
+) -> int:
+    """``check-config`` of either daemon: print the resolved config, or each error with its path."""
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(dump(config), end="")
+    return EXIT_OK

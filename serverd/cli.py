@@ -13,10 +13,9 @@ import signal
 import sys
 from pathlib import Path
 
+from edged.config import check_config_command
 from edged.errors import (
-    EXIT_CONFIG,
     EXIT_OK,
-    ConfigError,
     run_command,
 )
 from serverd import __version__
@@ -26,15 +25,7 @@ log = logging.getLogger("serverd")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"{args.file}: invalid configuration", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(dump_config(config), end="")
-    return EXIT_OK
+    return check_config_command(args.file, load_config, dump_config)
 
 
 async def _serve(config_path: Path) -> None:
