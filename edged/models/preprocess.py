@@ -1,10 +1,10 @@
 """BGR frame (or a region of it) -> model input tensor, plus the way back to frame pixels.
 
-The region is cut as a view, resized once with OpenCV straight to its place in the
-model input (INTER_AREA when shrinking, bilinear when enlarging), pasted on a zero
-canvas only when padding is needed (letterbox, or a region reaching outside the
-frame), and converted to float once. ``Transform`` maps normalised model-input
-coordinates (0..1) back to frame pixels.
+The region is cut as a view, resized with OpenCV straight to its size in the model
+input (area averaging when shrinking, bilinear when enlarging), pasted on a zero canvas
+only when padding is needed (letterbox, or a region reaching outside the frame), and
+converted to float once, with OpenCV's per-channel arithmetic. ``Transform`` maps
+normalised model-input coordinates (0..1) back to frame pixels.
 """
 
 from __future__ import annotations
@@ -107,11 +107,10 @@ class Preprocessor:
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
-        shape = (3, 1, 1) if spec.layout == "NCHW" else (3,)
-        self._mean = np.array(spec.mean, dtype=np.float32).reshape(shape)
-        self._inv_std = (
-            (1.0 / np.array(spec.std, dtype=np.float64)).astype(np.float32).reshape(shape)
-        )
+        # OpenCV scalars (4 values): per-channel arithmetic on HWC images is vectorised
+        # there, while numpy broadcasting over a last axis of 3 is ~6x slower
+        self._mean = (*map(float, spec.mean), 0.0)
+        self._inv_std = (*(float(np.float32(1.0 / s)) for s in spec.std), 0.0)
 
     def __call__(
         self, frame: np.ndarray, region: Box | None = None
@@ -123,10 +122,7 @@ class Preprocessor:
         p = place(spec, fw, fh, region)
         view = frame[p.src[1] : p.src[3], p.src[0] : p.src[2]]
         dw, dh = p.dst[2] - p.dst[0], p.dst[3] - p.dst[1]
-        shrink = dw < view.shape[1] and dh < view.shape[0]
-        resized = cv2.resize(
-            view, (dw, dh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
+        resized = _resize(view, dw, dh)
         if (dw, dh) == (spec.width, spec.height):
             image = resized
         else:
@@ -137,11 +133,30 @@ class Preprocessor:
     def _tensor(self, image: np.ndarray) -> np.ndarray:
         """HWC BGR uint8 -> the model's channel order, layout and dtype (one conversion)."""
         spec = self.spec
-        ordered = image[:, :, ::-1] if spec.color == "RGB" else image
-        laid_out = ordered.transpose(2, 0, 1) if spec.layout == "NCHW" else ordered
+        ordered = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if spec.color == "RGB" else image
         if spec.dtype == "uint8":
-            return np.ascontiguousarray(laid_out)[np.newaxis]
-        t = laid_out.astype(np.float32, order="C")
-        t -= self._mean
-        t *= self._inv_std
-        return t[np.newaxis]
+            t = ordered
+        else:
+            t = ordered.astype(np.float32)
+            cv2.subtract(t, self._mean, dst=t)
+            cv2.multiply(t, self._inv_std, dst=t)
+        laid_out = t.transpose(2, 0, 1) if spec.layout == "NCHW" else t
+        return np.ascontiguousarray(laid_out)[np.newaxis]
+
+
+def _resize(view: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``view`` resized to ``width`` x ``height``: area averaging to shrink, bilinear to enlarge.
+
+    A shrink by a non-integer factor takes OpenCV's slow general area path (1.6 ms for
+    640x480 -> 224x168 here); halving first while both sides are even and at least twice
+    the target uses its integer fast path on the same pixels (0.7 ms in all).
+    """
+    h, w = view.shape[:2]
+    if not (width < w and height < h):
+        return cv2.resize(view, (width, height), interpolation=cv2.INTER_LINEAR)
+    while w % 2 == 0 and h % 2 == 0 and w >= 2 * width and h >= 2 * height:
+        w, h = w // 2, h // 2
+        view = cv2.resize(view, (w, h), interpolation=cv2.INTER_AREA)
+    if (w, h) == (width, height):
+        return view
+    return cv2.resize(view, (width, height), interpolation=cv2.INTER_AREA)
