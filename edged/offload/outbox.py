@@ -63,15 +63,18 @@ class Outbox:
             self._db = sqlite_utils.Database(conn, execute_plugins=False)
             self._db.enable_wal()
             self._db.execute(f"PRAGMA synchronous={config.synchronous}")
+            # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed page of a
+            # deleted frame through the WAL: 5 ms per sweep of 60 finished 78 KB jobs here,
+            # stalling the offload worker. FAST still purges b-tree pages and adds no I/O.
+            self._db.execute("PRAGMA secure_delete=FAST")
             migrate(self._db)
-            # payloads of jobs closed before a restart
+            # payloads of jobs closed by an older edged, which deleted them in batches
             self._db.execute(
                 "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
             )
             self._checkpointer = Checkpointer(config.path)
         except sqlite3.Error as exc:
             raise OffloadError(f"outbox {config.path}: {exc}") from exc
-        self._dead_payloads: list[str] = []
         self.shed_total = 0
         self.duplicates = 0
         self.late = 0
@@ -238,12 +241,6 @@ class Outbox:
                     reason = "no answer from the server in time"
                     status = self._fail_attempt(r["id"], r["iteration"], r["payload_bytes"], reason)
                     (failed if status == Status.FAILED else retried).append(r["id"])
-            self._db.conn.executemany(
-                "DELETE FROM payloads WHERE id = ? AND id IN "
-                "(SELECT id FROM jobs WHERE id = ? AND ended IS NOT NULL)",
-                [(i, i) for i in self._dead_payloads],
-            )
-            self._dead_payloads.clear()
             self._db.execute(
                 "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL "
                 "ORDER BY ended DESC LIMIT -1 OFFSET ?)",
@@ -375,7 +372,11 @@ class Outbox:
             "last_error = coalesce(?, last_error) WHERE id = ?",
             [(str(status), now, now, error, job_id) for job_id, _ in rows],
         )
-        self._dead_payloads.extend(job_id for job_id, _ in rows)
+        # in the closing transaction, one job at a time (~30 us per frame): deleting a sweep's
+        # worth at once held the worker and the outbox lock for milliseconds
+        self._db.conn.executemany(
+            "DELETE FROM payloads WHERE id = ?", [(job_id,) for job_id, _ in rows]
+        )
         self._open_rows -= len(rows)
         self._open_bytes -= sum(size for _, size in rows)
 

@@ -219,6 +219,40 @@ def test_sheds_at_the_byte_bound(tmp_path: Path, clock: Clock) -> None:
     assert box.get("job-00000000") is not None
 
 
+def payload_ids(path: Path) -> set[str]:
+    db = sqlite_utils.Database(path)
+    try:
+        return {row["id"] for row in db.query("SELECT id FROM payloads")}
+    finally:
+        db.close()
+
+
+def test_a_closed_job_leaves_no_payload_behind(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path, clock, max_jobs=3, max_iterations=1)
+    box.enqueue(job(1, ttl_ms=500))  # will expire
+    box.enqueue(job(2))  # will finish
+    box.enqueue(job(3))  # will fail
+    box.claim(3)
+    assert box.mark_sent("job-00000002") and box.mark_sent("job-00000003")
+    box.record_result("job-00000002", {"results": []})
+    box.begin_postprocess("job-00000002")
+    assert box.finish("job-00000002")
+    assert box.record_error("job-00000003", "bad_request: no", retryable=False) == Status.FAILED
+    clock.advance(1)
+    assert box.sweep(retry_timeouts=True).expired == ["job-00000001"]
+    box.enqueue(job(4, priority=1))
+    box.enqueue(job(5, priority=1))
+    box.enqueue(job(6, priority=1))
+    assert box.enqueue(job(7, priority=2)).shed == ["job-00000004"]
+    assert payload_ids(tmp_path / "outbox.sqlite") == {f"job-0000000{n}" for n in (5, 6, 7)}
+    # a shed whose transaction rolls back (the new job is a duplicate) keeps its payload
+    with pytest.raises(OffloadError, match="already in the outbox"):
+        box.enqueue(job(7, priority=3))
+    assert payload_ids(tmp_path / "outbox.sqlite") == {f"job-0000000{n}" for n in (5, 6, 7)}
+    assert box.counts()["Enqueue"] == 3
+    box.close()
+
+
 def test_jobs_survive_reopening_and_recover_mid_publish(tmp_path: Path, clock: Clock) -> None:
     box = make(tmp_path, clock)
     for n in range(3):
