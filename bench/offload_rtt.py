@@ -11,7 +11,13 @@ alternate with direct tritonclient gRPC calls of the same model on the same Trit
 the same frames, so ``overhead_ratio`` (detector round-trip p50 / direct p50) compares
 like with like. ``tiny_bare_publisher_*`` time the same echo jobs sent by a bare MQTT
 publisher on the wire contract (no outbox), which separates serverd's share from the
-edge client's. The original project's target for the round trip is 80 ms (over 5G).
+edge client's. Two floors are measured in the same run, so that a target can be set
+against what its parts cost on the machine at hand: ``mqtt_floor_*``, the same frames
+through the same broker to a responder process that answers each with a short message
+on paho's thread (the two MQTT legs alone, on the same MQTT stack as serverd), and
+``echo_direct_*``, a direct tritonclient call of the ``echo`` model (Triton and its
+python backend alone). The original project's target for the round trip is 80 ms (over
+5G).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from tests.support.paths import IMAGES_DIR, REPO, VTEST
 
 SERVER_ID = "bench-server"
 RAW_DEVICE = "bench-raw"
+FLOOR_REQUEST = "bench/floor/request"
+FLOOR_REPLY = "bench/floor/reply"
 TARGET_MS = 80.0
 TARGETS = {"tiny_p99_ms": 5.0, "detector_p99_ms": 30.0, "overhead_ratio": 1.5}
 
@@ -129,6 +137,18 @@ def write_config(directory: Path, mqtt_port: int, base_port: int, threads: int) 
     return path
 
 
+def respond(port: int) -> None:
+    """The MQTT floor's responder (its own process): answer each frame with 64 bytes."""
+    mqtt = MqttClient(MqttConfig(port=port, client_id="bench-floor-responder"))
+    mqtt.subscribe(FLOOR_REQUEST, lambda _t, data: mqtt.publish(FLOOR_REPLY, data[:64]))
+    mqtt.start()
+    if not mqtt.wait_connected(30):
+        raise SystemExit("floor responder: no broker")
+    print("ready", flush=True)
+    sys.stdin.read()  # until the bench closes the pipe
+    mqtt.stop()
+
+
 class Edge:
     """edged's offload client with a blocking ``round_trip``."""
 
@@ -147,6 +167,8 @@ class Edge:
         self.mqtt.subscribe(Topics().server_availability(SERVER_ID), on_availability)
         self._raw: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.mqtt.subscribe(Topics().reply(RAW_DEVICE), lambda _t, data: self._raw.put(data))
+        self._floor: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.mqtt.subscribe(FLOOR_REPLY, lambda _t, data: self._floor.put(data))
         self.client.start()
         self.mqtt.start()
         if not server_online.wait(180):
@@ -181,6 +203,13 @@ class Edge:
             if isinstance(reply, OffloadResult) and reply.job_id == request.job_id:
                 return (time.perf_counter() - start) * 1000
 
+    def floor_round_trip(self, jpeg: bytes) -> float:
+        """The same frame to the floor responder and back: the MQTT legs alone."""
+        start = time.perf_counter()
+        self.mqtt.publish(FLOOR_REQUEST, jpeg)
+        self._floor.get(timeout=30)
+        return (time.perf_counter() - start) * 1000
+
     def close(self) -> None:
         self.client.stop()
         self.mqtt.stop()
@@ -208,14 +237,26 @@ def measure(
     edge: Edge, direct: Callable[[str, bytes], float], jpegs: list[bytes], n: int
 ) -> dict[str, Any]:
     for i in range(20):  # warm-up: connections, interpreters, caches
-        edge.round_trip("echo", jpegs[i % len(jpegs)])
-        edge.round_trip("detector", jpegs[i % len(jpegs)])
-        direct("detector", jpegs[i % len(jpegs)])
+        jpeg = jpegs[i % len(jpegs)]
+        edge.round_trip("echo", jpeg)
+        edge.round_trip("detector", jpeg)
+        direct("detector", jpeg)
+        direct("echo", jpeg)
+        edge.floor_round_trip(jpeg)
     tiny: list[float] = []
     tiny_raw: list[float] = []
-    for i in range(n):
-        tiny.append(edge.round_trip("echo", jpegs[i % len(jpegs)])[0])
-        tiny_raw.append(edge.raw_round_trip("echo", jpegs[i % len(jpegs)]))
+    tiny_server: dict[str, list[float]] = {}
+    mqtt_floor: list[float] = []
+    echo_direct: list[float] = []
+    for i in range(n):  # the series interleaved, so that a busy spell hits them all
+        jpeg = jpegs[i % len(jpegs)]
+        ms, timings = edge.round_trip("echo", jpeg)
+        tiny.append(ms)
+        for key, value in timings.items():
+            tiny_server.setdefault(key, []).append(value)
+        tiny_raw.append(edge.raw_round_trip("echo", jpeg))
+        mqtt_floor.append(edge.floor_round_trip(jpeg))
+        echo_direct.append(direct("echo", jpeg))
     detector: list[float] = []
     direct_ms: list[float] = []
     server: dict[str, list[float]] = {}
@@ -231,6 +272,11 @@ def measure(
         "tiny_p99_ms": pct(tiny, 99),
         "tiny_bare_publisher_p50_ms": pct(tiny_raw, 50),
         "tiny_bare_publisher_p99_ms": pct(tiny_raw, 99),
+        "tiny_server_p50_ms": {k: pct(v, 50) for k, v in sorted(tiny_server.items())},
+        "mqtt_floor_p50_ms": pct(mqtt_floor, 50),
+        "mqtt_floor_p99_ms": pct(mqtt_floor, 99),
+        "echo_direct_p50_ms": pct(echo_direct, 50),
+        "echo_direct_p99_ms": pct(echo_direct, 99),
         "detector_p50_ms": pct(detector, 50),
         "detector_p99_ms": pct(detector, 99),
         "direct_p50_ms": pct(direct_ms, 50),
@@ -257,13 +303,28 @@ def main(argv: list[str]) -> int:
                 cwd=REPO,
                 env=os.environ | {"PYTHONPATH": str(REPO)},
             )
+            responder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from bench.offload_rtt import respond; respond({broker.port})",
+                ],
+                cwd=REPO,
+                env=os.environ | {"PYTHONPATH": str(REPO)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             edge: Edge | None = None
             try:
+                if responder.stdout is None or responder.stdout.readline().strip() != "ready":
+                    raise SystemExit("the MQTT floor responder did not start")
                 edge = Edge(broker.port, directory)
                 report = measure(edge, direct_call(f"127.0.0.1:{base + 1}"), jpegs, args.requests)
             finally:
                 if edge is not None:
                     edge.close()
+                responder.communicate(timeout=30)
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
     report |= {
