@@ -107,10 +107,11 @@ class Preprocessor:
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
-        # OpenCV scalars (4 values): per-channel arithmetic on HWC images is vectorised
+        # OpenCV scalars (4 doubles): per-channel arithmetic on HWC images is vectorised
         # there, while numpy broadcasting over a last axis of 3 is ~6x slower
-        self._mean = (*map(float, spec.mean), 0.0)
-        self._inv_std = (*(float(np.float32(1.0 / s)) for s in spec.std), 0.0)
+        self._mean = np.array([*spec.mean, 0.0], dtype=np.float64)
+        inv_std = (1.0 / np.array(spec.std, dtype=np.float64)).astype(np.float32)
+        self._inv_std = np.array([*inv_std, 0.0], dtype=np.float64)
 
     def __call__(
         self, frame: np.ndarray, region: Box | None = None
