@@ -132,7 +132,7 @@ class Preprocessor:
         return self._tensor(image), p.transform
 
     def _tensor(self, image: np.ndarray) -> np.ndarray:
-        """HWC BGR uint8 -> the model's channel order, layout and dtype (one conversion)."""
+        """HWC BGR uint8 -> the model's channel order, dtype (normalised) and layout."""
         spec = self.spec
         ordered = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if spec.color == "RGB" else image
         if spec.dtype == "uint8":
