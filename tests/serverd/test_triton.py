@@ -75,6 +75,9 @@ def test_triton_environment_has_numpy_below_2_and_the_stub_in_place() -> None:
     assert env["PATH"].startswith(str(install.venv / "bin"))
     assert env["LD_LIBRARY_PATH"].startswith(str(install.python_libdir))
     assert "PYTHONPATH" not in env
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "8388608"  # frame buffers stay on the heap
+    mine = install.environment({"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the operator's own setting wins
     numpy = next((install.venv / "lib").glob("python3.*/site-packages/numpy-*.dist-info"))
     assert numpy.name.startswith("numpy-1.")
 
