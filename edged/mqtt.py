@@ -8,13 +8,17 @@ publishes that report their PUBACK, and a handler dispatch that contains failure
 a handler raising ``ProtocolError`` counts the message as dropped, any other
 exception counts as a handler error; the network loop never dies of either.
 
-Handlers run on paho's network thread and must be quick; hand work to your own
-thread or, for asyncio code, wrap the handler with ``on_loop``.
+Handlers run on paho's network thread and must be quick; hand work to your own thread.
+Asyncio code passes its loop to ``start`` instead: the loop then drives the connection
+itself (reads, writes, keep-alive; connecting and TLS handshakes on its executor), and
+handlers and PUBACK callbacks run on the loop's thread with no hand-off per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import socket
 import ssl
@@ -118,15 +122,6 @@ def presence(topic: str, online: Availability) -> Presence:
     return Presence(topic, encode_message(online), encode_message(offline))
 
 
-def on_loop(loop: asyncio.AbstractEventLoop, handler: Handler) -> Handler:
-    """Wrap a handler so that it runs on an asyncio loop instead of paho's thread."""
-
-    def hand_off(topic: str, payload: bytes) -> None:
-        loop.call_soon_threadsafe(handler, topic, payload)
-
-    return hand_off
-
-
 def tls_context(tls: MqttTls) -> ssl.SSLContext:
     """Build the client TLS context; unreadable files raise ``ConfigError``."""
     if (tls.cert is None) != (tls.key is None):
@@ -157,6 +152,13 @@ class MqttClient:
         self._started = False
         self._stopping = False
         self._resubscribe_mid: int | None = None
+        # loop mode (``start(loop)``): the loop, the task driving the connection, and the
+        # state of its reconnect backoff
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._driver: concurrent.futures.Future[None] | None = None
+        self._socket_closed = threading.Event()
+        self._retry_delay = float(config.reconnect_min_s)
+        self._last_attempt_failed = False
         self._client = self._make_client()
 
     @property
@@ -209,8 +211,13 @@ class MqttClient:
             return False
         return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    def start(self) -> None:
-        """Connect in the background; paho's thread keeps reconnecting until ``stop``."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect in the background and keep reconnecting until ``stop``.
+
+        Without ``loop``, paho's own thread runs the connection. With ``loop``, that
+        asyncio loop does (see the module doc); ``stop`` must then be called from
+        another thread, such as ``asyncio.to_thread``.
+        """
         if self._started:
             return
         self._started = True
@@ -218,18 +225,33 @@ class MqttClient:
             self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
         except (OSError, ValueError) as exc:
             raise OffloadError(f"mqtt: cannot connect to {self.config.host}: {exc}") from exc
-        self._client.loop_start()
+        if loop is None:
+            self._client.loop_start()
+            return
+        self._loop = loop
+        self._client.on_socket_close = self._on_socket_close
+        self._client.on_socket_register_write = self._on_register_write
+        self._client.on_socket_unregister_write = self._on_unregister_write
+        self._driver = asyncio.run_coroutine_threadsafe(self._drive(), loop)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (a clean disconnect sends no Last Will), then disconnect."""
         if not self._started:
             return
+        if self._loop is not None and _running_loop() is self._loop:
+            raise RuntimeError("stop a loop-driven MqttClient from another thread")
         self._started = False
         self._stopping = True
         if self._presence is not None and self.connected:
             self.publish(self._presence.topic, self._presence.offline, retain=True).wait(timeout)
-        self._client.disconnect()
-        self._client.loop_stop()
+        if self._driver is None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        else:
+            self._driver.cancel()
+            if self._client.socket() is not None:
+                self._client.disconnect()  # the loop sends it and closes the socket
+                self._socket_closed.wait(timeout)
         self._connected.clear()
         with self._lock:
             self._pending.clear()
@@ -267,6 +289,56 @@ class MqttClient:
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._loop is not None:
+            self._socket_closed.clear()
+            self._in_loop(self._loop.add_reader, sock.fileno(), self._client.loop_read)
+
+    # --- loop mode: paho's external-loop callbacks, from the loop or the connecting thread
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        fd = sock.fileno()  # still open: paho closes it after this callback
+        self._in_loop(self._loop.remove_reader, fd)
+        self._in_loop(self._loop.remove_writer, fd)
+        self._socket_closed.set()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.add_writer, sock.fileno(), self._client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._in_loop(self._loop.remove_writer, sock.fileno())
+
+    def _in_loop(self, call: Callable[..., object], *args: Any) -> None:
+        """Run ``call`` on the loop: now if this is its thread, else as soon as it can."""
+        assert self._loop is not None
+        if _running_loop() is self._loop:
+            call(*args)
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nothing to register with
+            self._loop.call_soon_threadsafe(call, *args)
+
+    async def _drive(self) -> None:
+        """(Re)connect with capped backoff and keep the connection alive, once a second."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        cap = float(max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        while True:
+            if self._client.socket() is None:
+                if self._last_attempt_failed:
+                    await asyncio.sleep(self._retry_delay)
+                    self._retry_delay = min(self._retry_delay * 2, cap)
+                self._last_attempt_failed = True  # until the broker's CONNACK (_on_connect)
+                try:  # socket connect and TLS handshake block: off the loop
+                    await loop.run_in_executor(None, self._client.reconnect)
+                except (OSError, ValueError) as exc:
+                    self._on_connect_fail(self._client, None)
+                    log.debug("mqtt: cannot connect to %s:%d: %s", cfg.host, cfg.port, exc)
+                    continue
+            else:
+                self._client.loop_misc()
+            await asyncio.sleep(1.0)
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -276,6 +348,8 @@ class MqttClient:
                 self.counters.connect_failures += 1
             log.warning("mqtt: broker %s refused the connection: %s", self.config.host, reason)
             return
+        self._last_attempt_failed = False
+        self._retry_delay = float(self.config.reconnect_min_s)
         with self._lock:
             if self.counters.connects:
                 self.counters.reconnects += 1
@@ -386,3 +460,10 @@ class MqttClient:
                 listener(up)
             except Exception:
                 log.exception("mqtt: connection listener failed")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

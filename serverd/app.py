@@ -14,7 +14,7 @@ import logging
 import threading
 
 from edged.errors import OffloadError
-from edged.mqtt import MqttClient, on_loop, presence
+from edged.mqtt import MqttClient, presence
 from edged.protocol import Availability, Topics
 from serverd.config import ServerdConfig
 from serverd.jobs import JobTable
@@ -149,8 +149,8 @@ class ServerdApp:
             self.service = OffloadService(
                 settings, topics, self.mqtt.publish, jobs, self.scheduler, self.endpoints
             )
-            self.mqtt.subscribe(topics.requests_filter(), on_loop(loop, self._on_request))
-            self.mqtt.start()
+            self.mqtt.subscribe(topics.requests_filter(), self._on_request)
+            self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off
             log.info(
                 "serverd %s serving %s on %d instance(s)",
                 cfg.server_id,

@@ -1,7 +1,7 @@
 """The offload service: requests from MQTT -> job table -> scheduler -> Triton -> reply.
 
-Everything here runs on one asyncio loop (paho's thread hands messages over with
-``edged.mqtt.on_loop``; the Triton supervisors' watcher threads with
+Everything here runs on one asyncio loop (the MQTT client is driven by that loop, see
+``edged.mqtt``; the Triton supervisors' watcher threads hand over with
 ``call_soon_threadsafe``). A bad message is counted and dropped; a request for a model
 no instance serves, a tensor payload, or an overloaded queue gets an
 ``OffloadErrorMessage`` on the device's reply topic. A job whose instance fails is

@@ -7,18 +7,39 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edged.errors import ConfigError, ProtocolError
-from edged.mqtt import MqttClient, MqttConfig, MqttTls, on_loop, presence, tls_context
+from edged.mqtt import MqttClient, MqttConfig, MqttTls, presence, tls_context
 from edged.protocol import Availability, Topics, decode_availability
 from tests.support.broker import Broker
 from tests.support.paths import REPO
 
 Inbox = queue.Queue[tuple[str, bytes]]
+
+
+Loop = asyncio.AbstractEventLoop | None
+
+
+@pytest.fixture(params=["paho-thread", "asyncio-loop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[Loop]:
+    """How the clients of a test run: on paho's thread, or driven by an asyncio loop
+    running on a thread of its own (as in serverd)."""
+    if request.param == "paho-thread":
+        yield None
+        return
+    running = asyncio.new_event_loop()
+    thread = threading.Thread(target=running.run_forever, daemon=True)
+    thread.start()
+    yield running
+    running.call_soon_threadsafe(running.stop)
+    thread.join(5)
+    running.close()
 
 
 def client(broker: Broker, name: str, **changes: object) -> MqttClient:
@@ -32,11 +53,11 @@ def collect(mqtt: MqttClient, topic_filter: str) -> Inbox:
     return inbox
 
 
-def test_publish_subscribe_round_trip_with_puback_and_nodelay(broker: Broker) -> None:
+def test_publish_subscribe_round_trip_with_puback_and_nodelay(broker: Broker, loop: Loop) -> None:
     sub, pub = client(broker, "sub"), client(broker, "pub")
     inbox = collect(sub, "t/#")
-    sub.start()
-    pub.start()
+    sub.start(loop)
+    pub.start(loop)
     try:
         assert sub.wait_connected(10) and pub.wait_connected(10)
         assert pub.socket_nodelay() and sub.socket_nodelay()
@@ -52,7 +73,9 @@ def test_publish_subscribe_round_trip_with_puback_and_nodelay(broker: Broker) ->
         sub.stop()
 
 
-def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path) -> None:
+def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(
+    tmp_path: Path, loop: Loop
+) -> None:
     with Broker(tmp_path / "tls-broker", tls=True) as broker:
         assert broker.tls is not None
         files = broker.tls
@@ -61,8 +84,8 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path
         )
         bad = client(broker, "bad", tls=MqttTls(ca=files.ca), reconnect_max_s=1)
         inbox = collect(good, "secure/#")
-        good.start()
-        bad.start()
+        good.start(loop)
+        bad.start(loop)
         try:
             assert good.wait_connected(10)
             assert good.socket_nodelay()
@@ -85,7 +108,7 @@ def test_tls_files_that_cannot_be_read_are_a_config_error(tmp_path: Path) -> Non
         tls_context(MqttTls(ca=tmp_path / "ca.pem", cert=tmp_path / "c.pem"))
 
 
-def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker) -> None:
+def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker, loop: Loop) -> None:
     sub, pub = client(broker, "sub"), client(broker, "pub")
 
     def picky(topic: str, payload: bytes) -> None:
@@ -96,8 +119,8 @@ def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker) -
 
     sub.subscribe("t/#", picky)
     inbox = collect(sub, "t/#")
-    sub.start()
-    pub.start()
+    sub.start(loop)
+    pub.start(loop)
     try:
         assert sub.wait_connected(10) and pub.wait_connected(10)
         for payload in (b"malformed", b"boom", b"fine"):
@@ -111,13 +134,13 @@ def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker) -
         sub.stop()
 
 
-def test_subscriptions_come_back_after_a_broker_restart(broker: Broker) -> None:
+def test_subscriptions_come_back_after_a_broker_restart(broker: Broker, loop: Loop) -> None:
     sub, pub = client(broker, "sub"), client(broker, "pub")
     inbox = collect(sub, "t/#")
     links: queue.Queue[bool] = queue.Queue()
     sub.add_connection_listener(links.put)
-    sub.start()
-    pub.start()
+    sub.start(loop)
+    pub.start(loop)
     try:
         assert links.get(timeout=10) is True
         broker.stop()
@@ -172,16 +195,16 @@ def test_presence_is_retained_and_the_last_will_says_offline(broker: Broker) -> 
         watcher.stop()
 
 
-def test_a_clean_stop_publishes_offline(broker: Broker) -> None:
+def test_a_clean_stop_publishes_offline(broker: Broker, loop: Loop) -> None:
     online = Availability(role="server", id="srv-1", state="online", since=1, models=["m"])
     topic = Topics().server_availability("srv-1")
     server = MqttClient(MqttConfig(port=broker.port, client_id="srv-1"), presence(topic, online))
-    server.start()
+    server.start(loop)
     assert server.wait_connected(10)
     server.stop()
     watcher = client(broker, "watcher")
     inbox = collect(watcher, topic)
-    watcher.start()
+    watcher.start(loop)
     try:
         retained = decode_availability(inbox.get(timeout=10)[1])
         assert retained.state == "offline" and retained.models == ["m"]
@@ -189,27 +212,33 @@ def test_a_clean_stop_publishes_offline(broker: Broker) -> None:
         watcher.stop()
 
 
-def test_on_loop_hands_messages_to_asyncio(broker: Broker) -> None:
-    async def main() -> tuple[str, bytes]:
+def test_a_loop_driven_client_runs_handlers_and_acks_on_the_loop(broker: Broker) -> None:
+    async def main() -> tuple[tuple[str, bytes], bool]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[str, bytes]] = loop.create_future()
+        message: asyncio.Future[tuple[str, bytes]] = loop.create_future()
+        acked: asyncio.Future[bool] = loop.create_future()
 
         def handler(topic: str, payload: bytes) -> None:
-            assert asyncio.get_running_loop() is loop
-            if not future.done():
-                future.set_result((topic, payload))
+            assert asyncio.get_running_loop() is loop  # no hand-off: called on the loop
+            if not message.done():
+                message.set_result((topic, payload))
+
+        def on_ack() -> None:
+            acked.set_result(asyncio.get_running_loop() is loop)
 
         sub, pub = client(broker, "sub"), client(broker, "pub")
-        sub.subscribe("a/#", on_loop(loop, handler))
-        sub.start()
-        pub.start()
+        sub.subscribe("a/#", handler)
+        sub.start(loop)
+        pub.start(loop)
         try:
-            assert await loop.run_in_executor(None, sub.wait_connected, 10)
-            assert await loop.run_in_executor(None, pub.wait_connected, 10)
-            pub.publish("a/b", b"x")
-            return await asyncio.wait_for(future, 10)
+            assert await asyncio.to_thread(sub.wait_connected, 10)
+            assert await asyncio.to_thread(pub.wait_connected, 10)
+            with pytest.raises(RuntimeError, match="from another thread"):
+                pub.stop()  # would wait on the loop it blocks
+            pub.publish("a/b", b"x", on_ack=on_ack)
+            return await asyncio.wait_for(message, 10), await asyncio.wait_for(acked, 10)
         finally:
-            pub.stop()
-            sub.stop()
+            await asyncio.to_thread(pub.stop)
+            await asyncio.to_thread(sub.stop)
 
-    assert asyncio.run(main()) == ("a/b", b"x")
+    assert asyncio.run(main()) == (("a/b", b"x"), True)
