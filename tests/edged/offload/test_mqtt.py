@@ -156,6 +156,24 @@ def test_subscriptions_come_back_after_a_broker_restart(broker: Broker, loop: Lo
         sub.stop()
 
 
+def test_a_client_started_while_the_broker_is_down_connects_when_it_comes_up(
+    broker: Broker, loop: Loop
+) -> None:
+    broker.stop()
+    late = client(broker, "late", reconnect_max_s=1)
+    late.start(loop)
+    try:
+        deadline = time.monotonic() + 10
+        while late.counters.connect_failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert late.counters.connect_failures >= 2 and not late.connected  # kept trying
+        broker.start()
+        assert late.wait_connected(15)
+        assert late.publish("t/late", b"here").wait(5)
+    finally:
+        late.stop()
+
+
 def test_presence_is_retained_and_the_last_will_says_offline(broker: Broker) -> None:
     topics = Topics()
     topic = topics.device_availability("cam-9")
