@@ -332,12 +332,15 @@ class MqttClient:
                 self._last_attempt_failed = True  # until the broker's CONNACK (_on_connect)
                 try:  # socket connect and TLS handshake block: off the loop
                     await loop.run_in_executor(None, self._client.reconnect)
-                except (OSError, ValueError) as exc:
+                except Exception as exc:  # refused, unreachable, TLS: retried, never fatal
                     self._on_connect_fail(self._client, None)
                     log.debug("mqtt: cannot connect to %s:%d: %s", cfg.host, cfg.port, exc)
                     continue
             else:
-                self._client.loop_misc()
+                try:
+                    self._client.loop_misc()  # keep-alive; a dead link closes the socket
+                except Exception:
+                    log.exception("mqtt: keep-alive check failed")
             await asyncio.sleep(1.0)
 
     def _on_connect(
