@@ -8,9 +8,10 @@ whichever commit crosses the threshold (about half of the enqueue time of 50 KB 
 measured with ``python -m bench outbox``). This thread runs ``PASSIVE`` checkpoints on
 its own connection instead, batched: once ``max_commits`` commits are waiting (at 50 KB
 frames, ~5 MB of WAL, well under the auto-checkpoint's 16 MB), or once the oldest waiting
-commit is ``max_age_s`` old. Checkpointing after every few commits cost every commit of
-the offload round trip ~0.3 ms (``python -m bench offload-rtt``): the copy and its fsyncs
-compete with them for the disk and the two cores. The auto-checkpoint stays as the bound
+commit is ``max_age_s`` old. Checkpointing at most every 10 ms made the offload round
+trip's own commits slower (``tiny_p50_ms`` of ``python -m bench offload-rtt`` 6.1-6.4 ms
+against 5.4-5.6 batched): the copy and its fsyncs compete with them for the disk and the
+two cores. The auto-checkpoint stays as the bound
 on the WAL's size: it then finds the pages already copied. Durability is unchanged: no
 commit waits for, or skips, a checkpoint.
 """
