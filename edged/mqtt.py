@@ -8,10 +8,15 @@ publishes that report their PUBACK, and a handler dispatch that contains failure
 a handler raising ``ProtocolError`` counts the message as dropped, any other
 exception counts as a handler error; the network loop never dies of either.
 
+A message is acknowledged to the broker (PUBACK) once its handlers have returned, or, for
+a ``subscribe_acked`` handler, once that handler calls its ``ack``: a message whose
+effect is not yet stored when the process dies is then delivered again.
+
 Handlers run on paho's network thread and must be quick; hand work to your own thread.
 Asyncio code passes its loop to ``start`` instead: the loop then drives the connection
 itself (reads, writes, keep-alive; connecting and TLS handshakes on its executor), and
 handlers and PUBACK callbacks run on the loop's thread with no hand-off per message.
+A publish on the loop's thread (outside a handler) is written to the socket at once.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from edged.protocol import Availability, encode_message
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+Ack = Callable[[], None]
+AckedHandler = Callable[[str, bytes, Ack], None]
 AckCallback = Callable[[], None]
 ConnectionListener = Callable[[bool], None]
 
@@ -144,7 +151,9 @@ class MqttClient:
         self.counters = MqttCounters()
         self._presence = presence
         self._lock = threading.Lock()
-        self._handlers: dict[str, list[Handler]] = {}
+        # per filter: (handler, acked); an acked handler acknowledges the message itself
+        self._handlers: dict[str, list[tuple[Callable[..., None], bool]]] = {}
+        self._session = 0  # counts connections: an ack left from an earlier one is void
         self._pending: dict[int, Publish | None] = {}
         self._early: set[int] = set()
         self._listeners: list[ConnectionListener] = []
@@ -157,6 +166,7 @@ class MqttClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._driver: concurrent.futures.Future[None] | None = None
         self._socket_closed = threading.Event()
+        self._reading = False  # in paho's loop_read (its handlers and callbacks run there)
         self._retry_delay = float(config.reconnect_min_s)
         self._last_attempt_failed = False
         self._client = self._make_client()
@@ -175,9 +185,20 @@ class MqttClient:
             self._listeners.append(listener)
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        """Register a QoS 1 subscription; applied now if connected and on every reconnect."""
+        """Register a QoS 1 subscription; applied now if connected and on every reconnect.
+        The broker has its PUBACK once the handler returns."""
+        self._register(topic_filter, handler, acked=False)
+
+    def subscribe_acked(self, topic_filter: str, handler: AckedHandler) -> None:
+        """As ``subscribe``, but the handler gets an ``ack`` to call (from any thread) once
+        the message has had its effect, such as a commit: only then does the broker have
+        its PUBACK. A message whose effect dies with the process before that comes again
+        on the next connection. A handler that raises has its message acknowledged."""
+        self._register(topic_filter, handler, acked=True)
+
+    def _register(self, topic_filter: str, handler: Callable[..., None], acked: bool) -> None:
         with self._lock:
-            self._handlers.setdefault(topic_filter, []).append(handler)
+            self._handlers.setdefault(topic_filter, []).append((handler, acked))
         if self._client.is_connected():  # paho's state: set before on_connect runs
             self._client.subscribe(topic_filter, qos=1)
 
@@ -265,6 +286,7 @@ class MqttClient:
             client_id=cfg.client_id,
             clean_session=cfg.clean_session,
             protocol=paho.MQTTv311,
+            manual_ack=True,  # see _on_message
         )
         client.enable_logger(log)
         client.reconnect_delay_set(
@@ -291,7 +313,7 @@ class MqttClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._loop is not None:
             self._socket_closed.clear()
-            self._in_loop(self._loop.add_reader, sock.fileno(), self._client.loop_read)
+            self._in_loop(self._loop.add_reader, sock.fileno(), self._read)
 
     # --- loop mode: paho's external-loop callbacks, from the loop or the connecting thread
 
@@ -304,11 +326,24 @@ class MqttClient:
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
-        self._in_loop(self._loop.add_writer, sock.fileno(), self._client.loop_write)
+        if not self._reading and _running_loop() is self._loop:
+            # Write now rather than on the loop's next turn, after whatever its caller does
+            # next (a commit, say). Not inside a read: paho is mid-packet there.
+            client.loop_write()
+            if not client.want_write():
+                return  # all sent (paho has called on_socket_unregister_write)
+        self._in_loop(self._loop.add_writer, sock.fileno(), client.loop_write)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         assert self._loop is not None
         self._in_loop(self._loop.remove_writer, sock.fileno())
+
+    def _read(self) -> None:
+        self._reading = True
+        try:
+            self._client.loop_read()
+        finally:
+            self._reading = False
 
     def _in_loop(self, call: Callable[..., object], *args: Any) -> None:
         """Run ``call`` on the loop: now if this is its thread, else as soon as it can."""
@@ -354,6 +389,7 @@ class MqttClient:
         self._last_attempt_failed = False
         self._retry_delay = float(self.config.reconnect_min_s)
         with self._lock:
+            self._session += 1
             if self.counters.connects:
                 self.counters.reconnects += 1
             self.counters.connects += 1
@@ -428,14 +464,17 @@ class MqttClient:
                 log.exception("mqtt: PUBACK callback for %s failed", ticket.topic)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        """Dispatch to the matching handlers; acknowledge when they are done with it."""
         with self._lock:
             self.counters.messages_in += 1
+            session = self._session
         try:
             topic = message.topic
         except UnicodeDecodeError:
             with self._lock:
                 self.counters.dropped += 1
                 self.counters.last_drop = "topic is not UTF-8"
+            client.ack(message.mid, message.qos)
             return
         with self._lock:
             handlers = [
@@ -444,9 +483,15 @@ class MqttClient:
                 if paho.topic_matches_sub(f, topic)
                 for h in hs
             ]
-        for handler in handlers:
+        acks = self._acks(message, session, sum(1 for _, acked in handlers if acked))
+        payload = bytes(message.payload)
+        for handler, acked in handlers:
+            ack = acks.pop() if acked else None
             try:
-                handler(topic, bytes(message.payload))
+                if ack is None:
+                    handler(topic, payload)
+                else:
+                    handler(topic, payload, ack)
             except ProtocolError as exc:
                 with self._lock:
                     self.counters.dropped += 1
@@ -456,6 +501,28 @@ class MqttClient:
                 with self._lock:
                     self.counters.handler_errors += 1
                 log.exception("mqtt: handler for %s failed", topic)
+            else:
+                continue
+            if ack is not None:
+                ack()
+
+    def _acks(self, message: paho.MQTTMessage, session: int, count: int) -> list[Ack]:
+        """``count`` one-shot acks of ``message``: the PUBACK goes when all are called (at
+        once if ``count`` is 0), unless the connection it came on has gone since."""
+        left = [count]
+        mid, qos = message.mid, message.qos
+
+        def ack() -> None:
+            with self._lock:
+                left[0] -= 1
+                due = left[0] == 0 and session == self._session
+            if due:
+                self._client.ack(mid, qos)
+
+        if count == 0:
+            self._client.ack(mid, qos)
+            return []
+        return [_once(ack) for _ in range(count)]
 
     def _notify(self, listeners: list[ConnectionListener], up: bool) -> None:
         for listener in listeners:
@@ -463,6 +530,17 @@ class MqttClient:
                 listener(up)
             except Exception:
                 log.exception("mqtt: connection listener failed")
+
+
+def _once(call: Callable[[], None]) -> Callable[[], None]:
+    """``call``, run on the first call only (from any thread)."""
+    first = threading.Lock()
+
+    def once() -> None:
+        if first.acquire(blocking=False):  # never released: later calls do nothing
+            call()
+
+    return once
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -9,13 +9,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edged.errors import ConfigError, ProtocolError
 from edged.mqtt import MqttClient, MqttConfig, MqttTls, presence, tls_context
+from edged.netloop import NetLoop
 from edged.protocol import Availability, Topics, decode_availability
 from tests.support.broker import Broker
 from tests.support.paths import REPO
@@ -260,3 +261,61 @@ def test_a_loop_driven_client_runs_handlers_and_acks_on_the_loop(broker: Broker)
             await asyncio.to_thread(sub.stop)
 
     assert asyncio.run(main()) == (("a/b", b"x"), True)
+
+
+def test_a_message_not_yet_acked_comes_again_on_the_next_connection(
+    broker: Broker, loop: Loop
+) -> None:
+    """``subscribe_acked``: the broker has its PUBACK only when the handler acks, so a
+    message whose effect died with the client is delivered again to its session."""
+    first = client(broker, "acked-sub")
+    held: queue.Queue[tuple[bytes, Callable[[], None]]] = queue.Queue()
+    first.subscribe_acked("acked/#", lambda _topic, payload, ack: held.put((payload, ack)))
+    pub = client(broker, "acked-pub")
+    first.start(loop)
+    pub.start(loop)
+    try:
+        assert first.wait_connected(10) and pub.wait_connected(10)
+        assert pub.publish("acked/a", b"stored").wait(5)
+        assert pub.publish("acked/b", b"lost").wait(5)
+        acks = dict(held.get(timeout=10) for _ in range(2))
+        acks[b"stored"]()
+        acks[b"stored"]()  # a second call does nothing
+    finally:
+        first.stop()  # before b"lost" is acked: gone with the process
+    second = client(broker, "acked-sub")  # the same session
+    inbox = collect(second, "acked/#")
+    second.start(loop)
+    try:
+        assert inbox.get(timeout=10) == ("acked/b", b"lost")
+        with pytest.raises(queue.Empty):
+            inbox.get(timeout=0.5)
+    finally:
+        second.stop()
+        pub.stop()
+
+
+def test_a_publish_on_the_loop_is_written_before_the_loop_turns(broker: Broker) -> None:
+    """On the loop's thread a publish goes to the socket at once: a subscriber gets it while
+    the loop is still busy in the callback that published (a commit, say)."""
+    watcher = client(broker, "watcher")
+    inbox = collect(watcher, "now/#")
+    net = NetLoop(client(broker, "publisher"))
+    watcher.start()
+    net.start()
+    try:
+        assert watcher.wait_connected(10) and net.mqtt.wait_connected(10)
+        got: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+
+        def publish_then_stay_busy() -> None:
+            net.mqtt.publish("now/x", b"at once")
+            try:
+                got.put(inbox.get(timeout=5))  # the loop cannot turn while this waits
+            except queue.Empty:
+                got.put(None)
+
+        net.loop.call_soon_threadsafe(publish_then_stay_busy)
+        assert got.get(timeout=10) == ("now/x", b"at once")
+    finally:
+        net.stop()
+        watcher.stop()
