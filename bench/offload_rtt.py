@@ -43,6 +43,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from edged.mqtt import MqttClient, MqttConfig
+from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
@@ -150,14 +151,15 @@ def respond(port: int) -> None:
 
 
 class Edge:
-    """edged's offload client with a blocking ``round_trip``."""
+    """edged's offload client on edged's network loop, with a blocking ``round_trip``."""
 
     def __init__(self, port: int, directory: Path) -> None:
         self._done: dict[str, threading.Event] = {}
         self._outcomes: dict[str, JobOutcome] = {}
-        self.mqtt = MqttClient(MqttConfig(port=port, client_id="bench-edge"))
+        self.net = NetLoop(MqttClient(MqttConfig(port=port, client_id="bench-edge")))
+        self.mqtt = self.net.mqtt
         self.outbox = Outbox(OutboxConfig(path=directory / "outbox.sqlite"))
-        self.client = OffloadClient("bench-cam", self.mqtt, self.outbox, on_outcome=self._on)
+        self.client = OffloadClient("bench-cam", self.net, self.outbox, on_outcome=self._on)
         server_online = threading.Event()
 
         def on_availability(_topic: str, data: bytes) -> None:
@@ -170,7 +172,7 @@ class Edge:
         self._floor: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.mqtt.subscribe(FLOOR_REPLY, lambda _t, data: self._floor.put(data))
         self.client.start()
-        self.mqtt.start()
+        self.net.start()
         if not server_online.wait(180):
             raise SystemExit("serverd did not announce itself online")
 
@@ -212,7 +214,7 @@ class Edge:
 
     def close(self) -> None:
         self.client.stop()
-        self.mqtt.stop()
+        self.net.stop()
         self.outbox.close()
 
 

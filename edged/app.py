@@ -119,8 +119,8 @@ def summary_line(status: dict[str, Any]) -> str:
 class EdgedApp:
     """The running daemon: models, pipeline, sinks and the optional services.
 
-    Services start in list order and stop in reverse: pipeline, summary, MQTT, offload,
-    EventBus, twin, HTTP API (the API starts last and stops first).
+    Services start in list order and stop in reverse: pipeline, summary, the network loop
+    with MQTT, offload, EventBus, twin, HTTP API (the API starts last and stops first).
     """
 
     def __init__(self, config: EdgedConfig, extra_sinks: tuple[FrameSink, ...] = ()) -> None:
@@ -132,8 +132,9 @@ class EdgedApp:
             reasons = "; ".join(f"{k}: {v}" for k, v in self.models.failures.items())
             raise DriverError(f"no model could be loaded ({reasons})")
         self._jsonl = JsonlSink(config.output.results) if config.output.results else None
-        self.mqtt = wiring.mqtt_client(config)
-        self.offload = wiring.offload(config, self.mqtt, self._queue_depth)
+        self.net = wiring.network(config)
+        self.mqtt = self.net.mqtt if self.net is not None else None
+        self.offload = wiring.offload(config, self.net, self._queue_depth)
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
@@ -148,7 +149,7 @@ class EdgedApp:
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
-        optional = (self.mqtt, self.offload, self.eventbus, self.twin, self._api())
+        optional = (self.net, self.offload, self.eventbus, self.twin, self._api())
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None

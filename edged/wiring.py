@@ -16,6 +16,7 @@ from edged.config import EdgedConfig
 from edged.errors import ConfigError
 from edged.eventbus import EventBus
 from edged.mqtt import MqttClient, presence
+from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient
 from edged.offload.dispatch import OffloadDispatcher
 from edged.offload.outbox import Outbox
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 RUNTIME_STATE = "runtime.json"
 
 
-def mqtt_client(config: EdgedConfig) -> MqttClient | None:
-    """The node broker connection, with this device's retained presence and Last Will."""
+def network(config: EdgedConfig) -> NetLoop | None:
+    """The node broker connection, with this device's retained presence and Last Will,
+    driven by edged's network loop."""
     if config.mqtt is None:
         return None
     topics = Topics(config.offload.client.prefix)
@@ -42,7 +44,8 @@ def mqtt_client(config: EdgedConfig) -> MqttClient | None:
         since=int(time.time() * 1000),
         models=sorted(m.name for m in config.models),
     )
-    return MqttClient(config.mqtt, presence(topics.device_availability(config.device_id), online))
+    mqtt = MqttClient(config.mqtt, presence(topics.device_availability(config.device_id), online))
+    return NetLoop(mqtt)
 
 
 @dataclass
@@ -64,12 +67,12 @@ class OffloadService:
 
 
 def offload(
-    config: EdgedConfig, mqtt: MqttClient | None, queue_depth: Callable[[str], int]
+    config: EdgedConfig, net: NetLoop | None, queue_depth: Callable[[str], int]
 ) -> OffloadService | None:
-    if not config.offload.enabled or mqtt is None:
+    if not config.offload.enabled or net is None:
         return None
     outbox = Outbox(config.offload.outbox)
-    client = OffloadClient(config.device_id, mqtt, outbox, config.offload.client)
+    client = OffloadClient(config.device_id, net, outbox, config.offload.client)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
     return OffloadService(outbox, client, dispatcher)
 

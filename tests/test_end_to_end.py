@@ -18,6 +18,7 @@ import pytest
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edged.mqtt import MqttClient, MqttConfig
+from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig, Status
@@ -138,12 +139,12 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
     outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
     outbox = Outbox(OutboxConfig(path=db, result_timeout_s=60.0))
     # the restarted daemon has the same MQTT identity: the broker kept its session and replies
-    mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-child"))
-    client = OffloadClient("cam-1", mqtt, outbox, on_outcome=outcomes.put)
+    net = NetLoop(MqttClient(MqttConfig(port=broker.port, client_id="edged-child")))
+    client = OffloadClient("cam-1", net, outbox, on_outcome=outcomes.put)
     assert outbox.counts()["Enqueue"] == 10
     closed_before = outbox.counts()["Exit"]  # answered before the kill (a server is running)
     client.start()
-    mqtt.start()
+    net.start()
     try:
         seen: dict[str, int] = {}
         deadline = time.monotonic() + 60
@@ -158,14 +159,20 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
         while not outcomes.empty():
             late = outcomes.get()
             seen[late.job_id] = seen.get(late.job_id, 0) + 1
-        assert len(seen) == 30 - closed_before and set(seen.values()) == {1}
+        missing = {
+            job.id: (job.status, job.iteration, job.last_error, server.job(job.id))
+            for job in outbox.page(limit=100)
+            if job.status != Status.EXIT
+        }
+        assert len(seen) == 30 - closed_before, f"not completed (edge, server): {missing}"
+        assert set(seen.values()) == {1}
         assert outbox.counts()["Exit"] == 30
         rows = [server.job(job.id) for job in outbox.page([Status.EXIT], limit=100)]
         assert all(row is not None and row["status"] == "Exit" for row in rows)
         assert all(row is not None and row["iteration"] == 0 for row in rows), "ran once each"
     finally:
         client.stop()
-        mqtt.stop()
+        net.stop()
         outbox.close()
 
 
@@ -176,12 +183,12 @@ def test_jobs_queued_while_the_broker_is_down_drain_when_it_returns(
     broker, _ = system
     outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
     outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.sqlite", result_timeout_s=30.0))
-    mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-broker-restart"))
-    client = OffloadClient("cam-2", mqtt, outbox, on_outcome=outcomes.put)
+    net = NetLoop(MqttClient(MqttConfig(port=broker.port, client_id="edged-broker-restart")))
+    client = OffloadClient("cam-2", net, outbox, on_outcome=outcomes.put)
     client.start()
-    mqtt.start()
+    net.start()
     try:
-        assert mqtt.wait_connected(10)
+        assert net.mqtt.wait_connected(10)
         broker.stop()
         for n in range(10):
             request = client.make_request("echo", "jpeg", priority=n % 3, ttl_s=120.0)
@@ -203,5 +210,5 @@ def test_jobs_queued_while_the_broker_is_down_drain_when_it_returns(
         if not broker.running:
             broker.start()
         client.stop()
-        mqtt.stop()
+        net.stop()
         outbox.close()

@@ -1,23 +1,26 @@
 """The offload service: drains the outbox over MQTT QoS 1 and records the server's answers.
 
-One worker thread owns the flow. Callers (pipeline threads) ``submit`` jobs, which are
-durable in the outbox when the call returns. While the link is up the worker claims
-due jobs in priority order and publishes them, with at most ``window`` awaiting their
-PUBACK; replies from the server (accepted, result, error) are decoded on paho's thread
-and handed to the worker, which matches them by job id. A timer expires jobs at their
+The work runs on edged's network loop (``edged.netloop``), the thread that also drives
+the MQTT connection, so replies and PUBACKs are handled where they are read. Callers
+(pipeline threads) ``submit`` jobs, which are durable in the outbox when the call
+returns, and the loop is woken. While the link is up it claims due jobs in priority
+order and publishes them, with at most ``window`` awaiting their PUBACK, and matches
+the server's replies (accepted, result, error) by job id. A timer expires jobs at their
 deadline (the local result stands) and retries overdue ones with backoff; retry timers
-pause while the link is down. A burst of events is handled in one outbox transaction
-(group commit); only after it commits does ``on_outcome`` hear how each closed job ended
-(once; again only if edged dies between the two, as delivery is at-least-once).
+pause while the link is down. The events that arrive together are handled in one outbox
+transaction (group commit), with the jobs they let out claimed and published in it;
+only after it commits does ``on_outcome`` hear how each closed job ended (once; again
+only if edged dies between the two, as delivery is at-least-once), and only then has the
+broker the acknowledgement of each reply in it (a reply is never lost with the process).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
-import queue
-import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +29,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.errors import OffloadError, ProtocolError
-from edged.mqtt import MqttClient
+from edged.mqtt import Ack
+from edged.netloop import NetLoop
 from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob, now_ms
@@ -99,12 +103,16 @@ class ClientCounters:
 
 
 class OffloadClient:
-    """Moves outbox jobs to serverd and their results back; ``start``/``stop`` service."""
+    """Moves outbox jobs to serverd and their results back; ``start``/``stop`` service.
+
+    ``net`` is the network loop whose thread runs this client's work; its MQTT client
+    carries the jobs. ``start`` may come before the loop runs: the work begins with it.
+    """
 
     def __init__(
         self,
         device_id: str,
-        mqtt: MqttClient,
+        net: NetLoop,
         outbox: Outbox,
         config: OffloadClientConfig | None = None,
         on_outcome: OutcomeListener | None = None,
@@ -114,15 +122,24 @@ class OffloadClient:
         self.topics = Topics(self.config.prefix)
         self.counters = ClientCounters()
         self._request_topic = self.topics.request(device_id)
-        self._mqtt = mqtt
+        self._net = net
+        self._mqtt = net.mqtt
         self._outbox = outbox
         self._on_outcome = on_outcome
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._events: deque[tuple[str, Any]] = deque()
+        self._scheduled = False  # a drain of ``_events`` is on the loop's ready queue
         self._inflight: set[str] = set()
         self._outcomes: list[JobOutcome] = []
+        # ``_more``: the outbox may hold due jobs that are not in ``_fresh``, so the next
+        # send claims from it (in priority order). ``_fresh``: jobs submitted since the
+        # last send, with their frames; with no such backlog they go out from memory.
         self._more = True
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._fresh: list[tuple[OffloadRequest, bytes]] = []
+        self._acks: list[Ack] = []  # of the replies in the burst being handled
+        self._subscribed = False
+        self._running = False  # the loop does this client's work (between start and stop)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._backoff: asyncio.TimerHandle | None = None
 
     def make_request(
         self,
@@ -159,31 +176,36 @@ class OffloadClient:
         if request.device_id != self.device_id:
             raise OffloadError(f"request is for device {request.device_id}, not {self.device_id}")
         body = encode_payload(request.payload_kind, payload)
-        size = len(encode_request(request, body))
-        if size > self.config.max_message_bytes:
+        frame = encode_request(request, body)
+        if len(frame) > self.config.max_message_bytes:
             raise OffloadError(
-                f"request is {size} bytes, limit {self.config.max_message_bytes}: not enqueued"
+                f"request is {len(frame)} bytes, limit {self.config.max_message_bytes}: "
+                "not enqueued"
             )
         outcome = self._outbox.enqueue(NewJob(request, body, requester, reason, local_result))
-        self._events.put(("submitted", outcome))
+        self._post("submitted", (outcome, request, frame))
         return outcome
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._subscribed:
+            self._call(self._begin)
             return
-        self._stop.clear()
-        self._mqtt.subscribe(self.topics.reply(self.device_id), self._on_reply)
-        self._mqtt.add_connection_listener(lambda up: self._events.put(("link", up)))
-        self._thread = threading.Thread(target=self._run, name="offload-client", daemon=True)
-        self._thread.start()
+        self._subscribed = True
+        self._mqtt.subscribe_acked(self.topics.reply(self.device_id), self._on_reply)
+        self._mqtt.add_connection_listener(lambda up: self._post("link", up))
+        self._call(self._begin)
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is None:
+        """Stop the work on the loop (events that arrive later wait for ``start``)."""
+        loop = self._net.loop
+        if self._net.on_loop():
+            raise RuntimeError("stop the offload client from another thread than its loop")
+        if not loop.is_running():
+            self._end()
             return
-        self._stop.set()
-        self._events.put(("stop", None))
-        self._thread.join(timeout)
-        self._thread = None
+        done = asyncio.run_coroutine_threadsafe(self._ended(), loop)
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -195,40 +217,70 @@ class OffloadClient:
             "mqtt": self._mqtt.counters.as_dict(),
         }
 
-    # --- paho's thread ---
+    # --- on the network loop (``_post`` and ``_call`` from any thread) ---
 
-    def _on_reply(self, topic: str, payload: bytes) -> None:
+    def _on_reply(self, topic: str, payload: bytes, ack: Ack) -> None:
         reply = decode_reply(payload, self.config.max_message_bytes)
         if reply.device_id != self.device_id:
             raise ProtocolError(f"reply for device {reply.device_id} on {topic}")
-        self._events.put(("reply", reply))
+        self._post("reply", (reply, ack))
 
-    # --- the worker thread ---
+    def _post(self, kind: str, value: Any) -> None:
+        """Queue an event; the events queued before the loop gets to them make one burst."""
+        self._events.append((kind, value))
+        if not self._scheduled:
+            self._scheduled = True
+            self._call(self._drain)
 
-    def _run(self) -> None:
+    def _call(self, step: Callable[[], None]) -> None:
+        """Run ``step`` on the loop soon (in order with other calls)."""
+        if self._net.on_loop():
+            self._net.loop.call_soon(step)
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the client has stopped
+            self._net.loop.call_soon_threadsafe(step)
+
+    def _begin(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._scheduled = False  # a drain left on a loop that was stopped never runs
         self._contained(self._resume)
-        next_sweep = 0.0
-        while not self._stop.is_set():
-            ready = self._mqtt.connected and self._more
-            wait = 0.0 if ready and len(self._inflight) < self.config.window else None
-            if wait is None:
-                wait = max(0.0, next_sweep - time.monotonic())
-            events = []
-            try:
-                events.append(self._events.get(timeout=wait))
-                while len(events) < MAX_BATCH:
-                    events.append(self._events.get_nowait())
-            except queue.Empty:
-                pass
-            sweep = time.monotonic() >= next_sweep
-            if sweep:
-                next_sweep = time.monotonic() + self.config.sweep_interval_s
-                events.append(("sweep", None))
-            ok = self._contained(functools.partial(self._burst, events))
-            if self._mqtt.connected and not self._stop.is_set():
-                ok = self._contained(self._send) and ok
-            if not ok:
-                self._stop.wait(0.1)  # a persistent fault (disk full) must not spin the CPU
+        self._tick()
+
+    def _end(self) -> None:
+        self._running = False
+        for timer in (self._sweeper, self._backoff):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._backoff = None
+
+    async def _ended(self) -> None:
+        self._end()
+
+    def _tick(self) -> None:
+        """Every ``sweep_interval_s``: deadlines and retry timers."""
+        self._post("sweep", None)
+        interval = self.config.sweep_interval_s
+        self._sweeper = self._net.loop.call_later(interval, self._tick)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if not self._running or self._backoff is not None:
+            return
+        events = [self._events.popleft() for _ in range(min(MAX_BATCH, len(self._events)))]
+        sent: list[bool] = []
+        if not self._contained(functools.partial(self._burst, events, sent)) or not all(sent):
+            # a persistent fault (disk full) must not spin the CPU: wait before the next try
+            self._backoff = self._net.loop.call_later(0.1, self._resume_after_fault)
+            return
+        room = len(self._inflight) < self.config.window
+        if self._events or (self._more and room and self._mqtt.connected):
+            self._post("more", None)
+
+    def _resume_after_fault(self) -> None:
+        self._backoff = None
+        self._post("more", None)
 
     def _resume(self) -> None:
         """After a restart: deliver results that were stored but not yet handed over."""
@@ -237,19 +289,34 @@ class OffloadClient:
                 self._delivering(job.id, resumed=job.status == Status.POSTPROCESSING)
         self._flush()
 
-    def _burst(self, events: list[tuple[str, Any]]) -> None:
-        with self._outbox.batch():  # one commit for the whole burst
-            for kind, value in events:
-                self._contained(functools.partial(self._handle, kind, value))
+    def _burst(self, events: list[tuple[str, Any]], sent: list[bool]) -> None:
+        """Handle ``events`` and send what they let out, in one transaction; then ``_flush``.
+        ``sent`` gets False if sending failed."""
+        try:
+            with self._outbox.batch():  # one commit for the whole burst and what it sends
+                for kind, value in events:
+                    self._contained(functools.partial(self._handle, kind, value))
+                if self._mqtt.connected:
+                    sent.append(self._contained(self._send))
+                    self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
+                elif self._fresh:
+                    self._fresh, self._more = [], True  # they wait in the outbox for the link
+        finally:
+            # Replies are acknowledged to the broker after their commit, so that a reply
+            # is never lost with the process; if the commit failed, the job's retry timer
+            # asks the server again (it keeps its reply).
+            acks, self._acks = self._acks, []
+            for ack in acks:
+                ack()
         self._flush()
 
     def _contained(self, step: Callable[[], None]) -> bool:
-        """Run one step; a failure is logged and counted and never kills the worker."""
+        """Run one step; a failure is logged and counted and never stops the client."""
         try:
             step()
         except Exception:
             self.counters.worker_errors += 1
-            log.exception("offload: worker step failed")
+            log.exception("offload: a step failed")
             return False
         return True
 
@@ -269,46 +336,67 @@ class OffloadClient:
         if kind == "sweep":
             self._sweep()
         elif kind == "reply":
-            self._reply(value)
+            reply, ack = value
+            self._acks.append(ack)
+            self._reply(reply)
         elif kind == "ack":
             self._inflight.discard(value)
             if self._outbox.mark_sent(value):
                 self.counters.acked += 1
         elif kind == "submitted":
-            self._submitted(value)
+            self._submitted(*value)
         elif kind == "link" and value:
             self._outbox.extend_timers()
             self._more = True
 
-    def _submitted(self, outcome: Enqueued) -> None:
+    def _submitted(self, outcome: Enqueued, request: OffloadRequest, frame: bytes) -> None:
         if outcome.accepted:
             self.counters.submitted += 1
-            self._more = True
+            self._fresh.append((request, frame))
         else:
             self.counters.rejected += 1
+        if outcome.shed:
+            shed = set(outcome.shed)
+            self._fresh = [(r, f) for r, f in self._fresh if r.job_id not in shed]
         for job_id in outcome.shed:
             self._closed(job_id)
 
     def _send(self) -> None:
+        """Publish due jobs: fresh ones from memory while there is no backlog (their claim
+        is stored after they left), else claimed from the outbox in priority order."""
+        fresh, self._fresh = self._fresh, []
         room = self.config.window - len(self._inflight)
-        if room <= 0 or not self._more:
+        if room <= 0 or not (self._more or fresh):
+            self._more = self._more or bool(fresh)
             return
-        claimed = self._outbox.claim(room)
-        self._more = len(claimed) == room
-        for job, body in claimed:
-            frame = encode_request(job.request(), body)
-            try:
-                self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job.id))
-            except OffloadError as exc:
-                self._outbox.release(job.id, str(exc))
-                log.warning("offload: job %s not published: %s", job.id, exc)
-                continue
-            self._inflight.add(job.id)
-            self.counters.sent += 1
+        if self._more:  # the fresh jobs are in the outbox too, in their place in the order
+            claimed = self._outbox.claim(room)
+            self._more = len(claimed) == room
+            for job, body in claimed:
+                error = self._publish(job.id, encode_request(job.request(), body))
+                if error is not None:
+                    self._outbox.release(job.id, error)
+            return
+        fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
+        sent = [r.job_id for r, frame in fresh[:room] if self._publish(r.job_id, frame) is None]
+        self._more = len(sent) < len(fresh)  # the rest wait in the outbox (still Enqueue)
+        for job_id in set(sent) - set(self._outbox.claim_sent(sent)):
+            self._inflight.discard(job_id)  # closed meanwhile (shed): its answer will be late
+
+    def _publish(self, job_id: str, frame: bytes) -> str | None:
+        """Publish one request; the reason if it could not be."""
+        try:
+            self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job_id))
+        except OffloadError as exc:
+            log.warning("offload: job %s not published: %s", job_id, exc)
+            return str(exc)
+        self._inflight.add(job_id)
+        self.counters.sent += 1
+        return None
 
     def _acker(self, job_id: str) -> Callable[[], None]:
         def ack() -> None:
-            self._events.put(("ack", job_id))
+            self._post("ack", job_id)
 
         return ack
 

@@ -147,6 +147,22 @@ class Outbox:
             )
         return [(to_record(r, Status.PREPROCESSING), bytes(r["payload"])) for r in rows]
 
+    def claim_sent(self, job_ids: list[str]) -> list[str]:
+        """Record jobs the client published before claiming them (Enqueue -> Preprocessing),
+        as ``claim`` would have; returns those still open to claim."""
+        if not job_ids:
+            return []
+        now = self._clock()
+        timeout = int(self.config.result_timeout_s * 1000)
+        marks = ", ".join("?" * len(job_ids))
+        with self._lock, self._tx():
+            rows = self._db.conn.execute(
+                "UPDATE jobs SET status = ?, started = coalesce(started, ?), updated = ?, "
+                f"next_attempt = ? WHERE status = ? AND id IN ({marks}) RETURNING id",
+                (str(Status.PREPROCESSING), now, now, now + timeout, str(Status.ENQUEUE), *job_ids),
+            ).fetchall()
+        return [row["id"] for row in rows]
+
     def release(self, job_id: str, error: str) -> bool:
         """A claimed job could not be published: due again at once, not counted as a retry."""
         return self._move(job_id, Status.ENQUEUE, "last_error = ?, next_attempt = ?", error, 0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.mqtt import MqttClient, MqttConfig, MqttTls
+from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
@@ -155,18 +156,18 @@ def test_the_edge_offload_client_gets_its_results(
     serverd: ServerdThread, shared_broker: Broker, tmp_path: Path
 ) -> None:
     outcomes: list[JobOutcome] = []
-    mqtt = MqttClient(MqttConfig(port=shared_broker.port, client_id="edge-real-client"))
+    net = NetLoop(MqttClient(MqttConfig(port=shared_broker.port, client_id="edge-real-client")))
     outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.sqlite"))
-    client = OffloadClient("site/cam-2", mqtt, outbox, on_outcome=outcomes.append)
+    client = OffloadClient("site/cam-2", net, outbox, on_outcome=outcomes.append)
     client.start()
-    mqtt.start()
+    net.start()
     try:
         for _ in range(4):
             client.submit(client.make_request("person", "jpeg", ttl_s=30), JPEG)
         wait_for(lambda: len(outcomes) == 4)
     finally:
         client.stop()
-        mqtt.stop()
+        net.stop()
         outbox.close()
     assert [o.status for o in outcomes] == [Status.EXIT] * 4
     assert all(o.result is not None and o.result.results for o in outcomes)

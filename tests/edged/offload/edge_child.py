@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from edged.mqtt import MqttClient, MqttConfig
+from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient, OffloadClientConfig
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
@@ -20,11 +21,11 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 2000 + b"\xff\xd9"
 
 def main(port: int, db: Path, model: str = "det") -> None:
     outbox = Outbox(OutboxConfig(path=db, result_timeout_s=60.0))
-    mqtt = MqttClient(MqttConfig(port=port, client_id="edged-child"))
-    client = OffloadClient("cam-1", mqtt, outbox, OffloadClientConfig(sweep_interval_s=0.05))
+    net = NetLoop(MqttClient(MqttConfig(port=port, client_id="edged-child")))
+    client = OffloadClient("cam-1", net, outbox, OffloadClientConfig(sweep_interval_s=0.05))
     client.start()
-    mqtt.start()
-    assert mqtt.wait_connected(10)
+    net.start()
+    assert net.mqtt.wait_connected(10)
 
     def submit(n: int) -> None:
         request = client.make_request(model, "jpeg", priority=n % 3, ttl_s=120.0)
@@ -35,7 +36,7 @@ def main(port: int, db: Path, model: str = "det") -> None:
     waiting = ("Enqueue", "Preprocessing")  # not yet acknowledged by the broker
     while sum(n for status, n in outbox.counts().items() if status not in waiting) < 20:
         time.sleep(0.01)
-    mqtt.stop()
+    net.mqtt.stop()  # the link goes down; the loop and the client go on
     for n in range(20, 30):
         submit(n)
     print("ready", flush=True)

@@ -13,6 +13,7 @@ import pytest
 
 from edged.errors import OffloadError
 from edged.mqtt import MqttClient, MqttConfig
+from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient, OffloadClientConfig, OutcomeListener
 from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
@@ -54,23 +55,25 @@ class Edge:
                 max_iterations=50,
             )
         )
-        self.mqtt = MqttClient(MqttConfig(port=broker.port, client_id="edged-cam-1"))
+        self.net = NetLoop(MqttClient(MqttConfig(port=broker.port, client_id="edged-cam-1")))
+        self.mqtt = self.net.mqtt
         self.outcomes: queue.Queue[JobOutcome] = queue.Queue()
         self.links: queue.Queue[bool] = queue.Queue()
         self.mqtt.add_connection_listener(self.links.put)
         config = OffloadClientConfig.model_validate({"sweep_interval_s": 0.05, **client})
         listener = on_outcome or self.outcomes.put
-        self.client = OffloadClient("cam-1", self.mqtt, self.outbox, config, listener)
+        self.client = OffloadClient("cam-1", self.net, self.outbox, config, listener)
 
     def start(self, link: bool = True) -> Edge:
+        """Start the client on its network loop; with the link down if ``link`` is False
+        (``net.connect()`` brings it up)."""
         self.client.start()
-        if link:
-            self.mqtt.start()
+        self.net.start(connect=link)
         return self
 
     def stop(self) -> None:
         self.client.stop()
-        self.mqtt.stop()
+        self.net.stop()
         self.outbox.close()
 
     def submit(self, n: int, priority: int = 0, ttl_s: float = 60.0, model: str = "det") -> str:
@@ -117,6 +120,29 @@ def test_jobs_go_out_and_results_come_back(
         assert all(n == 1 for n in responder.processed.values())
         status = edge.client.status()
         assert status["counters"]["completed"] == 21 and status["counters"]["accepted"] == 21
+    finally:
+        edge.stop()
+
+
+def test_the_client_works_on_the_network_loop(
+    broker: Broker, responder: Responder, tmp_path: Path
+) -> None:
+    """Outcomes are committed and told on the loop that reads the replies (no hand-off);
+    stopping the client from that loop would wait on itself and is refused."""
+    on_loop: queue.Queue[bool] = queue.Queue()
+    edge: Edge | None = None
+
+    def listener(outcome: JobOutcome) -> None:
+        assert edge is not None
+        on_loop.put(edge.net.on_loop())
+        with pytest.raises(RuntimeError, match="another thread"):
+            edge.client.stop()
+
+    edge = Edge(broker, tmp_path / "outbox.sqlite", on_outcome=listener).start()
+    try:
+        edge.submit(1)
+        assert on_loop.get(timeout=30) is True
+        assert edge.client.status()["counters"]["listener_errors"] == 0
     finally:
         edge.stop()
 
@@ -184,7 +210,7 @@ def test_jobs_drain_in_priority_order_when_the_link_returns(
     edge = Edge(broker, tmp_path / "outbox.sqlite").start(link=False)
     try:
         jobs = [(edge.submit(n, priority=p), p) for n, p in enumerate([1, 7, 3, 7, 0, 3])]
-        edge.mqtt.start()
+        edge.net.connect()
         edge.collect(6)
         expected = [job for job, _ in sorted(jobs, key=lambda jp: -jp[1])]
         assert responder.order == expected
