@@ -3,7 +3,7 @@
 Enqueue: ``Outbox.enqueue`` of one job per transaction (what ``OffloadClient.submit``
 does). Drain, without network: claim 32 due jobs, then mark them sent, record their
 results and start post-processing, and finish them (Exit): every write the offload
-client makes for a job, group-committed per step as its worker does for a burst of
+client makes for a job, group-committed per step as the client does for a burst of
 PUBACKs and results (``drain_per_s_one_commit_per_step`` commits each step of each job
 alone: the worst case, one job at a time). ``synchronous=NORMAL`` (WAL) survives kill -9
 of the process and is the default; ``*_full_sync`` is ``FULL``, which also survives
