@@ -33,4 +33,7 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     decisions = summary["offload"]["decisions"]
     assert decisions.get("unregistered_model", 0) >= 1
     assert decisions.get("hard_example", 0) >= 1
-    assert summary["offload"]["jobs"]["Exit"] >= 1
+    jobs = summary["offload"]["jobs"]
+    assert jobs["Exit"] >= 1
+    # edged starts once serverd is online: no job is lost to a broker without subscribers
+    assert jobs["Expired"] == 0 and jobs["Failed"] == 0, jobs

@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,8 +362,9 @@ class OffloadClient:
             self._closed(job_id)
 
     def _send(self) -> None:
-        """Publish due jobs: fresh ones from memory while there is no backlog (their claim
-        is stored after they left), else claimed from the outbox in priority order."""
+        """Publish due jobs: fresh ones from memory while there is no backlog, else claimed
+        from the outbox in priority order. Either way a job leaves only once claimed (the
+        claim is committed with the burst), so it is never sent twice."""
         fresh, self._fresh = self._fresh, []
         room = self.config.window - len(self._inflight)
         if room <= 0 or not (self._more or fresh):
@@ -372,27 +373,27 @@ class OffloadClient:
         if self._more:  # the fresh jobs are in the outbox too, in their place in the order
             claimed = self._outbox.claim(room)
             self._more = len(claimed) == room
-            for job, body in claimed:
-                error = self._publish(job.id, encode_request(job.request(), body))
-                if error is not None:
-                    self._outbox.release(job.id, error)
+            self._publish_claimed((job.id, encode_request(job.request(), b)) for job, b in claimed)
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
-        sent = [r.job_id for r, frame in fresh[:room] if self._publish(r.job_id, frame) is None]
-        self._more = len(sent) < len(fresh)  # the rest wait in the outbox (still Enqueue)
-        for job_id in set(sent) - set(self._outbox.claim_sent(sent)):
-            self._inflight.discard(job_id)  # closed meanwhile (shed): its answer will be late
+        self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
+        # A fresh job may have been claimed from the outbox already, by a send that ran
+        # between its enqueue and this event, or closed (shed): only the rest are claimed.
+        ids = [request.job_id for request, _ in fresh[:room]]
+        taken = set(self._outbox.claim_sent(ids))
+        self._publish_claimed((r.job_id, frame) for r, frame in fresh[:room] if r.job_id in taken)
 
-    def _publish(self, job_id: str, frame: bytes) -> str | None:
-        """Publish one request; the reason if it could not be."""
-        try:
-            self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job_id))
-        except OffloadError as exc:
-            log.warning("offload: job %s not published: %s", job_id, exc)
-            return str(exc)
-        self._inflight.add(job_id)
-        self.counters.sent += 1
-        return None
+    def _publish_claimed(self, jobs: Iterable[tuple[str, bytes]]) -> None:
+        """Publish claimed jobs; one that cannot be is released for the next sweep's send."""
+        for job_id, frame in jobs:
+            try:
+                self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job_id))
+            except OffloadError as exc:
+                log.warning("offload: job %s not published: %s", job_id, exc)
+                self._outbox.release(job_id, str(exc))
+                continue
+            self._inflight.add(job_id)
+            self.counters.sent += 1
 
     def _acker(self, job_id: str) -> Callable[[], None]:
         def ack() -> None:

@@ -148,8 +148,9 @@ class Outbox:
         return [(to_record(r, Status.PREPROCESSING), bytes(r["payload"])) for r in rows]
 
     def claim_sent(self, job_ids: list[str]) -> list[str]:
-        """Record jobs the client published before claiming them (Enqueue -> Preprocessing),
-        as ``claim`` would have; returns those still open to claim."""
+        """Claim the given jobs (Enqueue -> Preprocessing) as ``claim`` would, for a client
+        that holds their frames already; returns the ids it claimed (not those claimed
+        before or closed)."""
         if not job_ids:
             return []
         now = self._clock()

@@ -17,9 +17,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import webbrowser
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from edged.mqtt import MqttClient, MqttConfig  # noqa: E402
+from edged.protocol import Topics, decode_availability  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402  (a real mosquitto on a free port)
 
 STATE = REPO / "var" / "demo"
 BIN = REPO / ".venv" / "bin"
 KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
+SERVER_ID = "demo-server"
 
 
 def free_port(preferred: int) -> int:
@@ -49,7 +54,7 @@ def free_port(preferred: int) -> int:
 def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
     images = {"dir": str(REPO / "firmware-images/build"), "trusted_keys": [KEY]}
     serverd = {
-        "server_id": "demo-server",
+        "server_id": SERVER_ID,
         "state_dir": str(STATE / "serverd"),
         "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-serverd"},
         "images": images,
@@ -102,6 +107,31 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> N
     raise SystemExit(f"edged did not answer on {url} in {timeout:.0f} s")
 
 
+def wait_online(
+    broker: Broker, server_id: str, proc: subprocess.Popen[str], stopped: Callable[[], bool]
+) -> None:
+    """Until serverd announces itself online (its Triton up, its subscriptions in place):
+    a request published before then would find no subscriber on this fresh broker."""
+    online = threading.Event()
+
+    def on_availability(_topic: str, data: bytes) -> None:
+        if decode_availability(data).state == "online":
+            online.set()
+
+    mqtt = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="demo-watch"))
+    mqtt.subscribe(Topics().server_availability(server_id), on_availability)
+    mqtt.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not online.wait(0.5) and not stopped():
+            if proc.poll() is not None:
+                raise SystemExit(f"serverd exited with {proc.returncode}; see {STATE}/serverd.log")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"serverd did not come online; see {STATE}/serverd.log")
+    finally:
+        mqtt.stop()
+
+
 def status_line(url: str) -> str:
     try:
         st = get_json(f"{url}/api/v1/status")
@@ -147,15 +177,20 @@ def main() -> int:
                 text=True,
                 env=env,
             )
-            edged = subprocess.Popen(
-                [str(BIN / "edged"), "run", "-c", str(edged_yaml), "--compact"],
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=elog,
-                text=True,
-                env=env,
-            )
+            edged: subprocess.Popen[str] | None = None
             try:
+                print("starting serverd and its Triton ...", flush=True)
+                wait_online(broker, SERVER_ID, serverd, lambda: stop)
+                if stop:
+                    raise SystemExit("stopped before edged started")
+                edged = subprocess.Popen(
+                    [str(BIN / "edged"), "run", "-c", str(edged_yaml), "--compact"],
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=elog,
+                    text=True,
+                    env=env,
+                )
                 wait_ready(url, edged)
                 print(f"EdgeFed demo running (broker 127.0.0.1:{broker.port})")
                 print(f"  dashboard:  {url}/")
@@ -178,9 +213,9 @@ def main() -> int:
                     print(status_line(url), flush=True)
             finally:
                 for proc in (edged, serverd):
-                    if proc.poll() is None:
+                    if proc is not None and proc.poll() is None:
                         proc.send_signal(signal.SIGTERM)
-                out, _ = edged.communicate(timeout=30)
+                out = edged.communicate(timeout=30)[0] if edged is not None else ""
                 serverd.wait(timeout=30)
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     (STATE / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -17,7 +17,7 @@ from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient, OffloadClientConfig, OutcomeListener
 from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
-from edged.offload.records import OutboxConfig
+from edged.offload.records import Enqueued, NewJob, OutboxConfig
 from edged.protocol import LocalSummary, OffloadResult, Topics, encode_message
 from tests.edged.offload.responder import Responder
 from tests.support.broker import Broker
@@ -143,6 +143,35 @@ def test_the_client_works_on_the_network_loop(
         edge.submit(1)
         assert on_loop.get(timeout=30) is True
         assert edge.client.status()["counters"]["listener_errors"] == 0
+    finally:
+        edge.stop()
+
+
+def test_a_job_claimed_before_its_wake_up_is_sent_once(
+    broker: Broker, responder: Responder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submitting thread that stalls between its commit and waking the client: the
+    job is due in the outbox, a sweep's send claims and publishes it, and the late
+    wake-up must not publish it again from memory."""
+    edge = Edge(broker, tmp_path / "outbox.sqlite", sweep_interval_s=0.2).start()
+    enqueue = edge.outbox.enqueue
+
+    def stalled(job: NewJob) -> Enqueued:
+        outcome = enqueue(job)
+        deadline = time.monotonic() + 10
+        while (record := edge.outbox.get(job.request.job_id)) and record.status == Status.ENQUEUE:
+            assert time.monotonic() < deadline, "no sweep claimed the job"
+            time.sleep(0.005)
+        return outcome
+
+    try:
+        assert edge.mqtt.wait_connected(10)
+        monkeypatch.setattr(edge.outbox, "enqueue", stalled)
+        job_id = edge.submit(1)
+        assert edge.collect(1)[job_id].status == Status.EXIT
+        time.sleep(0.3)  # a second copy would be on the wire by now
+        assert responder.order.count(job_id) == 1
+        assert edge.client.status()["counters"]["sent"] == 1
     finally:
         edge.stop()
 

@@ -82,6 +82,20 @@ def test_claims_highest_priority_first_then_oldest(tmp_path: Path, clock: Clock)
     assert box.counts()["Preprocessing"] == 5
 
 
+def test_claiming_by_id_takes_only_jobs_still_waiting(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path, clock)
+    for n in range(4):
+        box.enqueue(job(n))
+    assert [j.id for j, _ in box.claim(1)] == ["job-00000000"]
+    ids = ["job-00000000", "job-00000001", "job-00000002", "job-unknown"]
+    assert sorted(box.claim_sent(ids)) == ["job-00000001", "job-00000002"]
+    assert box.claim_sent(ids) == []
+    record = box.get("job-00000001")
+    assert record is not None and record.status == Status.PREPROCESSING
+    assert record.started == clock.now
+    assert [j.id for j, _ in box.claim(10)] == ["job-00000003"]
+
+
 def test_a_job_moves_through_the_whole_table(tmp_path: Path, clock: Clock) -> None:
     box = make(tmp_path, clock)
     box.enqueue(job(1))
