@@ -43,6 +43,9 @@ Clock = Callable[[], int]
 # Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
 # partial indexes a status change still writes about one page. Measured: bench/outbox.py.
 PAGE_SIZE = 16384
+# Pruning finished jobs to ``keep_finished`` walks that many index entries, which grows
+# with the setting (thousands by default): a sweep does it at most this often.
+PRUNE_INTERVAL_MS = 10_000
 
 
 class Outbox:
@@ -52,6 +55,7 @@ class Outbox:
         self.config = config
         self._clock = clock
         self._lock = threading.RLock()
+        self._pruned_at: int | None = None
         config.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # autocommit: a one-statement change commits alone; several use atomic()
@@ -232,7 +236,8 @@ class Outbox:
             return True
 
     def sweep(self, retry_timeouts: bool) -> SweepReport:
-        """Expire jobs past their deadline; retry (or fail) jobs whose answer is overdue."""
+        """Expire jobs past their deadline; retry (or fail) jobs whose answer is overdue;
+        every ``PRUNE_INTERVAL_MS``, forget finished jobs beyond ``keep_finished``."""
         now = self._clock()
         retried: list[str] = []
         failed: list[str] = []
@@ -258,11 +263,13 @@ class Outbox:
                     reason = "no answer from the server in time"
                     status = self._fail_attempt(r["id"], r["iteration"], r["payload_bytes"], reason)
                     (failed if status == Status.FAILED else retried).append(r["id"])
-            self._db.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL "
-                "ORDER BY ended DESC LIMIT -1 OFFSET ?)",
-                (self.config.keep_finished,),
-            )
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_INTERVAL_MS:
+                self._pruned_at = now
+                self._db.execute(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL "
+                    "ORDER BY ended DESC LIMIT -1 OFFSET ?)",
+                    (self.config.keep_finished,),
+                )
         return SweepReport(expired, retried, failed)
 
     def recover(self) -> list[JobRecord]:

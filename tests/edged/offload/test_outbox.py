@@ -10,7 +10,7 @@ from edged.errors import OffloadError
 from edged.offload import jobs
 from edged.offload.jobs import Status
 from edged.offload.migrations import MIGRATIONS, migrate
-from edged.offload.outbox import PAGE_SIZE, Outbox
+from edged.offload.outbox import PAGE_SIZE, PRUNE_INTERVAL_MS, Outbox
 from edged.offload.records import NewJob, OutboxConfig, sql_in
 from edged.protocol import LocalSummary, OffloadRequest
 
@@ -296,6 +296,13 @@ def test_finished_jobs_are_pruned_to_the_retention(tmp_path: Path, clock: Clock)
         clock.advance(0.001)
     clock.advance(1)
     box.sweep(retry_timeouts=True)  # expires all five and prunes to two
+    assert sum(box.counts().values()) == 2
+    for n in range(5, 8):
+        box.enqueue(job(n, created=clock.now, ttl_ms=100))
+    clock.advance(1)
+    box.sweep(retry_timeouts=True)  # expires three; pruning waits for its interval
+    assert box.counts()["Expired"] == 5
+    clock.advance(PRUNE_INTERVAL_MS / 1000)
     box.sweep(retry_timeouts=True)
     assert sum(box.counts().values()) == 2
 
