@@ -483,7 +483,8 @@ class MqttClient:
                 if paho.topic_matches_sub(f, topic)
                 for h in hs
             ]
-        acks = self._acks(message, session, sum(1 for _, acked in handlers if acked))
+        acked_handlers = sum(1 for _, acked in handlers if acked)
+        acks = self._acks(message, session, acked_handlers)
         payload = bytes(message.payload)
         for handler, acked in handlers:
             ack = acks.pop() if acked else None
@@ -505,10 +506,12 @@ class MqttClient:
                 continue
             if ack is not None:
                 ack()
+        if not acked_handlers:  # the handlers are done with it
+            client.ack(message.mid, message.qos)
 
     def _acks(self, message: paho.MQTTMessage, session: int, count: int) -> list[Ack]:
-        """``count`` one-shot acks of ``message``: the PUBACK goes when all are called (at
-        once if ``count`` is 0), unless the connection it came on has gone since."""
+        """``count`` one-shot acks of ``message``: the PUBACK goes when all are called,
+        unless the connection it came on has gone since."""
         left = [count]
         mid, qos = message.mid, message.qos
 
@@ -519,9 +522,6 @@ class MqttClient:
             if due:
                 self._client.ack(mid, qos)
 
-        if count == 0:
-            self._client.ack(mid, qos)
-            return []
         return [_once(ack) for _ in range(count)]
 
     def _notify(self, listeners: list[ConnectionListener], up: bool) -> None:
