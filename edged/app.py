@@ -119,8 +119,10 @@ def summary_line(status: dict[str, Any]) -> str:
 class EdgedApp:
     """The running daemon: models, pipeline, sinks and the optional services.
 
-    Services start in list order and stop in reverse: pipeline, summary, the network loop
-    with MQTT, offload, EventBus, twin, HTTP API (the API starts last and stops first).
+    Services start in list order and stop in reverse: pipeline, summary, offload, EventBus,
+    twin, the network loop with MQTT, HTTP API (the API starts last and stops first). The
+    MQTT connection comes up after every subscriber has registered its handler, so that
+    the messages the broker kept for edged's session while it was away find their handler.
     """
 
     def __init__(self, config: EdgedConfig, extra_sinks: tuple[FrameSink, ...] = ()) -> None:
@@ -149,7 +151,7 @@ class EdgedApp:
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
-        optional = (self.net, self.offload, self.eventbus, self.twin, self._api())
+        optional = (self.offload, self.eventbus, self.twin, self.net, self._api())
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None

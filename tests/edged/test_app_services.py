@@ -14,6 +14,8 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
+from edged.offload.jobs import Status
+from edged.protocol import OffloadResult, Topics, encode_message
 from tests.support.broker import Broker
 from tests.support.configs import demo_config
 
@@ -99,3 +101,66 @@ def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Brok
         again.models.close()
         if again.offload is not None:
             again.offload.outbox.close()
+
+
+def test_a_result_kept_by_the_broker_while_edged_was_down_is_recorded_on_start(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker keeps a reply for edged's session while it is away; on start it
+    delivers it right after connecting, and the offload client's handler must already
+    be there to take it, however long the services take to start (no serverd runs here,
+    so nothing else could close the job)."""
+    raw = full_config(tmp_path, broker)
+    raw["offload"]["ttl_s"] = 120.0
+    raw["output"]["max_results"] = 5
+    config = parse_config(raw, env={})
+    app = EdgedApp(config)
+    app.start()
+    try:
+        assert app.offload is not None
+        outbox = app.offload.outbox
+        sent = wait_until(
+            "a job sent",
+            lambda: outbox.page(statuses=[Status.PREPROCESSING_COMPLETE], limit=1),
+        )
+    finally:
+        app.stop()
+    job = sent[0]
+    result = OffloadResult(
+        job_id=job.id,
+        device_id=config.device_id,
+        model=job.model,
+        results=[{"label": "from-the-server"}],
+        served_by="test",
+        completed=int(time.time() * 1000),
+    )
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    topic = Topics(config.offload.client.prefix).reply(config.device_id)
+    pub.publish(topic, encode_message(result), qos=1).wait_for_publish(10)
+    pub.loop_stop()
+    pub.disconnect()
+
+    again = EdgedApp(config)
+    assert again.offload is not None
+    start = again.offload.start
+
+    def slow_start() -> None:
+        time.sleep(0.5)
+        start()
+
+    monkeypatch.setattr(again.offload, "start", slow_start)
+    again.start()
+    try:
+        box = again.offload.outbox
+
+        def closed() -> Any:
+            record = box.get(job.id)
+            return record is not None and record.status == Status.EXIT and record
+
+        record = wait_until("the kept result to close the job", closed, timeout=20)
+        assert record.result is not None
+        assert record.result["results"] == [{"label": "from-the-server"}]
+    finally:
+        again.stop()
