@@ -376,12 +376,12 @@ class OffloadClient:
             self._publish_claimed((job.id, encode_request(job.request(), b)) for job, b in claimed)
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
+        batch = fresh[:room]
         self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
         # A fresh job may have been claimed from the outbox already, by a send that ran
         # between its enqueue and this event, or closed (shed): only the rest are claimed.
-        ids = [request.job_id for request, _ in fresh[:room]]
-        taken = set(self._outbox.claim_sent(ids))
-        self._publish_claimed((r.job_id, frame) for r, frame in fresh[:room] if r.job_id in taken)
+        taken = set(self._outbox.claim_sent([request.job_id for request, _ in batch]))
+        self._publish_claimed((r.job_id, frame) for r, frame in batch if r.job_id in taken)
 
     def _publish_claimed(self, jobs: Iterable[tuple[str, bytes]]) -> None:
         """Publish claimed jobs; one that cannot be is released for the next sweep's send."""
