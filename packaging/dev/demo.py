@@ -9,15 +9,16 @@ stops everything and prints a summary. Logs and state go to var/demo/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import webbrowser
@@ -30,9 +31,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from edged.mqtt import MqttClient, MqttConfig  # noqa: E402
-from edged.protocol import Topics, decode_availability  # noqa: E402
+from edged.protocol import Topics  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402  (a real mosquitto on a free port)
+from tests.support.presence import Presence  # noqa: E402
 
 STATE = REPO / "var" / "demo"
 BIN = REPO / ".venv" / "bin"
@@ -112,24 +113,19 @@ def wait_online(
 ) -> None:
     """Until serverd announces itself online (its Triton up, its subscriptions in place):
     a request published before then would find no subscriber on this fresh broker."""
-    online = threading.Event()
-
-    def on_availability(_topic: str, data: bytes) -> None:
-        if decode_availability(data).state == "online":
-            online.set()
-
-    mqtt = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="demo-watch"))
-    mqtt.subscribe(Topics().server_availability(server_id), on_availability)
-    mqtt.start()
+    watcher = Presence(broker.port, Topics().server_availability(server_id), broker.host)
     try:
         deadline = time.monotonic() + 300
-        while not online.wait(0.5) and not stopped():
+        while not stopped():
+            with contextlib.suppress(queue.Empty):
+                watcher.next("online", timeout=0.5)
+                return
             if proc.poll() is not None:
                 raise SystemExit(f"serverd exited with {proc.returncode}; see {STATE}/serverd.log")
             if time.monotonic() > deadline:
                 raise SystemExit(f"serverd did not come online; see {STATE}/serverd.log")
     finally:
-        mqtt.stop()
+        watcher.stop()
 
 
 def status_line(url: str) -> str:

@@ -8,7 +8,6 @@ model discovery through Triton's repository index.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -20,13 +19,13 @@ import pytest
 import yaml
 
 from edged.errors import EXIT_CONFIG
-from edged.mqtt import MqttClient, MqttConfig
-from edged.protocol import Availability, OffloadResult, Topics, decode_availability
+from edged.protocol import OffloadResult, Topics
 from serverd.cli import main
 from serverd.config import parse_config
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg
 from tests.support.broker import Broker
 from tests.support.paths import REPO
+from tests.support.presence import Presence
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
@@ -73,22 +72,6 @@ def test_a_config_without_any_triton_is_refused(tmp_path: Path) -> None:
     assert main(["check-config", str(config)]) == EXIT_CONFIG
 
 
-class Presence:
-    """Collects a server's retained availability messages."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.seen: queue.Queue[Availability] = queue.Queue()
-        self.mqtt = MqttClient(MqttConfig(port=port, client_id=f"watch-{port}", clean_session=True))
-        self.mqtt.subscribe(topic, lambda _t, data: self.seen.put(decode_availability(data)))
-        self.mqtt.start()
-
-    def next(self, state: str, timeout: float = 60.0) -> Availability:
-        while True:
-            message = self.seen.get(timeout=timeout)
-            if message.state == state:
-                return message
-
-
 @pytest.fixture
 def cli_config(tmp_path: Path, serverd: ServerdThread, shared_broker: Broker) -> Path:
     external = serverd.app.supervisors["local-1"].process.grpc_url
@@ -109,7 +92,7 @@ def cli_config(tmp_path: Path, serverd: ServerdThread, shared_broker: Broker) ->
 def presence(shared_broker: Broker) -> Iterator[Presence]:
     watcher = Presence(shared_broker.port, Topics("cli").server_availability("cli-server"))
     yield watcher
-    watcher.mqtt.stop()
+    watcher.stop()
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:
