@@ -26,6 +26,7 @@ from tests.serverd.harness import ServerdThread, serverd_config
 from tests.support.broker import Broker
 from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, REPO
+from tests.support.wait import wait_until
 
 CHILD = REPO / "tests" / "edged" / "offload" / "edge_child.py"
 
@@ -205,7 +206,8 @@ def test_jobs_queued_while_the_broker_is_down_drain_when_it_returns(
                 continue
             assert outcome.status == Status.EXIT, outcome
             done.add(outcome.job_id)
-        assert len(done) == 10 and outbox.counts()["Exit"] == 10
+        assert len(done) == 10
+        wait_until("10 jobs Exit", lambda: outbox.counts()["Exit"] == 10, 10)
     finally:
         if not broker.running:
             broker.start()

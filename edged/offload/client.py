@@ -12,6 +12,12 @@ transaction (group commit), with the jobs they let out claimed and published in 
 only after it commits does ``on_outcome`` hear how each closed job ended (once; again
 only if edged dies between the two, as delivery is at-least-once), and only then has the
 broker the acknowledgement of each reply in it (a reply is never lost with the process).
+
+Two writes are left to the next transaction, so that a job's round trip does not wait
+for them: the claim of a job published from memory when it was submitted (if edged dies
+first, the job is sent again after the restart), and the close of a delivered job after
+``on_outcome`` returned. A timer makes that transaction come within ``SETTLE_DELAY_S``
+when no event does, and ``stop`` writes them before it returns.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +60,7 @@ from edged.protocol import (
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # events handled in one transaction
+SETTLE_DELAY_S = 0.05  # claims and closes left to the next transaction wait at most this
 
 
 class OffloadClientConfig(BaseModel):
@@ -135,6 +143,16 @@ class OffloadClient:
         # last send, with their frames; with no such backlog they go out from memory.
         self._more = True
         self._fresh: list[tuple[OffloadRequest, bytes]] = []
+        # Jobs being submitted: in the outbox (or about to be) but not yet handed to the
+        # loop, so a send from the outbox leaves them to the fresh path (no double send).
+        self._submitting: set[str] = set()
+        self._submitting_lock = threading.Lock()
+        # Written with the next transaction: the claims of jobs published from memory
+        # (ids and the time they went out) and the delivered jobs to close.
+        self._unclaimed: list[str] = []
+        self._unclaimed_at = 0
+        self._delivered: list[str] = []
+        self._settler: asyncio.TimerHandle | None = None
         self._acks: list[Ack] = []  # of the replies in the burst being handled
         self._subscribed = False
         self._running = False  # the loop does this client's work (between start and stop)
@@ -182,7 +200,13 @@ class OffloadClient:
                 f"request is {len(frame)} bytes, limit {self.config.max_message_bytes}: "
                 "not enqueued"
             )
-        outcome = self._outbox.enqueue(NewJob(request, body, requester, reason, local_result))
+        with self._submitting_lock:
+            self._submitting.add(request.job_id)
+        try:
+            outcome = self._outbox.enqueue(NewJob(request, body, requester, reason, local_result))
+        except BaseException:
+            self._forget_submitting(request.job_id)
+            raise
         self._post("submitted", (outcome, request, frame))
         return outcome
 
@@ -250,10 +274,11 @@ class OffloadClient:
 
     def _end(self) -> None:
         self._running = False
-        for timer in (self._sweeper, self._backoff):
+        for timer in (self._sweeper, self._backoff, self._settler):
             if timer is not None:
                 timer.cancel()
-        self._sweeper = self._backoff = None
+        self._sweeper = self._backoff = self._settler = None
+        self._contained(self._settle_committed)  # a clean stop: no job delivered twice
 
     async def _ended(self) -> None:
         self._end()
@@ -294,6 +319,7 @@ class OffloadClient:
         ``sent`` gets False if sending failed."""
         try:
             with self._outbox.batch():  # one commit for the whole burst and what it sends
+                self._contained(self._settle)
                 for kind, value in events:
                     self._contained(functools.partial(self._handle, kind, value))
                 if self._mqtt.connected:
@@ -321,16 +347,37 @@ class OffloadClient:
         return True
 
     def _flush(self) -> None:
-        """After the burst is committed: tell the listener, then close the delivered jobs."""
+        """After the burst is committed: tell the listener; the delivered jobs are closed
+        with the next transaction."""
         outcomes, self._outcomes = self._outcomes, []
         for outcome in outcomes:
             self._notify(outcome)
-        delivered = [o.job_id for o in outcomes if o.status == Status.EXIT]
-        if delivered:
-            with self._outbox.batch():
-                for job_id in delivered:
-                    if self._outbox.finish(job_id):
-                        self.counters.completed += 1
+        self._delivered.extend(o.job_id for o in outcomes if o.status == Status.EXIT)
+        self._settle_soon()
+
+    def _settle(self) -> None:
+        """Write what was left to this transaction: claims of jobs sent from memory, and
+        the close of delivered jobs (Postprocessing -> Exit)."""
+        if self._unclaimed:
+            self._outbox.claim_sent(self._unclaimed, self._unclaimed_at)
+            self._unclaimed = []
+        delivered, self._delivered = self._delivered, []
+        for job_id in delivered:
+            if self._outbox.finish(job_id):
+                self.counters.completed += 1
+
+    def _settle_committed(self) -> None:
+        with self._outbox.batch():
+            self._settle()
+
+    def _settle_soon(self) -> None:
+        """Make sure a transaction comes within ``SETTLE_DELAY_S`` to write what waits."""
+        if self._settler is None and self._running and (self._unclaimed or self._delivered):
+            self._settler = self._net.loop.call_later(SETTLE_DELAY_S, self._settle_now)
+
+    def _settle_now(self) -> None:
+        self._settler = None
+        self._post("settle", None)
 
     def _handle(self, kind: str, value: Any) -> None:
         if kind == "sweep":
@@ -350,6 +397,7 @@ class OffloadClient:
             self._more = True
 
     def _submitted(self, outcome: Enqueued, request: OffloadRequest, frame: bytes) -> None:
+        self._forget_submitting(request.job_id)
         if outcome.accepted:
             self.counters.submitted += 1
             self._fresh.append((request, frame))
@@ -361,39 +409,51 @@ class OffloadClient:
         for job_id in outcome.shed:
             self._closed(job_id)
 
+    def _forget_submitting(self, job_id: str) -> None:
+        with self._submitting_lock:
+            self._submitting.discard(job_id)
+
     def _send(self) -> None:
         """Publish due jobs: fresh ones from memory while there is no backlog, else claimed
-        from the outbox in priority order. Either way a job leaves only once claimed (the
-        claim is committed with the burst), so it is never sent twice."""
+        from the outbox in priority order. A send from the outbox skips the jobs whose
+        submission has not reached the loop yet, so no job is sent twice; the claim of a
+        fresh job is written with the next transaction."""
         fresh, self._fresh = self._fresh, []
         room = self.config.window - len(self._inflight)
         if room <= 0 or not (self._more or fresh):
             self._more = self._more or bool(fresh)
             return
         if self._more:  # the fresh jobs are in the outbox too, in their place in the order
-            claimed = self._outbox.claim(room)
+            with self._submitting_lock:
+                submitting = list(self._submitting)
+            claimed = self._outbox.claim(room, skip=submitting)
             self._more = len(claimed) == room
-            self._publish_claimed((job.id, encode_request(job.request(), b)) for job, b in claimed)
+            for job, body in claimed:
+                error = self._publish(job.id, encode_request(job.request(), body))
+                if error is not None:  # due again for the next send
+                    self._outbox.release(job.id, error)
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
         batch = fresh[:room]
         self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
-        # A fresh job may have been claimed from the outbox already, by a send that ran
-        # between its enqueue and this event, or closed (shed): only the rest are claimed.
-        taken = set(self._outbox.claim_sent([request.job_id for request, _ in batch]))
-        self._publish_claimed((r.job_id, frame) for r, frame in batch if r.job_id in taken)
+        for request, frame in batch:
+            if self._publish(request.job_id, frame) is None:
+                self._unclaimed.append(request.job_id)
+            else:
+                self._more = True  # still Enqueue: the next send from the outbox takes it
+        self._unclaimed_at = now_ms()
+        self._settle_soon()
 
-    def _publish_claimed(self, jobs: Iterable[tuple[str, bytes]]) -> None:
-        """Publish claimed jobs; one that cannot be is released for the next sweep's send."""
-        for job_id, frame in jobs:
-            try:
-                self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job_id))
-            except OffloadError as exc:
-                log.warning("offload: job %s not published: %s", job_id, exc)
-                self._outbox.release(job_id, str(exc))
-                continue
-            self._inflight.add(job_id)
-            self.counters.sent += 1
+    def _publish(self, job_id: str, frame: bytes) -> str | None:
+        """Publish one job; None once it is on its way, else why it is not."""
+        try:
+            self._mqtt.publish(self._request_topic, frame, on_ack=self._acker(job_id))
+        except OffloadError as exc:
+            log.warning("offload: job %s not published: %s", job_id, exc)
+            return str(exc)
+        self._inflight.add(job_id)
+        self.counters.sent += 1
+        return None
 
     def _acker(self, job_id: str) -> Callable[[], None]:
         def ack() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import sqlite_utils
@@ -71,6 +71,9 @@ class Outbox:
             # deleted frame through the WAL: 5 ms per sweep of 60 finished 78 KB jobs here,
             # stalling the offload worker. FAST still purges b-tree pages and adds no I/O.
             self._db.execute("PRAGMA secure_delete=FAST")
+            # The statement journals of multi-statement transactions stay in memory: on
+            # disk, each was a file created and unlinked in /var/tmp, six system calls a job.
+            self._db.execute("PRAGMA temp_store=MEMORY")
             migrate(self._db)
             # payloads of jobs closed by an older edged, which deleted them in batches
             self._db.execute(
@@ -132,16 +135,18 @@ class Outbox:
             self._open_bytes += size
             return Enqueued(True, shed)
 
-    def claim(self, limit: int) -> list[tuple[JobRecord, bytes]]:
-        """Take up to ``limit`` due jobs, highest priority first then oldest (Preprocessing)."""
+    def claim(self, limit: int, skip: Collection[str] = ()) -> list[tuple[JobRecord, bytes]]:
+        """Take up to ``limit`` due jobs, highest priority first then oldest (Preprocessing);
+        the jobs in ``skip`` are left alone."""
         now = self._clock()
+        skipped = f"AND id NOT IN ({', '.join('?' * len(skip))}) " if skip else ""
         with self._lock, self._tx():
             rows = self._db.execute(
                 f"SELECT {COLUMNS}, (SELECT body FROM payloads WHERE payloads.id = jobs.id) "
                 f"AS payload FROM jobs WHERE status IN {sql_in([Status.ENQUEUE])} "
-                "AND next_attempt <= ? AND deadline > ? "
+                f"AND next_attempt <= ? AND deadline > ? {skipped}"
                 "ORDER BY priority DESC, created ASC LIMIT ?",
-                (now, now, limit),
+                (now, now, *skip, limit),
             ).fetchall()
             timeout = int(self.config.result_timeout_s * 1000)
             self._db.conn.executemany(
@@ -151,13 +156,13 @@ class Outbox:
             )
         return [(to_record(r, Status.PREPROCESSING), bytes(r["payload"])) for r in rows]
 
-    def claim_sent(self, job_ids: list[str]) -> list[str]:
-        """Claim the given jobs (Enqueue -> Preprocessing) as ``claim`` would, for a client
-        that holds their frames already; returns the ids it claimed (not those claimed
-        before or closed)."""
+    def claim_sent(self, job_ids: list[str], at: int | None = None) -> list[str]:
+        """Claim the given jobs (Enqueue -> Preprocessing) as ``claim`` would have at time
+        ``at`` (default now), for a client that held their frames and sent them; returns
+        the ids it claimed (not those claimed before or closed)."""
         if not job_ids:
             return []
-        now = self._clock()
+        now = self._clock() if at is None else at
         timeout = int(self.config.result_timeout_s * 1000)
         marks = ", ".join("?" * len(job_ids))
         with self._lock, self._tx():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,9 @@ from edged.offload.jobs import Status
 from edged.protocol import OffloadResult, Topics, encode_message
 from tests.support.broker import Broker
 from tests.support.configs import demo_config
+from tests.support.wait import wait_until
 
 TOKEN = "s3cret-token-for-tests"
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

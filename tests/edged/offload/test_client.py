@@ -22,6 +22,7 @@ from edged.protocol import LocalSummary, OffloadResult, Topics, encode_message
 from tests.edged.offload.responder import Responder
 from tests.support.broker import Broker
 from tests.support.paths import REPO
+from tests.support.wait import wait_until
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 2000 + b"\xff\xd9"
 CHILD = Path(__file__).with_name("edge_child.py")
@@ -83,6 +84,12 @@ class Edge:
         assert self.client.submit(request, JPEG, local_result={"n": n}, reason="test").accepted
         return request.job_id
 
+    def closed(self, count: int) -> None:
+        """Until ``count`` jobs are Exit (a delivered job is closed with the client's next
+        transaction, soon after its outcome is told), and no more."""
+        wait_until(f"{count} jobs Exit", lambda: self.outbox.counts()["Exit"] >= count, 10)
+        assert self.outbox.counts()["Exit"] == count
+
     def collect(self, count: int, timeout: float = 30.0) -> dict[str, JobOutcome]:
         got: dict[str, JobOutcome] = {}
         deadline = time.monotonic() + timeout
@@ -114,7 +121,7 @@ def test_jobs_go_out_and_results_come_back(
         assert first.status == Status.EXIT and first.local_result == {"n": 0}
         assert first.result is not None and first.result.results == [{"bytes": len(JPEG)}]
         assert outcomes[tensor.job_id].result is not None
-        assert edge.outbox.counts()["Exit"] == 21
+        edge.closed(21)
         record = edge.outbox.get(ids[0])
         assert record is not None and record.started is not None and record.ended is not None
         assert all(n == 1 for n in responder.processed.values())
@@ -147,21 +154,21 @@ def test_the_client_works_on_the_network_loop(
         edge.stop()
 
 
-def test_a_job_claimed_before_its_wake_up_is_sent_once(
+def test_a_job_stalled_before_its_wake_up_is_sent_once(
     broker: Broker, responder: Responder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A submitting thread that stalls between its commit and waking the client: the
-    job is due in the outbox, a sweep's send claims and publishes it, and the late
-    wake-up must not publish it again from memory."""
-    edge = Edge(broker, tmp_path / "outbox.sqlite", sweep_interval_s=0.2).start()
+    """A submitting thread that stalls between its commit and waking the client: the job
+    is due in the outbox while sweeps send from it, and none takes it (it would go out a
+    second time from memory at the wake-up); the wake-up publishes it, once."""
+    edge = Edge(broker, tmp_path / "outbox.sqlite", sweep_interval_s=0.05).start()
     enqueue = edge.outbox.enqueue
 
     def stalled(job: NewJob) -> Enqueued:
         outcome = enqueue(job)
-        deadline = time.monotonic() + 10
-        while (record := edge.outbox.get(job.request.job_id)) and record.status == Status.ENQUEUE:
-            assert time.monotonic() < deadline, "no sweep claimed the job"
-            time.sleep(0.005)
+        time.sleep(0.5)  # ten sweeps, each followed by a send from the outbox
+        record = edge.outbox.get(job.request.job_id)
+        assert record is not None and record.status == Status.ENQUEUE
+        assert job.request.job_id not in responder.order
         return outcome
 
     try:
@@ -227,7 +234,7 @@ def test_every_job_drains_after_the_broker_restarts(
         outcomes = edge.collect(15)
         assert set(outcomes) == set(during)
         assert all(o.status == Status.EXIT for o in outcomes.values())
-        assert edge.outbox.counts()["Exit"] == 25
+        edge.closed(25)
         assert not set(before) & set(outcomes)
     finally:
         edge.stop()
@@ -363,6 +370,29 @@ def test_a_failing_listener_is_counted_and_the_job_still_closes(
         assert edge.client.counters.worker_errors == 0
     finally:
         edge.stop()
+
+
+def test_a_clean_stop_closes_the_jobs_just_delivered(broker: Broker, tmp_path: Path) -> None:
+    """A delivered job is closed with the client's next transaction; ``stop`` right after
+    its outcome writes the close, so the job is not told again after a restart."""
+    db = tmp_path / "outbox.sqlite"
+    responder = Responder(broker.port).start()
+    edge = Edge(broker, db).start()
+    try:
+        done = edge.submit(1)
+        assert edge.collect(1)[done].status == Status.EXIT
+    finally:
+        edge.stop()  # at once: sooner than SETTLE_DELAY_S
+        responder.stop()
+    again = Edge(broker, db)
+    try:
+        record = again.outbox.get(done)
+        assert record is not None and record.status == Status.EXIT
+        again.start(link=False)
+        time.sleep(0.3)  # a job left in Postprocessing would be told again at once
+        assert again.outcomes.empty()
+    finally:
+        again.stop()
 
 
 def test_results_stored_before_a_restart_are_delivered_on_start(

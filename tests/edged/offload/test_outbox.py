@@ -88,12 +88,23 @@ def test_claiming_by_id_takes_only_jobs_still_waiting(tmp_path: Path, clock: Clo
         box.enqueue(job(n))
     assert [j.id for j, _ in box.claim(1)] == ["job-00000000"]
     ids = ["job-00000000", "job-00000001", "job-00000002", "job-unknown"]
-    assert sorted(box.claim_sent(ids)) == ["job-00000001", "job-00000002"]
+    sent_at = clock.now - 40  # the client sent them from memory a moment ago
+    assert sorted(box.claim_sent(ids, sent_at)) == ["job-00000001", "job-00000002"]
     assert box.claim_sent(ids) == []
     record = box.get("job-00000001")
     assert record is not None and record.status == Status.PREPROCESSING
-    assert record.started == clock.now
+    assert record.started == sent_at
+    assert record.next_attempt == sent_at + 10_000  # result_timeout_s from the send
     assert [j.id for j, _ in box.claim(10)] == ["job-00000003"]
+
+
+def test_a_claim_skips_the_jobs_it_is_told_to(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path, clock)
+    for n in range(4):
+        box.enqueue(job(n))
+    skip = ["job-00000000", "job-00000002"]
+    assert [j.id for j, _ in box.claim(10, skip=skip)] == ["job-00000001", "job-00000003"]
+    assert [j.id for j, _ in box.claim(10)] == ["job-00000000", "job-00000002"]
 
 
 def test_a_job_moves_through_the_whole_table(tmp_path: Path, clock: Clock) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support import wait as support_wait
 from tests.support.broker import Broker
 
 KEY = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}$")
@@ -46,13 +47,7 @@ def _valid(value_type: str, value: str) -> bool:
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll until ``predicate()`` is truthy; its value, or AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return support_wait.wait_until("a condition of the twin", predicate, timeout)
 
 
 class EdgeCoreTwin:
