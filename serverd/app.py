@@ -14,7 +14,7 @@ import logging
 import threading
 
 from edged.errors import OffloadError
-from edged.mqtt import MqttClient, presence
+from edged.mqtt import Ack, MqttClient, presence
 from edged.protocol import Availability, Topics
 from serverd.config import ServerdConfig
 from serverd.jobs import JobTable
@@ -149,7 +149,7 @@ class ServerdApp:
             self.service = OffloadService(
                 settings, topics, self.mqtt.publish, jobs, self.scheduler, self.endpoints
             )
-            self.mqtt.subscribe(topics.requests_filter(), self._on_request)
+            self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off
             log.info(
                 "serverd %s serving %s on %d instance(s)",
@@ -167,6 +167,13 @@ class ServerdApp:
             await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.supervisors.values()))
             jobs.close()
 
-    def _on_request(self, topic: str, payload: bytes) -> None:
-        if self.service is not None:
-            self.service.on_request(topic, payload)
+    def _on_request(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """On the loop. The request is acknowledged to the broker after it is admitted to
+        the job table and, like the job's ``started``, once its Triton call has been sent:
+        the PUBACK is written after the call, not before it on the job's round trip."""
+        try:
+            if self.service is not None:
+                self.service.on_request(topic, payload)
+        finally:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, ack)

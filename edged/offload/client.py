@@ -315,8 +315,9 @@ class OffloadClient:
         self._flush()
 
     def _burst(self, events: list[tuple[str, Any]], sent: list[bool]) -> None:
-        """Handle ``events`` and send what they let out, in one transaction; then ``_flush``.
-        ``sent`` gets False if sending failed."""
+        """Handle ``events`` and send what they let out, in one transaction; then tell the
+        outcomes (``_flush``) and acknowledge the replies. ``sent`` gets False if sending
+        failed."""
         try:
             with self._outbox.batch():  # one commit for the whole burst and what it sends
                 self._contained(self._settle)
@@ -327,6 +328,7 @@ class OffloadClient:
                     self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
                 elif self._fresh:
                     self._fresh, self._more = [], True  # they wait in the outbox for the link
+            self._flush()  # the outcomes first: the acknowledgements are off their way
         finally:
             # Replies are acknowledged to the broker after their commit, so that a reply
             # is never lost with the process; if the commit failed, the job's retry timer
@@ -334,7 +336,6 @@ class OffloadClient:
             acks, self._acks = self._acks, []
             for ack in acks:
                 ack()
-        self._flush()
 
     def _contained(self, step: Callable[[], None]) -> bool:
         """Run one step; a failure is logged and counted and never stops the client."""
