@@ -18,13 +18,18 @@ on paho's thread (the two MQTT legs alone, on the same MQTT stack as serverd), a
 ``echo_direct_*``, a direct tritonclient call of the ``echo`` model (Triton and its
 python backend alone). ``tiny_crop_*`` times the same echo jobs through edged's client
 with a 128x128 crop of each frame instead of the frame (what a small model is sent), which
-separates the per-message cost from the per-byte one; the target is on the frames. The
-original project's target for the round trip is 80 ms (over 5G).
+separates the per-message cost from the per-byte one; the target is on the frames.
+``tiny_consecutive_*`` times the same echo jobs one after another, with no other series in
+between (a pipeline offloading frame after frame), and ``tiny_consecutive_cpu_ms_per_job``
+the CPU time each part (edge, serverd, Triton with its python stubs, mosquitto) spent per
+job of that series; ``tiny_*`` is the interleaved series.
+The original project's target for the round trip is 80 ms (over 5G).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -41,6 +46,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import psutil
 import tritonclient.grpc as grpcclient
 import yaml
 
@@ -252,12 +258,37 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3)
 
 
+def processes(serverd: int, broker: int | None) -> dict[str, list[int]]:
+    """The pids of each part: this process (the edge), serverd, its Tritons with their
+    python stubs, and mosquitto."""
+    triton = [p.pid for p in psutil.Process(serverd).children(recursive=True)]
+    return {
+        "edge": [os.getpid()],
+        "serverd": [serverd],
+        "triton": triton,
+        "mosquitto": [broker] if broker is not None else [],
+    }
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part's processes."""
+    out: dict[str, float] = {}
+    for name, group in pids.items():
+        out[name] = 0.0
+        for pid in group:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                out[name] += times.user + times.system
+    return out
+
+
 def measure(
     edge: Edge,
     direct: Callable[[str, bytes], float],
     jpegs: list[bytes],
     small: list[bytes],
     n: int,
+    pids: dict[str, list[int]],
 ) -> dict[str, Any]:
     for i in range(20):  # warm-up: connections, interpreters, caches
         jpeg = jpegs[i % len(jpegs)]
@@ -282,6 +313,10 @@ def measure(
         tiny_crop.append(edge.round_trip("echo", small[i % len(small)])[0])
         mqtt_floor.append(edge.floor_round_trip(jpeg))
         echo_direct.append(direct("echo", jpeg))
+    # the same echo jobs one after another, as a pipeline offloading frame after frame
+    before = cpu_seconds(pids)
+    consecutive = [edge.round_trip("echo", jpegs[i % len(jpegs)])[0] for i in range(n)]
+    cpu = {k: round((v - before[k]) * 1000 / n, 3) for k, v in cpu_seconds(pids).items()}
     detector: list[float] = []
     direct_ms: list[float] = []
     server: dict[str, list[float]] = {}
@@ -298,6 +333,9 @@ def measure(
         "tiny_bare_publisher_p50_ms": pct(tiny_raw, 50),
         "tiny_bare_publisher_p99_ms": pct(tiny_raw, 99),
         "tiny_server_p50_ms": {k: pct(v, 50) for k, v in sorted(tiny_server.items())},
+        "tiny_consecutive_p50_ms": pct(consecutive, 50),
+        "tiny_consecutive_p99_ms": pct(consecutive, 99),
+        "tiny_consecutive_cpu_ms_per_job": cpu,
         "tiny_crop_p50_ms": pct(tiny_crop, 50),
         "tiny_crop_p99_ms": pct(tiny_crop, 99),
         "mqtt_floor_p50_ms": pct(mqtt_floor, 50),
@@ -349,7 +387,8 @@ def main(argv: list[str]) -> int:
                     raise SystemExit("the MQTT floor responder did not start")
                 edge = Edge(broker.port, directory)
                 direct = direct_call(f"127.0.0.1:{base + 1}")
-                report = measure(edge, direct, jpegs, small, args.requests)
+                pids = processes(process.pid, broker.pid)
+                report = measure(edge, direct, jpegs, small, args.requests, pids)
             finally:
                 if edge is not None:
                     edge.close()

@@ -200,6 +200,11 @@ class Broker:
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout} s")
 
+    @property
+    def pid(self) -> int | None:
+        """The running mosquitto's process id."""
+        return self._process.pid if self.running and self._process is not None else None
+
     def stop(self) -> None:
         if self._process is None:
             return
