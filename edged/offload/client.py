@@ -328,7 +328,7 @@ class OffloadClient:
                     self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
                 elif self._fresh:
                     self._fresh, self._more = [], True  # they wait in the outbox for the link
-            self._flush()  # the outcomes first: the acknowledgements are off their way
+            self._flush()  # the outcomes are told before the acknowledgements are written
         finally:
             # Replies are acknowledged to the broker after their commit, so that a reply
             # is never lost with the process; if the commit failed, the job's retry timer
