@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,16 +31,9 @@ from edged.capture import (
 )
 from edged.errors import CaptureError
 from tests.support.paths import VTEST
+from tests.support.wait import wait_until
 
 WAIT_S = 20.0  # generous upper bound for conditions; never a timing assertion
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def frame(i: int) -> Frame:
@@ -206,7 +198,7 @@ def test_file_is_read_to_the_end(short_clip: Path) -> None:
     ring = FrameRing(16, lossless=True)
     src = CaptureSource(CameraConfig(name="clip", source=str(short_clip), pace="fast"), ring)
     src.start()
-    wait_for(lambda: src.stats().state is CaptureState.ENDED, "end of file")
+    wait_until("end of file", lambda: src.stats().state is CaptureState.ENDED, WAIT_S)
     frames = [ring.get(0) for _ in range(len(ring))]
     assert [f.index for f in frames if f] == list(range(8))
     assert all(f and f.image.shape == (576, 768, 3) and f.camera == "clip" for f in frames)
@@ -223,7 +215,7 @@ def test_file_loops(short_clip: Path) -> None:
     stop = threading.Event()
     consumer = drain(ring, stop, seen)
     src.start()
-    wait_for(lambda: len(seen) >= 20, "20 frames from an 8-frame looping file")
+    wait_until("20 frames from an 8-frame looping file", lambda: len(seen) >= 20, WAIT_S)
     src.stop()
     stop.set()
     consumer.join(WAIT_S)
@@ -264,18 +256,22 @@ def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) 
     consumer = drain(ring, stop, seen)
     src.start()
     try:
-        wait_for(lambda: len(seen) >= 10, "first frames from the camera")
+        wait_until("first frames from the camera", lambda: len(seen) >= 10, WAIT_S)
         assert src.stats().state is CaptureState.RUNNING
         assert seen[0].image.shape == (576, 768, 3)
         port = camera.port
         camera.stop()  # the camera vanishes
-        wait_for(lambda: src.stats().state is CaptureState.RECONNECTING, "reconnecting state")
-        wait_for(lambda: src.stats().retries >= 2, "failed reopen attempts")
+        wait_until(
+            "reconnecting state", lambda: src.stats().state is CaptureState.RECONNECTING, WAIT_S
+        )
+        wait_until("failed reopen attempts", lambda: src.stats().retries >= 2, WAIT_S)
         assert src.stats().last_error
         before = len(seen)
         again = MjpegCamera(camera.jpegs, port=port)  # back on the same address
         try:
-            wait_for(lambda: len(seen) >= before + 10, "frames after the camera came back")
+            wait_until(
+                "frames after the camera came back", lambda: len(seen) >= before + 10, WAIT_S
+            )
             st = src.stats()
             assert st.state is CaptureState.RUNNING and st.reconnects == 1
             indexes = [f.index for f in seen]
@@ -302,7 +298,7 @@ def test_stop_returns_while_backing_off() -> None:
     )
     src = CaptureSource(cfg, FrameRing(2))
     src.start()  # a live source never fails start(): it keeps trying
-    wait_for(lambda: src.stats().retries >= 1, "first failed attempt")
+    wait_until("first failed attempt", lambda: src.stats().retries >= 1, WAIT_S)
     assert src.stats().state is CaptureState.CONNECTING
     src.stop(timeout=WAIT_S)  # the thread is in a 30 s backoff wait
     assert src.stats().state is CaptureState.STOPPED
@@ -314,7 +310,7 @@ def test_missing_device_is_retried_not_fatal() -> None:
         FrameRing(2),
     )
     src.start()
-    wait_for(lambda: src.stats().retries >= 3, "device retries")
+    wait_until("device retries", lambda: src.stats().retries >= 3, WAIT_S)
     st = src.stats()
     assert st.state is CaptureState.CONNECTING and "device 63" in (st.last_error or "")
     src.stop()

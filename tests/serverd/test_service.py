@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import struct
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -30,6 +29,7 @@ from edged.protocol import (
 )
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
 from tests.support.broker import Broker
+from tests.support.wait import wait_until
 
 JPEG = frame_jpeg()
 
@@ -43,14 +43,6 @@ def triton_successes(serverd: ServerdThread, model: str) -> int:
             stats = json.load(reply)
         total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
     return total
-
-
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_detector_jobs_are_answered_with_real_detections(
@@ -144,7 +136,7 @@ def test_malformed_messages_are_counted_and_dropped(serverd: ServerdThread, edge
         b"EF\x01" + b"\x00" * (8 * 1024 * 1024),
     ):
         edge.publish_raw(payload)
-    wait_for(lambda: serverd.status()["counters"]["dropped"] >= before + 5)
+    wait_until("5 drops counted", lambda: serverd.status()["counters"]["dropped"] >= before + 5)
     assert not edge.quiet(0.5), "a dropped message must not be answered"
     assert "limit" in serverd.status()["counters"]["last_drop"]
     edge.send(good, JPEG)  # and serverd still works
@@ -164,7 +156,7 @@ def test_the_edge_offload_client_gets_its_results(
     try:
         for _ in range(4):
             client.submit(client.make_request("person", "jpeg", ttl_s=30), JPEG)
-        wait_for(lambda: len(outcomes) == 4)
+        wait_until("4 outcomes", lambda: len(outcomes) == 4)
     finally:
         client.stop()
         net.stop()
@@ -213,7 +205,7 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     def victim_busy() -> bool:
         return bool(serverd.status()["instances"]["local-0"]["in_flight"])
 
-    wait_for(victim_busy, timeout=30)
+    wait_until("jobs on the victim", victim_busy, timeout=30)
     pid = victim.process.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -227,8 +219,14 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     replaced = [serverd.job(r.job_id) for r in requests]
     assert any(row and row["iteration"] >= 1 and row["instance"] == "local-1" for row in replaced)
     # the supervisor restarts the killed Triton and the scheduler uses it again
-    wait_for(lambda: victim.restart_count == 1 and victim.process.poll() is None, timeout=120)
-    wait_for(lambda: serverd.status()["instances"]["local-0"]["healthy"], timeout=30)
+    wait_until(
+        "the victim restarted",
+        lambda: victim.restart_count == 1 and victim.process.poll() is None,
+        timeout=120,
+    )
+    wait_until(
+        "local-0 healthy", lambda: serverd.status()["instances"]["local-0"]["healthy"], timeout=30
+    )
     after = edge.request("echo")
     edge.send(after, JPEG)
     ((reply, _),) = edge.collect(1)

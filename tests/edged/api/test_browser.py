@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.support.paths import REPO
+from tests.support.wait import wait_until
 
 from .cdp import CHROMIUM, Browser, Page
 from .conftest import Daemon
-from .httpclient import wait_for
 
 ARTIFACTS = REPO / "artifacts" / "api"
 pytestmark = [pytest.mark.slow]
@@ -110,7 +110,7 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
 
 
 def test_dashboard_shows_a_live_stream_and_updating_metrics(daemon: Daemon, tmp_path: Path) -> None:
-    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    wait_until("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
     seen = asyncio.run(drive_dashboard(daemon.url, tmp_path / "chromium"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "dashboard.png").write_bytes(seen["full"])

@@ -10,9 +10,9 @@ import pytest
 
 from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status, table
 from edged.errors import EdgeFedError
+from tests.support.wait import wait_until
 
 from .conftest import Daemon
-from .httpclient import wait_for
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -24,7 +24,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_status_prints_cameras_models_outbox_and_links(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wait_for("a completed frame", lambda: daemon.app.pipeline.completed.total > 0)
+    wait_until("a completed frame", lambda: daemon.app.pipeline.completed.total > 0)
     args = parse(["status", "--url", daemon.url])
     assert args.func(args) == 0
     out = capsys.readouterr().out

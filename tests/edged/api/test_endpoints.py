@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 
 from edged.runtime import RuntimeSettings
+from tests.support.wait import wait_until
 
 from .conftest import TOKEN, Daemon
-from .httpclient import call, put_json, wait_for
+from .httpclient import call, put_json
 
 
 def frames_done(daemon: Daemon, n: int) -> None:
-    wait_for(f"{n} completed frames", lambda: daemon.app.pipeline.completed.total >= n, 60)
+    wait_until(f"{n} completed frames", lambda: daemon.app.pipeline.completed.total >= n, 60)
 
 
 def test_liveness_and_readiness(daemon: Daemon) -> None:
     assert call(daemon.url + "/healthz").json() == {"status": "ok"}
-    wait_for("capture running", lambda: call(daemon.url + "/readyz").status == 200)
+    wait_until("capture running", lambda: call(daemon.url + "/readyz").status == 200)
     ready = call(daemon.url + "/readyz").json()
     assert ready["ready"] is True
     checks = {c["name"]: c for c in ready["checks"]}
@@ -26,7 +27,7 @@ def test_liveness_and_readiness(daemon: Daemon) -> None:
 
 def test_status_reports_cameras_models_and_versions(daemon: Daemon) -> None:
     frames_done(daemon, 5)
-    wait_for(
+    wait_until(
         "every model ran",
         lambda: all(
             m["inferences"] > 0 for m in call(daemon.url + "/api/v1/status").json()["models"]
@@ -80,7 +81,7 @@ def test_events_carry_real_detections_and_skeletons(daemon: Daemon) -> None:
         events = call(daemon.url + "/api/v1/events?limit=500").json()["events"]
         return any(e["models"].get("pose") for e in events)
 
-    wait_for("a pose skeleton in the events", found, 60)
+    wait_until("a pose skeleton in the events", found, 60)
     events = call(daemon.url + "/api/v1/events?limit=500").json()["events"]
     pose = next(r for e in events for r in e["models"].get("pose", []))
     assert pose["type"] == "landmarks" and len(pose["points"]) == 33

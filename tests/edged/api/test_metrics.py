@@ -10,9 +10,10 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.paths import REPO
+from tests.support.wait import wait_until
 
 from .conftest import Daemon
-from .httpclient import call, wait_for
+from .httpclient import call
 
 EXPECTED = {
     "edged_build_info": "gauge",  # an info metric; the 0.0.4 text format has no info type
@@ -57,7 +58,7 @@ def scrape(daemon: Daemon) -> dict[str, tuple[str, list[tuple[str, dict[str, str
 
 
 def test_metrics_parse_and_carry_the_expected_families(daemon: Daemon) -> None:
-    wait_for(
+    wait_until(
         "every model ran",
         lambda: all(w.latency.count > 0 for w in daemon.app.pipeline.workers.values()),
         60,
@@ -81,7 +82,7 @@ def test_counters_grow_between_scrapes(daemon: Daemon) -> None:
         return scrape(daemon)["edged_frames_completed"][1][0][2]
 
     first = frames()
-    wait_for("the frame counter to grow", lambda: frames() > first, 30)
+    wait_until("the frame counter to grow", lambda: frames() > first, 30)
 
 
 def test_openmetrics_is_served_when_asked_for(daemon: Daemon) -> None:

@@ -15,9 +15,10 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
 from edged.protocol import OffloadRequest
 from tests.support.broker import Broker
+from tests.support.wait import wait_until
 
 from .conftest import Daemon
-from .httpclient import call, wait_for
+from .httpclient import call
 
 NOW_MS = 1_800_000_000_000
 
@@ -64,7 +65,7 @@ def test_outbox_and_link_show_in_status_readiness_metrics(
         server.start()
         try:
             assert mqtt.wait_connected(10)
-            wait_for("readiness", lambda: call(server.url + "/readyz").status == 200)
+            wait_until("readiness", lambda: call(server.url + "/readyz").status == 200)
             st = call(server.url + "/api/v1/status").json()
             assert st["links"] == [{"name": "mqtt", "connected": True}]
             assert st["outbox"]["available"] and st["outbox"]["depth"] == 3
@@ -87,7 +88,7 @@ def test_outbox_and_link_show_in_status_readiness_metrics(
             assert 'edged_link_up{link="mqtt"} 1.0' in metrics
 
             broker.stop()
-            wait_for("the link to drop", lambda: not mqtt.connected)
+            wait_until("the link to drop", lambda: not mqtt.connected)
             ready = call(server.url + "/readyz")
             assert ready.status == 503
             checks = {c["name"]: c for c in ready.json()["checks"]}

@@ -17,9 +17,10 @@ from edged.api.mjpeg import CONTENT_TYPE, read_parts
 from edged.api.preview import PreviewRenderer, PreviewSink, Rendered
 from edged.models.types import Detection, Landmarks
 from edged.pipeline import FrameJob
+from tests.support.wait import wait_until
 
 from .conftest import Daemon
-from .httpclient import call, wait_for
+from .httpclient import call
 
 
 def decode(jpeg: bytes) -> np.ndarray:
@@ -50,7 +51,7 @@ async def two_viewers(url: str, parts: int) -> tuple[list[bytes], list[bytes]]:
 
 
 def test_two_viewers_share_one_render_per_frame(daemon: Daemon) -> None:
-    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    wait_until("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
     renderer = daemon.api.renderer
     renders_before = renderer.renders
     started = time.monotonic()
@@ -65,11 +66,11 @@ def test_two_viewers_share_one_render_per_frame(daemon: Daemon) -> None:
     assert renders <= elapsed * daemon.api.config.preview_fps + 1
     frame = decode(a[-1])
     assert frame.shape == (576, 768, 3)
-    wait_for("closed streams to be uncounted", lambda: renderer.viewers == 0)
+    wait_until("closed streams to be uncounted", lambda: renderer.viewers == 0)
 
 
 def test_single_jpeg_and_mask_toggle(daemon: Daemon) -> None:
-    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    wait_until("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
     plain = call(daemon.url + "/api/v1/preview.jpg")
     masked = call(daemon.url + "/api/v1/preview.jpg?mask=1&camera=vtest")
     assert plain.headers["Content-Type"] == "image/jpeg"
@@ -86,7 +87,7 @@ def latest_job_with_pose(daemon: Daemon) -> FrameJob:
         job = latest[1]
         return job if job.results.get("pose") and job.gate.boxes else None
 
-    wait_for("a frame with a pose skeleton", lambda: pose_job() is not None, 60)
+    wait_until("a frame with a pose skeleton", lambda: pose_job() is not None, 60)
     job = pose_job()
     assert job is not None
     return job
@@ -131,7 +132,7 @@ async def render_twice(
 
 
 def test_a_frame_that_cannot_be_drawn_is_skipped(daemon: Daemon) -> None:
-    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    wait_until("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
     latest = daemon.preview.latest("vtest")
     assert latest is not None
     sink = PreviewSink()

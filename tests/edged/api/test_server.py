@@ -12,9 +12,10 @@ from edged.api.config import ApiConfig
 from edged.api.mjpeg import read_parts
 from edged.api.server import ApiServer
 from edged.errors import ConfigError
+from tests.support.wait import wait_until
 
 from .conftest import TOKEN, Daemon
-from .httpclient import put_json, wait_for
+from .httpclient import put_json
 
 
 def test_a_busy_port_fails_start_with_a_config_error(daemon: Daemon) -> None:
@@ -48,7 +49,7 @@ async def stream_until_closed(url: str, first: threading.Event) -> int:
 
 
 def test_stop_ends_open_preview_streams(daemon: Daemon) -> None:
-    wait_for("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
+    wait_until("a completed frame", lambda: daemon.preview.latest("vtest") is not None)
     server = ApiServer(ApiConfig(port=0), daemon.sources, env={})
     server.start()
     first = threading.Event()
