@@ -368,8 +368,9 @@ class OffloadClient:
                 self.counters.completed += 1
 
     def _settle_committed(self) -> None:
-        with self._outbox.batch():
-            self._settle()
+        if self._unclaimed or self._delivered:
+            with self._outbox.batch():
+                self._settle()
 
     def _settle_soon(self) -> None:
         """Make sure a transaction comes within ``SETTLE_DELAY_S`` to write what waits."""
@@ -437,12 +438,12 @@ class OffloadClient:
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
         batch = fresh[:room]
         self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
+        self._unclaimed_at = now_ms()
         for request, frame in batch:
             if self._publish(request.job_id, frame) is None:
                 self._unclaimed.append(request.job_id)
             else:
                 self._more = True  # still Enqueue: the next send from the outbox takes it
-        self._unclaimed_at = now_ms()
         self._settle_soon()
 
     def _publish(self, job_id: str, frame: bytes) -> str | None:
