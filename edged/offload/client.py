@@ -472,7 +472,7 @@ class OffloadClient:
             if outcome == "recorded":
                 self.counters.results += 1
                 self._inflight.discard(reply.job_id)
-                self._delivering(reply.job_id)
+                self._delivering(reply.job_id, result=reply)
             elif outcome == "duplicate":
                 self.counters.duplicate_results += 1
             elif outcome == "late":
@@ -502,12 +502,16 @@ class OffloadClient:
             self._closed(job_id)
         self._more = True
 
-    def _delivering(self, job_id: str, resumed: bool = False) -> None:
-        """Inferencing_complete -> Postprocessing; the listener hears of it after the commit."""
+    def _delivering(
+        self, job_id: str, resumed: bool = False, result: OffloadResult | None = None
+    ) -> None:
+        """Inferencing_complete -> Postprocessing; the listener hears of it after the commit.
+        ``result`` is the server's, when at hand; otherwise it is read back from the job."""
         job = self._outbox.get(job_id) if resumed else self._outbox.begin_postprocess(job_id)
         if job is None or job.result is None:
             return
-        result = OffloadResult.model_validate(job.result)
+        if result is None:
+            result = OffloadResult.model_validate(job.result)
         self._outcomes.append(JobOutcome(job.id, Status.EXIT, result, job.local_result, job.reason))
 
     def _closed(self, job_id: str) -> None:
