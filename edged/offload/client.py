@@ -13,11 +13,14 @@ only after it commits does ``on_outcome`` hear how each closed job ended (once; 
 only if edged dies between the two, as delivery is at-least-once), and only then has the
 broker the acknowledgement of each reply in it (a reply is never lost with the process).
 
-Two writes are left to the next transaction, so that a job's round trip does not wait
+Three writes are left to the next transaction, so that a job's round trip does not wait
 for them: the claim of a job published from memory when it was submitted (if edged dies
-first, the job is sent again after the restart), and the close of a delivered job after
-``on_outcome`` returned. A timer makes that transaction come within ``SETTLE_DELAY_S``
-when no event does, and ``stop`` writes them before it returns.
+first, the job is sent again after the restart), the broker's acknowledgement of a
+request (Preprocessing_complete; a burst of acknowledgements alone opens no transaction,
+so it costs the CPU little while the server works on the job), and the close of a
+delivered job after ``on_outcome`` returned, written after that transaction's sends. A
+timer makes that transaction come within ``SETTLE_DELAY_S`` when no event does, and
+``stop`` writes them before it returns.
 """
 
 from __future__ import annotations
@@ -148,9 +151,11 @@ class OffloadClient:
         self._submitting: set[str] = set()
         self._submitting_lock = threading.Lock()
         # Written with the next transaction: the claims of jobs published from memory
-        # (ids and the time they went out) and the delivered jobs to close.
+        # (ids and the time they went out), the jobs the broker acknowledged, and the
+        # delivered jobs to close.
         self._unclaimed: list[str] = []
         self._unclaimed_at = 0
+        self._acked: list[str] = []
         self._delivered: list[str] = []
         self._settler: asyncio.TimerHandle | None = None
         self._acks: list[Ack] = []  # of the replies in the burst being handled
@@ -317,7 +322,13 @@ class OffloadClient:
     def _burst(self, events: list[tuple[str, Any]], sent: list[bool]) -> None:
         """Handle ``events`` and send what they let out, in one transaction; then tell the
         outcomes (``_flush``) and acknowledge the replies. ``sent`` gets False if sending
-        failed."""
+        failed. Acknowledgements of requests alone, with no backlog to send, need no
+        transaction: they are written with the next one."""
+        if not self._more and all(kind == "ack" for kind, _ in events):
+            for _, job_id in events:
+                self._broker_has(job_id)
+            self._settle_soon()
+            return
         try:
             with self._outbox.batch():  # one commit for the whole burst and what it sends
                 self._contained(self._settle)
@@ -328,6 +339,7 @@ class OffloadClient:
                     self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
                 elif self._fresh:
                     self._fresh, self._more = [], True  # they wait in the outbox for the link
+                self._contained(self._close_delivered)  # after the sends: not in their way
             self._flush()  # the outcomes are told before the acknowledgements are written
         finally:
             # Replies are acknowledged to the broker after their commit, so that a reply
@@ -357,24 +369,35 @@ class OffloadClient:
         self._settle_soon()
 
     def _settle(self) -> None:
-        """Write what was left to this transaction: claims of jobs sent from memory, and
-        the close of delivered jobs (Postprocessing -> Exit)."""
+        """Before the burst's events: write the claims of jobs sent from memory, then the
+        broker's acknowledgements (Preprocessing -> Preprocessing_complete)."""
         if self._unclaimed:
             self._outbox.claim_sent(self._unclaimed, self._unclaimed_at)
             self._unclaimed = []
+        acked, self._acked = self._acked, []
+        for job_id in acked:
+            self._outbox.mark_sent(job_id)  # not if an answer or a retry came first
+
+    def _close_delivered(self) -> None:
+        """Close the jobs delivered before this transaction (Postprocessing -> Exit)."""
         delivered, self._delivered = self._delivered, []
         for job_id in delivered:
             if self._outbox.finish(job_id):
                 self.counters.completed += 1
 
+    def _pending(self) -> bool:
+        """Writes wait for the next transaction."""
+        return bool(self._unclaimed or self._acked or self._delivered)
+
     def _settle_committed(self) -> None:
-        if self._unclaimed or self._delivered:
+        if self._pending():
             with self._outbox.batch():
                 self._settle()
+                self._close_delivered()
 
     def _settle_soon(self) -> None:
         """Make sure a transaction comes within ``SETTLE_DELAY_S`` to write what waits."""
-        if self._settler is None and self._running and (self._unclaimed or self._delivered):
+        if self._settler is None and self._running and self._pending():
             self._settler = self._net.loop.call_later(SETTLE_DELAY_S, self._settle_now)
 
     def _settle_now(self) -> None:
@@ -389,9 +412,7 @@ class OffloadClient:
             self._acks.append(ack)
             self._reply(reply)
         elif kind == "ack":
-            self._inflight.discard(value)
-            if self._outbox.mark_sent(value):
-                self.counters.acked += 1
+            self._broker_has(value)
         elif kind == "submitted":
             self._submitted(*value)
         elif kind == "link" and value:
@@ -410,6 +431,12 @@ class OffloadClient:
             self._fresh = [(r, f) for r, f in self._fresh if r.job_id not in shed]
         for job_id in outcome.shed:
             self._closed(job_id)
+
+    def _broker_has(self, job_id: str) -> None:
+        """The broker acknowledged a request (PUBACK); its status is written later."""
+        self._inflight.discard(job_id)
+        self._acked.append(job_id)
+        self.counters.acked += 1
 
     def _forget_submitting(self, job_id: str) -> None:
         with self._submitting_lock:
