@@ -373,7 +373,8 @@ class OffloadService:
                 next_prune = time.monotonic() + 60.0
                 self._jobs.prune(self._clock_ms() - int(self.settings.retention_s * 1000))
             try:
-                await asyncio.to_thread(self._jobs.checkpoint)
+                if await asyncio.to_thread(self._jobs.checkpoint):
+                    self._jobs.restart_wal()
             except OffloadError as exc:
                 log.warning("%s", exc)
             if await _stopped(stop, self.settings.health_interval_s):

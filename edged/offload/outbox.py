@@ -22,7 +22,7 @@ import sqlite_utils
 
 from edged.errors import OffloadError
 from edged.offload import jobs
-from edged.offload.checkpointer import Checkpointer
+from edged.offload.checkpointer import RESTART_FRAMES, Checkpointer, restart
 from edged.offload.jobs import Status
 from edged.offload.migrations import migrate
 from edged.offload.records import (
@@ -67,6 +67,8 @@ class Outbox:
             self._db = sqlite_utils.Database(conn, execute_plugins=False)
             self._db.enable_wal()
             self._db.execute(f"PRAGMA synchronous={config.synchronous}")
+            # the checkpointer restarts the WAL long before this: the bound if it cannot
+            self._db.execute(f"PRAGMA wal_autocheckpoint={2 * RESTART_FRAMES}")
             # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed page of a
             # deleted frame through the WAL: 5 ms per sweep of 60 finished 78 KB jobs here,
             # stalling the offload worker. FAST still purges b-tree pages and adds no I/O.
@@ -79,7 +81,7 @@ class Outbox:
             self._db.execute(
                 "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
             )
-            self._checkpointer = Checkpointer(config.path)
+            self._checkpointer = Checkpointer(config.path, self._restart_wal)
         except sqlite3.Error as exc:
             raise OffloadError(f"outbox {config.path}: {exc}") from exc
         self.shed_total = 0
@@ -89,8 +91,8 @@ class Outbox:
         self._recount()
 
     def close(self) -> None:
+        self._checkpointer.stop()  # first: its thread may be waiting for the lock
         with self._lock:
-            self._checkpointer.stop()
             self._db.close()
 
     @contextlib.contextmanager
@@ -355,6 +357,12 @@ class Outbox:
             self._recount()
             raise
         self._checkpointer.poke()
+
+    def _restart_wal(self) -> None:
+        """From the checkpointer's thread: the WAL is large; start it over, between
+        transactions (the lock)."""
+        with self._lock:
+            restart(self._db.conn)
 
     def _recount(self) -> None:
         marks = sql_in(jobs.OPEN)

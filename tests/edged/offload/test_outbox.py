@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import sqlite_utils
 
 from edged.errors import OffloadError
 from edged.offload import jobs
+from edged.offload.checkpointer import checkpoint, restart
 from edged.offload.jobs import Status
 from edged.offload.migrations import MIGRATIONS, migrate
 from edged.offload.outbox import PAGE_SIZE, PRUNE_INTERVAL_MS, Outbox
@@ -365,6 +367,36 @@ def test_checkpoints_run_off_the_committing_thread(tmp_path: Path, clock: Clock)
     assert not checkpointer.running
     again = make(tmp_path, clock)
     assert again.stats()["open_jobs"] == 3
+
+
+def test_a_restart_makes_the_next_commit_write_from_the_start_of_the_wal(
+    tmp_path: Path,
+) -> None:
+    """``checkpoint`` (passive) reports the WAL's frames; ``restart`` on the writer's own
+    connection starts the WAL over. (Why it matters, with commits racing the
+    checkpoints: tests/serverd/test_jobs.py.)"""
+    path = tmp_path / "w.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        for _ in range(40):
+            writer.execute("INSERT INTO t VALUES (randomblob(3000))")
+        writer.execute("BEGIN")  # a read taken before the checkpoint ended: no restart
+        writer.execute("SELECT count(*) FROM t").fetchone()
+        assert checkpoint(other) >= 40
+        writer.execute("INSERT INTO t VALUES (randomblob(3000))")
+        writer.execute("COMMIT")
+        assert checkpoint(other) > 40  # appended after the copied frames
+        restart(writer)
+        writer.execute("INSERT INTO t VALUES (randomblob(3000))")
+        assert checkpoint(other) < 10  # the last commit's own pages, from the WAL's start
+        assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 42
+    finally:
+        writer.close()
+        other.close()
 
 
 def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
