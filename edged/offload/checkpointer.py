@@ -18,7 +18,7 @@ of commits (a job every few milliseconds) it seldom leaves the WAL wholly copied
 next transaction begins, and only then does SQLite start the WAL over: it grew to the
 auto-checkpoint's 1,000 pages, and from there every commit ran a checkpoint of its own
 until one restarted it (1% of the offload round trip's enqueues took ~1.5 ms instead of
-~0.15). So once a checkpoint finds ``restart_frames`` frames in the WAL, this thread
+~0.15). So once a checkpoint finds ``RESTART_FRAMES`` frames in the WAL, this thread
 calls ``restart``: the writer's own connection, between its transactions, runs a
 ``RESTART`` checkpoint (the little the passive one left, and its fsyncs: about a
 millisecond here), after which the next commit writes from the start of the WAL. On the
@@ -66,12 +66,10 @@ class Checkpointer:
         restart: Callable[[], None],
         max_commits: int = 32,
         max_age_s: float = 0.5,
-        restart_frames: int = RESTART_FRAMES,
     ) -> None:
         self._restart = restart
         self.max_commits = max_commits
         self.max_age_s = max_age_s
-        self.restart_frames = restart_frames
         self.runs = 0
         self.restarts = 0
         self.errors = 0
@@ -131,7 +129,7 @@ class Checkpointer:
         try:
             frames = checkpoint(self._conn)
             self.runs += 1
-            if frames >= self.restart_frames:
+            if frames >= RESTART_FRAMES:
                 self._restart()
                 self.restarts += 1
         except sqlite3.Error:  # the auto-checkpoint still bounds the WAL
