@@ -152,8 +152,7 @@ def test_checkpoints_keep_the_wal_bounded_under_a_steady_stream_of_jobs(table: J
     alone seldom finds the WAL free of a newer commit, and the WAL grew by ~37 KB a job
     (75 MB after these 2,000 jobs, measured); ``restart_wal`` starts it over."""
     stop = threading.Event()
-
-    due = threading.Event()
+    due = threading.Event()  # the WAL is large: the writer restarts it
 
     def checkpoints() -> None:
         while not stop.wait(0.02):
