@@ -38,11 +38,11 @@ import cv2
 import numpy as np
 
 from drivers import registry
-from edged.errors import EdgeFedError
-from edged.models.runner import ModelRunner, open_runner
-from edged.models.types import Detection
 from edged.motion import MotionConfig, ThreeFrameGate
 from edged.regions import motion_regions
+from edgefed.errors import EdgeFedError
+from edgefed.models.runner import ModelRunner, open_runner
+from edgefed.models.types import Detection
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 IMAGES = Path("firmware-images/build")

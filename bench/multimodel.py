@@ -25,11 +25,11 @@ import yaml
 
 from edged.app import load_models
 from edged.config import EdgedConfig, ModelConfig, parse_config
-from edged.models.runner import ModelRunner, cascade_regions
-from edged.models.types import Box
 from edged.motion import ThreeFrameGate
 from edged.pipeline import FrameJob, Pipeline, regions_for
 from edged.regions import motion_regions
+from edgefed.models.runner import ModelRunner, cascade_regions
+from edgefed.models.types import Box
 
 REPO = Path(__file__).resolve().parents[1]
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"

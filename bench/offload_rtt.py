@@ -50,19 +50,19 @@ import psutil
 import tritonclient.grpc as grpcclient
 import yaml
 
-from edged.mqtt import MqttClient, MqttConfig
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
-from edged.protocol import (
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.wire import (
     OffloadResult,
     Topics,
     decode_availability,
     decode_reply,
     encode_request,
 )
-from tests.support.broker import Broker
 from tests.support.paths import IMAGES_DIR, REPO, VTEST
 
 SERVER_ID = "bench-server"

@@ -22,7 +22,7 @@ from typing import Literal
 
 from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig, now_ms
-from edged.protocol import LocalSummary, OffloadRequest, new_job_id
+from edgefed.wire import LocalSummary, OffloadRequest, new_job_id
 
 BATCH = 32
 SMALL_PAYLOAD = 10_000  # a JPEG crop around one motion region

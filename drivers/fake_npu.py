@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 from .base import DeviceInfo, Driver, DriverConfig, LoadedModel
 from .onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver

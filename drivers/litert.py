@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 from .base import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edged.errors import ConfigError, DriverError
+from edgefed.errors import ConfigError, DriverError
 
 from .base import Driver, DriverConfig
 

@@ -21,11 +21,11 @@ from edged.api.preview import PreviewSink
 from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
-from edged.errors import DriverError, EdgeFedError
-from edged.images.verify import read_manifest
-from edged.models.runner import ModelRunner, open_runner
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
+from edgefed.errors import DriverError, EdgeFedError
+from edgefed.images.verify import read_manifest
+from edgefed.models.runner import ModelRunner, open_runner
 
 log = logging.getLogger(__name__)
 

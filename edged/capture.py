@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edged.errors import CaptureError
 from edged.ring import Frame, FrameRing  # re-exported: callers import the ring from here
+from edgefed.errors import CaptureError
 
 log = logging.getLogger(__name__)
 

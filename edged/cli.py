@@ -13,11 +13,11 @@ from pathlib import Path
 from edged import __version__
 from edged.api import client as api_client
 from edged.config import check_config_command, dump_config, load_config
-from edged.errors import (
+from edgefed.errors import (
     EXIT_OK,
     run_command,
 )
-from edged.images import cli as image_cli
+from edgefed.images import cli as image_cli
 
 log = logging.getLogger("edged")
 
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from edged.profile import format_table, profile_images
+    from edged.profiler import format_table, profile_images
 
     rows = profile_images(args.images, args.trust, args.iterations, args.allow_unsigned)
     print(json.dumps(rows) if args.json else format_table(rows))

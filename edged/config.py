@@ -20,13 +20,13 @@ from drivers import registry
 from drivers.base import DriverConfig
 from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
-from edged.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
-from edged.mqtt import MqttConfig
 from edged.offload.config import OffloadConfig
-from edged.runtime import LogLevel
+from edged.settings import LogLevel
 from edged.twin.service import TwinConfig
+from edgefed.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from edgefed.mqtt import MqttConfig
 
 ENV_PREFIX = "EDGED__"
 

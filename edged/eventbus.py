@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edged.errors import OffloadError
-from edged.models.types import Classification, Detection
-from edged.mqtt import MqttClient
 from edged.twin.kubeedge import split_device_id, twin_topics
+from edgefed.errors import OffloadError
+from edgefed.models.types import Classification, Detection
+from edgefed.mqtt import MqttClient
 
 if TYPE_CHECKING:  # edged.config imports EventBusConfig, and edged.pipeline imports edged.config
     from edged.pipeline import FrameJob

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.models.types import Box, Result
 from edged.stats import LatencyWindow
+from edgefed.models.types import Box, Result
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ModelWorker:
     def __init__(
         self,
         name: str,
-        runner: Any,  # edged.models.runner.ModelRunner
+        runner: Any,  # edgefed.models.runner.ModelRunner
         *,
         threads: int,
         queue_size: int,

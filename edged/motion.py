@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edged.errors import ConfigError
-from edged.models.types import Box
+from edgefed.errors import ConfigError
+from edgefed.models.types import Box
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _MIN_STD = 1.0  # below this a frame is flat: no brightness matching

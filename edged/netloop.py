@@ -1,6 +1,6 @@
 """edged's network thread: one asyncio loop that drives the MQTT connection.
 
-The MQTT client runs in loop mode on it (see ``edged.mqtt``), so message handlers and
+The MQTT client runs in loop mode on it (see ``edgefed.mqtt``), so message handlers and
 PUBACK callbacks run on this thread, and so does the offload client's work: a request
 leaves, and a reply is matched and stored, without handing each message from paho's
 thread to another. Handlers of other services (EventBus, device twin) run here too and
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 
-from edged.mqtt import MqttClient
+from edgefed.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 from edged.capture import CaptureSource, Frame, FrameRing
 from edged.config import EdgedConfig, ModelConfig
 from edged.inference import ModelWorker, Task
-from edged.models.runner import ModelRunner, cascade_regions
-from edged.models.types import Box, Result, result_to_dict
 from edged.motion import GateResult, ThreeFrameGate
 from edged.regions import motion_regions
 from edged.stats import RateMeter
+from edgefed.models.runner import ModelRunner, cascade_regions
+from edgefed.models.types import Box, Result, result_to_dict
 
 log = logging.getLogger(__name__)
 

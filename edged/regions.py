@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edged.models.types import Box
+from edgefed.models.types import Box
 
 
 def _fit(lo: float, side: float, limit: float) -> tuple[float, float]:

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.config import EdgedConfig
-from edged.errors import ConfigError
 from edged.eventbus import EventBus
-from edged.mqtt import MqttClient, presence
 from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient
 from edged.offload.dispatch import OffloadDispatcher
 from edged.offload.outbox import Outbox
 from edged.pipeline import Pipeline
-from edged.protocol import Availability, Topics
-from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
+from edgefed.errors import ConfigError
+from edgefed.mqtt import MqttClient, presence
+from edgefed.wire import Availability, Topics
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import threading
 
-from edged.errors import OffloadError
-from edged.mqtt import Ack, MqttClient, presence
-from edged.protocol import Availability, Topics
+from edgefed.errors import OffloadError
+from edgefed.mqtt import Ack, MqttClient, presence
+from edgefed.wire import Availability, Topics
 from serverd.config import ServerdConfig
-from serverd.jobs import JobTable
+from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
 from serverd.service import OffloadService, ServiceSettings, now_ms
 from serverd.triton.client import TritonEndpoint

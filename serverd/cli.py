@@ -1,7 +1,7 @@
 """The ``serverd`` command line: a thin layer over ``serverd.app``.
 
 ``serverd run -c serverd.yaml`` runs until SIGTERM/SIGINT; ``serverd check-config FILE``
-validates a config and prints it resolved. Exit codes are those of ``edged.errors``.
+validates a config and prints it resolved. Exit codes are those of ``edgefed.errors``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from edged.config import check_config_command
-from edged.errors import (
+from edgefed.errors import (
     EXIT_OK,
     run_command,
 )

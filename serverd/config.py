@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drivers import registry
 from edged.config import ImagesConfig, apply_env, format_validation_error, read_yaml_mapping
-from edged.errors import ConfigError, ProtocolError
-from edged.mqtt import MqttConfig
-from edged.protocol import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
-from edged.runtime import LogLevel
+from edged.settings import LogLevel
+from edgefed.errors import ConfigError, ProtocolError
+from edgefed.mqtt import MqttConfig
+from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"

@@ -1,7 +1,7 @@
 """The offload service: requests from MQTT -> job table -> scheduler -> Triton -> reply.
 
 Everything here runs on one asyncio loop (the MQTT client is driven by that loop, see
-``edged.mqtt``; the Triton supervisors' watcher threads hand over with
+``edgefed.mqtt``; the Triton supervisors' watcher threads hand over with
 ``call_soon_threadsafe``). A bad message is counted and dropped; a request for a model
 no instance serves, a tensor payload, or an overloaded queue gets an
 ``OffloadErrorMessage`` on the device's reply topic. A job whose instance fails is
@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edged.errors import ModelError, OffloadError, ProtocolError
-from edged.offload.jobs import Status
-from edged.protocol import (
+from edgefed.errors import ModelError, OffloadError, ProtocolError
+from edgefed.lifecycle import Status
+from edgefed.wire import (
     ErrorCode,
     OffloadAccepted,
     OffloadErrorMessage,
@@ -30,7 +30,7 @@ from edged.protocol import (
     decode_request,
     encode_message,
 )
-from serverd.jobs import Admission, JobTable
+from serverd.jobtable import Admission, JobTable
 from serverd.scheduler import Assignment, Job, Scheduler
 from serverd.triton.client import TritonEndpoint
 

@@ -17,13 +17,13 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
-from edged.mqtt import MqttClient, MqttConfig
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig, Status
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
 from tests.serverd.harness import ServerdThread, serverd_config
-from tests.support.broker import Broker
 from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, REPO
 from tests.support.wait import wait_until

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from edged.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, ConfigError, DriverError
+from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, ConfigError, DriverError
 
 from .. import registry
 from ..base import Driver

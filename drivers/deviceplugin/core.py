@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 from ..base import DeviceInfo
 from .config import DevicePluginConfig, MountSpec

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO = PACKAGE_DIR / "api.proto"

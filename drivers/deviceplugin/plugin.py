@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 from ..base import DeviceInfo, Driver
 from . import core

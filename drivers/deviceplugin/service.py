@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 from ..base import DeviceInfo
 from . import core

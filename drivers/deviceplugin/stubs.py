@@ -9,7 +9,7 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 API_VERSION = "v1beta1"
 HEALTHY = "Healthy"

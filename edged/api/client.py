@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from edged.errors import EXIT_OK, EdgeFedError
+from edgefed.errors import EXIT_OK, EdgeFedError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 
 TOKEN_ENV = "EDGED_API_TOKEN"
 MIN_TOKEN_CHARS = 16

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edged.models.types import Box, Classification, Detection, Landmarks, Result, TextBox
 from edged.pipeline import FrameJob
+from edgefed.models.types import Box, Classification, Detection, Landmarks, Result, TextBox
 
 Colour = tuple[int, int, int]
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from edged import __version__
-from edged.runtime import RuntimeSettings
+from edged.settings import RuntimeSettings
 
 from .schemas import (
     ErrorBody,

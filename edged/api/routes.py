@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ValidationError
 
-from edged.errors import ConfigError
-from edged.runtime import RuntimeConfig
+from edged.settings import RuntimeConfig
+from edgefed.errors import ConfigError
 
 from . import mjpeg
 from .jsontypes import type_errors

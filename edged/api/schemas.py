@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.offload.jobs import Status as JobStatus
+from edgefed.lifecycle import Status as JobStatus
 
 Floats = list[float]
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 
 from .config import ApiConfig, resolve_token
 from .metrics import make_registry

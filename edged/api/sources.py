@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edged.offload.jobs import Status
 from edged.pipeline import Pipeline
 from edged.results import EventLog
-from edged.runtime import RuntimeConfig
+from edged.settings import RuntimeConfig
+from edgefed.lifecycle import Status
 
 from .preview import PreviewSink
 

@@ -7,7 +7,7 @@ from importlib import metadata
 from typing import Any
 
 from edged import __version__
-from edged.offload.jobs import OPEN, Status
+from edgefed.lifecycle import OPEN, Status
 
 from .preview import PreviewRenderer
 from .schemas import (

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.errors import OffloadError, ProtocolError
-from edged.mqtt import Ack
 from edged.netloop import NetLoop
-from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob, now_ms
-from edged.protocol import (
+from edgefed.errors import OffloadError, ProtocolError
+from edgefed.lifecycle import Status
+from edgefed.mqtt import Ack
+from edgefed.wire import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
     LocalSummary,

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 
-from edged.errors import OffloadError
-from edged.models.types import Classification, Detection, Result, result_to_dict
 from edged.offload.client import OffloadClient
 from edged.offload.config import OffloadConfig
 from edged.offload.policy import OffloadPolicyName, decide
-from edged.protocol import LocalSummary
+from edgefed.errors import OffloadError
+from edgefed.models.types import Classification, Detection, Result, result_to_dict
+from edgefed.wire import LocalSummary
 
 if TYPE_CHECKING:
     from edged.pipeline import FrameJob

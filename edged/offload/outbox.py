@@ -1,6 +1,6 @@
 """The persistent outbox: every offloaded job is a row in SQLite (WAL), the system of record.
 
-The transitions are those of ``edged.offload.jobs``; this module only stores them. Each
+The transitions are those of ``edgefed.lifecycle``; this module only stores them. Each
 operation is one transaction, so a job survives kill -9 of the process at any point
 (WAL with ``synchronous=NORMAL`` loses nothing when the process dies; ``FULL`` also
 covers power loss). The outbox is bounded by open jobs and their payload bytes: past
@@ -20,11 +20,6 @@ from typing import Any
 
 import sqlite_utils
 
-from edged.errors import OffloadError
-from edged.offload import jobs
-from edged.offload.checkpointer import RESTART_FRAMES, Checkpointer, restart
-from edged.offload.jobs import Status
-from edged.offload.migrations import migrate
 from edged.offload.records import (
     COLUMNS,
     Enqueued,
@@ -38,6 +33,11 @@ from edged.offload.records import (
     to_json,
     to_record,
 )
+from edged.offload.schema import migrate
+from edgefed import lifecycle
+from edgefed.errors import OffloadError
+from edgefed.lifecycle import Status
+from edgefed.store.checkpoint import RESTART_FRAMES, Checkpointer, restart
 
 Clock = Callable[[], int]
 # Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
@@ -200,7 +200,7 @@ class Outbox:
 
     def record_error(self, job_id: str, reason: str, retryable: bool) -> Status | None:
         """A server error for an open job: retry with backoff, or fail now."""
-        marks = sql_in(jobs.AWAITING)
+        marks = sql_in(lifecycle.AWAITING)
         with self._lock, self._tx():
             row = self._db.execute(
                 f"SELECT iteration, payload_bytes FROM jobs WHERE id = ? AND status IN {marks}",
@@ -215,7 +215,7 @@ class Outbox:
 
     def begin_postprocess(self, job_id: str) -> JobRecord | None:
         """Inferencing_complete -> Postprocessing; returns the job with its result."""
-        marks = sql_in(jobs.sources(Status.POSTPROCESSING))
+        marks = sql_in(lifecycle.sources(Status.POSTPROCESSING))
         with self._lock:
             row = self._db.conn.execute(
                 f"UPDATE jobs SET status = ?, updated = ? WHERE id = ? AND status IN {marks} "
@@ -249,7 +249,7 @@ class Outbox:
         retried: list[str] = []
         failed: list[str] = []
         with self._lock, self._tx():
-            marks = sql_in(jobs.AWAITING)
+            marks = sql_in(lifecycle.AWAITING)
             due = self._db.execute(
                 f"SELECT id, payload_bytes FROM jobs WHERE status IN {marks} AND deadline <= ?",
                 (now,),
@@ -261,7 +261,7 @@ class Outbox:
                 "deadline passed without a server result; the local result stands",
             )
             if retry_timeouts:
-                marks = sql_in(jobs.IN_FLIGHT)
+                marks = sql_in(lifecycle.IN_FLIGHT)
                 for r in self._db.execute(
                     f"SELECT id, iteration, payload_bytes FROM jobs WHERE status IN {marks} "
                     "AND next_attempt <= ?",
@@ -283,7 +283,7 @@ class Outbox:
         """After a restart: re-queue jobs caught mid-publish, give jobs sent before it at
         most one (current) result timeout, and return the results still to deliver."""
         now = self._clock()
-        marks = sql_in(jobs.IN_FLIGHT)
+        marks = sql_in(lifecycle.IN_FLIGHT)
         with self._lock, self._tx():
             self._db.execute(
                 "UPDATE jobs SET status = ?, next_attempt = ?, updated = ? WHERE status = ?",
@@ -293,12 +293,12 @@ class Outbox:
                 f"UPDATE jobs SET next_attempt = min(next_attempt, ?) WHERE status IN {marks}",
                 (now + int(self.config.result_timeout_s * 1000),),
             )
-        return self.page(statuses=jobs.DELIVERING, limit=1_000_000, oldest_first=True)
+        return self.page(statuses=lifecycle.DELIVERING, limit=1_000_000, oldest_first=True)
 
     def extend_timers(self) -> None:
         """The link came back: give jobs sent before it dropped a full timeout to answer."""
         now = self._clock()
-        marks = sql_in(jobs.IN_FLIGHT)
+        marks = sql_in(lifecycle.IN_FLIGHT)
         with self._lock, self._tx():
             self._db.execute(
                 f"UPDATE jobs SET next_attempt = max(next_attempt, ?) WHERE status IN {marks}",
@@ -365,7 +365,7 @@ class Outbox:
             restart(self._db.conn)
 
     def _recount(self) -> None:
-        marks = sql_in(jobs.OPEN)
+        marks = sql_in(lifecycle.OPEN)
         row = self._db.execute(
             f"SELECT count(*), total(payload_bytes) FROM jobs WHERE status IN {marks}"
         ).fetchone()
@@ -373,7 +373,7 @@ class Outbox:
 
     def _move(self, job_id: str, new: Status, extra: str = "", *params: Any) -> bool:
         """Move one job to ``new`` if its status allows it; takes the lock itself."""
-        marks = sql_in(jobs.sources(new))
+        marks = sql_in(lifecycle.sources(new))
         sets = "status = ?, updated = ?" + (f", {extra}" if extra else "")
         with self._lock:
             cursor = self._db.conn.execute(
@@ -384,11 +384,11 @@ class Outbox:
 
     def _fail_attempt(self, job_id: str, iteration: int, size: int, reason: str) -> Status:
         attempt = iteration + 1
-        target = jobs.next_after_failure(attempt, self.config.max_iterations)
+        target = lifecycle.next_after_failure(attempt, self.config.max_iterations)
         if target == Status.FAILED:
             self._close([(job_id, size)], Status.FAILED, f"{reason} (after {attempt} attempts)")
             return target
-        delay = jobs.retry_delay_ms(
+        delay = lifecycle.retry_delay_ms(
             attempt, int(self.config.retry_base_s * 1000), int(self.config.retry_cap_s * 1000)
         )
         now = self._clock()
@@ -426,7 +426,7 @@ class Outbox:
         rows, nbytes = self._open_rows + 1, self._open_bytes + size
         if rows <= cfg.max_jobs and nbytes <= cfg.max_bytes:
             return []
-        marks = sql_in(jobs.AWAITING)
+        marks = sql_in(lifecycle.AWAITING)
         candidates = self._db.execute(
             f"SELECT id, payload_bytes FROM jobs WHERE status IN {marks} "
             "AND (priority < ? OR (priority = ? AND created <= ?)) "

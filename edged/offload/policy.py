@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.protocol import LocalSummary
+from edgefed.wire import LocalSummary
 
 OffloadPolicyName = Literal["never", "hard_example", "priority", "always"]
 POLICY_NAMES: tuple[OffloadPolicyName, ...] = ("never", "hard_example", "priority", "always")

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.offload.jobs import Status
-from edged.protocol import LocalSummary, OffloadRequest
+from edgefed.lifecycle import Status
+from edgefed.wire import LocalSummary, OffloadRequest
 
 RecordOutcome = Literal["recorded", "duplicate", "late", "unknown"]
 COLUMNS = (

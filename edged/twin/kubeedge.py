@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edged.errors import ConfigError, ProtocolError
+from edgefed.errors import ConfigError, ProtocolError
 
 DEVICE_PREFIX = "$hw/events/device/"
 MAX_PAYLOAD = 256 * 1024

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "packaging/kubeedge/twin-properties.yaml"
 

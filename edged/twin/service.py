@@ -36,9 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.errors import ConfigError, OffloadError, ProtocolError
-from edged.mqtt import MqttClient
-from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.kubeedge import (
     ErrorResult,
     build_get,
@@ -49,6 +47,8 @@ from edged.twin.kubeedge import (
     twin_topics,
 )
 from edged.twin.properties import DEFAULT_TABLE, PropertyTable
+from edgefed.errors import ConfigError, OffloadError, ProtocolError
+from edgefed.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 

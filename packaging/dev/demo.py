@@ -16,7 +16,6 @@ import queue
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,28 +27,17 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from edgefed.ports import free_port
+from edgefed.testing.broker import Broker  # a real mosquitto on a free port
+from edgefed.testing.presence import Presence
+from edgefed.wire import Topics
 
-from edged.protocol import Topics  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402  (a real mosquitto on a free port)
-from tests.support.presence import Presence  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 STATE = REPO / "var" / "demo"
 BIN = REPO / ".venv" / "bin"
 KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
 SERVER_ID = "demo-server"
-
-
-def free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError("no free port")
 
 
 def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "setup: installing edgefed and its pinned dependencies into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-    .venv/bin/python -c "import edged, serverd, drivers" # fail loudly if the install did not work
+    .venv/bin/python -c "import edgefed, edged, serverd, drivers" # fail loudly if the install did not work
     echo "$want" > "$stamp"
 fi
 

@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from edged.errors import ModelError, OffloadError
+from edgefed.errors import ModelError, OffloadError
 from serverd.triton.repository import INPUT, OUTPUT
 
 # Codes that say "this endpoint cannot serve now", not "this job is bad".

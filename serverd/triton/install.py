@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.errors import OffloadError
+from edgefed.errors import OffloadError
 
 BACKENDS_SOURCE = Path(__file__).parent / "backends"
 SETUP_HINT = "run `bash serverd/triton/setup_env.sh` first"

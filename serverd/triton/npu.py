@@ -2,7 +2,7 @@
 
 ``backends/npu/model.py`` (run by Triton's python backend stub in ``.venv-triton``) is a
 thin wrapper around ``NpuModel``: the model image is verified and loaded by
-``edged.models.runner.open_runner`` on a driver from ``drivers.registry``, exactly as on
+``edgefed.models.runner.open_runner`` on a driver from ``drivers.registry``, exactly as on
 the edge, so the server runs the same pre-processing, model and decoder.
 
 Triton hands the model config's ``parameters`` as ``{key: {"string_value": str}}``;
@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers import registry
 from drivers.base import Driver
-from edged.errors import ConfigError, ModelError
-from edged.images.verify import read_manifest
-from edged.models.runner import ModelRunner, open_runner
-from edged.models.types import result_to_dict
+from edgefed.errors import ConfigError, ModelError
+from edgefed.images.verify import read_manifest
+from edgefed.models.runner import ModelRunner, open_runner
+from edgefed.models.types import result_to_dict
 
 _PLAIN = frozenset({"image_dir", "device"})  # plain strings; every other parameter is JSON
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 from serverd.triton.npu import NpuSettings
 
 INPUT = "IMAGE"

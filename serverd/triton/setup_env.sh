@@ -3,8 +3,8 @@
 #
 # Triton 24.10's python backend stub needs numpy < 2, while the main .venv has numpy 2 and
 # OpenCV 5; so Triton gets its own venv with the locked requirements.txt beside this script
-# and this project installed editable without dependencies (drivers/, edged.models and
-# edged.images import there). Idempotent: a stamp makes a second run take well under a second.
+# and this project installed editable without dependencies (drivers/, edgefed.models and
+# edgefed.images import there). Idempotent: a stamp makes a second run take well under a second.
 #
 # Usage: bash serverd/triton/setup_env.sh [VENV_DIR]   (default: <repo>/.venv-triton)
 # Environment: EDGEFED_TRITON_PYTHON picks the interpreter (default python3.11, else python3).
@@ -54,7 +54,7 @@ if [[ ! -f $stamp ]]; then
     # Fail loudly if the environment cannot run the NPU backend's imports.
     "$VENV/bin/python" -c '
 import numpy, cv2, onnxruntime, ai_edge_litert.interpreter, yaml, pydantic
-import drivers.registry, edged.models.runner, edged.images.verify, serverd.triton.npu
+import drivers.registry, edgefed.models.runner, edgefed.images.verify, serverd.triton.npu
 assert int(numpy.__version__.split(".")[0]) < 2, f"numpy {numpy.__version__} breaks the stub"
 '
     echo "$want" > "$stamp"

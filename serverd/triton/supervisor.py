@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.errors import OffloadError
+from edgefed.errors import OffloadError
+from edgefed.ports import free_port
 from serverd.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ SHM = Path("/dev/shm")
 # Log lines Triton prints on every CPU-only machine; never the cause of a failure.
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

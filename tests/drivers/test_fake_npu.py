@@ -9,8 +9,8 @@ import pytest
 
 from drivers import registry
 from drivers.fake_npu import FakeNpuConfig, FakeNpuDriver
-from edged.errors import ConfigError, DriverError
-from edged.images.verify import read_manifest
+from edgefed.errors import ConfigError, DriverError
+from edgefed.images.verify import read_manifest
 from tests.drivers.model_files import built_image, doubling_onnx
 
 

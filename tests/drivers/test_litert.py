@@ -14,7 +14,7 @@ import pytest
 
 from drivers import registry
 from drivers.litert import LiteRTDriver, LiteRTModel
-from edged.errors import ConfigError, DriverError
+from edgefed.errors import ConfigError, DriverError
 from tests.drivers.model_files import built_model_file
 
 DELEGATE_C = Path(__file__).parent / "delegate" / "passthrough_delegate.c"

@@ -11,7 +11,7 @@ import pytest
 
 from drivers import registry
 from drivers.onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
-from edged.errors import ConfigError, DriverError
+from edgefed.errors import ConfigError, DriverError
 from tests.drivers.model_files import built_model_file, doubling_onnx
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,13 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
-from edged.offload.jobs import Status
-from edged.protocol import OffloadResult, Topics, encode_message
-from tests.support.broker import Broker
+from edgefed.lifecycle import Status
+from edgefed.testing.broker import Broker
+from edgefed.wire import OffloadResult, Topics, encode_message
 from tests.support.configs import demo_config
 from tests.support.wait import wait_until
 
 TOKEN = "s3cret-token-for-tests"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path / "broker") as running:
-        yield running
 
 
 def full_config(tmp_path: Path, broker: Broker) -> dict[str, Any]:

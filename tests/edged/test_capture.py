@@ -29,7 +29,7 @@ from edged.capture import (
     SourceKind,
     source_kind,
 )
-from edged.errors import CaptureError
+from edgefed.errors import CaptureError
 from tests.support.paths import VTEST
 from tests.support.wait import wait_until
 

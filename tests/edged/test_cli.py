@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from edged.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, EXIT_RUNTIME
+from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, EXIT_RUNTIME
 from tests.support.configs import demo_config, write_config
 from tests.support.paths import IMAGES_DIR
 

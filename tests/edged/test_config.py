@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edged.config import load_config, parse_config
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 from tests.support.configs import demo_config, write_config
 
 

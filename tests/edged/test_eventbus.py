@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,14 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from edged.eventbus import EventBus, EventBusConfig, TokenBucket, event_topics
-from edged.models.types import Classification, Detection, Landmarks
 from edged.motion import GateResult
-from edged.mqtt import MqttClient, MqttConfig
 from edged.pipeline import FrameJob
 from edged.ring import Frame
 from edged.twin.service import Rejection, TwinOutcome
-from tests.edged.twin.edgecore import Subscriber, wait_until
-from tests.support.broker import Broker
+from edgefed.models.types import Classification, Detection, Landmarks
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.testing.edgecore import Subscriber, wait_until
 
 
 class Clock:
@@ -72,12 +71,6 @@ def job(index: int) -> FrameJob:
     j.errors = {"face": "DriverError: device lost"}
     j.dropped = ["ocr"]
     return j
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path / "broker") as b:
-        yield b
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.errors import ConfigError
 from edged.motion import GateResult, MotionConfig, ThreeFrameGate
+from edgefed.errors import ConfigError
 from tests.support.paths import VTEST
 
 OBJ_W, OBJ_H = 48, 96

@@ -11,7 +11,7 @@ import numpy as np
 
 from edged.app import EdgedApp
 from edged.config import parse_config
-from edged.models.types import Box, Result
+from edgefed.models.types import Box, Result
 from tests.support.configs import demo_config
 
 

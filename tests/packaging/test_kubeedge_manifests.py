@@ -15,7 +15,7 @@ from drivers import registry
 from drivers.deviceplugin import cli, core
 from edged.config import parse_config
 from edged.eventbus import DEFAULT_PREFIX, event_topics
-from edged.runtime import RuntimeSettings
+from edged.settings import RuntimeSettings
 from edged.twin.kubeedge import KEY_RE, VALUE_RE
 from tests.support.paths import REPO
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.mqtt import MqttClient, MqttConfig, MqttTls
-from edged.protocol import (
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
+from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
+from edgefed.testing.edgecore import wait_until
+from edgefed.wire import (
     OffloadRequest,
     OffloadResult,
     Topics,
@@ -29,8 +31,6 @@ from edged.protocol import (
     encode_payload,
     encode_request,
 )
-from tests.edged.twin.edgecore import wait_until
-from tests.support.broker import Broker, TlsFiles, make_tls_files
 from tests.support.paths import REPO
 
 MOSQUITTO = REPO / "packaging" / "mosquitto"

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgefed.testing.broker import Broker
 from tests.serverd.harness import Edge, ServerdThread, serverd_config
-from tests.support.broker import Broker
 from tests.support.paths import IMAGES_DIR, REPO
 
 

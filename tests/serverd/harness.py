@@ -1,7 +1,7 @@
 """Test harness: serverd on its own event-loop thread, and a minimal edge publisher.
 
-The edge side is built on the real wire contract (``edged.protocol``) and MQTT adapter
-(``edged.mqtt``) so that tests can also send what a well-behaved edge never would:
+The edge side is built on the real wire contract (``edgefed.wire``) and MQTT adapter
+(``edgefed.mqtt``) so that tests can also send what a well-behaved edge never would:
 duplicates, malformed frames, unknown models.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from edged.mqtt import MqttClient, MqttConfig, MqttTls
-from edged.protocol import (
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
+from edgefed.wire import (
     OffloadAccepted,
     OffloadRequest,
     Reply,

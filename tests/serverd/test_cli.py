@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from edged.errors import EXIT_CONFIG
-from edged.protocol import OffloadResult, Topics
+from edgefed.errors import EXIT_CONFIG
+from edgefed.testing.broker import Broker
+from edgefed.testing.presence import Presence
+from edgefed.wire import OffloadResult, Topics
 from serverd.cli import main
 from serverd.config import parse_config
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg
-from tests.support.broker import Broker
 from tests.support.paths import REPO
-from tests.support.presence import Presence
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

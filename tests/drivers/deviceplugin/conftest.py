@@ -14,9 +14,8 @@ import pytest
 
 from drivers.deviceplugin import gen, stubs
 from drivers.deviceplugin.stubs import Api
+from edgefed.testing.kubelet import KubeletStandIn
 from tests.support.paths import REPO
-
-from .kubelet import KubeletStandIn
 
 STOP_WAIT_S = 15.0
 

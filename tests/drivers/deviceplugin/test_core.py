@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from drivers.base import DeviceInfo
 from drivers.deviceplugin import core
 from drivers.deviceplugin.config import DevicePluginConfig, MountSpec
-from edged.errors import DriverError
+from edgefed.errors import DriverError
 
 CONFIG = DevicePluginConfig(device_nodes=("/dev/x220_{id}",))
 

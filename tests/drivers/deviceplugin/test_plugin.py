@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from drivers.deviceplugin.stubs import Api
+from edgefed.testing.kubelet import WAIT_S, KubeletStandIn
 from tests.support.paths import REPO
 
 from .conftest import PluginProcess, plugin_command
-from .kubelet import WAIT_S, KubeletStandIn
 
 RESOURCE = "edgefed.io/npu-fake-x220"
 ENDPOINT = "edgefed.io_npu-fake-x220.sock"

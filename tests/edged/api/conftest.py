@@ -22,7 +22,7 @@ from edged.api.sources import ApiSources
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edged.pipeline import Pipeline
-from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.settings import RuntimeConfig, RuntimeSettings
 from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, VTEST
 

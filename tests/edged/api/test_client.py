@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status, table
-from edged.errors import EdgeFedError
+from edgefed.errors import EdgeFedError
 from tests.support.wait import wait_until
 
 from .conftest import Daemon

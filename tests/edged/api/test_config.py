@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from edged.api.config import TOKEN_ENV, ApiConfig, resolve_token
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 
 TOKEN = "a-long-enough-token-123"
 

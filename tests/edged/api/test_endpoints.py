@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edged.runtime import RuntimeSettings
+from edged.settings import RuntimeSettings
 from tests.support.wait import wait_until
 
 from .conftest import TOKEN, Daemon

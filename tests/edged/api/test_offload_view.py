@@ -10,11 +10,11 @@ import pytest
 from edged.api.config import ApiConfig
 from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
-from edged.mqtt import MqttClient, MqttConfig
 from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
-from edged.protocol import OffloadRequest
-from tests.support.broker import Broker
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.wire import OffloadRequest
 from tests.support.wait import wait_until
 
 from .conftest import Daemon

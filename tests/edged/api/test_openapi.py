@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edged.api.openapi import build_openapi
-from edged.runtime import RuntimeSettings
+from edged.settings import RuntimeSettings
 
 from .conftest import TOKEN, Daemon
 from .httpclient import call

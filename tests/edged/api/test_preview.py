@@ -15,8 +15,8 @@ import numpy as np
 from edged.api.draw import POSE_CONNECTIONS, VISIBLE, annotate
 from edged.api.mjpeg import CONTENT_TYPE, read_parts
 from edged.api.preview import PreviewRenderer, PreviewSink, Rendered
-from edged.models.types import Detection, Landmarks
 from edged.pipeline import FrameJob
+from edgefed.models.types import Detection, Landmarks
 from tests.support.wait import wait_until
 
 from .conftest import Daemon

@@ -11,7 +11,7 @@ import pytest
 from edged.api.config import ApiConfig
 from edged.api.mjpeg import read_parts
 from edged.api.server import ApiServer
-from edged.errors import ConfigError
+from edgefed.errors import ConfigError
 from tests.support.wait import wait_until
 
 from .conftest import TOKEN, Daemon

@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from edged.mqtt import MqttClient, MqttConfig
 from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient, OffloadClientConfig
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
+from edgefed.mqtt import MqttClient, MqttConfig
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 2000 + b"\xff\xd9"
 

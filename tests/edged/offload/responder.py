@@ -6,8 +6,8 @@ import threading
 import time
 from collections import Counter
 
-from edged.mqtt import MqttClient, MqttConfig
-from edged.protocol import (
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.wire import (
     OffloadAccepted,
     OffloadErrorMessage,
     OffloadResult,

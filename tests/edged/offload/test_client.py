@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.errors import OffloadError
-from edged.mqtt import MqttClient, MqttConfig
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient, OffloadClientConfig, OutcomeListener
-from edged.offload.jobs import Status
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob, OutboxConfig
-from edged.protocol import LocalSummary, OffloadResult, Topics, encode_message
+from edgefed.errors import OffloadError
+from edgefed.lifecycle import Status
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.wire import LocalSummary, OffloadResult, Topics, encode_message
 from tests.edged.offload.responder import Responder
-from tests.support.broker import Broker
 from tests.support.paths import REPO
 from tests.support.wait import wait_until
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from edged.errors import OffloadError
-from edged.offload import jobs
-from edged.offload.checkpointer import checkpoint, restart
-from edged.offload.jobs import Status
-from edged.offload.migrations import MIGRATIONS, migrate
 from edged.offload.outbox import PAGE_SIZE, PRUNE_INTERVAL_MS, Outbox
 from edged.offload.records import NewJob, OutboxConfig, sql_in
-from edged.protocol import LocalSummary, OffloadRequest
+from edged.offload.schema import MIGRATIONS, migrate
+from edgefed import lifecycle as jobs
+from edgefed.errors import OffloadError
+from edgefed.lifecycle import Status
+from edgefed.store.checkpoint import checkpoint, restart
+from edgefed.wire import LocalSummary, OffloadRequest
 
 JPEG = b"\xff\xd8" + b"\x00" * 98
 
@@ -374,7 +374,7 @@ def test_a_restart_makes_the_next_commit_write_from_the_start_of_the_wal(
 ) -> None:
     """``checkpoint`` (passive) reports the WAL's frames; ``restart`` on the writer's own
     connection starts the WAL over. (Why it matters, with commits racing the
-    checkpoints: tests/serverd/test_jobs.py.)"""
+    checkpoints: tests/serverd/test_jobtable.py.)"""
     path = tmp_path / "w.sqlite"
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("PRAGMA journal_mode=WAL")

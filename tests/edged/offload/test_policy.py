@@ -15,7 +15,7 @@ from edged.offload.policy import (
     ibt_hard,
     threshold_hard,
 )
-from edged.protocol import LocalSummary
+from edgefed.wire import LocalSummary
 
 
 def run(config: OffloadPolicyConfig, **changes: object) -> tuple[bool, str]:

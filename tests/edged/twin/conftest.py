@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edgefed.testing.broker import Broker
+from edgefed.testing.edgecore import EdgeCoreTwin
 from tests.edged.twin.daemon import Daemon, Running, start
-from tests.edged.twin.edgecore import EdgeCoreTwin
-from tests.support.broker import Broker
 from tests.support.paths import VTEST
 
 
@@ -26,12 +26,6 @@ def frames() -> list[np.ndarray]:
         out.append(frame)
     cap.release()
     return out
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path / "broker") as b:
-        yield b
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from edged.motion import MotionConfig, ThreeFrameGate
-from edged.mqtt import MqttClient, MqttConfig
-from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinOutcome, TwinService
-from tests.edged.twin.edgecore import EdgeCoreTwin, wait_until
-from tests.support.broker import Broker
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.testing.edgecore import EdgeCoreTwin, wait_until
 
 MODELS = {"person", "pose", "face"}
 DEFAULTS: dict[str, Any] = {

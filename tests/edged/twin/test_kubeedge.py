@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from edged.errors import ConfigError, ProtocolError
 from edged.twin.kubeedge import (
     ErrorResult,
     TwinMessage,
@@ -22,6 +21,7 @@ from edged.twin.kubeedge import (
     split_device_id,
     twin_topics,
 )
+from edgefed.errors import ConfigError, ProtocolError
 
 
 def _json(data: object) -> bytes:

@@ -15,12 +15,12 @@ import pytest
 
 from edged.eventbus import EventBus, EventBusConfig
 from edged.motion import MotionConfig, ThreeFrameGate
-from edged.mqtt import MqttClient, MqttConfig
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.testing.edgecore import EdgeCoreTwin, Subscriber, wait_until
 from tests.edged.twin.daemon import DEFAULTS, Daemon, Running, gated, start
-from tests.edged.twin.edgecore import EdgeCoreTwin, Subscriber, wait_until
-from tests.support.broker import Broker
 
 both_id_forms = pytest.mark.parametrize(
     "device_id", ["edge-01", "demo/edge-01"], ids=["single-segment", "namespace-name"]

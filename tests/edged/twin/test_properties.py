@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from edged.errors import ConfigError
-from edged.runtime import RuntimeConfig, RuntimeSettings
+from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.properties import load_property_table, parse_property_table
+from edgefed.errors import ConfigError
 
 TABLE = load_property_table()
 MODELS = {"person", "pose"}

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from edgefed.testing.edgecore import MAX_DELTAS, wait_until
 from tests.edged.twin.daemon import DEFAULTS, Daemon, Running, gated
-from tests.edged.twin.edgecore import MAX_DELTAS, wait_until
 
 EXPECTED_WIRE = {
     "motion_threshold": "25",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from edged.errors import EdgeFedError
+from edgefed.errors import EdgeFedError
 from serverd.triton.npu import NpuModel, NpuSettings
 
 INPUT = "IMAGE"

@@ -1,0 +1,145 @@
+"""Runtime-adjustable settings shared by the device twin and ``PUT /api/v1/config``.
+
+A change is validated as a whole (type, range, known names) before anything is
+applied; it is then applied setting by setting and rolled back to the previous
+values if any setter fails. The values last applied are persisted to a small JSON
+state file so they survive a restart until the next change (file < env < twin).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edged.offload.policy import OffloadPolicyName
+from edgefed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class RuntimeSettings(BaseModel):
+    """Every setting that can change without a restart (twin property names)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    motion_threshold: int = Field(ge=1, le=255, description="Pixel difference threshold")
+    motion_min_pixels: int = Field(ge=0, description="Changed pixels that count as motion")
+    target_fps: float | None = Field(gt=0, description="Frames/s taken per camera (None: all)")
+    enabled_models: list[str] = Field(description="Models that run (must be loaded)")
+    offload_policy: OffloadPolicyName = Field(description="When work leaves for serverd")
+    log_level: LogLevel = Field(description="Daemon log level")
+
+    @field_validator("enabled_models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+Setter = Callable[[Any], None]
+
+
+class RuntimeConfig:
+    """Holds the current settings and the setters that push them into the daemon."""
+
+    def __init__(
+        self,
+        initial: RuntimeSettings,
+        setters: Mapping[str, Setter],
+        known_models: set[str],
+        state_path: Path | None = None,
+    ) -> None:
+        missing = set(RuntimeSettings.model_fields) - set(setters)
+        if missing:
+            raise ValueError(f"no setter for {sorted(missing)}")
+        self._settings = initial
+        self._setters = dict(setters)
+        self._known_models = known_models
+        self._state_path = state_path
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[RuntimeSettings], None]] = []
+
+    def current(self) -> RuntimeSettings:
+        with self._lock:
+            return self._settings.model_copy()
+
+    def on_change(self, listener: Callable[[RuntimeSettings], None]) -> None:
+        self._listeners.append(listener)
+
+    def validate(self, changes: Mapping[str, Any]) -> RuntimeSettings:
+        """The settings after ``changes``, or ConfigError listing every bad property."""
+        unknown = sorted(set(changes) - set(RuntimeSettings.model_fields))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        data = self.current().model_dump() | dict(changes)
+        try:
+            new = RuntimeSettings.model_validate(data)
+        except ValidationError as exc:
+            reasons = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(reasons) from None
+        bad = sorted(set(new.enabled_models) - self._known_models)
+        if bad:
+            raise ConfigError(
+                f"enabled_models: unknown or unloaded model(s) {', '.join(bad)} "
+                f"(loaded: {', '.join(sorted(self._known_models))})"
+            )
+        return new
+
+    def apply(self, changes: Mapping[str, Any]) -> RuntimeSettings:
+        """Validate and apply ``changes``; roll back every setting if one setter fails."""
+        with self._lock:
+            old = self._settings
+        new = self.validate(changes)
+        changed = [k for k in RuntimeSettings.model_fields if getattr(new, k) != getattr(old, k)]
+        done: list[str] = []
+        try:
+            for key in changed:
+                self._setters[key](getattr(new, key))
+                done.append(key)
+        except Exception as exc:
+            for key in reversed(done):
+                try:
+                    self._setters[key](getattr(old, key))
+                except Exception:
+                    log.exception("rollback of %s failed", key)
+            raise ConfigError(f"applying {changed[len(done)]} failed, rolled back: {exc}") from exc
+        with self._lock:
+            self._settings = new
+        if changed:
+            log.info("runtime settings changed: %s", {k: getattr(new, k) for k in changed})
+            self._persist(new)
+            for listener in self._listeners:
+                listener(new)
+        return new
+
+    def _persist(self, settings: RuntimeSettings) -> None:
+        if self._state_path is None:
+            return
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings.model_dump()), encoding="utf-8")
+        os.replace(tmp, self._state_path)
+
+    @staticmethod
+    def load_persisted(path: Path | None) -> dict[str, Any]:
+        """Values persisted by an earlier run (empty if none or unreadable)."""
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable runtime state %s: %s", path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}

@@ -1,0 +1,100 @@
+"""The image commands: ``python -m edgefed.images ...`` and ``edged image ...``."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgefed.errors import EXIT_IMAGE, EXIT_OK
+from edgefed.images import cli
+
+from .conftest import Keys, Workspace
+
+ImageFactory = Callable[..., Path]
+
+
+def test_verify_command(
+    image_factory: ImageFactory, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad = image_factory(), image_factory("2.0.0")
+    (bad / "labels.txt").write_text("x\n")
+    assert cli.main(["verify", str(good), "--trust", str(keys.public)]) == EXIT_OK
+    assert "ok" in capsys.readouterr().out
+    assert cli.main(["verify", str(good), str(bad), "--trust", str(keys.public)]) == EXIT_IMAGE
+    err = capsys.readouterr().err
+    assert "FAIL" in err and "sha256 mismatch for labels.txt" in err
+
+
+def test_build_install_rollback_commands(
+    workspace: Workspace, image_factory: ImageFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace.write_recipe("tiny")
+    common = [
+        "--recipes",
+        str(workspace.recipes),
+        "--out",
+        str(workspace.out),
+        "--cache",
+        str(workspace.cache),
+        *[f"--pip-arg={a}" for a in workspace.pip_args],
+    ]
+    assert cli.main(["build", "--all", *common]) == EXIT_OK
+    assert "tiny: built" in capsys.readouterr().out
+    dev_pub = workspace.out / "keys" / "dev-signing.pub"
+    assert (
+        dev_pub.is_file()
+        and (workspace.out / "keys" / "dev-signing.key").stat().st_mode & 0o77 == 0
+    )
+    assert cli.main(["build", "tiny", *common]) == EXIT_OK
+    assert "tiny: up to date" in capsys.readouterr().out
+
+    root = workspace.root / "installed"
+    trust = ["--trust", str(dev_pub), "--trust", str(workspace.keys.public)]
+    assert cli.main(["install", str(workspace.out / "tiny"), "--root", str(root), *trust]) == 0
+    assert cli.main(["install", str(image_factory("7.0.0")), "--root", str(root), *trust]) == 0
+    assert "into slot b" in capsys.readouterr().out
+    assert cli.main(["rollback", "tiny", "--root", str(root), *trust]) == EXIT_OK
+    assert "rolled back tiny to 1.0.0 in slot a" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_the_image_exit_code(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["build", "nothere", "--recipes", str(workspace.recipes), "--out", str(workspace.out)]
+    assert cli.main(args) == EXIT_IMAGE
+    assert capsys.readouterr().err.strip().startswith("error: no recipe for nothere in")
+    root = workspace.root / "installed"
+    assert cli.main(["rollback", "tiny", "--root", str(root)]) == EXIT_IMAGE
+    assert "tiny: not installed under" in capsys.readouterr().err
+
+
+def test_add_subparsers_plugs_into_another_cli(image_factory: ImageFactory, keys: Keys) -> None:
+    parser = argparse.ArgumentParser(prog="edged")
+    cli.add_subparsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["image", "verify", str(image_factory()), "--trust", str(keys.public)])
+    assert args.func(args) == EXIT_OK
+
+
+def test_module_entry_point(image_factory: ImageFactory, keys: Keys) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefed.images",
+            "verify",
+            str(image_factory()),
+            "--trust",
+            str(keys.public),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parents[3],
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout.startswith("ok ")
