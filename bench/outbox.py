@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from edged.offload.outbox import Outbox
-from edged.offload.records import NewJob, OutboxConfig, now_ms
+from edged.offload.records import NewJob, OutboxConfig
+from edgefed.clock import now_ms
 from edgefed.wire import LocalSummary, OffloadRequest, new_job_id
 
 BATCH = 32

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edged.twin.kubeedge import split_device_id, twin_topics
+from edgefed.clock import now_ms
+from edgefed.counters import Counters
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection
 from edgefed.mqtt import MqttClient
@@ -187,17 +189,13 @@ def frame_event(job: FrameJob, device_id: str, suppressed: int, now_ms: int) -> 
 
 
 @dataclass
-class EventBusCounters:
+class EventBusCounters(Counters):
     frames_published: int = 0
     frames_suppressed: int = 0
     stats_published: int = 0
     twin_published: int = 0
     skipped_offline: int = 0
     publish_errors: int = 0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class EventBus:
@@ -239,16 +237,14 @@ class EventBus:
             return
         with self._lock:
             suppressed, self._suppressed = self._suppressed, 0
-        event = frame_event(job, self._device_id, suppressed, _now_ms())
+        event = frame_event(job, self._device_id, suppressed, now_ms())
         if self._publish(self.topics.frame, event):
             with self._lock:
                 self.counters.frames_published += 1
 
     def publish_stats(self) -> None:
         """Publish one stats message now (the thread calls this every interval)."""
-        event = StatsEvent(
-            device_id=self._device_id, timestamp=_now_ms(), stats=dict(self._stats())
-        )
+        event = StatsEvent(device_id=self._device_id, timestamp=now_ms(), stats=dict(self._stats()))
         if self._publish(self.topics.stats, event):
             with self._lock:
                 self.counters.stats_published += 1
@@ -261,7 +257,7 @@ class EventBus:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"topics": self.topics.__dict__.copy(), **self.counters.__dict__}
+            return {"topics": self.topics.__dict__.copy(), **self.counters.as_dict()}
 
     def _publish(self, topic: str, event: BaseModel) -> bool:
         if not self._client.connected:

@@ -7,7 +7,6 @@ or None, so the app's service list only holds what is configured.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
+from edgefed.clock import now_ms
 from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttClient, presence
 from edgefed.wire import Availability, Topics
@@ -41,7 +41,7 @@ def network(config: EdgedConfig) -> NetLoop | None:
         role="device",
         id=config.device_id.replace("/", "."),
         state="online",
-        since=int(time.time() * 1000),
+        since=now_ms(),
         models=sorted(m.name for m in config.models),
     )
     mqtt = MqttClient(config.mqtt, presence(topics.device_availability(config.device_id), online))

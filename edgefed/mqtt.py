@@ -37,6 +37,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from edgefed.counters import Counters
 from edgefed.errors import ConfigError, OffloadError, ProtocolError
 from edgefed.wire import Availability, encode_message
 
@@ -94,7 +95,7 @@ class Presence:
 
 
 @dataclass
-class MqttCounters:
+class MqttCounters(Counters):
     messages_in: int = 0
     messages_out: int = 0
     acked: int = 0
@@ -105,9 +106,6 @@ class MqttCounters:
     connect_failures: int = 0
     last_drop: str = ""
     last_disconnect: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass

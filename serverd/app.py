@@ -13,13 +13,14 @@ import asyncio
 import logging
 import threading
 
+from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.mqtt import Ack, MqttClient, presence
 from edgefed.wire import Availability, Topics
 from serverd.config import ServerdConfig
 from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
-from serverd.service import OffloadService, ServiceSettings, now_ms
+from serverd.service import OffloadService, ServiceSettings
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import write_repository

@@ -24,7 +24,6 @@ from __future__ import annotations
 import enum
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import sqlite_utils
 
+from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
 from edgefed.store.checkpoint import RESTART_FRAMES, checkpoint, restart
@@ -84,13 +84,9 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         if name not in done:
             with db.atomic():
                 migration(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, _now_ms()))
+                db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, now_ms()))
             applied.append(name)
     return applied
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Admission(enum.Enum):
@@ -111,7 +107,7 @@ OPEN = (Status.ENQUEUE.value, Status.INFERENCING.value)
 class JobTable:
     """The SQLite adapter; ``clock`` returns epoch milliseconds."""
 
-    def __init__(self, path: Path, clock: Callable[[], int] = _now_ms) -> None:
+    def __init__(self, path: Path, clock: Callable[[], int] = now_ms) -> None:
         self.path = path
         self._clock = clock
         self._checkpointer: sqlite3.Connection | None = None

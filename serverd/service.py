@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgefed.clock import now_ms
+from edgefed.counters import Counters
 from edgefed.errors import ModelError, OffloadError, ProtocolError
 from edgefed.lifecycle import Status
 from edgefed.wire import (
@@ -39,12 +41,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], object]
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
-class Counters:
+class ServiceCounters(Counters):
     received: int = 0
     dropped: int = 0
     duplicates: int = 0
@@ -95,7 +93,7 @@ class OffloadService:
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
-        self.counters = Counters()
+        self.counters = ServiceCounters()
         self._topics = topics
         self._publish = publish
         self._jobs = jobs
@@ -155,7 +153,7 @@ class OffloadService:
 
     def status(self) -> dict[str, Any]:
         return {
-            "counters": dict(self.counters.__dict__),
+            "counters": self.counters.as_dict(),
             "queued": self._scheduler.queued(),
             "in_flight": self._scheduler.inflight(),
             "instances": {

@@ -40,7 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edged.netloop import NetLoop
 from edged.offload.outbox import Outbox
-from edged.offload.records import Enqueued, NewJob, now_ms
+from edged.offload.records import Enqueued, NewJob
+from edgefed.clock import now_ms
+from edgefed.counters import Counters
 from edgefed.errors import OffloadError, ProtocolError
 from edgefed.lifecycle import Status
 from edgefed.mqtt import Ack
@@ -94,7 +96,7 @@ OutcomeListener = Callable[[JobOutcome], None]
 
 
 @dataclass
-class ClientCounters:
+class ClientCounters(Counters):
     submitted: int = 0
     rejected: int = 0
     sent: int = 0
@@ -240,7 +242,7 @@ class OffloadClient:
         return {
             "connected": self._mqtt.connected,
             "in_flight": len(self._inflight),
-            "counters": dict(self.counters.__dict__),
+            "counters": self.counters.as_dict(),
             "jobs": self._outbox.counts(),
             "outbox": self._outbox.stats(),
             "mqtt": self._mqtt.counters.as_dict(),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import sqlite_utils
@@ -28,18 +28,17 @@ from edged.offload.records import (
     OutboxConfig,
     RecordOutcome,
     SweepReport,
-    now_ms,
     sql_in,
     to_json,
     to_record,
 )
 from edged.offload.schema import migrate
 from edgefed import lifecycle
+from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
 from edgefed.store.checkpoint import RESTART_FRAMES, Checkpointer, restart
 
-Clock = Callable[[], int]
 # Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
 # partial indexes a status change still writes about one page. Measured: bench/outbox.py.
 PAGE_SIZE = 16384

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,6 @@ COLUMNS = (
     "status, started, ended, updated, iteration, next_attempt, last_error, reason, metadata, "
     "local_summary, local_result, result"
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class OutboxConfig(BaseModel):

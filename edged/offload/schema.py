@@ -7,11 +7,11 @@ Append new migrations to ``MIGRATIONS``; never edit or reorder applied ones.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import sqlite_utils
 
+from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 
 Migration = Callable[[sqlite_utils.Database], None]
@@ -110,7 +110,7 @@ def migrate(
             migration(db)
             db.execute(
                 "INSERT INTO _migrations (name, applied) VALUES (?, ?)",
-                (name, int(time.time() * 1000)),
+                (name, now_ms()),
             )
         applied.append(name)
     return applied

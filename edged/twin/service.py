@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +46,8 @@ from edged.twin.kubeedge import (
     twin_topics,
 )
 from edged.twin.properties import DEFAULT_TABLE, PropertyTable
+from edgefed.clock import now_ms
+from edgefed.counters import Counters
 from edgefed.errors import ConfigError, OffloadError, ProtocolError
 from edgefed.mqtt import MqttClient
 
@@ -90,7 +91,7 @@ class TwinOutcome(BaseModel):
 
 
 @dataclass
-class TwinCounters:
+class TwinCounters(Counters):
     deltas: int = 0
     get_results: int = 0
     applied: int = 0
@@ -99,10 +100,6 @@ class TwinCounters:
     malformed: int = 0
     edgecore_errors: int = 0
     reports: int = 0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class TwinService:
@@ -176,7 +173,7 @@ class TwinService:
                 "reported": {name: wire for name, (_, wire) in self._reported.items()},
                 "rejections": {k: v.model_dump() for k, v in self._rejected.items()},
                 "last_error": self.last_error,
-                "counters": dict(self.counters.__dict__),
+                "counters": self.counters.as_dict(),
             }
 
     # -- MQTT callbacks -------------------------------------------------------------------
@@ -190,7 +187,7 @@ class TwinService:
             if not self._running:
                 return
             self._rejected.clear()  # re-announce rejections once per connection
-            self._publish(self.topics.get, build_get(event_id=str(uuid.uuid4()), now_ms=_now_ms()))
+            self._publish(self.topics.get, build_get(event_id=str(uuid.uuid4()), now_ms=now_ms()))
             current = self._runtime.current()
             values = {n: getattr(current, n) for n in self._table.writable()}
             self._report(self._formatted(values | self._read()))
@@ -330,7 +327,7 @@ class TwinService:
             return
         actual = {n: (self._table.wire_type(n), wire) for n, (_, wire) in entries.items()}
         try:
-            payload = build_update(actual, event_id=str(uuid.uuid4()), now_ms=_now_ms())
+            payload = build_update(actual, event_id=str(uuid.uuid4()), now_ms=now_ms())
         except ProtocolError as exc:
             self.last_error = f"cannot report {sorted(actual)}: {exc}"
             log.error("twin: %s", self.last_error)
@@ -357,7 +354,7 @@ class TwinService:
             return
         outcome = TwinOutcome(
             device_id=self._device_id,
-            timestamp=_now_ms(),
+            timestamp=now_ms(),
             source=source,
             event_id=event_id,
             applied=applied,

@@ -16,7 +16,6 @@ import json
 import queue
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgefed.clock import now_ms
 from edgefed.testing.broker import Broker
 from tests.support import wait as support_wait
 
@@ -110,7 +110,7 @@ class EdgeCoreTwin:
 
     # -- EdgeCore's behaviour --------------------------------------------------------------
     def _message(self, **fields: Any) -> bytes:
-        base = {"event_id": str(uuid.uuid4()), "timestamp": int(time.time() * 1000)}
+        base = {"event_id": str(uuid.uuid4()), "timestamp": now_ms()}
         return json.dumps(base | fields).encode()
 
     def _twin_json(self) -> dict[str, Any]:

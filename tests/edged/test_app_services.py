@@ -13,6 +13,7 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
+from edgefed.clock import now_ms
 from edgefed.lifecycle import Status
 from edgefed.testing.broker import Broker
 from edgefed.wire import OffloadResult, Topics, encode_message
@@ -61,7 +62,7 @@ def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Brok
         # a KubeEdge twin delta changes the running gate and is persisted
         delta = {
             "event_id": "e1",
-            "timestamp": int(time.time() * 1000),
+            "timestamp": now_ms(),
             "twin": {},
             "delta": {"motion_threshold": "60"},
         }
@@ -116,7 +117,7 @@ def test_a_result_kept_by_the_broker_while_edged_was_down_is_recorded_on_start(
         model=job.model,
         results=[{"label": "from-the-server"}],
         served_by="test",
-        completed=int(time.time() * 1000),
+        completed=now_ms(),
     )
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect(broker.host, broker.port)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
 from edgefed.testing.edgecore import wait_until
@@ -135,7 +136,7 @@ def test_offload_request_and_reply_cross_the_bridge(sites: Sites) -> None:
         serverd.subscribe("$hw/#", lambda t, p: twin_at_server.put(p))
         serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
         edged.subscribe(topics.reply(DEVICE), lambda t, p: replies.put(p))
-        now = int(time.time() * 1000)
+        now = now_ms()
         request = OffloadRequest(
             job_id="job-0000000001",
             device_id=DEVICE,

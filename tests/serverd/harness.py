@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
+from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.wire import (
     OffloadAccepted,
@@ -161,7 +162,7 @@ class Edge:
             self.replies.put((reply, payload))
 
     def request(self, model: str, priority: int = 0, ttl_s: float = 30.0) -> OffloadRequest:
-        now = int(time.time() * 1000)
+        now = now_ms()
         return OffloadRequest(
             job_id=new_job_id(),
             device_id=self.device_id,

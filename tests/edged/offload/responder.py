@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 
+from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.wire import (
     OffloadAccepted,
@@ -75,6 +76,6 @@ class Responder:
                 results=[{"bytes": size}],
                 timings_ms={"infer": 0.1},
                 served_by="responder",
-                completed=int(time.time() * 1000),
+                completed=now_ms(),
             )
         )
