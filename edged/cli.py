@@ -12,7 +12,8 @@ from pathlib import Path
 
 from edged import __version__
 from edged.api import client as api_client
-from edged.config import check_config_command, dump_config, load_config
+from edged.config import dump_config, load_config
+from edgefed.config import check_config_command
 from edgefed.errors import (
     EXIT_OK,
     run_command,

@@ -7,14 +7,12 @@ into one ``ConfigError`` whose message lists each error with its field path.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
 from drivers.base import DriverConfig
@@ -23,33 +21,15 @@ from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
-from edged.settings import LogLevel
 from edged.twin.service import TwinConfig
-from edgefed.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
+from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttConfig
 
 ENV_PREFIX = "EDGED__"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ImagesConfig(_Strict):
-    dir: Path = Field(
-        Path("firmware-images/build"),
-        description="Directory holding installed model images (one sub-directory per image)",
-    )
-    trusted_keys: list[Path] = Field(
-        default_factory=lambda: [Path("firmware-images/build/keys/dev-signing.pub")],
-        description="Ed25519 public keys; an image must be signed by one of them",
-    )
-    allow_unsigned: bool = Field(
-        False, description="Accept images without a valid signature (development only)"
-    )
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Name of this model in results"
     )
@@ -74,7 +54,7 @@ class ModelConfig(_Strict):
     )
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     target_fps: float | None = Field(
         None, gt=0, description="Upper bound on frames/s taken from each camera (None: all)"
     )
@@ -84,7 +64,7 @@ class PipelineConfig(_Strict):
     )
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     results: Path | None = Field(
         Path("var/edged/results.jsonl"), description="JSON-lines file of results (None: off)"
     )
@@ -94,7 +74,7 @@ class OutputConfig(_Strict):
     )
 
 
-class EdgedConfig(_Strict):
+class EdgedConfig(Strict):
     device_id: str = Field(
         "edge-01",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$",
@@ -187,79 +167,9 @@ class EdgedConfig(_Strict):
         return registry.parse_config({"type": type_name})
 
 
-def _child(node: Any, key: str, where: str) -> Any:
-    if isinstance(node, list):
-        if not (key.isdigit() and int(key) < len(node)):
-            raise ConfigError(f"environment override {where}: no list item {key}")
-        return node[int(key)]
-    if not isinstance(node.get(key), dict | list):
-        node[key] = {}
-    return node[key]
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    where = ".".join(path)
-    node: Any = tree
-    for key in path[:-1]:
-        node = _child(node, key, where)
-    last = path[-1]
-    if isinstance(node, list):
-        _child(node, last, where)  # validates the index
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def apply_env(
-    raw: dict[str, Any], env: Mapping[str, str], prefix: str = ENV_PREFIX
-) -> dict[str, Any]:
-    """Overlay ``<PREFIX>SECTION__FIELD=value`` variables (values parsed as YAML scalars).
-
-    List items are addressed by index: ``EDGED__CAMERAS__0__SOURCE=rtsp://...``.
-    """
-    for key in sorted(env):
-        if not key.startswith(prefix):
-            continue
-        path = [p.lower() for p in key[len(prefix) :].split("__") if p]
-        if not path:
-            continue
-        _set_path(raw, path, yaml.safe_load(env[key]))
-    return raw
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> EdgedConfig:
     """Validate a config mapping (after environment overrides) or raise ConfigError."""
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a YAML mapping at the top level")
-    raw = apply_env(raw, os.environ if env is None else env)
-    try:
-        return EdgedConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
-
-
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping, or ConfigError naming the file and the cause."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: config must be a YAML mapping at the top level")
-    return raw
+    return validate(EdgedConfig, raw, env, ENV_PREFIX)
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> EdgedConfig:
@@ -272,18 +182,3 @@ def dump_config(config: EdgedConfig) -> str:
     data = config.model_dump(mode="json")
     data["drivers"] = [d.model_dump(mode="json") for d in config.drivers]
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def check_config_command(
-    path: Path, load: Callable[[Path], Any], dump: Callable[[Any], str]
-) -> int:
-    """``check-config`` of either daemon: print the resolved config, or each error with its path."""
-    try:
-        config = load(path)
-    except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(dump(config), end="")
-    return EXIT_OK

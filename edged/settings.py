@@ -14,16 +14,15 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edged.offload.policy import OffloadPolicyName
+from edgefed.config import LogLevel
 from edgefed.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class RuntimeSettings(BaseModel):

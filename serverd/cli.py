@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edged.config import check_config_command
+from edgefed.config import check_config_command
 from edgefed.errors import (
     EXIT_OK,
     run_command,

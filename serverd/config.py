@@ -6,17 +6,15 @@ Relative paths are taken from the working directory serverd starts in.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
-from edged.config import ImagesConfig, apply_env, format_validation_error, read_yaml_mapping
-from edged.settings import LogLevel
+from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
 from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
@@ -25,11 +23,7 @@ from serverd.triton.repository import TritonModelConfig
 ENV_PREFIX = "SERVERD__"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TritonConfig(_Strict):
+class TritonConfig(Strict):
     """serverd's own Triton processes (the binary bundled in nvidia-pytriton)."""
 
     venv: Path = Field(
@@ -69,7 +63,7 @@ class TritonConfig(_Strict):
         return self
 
 
-class EndpointConfig(_Strict):
+class EndpointConfig(Strict):
     """An external Triton (e.g. a Kubernetes Service) serving npu/echo models over gRPC."""
 
     name: str = Field(pattern=ID_PATTERN, description="Instance name in logs and results")
@@ -79,7 +73,7 @@ class EndpointConfig(_Strict):
     )
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(Strict):
     capacity: int = Field(4, ge=1, le=1024, description="Jobs in flight per instance at most")
     ema_alpha: float = Field(0.2, gt=0, le=1, description="Weight of a new latency sample")
     prior_ms: float = Field(10.0, gt=0, description="Latency assumed before any measurement")
@@ -88,7 +82,7 @@ class SchedulerConfig(_Strict):
     )
 
 
-class ServerdConfig(_Strict):
+class ServerdConfig(Strict):
     server_id: str = Field("server-01", pattern=ID_PATTERN, description="This server's id")
     log_level: LogLevel = Field("INFO", description="Log level")
     state_dir: Path = Field(
@@ -164,19 +158,14 @@ def _valid_prefix(prefix: str) -> bool:
     return True
 
 
-def parse_config(raw: Any) -> ServerdConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError("config must be a YAML mapping at the top level")
-    try:
-        return ServerdConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> ServerdConfig:
+    """Validate a config mapping after ``SERVERD__SECTION__FIELD`` overrides, or ConfigError."""
+    return validate(ServerdConfig, raw, env, ENV_PREFIX)
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> ServerdConfig:
-    """Read a serverd YAML file, overlay ``SERVERD__SECTION__FIELD`` variables, validate."""
-    raw = read_yaml_mapping(path)
-    return parse_config(apply_env(raw, os.environ if env is None else env, ENV_PREFIX))
+    """Read, override and validate a serverd YAML file."""
+    return parse_config(read_yaml_mapping(path), env)
 
 
 def dump_config(config: ServerdConfig) -> str:

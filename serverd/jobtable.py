@@ -34,10 +34,10 @@ import sqlite_utils
 from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
+from edgefed.store import Migrations, migrate, open_database
 from edgefed.store.checkpoint import RESTART_FRAMES, checkpoint, restart
 from edgefed.wire import OffloadRequest
 
-Migration = Callable[[sqlite_utils.Database], None]
 INTERRUPTED = "interrupted: serverd stopped before the job finished"
 
 
@@ -69,24 +69,7 @@ def _create_jobs(db: sqlite_utils.Database) -> None:
     db.table("jobs").create_index(["received"], index_name="jobs_received")
 
 
-MIGRATIONS: list[tuple[str, Migration]] = [("0001_create_jobs", _create_jobs)]
-
-
-def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply the missing named migrations in order, each in a transaction; record them."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied INTEGER)")
-    done = {row["name"] for row in db.query("SELECT name FROM _migrations")}
-    unknown = sorted(done - {name for name, _ in MIGRATIONS})
-    if unknown:
-        raise OffloadError(f"job table was migrated by a newer serverd (unknown: {unknown})")
-    applied = []
-    for name, migration in MIGRATIONS:
-        if name not in done:
-            with db.atomic():
-                migration(db)
-                db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, now_ms()))
-            applied.append(name)
-    return applied
+MIGRATIONS: Migrations = [("0001_create_jobs", _create_jobs)]
 
 
 class Admission(enum.Enum):
@@ -113,17 +96,11 @@ class JobTable:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            self._db = sqlite_utils.Database(conn, execute_plugins=False)
-            self._db.enable_wal()
-            self._db.execute("PRAGMA synchronous=NORMAL")
             # No checkpoint (and its fsyncs, ~5 ms here) inside a commit on the event loop:
             # ``checkpoint`` runs them on another connection, off the loop. The
             # auto-checkpoint only bounds the WAL if that cannot restart it.
-            self._db.execute(f"PRAGMA wal_autocheckpoint={10 * RESTART_FRAMES}")
-            migrate(self._db)
+            self._db = open_database(path, autocheckpoint=10 * RESTART_FRAMES)
+            migrate(self._db, MIGRATIONS, OffloadError, f"job table {path}")
             self.interrupted = self._db.execute(
                 "UPDATE jobs SET status=?, error=?, retryable=1, reply=NULL, ended=? "
                 f"WHERE status IN ({','.join('?' * len(OPEN))})",

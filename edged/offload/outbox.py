@@ -18,8 +18,6 @@ import threading
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
-import sqlite_utils
-
 from edged.offload.records import (
     COLUMNS,
     Enqueued,
@@ -32,11 +30,12 @@ from edged.offload.records import (
     to_json,
     to_record,
 )
-from edged.offload.schema import migrate
+from edged.offload.schema import MIGRATIONS
 from edgefed import lifecycle
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
+from edgefed.store import migrate, open_database
 from edgefed.store.checkpoint import RESTART_FRAMES, Checkpointer, restart
 
 # Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
@@ -55,33 +54,33 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._pruned_at: int | None = None
-        config.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # autocommit: a one-statement change commits alone; several use atomic()
-            conn = sqlite3.connect(
-                str(config.path), check_same_thread=False, timeout=5.0, isolation_level=None
+            self._db = open_database(
+                config.path,
+                synchronous=config.synchronous,
+                # the checkpointer restarts the WAL long before this: the bound if it cannot
+                autocheckpoint=2 * RESTART_FRAMES,
+                page_size=PAGE_SIZE,
+                shared=True,
+                pragmas=(
+                    # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed
+                    # page of a deleted frame through the WAL: 5 ms per sweep of 60 finished
+                    # 78 KB jobs here, stalling the offload worker. FAST still purges b-tree
+                    # pages and adds no I/O.
+                    "secure_delete=FAST",
+                    # The statement journals of multi-statement transactions stay in memory:
+                    # on disk, each was a file created and unlinked in /var/tmp, six system
+                    # calls a job.
+                    "temp_store=MEMORY",
+                ),
             )
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect on a new file only
-            self._db = sqlite_utils.Database(conn, execute_plugins=False)
-            self._db.enable_wal()
-            self._db.execute(f"PRAGMA synchronous={config.synchronous}")
-            # the checkpointer restarts the WAL long before this: the bound if it cannot
-            self._db.execute(f"PRAGMA wal_autocheckpoint={2 * RESTART_FRAMES}")
-            # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed page of a
-            # deleted frame through the WAL: 5 ms per sweep of 60 finished 78 KB jobs here,
-            # stalling the offload worker. FAST still purges b-tree pages and adds no I/O.
-            self._db.execute("PRAGMA secure_delete=FAST")
-            # The statement journals of multi-statement transactions stay in memory: on
-            # disk, each was a file created and unlinked in /var/tmp, six system calls a job.
-            self._db.execute("PRAGMA temp_store=MEMORY")
-            migrate(self._db)
+            migrate(self._db, MIGRATIONS, OffloadError, f"outbox {config.path}")
             # payloads of jobs closed by an older edged, which deleted them in batches
             self._db.execute(
                 "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
             )
             self._checkpointer = Checkpointer(config.path, self._restart_wal)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise OffloadError(f"outbox {config.path}: {exc}") from exc
         self.shed_total = 0
         self.duplicates = 0

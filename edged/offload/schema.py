@@ -1,20 +1,13 @@
-"""Named, ordered schema migrations of the outbox, each applied once in a transaction.
+"""The outbox's schema: its named, ordered migrations (applied by ``edgefed.store.migrate``).
 
-Applied names are recorded in ``_migrations``. A database that holds a migration this
-code does not know was written by a newer edged and is refused rather than guessed at.
 Append new migrations to ``MIGRATIONS``; never edit or reorder applied ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlite_utils
 
-from edgefed.clock import now_ms
-from edgefed.errors import OffloadError
-
-Migration = Callable[[sqlite_utils.Database], None]
+from edgefed.store import Migrations
 
 
 def create_jobs(db: sqlite_utils.Database) -> None:
@@ -83,34 +76,6 @@ def create_jobs(db: sqlite_utils.Database) -> None:
     db.table("payloads").create({"id": str, "body": bytes}, pk="id", not_null={"body"})
 
 
-MIGRATIONS: list[tuple[str, Migration]] = [
+MIGRATIONS: Migrations = [
     ("0001_create_jobs", create_jobs),
 ]
-
-
-def migrate(
-    db: sqlite_utils.Database, migrations: list[tuple[str, Migration]] = MIGRATIONS
-) -> list[str]:
-    """Apply the missing migrations in order; returns the names applied now."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied INTEGER NOT NULL)"
-    )
-    done = {row["name"] for row in db.query("SELECT name FROM _migrations")}
-    known = [name for name, _ in migrations]
-    unknown = sorted(done - set(known))
-    if unknown:
-        raise OffloadError(
-            f"outbox database was migrated by a newer edged (unknown migrations {unknown})"
-        )
-    applied = []
-    for name, migration in migrations:
-        if name in done:
-            continue
-        with db.atomic():
-            migration(db)
-            db.execute(
-                "INSERT INTO _migrations (name, applied) VALUES (?, ?)",
-                (name, now_ms()),
-            )
-        applied.append(name)
-    return applied

@@ -9,10 +9,11 @@ import sqlite_utils
 
 from edged.offload.outbox import PAGE_SIZE, PRUNE_INTERVAL_MS, Outbox
 from edged.offload.records import NewJob, OutboxConfig, sql_in
-from edged.offload.schema import MIGRATIONS, migrate
+from edged.offload.schema import MIGRATIONS
 from edgefed import lifecycle as jobs
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
+from edgefed.store import migrate
 from edgefed.store.checkpoint import checkpoint, restart
 from edgefed.wire import LocalSummary, OffloadRequest
 
@@ -401,12 +402,12 @@ def test_a_restart_makes_the_next_commit_write_from_the_start_of_the_wal(
 
 def test_migrations_are_named_recorded_and_applied_once(tmp_path: Path) -> None:
     db = sqlite_utils.Database(tmp_path / "m.sqlite")
-    assert migrate(db) == [name for name, _ in MIGRATIONS]
-    assert migrate(db) == []
+    assert migrate(db, MIGRATIONS, OffloadError, "outbox") == [name for name, _ in MIGRATIONS]
+    assert migrate(db, MIGRATIONS, OffloadError, "outbox") == []
     assert [r["name"] for r in db.query("SELECT name FROM _migrations")] == ["0001_create_jobs"]
     db.execute("INSERT INTO _migrations VALUES ('9999_from_the_future', 0)")
-    with pytest.raises(OffloadError, match="newer edged"):
-        migrate(db)
+    with pytest.raises(OffloadError, match="outbox was migrated by a newer release"):
+        migrate(db, MIGRATIONS, OffloadError, "outbox")
 
 
 def test_database_is_in_wal_mode(tmp_path: Path, clock: Clock) -> None:
