@@ -25,8 +25,9 @@ import yaml
 
 from edged.app import load_models
 from edged.config import EdgedConfig, ModelConfig, parse_config
+from edged.framejob import FrameJob
 from edged.motion import ThreeFrameGate
-from edged.pipeline import FrameJob, Pipeline, regions_for
+from edged.pipeline import Pipeline, regions_for
 from edged.regions import motion_regions
 from edgefed.models.runner import ModelRunner, cascade_regions
 from edgefed.models.types import Box

@@ -18,9 +18,9 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel
 from edgefed.errors import DriverError
 
-from .base import DeviceInfo, Driver, DriverConfig, LoadedModel
 from .onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
 
 STATE_OK = "ok"
@@ -89,16 +89,13 @@ class FakeNpuModel(LoadedModel):
         self._inner.close()
 
 
-class FakeNpuDriver(Driver):
+class FakeNpuDriver(Driver[FakeNpuConfig]):
     config_model: ClassVar[type[DriverConfig]] = FakeNpuConfig
     type: ClassVar[str] = "fake-npu"
     file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
 
     def __init__(self, config: DriverConfig) -> None:
-        if not isinstance(config, FakeNpuConfig):
-            raise DriverError(f"fake-npu driver needs a FakeNpuConfig, got {config.type}")
         super().__init__(config)
-        self.cfg = config
         self._runtime: OnnxRuntimeDriver | None = None
         try:  # the "kernel module" creates its device entries; existing states are kept
             config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -113,18 +110,18 @@ class FakeNpuDriver(Driver):
 
     def state_file(self, device: str) -> Path:
         """The file that holds ``device``'s state (write 'ok' or 'fault' to flip it)."""
-        return self.cfg.state_dir / device
+        return self.config.state_dir / device
 
     def devices(self) -> list[DeviceInfo]:
         try:
-            names = [p.name for p in self.cfg.state_dir.iterdir() if _DEVICE_FILE.match(p.name)]
+            names = [p.name for p in self.config.state_dir.iterdir() if _DEVICE_FILE.match(p.name)]
         except OSError as exc:
-            raise DriverError(f"fake-npu: cannot list {self.cfg.state_dir}: {exc}") from exc
+            raise DriverError(f"fake-npu: cannot list {self.config.state_dir}: {exc}") from exc
         names.sort(key=lambda n: int(n[3:]))
         out = []
         for name in names:
-            healthy, detail = read_state(self.cfg.state_dir / name)
-            out.append(DeviceInfo(name, self.cfg.model_name, healthy, detail))
+            healthy, detail = read_state(self.config.state_dir / name)
+            out.append(DeviceInfo(name, self.config.model_name, healthy, detail))
         return out
 
     def _pick(self, device: str | None) -> DeviceInfo:
@@ -151,4 +148,4 @@ class FakeNpuDriver(Driver):
                 OnnxRuntimeConfig.model_validate({"type": "onnxruntime"})
             )
         inner = self._runtime.load(model_file, "cpu")
-        return FakeNpuModel(inner, self.state_file(dev.id), dev.id, self.cfg.latency_ms / 1000)
+        return FakeNpuModel(inner, self.state_file(dev.id), dev.id, self.config.latency_ms / 1000)

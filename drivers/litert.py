@@ -24,9 +24,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
 from edgefed.errors import DriverError
-
-from .base import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
 
 CPU_DEVICE = "cpu"
 WAIT_SLICE_S = 0.2  # a run waiting for a busy interpreter re-checks close() this often
@@ -179,16 +178,13 @@ class LiteRTModel(LoadedModel):
                 return
 
 
-class LiteRTDriver(Driver):
+class LiteRTDriver(Driver[LiteRTConfig]):
     type: ClassVar[str] = "litert"
     config_model = LiteRTConfig
     file_suffixes: ClassVar[tuple[str, ...]] = (".tflite",)
 
     def __init__(self, config: DriverConfig) -> None:
-        if not isinstance(config, LiteRTConfig):
-            raise DriverError(f"litert driver needs a LiteRTConfig, got {config.type}")
         super().__init__(config)
-        self.cfg = config
         try:
             from ai_edge_litert import interpreter as litert
         except ImportError as exc:
@@ -196,19 +192,19 @@ class LiteRTDriver(Driver):
         self._litert = litert
 
     def _delegate_id(self) -> str | None:
-        return self.cfg.delegate.stem.removeprefix("lib") if self.cfg.delegate else None
+        return self.config.delegate.stem.removeprefix("lib") if self.config.delegate else None
 
     def devices(self) -> list[DeviceInfo]:
         devs = [DeviceInfo(CPU_DEVICE, CPU_DEVICE, detail="LiteRT CPU (XNNPACK)")]
         delegate_id = self._delegate_id()
-        if self.cfg.delegate is not None and delegate_id is not None:
-            found = self.cfg.delegate.is_file()
-            detail = str(self.cfg.delegate) if found else f"{self.cfg.delegate}: no such file"
+        if self.config.delegate is not None and delegate_id is not None:
+            found = self.config.delegate.is_file()
+            detail = str(self.config.delegate) if found else f"{self.config.delegate}: no such file"
             devs.insert(0, DeviceInfo(delegate_id, delegate_id, healthy=found, detail=detail))
         return devs
 
     def _delegates(self, device: str | None) -> tuple[str, list[Any]]:
-        path, delegate_id = self.cfg.delegate, self._delegate_id()
+        path, delegate_id = self.config.delegate, self._delegate_id()
         if device == CPU_DEVICE or path is None or delegate_id is None:
             if device not in (None, CPU_DEVICE):
                 known = ", ".join(d.id for d in self.devices())
@@ -219,7 +215,7 @@ class LiteRTDriver(Driver):
             raise DriverError(f"litert: unknown device {device!r} (known: {known})")
         _check_delegate_library(path)
         try:
-            delegate = self._litert.load_delegate(str(path), dict(self.cfg.delegate_options))
+            delegate = self._litert.load_delegate(str(path), dict(self.config.delegate_options))
         except (ValueError, OSError, RuntimeError) as exc:
             raise DriverError(f"litert: delegate {path}: {_one_line(exc)}") from exc
         return delegate_id, [delegate]
@@ -237,12 +233,12 @@ class LiteRTDriver(Driver):
             return _Interpreter(
                 self._litert.Interpreter(
                     model_content=content,
-                    num_threads=self.cfg.num_threads,
+                    num_threads=self.config.num_threads,
                     experimental_delegates=delegates or None,
                 )
             )
 
         try:
-            return LiteRTModel(make, self.cfg.interpreters_per_model, model_file, device_id)
+            return LiteRTModel(make, self.config.interpreters_per_model, model_file, device_id)
         except (ValueError, RuntimeError) as exc:
             raise DriverError(f"cannot load {model_file}: {_one_line(exc)}") from exc

@@ -14,9 +14,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
 from edgefed.errors import DriverError
-
-from .base import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -96,16 +95,13 @@ class OnnxRuntimeModel(LoadedModel):
         self._session = None
 
 
-class OnnxRuntimeDriver(Driver):
+class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
     type: ClassVar[str] = "onnxruntime"
     config_model = OnnxRuntimeConfig
     file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
 
     def __init__(self, config: DriverConfig) -> None:
-        if not isinstance(config, OnnxRuntimeConfig):
-            raise DriverError(f"onnxruntime driver needs an OnnxRuntimeConfig, got {config.type}")
         super().__init__(config)
-        self.cfg = config
         try:
             import onnxruntime
         except ImportError as exc:
@@ -121,7 +117,7 @@ class OnnxRuntimeDriver(Driver):
                 healthy=p in available,
                 detail=p if p in available else f"{p} is not in this onnxruntime build",
             )
-            for p in self.cfg.providers
+            for p in self.config.providers
         ]
 
     def _provider(self, device: str | None) -> str:
@@ -130,8 +126,8 @@ class OnnxRuntimeDriver(Driver):
             healthy = [d for d in devs if d.healthy]
             if not healthy:
                 raise DriverError("onnxruntime: none of the configured providers is available")
-            return self.cfg.providers[devs.index(healthy[0])]
-        for provider, dev in zip(self.cfg.providers, devs, strict=True):
+            return self.config.providers[devs.index(healthy[0])]
+        for provider, dev in zip(self.config.providers, devs, strict=True):
             if device in (dev.id, provider):
                 if not dev.healthy:
                     raise DriverError(f"onnxruntime: device {device!r}: {dev.detail}")
@@ -141,15 +137,15 @@ class OnnxRuntimeDriver(Driver):
 
     def _session_options(self) -> Any:
         opts = self._ort.SessionOptions()
-        opts.intra_op_num_threads = self.cfg.intra_op_threads
-        opts.inter_op_num_threads = self.cfg.inter_op_threads
+        opts.intra_op_num_threads = self.config.intra_op_threads
+        opts.inter_op_num_threads = self.config.inter_op_threads
         levels = self._ort.GraphOptimizationLevel
         opts.graph_optimization_level = {
             "disable": levels.ORT_DISABLE_ALL,
             "basic": levels.ORT_ENABLE_BASIC,
             "extended": levels.ORT_ENABLE_EXTENDED,
             "all": levels.ORT_ENABLE_ALL,
-        }[self.cfg.graph_optimization]
+        }[self.config.graph_optimization]
         opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our log
         return opts
 
@@ -158,7 +154,7 @@ class OnnxRuntimeDriver(Driver):
         if not model_file.is_file():
             raise DriverError(f"cannot load {model_file}: no such file")
         providers = [provider] if provider == CPU_PROVIDER else [provider, CPU_PROVIDER]
-        options = [self.cfg.provider_options.get(p, {}) for p in providers]
+        options = [self.config.provider_options.get(p, {}) for p in providers]
         try:
             session = self._ort.InferenceSession(
                 str(model_file),

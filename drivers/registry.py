@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgefed.driver import Driver, DriverConfig
 from edgefed.errors import ConfigError, DriverError
-
-from .base import Driver, DriverConfig
 
 ENTRY_POINT_GROUP = "edgefed.drivers"
 
@@ -37,12 +36,12 @@ class DriverStatus:
     reason: str = ""
 
 
-def _import(target: str) -> type[Driver]:
+def _import(target: str) -> type[Driver[Any]]:
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
-        raise TypeError(f"{target} is not a drivers.base.Driver subclass")
+        raise TypeError(f"{target} is not a edgefed.driver.Driver subclass")
     return cls
 
 
@@ -54,7 +53,7 @@ def available() -> dict[str, str]:
     return found
 
 
-def driver_class(type_name: str) -> type[Driver]:
+def driver_class(type_name: str) -> type[Driver[Any]]:
     """Import and return a driver class; DriverError names the cause if that fails."""
     if type_name in BUILTIN_DRIVERS:
         target = BUILTIN_DRIVERS[type_name]
@@ -85,7 +84,7 @@ def parse_config(raw: dict[str, Any]) -> DriverConfig:
         raise ConfigError(f"driver {type_name!r}: {exc}") from exc
 
 
-def create(config: DriverConfig) -> Driver:
+def create(config: DriverConfig) -> Driver[Any]:
     """Instantiate a driver from its validated config."""
     cls = driver_class(config.type)
     try:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drivers import registry
-from drivers.base import Driver
 from edged import wiring
 from edged.api.preview import PreviewSink
 from edged.api.server import ApiServer
@@ -23,6 +22,7 @@ from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
+from edgefed.driver import Driver
 from edgefed.errors import DriverError, EdgeFedError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner

@@ -28,19 +28,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edged.framejob import FrameJob
 from edged.twin.kubeedge import split_device_id, twin_topics
 from edgefed.clock import now_ms
 from edgefed.counters import Counters
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection
 from edgefed.mqtt import MqttClient
-
-if TYPE_CHECKING:  # edged.config imports EventBusConfig, and edged.pipeline imports edged.config
-    from edged.pipeline import FrameJob
 
 log = logging.getLogger(__name__)
 

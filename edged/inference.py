@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edged.framejob import FrameJob
 from edged.stats import LatencyWindow
 from edgefed.models.types import Box, Result
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 class Task:
     """One model run on one frame: the frame's job and the regions to run on."""
 
-    job: Any  # edged.pipeline.FrameJob (kept loose to avoid an import cycle)
+    job: FrameJob
     regions: Sequence[Box | None]
     enqueued: float = field(default_factory=time.monotonic)
 

@@ -19,51 +19,15 @@ from typing import Any, Protocol
 
 from edged.capture import CaptureSource, Frame, FrameRing
 from edged.config import EdgedConfig, ModelConfig
+from edged.framejob import FrameJob
 from edged.inference import ModelWorker, Task
-from edged.motion import GateResult, ThreeFrameGate
+from edged.motion import ThreeFrameGate
 from edged.regions import motion_regions
 from edged.stats import RateMeter
 from edgefed.models.runner import ModelRunner, cascade_regions
-from edgefed.models.types import Box, Result, result_to_dict
+from edgefed.models.types import Box, Result
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FrameJob:
-    """One gated frame in flight through the models."""
-
-    frame: Frame
-    gate: GateResult
-    motion_regions: list[Box]
-    pending: int = 0
-    results: dict[str, list[Result]] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter
-    errors: dict[str, str] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-
-    @property
-    def key(self) -> str:
-        return f"{self.frame.camera}:{self.frame.index}"
-
-    def record(self) -> dict[str, Any]:
-        """The JSON-ready record written to results.jsonl and the event log."""
-        return {
-            "camera": self.frame.camera,
-            "frame": self.frame.index,
-            "time": round(self.frame.wall, 3),
-            "motion": {
-                "ratio": round(self.gate.ratio, 5),
-                "boxes": [[round(v, 1) for v in b] for b in self.gate.boxes],
-            },
-            "models": {
-                name: [result_to_dict(r) for r in results] for name, results in self.results.items()
-            },
-            "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
-            "errors": self.errors,
-            "dropped": self.dropped,
-        }
 
 
 class FrameSink(Protocol):

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-from edged.pipeline import FrameJob
+from edged.framejob import FrameJob
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig, Status
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from tests.serverd.harness import ServerdThread, serverd_config
 from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, REPO
-from tests.support.wait import wait_until
 
 CHILD = REPO / "tests" / "edged" / "offload" / "edge_child.py"
 

@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from edgefed.driver import Driver
 from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, ConfigError, DriverError
 
 from .. import registry
-from ..base import Driver
 from . import stubs
 from .config import DevicePluginConfig, MountSpec
 from .plugin import DevicePlugin

@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from edgefed.driver import DeviceInfo
 from edgefed.errors import DriverError
 
-from ..base import DeviceInfo
 from .config import DevicePluginConfig, MountSpec
 from .stubs import HEALTHY, UNHEALTHY
 

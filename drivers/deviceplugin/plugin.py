@@ -17,9 +17,9 @@ from pathlib import Path
 
 import grpc
 
+from edgefed.driver import DeviceInfo, Driver
 from edgefed.errors import DriverError
 
-from ..base import DeviceInfo, Driver
 from . import core
 from .config import DevicePluginConfig
 from .service import DevicePluginService, DeviceTable

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
+from edgefed.driver import DeviceInfo
 from edgefed.errors import DriverError
 
-from ..base import DeviceInfo
 from . import core
 from .config import DevicePluginConfig
 from .stubs import Api

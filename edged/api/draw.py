@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edged.pipeline import FrameJob
+from edged.framejob import FrameJob
 from edgefed.models.types import Box, Classification, Detection, Landmarks, Result, TextBox
 
 Colour = tuple[int, int, int]

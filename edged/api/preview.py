@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from edged.pipeline import FrameJob
+from edged.framejob import FrameJob
 
 from .draw import annotate, encode_jpeg
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 
+from edged.framejob import FrameJob
 from edged.offload.client import OffloadClient
 from edged.offload.config import OffloadConfig
 from edged.offload.policy import OffloadPolicyName, decide
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection, Result, result_to_dict
 from edgefed.wire import LocalSummary
-
-if TYPE_CHECKING:
-    from edged.pipeline import FrameJob
 
 log = logging.getLogger(__name__)
 

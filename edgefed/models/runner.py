@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import Driver, LoadedModel
+from edgefed.driver import Driver, LoadedModel
 from edgefed.errors import DriverError, ImageError
 from edgefed.images.manifest import Manifest
 from edgefed.images.verify import load_labels, verify_image

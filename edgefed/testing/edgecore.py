@@ -24,8 +24,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefed.clock import now_ms
+from edgefed.testing import wait as support_wait
 from edgefed.testing.broker import Broker
-from tests.support import wait as support_wait
 
 KEY = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}$")
 VALUE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}$")

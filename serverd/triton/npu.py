@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers import registry
-from drivers.base import Driver
+from edgefed.driver import Driver
 from edgefed.errors import ConfigError, ModelError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner

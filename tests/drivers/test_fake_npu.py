@@ -39,7 +39,7 @@ def test_devices_come_from_the_state_dir(driver: FakeNpuDriver) -> None:
         ("npu0", "fake-x220", True),
         ("npu1", "fake-x220", True),
     ]
-    assert sorted(p.name for p in driver.cfg.state_dir.iterdir()) == ["npu0", "npu1"]
+    assert sorted(p.name for p in driver.config.state_dir.iterdir()) == ["npu0", "npu1"]
 
 
 def test_health_follows_the_state_files(driver: FakeNpuDriver) -> None:
@@ -59,7 +59,7 @@ def test_state_survives_a_driver_restart_and_unplugged_devices_vanish(
     driver: FakeNpuDriver,
 ) -> None:
     flip(driver, "npu1", "fault")
-    again = FakeNpuDriver(driver.cfg)
+    again = FakeNpuDriver(driver.config)
     assert [d.healthy for d in again.devices()] == [True, False]
     driver.state_file("npu0").unlink()
     assert [d.id for d in again.devices()] == ["npu1"]

@@ -16,9 +16,9 @@ from edged.config import parse_config
 from edgefed.clock import now_ms
 from edgefed.lifecycle import Status
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadResult, Topics, encode_message
 from tests.support.configs import demo_config
-from tests.support.wait import wait_until
 
 TOKEN = "s3cret-token-for-tests"
 

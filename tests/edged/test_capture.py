@@ -30,8 +30,8 @@ from edged.capture import (
     source_kind,
 )
 from edgefed.errors import CaptureError
+from edgefed.testing.wait import wait_until
 from tests.support.paths import VTEST
-from tests.support.wait import wait_until
 
 WAIT_S = 20.0  # generous upper bound for conditions; never a timing assertion
 

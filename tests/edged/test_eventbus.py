@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from edged.eventbus import EventBus, EventBusConfig, TokenBucket, event_topics
+from edged.framejob import FrameJob
 from edged.motion import GateResult
-from edged.pipeline import FrameJob
 from edged.ring import Frame
 from edged.twin.service import Rejection, TwinOutcome
 from edgefed.models.types import Classification, Detection, Landmarks

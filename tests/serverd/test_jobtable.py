@@ -112,7 +112,7 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused(tmp_path: Path) -
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
         assert names == ["0001_create_jobs"]
         conn.execute("INSERT INTO _migrations VALUES ('0099_future', 0)")
-    with pytest.raises(OffloadError, match="job table .* was migrated by a newer release"):
+    with pytest.raises(OffloadError, match=r"job table .* was migrated by a newer release"):
         JobTable(path)
 
 

@@ -23,13 +23,13 @@ from edged.offload.records import OutboxConfig
 from edgefed.lifecycle import Status
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import (
     OffloadErrorMessage,
     OffloadResult,
     encode_request,
 )
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
-from tests.support.wait import wait_until
 
 JPEG = frame_jpeg()
 

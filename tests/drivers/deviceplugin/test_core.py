@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from drivers.base import DeviceInfo
 from drivers.deviceplugin import core
 from drivers.deviceplugin.config import DevicePluginConfig, MountSpec
+from edgefed.driver import DeviceInfo
 from edgefed.errors import DriverError
 
 CONFIG = DevicePluginConfig(device_nodes=("/dev/x220_{id}",))

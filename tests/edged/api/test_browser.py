@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edgefed.testing.wait import wait_until
 from tests.support.paths import REPO
-from tests.support.wait import wait_until
 
 from .cdp import CHROMIUM, Browser, Page
 from .conftest import Daemon

@@ -10,7 +10,7 @@ import pytest
 
 from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status, table
 from edgefed.errors import EdgeFedError
-from tests.support.wait import wait_until
+from edgefed.testing.wait import wait_until
 
 from .conftest import Daemon
 

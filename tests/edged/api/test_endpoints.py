@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edged.settings import RuntimeSettings
-from tests.support.wait import wait_until
+from edgefed.testing.wait import wait_until
 
 from .conftest import TOKEN, Daemon
 from .httpclient import call, put_json

@@ -9,8 +9,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgefed.testing.wait import wait_until
 from tests.support.paths import REPO
-from tests.support.wait import wait_until
 
 from .conftest import Daemon
 from .httpclient import call

@@ -14,8 +14,8 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadRequest
-from tests.support.wait import wait_until
 
 from .conftest import Daemon
 from .httpclient import call

@@ -15,9 +15,9 @@ import numpy as np
 from edged.api.draw import POSE_CONNECTIONS, VISIBLE, annotate
 from edged.api.mjpeg import CONTENT_TYPE, read_parts
 from edged.api.preview import PreviewRenderer, PreviewSink, Rendered
-from edged.pipeline import FrameJob
+from edged.framejob import FrameJob
 from edgefed.models.types import Detection, Landmarks
-from tests.support.wait import wait_until
+from edgefed.testing.wait import wait_until
 
 from .conftest import Daemon
 from .httpclient import call

@@ -12,7 +12,7 @@ from edged.api.config import ApiConfig
 from edged.api.mjpeg import read_parts
 from edged.api.server import ApiServer
 from edgefed.errors import ConfigError
-from tests.support.wait import wait_until
+from edgefed.testing.wait import wait_until
 
 from .conftest import TOKEN, Daemon
 from .httpclient import put_json

@@ -19,10 +19,10 @@ from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import LocalSummary, OffloadResult, Topics, encode_message
 from tests.edged.offload.responder import Responder
 from tests.support.paths import REPO
-from tests.support.wait import wait_until
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 2000 + b"\xff\xd9"
 CHILD = Path(__file__).with_name("edge_child.py")

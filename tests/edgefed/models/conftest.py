@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from drivers import registry
-from drivers.base import Driver
+from edgefed.driver import Driver
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 from tests.drivers.model_files import SETUP_HINT, built_image

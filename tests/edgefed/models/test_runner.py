@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from drivers import registry
-from drivers.base import Driver
+from edgefed.driver import Driver
 from edgefed.errors import DriverError, ImageError
 from edgefed.images.manifest import SIGNATURE_NAME
 from edgefed.models.runner import landmark_region, open_runner

@@ -13,10 +13,12 @@ import abc
 import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from edgefed.errors import DriverError
 
 
 class DriverConfig(BaseModel):
@@ -65,15 +67,23 @@ class LoadedModel(abc.ABC):
         """Release the model's device memory."""
 
 
-class Driver(abc.ABC):
-    """An accelerator backend. ``type`` is the name used in config and manifests."""
+Config = TypeVar("Config", bound=DriverConfig)
+
+
+class Driver(abc.ABC, Generic[Config]):
+    """An accelerator backend. ``type`` is the name used in config and manifests;
+    ``config_model`` the pydantic model of its config, of which ``config`` is an instance."""
 
     type: ClassVar[str]
     config_model: ClassVar[builtins.type[DriverConfig]]
     file_suffixes: ClassVar[tuple[str, ...]]  # model files this driver loads, e.g. (".onnx",)
 
     def __init__(self, config: DriverConfig) -> None:
-        self.config = config
+        if not isinstance(config, self.config_model):
+            raise DriverError(
+                f"{self.type} driver needs a {self.config_model.__name__}, got {config.type}"
+            )
+        self.config: Config = config  # type: ignore[assignment]  # checked just above
 
     @abc.abstractmethod
     def devices(self) -> list[DeviceInfo]:
@@ -87,5 +97,5 @@ class Driver(abc.ABC):
         devs = self.devices()
         return DriverHealth(ok=any(d.healthy for d in devs), devices=devs)
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the driver's resources."""
