@@ -97,16 +97,15 @@ class FakeNpuDriver(Driver[FakeNpuConfig]):
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
         self._runtime: OnnxRuntimeDriver | None = None
+        state_dir = self.config.state_dir
         try:  # the "kernel module" creates its device entries; existing states are kept
-            config.state_dir.mkdir(parents=True, exist_ok=True)
-            for index in range(config.devices):
-                state = config.state_dir / f"npu{index}"
+            state_dir.mkdir(parents=True, exist_ok=True)
+            for index in range(self.config.devices):
+                state = state_dir / f"npu{index}"
                 if not state.exists():
                     state.write_text(STATE_OK + "\n", encoding="utf-8")
         except OSError as exc:
-            raise DriverError(
-                f"fake-npu: cannot prepare state dir {config.state_dir}: {exc}"
-            ) from exc
+            raise DriverError(f"fake-npu: cannot prepare state dir {state_dir}: {exc}") from exc
 
     def state_file(self, device: str) -> Path:
         """The file that holds ``device``'s state (write 'ok' or 'fault' to flip it)."""

@@ -6,16 +6,14 @@ operation is one transaction, so a job survives kill -9 of the process at any po
 covers power loss). The outbox is bounded by open jobs and their payload bytes: past
 the bound the oldest jobs of the lowest priority are shed (closed as Failed, counted),
 never newer or higher-priority ones. One connection serves all threads under a lock;
-``batch()`` groups a burst of operations into one commit. WAL checkpoints run on a
-thread of their own (``checkpointer.py``), so a commit does not wait for them.
+``batch()`` groups a burst of operations into one commit. The database itself (opening,
+transactions, totals, reads) is ``edged.offload.store.OutboxStore``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection
 from typing import Any
 
 from edged.offload.records import (
@@ -30,74 +28,24 @@ from edged.offload.records import (
     to_json,
     to_record,
 )
-from edged.offload.schema import MIGRATIONS
+from edged.offload.store import OutboxStore
 from edgefed import lifecycle
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
-from edgefed.store import migrate, open_database
-from edgefed.store.checkpoint import RESTART_FRAMES, Checkpointer, restart
 
-# Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
-# partial indexes a status change still writes about one page. Measured: bench/outbox.py.
-PAGE_SIZE = 16384
 # Pruning finished jobs to ``keep_finished`` walks that many index entries, which grows
 # with the setting (thousands by default): a sweep does it at most this often.
 PRUNE_INTERVAL_MS = 10_000
 
 
-class Outbox:
-    """The SQLite adapter of the job state machine."""
+class Outbox(OutboxStore):
+    """The SQLite adapter of the job state machine: its transitions (callers hold the
+    lock in the private helpers unless stated)."""
 
     def __init__(self, config: OutboxConfig, clock: Clock = now_ms) -> None:
-        self.config = config
-        self._clock = clock
-        self._lock = threading.RLock()
-        self._pruned_at: int | None = None
-        try:
-            self._db = open_database(
-                config.path,
-                synchronous=config.synchronous,
-                # the checkpointer restarts the WAL long before this: the bound if it cannot
-                autocheckpoint=2 * RESTART_FRAMES,
-                page_size=PAGE_SIZE,
-                shared=True,
-                pragmas=(
-                    # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed
-                    # page of a deleted frame through the WAL: 5 ms per sweep of 60 finished
-                    # 78 KB jobs here, stalling the offload worker. FAST still purges b-tree
-                    # pages and adds no I/O.
-                    "secure_delete=FAST",
-                    # The statement journals of multi-statement transactions stay in memory:
-                    # on disk, each was a file created and unlinked in /var/tmp, six system
-                    # calls a job.
-                    "temp_store=MEMORY",
-                ),
-            )
-            migrate(self._db, MIGRATIONS, OffloadError, f"outbox {config.path}")
-            # payloads of jobs closed by an older edged, which deleted them in batches
-            self._db.execute(
-                "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
-            )
-            self._checkpointer = Checkpointer(config.path, self._restart_wal)
-        except (OSError, sqlite3.Error) as exc:
-            raise OffloadError(f"outbox {config.path}: {exc}") from exc
-        self.shed_total = 0
-        self.duplicates = 0
-        self.late = 0
-        self._open_rows = self._open_bytes = 0
-        self._recount()
-
-    def close(self) -> None:
-        self._checkpointer.stop()  # first: its thread may be waiting for the lock
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Run several operations as one transaction (one commit): group commit for bursts."""
-        with self._lock, self._tx():
-            yield
+        super().__init__(config, clock)
+        self._pruned_at: int | None = None  # last pruning of finished jobs (sweep)
 
     def enqueue(self, job: NewJob) -> Enqueued:
         """Store a job (Enqueue); sheds older lower-priority jobs if the outbox is full."""
@@ -303,37 +251,6 @@ class Outbox:
                 (now + int(self.config.result_timeout_s * 1000),),
             )
 
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return to_record(row) if row is not None else None
-
-    def counts(self) -> dict[str, int]:
-        """Jobs per status (every status listed, zeros included)."""
-        out = {str(s): 0 for s in Status}
-        with self._lock:
-            for status, n in self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
-                out[status] = n
-        return out
-
-    def page(
-        self,
-        statuses: Iterable[Status] | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        oldest_first: bool = False,
-    ) -> list[JobRecord]:
-        """Jobs for the status API, newest first unless ``oldest_first``; no payloads."""
-        marks = sql_in(statuses if statuses is not None else Status)
-        order = "ASC" if oldest_first else "DESC"
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE status IN {marks} "
-                f"ORDER BY created {order}, id {order} LIMIT ? OFFSET ?",
-                (limit, offset),
-            ).fetchall()
-        return [to_record(r) for r in rows]
-
     def stats(self) -> dict[str, int]:
         return {
             "open_jobs": self._open_rows,
@@ -342,32 +259,6 @@ class Outbox:
             "duplicate_results": self.duplicates,
             "late_results": self.late,
         }
-
-    # --- internals (callers hold the lock unless stated) ---
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction; if it rolls back, the in-memory totals are recounted."""
-        try:
-            with self._db.atomic():
-                yield
-        except BaseException:
-            self._recount()
-            raise
-        self._checkpointer.poke()
-
-    def _restart_wal(self) -> None:
-        """From the checkpointer's thread: the WAL is large; start it over, between
-        transactions (the lock)."""
-        with self._lock:
-            restart(self._db.conn)
-
-    def _recount(self) -> None:
-        marks = sql_in(lifecycle.OPEN)
-        row = self._db.execute(
-            f"SELECT count(*), total(payload_bytes) FROM jobs WHERE status IN {marks}"
-        ).fetchone()
-        self._open_rows, self._open_bytes = int(row[0]), int(row[1])
 
     def _move(self, job_id: str, new: Status, extra: str = "", *params: Any) -> bool:
         """Move one job to ``new`` if its status allows it; takes the lock itself."""

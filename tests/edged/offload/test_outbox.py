@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from edged.offload.outbox import PAGE_SIZE, PRUNE_INTERVAL_MS, Outbox
+from edged.offload.outbox import PRUNE_INTERVAL_MS, Outbox
 from edged.offload.records import NewJob, OutboxConfig, sql_in
 from edged.offload.schema import MIGRATIONS
+from edged.offload.store import PAGE_SIZE
 from edgefed import lifecycle as jobs
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status

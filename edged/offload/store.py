@@ -1,0 +1,135 @@
+"""The outbox's SQLite database: opening it, transactions, the open-job totals, and reads.
+
+One connection serves all threads under a lock; ``batch()`` groups a burst of operations
+into one commit. WAL checkpoints run on a thread of their own
+(``edgefed.store.checkpoint``), so a commit does not wait for them. ``Outbox`` adds the
+job transitions on top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+
+from edged.offload.records import COLUMNS, JobRecord, OutboxConfig, sql_in, to_record
+from edged.offload.schema import MIGRATIONS
+from edgefed import lifecycle
+from edgefed.clock import Clock, now_ms
+from edgefed.errors import OffloadError
+from edgefed.lifecycle import Status
+from edgefed.store import migrate, open_database
+from edgefed.store.checkpoint import RESTART_FRAMES, Checkpointer, restart
+
+# Frame-sized payloads (tens of KB) span 4x fewer pages than at the default 4096; with the
+# partial indexes a status change still writes about one page. Measured: bench/outbox.py.
+PAGE_SIZE = 16384
+
+
+class OutboxStore:
+    """The database of the outbox; ``_lock`` guards the connection and the totals."""
+
+    def __init__(self, config: OutboxConfig, clock: Clock = now_ms) -> None:
+        self.config = config
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            self._db = open_database(
+                config.path,
+                synchronous=config.synchronous,
+                # the checkpointer restarts the WAL long before this: the bound if it cannot
+                autocheckpoint=2 * RESTART_FRAMES,
+                page_size=PAGE_SIZE,
+                shared=True,
+                pragmas=(
+                    # Debian builds SQLite with SECURE_DELETE on, which zeroes every freed
+                    # page of a deleted frame through the WAL: 5 ms per sweep of 60 finished
+                    # 78 KB jobs here, stalling the offload worker. FAST still purges b-tree
+                    # pages and adds no I/O.
+                    "secure_delete=FAST",
+                    # The statement journals of multi-statement transactions stay in memory:
+                    # on disk, each was a file created and unlinked in /var/tmp, six system
+                    # calls a job.
+                    "temp_store=MEMORY",
+                ),
+            )
+            migrate(self._db, MIGRATIONS, OffloadError, f"outbox {config.path}")
+            # payloads of jobs closed by an older edged, which deleted them in batches
+            self._db.execute(
+                "DELETE FROM payloads WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL)"
+            )
+            self._checkpointer = Checkpointer(config.path, self._restart_wal)
+        except (OSError, sqlite3.Error) as exc:
+            raise OffloadError(f"outbox {config.path}: {exc}") from exc
+        self.shed_total = 0
+        self.duplicates = 0
+        self.late = 0
+        self._open_rows = self._open_bytes = 0
+        self._recount()
+
+    def close(self) -> None:
+        self._checkpointer.stop()  # first: its thread may be waiting for the lock
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several operations as one transaction (one commit): group commit for bursts."""
+        with self._lock, self._tx():
+            yield
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return to_record(row) if row is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status (every status listed, zeros included)."""
+        out = {str(s): 0 for s in Status}
+        with self._lock:
+            for status, n in self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+                out[status] = n
+        return out
+
+    def page(
+        self,
+        statuses: Iterable[Status] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        oldest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs for the status API, newest first unless ``oldest_first``; no payloads."""
+        marks = sql_in(statuses if statuses is not None else Status)
+        order = "ASC" if oldest_first else "DESC"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {COLUMNS} FROM jobs WHERE status IN {marks} "
+                f"ORDER BY created {order}, id {order} LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        return [to_record(r) for r in rows]
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction; if it rolls back, the in-memory totals are recounted."""
+        try:
+            with self._db.atomic():
+                yield
+        except BaseException:
+            self._recount()
+            raise
+        self._checkpointer.poke()
+
+    def _restart_wal(self) -> None:
+        """From the checkpointer's thread: the WAL is large; start it over, between
+        transactions (the lock)."""
+        with self._lock:
+            restart(self._db.conn)
+
+    def _recount(self) -> None:
+        marks = sql_in(lifecycle.OPEN)
+        row = self._db.execute(
+            f"SELECT count(*), total(payload_bytes) FROM jobs WHERE status IN {marks}"
+        ).fetchone()
+        self._open_rows, self._open_bytes = int(row[0]), int(row[1])
