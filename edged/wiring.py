@@ -49,7 +49,7 @@ def network(config: EdgedConfig) -> NetLoop | None:
 
 
 @dataclass
-class OffloadService:
+class EdgeOffload:
     """The outbox, the client that drains it over MQTT, and the pipeline's dispatcher."""
 
     outbox: Outbox
@@ -68,13 +68,13 @@ class OffloadService:
 
 def offload(
     config: EdgedConfig, net: NetLoop | None, queue_depth: Callable[[str], int]
-) -> OffloadService | None:
+) -> EdgeOffload | None:
     if not config.offload.enabled or net is None:
         return None
     outbox = Outbox(config.offload.outbox)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
-    return OffloadService(outbox, client, dispatcher)
+    return EdgeOffload(outbox, client, dispatcher)
 
 
 def eventbus(
@@ -86,7 +86,7 @@ def eventbus(
 
 
 def runtime_config(
-    config: EdgedConfig, pipeline: Pipeline, offload_service: OffloadService | None
+    config: EdgedConfig, pipeline: Pipeline, offload_service: EdgeOffload | None
 ) -> RuntimeConfig:
     """Runtime settings from the config file, then the values a twin or PUT left behind."""
     policy = {"value": config.offload.policy.policy}

@@ -20,7 +20,7 @@ from edgefed.wire import Availability, Topics
 from serverd.config import ServerdConfig
 from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
-from serverd.service import OffloadService, ServiceSettings
+from serverd.service import OffloadServer, ServiceSettings
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import write_repository
@@ -39,7 +39,7 @@ class ServerdApp:
         self.scheduler = Scheduler(
             config.scheduler.ema_alpha, config.scheduler.prior_ms, config.scheduler.max_attempts
         )
-        self.service: OffloadService | None = None
+        self.service: OffloadServer | None = None
         self.mqtt: MqttClient | None = None
         self.ready = threading.Event()  # set once requests are being served
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +147,7 @@ class ServerdApp:
                 cfg.retention_s,
                 cfg.send_accepted,
             )
-            self.service = OffloadService(
+            self.service = OffloadServer(
                 settings, topics, self.mqtt.publish, jobs, self.scheduler, self.endpoints
             )
             self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)

@@ -32,6 +32,8 @@ from edgefed.wire import (
     decode_request,
     encode_message,
 )
+from serverd.health import HealthWatch
+from serverd.health import stopped as _stopped
 from serverd.jobtable import Admission, JobTable
 from serverd.scheduler import Assignment, Job, Scheduler
 from serverd.triton.client import TritonEndpoint
@@ -79,7 +81,7 @@ class ServiceSettings:
     send_accepted: bool
 
 
-class OffloadService:
+class OffloadServer:
     """Owns the in-flight tasks and the sweeper; ``run`` until ``stop`` is set."""
 
     def __init__(
@@ -104,6 +106,13 @@ class OffloadService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_topics: dict[str, Topics] = {}
         self._closing = False
+        self._health = HealthWatch(
+            endpoints,
+            scheduler,
+            self.instance_state,
+            self._instance_failed,
+            settings.health_interval_s,
+        )
 
     # -- inputs ---------------------------------------------------------------------------
     def on_request(self, topic: str, payload: bytes) -> None:
@@ -134,7 +143,8 @@ class OffloadService:
     async def run(self, stop: asyncio.Event) -> None:
         loops = [
             asyncio.create_task(self._expire_loop(stop), name="serverd-expire"),
-            asyncio.create_task(self._health_loop(stop), name="serverd-health"),
+            asyncio.create_task(self._health.run(stop), name="serverd-health"),
+            asyncio.create_task(self._maintain_loop(stop), name="serverd-maintain"),
         ]
         await stop.wait()
         self._closing = True
@@ -352,21 +362,10 @@ class OffloadService:
                 code: ErrorCode = "overloaded" if healthy else "unavailable"
                 self._fail(held, code, "deadline passed while queued", status=Status.EXPIRED)
 
-    async def _health_loop(self, stop: asyncio.Event) -> None:
-        """Probe every instance's readiness; prune old finished jobs now and then."""
+    async def _maintain_loop(self, stop: asyncio.Event) -> None:
+        """Prune old finished jobs now and then; checkpoint the job table's WAL off the loop."""
         next_prune = 0.0
-        while True:
-            names = list(self._endpoints)
-            ready = await asyncio.gather(*(self._endpoints[n].ready() for n in names))
-            known = {i.name: i for i in self._scheduler.instances()}
-            healthy = {name: i.healthy for name, i in known.items()}
-            for name, ok in zip(names, ready, strict=True):
-                if ok and name in known and not known[name].models:
-                    await self._discover(name)
-                if ok and not healthy.get(name, True):
-                    self.instance_state(name, True)
-                elif not ok and healthy.get(name, False):
-                    self._instance_failed(name, "not ready")
+        while not await _stopped(stop, self.settings.health_interval_s):
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + 60.0
                 self._jobs.prune(self._clock_ms() - int(self.settings.retention_s * 1000))
@@ -375,24 +374,3 @@ class OffloadService:
                     self._jobs.restart_wal()
             except OffloadError as exc:
                 log.warning("%s", exc)
-            if await _stopped(stop, self.settings.health_interval_s):
-                return
-
-    async def _discover(self, name: str) -> None:
-        """Learn the models of an endpoint that was unreachable at start."""
-        try:
-            models = await self._endpoints[name].models()
-        except OffloadError as exc:
-            log.warning("cannot list the models of %s: %s", name, exc)
-            return
-        self._scheduler.set_models(name, models)
-        log.info("instance %s serves %s", name, ", ".join(sorted(models)) or "nothing")
-
-
-async def _stopped(stop: asyncio.Event, timeout: float) -> bool:
-    """Wait up to ``timeout`` for ``stop``; True once it is set."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout)
-    except TimeoutError:
-        return False
-    return True
