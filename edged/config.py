@@ -15,14 +15,15 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
-from drivers.base import DriverConfig
 from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
 from edged.twin.service import TwinConfig
+from edgefed import paths
 from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
+from edgefed.driver import DriverConfig
 from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttConfig
 
@@ -66,7 +67,8 @@ class PipelineConfig(Strict):
 
 class OutputConfig(Strict):
     results: Path | None = Field(
-        Path("var/edged/results.jsonl"), description="JSON-lines file of results (None: off)"
+        default_factory=lambda: paths.state_dir("edged") / "results.jsonl",
+        description="JSON-lines file of results (None: off; default: edgefed.paths' state root)",
     )
     summary_interval_s: float = Field(10.0, gt=0, description="Seconds between summary log lines")
     max_results: int | None = Field(
@@ -82,8 +84,9 @@ class EdgedConfig(Strict):
     )
     log_level: LogLevel = Field("INFO", description="Log level")
     state_dir: Path = Field(
-        Path("var/edged"),
-        description="Writable directory for the outbox database and twin-applied settings",
+        default_factory=lambda: paths.state_dir("edged"),
+        description="Writable directory for the outbox database and twin-applied settings "
+        "(default: var/edged in a checkout, else /var/lib/edgefed/edged; edgefed.paths)",
     )
     cameras: list[CameraConfig] = Field(min_length=1, description="Camera sources")
     motion: MotionConfig = Field(

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefed import paths
 from edgefed.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -32,12 +33,14 @@ class Strict(BaseModel):
 
 class ImagesConfig(Strict):
     dir: Path = Field(
-        Path("firmware-images/build"),
-        description="Directory holding installed model images (one sub-directory per image)",
+        default_factory=lambda: paths.images_dir(),
+        description="Directory holding installed model images (one sub-directory per image); "
+        "default: edgefed.paths (a checkout's firmware-images/build, else /var/lib/edgefed/images)",
     )
     trusted_keys: list[Path] = Field(
-        default_factory=lambda: [Path("firmware-images/build/keys/dev-signing.pub")],
-        description="Ed25519 public keys; an image must be signed by one of them",
+        default_factory=lambda: paths.trusted_keys(),
+        description="Ed25519 public keys; an image must be signed by one of them; default: "
+        "edgefed.paths (a checkout's dev key, else /etc/edgefed/keys/image-signing.pub)",
     )
     allow_unsigned: bool = Field(
         False, description="Accept images without a valid signature (development only)"

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
+from edgefed import paths
 from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
 from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
@@ -27,7 +28,8 @@ class TritonConfig(Strict):
     """serverd's own Triton processes (the binary bundled in nvidia-pytriton)."""
 
     venv: Path = Field(
-        Path(".venv-triton"), description="Triton's environment (serverd/triton/setup_env.sh)"
+        default_factory=lambda: paths.triton_venv(),
+        description="Triton's environment (serverd/triton/setup_env.sh; default: edgefed.paths)",
     )
     instances: int = Field(
         1, ge=0, le=16, description="tritonserver processes to supervise (0: external only)"
@@ -86,7 +88,8 @@ class ServerdConfig(Strict):
     server_id: str = Field("server-01", pattern=ID_PATTERN, description="This server's id")
     log_level: LogLevel = Field("INFO", description="Log level")
     state_dir: Path = Field(
-        Path("var/serverd"), description="Writable: job table, model repository, Triton logs"
+        default_factory=lambda: paths.state_dir("serverd"),
+        description="Writable: job table, model repository, Triton logs (default: edgefed.paths)",
     )
     mqtt: MqttConfig = Field(description="Broker connection (TLS optional)")
     prefix: str = Field(

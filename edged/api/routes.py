@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from importlib.resources import files
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -28,7 +28,7 @@ from .status import StatusViews
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
+STATIC = files(__package__ or "edged.api") / "static"  # package data: the dashboard
 _JSON = "application/json"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 Q = TypeVar("Q", bound=BaseModel)
@@ -104,7 +104,7 @@ class Routes:
         self._openapi = json.dumps(openapi)
         self._config_schema: dict[str, Any] = openapi["components"]["schemas"]["ConfigChange"]
         self._token = token
-        self._static = {name: (STATIC / name).read_bytes() for name in _STATIC_TYPES}
+        self._static = {name: STATIC.joinpath(name).read_bytes() for name in _STATIC_TYPES}
         self.closing = asyncio.Event()
 
     def add_to(self, app: web.Application) -> None:

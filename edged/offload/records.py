@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefed import paths
 from edgefed.lifecycle import Status
 from edgefed.wire import LocalSummary, OffloadRequest
 
@@ -25,7 +26,10 @@ COLUMNS = (
 class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(default=Path("var/edged/outbox.sqlite"), description="SQLite database file")
+    path: Path = Field(
+        default_factory=lambda: paths.state_dir("edged") / "outbox.sqlite",
+        description="SQLite database file (default: under edgefed.paths' state root)",
+    )
     max_jobs: int = Field(
         default=10_000, ge=1, description="Open jobs kept; past it the outbox sheds"
     )

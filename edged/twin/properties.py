@@ -1,4 +1,4 @@
-"""The twin property table (``packaging/kubeedge/twin-properties.yaml``) and wire values.
+"""The twin property table (``edged/twin/properties.yaml``, package data) and wire values.
 
 The YAML file is the single source of truth for the device twin's properties: name,
 KubeEdge type, range, allowed values and access mode; the DeviceModel manifest is
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefed.errors import ConfigError
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "packaging/kubeedge/twin-properties.yaml"
+TABLE_RESOURCE = "properties.yaml"
+"""The packaged table, beside this module (``importlib.resources``; a wheel carries it)."""
 
 KubeEdgeType = Literal["INT", "FLOAT", "STRING", "BOOLEAN"]
 WIRE_TYPES: dict[str, str] = {
@@ -147,12 +149,13 @@ def parse_property_table(data: Any, source: str = "twin property table") -> Prop
     return table
 
 
-def load_property_table(path: Path = DEFAULT_TABLE) -> PropertyTable:
-    """Read and validate the twin property table."""
+def load_property_table(path: Path | None = None) -> PropertyTable:
+    """Read and validate a twin property table; None: the one packaged with edged."""
+    source = files(__package__ or "edged.twin") / TABLE_RESOURCE if path is None else path
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read twin property table {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read twin property table {source}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_property_table(data, str(path))
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_property_table(data, str(source))

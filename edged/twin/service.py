@@ -45,7 +45,7 @@ from edged.twin.kubeedge import (
     parse_twin_result,
     twin_topics,
 )
-from edged.twin.properties import DEFAULT_TABLE, PropertyTable
+from edged.twin.properties import PropertyTable
 from edgefed.clock import now_ms
 from edgefed.counters import Counters
 from edgefed.errors import ConfigError, OffloadError, ProtocolError
@@ -63,9 +63,9 @@ class TwinConfig(BaseModel):
     report_interval_s: float = Field(
         default=10.0, gt=0, description="Seconds between reports of the ReadOnly readings"
     )
-    properties_file: Path = Field(
-        default=DEFAULT_TABLE,
-        description="Twin property table (packaging/kubeedge/twin-properties.yaml)",
+    properties_file: Path | None = Field(
+        default=None,
+        description="Twin property table (None: edged/twin/properties.yaml, packaged with edged)",
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefed.errors import EXIT_IMAGE, EXIT_OK, ImageError
+from edgefed.paths import checkout_path
 
 from . import signing
 from .build import ImageBuilder
@@ -22,9 +23,11 @@ from .recipe import recipe_paths
 from .verify import verify_image
 from .wheels import PipDownloader, WheelCache
 
-DEFAULT_RECIPES = Path("firmware-images/recipes")
-DEFAULT_OUT = Path("firmware-images/build")
-DEFAULT_CACHE = Path("firmware-images/cache")
+# A checkout's firmware-images/ by default; installed from a wheel there is none, so the
+# build command then needs --recipes, --out and --cache.
+DEFAULT_RECIPES = checkout_path("firmware-images/recipes")
+DEFAULT_OUT = checkout_path("firmware-images/build")
+DEFAULT_CACHE = checkout_path("firmware-images/cache")
 DEV_KEY = Path("keys/dev-signing.key")  # under --out
 DEV_PUB = Path("keys/dev-signing.pub")
 
@@ -106,11 +109,15 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("build", help="build signed images from recipes (idempotent)")
     p.add_argument("names", nargs="*", help="recipe names (file stems under --recipes)")
     p.add_argument("--all", action="store_true", help="build every recipe")
-    p.add_argument("--recipes", type=Path, default=DEFAULT_RECIPES, help="recipe folder")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder of images")
-    p.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="wheel, export and export-venv cache"
-    )
+    for option, default, what in (
+        ("--recipes", DEFAULT_RECIPES, "recipe folder"),
+        ("--out", DEFAULT_OUT, "output folder of images"),
+        ("--cache", DEFAULT_CACHE, "wheel, export and export-venv cache"),
+    ):
+        where = f"default: {default}" if default else "required outside a checkout"
+        p.add_argument(
+            option, type=Path, default=default, required=default is None, help=f"{what} ({where})"
+        )
     p.add_argument(
         "--key",
         type=Path,

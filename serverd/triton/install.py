@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefed.errors import OffloadError
+from edgefed.paths import resource
 
-BACKENDS_SOURCE = Path(__file__).parent / "backends"
-SETUP_HINT = "run `bash serverd/triton/setup_env.sh` first"
+BACKENDS_SOURCE = resource("serverd.triton", "backends")  # package data: our python backends
+SETUP_SCRIPT = resource("serverd.triton", "setup_env.sh")  # with requirements.txt beside it
+SETUP_HINT = f"run `bash {SETUP_SCRIPT}` first"
 STUB = "triton_python_backend_stub"
 # Allocations up to 8 MB (a 1080p BGR frame is 6.2 MB) come from the heap, and up to
 # 64 MB of freed heap stays mapped for the next request instead of going back to the OS.

@@ -6,12 +6,23 @@
 # and this project installed editable without dependencies (drivers/, edgefed.models and
 # edgefed.images import there). Idempotent: a stamp makes a second run take well under a second.
 #
+# Installed from a wheel (no pyproject.toml two levels up), the script is package data of
+# serverd.triton: the venv then gets the installed edgefed, drivers and serverd packages
+# through a .pth file instead of an editable install, and defaults to
+# ${EDGEFED_STATE_DIR:-/var/lib/edgefed}/venv-triton (serverd's default triton.venv).
+#
 # Usage: bash serverd/triton/setup_env.sh [VENV_DIR]   (default: <repo>/.venv-triton)
 # Environment: EDGEFED_TRITON_PYTHON picks the interpreter (default python3.11, else python3).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-VENV=${1:-$ROOT/.venv-triton}
+if [[ -f $ROOT/pyproject.toml ]]; then
+    VENV=${1:-$ROOT/.venv-triton}
+    PROJECT_FILE=$ROOT/pyproject.toml
+else
+    VENV=${1:-${EDGEFED_STATE_DIR:-/var/lib/edgefed}/venv-triton}
+    PROJECT_FILE=$ROOT/edgefed/__init__.py
+fi
 LOCK=$HERE/requirements.txt
 
 PY=${EDGEFED_TRITON_PYTHON:-}
@@ -25,11 +36,20 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 
 stamp=$VENV/.edgefed-installed
-want=$(cat "$LOCK" "$HERE/setup_env.sh" "$ROOT/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)
+want=$(cat "$LOCK" "$HERE/setup_env.sh" "$PROJECT_FILE" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "triton env: installing the locked requirements into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$LOCK" 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT" 2>&1 | grep -v '^WARNING: Location' || true
+    if [[ -f $ROOT/pyproject.toml ]]; then
+        "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$ROOT" 2>&1 | grep -v '^WARNING: Location' || true
+    else
+        # only our packages, not the main environment's numpy 2: links in a directory of their own
+        links=$VENV/edgefed-packages
+        mkdir -p "$links"
+        for pkg in edgefed drivers serverd; do ln -sfn "$ROOT/$pkg" "$links/$pkg"; done
+        purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        echo "$links" > "$purelib/edgefed-packages.pth"
+    fi
     rm -f "$stamp"
 fi
 

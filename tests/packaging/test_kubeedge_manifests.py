@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,8 @@ from edged.twin.kubeedge import KEY_RE, VALUE_RE
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
-NOT_MANIFESTS = {"twin-properties.yaml", "kustomization.yaml"}
+NOT_MANIFESTS = {"kustomization.yaml"}
+TWIN_TABLE = files("edged.twin") / "properties.yaml"  # the source of truth, package data
 NAMESPACE = "edgefed"
 API_VERSIONS = {
     "Namespace": "v1",
@@ -59,7 +61,7 @@ class TwinTable(BaseModel):
     properties: list[TwinProperty]
 
 
-TABLE = TwinTable.model_validate(yaml.safe_load((KUBEEDGE / "twin-properties.yaml").read_text()))
+TABLE = TwinTable.model_validate(yaml.safe_load(TWIN_TABLE.read_text()))
 WRITABLE = [p for p in TABLE.properties if p.access_mode == "ReadWrite"]
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from edgefed import paths
 
 REPO = Path(__file__).resolve().parents[2]
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 VTEST = OPENCV_DATA / "vtest.avi"
-IMAGES_DIR = Path(os.environ.get("EDGEFED_IMAGES_DIR", REPO / "firmware-images" / "build"))
+IMAGES_DIR = REPO / paths.images_dir()  # $EDGEFED_IMAGES_DIR or the checkout's build dir
 TRUST_DIR = IMAGES_DIR / "keys"
