@@ -5,7 +5,7 @@
 is missing or older than the proto, unless ``--force``; outputs are written to a
 temporary directory and moved into place, so a concurrent reader never sees half a file.
 grpcio-tools is a build/dev dependency: the plugin itself only needs grpcio and protobuf.
-A wheel does not need this step: ``setup.py`` generates the stubs into it at build time.
+A wheel build runs it first (``packaging/build/edgefed_build.py``, the build backend).
 """
 
 from __future__ import annotations
