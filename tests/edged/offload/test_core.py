@@ -1,0 +1,485 @@
+"""The offload core alone: driven synchronously, with a real outbox on a temporary file.
+
+Time is a fake clock shared by the core and the outbox; the effects are recorded. What
+is committed is read through a second SQLite connection, which sees only commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged.offload.core import (
+    FAULT_BACKOFF_S,
+    SETTLE_DELAY_S,
+    SWEEP,
+    WAKE,
+    Event,
+    JobOutcome,
+    Link,
+    OffloadCore,
+    Puback,
+    ReplyIn,
+    Submitted,
+    Timer,
+)
+from edged.offload.outbox import Outbox
+from edged.offload.records import NewJob, OutboxConfig
+from edgefed.lifecycle import Status
+from edgefed.wire import (
+    OffloadAccepted,
+    OffloadErrorMessage,
+    OffloadRequest,
+    OffloadResult,
+    decode_request,
+    encode_request,
+    new_job_id,
+)
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 200 + b"\xff\xd9"
+START = 1_700_000_000_000  # epoch ms of the fake clock
+
+
+class Effects:
+    """Records the core's decisions; ``log`` has them in order, with what was committed."""
+
+    def __init__(self, committed: Callable[[str], str | None]) -> None:
+        self.committed = committed
+        self.published: list[str] = []
+        self.frames: dict[str, bytes] = {}
+        self.timers: dict[Timer, float] = {}
+        self.told: list[JobOutcome] = []
+        self.log: list[tuple[str, str, str | None]] = []
+        self.refuse: set[str] = set()  # job ids whose publish fails
+
+    def publish(self, job_id: str, frame: bytes) -> str | None:
+        if job_id in self.refuse:
+            return "not connected"
+        self.published.append(job_id)
+        self.frames[job_id] = frame
+        return None
+
+    def start_timer(self, timer: Timer, delay_s: float) -> None:
+        assert timer not in self.timers, f"{timer} armed twice"
+        self.timers[timer] = delay_s
+
+    def cancel_timer(self, timer: Timer) -> None:
+        del self.timers[timer]
+
+    def tell(self, outcome: JobOutcome) -> None:
+        self.told.append(outcome)
+        self.log.append(("tell", outcome.job_id, self.committed(outcome.job_id)))
+
+
+class Rig:
+    """A core on a real outbox, with a fake clock and the ids still being submitted."""
+
+    def __init__(self, tmp_path: Path, window: int = 32, **outbox: Any) -> None:
+        self.now = START
+        self.path = tmp_path / "outbox.sqlite"
+        settings = {"result_timeout_s": 1.0, "retry_base_s": 0.5, "retry_cap_s": 2.0}
+        config = OutboxConfig(path=self.path, **(settings | outbox))
+        self.outbox = Outbox(config, clock=self.clock)
+        self.reader = sqlite3.connect(self.path)
+        self.effects = Effects(self.committed)
+        self.submitting: set[str] = set()
+        self.core = OffloadCore(
+            self.outbox,
+            self.effects,
+            window=window,
+            sweep_interval_s=0.25,
+            submitting=lambda: sorted(self.submitting),
+            clock=self.clock,
+        )
+        self.commits = 0
+        batch = self.outbox.batch
+
+        @contextlib.contextmanager
+        def counted() -> Iterator[None]:
+            with batch():
+                yield
+            self.commits += 1
+
+        self.outbox.batch = counted  # type: ignore[method-assign]
+
+    def clock(self) -> int:
+        return self.now
+
+    def close(self) -> None:
+        self.reader.close()
+        self.outbox.close()
+
+    def committed(self, job_id: str) -> str | None:
+        row = self.reader.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def row(self, job_id: str, column: str) -> Any:
+        query = f"SELECT {column} FROM jobs WHERE id = ?"
+        return self.reader.execute(query, (job_id,)).fetchone()[0]
+
+    def submit(self, priority: int = 0, ttl_ms: int = 60_000, n: int = 0) -> Submitted:
+        """A job stored as ``OffloadClient.submit`` does (1 ms after the last); the event
+        it posts."""
+        self.now += 1
+        request = OffloadRequest(
+            job_id=new_job_id(),
+            device_id="cam-1",
+            model="det",
+            priority=priority,
+            deadline=self.now + ttl_ms,
+            created=self.now,
+            payload_kind="jpeg",
+        )
+        outcome = self.outbox.enqueue(NewJob(request, JPEG, "", "test", {"n": n}))
+        return Submitted(outcome, request, encode_request(request, JPEG))
+
+    def burst(self, *events: Event, connected: bool = True) -> bool:
+        return self.core.burst(list(events), connected)
+
+    def fire(self, timer: Timer, connected: bool = True) -> bool:
+        """The timer fires and its event makes a burst of its own."""
+        del self.effects.timers[timer]
+        return self.burst(self.core.fired(timer), connected=connected)
+
+    def result(self, job_id: str, log: list[tuple[str, str, str | None]] | None = None) -> ReplyIn:
+        reply = OffloadResult(
+            job_id=job_id, device_id="cam-1", model="det", results=[{"ok": 1}], served_by="s",
+            completed=self.now,
+        )  # fmt: skip
+        log = self.effects.log if log is None else log
+        return ReplyIn(reply, lambda: log.append(("ack", job_id, self.committed(job_id))))
+
+    def error(self, job_id: str, retryable: bool) -> ReplyIn:
+        code = "overloaded" if retryable else "unknown_model"
+        reply = OffloadErrorMessage(
+            job_id=job_id, device_id="cam-1", code=code, reason="no", retryable=retryable
+        )
+        return ReplyIn(reply, lambda: self.effects.log.append(("ack", job_id, None)))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    made = Rig(tmp_path)
+    made.core.start()
+    yield made
+    made.close()
+
+
+def test_start_sweeps_at_once_and_then_every_interval_and_stop_cancels(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        rig.core.start()
+        assert rig.effects.timers == {Timer.SWEEP: 0.0}
+        del rig.effects.timers[Timer.SWEEP]
+        assert rig.core.fired(Timer.SWEEP) == SWEEP
+        assert rig.effects.timers == {Timer.SWEEP: 0.25}
+        rig.core.stop()
+        assert rig.effects.timers == {} and not rig.core.ready
+    finally:
+        rig.close()
+
+
+def test_a_fresh_job_goes_out_from_memory_and_its_claim_waits_for_the_next_commit(
+    rig: Rig,
+) -> None:
+    rig.burst(WAKE)  # the backlog check at start: nothing due
+    job = rig.submit()
+    published_at = rig.now
+    assert rig.burst(job) is False
+    assert rig.effects.published == [job.request.job_id]
+    assert rig.effects.frames[job.request.job_id] == job.frame  # the frame not read back
+    assert rig.committed(job.request.job_id) == "Enqueue"  # the claim is not written yet
+    assert rig.effects.timers[Timer.SETTLE] == SETTLE_DELAY_S
+    rig.now += 30
+    rig.fire(Timer.SETTLE)
+    assert rig.committed(job.request.job_id) == "Preprocessing"
+    assert rig.row(job.request.job_id, "started") == published_at  # counted from the send
+    assert rig.core.in_flight == 1 and rig.core.counters.sent == 1
+
+
+def test_a_burst_is_one_commit_with_the_jobs_it_lets_out(rig: Rig) -> None:
+    rig.burst(WAKE)
+    jobs = [rig.submit() for _ in range(3)]
+    rig.burst(*jobs)
+    commits = rig.commits
+    done, later = jobs[:2], rig.submit()
+    rig.burst(*(rig.result(j.request.job_id) for j in done), later)
+    assert rig.commits == commits + 1
+    assert rig.effects.published[-1] == later.request.job_id
+    # both outcomes are told after the one commit that stored both results
+    told = [entry for entry in rig.effects.log if entry[0] == "tell"]
+    assert told == [("tell", j.request.job_id, "Postprocessing") for j in done]
+
+
+def test_a_reply_is_acknowledged_after_its_commit_and_its_outcome(rig: Rig) -> None:
+    rig.burst(WAKE)
+    job = rig.submit(n=5)
+    rig.burst(job)
+    job_id = job.request.job_id
+    rig.burst(rig.result(job_id))
+    assert rig.effects.log == [
+        ("tell", job_id, "Postprocessing"),
+        ("ack", job_id, "Postprocessing"),
+    ]
+    outcome = rig.effects.told[0]
+    assert outcome.status == Status.EXIT and outcome.local_result == {"n": 5}
+    assert outcome.result is not None and outcome.result.results == [{"ok": 1}]
+    # the close waits for the next transaction, within SETTLE_DELAY_S
+    assert rig.effects.timers[Timer.SETTLE] == SETTLE_DELAY_S
+    rig.fire(Timer.SETTLE)
+    assert rig.committed(job_id) == "Exit" and rig.core.counters.completed == 1
+
+
+def test_an_outcome_is_told_once(rig: Rig) -> None:
+    rig.burst(WAKE)
+    job = rig.submit()
+    rig.burst(job)
+    job_id = job.request.job_id
+    rig.burst(rig.result(job_id))
+    rig.burst(rig.result(job_id))
+    rig.fire(Timer.SETTLE)
+    rig.burst(rig.result(job_id))
+    assert [o.job_id for o in rig.effects.told] == [job_id]
+    assert rig.core.counters.duplicate_results == 2
+    assert [entry[0] for entry in rig.effects.log].count("ack") == 3  # each acknowledged
+
+
+def test_pubacks_alone_open_no_transaction_and_are_written_with_the_next(rig: Rig) -> None:
+    rig.burst(WAKE)
+    jobs = [rig.submit() for _ in range(3)]
+    rig.burst(*jobs)
+    rig.fire(Timer.SETTLE)  # the claims
+    commits = rig.commits
+    rig.burst(*(Puback(j.request.job_id) for j in jobs))
+    assert rig.commits == commits  # no transaction for acknowledgements alone
+    assert rig.core.in_flight == 0 and rig.core.counters.acked == 3
+    assert {rig.committed(j.request.job_id) for j in jobs} == {"Preprocessing"}
+    assert rig.effects.timers[Timer.SETTLE] == SETTLE_DELAY_S
+    rig.fire(Timer.SETTLE)
+    assert {rig.committed(j.request.job_id) for j in jobs} == {"Preprocessing_complete"}
+
+
+def test_stop_writes_the_claims_acks_and_closes_that_wait(rig: Rig) -> None:
+    rig.burst(WAKE)
+    first, second = rig.submit(), rig.submit()
+    rig.burst(first, second)
+    rig.burst(Puback(first.request.job_id), rig.result(second.request.job_id))
+    rig.core.stop()
+    assert rig.committed(first.request.job_id) == "Preprocessing_complete"
+    assert rig.committed(second.request.job_id) == "Exit"
+    assert rig.effects.timers == {}
+
+
+def test_at_most_window_requests_await_their_puback(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, window=2)
+    try:
+        rig.core.start()
+        rig.burst(WAKE)
+        jobs = [rig.submit() for _ in range(5)]
+        again = rig.burst(*jobs)
+        assert len(rig.effects.published) == 2 and again is False  # the window is full
+        assert rig.burst(Puback(rig.effects.published[0])) is False
+        assert len(rig.effects.published) == 3
+        rig.burst(*(Puback(job_id) for job_id in rig.effects.published[1:]))
+        assert len(rig.effects.published) == 5
+        assert sorted(rig.effects.published) == sorted(j.request.job_id for j in jobs)
+    finally:
+        rig.close()
+
+
+def test_jobs_go_out_in_priority_order_when_the_link_returns(rig: Rig) -> None:
+    jobs = []
+    for priority in [1, 7, 3, 7, 0, 3]:
+        jobs.append((rig.submit(priority=priority), priority))
+        rig.now += 1
+    rig.burst(*(job for job, _ in jobs), connected=False)
+    assert rig.effects.published == []  # they wait in the outbox for the link
+    rig.burst(Link(True))
+    expected = [job.request.job_id for job, _ in sorted(jobs, key=lambda jp: -jp[1])]
+    assert rig.effects.published == expected
+    assert {rig.committed(job_id) for job_id in expected} == {"Preprocessing"}
+
+
+def test_fresh_jobs_of_one_burst_go_out_highest_priority_first(rig: Rig) -> None:
+    rig.burst(WAKE)
+    jobs = [rig.submit(priority=p) for p in (0, 5, 2)]
+    rig.burst(*jobs)
+    assert rig.effects.published == [jobs[i].request.job_id for i in (1, 2, 0)]
+
+
+def test_a_backlog_and_fresh_jobs_go_out_once_each_from_the_outbox(rig: Rig) -> None:
+    backlog = rig.submit(priority=1)
+    rig.burst(backlog, connected=False)
+    fresh = rig.submit(priority=9)
+    rig.burst(fresh)  # a backlog: the fresh job is claimed from the outbox in its place
+    assert rig.effects.published == [fresh.request.job_id, backlog.request.job_id]
+    assert rig.committed(fresh.request.job_id) == "Preprocessing"  # claimed, not deferred
+    rig.burst(SWEEP)
+    assert len(rig.effects.published) == 2
+
+
+def test_a_job_whose_submission_has_not_arrived_is_not_sent_from_the_outbox(rig: Rig) -> None:
+    job = rig.submit()
+    rig.submitting.add(job.request.job_id)  # stored; its event not yet handed over
+    for _ in range(3):
+        rig.burst(SWEEP)  # each sends from the outbox
+    assert rig.effects.published == []
+    rig.submitting.clear()
+    rig.burst(job)
+    rig.burst(SWEEP)
+    assert rig.effects.published == [job.request.job_id]
+
+
+def test_a_job_that_cannot_be_published_is_due_again(rig: Rig) -> None:
+    rig.burst(WAKE)
+    job = rig.submit()
+    job_id = job.request.job_id
+    rig.effects.refuse.add(job_id)
+    assert rig.burst(job) is True  # still due: the next burst sends from the outbox
+    assert rig.burst(WAKE) is False  # refused again: released, not retried
+    assert rig.committed(job_id) == "Enqueue" and rig.row(job_id, "iteration") == 0
+    assert "not connected" in rig.row(job_id, "last_error")
+    rig.effects.refuse.clear()
+    rig.burst(SWEEP)
+    assert rig.effects.published == [job_id] and Timer.BACKOFF not in rig.effects.timers
+
+
+def test_no_answer_is_retried_with_backoff_and_the_deadline_expires_the_job(rig: Rig) -> None:
+    rig.burst(WAKE)
+    job = rig.submit(ttl_ms=5_000, n=3)
+    job_id = job.request.job_id
+    rig.burst(job)
+    rig.burst(Puback(job_id), rig.result("0123456789abcdef"))  # an unknown job's result
+    assert rig.core.counters.unknown_results == 1
+    rig.now += 1_001  # past result_timeout_s
+    rig.burst(SWEEP)
+    assert rig.committed(job_id) == "Enqueue" and rig.core.counters.retried == 1
+    assert rig.effects.published == [job_id]  # not before its retry delay
+    rig.now += 500
+    rig.burst(SWEEP)
+    assert rig.effects.published == [job_id, job_id]
+    assert decode_request(rig.effects.frames[job_id]).request.attempt == 1
+    rig.now += 5_000
+    rig.burst(SWEEP)
+    outcome = rig.effects.told[-1]
+    assert outcome.status == Status.EXPIRED and outcome.local_result == {"n": 3}
+    assert "local result stands" in outcome.reason and rig.core.counters.expired == 1
+    assert rig.effects.log[-1] == ("tell", job_id, "Expired")
+
+
+def test_retry_timers_pause_while_the_link_is_down(rig: Rig) -> None:
+    rig.burst(WAKE)
+    job = rig.submit()
+    job_id = job.request.job_id
+    rig.burst(job)
+    rig.burst(Puback(job_id), Link(False))
+    rig.now += 5_000
+    rig.burst(SWEEP, connected=False)
+    assert rig.committed(job_id) == "Preprocessing_complete"
+    assert rig.core.counters.retried == 0
+    rig.burst(Link(True), SWEEP)  # the job gets a full timeout again
+    assert rig.committed(job_id) == "Preprocessing_complete"
+    rig.now += 1_001
+    rig.burst(SWEEP)
+    assert rig.committed(job_id) == "Enqueue" and rig.core.counters.retried == 1
+
+
+def test_server_errors_retry_or_fail_and_accepted_is_recorded(rig: Rig) -> None:
+    rig.burst(WAKE)
+    retried, failed = rig.submit(), rig.submit()
+    rig.burst(retried, failed)
+    accepted = OffloadAccepted(job_id=retried.request.job_id, device_id="cam-1", served_by="s")
+    rig.burst(ReplyIn(accepted, lambda: None))
+    assert rig.committed(retried.request.job_id) == "Inferencing"
+    rig.burst(rig.error(retried.request.job_id, True), rig.error(failed.request.job_id, False))
+    assert rig.committed(retried.request.job_id) == "Enqueue"
+    assert [(o.job_id, o.status) for o in rig.effects.told] == [
+        (failed.request.job_id, Status.FAILED)
+    ]
+    counters = rig.core.counters
+    assert (counters.accepted, counters.errors, counters.retried, counters.failed) == (1, 2, 1, 1)
+
+
+def test_shed_jobs_are_told_as_failed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, max_jobs=1)
+    try:
+        rig.core.start()
+        low = rig.submit(priority=0)
+        rig.burst(low, connected=False)
+        high = rig.submit(priority=5)
+        assert high.outcome.shed == [low.request.job_id]
+        rig.burst(high, connected=False)
+        assert [(o.job_id, o.status) for o in rig.effects.told] == [
+            (low.request.job_id, Status.FAILED)
+        ]
+        assert "shed" in rig.effects.told[0].reason
+    finally:
+        rig.close()
+
+
+def test_a_failing_commit_backs_off_and_its_reply_is_asked_for_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.burst(WAKE)
+    job = rig.submit()
+    job_id = job.request.job_id
+    rig.burst(job)
+    real = rig.outbox.batch
+
+    @contextlib.contextmanager
+    def full_disk() -> Iterator[None]:
+        with real():
+            yield
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(rig.outbox, "batch", full_disk)
+    assert rig.burst(rig.result(job_id)) is False
+    assert rig.effects.timers[Timer.BACKOFF] == FAULT_BACKOFF_S and not rig.core.ready
+    assert rig.core.counters.worker_errors == 1
+    assert rig.effects.told == []  # nothing told: the result was not stored
+    assert rig.committed(job_id) == "Enqueue"  # rolled back, claim included
+    assert rig.effects.log == [("ack", job_id, "Enqueue")]  # the server answers again
+    monkeypatch.setattr(rig.outbox, "batch", real)
+    assert rig.core.fired(Timer.BACKOFF) == WAKE and rig.core.ready
+    del rig.effects.timers[Timer.BACKOFF]
+    later = rig.submit()
+    rig.burst(WAKE, later)
+    assert rig.effects.published[-1] == later.request.job_id
+    assert rig.committed(later.request.job_id) == "Enqueue"  # its claim deferred
+    rig.burst(SWEEP)  # the job of the lost commit is due again (at-least-once)
+    assert rig.effects.published.count(job_id) == 2
+    assert rig.committed(later.request.job_id) == "Preprocessing"
+
+
+def test_after_a_restart_stored_results_are_delivered_and_mid_publish_jobs_sent_again(
+    tmp_path: Path,
+) -> None:
+    first = Rig(tmp_path)
+    first.core.start()
+    stored, told, caught = [first.submit(n=n) for n in range(3)]  # created in this order
+    first.burst(stored, told, caught)
+    first.burst(first.result(stored.request.job_id))  # told, but not closed: edged dies
+    first.outbox.record_result(told.request.job_id, {"job_id": told.request.job_id,
+        "device_id": "cam-1", "model": "det", "results": [], "served_by": "s",
+        "completed": first.now})  # fmt: skip
+    first.close()  # edged dies: "caught" is still Preprocessing (mid-publish)
+    again = Rig(tmp_path)
+    try:
+        again.core.start()
+        assert [o.job_id for o in again.effects.told] == [
+            stored.request.job_id,  # in Postprocessing: told again
+            told.request.job_id,  # stored result: told now
+        ]
+        assert again.effects.log[1] == ("tell", told.request.job_id, "Postprocessing")
+        assert again.effects.told[1].result is not None
+        again.burst(SWEEP)
+        assert again.effects.published == [caught.request.job_id]  # sent again
+        assert again.committed(stored.request.job_id) == "Exit"
+        assert again.committed(told.request.job_id) == "Exit"
+    finally:
+        again.close()
