@@ -50,10 +50,12 @@ import psutil
 import tritonclient.grpc as grpcclient
 import yaml
 
+from bench.gating import VTEST
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
+from edgefed import paths
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.wire import (
@@ -63,8 +65,9 @@ from edgefed.wire import (
     decode_reply,
     encode_request,
 )
-from tests.support.paths import IMAGES_DIR, REPO, VTEST
 
+REPO = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO / paths.images_dir()  # $EDGEFED_IMAGES_DIR or the checkout's build dir
 SERVER_ID = "bench-server"
 RAW_DEVICE = "bench-raw"
 FLOOR_REQUEST = "bench/floor/request"
@@ -143,7 +146,7 @@ def write_config(directory: Path, mqtt_port: int, base_port: int, threads: int) 
             "trusted_keys": [str(IMAGES_DIR / "keys" / "dev-signing.pub")],
         },
         "triton": {
-            "venv": str(REPO / ".venv-triton"),
+            "venv": str(REPO / paths.triton_venv()),
             "instances": 1,
             "base_port": base_port,
             "models": [
