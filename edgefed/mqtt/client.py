@@ -1,0 +1,254 @@
+"""``MqttClient``: one broker connection, paho's client composed with the registry
+(``registry``) and, in loop mode, the asyncio drive (``loopdriver``).
+
+This module holds what only a connection has: TCP_NODELAY on every socket, TLS and
+credentials from config, the presence message and its Last Will, the (re)connect and
+disconnect callbacks with their counters and listeners, and start/stop in either mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefed.errors import OffloadError
+from edgefed.mqtt.config import MqttConfig, Presence, tls_context
+from edgefed.mqtt.loopdriver import LoopDriver
+from edgefed.mqtt.registry import (
+    AckCallback,
+    AckedHandler,
+    Handler,
+    MqttCounters,
+    Publish,
+    SubscriptionRegistry,
+)
+
+log = logging.getLogger("edgefed.mqtt")
+
+ConnectionListener = Callable[[bool], None]
+
+
+class MqttClient:
+    """One broker connection with reconnect, presence, subscriptions and counted dispatch."""
+
+    def __init__(self, config: MqttConfig, presence: Presence | None = None) -> None:
+        self.config = config
+        self.counters = MqttCounters()
+        self._presence = presence
+        self._lock = threading.Lock()  # guards counters, listeners and the registry
+        self._listeners: list[ConnectionListener] = []
+        self._connected = threading.Event()
+        self._started = False
+        self._stopping = False
+        self._resubscribe_mid: int | None = None
+        self._client = self._make_client()
+        self._registry = SubscriptionRegistry(self.counters, self._client.ack, self._lock)
+        self._driver = LoopDriver(self._client, config, self._count_connect_failure)
+
+    @property
+    def connected(self) -> bool:
+        """Connected, and every registered subscription confirmed by the broker."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Called with True on every (re)connect and False on every disconnect."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Register a QoS 1 subscription; applied now if connected and on every reconnect.
+        The broker has its PUBACK once the handler returns."""
+        self._register(topic_filter, handler, acked=False)
+
+    def subscribe_acked(self, topic_filter: str, handler: AckedHandler) -> None:
+        """As ``subscribe``, but the handler gets an ``ack`` to call (from any thread) once
+        the message has had its effect, such as a commit: only then does the broker have
+        its PUBACK. A message whose effect dies with the process before that comes again
+        on the next connection. A handler that raises has its message acknowledged."""
+        self._register(topic_filter, handler, acked=True)
+
+    def _register(self, topic_filter: str, handler: Callable[..., None], acked: bool) -> None:
+        self._registry.add(topic_filter, handler, acked)
+        if self._client.is_connected():  # paho's state: set before on_connect runs
+            self._client.subscribe(topic_filter, qos=1)
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, on_ack: AckCallback | None = None
+    ) -> Publish:
+        """Publish at QoS 1. While offline paho queues it and sends it on reconnect."""
+        try:
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+        except ValueError as exc:
+            raise OffloadError(f"cannot publish to {topic!r}: {exc}") from exc
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise OffloadError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        return self._registry.published(info.mid, topic, on_ack)
+
+    def socket_nodelay(self) -> bool:
+        """Whether the current socket has TCP_NODELAY (False when not connected)."""
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket):
+            return False
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect in the background and keep reconnecting until ``stop``.
+
+        Without ``loop``, paho's own thread runs the connection. With ``loop``, that
+        asyncio loop does (see ``edgefed.mqtt.loopdriver``); ``stop`` must then be called
+        from another thread, such as ``asyncio.to_thread``.
+        """
+        if self._started:
+            return
+        self._started = True
+        try:
+            self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
+        except (OSError, ValueError) as exc:
+            raise OffloadError(f"mqtt: cannot connect to {self.config.host}: {exc}") from exc
+        if loop is None:
+            self._client.loop_start()
+            return
+        self._driver.start(loop)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish ``offline`` (a clean disconnect sends no Last Will), then disconnect."""
+        if not self._started:
+            return
+        if self._driver.on_loop_thread():
+            raise RuntimeError("stop a loop-driven MqttClient from another thread")
+        self._started = False
+        self._stopping = True
+        if self._presence is not None and self.connected:
+            self.publish(self._presence.topic, self._presence.offline, retain=True).wait(timeout)
+        if not self._driver.started:
+            self._client.disconnect()
+            self._client.loop_stop()
+        else:
+            self._driver.stop(timeout)
+        self._connected.clear()
+        self._registry.forget_publishes()
+        self._stopping = False
+
+    def _make_client(self) -> paho.Client:
+        cfg = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            clean_session=cfg.clean_session,
+            protocol=paho.MQTTv311,
+            manual_ack=True,  # the registry acknowledges each message (see its doc)
+        )
+        client.enable_logger(log)
+        client.reconnect_delay_set(
+            cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        )
+        client.max_inflight_messages_set(cfg.max_inflight)
+        if cfg.tls is not None:
+            client.tls_set_context(tls_context(cfg.tls))
+        if cfg.username is not None:
+            secret = cfg.password.get_secret_value() if cfg.password is not None else None
+            client.username_pw_set(cfg.username, secret)
+        if self._presence is not None:
+            client.will_set(self._presence.topic, self._presence.offline, qos=1, retain=True)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    # --- paho's callbacks: on its thread, or on the loop (the connecting thread for opens)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._driver.loop is not None:
+            self._driver.socket_opened(sock)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            with self._lock:
+                self.counters.connect_failures += 1
+            log.warning("mqtt: broker %s refused the connection: %s", self.config.host, reason)
+            return
+        self._driver.connected()
+        filters = self._registry.new_session()
+        with self._lock:
+            if self.counters.connects:
+                self.counters.reconnects += 1
+            self.counters.connects += 1
+            listeners = list(self._listeners)
+        if filters:
+            _, mid = client.subscribe([(f, 1) for f in filters])
+            with self._lock:
+                self._resubscribe_mid = mid
+            return  # ready when the broker confirms the subscriptions (_on_subscribe)
+        self._ready(listeners)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            if mid != self._resubscribe_mid:
+                return
+            self._resubscribe_mid = None
+            listeners = list(self._listeners)
+        self._ready(listeners)
+
+    def _ready(self, listeners: list[ConnectionListener]) -> None:
+        """Connected with every subscription in place: announce presence, tell listeners."""
+        if self._presence is not None:
+            self.publish(self._presence.topic, self._presence.online, retain=True)
+        self._connected.set()
+        log.info("mqtt: connected to %s:%d", self.config.host, self.config.port)
+        self._notify(listeners, True)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._count_connect_failure()
+
+    def _count_connect_failure(self) -> None:
+        with self._lock:
+            self.counters.connect_failures += 1
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        with self._lock:
+            listeners = list(self._listeners)
+            self.counters.last_disconnect = str(reason)
+            if not was_connected:
+                self.counters.connect_failures += 1
+        if was_connected:
+            if not self._stopping:
+                log.warning("mqtt: disconnected from %s: %s", self.config.host, reason)
+            self._notify(listeners, False)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._registry.puback(mid)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._registry.dispatch(message)
+
+    def _notify(self, listeners: list[ConnectionListener], up: bool) -> None:
+        for listener in listeners:
+            try:
+                listener(up)
+            except Exception:
+                log.exception("mqtt: connection listener failed")

@@ -1,0 +1,78 @@
+"""MQTT adapter configuration: the broker block of both daemons' configs, its TLS context,
+and the retained presence message (``online`` on every connect, ``offline`` as Last Will).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from edgefed.errors import ConfigError
+from edgefed.wire import Availability, encode_message
+
+
+class MqttTls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ca: Path = Field(description="CA certificate (PEM) that signed the broker's certificate")
+    cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS")
+    key: Path | None = Field(
+        default=None, description="Private key (PEM) of the client certificate"
+    )
+    insecure: bool = Field(
+        default=False, description="Skip the broker host name check (never in production)"
+    )
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port")
+    client_id: str = Field(min_length=1, max_length=128, description="MQTT client id")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="Keep-alive interval in seconds")
+    clean_session: bool = Field(
+        default=False,
+        description="Start a fresh session on every connect; False lets the broker queue "
+        "QoS 1 messages for this client while it is away",
+    )
+    tls: MqttTls | None = Field(default=None, description="TLS settings; None for plain TCP")
+    username: str | None = Field(default=None, description="Broker user name")
+    password: SecretStr | None = Field(default=None, description="Broker password")
+    reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay in seconds")
+    reconnect_max_s: int = Field(default=30, ge=1, description="Reconnect delay cap in seconds")
+    max_inflight: int = Field(
+        default=64, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK before paho queues"
+    )
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A retained presence topic: ``online`` on every connect, ``offline`` as Last Will."""
+
+    topic: str
+    online: bytes
+    offline: bytes
+
+
+def presence(topic: str, online: Availability) -> Presence:
+    """Presence payloads from the ``online`` availability message and its offline twin."""
+    offline = online.model_copy(update={"state": "offline"})
+    return Presence(topic, encode_message(online), encode_message(offline))
+
+
+def tls_context(tls: MqttTls) -> ssl.SSLContext:
+    """Build the client TLS context; unreadable files raise ``ConfigError``."""
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError("mqtt tls: give both cert and key, or neither")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+        if tls.cert is not None and tls.key is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt tls: cannot load certificates: {exc}") from exc
+    context.check_hostname = not tls.insecure
+    return context
