@@ -154,7 +154,9 @@ def test_a_result_kept_by_the_broker_while_edged_was_down_is_recorded_on_start(
         again.stop()
 
 
-def test_dmi_mapper_is_wired_from_config_and_drives_the_running_gate(tmp_path: Path) -> None:
+def test_dmi_mapper_is_wired_from_config_and_drives_the_running_gate(
+    tmp_path: Path, dmi_stubs: None
+) -> None:
     sockets = Path(tempfile.mkdtemp(prefix="dmi-app-"))  # short: unix socket paths are limited
     raw = demo_config(
         tmp_path,

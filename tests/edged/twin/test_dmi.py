@@ -33,7 +33,7 @@ READINGS = {"fps": 9.5, "gated_ratio": 0.25, "outbox_depth": 3}
 
 
 @pytest.fixture
-def sockets() -> Iterator[Path]:
+def sockets(dmi_stubs: None) -> Iterator[Path]:
     """A short directory for the sockets (unix socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="dmi-"))
     yield path
