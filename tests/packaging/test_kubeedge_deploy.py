@@ -17,6 +17,8 @@ import yaml
 
 from drivers import registry
 from edged.config import EdgedConfig, parse_config
+from serverd.api.devices import EVENT_KINDS
+from serverd.config import ServerdConfig
 from tests.packaging.test_kubeedge_manifests import DOCS, NAMESPACE, pod_spec, the
 
 DAEMON_CONFIGS = {
@@ -124,3 +126,26 @@ def test_edged_probes_hit_the_api_it_serves() -> None:
         assert get["path"] == path
         assert get["port"] == config.api.port
         assert get["host"] == config.api.host == "127.0.0.1"  # hostNetwork: node loopback
+
+
+def test_serverd_api_is_what_the_rules_probes_and_service_use() -> None:
+    raw = yaml.safe_load(the("ConfigMap", "serverd-config")["data"]["serverd.yaml"])
+    config = ServerdConfig.model_validate(raw)
+    (serverd,) = pod_spec(the("Deployment", "serverd"))["containers"]
+    ports = {p["name"]: p["containerPort"] for p in serverd["ports"]}
+    assert ports["http"] == config.api.port == 8080
+    assert config.api.host == "0.0.0.0"  # reached from CloudCore and the kubelet
+    assert serverd["livenessProbe"]["httpGet"] == {"port": "http", "path": "/healthz"}
+    assert serverd["readinessProbe"]["httpGet"] == {"port": "http", "path": "/readyz"}
+    service = {p["name"]: p for p in the("Service", "serverd")["spec"]["ports"]}
+    assert service["http"]["port"] == 8080 and service["http"]["targetPort"] == "http"
+    for rule in (d for d in DOCS if d["kind"] == "Rule"):
+        path = rule["spec"]["targetResource"]["resource"].split(":8080", 1)[1]
+        assert path.rsplit("/", 1)[0] == "/api/v1/edge-events"
+        assert path.rsplit("/", 1)[1] in EVENT_KINDS
+    # events come without a token, so only CloudCore's namespace may reach the port
+    assert config.api.open_edge_events is True
+    policy = the("NetworkPolicy", "serverd-api-from-cloudcore")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "serverd"}
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
