@@ -128,6 +128,7 @@ class DmiMapper:
                 "protocol": self._config.protocol,
                 "registered": self._registered,
                 "device": self._device.name if self._device is not None else None,
+                "models": sorted(f"{ns}/{name}" for ns, name in self._models),
                 "desired": dict(self._desired),
                 "rejections": {k: v.model_dump() for k, v in self._rejected.items()},
                 "last_error": self.last_error,

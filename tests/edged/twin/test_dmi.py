@@ -188,6 +188,10 @@ def test_remove_device_forgets_it_and_keeps_the_settings(rig: Rig) -> None:
     edgecore = started(rig)
     edgecore.register_device(device(edgecore, motion_threshold="90"))
     edgecore.wait_reported(NS, NAME, "motion_threshold", "90")
+    model = edgecore.api.pb.DeviceModel(name="edgefed-camera", namespace=NS)
+    response = edgecore.create_device_model(model)
+    assert (response.deviceModelName, response.deviceModelNamespace) == ("edgefed-camera", NS)
+    assert rig.mapper.status()["models"] == [f"{NS}/edgefed-camera"]
     edgecore.remove_device(NS, NAME)
     assert rig.mapper.status()["device"] is None
     assert rig.daemon.gate.config.threshold == 90  # applied settings stay
