@@ -141,6 +141,7 @@ def write_config(directory: Path, mqtt_port: int, base_port: int, threads: int) 
         "log_level": "WARNING",
         "state_dir": str(directory / "serverd"),
         "mqtt": {"port": mqtt_port, "client_id": "serverd-bench"},
+        "api": {"port": 0},
         "images": {
             "dir": str(IMAGES_DIR),
             "trusted_keys": [str(IMAGES_DIR / "keys" / "dev-signing.pub")],

@@ -120,8 +120,8 @@ class EdgedApp:
     """The running daemon: models, pipeline, sinks and the optional services.
 
     Services start in list order and stop in reverse: pipeline, summary, offload, EventBus,
-    twin, the network loop with MQTT, HTTP API (the API starts last and stops first). The
-    MQTT connection comes up after every subscriber has registered its handler, so that
+    twin, DMI mapper, the network loop with MQTT, HTTP API (the API starts last and stops
+    first). The MQTT connection comes up after every subscriber has registered its handler, so that
     the messages the broker kept for edged's session while it was away find their handler.
     """
 
@@ -147,11 +147,12 @@ class EdgedApp:
         self.pipeline = Pipeline(config, self.models.runners, sinks=sinks, listeners=listeners)
         self.runtime = wiring.runtime_config(config, self.pipeline, self.offload)
         self.twin = wiring.twin(config, self.mqtt, self.runtime, self.eventbus, self._readings)
+        self.dmi = wiring.dmi(config, self.runtime, self.eventbus, self._readings)
         self.services: list[Service] = [
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
-        optional = (self.offload, self.eventbus, self.twin, self.net, self._api())
+        optional = (self.offload, self.eventbus, self.twin, self.dmi, self.net, self._api())
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None

@@ -20,6 +20,7 @@ from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
+from edged.twin.dmi_config import DmiConfig
 from edged.twin.service import TwinConfig
 from edgefed import paths
 from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
@@ -112,7 +113,15 @@ class EdgedConfig(Strict):
         description="Node broker (shared with KubeEdge's EventBus, or bridged to serverd); "
         "None: no twin, no events, no offload",
     )
-    twin: TwinConfig = Field(default_factory=TwinConfig, description="KubeEdge device twin")
+    twin: TwinConfig = Field(
+        default_factory=TwinConfig,
+        description="KubeEdge device twin over MQTT: desired values on KubeEdge <= 1.14, "
+        "reports only on 1.15+ (use dmi there)",
+    )
+    dmi: DmiConfig = Field(
+        default_factory=DmiConfig,
+        description="KubeEdge DMI mapper: the way desired values arrive on KubeEdge 1.15+",
+    )
     eventbus: EventBusConfig = Field(
         default_factory=EventBusConfig,
         description="Events and stats forwarded to the cloud by KubeEdge's EventBus",
@@ -157,6 +166,11 @@ class EdgedConfig(Strict):
             raise ValueError("each driver type may be configured once")
         if self.offload.enabled and self.mqtt is None:
             raise ValueError("offload.enabled needs an mqtt section (the broker to serverd)")
+        if self.dmi.enabled and self.mqtt is not None and self.twin.enabled:
+            raise ValueError(
+                "dmi.enabled and twin.enabled both take desired values: use dmi on "
+                "KubeEdge 1.15+ and set twin.enabled: false, or the MQTT twin on <= 1.14"
+            )
         cams = [c.name for c in self.cameras]
         if len(set(cams)) != len(cams):
             raise ValueError("camera names must be unique")

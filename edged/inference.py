@@ -142,4 +142,5 @@ class ModelWorker:
             "inferences": self.latency.count,
             "errors": self.latency.errors,
             **self.latency.percentiles(),
+            **self.latency.histogram(),
         }

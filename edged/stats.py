@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 80.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
+"""Upper bounds of the lifetime latency histogram (ms); 80 is the round-trip target."""
+
 
 class LatencyWindow:
-    """The last ``size`` latencies (ms) with percentiles, plus lifetime count and errors."""
+    """The last ``size`` latencies (ms) with percentiles, plus lifetime count and errors.
+
+    Every latency is also counted in a lifetime histogram (``BUCKETS_MS``), which a
+    metrics scraper can aggregate across runs and devices (percentiles cannot be).
+    """
 
     def __init__(self, size: int = 512) -> None:
         self._values: deque[float] = deque(maxlen=size)
         self._lock = threading.Lock()
+        self._buckets = [0] * len(BUCKETS_MS)  # not cumulative: one count per bucket
+        self._sum_ms = 0.0
         self.count = 0
         self.errors = 0
 
@@ -23,6 +35,21 @@ class LatencyWindow:
         with self._lock:
             self._values.append(ms)
             self.count += 1
+            self._sum_ms += ms
+            index = bisect.bisect_left(BUCKETS_MS, ms)
+            if index < len(BUCKETS_MS):
+                self._buckets[index] += 1
+
+    def histogram(self) -> dict[str, Any]:
+        """Lifetime histogram: cumulative ``[[le_ms, count], ...]`` (without +Inf), sum, count."""
+        with self._lock:
+            counts, total, count = list(self._buckets), self._sum_ms, self.count
+        cumulative = list(itertools.accumulate(counts))
+        return {
+            "latency_buckets": [[le, n] for le, n in zip(BUCKETS_MS, cumulative, strict=True)],
+            "latency_sum_ms": round(total, 3),
+            "latency_count": count,  # read with the buckets: the +Inf bucket
+        }
 
     def error(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from edged.offload.dispatch import OffloadDispatcher
 from edged.offload.outbox import Outbox
 from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
+from edged.twin.dmi import DmiMapper
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
 from edgefed.clock import now_ms
@@ -148,4 +149,23 @@ def twin(
         on_outcome=bus.publish_twin if bus is not None else None,
         readings=readings,
         report_interval_s=config.twin.report_interval_s,
+    )
+
+
+def dmi(
+    config: EdgedConfig,
+    runtime: RuntimeConfig,
+    bus: EventBus | None,
+    readings: Callable[[], Mapping[str, Any]],
+) -> DmiMapper | None:
+    """The DMI mapper (KubeEdge 1.15+), if enabled; it needs no MQTT connection."""
+    if not config.dmi.enabled:
+        return None
+    return DmiMapper(
+        config.dmi,
+        config.device_id,
+        runtime,
+        load_property_table(config.twin.properties_file),
+        on_outcome=bus.publish_twin if bus is not None else None,
+        readings=readings,
     )

@@ -1,10 +1,11 @@
-"""serverd start-up: job table, own Tritons, external endpoints, MQTT and the offload service.
+"""serverd start-up: API, job table, own Tritons, external endpoints, MQTT, offload service.
 
-Order of start: the job table; the model repository and the supervised Triton
-processes (in parallel; a failure names Triton's own words); the external endpoints'
-model lists; the scheduler; the MQTT connection with a retained ``online`` availability
-and its ``offline`` Last Will; the request subscription last, so that no request
-arrives before something can serve it. Everything stops in reverse order.
+Order of start: the HTTP API (health answers while the rest starts); the job table; the
+model repository and the supervised Triton processes (in parallel; a failure names
+Triton's own words); the external endpoints' model lists; the scheduler; the MQTT
+connection with a retained ``online`` availability and its ``offline`` Last Will; the
+request subscription last, so that no request arrives before something can serve it.
+Everything stops in reverse order.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.mqtt import Ack, MqttClient, presence
 from edgefed.wire import Availability, Topics
+from serverd.api.config import resolve_token
+from serverd.api.devices import EdgeDevices
+from serverd.api.metrics import ServerdMetrics
+from serverd.api.server import ServerdApi
 from serverd.config import ServerdConfig
 from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
@@ -43,6 +49,65 @@ class ServerdApp:
         self.mqtt: MqttClient | None = None
         self.ready = threading.Event()  # set once requests are being served
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.devices = EdgeDevices(config.api.max_devices)
+        self.metrics = ServerdMetrics(self.status)
+        self.api: ServerdApi | None = None
+        if config.api.enabled:
+            self.api = ServerdApi(
+                config.api,
+                resolve_token(config.api),
+                self.status,
+                self.serving,
+                self.triton_metrics_urls,
+                self.metrics,
+                self.devices,
+            )
+
+    def serving(self) -> bool:
+        """Ready: requests are served, MQTT is up and some Triton instance is healthy."""
+        mqtt = self.mqtt
+        return (
+            self.ready.is_set()
+            and mqtt is not None
+            and mqtt.connected
+            and any(i.healthy for i in self.scheduler.instances())
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Instances, scheduler, job table, counters and edge devices (on the loop)."""
+        service = self.service
+        current = service.status() if service is not None else {}
+        instances = current.get("instances", {})
+        return {
+            "server_id": self.config.server_id,
+            "ready": self.serving(),
+            "instances": {
+                i.name: {
+                    "healthy": i.healthy,
+                    "in_flight": len(i.inflight),
+                    "completed": i.completed,
+                    "models": sorted(i.models),
+                    "ema_ms": instances.get(i.name, {}).get("ema_ms", {}),
+                }
+                for i in self.scheduler.instances()
+            },
+            "scheduler": {
+                "queued": current.get("queued", 0),
+                "in_flight": current.get("in_flight", 0),
+            },
+            "jobs": current.get("jobs", {}),
+            "counters": current.get("counters", {}),
+            "queued": current.get("queued", 0),
+            "edge_events": dict(self.devices.counts),
+            "devices": self.devices.status(),
+        }
+
+    def triton_metrics_urls(self) -> dict[str, str]:
+        """The metrics endpoint of every supervised Triton (loopback, free ports)."""
+        return {
+            name: f"http://127.0.0.1:{s.process.ports.metrics}/metrics"
+            for name, s in self.supervisors.items()
+        }
 
     def _tritons(self) -> list[TritonSupervisor]:
         cfg = self.config
@@ -118,8 +183,18 @@ class ServerdApp:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.api is not None:
+            await self.api.start()
+        try:
+            await self._serve(stop)
+        finally:
+            if self.api is not None:
+                await self.api.stop()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        self._loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         jobs = JobTable(cfg.jobs_path)
         if jobs.interrupted:
             log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
@@ -148,7 +223,13 @@ class ServerdApp:
                 cfg.send_accepted,
             )
             self.service = OffloadServer(
-                settings, topics, self.mqtt.publish, jobs, self.scheduler, self.endpoints
+                settings,
+                topics,
+                self.mqtt.publish,
+                jobs,
+                self.scheduler,
+                self.endpoints,
+                on_done=self.metrics.observe,
             )
             self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off

@@ -19,6 +19,7 @@ from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, va
 from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
+from serverd.api.config import ServerdApiConfig
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"
@@ -105,6 +106,10 @@ class ServerdConfig(Strict):
         DEFAULT_MAX_BYTES, ge=1024, description="Largest request accepted from the wire"
     )
     images: ImagesConfig = Field(default_factory=ImagesConfig, description="Model images")
+    api: ServerdApiConfig = Field(
+        default_factory=ServerdApiConfig,
+        description="HTTP API: health, readiness, status, edge events, metrics",
+    )
     triton: TritonConfig = Field(default_factory=TritonConfig, description="Own Triton")
     endpoints: list[EndpointConfig] = Field(
         default_factory=list, description="External Triton endpoints"

@@ -93,8 +93,10 @@ class OffloadServer:
         scheduler: Scheduler,
         endpoints: Mapping[str, TritonEndpoint],
         clock_ms: Callable[[], int] = now_ms,
+        on_done: Callable[[str, Mapping[str, float]], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_done = on_done  # (model, timings in ms) of each completed job: metrics
         self.counters = ServiceCounters()
         self._topics = topics
         self._publish = publish
@@ -301,6 +303,8 @@ class OffloadServer:
         )
         self._close(held, Status.EXIT, encode_message(result))
         self.counters.completed += 1
+        if self._on_done is not None:
+            self._on_done(held.request.model, timings)
         self._pump()
 
     def _instance_failed(self, name: str, reason: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefed.dmi import gen
 from edgefed.testing.broker import Broker
 
 
@@ -15,3 +16,9 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     """A real mosquitto on a free port of 127.0.0.1, stopped after the test."""
     with Broker(tmp_path / "broker") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def dmi_stubs() -> None:
+    """The KubeEdge DMI stubs, generated from edgefed/dmi/api.proto first if missing."""
+    gen.generate()

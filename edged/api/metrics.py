@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .schemas import StatusBody
-
-QUANTILES = (("0.5", "p50_ms"), ("0.99", "p99_ms"))
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -96,8 +99,8 @@ class StatusCollector(Collector):
         errors = _counter("edged_model_errors", "Failed model runs", lab)
         dropped = _counter("edged_model_dropped", "Frames dropped from a full queue", lab)
         depth = _gauge("edged_model_queue_depth", "Frames waiting for the model", lab)
-        latency = _gauge(
-            "edged_model_latency_seconds", "Run time over the last runs", [*lab, "quantile"]
+        latency = HistogramMetricFamily(
+            "edged_model_latency_seconds", "Run time of successful model runs", labels=lab
         )
         for m in st.models:
             loaded.add_metric([m.name, m.driver or "", m.device or ""], 1.0 if m.loaded else 0.0)
@@ -106,10 +109,13 @@ class StatusCollector(Collector):
             errors.add_metric([m.name], m.errors)
             dropped.add_metric([m.name], m.dropped)
             depth.add_metric([m.name], m.queue_depth)
-            for q, attr in QUANTILES:
-                ms = getattr(m, attr)
-                if ms is not None:
-                    latency.add_metric([m.name, q], ms / 1000.0)
+            if m.loaded:
+                buckets = [(f"{le / 1000:g}", float(n)) for le, n in m.latency_buckets]
+                latency.add_metric(
+                    [m.name],
+                    [*buckets, ("+Inf", float(m.latency_count))],
+                    sum_value=m.latency_sum_ms / 1000.0,
+                )
         yield from (loaded, enabled, runs, errors, dropped, depth, latency)
 
     def _outbox(self, st: StatusBody) -> Iterator[Metric]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from edged.settings import RuntimeConfig
 from edgefed.errors import ConfigError
+from edgefed.httpapi import JSON, Handler, check_bearer, reject
 
 from . import mjpeg
 from .jsontypes import type_errors
@@ -29,45 +28,7 @@ from .status import StatusViews
 log = logging.getLogger(__name__)
 
 STATIC = files(__package__ or "edged.api") / "static"  # package data: the dashboard
-_JSON = "application/json"
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 Q = TypeVar("Q", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def reject(status: int, error: str, reason: str, **headers: str) -> web.HTTPException:
-    """An HTTP error with the API's JSON body, to raise from a handler."""
-    body = json.dumps({"error": error, "reason": reason})
-    exc = web.HTTPException(text=body, content_type=_JSON, headers=headers or None)
-    exc.set_status(status)
-    return exc
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turns aiohttp's own errors (404, 405, ...) and unexpected failures into JSON."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == _JSON:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
-        error = (exc.reason or "error").lower().replace(" ", "_")
-        raise reject(exc.status, error, exc.text or exc.reason, **headers) from None
-    except Exception:
-        log.exception("API handler for %s %s failed", request.method, request.path)
-        raise reject(500, "internal", "unexpected failure; see the daemon log") from None
-
-
-def check_bearer(header: str | None, token: str | None) -> None:
-    """Raise 401/403 unless ``header`` is ``Bearer <token>`` (constant-time comparison)."""
-    scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise reject(401, "unauthorized", "send 'Authorization: Bearer <token>'", **_CHALLENGE)
-    if token is None:
-        raise reject(403, "forbidden", "no API token is configured on this device")
-    if not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise reject(403, "forbidden", "wrong token")
 
 
 def _reasons(exc: ValidationError) -> str:
@@ -82,7 +43,7 @@ def parse_query(model: type[Q], request: web.Request) -> Q:
 
 
 def _ok(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(text=model.model_dump_json(), content_type=_JSON, status=status)
+    return web.Response(text=model.model_dump_json(), content_type=JSON, status=status)
 
 
 class Routes:
@@ -146,7 +107,7 @@ class Routes:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._openapi, content_type=_JSON)
+        return web.Response(text=self._openapi, content_type=JSON)
 
     async def status(self, request: web.Request) -> web.Response:
         # off the loop: the outbox counts are a SQLite query
@@ -154,7 +115,7 @@ class Routes:
 
     async def models(self, request: web.Request) -> web.Response:
         body = "[" + ",".join(m.model_dump_json() for m in self._views.models()) + "]"
-        return web.Response(text=body, content_type=_JSON)
+        return web.Response(text=body, content_type=JSON)
 
     async def events(self, request: web.Request) -> web.Response:
         q = parse_query(EventsQuery, request)

@@ -70,6 +70,12 @@ class ModelStatus(_Out):
     p50_ms: float | None = Field(None, description="Median run time over the last runs (ms)")
     p99_ms: float | None = Field(None, description="99th percentile run time (ms)")
     mean_ms: float | None = Field(None, description="Mean run time (ms)")
+    latency_buckets: list[tuple[float, int]] = Field(
+        default_factory=list,
+        description="Lifetime histogram of run times: [upper bound ms, runs at or under it]",
+    )
+    latency_sum_ms: float = Field(0.0, description="Sum of every run time (ms)")
+    latency_count: int = Field(0, description="Runs in the histogram (read with its buckets)")
 
 
 class ModelInfo(ModelStatus):

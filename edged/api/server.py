@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from edgefed.errors import ConfigError
+from edgefed.httpapi import json_errors
 
 from .config import ApiConfig, resolve_token
 from .metrics import make_registry
 from .openapi import build_openapi
 from .preview import PreviewRenderer
-from .routes import Routes, json_errors
+from .routes import Routes
 from .sources import ApiSources
 from .status import StatusViews
 

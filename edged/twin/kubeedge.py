@@ -11,7 +11,7 @@ and ``timestamp`` (ms); values are strings; a twin key must match
 ``[a-zA-Z0-9-_.,:/@#]{1,128}`` and a non-empty value ``[a-zA-Z0-9-_.,:/@#]{1,512}``
 (EdgeCore answers 400 for the whole update otherwise); errors are
 ``{"event_id", "timestamp", "code", "reason"}``. The device id in the topic is
-``<namespace>/<name>`` since KubeEdge 1.16 and a single segment before.
+``<namespace>/<name>`` since KubeEdge 1.16.2 / 1.17 and a single segment before.
 
 Inbound models ignore unknown fields on purpose (tolerant reader): Go's decoder in
 EdgeCore ignores them too and newer releases add fields. Outbound messages are

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.settings import RuntimeConfig, RuntimeSettings
+from edged.twin.desired import Rejection, apply_all, check
 from edged.twin.kubeedge import (
     ErrorResult,
     build_get,
@@ -53,7 +54,8 @@ from edgefed.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 
-Source = Literal["delta", "get_result"]
+Source = Literal["delta", "get_result", "register_device", "update_device"]
+"""The message handled: MQTT twin (delta, get_result) or DMI call (register/update_device)."""
 
 
 class TwinConfig(BaseModel):
@@ -69,13 +71,6 @@ class TwinConfig(BaseModel):
     )
 
 
-class Rejection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    value: str = Field(description="The desired value as the twin sent it")
-    reason: str = Field(description="Why edged refused it (the previous value stays)")
-
-
 class TwinOutcome(BaseModel):
     """What happened to one twin message's desired values (published as an event)."""
 
@@ -84,8 +79,8 @@ class TwinOutcome(BaseModel):
     type: Literal["twin"] = Field(default="twin", description="Event discriminator")
     device_id: str = Field(description="Device whose twin it is")
     timestamp: int = Field(description="When edged handled it (ms since epoch)")
-    source: Source = Field(description="The KubeEdge message handled")
-    event_id: str = Field(description="event_id of that message")
+    source: Source = Field(description="The KubeEdge message or DMI call handled")
+    event_id: str = Field(description="event_id of that message (DMI calls: a fresh uuid)")
     applied: dict[str, str] = Field(description="Properties applied, with their value")
     rejected: dict[str, Rejection] = Field(description="Properties refused, with the reason")
 
@@ -273,7 +268,7 @@ class TwinService:
                 self.counters.repeats += 1
                 continue
             try:
-                value = getattr(self._runtime.validate({name: self._table.parse(name, wire)}), name)
+                value = check(self._runtime, self._table, name, wire)
             except ConfigError as exc:
                 rejected[name] = Rejection(value=wire, reason=str(exc))
                 continue
@@ -302,16 +297,14 @@ class TwinService:
         """Apply all or nothing; the rejections if RuntimeConfig refused or rolled back."""
         before = {n: self._reported.get(n) for n in changes}
         self._reported.update(changes)  # so that _on_settings does not report them twice
-        try:
-            self._runtime.apply({n: value for n, (value, _) in changes.items()})
-        except ConfigError as exc:
+        rejected = apply_all(self._runtime, changes)
+        if rejected:
             for name, old in before.items():
                 if old is None:
                     self._reported.pop(name, None)
                 else:
                     self._reported[name] = old
-            return {n: Rejection(value=wire, reason=str(exc)) for n, (_, wire) in changes.items()}
-        return {}
+        return rejected
 
     def _formatted(self, values: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
         out: dict[str, tuple[Any, str]] = {}

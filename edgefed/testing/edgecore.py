@@ -1,5 +1,8 @@
 """Stand-ins for KubeEdge on a real mosquitto: EdgeCore's DeviceTwin and a subscriber.
 
+It plays EdgeCore up to KubeEdge 1.14, whose twin messages carry ``expected`` values;
+from 1.15 desired values go to the DMI mapper instead (``edgefed/testing/dmi.py``).
+
 It keeps one device's twin (expected, actual and type of each property) and behaves
 as EdgeCore does towards a device: ``twin/get`` is answered on ``twin/get/result``;
 a ``twin/update`` is checked (key and value patterns, value against the twin's type,

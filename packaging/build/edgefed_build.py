@@ -1,10 +1,12 @@
-"""EdgeFed's PEP 517 build backend: setuptools, after generating the device-plugin stubs.
+"""EdgeFed's PEP 517 build backend: setuptools, after generating the gRPC stubs.
 
-The gRPC stubs of ``drivers/deviceplugin/api.proto`` are generated, not committed (they
-are git-ignored), so a wheel built from a clean clone would lack them. Before setuptools
+The gRPC stubs of ``drivers/deviceplugin/api.proto`` (kubelet device plugin) and
+``edgefed/dmi/api.proto`` (KubeEdge DMI) are generated, not committed (they are
+git-ignored), so a wheel built from a clean clone would lack them. Before setuptools
 builds a wheel (or an editable install), this runs ``python -m drivers.deviceplugin.gen``
-in the source tree (pip runs build hooks there), with grpcio-tools from the build
-requirements in pyproject.toml; the stubs are then ordinary modules of the package.
+and ``python -m edgefed.dmi.gen`` in the source tree (pip runs build hooks there), with
+grpcio-tools from the build requirements in pyproject.toml; the stubs are then ordinary
+modules of the package.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from setuptools.build_meta import (  # noqa: F401  (the rest of the PEP 517 inte
     prepare_metadata_for_build_wheel,
 )
 
+GENERATORS = ("drivers.deviceplugin.gen", "edgefed.dmi.gen")
+
 
 def _generate_stubs() -> None:
-    subprocess.run([sys.executable, "-m", "drivers.deviceplugin.gen"], check=True)
+    for module in GENERATORS:
+        subprocess.run([sys.executable, "-m", module], check=True)
 
 
 def build_wheel(

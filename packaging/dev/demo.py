@@ -46,6 +46,7 @@ def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path
         "server_id": SERVER_ID,
         "state_dir": str(STATE / "serverd"),
         "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-serverd"},
+        "api": {"port": 0},  # serverd's API on a free loopback port (its log names it)
         "images": images,
         "triton": {
             "venv": str(REPO / ".venv-triton"),

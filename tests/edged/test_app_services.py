@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +18,7 @@ from edged.config import parse_config
 from edgefed.clock import now_ms
 from edgefed.lifecycle import Status
 from edgefed.testing.broker import Broker
+from edgefed.testing.dmi import FakeEdgeCoreDmi
 from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadResult, Topics, encode_message
 from tests.support.configs import demo_config
@@ -149,3 +152,37 @@ def test_a_result_kept_by_the_broker_while_edged_was_down_is_recorded_on_start(
         assert record.result["results"] == [{"label": "from-the-server"}]
     finally:
         again.stop()
+
+
+def test_dmi_mapper_is_wired_from_config_and_drives_the_running_gate(
+    tmp_path: Path, dmi_stubs: None
+) -> None:
+    sockets = Path(tempfile.mkdtemp(prefix="dmi-app-"))  # short: unix socket paths are limited
+    raw = demo_config(
+        tmp_path,
+        device_id="demo/edge-01",
+        dmi={
+            "enabled": True,
+            "socket": str(sockets / "edgefed.sock"),
+            "edgecore_socket": str(sockets / "dmi.sock"),
+            "report_interval_s": 0.5,
+        },
+    )
+    edgecore = FakeEdgeCoreDmi(sockets / "dmi.sock")
+    app = EdgedApp(parse_config(raw, env={}))
+    app.start()
+    try:
+        wait_until("MapperRegister", lambda: edgecore.mappers)
+        desired = {"motion_threshold": "120"}
+        edgecore.register_device(edgecore.device("edge-01", "demo", "edgefed", "cam", desired))
+        assert {cam.gate.config.threshold for cam in app.pipeline.cameras} == {120}
+        twins = edgecore.wait_reported("demo", "edge-01", "motion_threshold", "120", "120")
+        assert float(twins["fps"][0]) >= 0  # the pipeline's readings travel too
+        desired = {"motion_threshold": "0"}  # out of range: refused, 120 stays and is reported
+        edgecore.update_device(edgecore.device("edge-01", "demo", "edgefed", "cam", desired))
+        edgecore.wait_reported("demo", "edge-01", "motion_threshold", "120", "0")
+        assert {cam.gate.config.threshold for cam in app.pipeline.cameras} == {120}
+    finally:
+        app.stop()
+        edgecore.close()
+        shutil.rmtree(sockets, ignore_errors=True)

@@ -71,3 +71,16 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     broken.write_text("cameras: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken, env={})
+
+
+def test_dmi_and_mqtt_twin_cannot_both_take_desired_values(tmp_path: Path) -> None:
+    mqtt = {"host": "127.0.0.1", "port": 1883, "client_id": "edged-1"}
+    with pytest.raises(ConfigError, match=r"KubeEdge 1\.15"):
+        parse_config(demo_config(tmp_path, mqtt=mqtt, dmi={"enabled": True}), env={})
+    cfg = parse_config(
+        demo_config(tmp_path, mqtt=mqtt, dmi={"enabled": True}, twin={"enabled": False}), env={}
+    )
+    assert cfg.dmi.protocol == "edgefed"
+    assert str(cfg.dmi.edgecore_socket) == "/etc/kubeedge/dmi.sock"
+    with pytest.raises(ConfigError, match=r"dmi\.socket: .*absolute"):
+        parse_config(demo_config(tmp_path, dmi={"socket": "edgefed.sock"}), env={})

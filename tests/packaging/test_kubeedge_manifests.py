@@ -196,8 +196,9 @@ def test_edged_daemonset_runs_on_edge_nodes_with_an_npu() -> None:
     assert pod["nodeSelector"] == {"node-role.kubernetes.io/edge": ""}
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert pod["securityContext"]["runAsNonRoot"] is True
     (edged,) = pod["containers"]
+    # uid 0 only for EdgeCore's DMI socket, without capabilities (test_kubeedge_deploy.py)
+    assert edged["securityContext"]["runAsUser"] == 0
     driver = registry.parse_config(config_file("npu-driver", "npu-driver.yaml"))
     plugin = cli.build_config(cli.parser().parse_args(device_plugin_args()[1:]))
     npu = core.resource_name(plugin.resource_domain, plugin.resource_prefix, driver.model_name)  # type: ignore[attr-defined]
@@ -255,7 +256,9 @@ def test_services_select_pods_and_ports_that_exist() -> None:
 
 
 def test_serverd_talks_to_triton_grpc_on_8001() -> None:
-    endpoints = config_file("serverd-config", "serverd.yaml")["triton"]["endpoints"]
+    config = config_file("serverd-config", "serverd.yaml")
+    assert config["triton"]["instances"] == 0  # no Triton of its own: the Deployment's
+    endpoints = [e["url"] for e in config["endpoints"]]
     assert endpoints == [f"triton.{NAMESPACE}.svc.cluster.local:8001"]
     grpc_port = {p["name"]: p["port"] for p in the("Service", "triton")["spec"]["ports"]}["grpc"]
     assert grpc_port == 8001

@@ -34,14 +34,18 @@ DEV_KEY = TRUST_DIR / "dev-signing.pub"
 PROBE = """
 import json, sys
 import drivers, drivers.deviceplugin.api_pb2_grpc, edged, edged.api.routes, edgefed, serverd
+import edgefed.dmi.api_pb2_grpc
 from drivers.deviceplugin import stubs
+from edgefed.dmi import stubs as dmi_stubs
 from edged.twin.properties import load_property_table
 from edgefed import paths
 from serverd.triton import install
 stubs.load()
+dmi_stubs.load()  # beside the device-plugin stubs: both declare v1beta1.Device
 print(json.dumps({
     "modules": [m.__file__ for m in (drivers, edged, edgefed, serverd,
-                                     drivers.deviceplugin.api_pb2_grpc)],
+                                     drivers.deviceplugin.api_pb2_grpc,
+                                     edgefed.dmi.api_pb2_grpc)],
     "sys_path": sys.path,
     "checkout": str(paths.CHECKOUT),
     "twin": load_property_table().names(),
@@ -99,6 +103,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("wheel")
     source = clean_source(tmp / "src")
     assert not (source / "drivers/deviceplugin/api_pb2.py").exists()  # generated, ignored
+    assert not (source / "edgefed/dmi/api_pb2.py").exists()
     env = {
         k: v
         for k, v in os.environ.items()

@@ -35,6 +35,7 @@ from serverd.config import ServerdConfig
 from tests.support.paths import IMAGES_DIR, OPENCV_DATA, REPO
 
 T = TypeVar("T")
+API_TOKEN = "serverd-api-token-for-tests"
 
 
 def frame_jpeg(width: int = 640, height: int = 480) -> bytes:
@@ -75,6 +76,7 @@ def serverd_config(
             ],
         },
         "health_interval_s": 0.5,
+        "api": {"port": 0, "token": API_TOKEN},
     }
     raw["triton"].update(triton or {})
     raw.update(overrides)

@@ -82,6 +82,7 @@ def cli_config(tmp_path: Path, serverd: ServerdThread, shared_broker: Broker) ->
             "prefix": "cli",
             "state_dir": str(tmp_path / "state"),
             "mqtt": {"port": shared_broker.port, "client_id": "serverd-cli"},
+            "api": {"port": 0},
             "triton": {"instances": 0},
             "endpoints": [{"name": "ext", "url": external}],
         },

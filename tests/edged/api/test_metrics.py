@@ -10,6 +10,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefed.testing.wait import wait_until
+from tests.support import promlint
 from tests.support.paths import REPO
 
 from .conftest import Daemon
@@ -35,7 +36,7 @@ EXPECTED = {
     "edged_model_errors": "counter",
     "edged_model_dropped": "counter",
     "edged_model_queue_depth": "gauge",
-    "edged_model_latency_seconds": "gauge",
+    "edged_model_latency_seconds": "histogram",
     "edged_outbox_jobs": "gauge",
     "edged_outbox_depth": "gauge",
     "edged_link_up": "gauge",
@@ -71,8 +72,11 @@ def test_metrics_parse_and_carry_the_expected_families(daemon: Daemon) -> None:
     assert samples[("edged_camera_up", (("camera", "vtest"),))] == 1.0
     assert samples[("edged_frames_completed_total", ())] > 0
     assert samples[("edged_model_inferences_total", (("model", "person"),))] > 0
-    p50 = samples[("edged_model_latency_seconds", (("model", "scene"), ("quantile", "0.5")))]
-    assert 0 < p50 < 10
+    runs = samples[("edged_model_latency_seconds_count", (("model", "scene"),))]
+    assert runs > 0
+    assert samples[("edged_model_latency_seconds_sum", (("model", "scene"),))] > 0
+    slowest = samples[("edged_model_latency_seconds_bucket", (("le", "2.5"), ("model", "scene")))]
+    assert slowest <= runs  # cumulative buckets never exceed the count
     skipped = {lab["reason"] for n, lab, _ in families["edged_camera_skipped_frames"][1]}
     assert skipped == {"static", "rate"}
 
@@ -103,3 +107,12 @@ def test_every_metric_is_documented() -> None:
     }
     documented = set(re.findall(r"`(edged_[a-z_]+)`", doc))
     assert exposed <= documented, sorted(exposed - documented)
+
+
+def test_exposition_is_promlint_clean(daemon: Daemon) -> None:
+    wait_until(
+        "every model ran",
+        lambda: all(w.latency.count > 0 for w in daemon.app.pipeline.workers.values()),
+        60,
+    )
+    assert promlint.problems(call(daemon.url + "/metrics").body.decode()) == []

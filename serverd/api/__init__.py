@@ -1,0 +1,1 @@
+"""serverd's HTTP API: health, readiness, status, edge events from KubeEdge Rules, metrics."""

@@ -1,0 +1,139 @@
+"""The OpenAPI 3.1 document of serverd's API (served at ``/api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serverd.api.devices import EVENT_KINDS
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "reason"],
+    "properties": {"error": {"type": "string"}, "reason": {"type": "string"}},
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+_STATUS = {
+    "type": "object",
+    "required": ["server_id", "ready", "instances", "scheduler", "jobs", "counters", "devices"],
+    "properties": {
+        "server_id": {"type": "string"},
+        "ready": {"type": "boolean"},
+        "instances": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["healthy", "in_flight", "completed", "models"],
+                "properties": {
+                    "healthy": {"type": "boolean"},
+                    "in_flight": {"type": "integer"},
+                    "completed": {"type": "integer"},
+                    "models": {"type": "array", "items": {"type": "string"}},
+                    "ema_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+                },
+            },
+        },
+        "scheduler": {
+            "type": "object",
+            "required": ["queued", "in_flight"],
+            "properties": {"queued": {"type": "integer"}, "in_flight": {"type": "integer"}},
+        },
+        "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "counters": {"type": "object"},
+        "devices": {
+            "type": "object",
+            "required": ["count", "events", "devices"],
+            "properties": {
+                "count": {"type": "integer"},
+                "events": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "devices": {"type": "object"},
+            },
+        },
+    },
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    health = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    }
+    event_body = {
+        "type": "object",
+        "required": ["device_id"],
+        "properties": {
+            "device_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "type": {"type": "string", "enum": list(EVENT_KINDS)},
+            "timestamp": {"type": "integer"},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "serverd API", "version": "1"},
+        "components": {
+            "schemas": {"Error": _ERROR, "Status": _STATUS},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/healthz": {"get": {"responses": {"200": _json(health, "the process is alive")}}},
+            "/readyz": {
+                "get": {
+                    "responses": {
+                        "200": _json(health, "serving: a healthy Triton instance and MQTT"),
+                        "503": _json(health, "not serving yet or any more"),
+                    }
+                }
+            },
+            "/metrics": {
+                "get": {"responses": {"200": {"description": "Prometheus text", "content": text}}}
+            },
+            "/api/v1/status": {
+                "get": {
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "serverd's status")
+                    }
+                }
+            },
+            "/api/v1/edge-events/{kind}": {
+                "post": {
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "kind",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": list(EVENT_KINDS)},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": event_body}},
+                    },
+                    "responses": {
+                        "202": _json(
+                            {"type": "object", "properties": {"device_id": {"type": "string"}}},
+                            "recorded",
+                        ),
+                        "400": _error("not an edge event"),
+                        "401": _error("no bearer token"),
+                        "403": _error("wrong token, or none configured"),
+                        "404": _error("unknown event kind"),
+                        "413": _error("body too large"),
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {"responses": {"200": _json({"type": "object"}, "this document")}}
+            },
+        },
+    }

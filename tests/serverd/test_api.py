@@ -1,0 +1,124 @@
+"""serverd's HTTP API on a real serverd with two real Tritons: status, metrics, edge events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serverd.api.openapi import build_openapi
+from tests.edged.api.httpclient import call
+from tests.serverd.harness import API_TOKEN, Edge, ServerdThread, frame_jpeg
+from tests.support import promlint
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+
+
+def url(serverd: ServerdThread, path: str) -> str:
+    assert serverd.app.api is not None
+    return serverd.app.api.url + path
+
+
+def test_health_readiness_and_status_show_instances_and_jobs(
+    serverd: ServerdThread, edge: Edge
+) -> None:
+    assert call(url(serverd, "/healthz")).json() == {"status": "ok"}
+    assert call(url(serverd, "/readyz")).json() == {"status": "ready"}
+    before = call(url(serverd, "/api/v1/status")).json()
+    request = edge.request("person")
+    edge.send(request, frame_jpeg())
+    edge.collect(1)
+    status = call(url(serverd, "/api/v1/status")).json()
+    assert status["server_id"] == "test-server" and status["ready"] is True
+    assert set(status["instances"]) == {"local-0", "local-1"}
+    for instance in status["instances"].values():
+        assert instance["healthy"] is True
+        assert set(instance["models"]) == {"person", "echo"}
+    done = sum(i["completed"] for i in status["instances"].values())
+    assert done == sum(i["completed"] for i in before["instances"].values()) + 1
+    assert status["jobs"].get("Exit", 0) >= 1
+    assert status["scheduler"] == {"queued": 0, "in_flight": 0}
+    assert status["counters"]["completed"] >= 1
+
+
+def test_metrics_are_serverds_own_histograms_and_tritons_proxied(
+    serverd: ServerdThread, edge: Edge
+) -> None:
+    request = edge.request("person")
+    edge.send(request, frame_jpeg())
+    edge.collect(1)
+    answer = call(url(serverd, "/metrics"))
+    assert answer.status == 200
+    text = answer.body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    latency = families["serverd_job_duration_seconds"]
+    assert latency.type == "histogram"
+    counts = {
+        s.labels["stage"]: s.value
+        for s in latency.samples
+        if s.name.endswith("_count") and s.labels["model"] == "person"
+    }
+    assert set(counts) == {"queue", "triton", "total"} and counts["total"] >= 1
+    healthy = {s.labels["instance"]: s.value for s in families["serverd_instance_healthy"].samples}
+    assert healthy == {"local-0": 1.0, "local-1": 1.0}
+    # Triton's own metrics, fetched from each supervised instance's loopback port
+    success = families["nv_inference_request_success"]
+    instances = {s.labels["triton_instance"] for s in success.samples}
+    assert instances == {"local-0", "local-1"}
+    served = sum(s.value for s in success.samples if s.labels.get("model") == "person")
+    assert served >= 1
+    own = text[: text.index("# HELP nv_")] if "# HELP nv_" in text else text
+    assert promlint.problems(own) == []
+
+
+def test_edge_events_need_the_token_and_show_connected_devices(serverd: ServerdThread) -> None:
+    event = {"type": "stats", "device_id": "edgefed/edge-node-7", "timestamp": 1, "stats": {}}
+    body = json.dumps(event).encode()
+    path = url(serverd, "/api/v1/edge-events/stats")
+    assert call(path, "POST", body).status == 401
+    wrong = {**AUTH, "Authorization": "Bearer not-the-token-at-all"}
+    assert call(path, "POST", body, wrong).status == 403
+    answer = call(path, "POST", body, AUTH)
+    assert answer.status == 202 and answer.json() == {"device_id": "edgefed/edge-node-7"}
+    devices = call(url(serverd, "/api/v1/status")).json()["devices"]
+    seen = devices["devices"]["edgefed/edge-node-7"]
+    assert seen["events"] == {"stats": 1} and seen["last_seen_ms"] > 0
+    bad = call(path, "POST", b"{not json", AUTH)
+    assert bad.status == 400 and bad.json()["error"] == "bad_event"
+    bogus = json.dumps({**event, "type": "bogus"}).encode()
+    assert call(path, "POST", bogus, AUTH).status == 400
+    unknown = call(url(serverd, "/api/v1/edge-events/other"), "POST", body, AUTH)
+    assert unknown.status == 404 and unknown.json()["error"] == "not_found"
+    big = json.dumps({"device_id": "d", "pad": "x" * 300_000}).encode()
+    assert call(path, "POST", big, AUTH).status == 413
+    metrics = call(url(serverd, "/metrics")).body.decode()
+    assert 'serverd_edge_events_total{kind="stats"}' in metrics
+
+
+def test_openapi_document_is_served(serverd: ServerdThread) -> None:
+    served = call(url(serverd, "/api/v1/openapi.json")).json()
+    assert served == build_openapi()
+    assert served["paths"]["/api/v1/edge-events/{kind}"]["post"]["security"] == [{"bearer": []}]
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_errors(serverd: ServerdThread, tmp_path: Path) -> None:
+    if not SCHEMATHESIS.exists():
+        pytest.fail("schemathesis is not installed: run packaging/dev/setup.sh", pytrace=False)
+    cmd = [
+        str(SCHEMATHESIS), "run", url(serverd, "/api/v1/openapi.json"),
+        "--checks", "all",
+        "--header", f"Authorization: Bearer {API_TOKEN}",
+        "--max-examples", "20",
+        "--seed", "5",
+        "--workers", "1",
+        "--request-timeout", "10",
+        "--report", "junit", "--report-dir", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
