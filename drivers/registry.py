@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "edgefed.drivers"
 BUILTIN_DRIVERS: dict[str, str] = {
     "onnxruntime": "drivers.onnx_runtime:OnnxRuntimeDriver",
     "litert": "drivers.litert:LiteRTDriver",
+    "openvino": "drivers.openvino:OpenVinoDriver",
     "fake-npu": "drivers.fake_npu:FakeNpuDriver",
 }
 

@@ -11,14 +11,34 @@ from __future__ import annotations
 
 import abc
 import builtins
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgefed.errors import DriverError
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (vendor SDKs like multi-line messages)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def import_sdk(driver_type: str, module: str) -> ModuleType:
+    """Import a driver's vendor SDK; a missing or broken one is a ``DriverError`` naming it.
+
+    What every driver's constructor does first, so a daemon without the SDK reports the
+    driver as unavailable with the reason instead of failing to start.
+    """
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken native library raising anything
+        raise DriverError(f"{driver_type}: {module} is not importable: {one_line(exc)}") from exc
 
 
 class DriverConfig(BaseModel):
