@@ -24,6 +24,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "litert": "drivers.litert:LiteRTDriver",
     "openvino": "drivers.openvino:OpenVinoDriver",
     "fake-npu": "drivers.fake_npu:FakeNpuDriver",
+    "sidecar": "drivers.sidecar.driver:SidecarDriver",
 }
 
 
