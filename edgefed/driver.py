@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -85,6 +85,11 @@ class LoadedModel(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model's device memory."""
+
+    def status(self) -> dict[str, Any]:
+        """What the status API shows about the runtime under this model (side-car state,
+        fallback chain); empty for a plain in-process model."""
+        return {}
 
 
 Config = TypeVar("Config", bound=DriverConfig)

@@ -141,6 +141,9 @@ class SidecarModel(LoadedModel):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._driver.run(self._id, feeds)
 
+    def status(self) -> dict[str, Any]:
+        return {"sidecar": self._driver.status()}
+
     def close(self) -> None:
         self._driver.unload(self._id)
 
