@@ -19,12 +19,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from edgefed.counters import Counters
-from edgefed.driver import Driver, LoadedModel
+from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel
 from edgefed.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -174,12 +175,17 @@ class FallbackModel(LoadedModel):
             except Exception:  # a probe must never end the prober
                 log.exception("model %s: probing its fallback chain failed", self._name)
 
+    def _entry_status(self, entry: ChainEntry) -> dict[str, Any]:
+        driver = self._drivers.get(entry.driver)
+        status = {} if driver is None else driver.status()
+        return {"device": str(entry), **({"driver": status} if status else {})}
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "serving": self.device,
                 "reason": self.reason,
-                "chain": [str(e) for e in self._chain],
+                "chain": [self._entry_status(e) for e in self._chain],
                 **self.counters.as_dict(),
                 **self._model.status(),
             }
@@ -190,3 +196,70 @@ class FallbackModel(LoadedModel):
             self._prober.join()
         with self._lock:
             self._model.close()
+
+
+class FallbackConfig(DriverConfig):
+    """One model's chain (edged builds it from ``models[].fallback``)."""
+
+    type: Literal["fallback"] = Field("fallback", description="Driver type")
+    chain: list[str] = Field(
+        min_length=1, description="Devices as <driver>:<device>, in order of preference"
+    )
+    fall_back_after: int = Field(3, ge=1, description="Failed runs in a row that move the model")
+    probe_interval_s: float = Field(
+        30, gt=0, description="How often the more preferred devices are probed"
+    )
+
+    @field_validator("chain")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        for text in value:
+            ChainEntry.parse(text)
+        return value
+
+
+class FallbackDriver(Driver[FallbackConfig]):
+    """Loads a model as a ``FallbackModel`` over the drivers of its chain.
+
+    Not in the registry: it composes drivers the daemon already made (``drivers``, by type).
+    """
+
+    type: ClassVar[str] = "fallback"
+    config_model = FallbackConfig
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, config: DriverConfig, drivers: Mapping[str, Driver[Any]], model_name: str
+    ) -> None:
+        super().__init__(config)
+        self._model_name = model_name
+        self._chain = [ChainEntry.parse(e) for e in self.config.chain]
+        self._drivers = drivers
+        suffixes = [set(d.file_suffixes) for d in drivers.values()] or [set()]
+        # what every driver of the chain loads; known only once configured
+        self.file_suffixes = tuple(sorted(set.intersection(*suffixes)))  # type: ignore[misc]
+
+    def devices(self) -> list[DeviceInfo]:
+        out = []
+        for entry in self._chain:
+            driver = self._drivers[entry.driver]
+            found = [d for d in driver.devices() if d.id.lower() == entry.device.lower()]
+            if found:
+                out.append(
+                    DeviceInfo(str(entry), found[0].model, found[0].healthy, found[0].detail)
+                )
+            else:
+                out.append(DeviceInfo(str(entry), "", False, f"{entry.driver} has no such device"))
+        return out
+
+    def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
+        if device is not None:
+            raise DriverError("a fallback chain picks its own device")
+        return FallbackModel(
+            self._model_name,
+            model_file,
+            self._chain,
+            self._drivers,
+            fall_back_after=self.config.fall_back_after,
+            probe_interval_s=self.config.probe_interval_s,
+        )

@@ -122,5 +122,10 @@ class Driver(abc.ABC, Generic[Config]):
         devs = self.devices()
         return DriverHealth(ok=any(d.healthy for d in devs), devices=devs)
 
+    def status(self) -> dict[str, Any]:
+        """What the status API shows about the driver beyond its devices (a side-car's
+        state and restarts); empty for a plain in-process driver."""
+        return {}
+
     def close(self) -> None:
         """Release the driver's resources."""

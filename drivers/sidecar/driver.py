@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, SerializeAsAny, field_validator
 
 from drivers import registry
 from drivers.sidecar import protocol
@@ -47,7 +47,7 @@ STATE_FAILED = "failed"  # restart budget exhausted; refuses calls until the win
 
 class SidecarConfig(DriverConfig):
     type: Literal["sidecar"] = Field(description="Driver type")
-    driver: DriverConfig = Field(
+    driver: SerializeAsAny[DriverConfig] = Field(
         description="Config of the driver to host in the side-car (any type but sidecar)"
     )
     call_timeout_ms: float = Field(

@@ -70,6 +70,11 @@ class ModelStatus(_Out):
     p50_ms: float | None = Field(None, description="Median run time over the last runs (ms)")
     p99_ms: float | None = Field(None, description="99th percentile run time (ms)")
     mean_ms: float | None = Field(None, description="Mean run time (ms)")
+    runtime: dict[str, Any] | None = Field(
+        None,
+        description="What runs the model, when more than an in-process driver: a fallback "
+        "chain (serving device, why, moves) and a side-car (state, pid, restarts, failures)",
+    )
 
 
 class ModelInfo(ModelStatus):

@@ -78,7 +78,7 @@ def test_the_preferred_device_serves_when_present(chain_model: Any) -> None:
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
     status = model.status()
     assert (status["serving"], status["reason"]) == ("fake-npu:npu0", "preferred device")
-    assert status["chain"] == ["fake-npu:npu0", "onnxruntime:CPU"]
+    assert status["chain"] == [{"device": "fake-npu:npu0"}, {"device": "onnxruntime:CPU"}]
 
 
 def test_a_missing_preferred_device_is_skipped_then_used_once_it_appears(
@@ -174,5 +174,6 @@ def test_a_side_car_past_its_restart_budget_falls_back_and_returns_when_it_recov
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
     wait_for(lambda: model.device == "sidecar:npu0")  # the window passed: a probe restarts it
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
-    sidecar_status = model.status()["sidecar"]
-    assert (sidecar_status["state"], sidecar_status["crashes"]) == ("running", 2)
+    status = model.status()
+    assert status["sidecar"] == status["chain"][0]["driver"]
+    assert (status["sidecar"]["state"], status["sidecar"]["crashes"]) == ("running", 2)
