@@ -160,6 +160,8 @@ class SidecarDriver(Driver[SidecarConfig]):
         self.file_suffixes = registry.driver_class(self.hosted).file_suffixes  # type: ignore[misc]
         self.counters = SidecarCounters()
         self.state = STATE_STOPPED
+        # what the side-car added to the last run: copies, channel, wake-ups (ms)
+        self.last_overhead_ms = 0.0
         self._lock = threading.Lock()
         self._process: _Process | None = None
         self._pid: int | None = None
@@ -258,10 +260,14 @@ class SidecarDriver(Driver[SidecarConfig]):
     def run(self, model_id: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             self.counters.calls += 1
+            start = time.perf_counter()
             try:
                 request = {"op": "run", "id": model_id, **self._arena.write(feeds)}
                 answer = self._call(request, self.config.call_timeout_ms / 1000)
-                return self._reader.read(answer, copy=True)
+                outputs = self._reader.read(answer, copy=True)
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                self.last_overhead_ms = elapsed_ms - float(answer.get("run_ms", 0.0))
+                return outputs
             except DriverError:
                 self.counters.failed_calls += 1
                 raise
@@ -282,6 +288,7 @@ class SidecarDriver(Driver[SidecarConfig]):
                 "state": self.state,
                 "pid": self._pid,
                 "restarts_in_window": len(self._restart_times),
+                "last_overhead_ms": round(self.last_overhead_ms, 3),
                 **self.counters.as_dict(),
             }
 

@@ -9,7 +9,7 @@ op         request                          answer
 init       ``driver`` (its config)          ``pid``
 devices                                     ``devices``
 load       ``id``, ``path``, ``device``     ``device``, ``inputs``, ``outputs``
-run        ``id``, ``shm``, ``tensors``     ``shm``, ``tensors`` (outputs)
+run        ``id``, ``shm``, ``tensors``     ``shm``, ``tensors`` (outputs), ``run_ms``
 unload     ``id``
 =========  ===============================  ===========================================
 
@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,11 @@ class Host:
             }
         if op == "run":
             feeds = self._reader.read(request, copy=False)
+            start = time.perf_counter()
             outputs = self._model(request).run(feeds)
+            run_ms = (time.perf_counter() - start) * 1000
             del feeds  # views into the supervisor's segment
-            return self._arena.write(outputs)
+            return {**self._arena.write(outputs), "run_ms": run_ms}
         if op == "unload":
             self._models.pop(int(request["id"])).close()
             return {}
