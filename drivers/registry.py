@@ -25,6 +25,7 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "openvino": "drivers.openvino:OpenVinoDriver",
     "fake-npu": "drivers.fake_npu:FakeNpuDriver",
     "sidecar": "drivers.sidecar.driver:SidecarDriver",
+    "triton-remote": "drivers.triton_remote:TritonRemoteDriver",
 }
 
 
