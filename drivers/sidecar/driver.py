@@ -163,6 +163,7 @@ class SidecarDriver(Driver[SidecarConfig]):
         # what the side-car added to the last run: copies, channel, wake-ups (ms)
         self.last_overhead_ms = 0.0
         self._lock = threading.Lock()
+        self._closed = False
         self._process: _Process | None = None
         self._pid: int | None = None
         self._models: dict[int, tuple[Path, str | None]] = {}
@@ -184,6 +185,8 @@ class SidecarDriver(Driver[SidecarConfig]):
     def _ensure_running(self) -> _Process:
         if self._process is not None:
             return self._process
+        if self._closed:
+            raise DriverError(f"side-car {self.hosted}: driver is closed")
         if self.state in (STATE_RESTARTING, STATE_FAILED):
             if not self._budget_left(time.monotonic()):
                 self.state = STATE_FAILED
@@ -306,6 +309,7 @@ class SidecarDriver(Driver[SidecarConfig]):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._process is not None:
                 self._process.stop()
                 self._process = None

@@ -199,6 +199,8 @@ def test_closing_stops_the_process_and_frees_shared_memory(make: Any, tmp_path: 
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, 0)  # already reaped by close
     assert not {n.rsplit("-", 1)[0] for n in os.listdir("/dev/shm")} & ours
+    with pytest.raises(DriverError, match="side-car onnxruntime: driver is closed"):
+        model.run(ONES)  # not silently started again
 
 
 def test_config_is_checked_including_the_hosted_driver() -> None:
