@@ -10,6 +10,7 @@ Nothing here pretends to be real hardware: every id, message and resource says "
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -67,6 +68,14 @@ def read_state(path: Path) -> tuple[bool, str]:
     if word.lower() == STATE_HANG:
         return False, "hang: the device does not answer"
     return False, f"unknown state {text[:40]!r} (expected 'ok', 'fault' or 'hang')"
+
+
+def write_state(path: Path, state: str) -> None:
+    """Set a device's state file atomically: a reader never sees it half written (what
+    ``echo fault > npu0`` cannot promise)."""
+    partial = path.with_name(f".{path.name}.new")
+    partial.write_text(state + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _hung(path: Path) -> bool:

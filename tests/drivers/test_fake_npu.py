@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from drivers import registry
-from drivers.fake_npu import FakeNpuConfig, FakeNpuDriver
+from drivers.fake_npu import FakeNpuConfig, FakeNpuDriver, write_state
 from edgefed.errors import ConfigError, DriverError
 from edgefed.images.verify import read_manifest
 from tests.drivers.model_files import built_image, doubling_onnx
@@ -32,7 +32,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def flip(driver: FakeNpuDriver, device: str, state: str) -> None:
-    driver.state_file(device).write_text(state + "\n", encoding="utf-8")
+    write_state(driver.state_file(device), state)
 
 
 def test_devices_come_from_the_state_dir(driver: FakeNpuDriver) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from drivers import registry
+from drivers.fake_npu import write_state
 from drivers.fallback import ChainEntry, FallbackModel
 from drivers.sidecar.driver import SidecarDriver
 from edgefed.driver import Driver
@@ -69,7 +70,7 @@ def chain_model(tmp_path: Path, drivers: dict[str, Driver[Any]]) -> Iterator[Any
 
 
 def set_state(tmp_path: Path, state: str) -> None:
-    (tmp_path / "npu" / "npu0").write_text(state + "\n", encoding="utf-8")
+    write_state(tmp_path / "npu" / "npu0", state)
 
 
 def test_the_preferred_device_serves_when_present(chain_model: Any) -> None:

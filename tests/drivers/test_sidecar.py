@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from drivers import registry
+from drivers.fake_npu import write_state
 from drivers.sidecar.driver import SidecarDriver
 from edgefed.errors import ConfigError, DriverError
 from tests.drivers.model_files import (
@@ -62,7 +63,7 @@ def pid_of(driver: SidecarDriver) -> int:
 
 
 def set_state(tmp_path: Path, state: str) -> None:
-    (tmp_path / "npu" / "npu0").write_text(state + "\n", encoding="utf-8")
+    write_state(tmp_path / "npu" / "npu0", state)
 
 
 @pytest.mark.parametrize("hosted", ["onnxruntime", "openvino"])
