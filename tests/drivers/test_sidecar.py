@@ -118,6 +118,7 @@ def test_kill_9_during_inference_fails_that_frame_then_the_side_car_restarts(
     status = driver.status()
     assert status["state"] == "running"
     assert status["pid"] != first_pid
+    assert model.status() == {"sidecar": status}  # what the status API shows per model
     assert (status["restarts"], status["calls"], status["failed_calls"]) == (1, 2, 1)
 
 
