@@ -10,6 +10,7 @@ Nothing here pretends to be real hardware: every id, message and resource says "
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
 
 STATE_OK = "ok"
 STATE_FAULT = "fault"
+STATE_HANG = "hang"  # a wedged device: runs block until the state changes (watchdog tests)
 _DEVICE_FILE = re.compile(r"^npu(\d+)$")
 
 
@@ -63,7 +65,24 @@ def read_state(path: Path) -> tuple[bool, str]:
         return True, ""
     if word.lower() == STATE_FAULT:
         return False, f"fault: {reason.strip()}" if reason.strip() else "fault"
-    return False, f"unknown state {text[:40]!r} (expected 'ok' or 'fault')"
+    if word.lower() == STATE_HANG:
+        return False, "hang: the device does not answer"
+    return False, f"unknown state {text[:40]!r} (expected 'ok', 'fault' or 'hang')"
+
+
+def write_state(path: Path, state: str) -> None:
+    """Set a device's state file atomically: a reader never sees it half written (what
+    ``echo fault > npu0`` cannot promise)."""
+    partial = path.with_name(f".{path.name}.new")
+    partial.write_text(state + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _hung(path: Path) -> bool:
+    try:
+        return path.read_text(encoding="utf-8").split(maxsplit=1)[:1] == [STATE_HANG]
+    except OSError:
+        return False
 
 
 class FakeNpuModel(LoadedModel):
@@ -78,6 +97,8 @@ class FakeNpuModel(LoadedModel):
         self.outputs = inner.outputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        while _hung(self._state_file):  # like a wedged card: the call never returns by itself
+            time.sleep(0.05)
         healthy, detail = read_state(self._state_file)
         if not healthy:
             raise DriverError(f"fake-npu: device {self.device} cannot run: {detail}")

@@ -24,7 +24,15 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
+from edgefed.driver import (
+    DeviceInfo,
+    Driver,
+    DriverConfig,
+    LoadedModel,
+    TensorSpec,
+    import_sdk,
+    one_line,
+)
 from edgefed.errors import DriverError
 
 CPU_DEVICE = "cpu"
@@ -50,11 +58,6 @@ class LiteRTConfig(DriverConfig):
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _spec(detail: dict[str, Any]) -> TensorSpec:
     signature = detail.get("shape_signature", detail["shape"])
     shape = tuple(int(d) for d in signature)
@@ -68,7 +71,7 @@ def _check_delegate_library(path: Path) -> None:
     try:
         library = ctypes.CDLL(str(path))
     except OSError as exc:
-        raise DriverError(f"litert: delegate {path}: {_one_line(exc)}") from exc
+        raise DriverError(f"litert: delegate {path}: {one_line(exc)}") from exc
     missing = [s for s in DELEGATE_SYMBOLS if not hasattr(library, s)]
     if missing:
         raise DriverError(
@@ -158,12 +161,12 @@ class LiteRTModel(LoadedModel):
         try:
             interpreter = self._borrow()
         except (ValueError, RuntimeError) as exc:
-            cause = _one_line(exc)
+            cause = one_line(exc)
             raise DriverError(f"{self._path.name}: cannot make an interpreter: {cause}") from exc
         try:
             return interpreter.run(feeds)
         except (ValueError, RuntimeError) as exc:
-            raise DriverError(f"{self._path.name}: run failed: {_one_line(exc)}") from exc
+            raise DriverError(f"{self._path.name}: run failed: {one_line(exc)}") from exc
         finally:
             if not self._closed:
                 self._idle.put(interpreter)
@@ -185,11 +188,7 @@ class LiteRTDriver(Driver[LiteRTConfig]):
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
-        try:
-            from ai_edge_litert import interpreter as litert
-        except ImportError as exc:
-            raise DriverError(f"ai_edge_litert is not importable: {exc}") from exc
-        self._litert = litert
+        self._litert = import_sdk(self.type, "ai_edge_litert.interpreter")
 
     def _delegate_id(self) -> str | None:
         return self.config.delegate.stem.removeprefix("lib") if self.config.delegate else None
@@ -217,7 +216,7 @@ class LiteRTDriver(Driver[LiteRTConfig]):
         try:
             delegate = self._litert.load_delegate(str(path), dict(self.config.delegate_options))
         except (ValueError, OSError, RuntimeError) as exc:
-            raise DriverError(f"litert: delegate {path}: {_one_line(exc)}") from exc
+            raise DriverError(f"litert: delegate {path}: {one_line(exc)}") from exc
         return delegate_id, [delegate]
 
     def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
@@ -241,4 +240,4 @@ class LiteRTDriver(Driver[LiteRTConfig]):
         try:
             return LiteRTModel(make, self.config.interpreters_per_model, model_file, device_id)
         except (ValueError, RuntimeError) as exc:
-            raise DriverError(f"cannot load {model_file}: {_one_line(exc)}") from exc
+            raise DriverError(f"cannot load {model_file}: {one_line(exc)}") from exc

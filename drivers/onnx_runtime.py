@@ -14,7 +14,15 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel, TensorSpec
+from edgefed.driver import (
+    DeviceInfo,
+    Driver,
+    DriverConfig,
+    LoadedModel,
+    TensorSpec,
+    import_sdk,
+    one_line,
+)
 from edgefed.errors import DriverError
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -59,11 +67,6 @@ def short_name(provider: str) -> str:
     return provider.removesuffix("ExecutionProvider").lower()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, arg.type))
@@ -87,7 +90,7 @@ class OnnxRuntimeModel(LoadedModel):
         try:
             values = session.run(self._output_names, feeds)
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise DriverError(f"{self._path.name}: run failed: {_one_line(exc)}") from exc
+            raise DriverError(f"{self._path.name}: run failed: {one_line(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
@@ -102,11 +105,7 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise DriverError(f"onnxruntime is not importable: {exc}") from exc
-        self._ort = onnxruntime
+        self._ort = import_sdk(self.type, "onnxruntime")
 
     def devices(self) -> list[DeviceInfo]:
         available = set(self._ort.get_available_providers())
@@ -163,7 +162,7 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
                 provider_options=options,
             )
         except Exception as exc:  # ORT raises its own pybind exception types
-            raise DriverError(f"cannot load {model_file}: {_one_line(exc)}") from exc
+            raise DriverError(f"cannot load {model_file}: {one_line(exc)}") from exc
         if provider not in session.get_providers():
             raise DriverError(f"cannot load {model_file}: {provider} did not initialise")
         return OnnxRuntimeModel(session, model_file, short_name(provider))

@@ -22,7 +22,10 @@ ENTRY_POINT_GROUP = "edgefed.drivers"
 BUILTIN_DRIVERS: dict[str, str] = {
     "onnxruntime": "drivers.onnx_runtime:OnnxRuntimeDriver",
     "litert": "drivers.litert:LiteRTDriver",
+    "openvino": "drivers.openvino:OpenVinoDriver",
     "fake-npu": "drivers.fake_npu:FakeNpuDriver",
+    "sidecar": "drivers.sidecar.driver:SidecarDriver",
+    "triton-remote": "drivers.triton_remote:TritonRemoteDriver",
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drivers import registry
+from drivers.fallback import ChainEntry, FallbackConfig, FallbackDriver
 from edged import wiring
 from edged.api.preview import PreviewSink
 from edged.api.server import ApiServer
@@ -23,7 +24,7 @@ from edged.config import EdgedConfig, ModelConfig
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edgefed.driver import Driver
-from edgefed.errors import DriverError, EdgeFedError
+from edgefed.errors import ConfigError, DriverError, EdgeFedError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 
@@ -56,19 +57,42 @@ class LoadedModels:
             driver.close()
 
 
+def _fallback_driver(
+    config: EdgedConfig, m: ModelConfig, chain: list[str], drivers: dict[str, Driver]
+) -> FallbackDriver:
+    """The chain of ``m`` over the drivers it names; one that fails to start is left out
+    (its entries are then reported unavailable) and logged with the reason."""
+    for entry in chain:
+        driver_type = ChainEntry.parse(entry).driver
+        if driver_type not in drivers:
+            try:
+                drivers[driver_type] = registry.create(config.driver_config(driver_type))
+            except (DriverError, ConfigError) as exc:
+                log.warning("model %s: %s left out of its fallback chain: %s", m.name, entry, exc)
+    fallback = FallbackConfig(
+        chain=chain, fall_back_after=m.fallback_after, probe_interval_s=m.fallback_probe_s
+    )
+    used = {ChainEntry.parse(e).driver for e in chain}
+    return FallbackDriver(fallback, {k: v for k, v in drivers.items() if k in used}, m.name)
+
+
 def load_models(config: EdgedConfig) -> LoadedModels:
     """Verify and load every configured model; failures are collected, not raised."""
     out = LoadedModels()
     for m in config.models:
         path = image_path(config, m)
         try:
-            driver_type = m.driver or read_manifest(path).driver
-            if driver_type not in out.drivers:
-                out.drivers[driver_type] = registry.create(config.driver_config(driver_type))
+            if m.fallback is not None:
+                driver: Driver = _fallback_driver(config, m, m.fallback, out.drivers)
+            else:
+                driver_type = m.driver or read_manifest(path).driver
+                if driver_type not in out.drivers:
+                    out.drivers[driver_type] = registry.create(config.driver_config(driver_type))
+                driver = out.drivers[driver_type]
             out.runners[m.name] = open_runner(
                 m.name,
                 path,
-                out.drivers[driver_type],
+                driver,
                 m.device,
                 config.images.trusted_keys,
                 config.images.allow_unsigned,

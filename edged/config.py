@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
+from drivers.fallback import ChainEntry
 from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
@@ -38,6 +39,19 @@ class ModelConfig(Strict):
     image: str = Field(description="Model image name under images.dir, or a path to one")
     driver: str | None = Field(None, description="Driver type; default: the image's driver")
     device: str | None = Field(None, description="Device id on the driver; default: first healthy")
+    fallback: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Fallback chain instead of driver/device: devices as <driver>:<device> in "
+        "order of preference (e.g. [openvino:NPU, onnxruntime:cpu]); the model runs on the "
+        "first that works and moves back when a preferred one recovers",
+    )
+    fallback_after: int = Field(
+        3, ge=1, description="Failed runs in a row that move the model down its chain"
+    )
+    fallback_probe_s: float = Field(
+        30, gt=0, description="Seconds between probes of the chain's more preferred devices"
+    )
     enabled: bool = Field(True, description="Load and run this model")
     cascade_on: str | None = Field(
         None,
@@ -54,6 +68,15 @@ class ModelConfig(Strict):
     queue_size: int = Field(
         2, ge=1, le=64, description="Pending frames per model; past it the oldest is dropped"
     )
+
+    @model_validator(mode="after")
+    def _check_fallback(self) -> ModelConfig:
+        if self.fallback is not None:
+            if self.driver is not None or self.device is not None:
+                raise ValueError(f"model {self.name!r}: give fallback or driver/device, not both")
+            for text in self.fallback:
+                ChainEntry.parse(text)
+        return self
 
 
 class PipelineConfig(Strict):

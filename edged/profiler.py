@@ -76,6 +76,7 @@ def candidate_drivers(image_dir: Path) -> list[str]:
     for name in registry.available():
         try:
             cls = registry.driver_class(name)
+            registry.parse_config({"type": name})  # one that needs settings (a URL) is left out
         except EdgeFedError:
             continue
         if suffix in cls.file_suffixes and name != "fake-npu":

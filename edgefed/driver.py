@@ -11,14 +11,34 @@ from __future__ import annotations
 
 import abc
 import builtins
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from types import ModuleType
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgefed.errors import DriverError
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (vendor SDKs like multi-line messages)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def import_sdk(driver_type: str, module: str) -> ModuleType:
+    """Import a driver's vendor SDK; a missing or broken one is a ``DriverError`` naming it.
+
+    What every driver's constructor does first, so a daemon without the SDK reports the
+    driver as unavailable with the reason instead of failing to start.
+    """
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken native library raising anything
+        raise DriverError(f"{driver_type}: {module} is not importable: {one_line(exc)}") from exc
 
 
 class DriverConfig(BaseModel):
@@ -66,6 +86,11 @@ class LoadedModel(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model's device memory."""
 
+    def status(self) -> dict[str, Any]:
+        """What the status API shows about the runtime under this model (side-car state,
+        fallback chain); empty for a plain in-process model."""
+        return {}
+
 
 Config = TypeVar("Config", bound=DriverConfig)
 
@@ -96,6 +121,11 @@ class Driver(abc.ABC, Generic[Config]):
     def health(self) -> DriverHealth:
         devs = self.devices()
         return DriverHealth(ok=any(d.healthy for d in devs), devices=devs)
+
+    def status(self) -> dict[str, Any]:
+        """What the status API shows about the driver beyond its devices (a side-car's
+        state and restarts); empty for a plain in-process driver."""
+        return {}
 
     def close(self) -> None:
         """Release the driver's resources."""

@@ -76,6 +76,11 @@ class ModelStatus(_Out):
     )
     latency_sum_ms: float = Field(0.0, description="Sum of every run time (ms)")
     latency_count: int = Field(0, description="Runs in the histogram (read with its buckets)")
+    runtime: dict[str, Any] | None = Field(
+        None,
+        description="What runs the model, when more than an in-process driver: a fallback "
+        "chain (serving device, why, moves) and a side-car (state, pid, restarts, failures)",
+    )
 
 
 class ModelInfo(ModelStatus):

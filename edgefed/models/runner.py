@@ -142,6 +142,7 @@ class ModelRunner:
             "device": self.model.device,
             "input": f"{m.input.width}x{m.input.height}",
             "decoder": m.decoder.type,
+            **({"runtime": runtime} if (runtime := self.model.status()) else {}),
         }
 
     def close(self) -> None:

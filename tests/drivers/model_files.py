@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.support.paths import IMAGES_DIR
+from edgefed.images.verify import read_manifest
+from edgefed.models.preprocess import Preprocessor
+from tests.support.paths import IMAGES_DIR, VTEST
 
 SETUP_HINT = "run packaging/dev/setup.sh"
 
@@ -27,6 +30,29 @@ def built_model_file(image: str, file: str) -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: {SETUP_HINT}", pytrace=False)
     return path
+
+
+def video_frames(indices: tuple[int, ...]) -> list[np.ndarray]:
+    """BGR frames of the real test video at ``indices`` (768x576 pedestrians)."""
+    capture = cv2.VideoCapture(str(VTEST))
+    frames = []
+    try:
+        for index in indices:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, frame = capture.read()
+            if not ok:
+                pytest.fail(f"cannot read frame {index} of {VTEST}: {SETUP_HINT}", pytrace=False)
+            frames.append(frame)
+    finally:
+        capture.release()
+    return frames
+
+
+def image_feeds(image: str, frame: np.ndarray) -> dict[str, np.ndarray]:
+    """The input tensor an image's own pre-processing makes of ``frame``, by input name."""
+    manifest = read_manifest(built_image(image))
+    tensor, _ = Preprocessor(manifest.input)(frame)
+    return {manifest.input.name: tensor}
 
 
 def write_model(path: Path, graph: onnx.GraphProto) -> Path:

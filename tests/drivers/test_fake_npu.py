@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from drivers import registry
-from drivers.fake_npu import FakeNpuConfig, FakeNpuDriver
+from drivers.fake_npu import FakeNpuConfig, FakeNpuDriver, write_state
 from edgefed.errors import ConfigError, DriverError
 from edgefed.images.verify import read_manifest
 from tests.drivers.model_files import built_image, doubling_onnx
@@ -30,7 +32,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def flip(driver: FakeNpuDriver, device: str, state: str) -> None:
-    driver.state_file(device).write_text(state + "\n", encoding="utf-8")
+    write_state(driver.state_file(device), state)
 
 
 def test_devices_come_from_the_state_dir(driver: FakeNpuDriver) -> None:
@@ -128,3 +130,17 @@ def test_runs_the_efficientnet_model_image(driver: FakeNpuDriver) -> None:
     (logits,) = model.run({spec.name: np.zeros(shape, dtype=np.float32)}).values()
     assert logits.shape == (1, 1000)
     assert np.isfinite(logits).all()
+
+
+def test_a_hung_device_blocks_runs_until_its_state_changes(
+    driver: FakeNpuDriver, model_file: Path
+) -> None:
+    model = driver.load(model_file, "npu0")
+    flip(driver, "npu0", "hang")
+    assert driver.devices()[0].detail == "hang: the device does not answer"
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(model.run, {"x": np.ones((1, 4), np.float32)})
+        time.sleep(0.3)
+        assert not pending.done()
+        flip(driver, "npu0", "ok")
+        np.testing.assert_array_equal(pending.result(5)["y"], 2.0)

@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from edged.config import load_config, parse_config
+from edged.config import dump_config, load_config, parse_config
 from edgefed.errors import ConfigError
 from tests.support.configs import demo_config, write_config
 
@@ -84,3 +85,25 @@ def test_dmi_and_mqtt_twin_cannot_both_take_desired_values(tmp_path: Path) -> No
     assert str(cfg.dmi.edgecore_socket) == "/etc/kubeedge/dmi.sock"
     with pytest.raises(ConfigError, match=r"dmi\.socket: .*absolute"):
         parse_config(demo_config(tmp_path, dmi={"socket": "edgefed.sock"}), env={})
+
+
+def test_fallback_chains_are_checked(tmp_path: Path) -> None:
+    scene = {"name": "scene", "image": "efficientnet_lite0"}
+    chain = ["openvino:NPU", "onnxruntime:cpu"]
+    cfg = parse_config(demo_config(tmp_path, models=[{**scene, "fallback": chain}]), env={})
+    assert cfg.models[0].fallback == chain
+    assert (cfg.models[0].fallback_after, cfg.models[0].fallback_probe_s) == (3, 30)
+    both = {**scene, "fallback": chain, "device": "cpu"}
+    with pytest.raises(ConfigError, match="give fallback or driver/device, not both"):
+        parse_config(demo_config(tmp_path, models=[both]), env={})
+    with pytest.raises(ConfigError, match="'openvino' is not <driver>:<device>"):
+        parse_config(demo_config(tmp_path, models=[{**scene, "fallback": ["openvino"]}]), env={})
+
+
+def test_a_side_car_config_round_trips_with_its_hosted_driver(tmp_path: Path) -> None:
+    hosted = {"type": "openvino", "devices": ["NPU", "CPU"]}
+    raw = demo_config(tmp_path, drivers=[{"type": "sidecar", "driver": hosted}])
+    cfg = parse_config(raw, env={})
+    dumped = parse_config(yaml.safe_load(dump_config(cfg)), env={})
+    assert dumped.driver_config("sidecar") == cfg.driver_config("sidecar")
+    assert yaml.safe_load(dump_config(cfg))["drivers"][0]["driver"]["devices"] == ["NPU", "CPU"]

@@ -1,0 +1,184 @@
+"""OpenVINO driver: runs ``.onnx`` model files on Intel's NPU, GPU or CPU through OpenVINO.
+
+The configured ``devices`` (``CPU``, ``NPU``, ``GPU``, ``GPU.1``, ``AUTO``, ...) are this
+driver's devices, in order of preference; one the installed runtime cannot see is listed
+unhealthy with the reason. OpenVINO reads the ONNX file itself, so the same model images
+as the onnxruntime driver load here. ``performance_hint`` sets OpenVINO's latency or
+throughput mode; ``precision: f32`` (the default) keeps fp32 arithmetic so outputs agree
+with onnxruntime's, where the CPU plug-in would otherwise pick bf16 on CPUs that have it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgefed.driver import (
+    DeviceInfo,
+    Driver,
+    DriverConfig,
+    LoadedModel,
+    TensorSpec,
+    import_sdk,
+    one_line,
+)
+from edgefed.errors import DriverError
+
+AUTO = "AUTO"
+
+
+class OpenVinoConfig(DriverConfig):
+    type: Literal["openvino"] = Field(description="Driver type")
+    devices: list[str] = Field(
+        default_factory=lambda: ["CPU"],
+        min_length=1,
+        description="OpenVINO devices to offer, in order of preference: CPU, NPU, GPU "
+        "(GPU.0, GPU.1, ... for one of several) or AUTO (OpenVINO picks among those present)",
+    )
+    performance_hint: Literal["latency", "throughput"] = Field(
+        "latency", description="OpenVINO PERFORMANCE_HINT: latency of one frame or throughput"
+    )
+    precision: Literal["f32", "native"] = Field(
+        "f32",
+        description="f32 keeps fp32 arithmetic (outputs agree with onnxruntime); native lets "
+        "the device use its own precision (bf16 on such CPUs, f16 on GPU/NPU)",
+    )
+    num_threads: int = Field(
+        1, ge=0, description="CPU inference threads of one model (0 lets OpenVINO decide)"
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where OpenVINO caches compiled models (NPU/GPU compile is slow)"
+    )
+
+
+def _family(device: str) -> str:
+    """``GPU.1`` -> ``GPU``: the plug-in a device name belongs to."""
+    return device.partition(".")[0].partition(":")[0].upper()
+
+
+def _spec(port: Any) -> TensorSpec:
+    shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+    names = port.get_names()
+    name = port.get_any_name() if names else f"output{port.get_index()}"
+    return TensorSpec(name, shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+
+class OpenVinoModel(LoadedModel):
+    """One compiled model; each concurrent caller gets an infer request of its own."""
+
+    def __init__(self, compiled: Any, path: Path, device: str) -> None:
+        self._compiled: Any | None = compiled
+        self._path = path
+        self.device = device
+        self.inputs = [_spec(p) for p in compiled.inputs]
+        self.outputs = [_spec(p) for p in compiled.outputs]
+        self._idle: list[Any] = []  # infer requests not in use (one is not thread-safe)
+        self._lock = threading.Lock()
+
+    def _request(self) -> Any:
+        with self._lock:
+            if self._compiled is None:
+                raise DriverError(f"{self._path.name}: model is closed")
+            return self._idle.pop() if self._idle else self._compiled.create_infer_request()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self._request()
+        try:
+            values = request.infer(feeds, share_inputs=True, share_outputs=False)
+            out = {spec.name: values[i] for i, spec in enumerate(self.outputs)}
+        except Exception as exc:  # OpenVINO raises RuntimeError/TypeError with C++ messages
+            raise DriverError(f"{self._path.name}: run failed: {one_line(exc)}") from exc
+        finally:
+            with self._lock:
+                self._idle.append(request)
+        return out
+
+    def close(self) -> None:
+        """Drop the compiled model; OpenVINO frees it once runs in flight have returned."""
+        with self._lock:
+            self._compiled = None
+            self._idle.clear()
+
+
+class OpenVinoDriver(Driver[OpenVinoConfig]):
+    type: ClassVar[str] = "openvino"
+    config_model = OpenVinoConfig
+    file_suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        self._ov = import_sdk(self.type, "openvino")
+        try:
+            self._core = self._ov.Core()
+        except Exception as exc:  # plug-in discovery failed inside the runtime
+            raise DriverError(f"openvino: runtime failed to start: {one_line(exc)}") from exc
+
+    def _present(self) -> list[str]:
+        try:
+            return list(self._core.available_devices)
+        except Exception as exc:
+            raise DriverError(f"openvino: cannot list devices: {one_line(exc)}") from exc
+
+    def _full_name(self, device: str) -> str:
+        try:
+            return str(self._core.get_property(device, "FULL_DEVICE_NAME"))
+        except Exception:  # a plug-in without the property still names itself
+            return device
+
+    def devices(self) -> list[DeviceInfo]:
+        present = self._present()
+        families = {_family(p) for p in present}
+        out = []
+        for name in self.config.devices:
+            if name.upper() == AUTO:
+                healthy = bool(present)
+                detail = f"AUTO over {', '.join(present)}" if present else "no device present"
+            elif name in present or (name == _family(name) and name in families):
+                healthy, detail = True, self._full_name(name)
+            else:
+                healthy = False
+                detail = f"{name} is not present (OpenVINO sees: {', '.join(present) or 'none'})"
+            out.append(DeviceInfo(name, _family(name).lower(), healthy, detail))
+        return out
+
+    def _pick(self, device: str | None) -> str:
+        devs = self.devices()
+        if device is None:
+            healthy = [d for d in devs if d.healthy]
+            if not healthy:
+                raise DriverError("openvino: none of the configured devices is present")
+            return healthy[0].id
+        for dev in devs:
+            if dev.id.upper() == device.upper():
+                if not dev.healthy:
+                    raise DriverError(f"openvino: device {device!r}: {dev.detail}")
+                return dev.id
+        known = ", ".join(d.id for d in devs)
+        raise DriverError(f"openvino: unknown device {device!r} (configured: {known})")
+
+    def _properties(self, device: str) -> dict[str, str]:
+        props = {"PERFORMANCE_HINT": self.config.performance_hint.upper()}
+        if self.config.cache_dir is not None:
+            props["CACHE_DIR"] = str(self.config.cache_dir)
+        if self.config.precision == "f32":  # AUTO hands it on to the device it picks
+            props["INFERENCE_PRECISION_HINT"] = "f32"
+        if _family(device) == "CPU":  # the other plug-ins reject this CPU-only property
+            props["INFERENCE_NUM_THREADS"] = str(self.config.num_threads)
+        return props
+
+    def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
+        name = self._pick(device)
+        if not model_file.is_file():
+            raise DriverError(f"cannot load {model_file}: no such file")
+        if model_file.suffix not in self.file_suffixes:
+            raise DriverError(f"openvino: cannot load {model_file.name}: only .onnx files")
+        try:
+            model = self._core.read_model(str(model_file))
+            compiled = self._core.compile_model(model, name, self._properties(name))
+        except Exception as exc:  # OpenVINO raises RuntimeError with C++ messages
+            raise DriverError(f"cannot load {model_file}: {one_line(exc)}") from exc
+        return OpenVinoModel(compiled, model_file, name)

@@ -1,0 +1,1 @@
+"""The side-car driver host: any driver in its own process, behind a watchdog."""
