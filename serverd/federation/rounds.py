@@ -25,12 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edgefed.errors import EdgeFedError
+from edgefed.errors import FederationError
 from serverd.federation.aggregate import AggregationSettings, Params, Update, aggregate
-
-
-class FederationError(EdgeFedError):
-    """A round cannot open or a call came in the wrong phase."""
 
 
 class Phase(StrEnum):

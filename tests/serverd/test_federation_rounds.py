@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from edged.federation.trainer import TrainSettings, accuracy, init_head, train
+from edgefed.errors import FederationError
 from edgefed.testing.datasets import digits, non_iid_split, train_test_split
 from serverd.federation.aggregate import AggregationSettings, Params
-from serverd.federation.rounds import Federation, FederationError, Phase, RoundSettings
+from serverd.federation.rounds import Federation, Phase, RoundSettings
 
 
 def _params(value: float = 0.0) -> Params:
