@@ -7,6 +7,8 @@ Topics (same ``prefix`` rules as ``edgefed.wire``; the id comes last)::
     {prefix}/federation/update/{device}    edge -> server   UpdateChunk + chunk bytes
                                                             | UpdateQuery
     {prefix}/federation/ack/{device}       server -> edge   UpdateAck
+    {prefix}/federation/model/{model}      server -> edges  GlobalModel + parameters (retained)
+    {prefix}/federation/adoption/{device}  edge -> server   AdoptionReport
 
 Every message is one ``edgefed.wire`` frame (``EF`` | version | JSON header | body).
 
@@ -15,11 +17,13 @@ a JSON list of ``{"dtype", "shape"}`` and the arrays' raw little-endian C-order 
 one after the other. Never pickle, never ``.npy`` object arrays; only the numeric dtypes
 of ``DTYPES``. The encoded bytes are cut into chunks of at most ``max_chunk_bytes``; each
 chunk's header carries its ``index``, the ``count`` of chunks, the ``total_bytes`` and
-the ``sha256`` of the whole. The server's ``Reassembler`` keeps what it has per
-``update_id``; after a disconnect the edge sends an ``UpdateQuery`` and the ``UpdateAck``
-lists the chunks still ``missing``, which the edge's ``Upload`` sends again. A whole whose
+the ``sha256`` of the whole. The server's ``Reassembler`` (``edgefed.federation_upload``)
+keeps what it has per ``update_id``; after a disconnect the edge sends an ``UpdateQuery``
+and the ``UpdateAck`` lists the chunks still ``missing``, which the edge's ``Upload``
+sends again. A whole whose
 sha256 differs is refused and dropped. No raw sample ever appears in these messages:
-only parameters, a sample count and training metrics.
+only parameters, a sample count and training metrics. A global version is signed by
+serverd (Ed25519 over ``signed_text``); an edge verifies the hash and the signature.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import hashlib
 import json
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -121,11 +125,42 @@ class UpdateAck(_Message):
     reason: str = Field(default="", max_length=500, description="Why it was rejected")
 
 
+class GlobalModel(_Message):
+    """A new global version (retained per model); the body holds its parameters
+    (``encode_params``). ``signature``: Ed25519 by serverd's key over ``signed_text``."""
+
+    type: Literal["fed_model"] = Field(default="fed_model", description="Discriminator")
+    model: str = Field(pattern=MODEL_PATTERN, description="Model")
+    version: int = Field(ge=1, description="Global version")
+    round: int = Field(ge=1, description="Round that made it")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="sha256 (hex) of the parameters")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="Ed25519 signature (hex)")
+
+
+class AdoptionReport(_Message):
+    """An edge telling serverd whether it adopted a global version, and why not."""
+
+    type: Literal["fed_adoption"] = Field(default="fed_adoption", description="Discriminator")
+    model: str = Field(pattern=MODEL_PATTERN, description="Model")
+    version: int = Field(ge=1, description="Version judged")
+    adopted: bool = Field(description="True if the edge now serves it")
+    reason: str = Field(default="", max_length=500, description="Why it was refused")
+    holdout_accuracy: float | None = Field(default=None, description="Accuracy of the version")
+    current_accuracy: float | None = Field(default=None, description="Accuracy of the current")
+
+
+def signed_text(model: str, version: int, sha256: str) -> bytes:
+    """What a global version's signature covers: model, version and parameter hash, so a
+    signed version cannot be replayed under another model or version."""
+    return f"edgefed-fed-model\n{model}\n{version}\n{sha256}".encode()
+
+
 FedHeader = Annotated[
-    RoundOpen | UpdateChunk | UpdateQuery | UpdateAck, Field(discriminator="type")
+    RoundOpen | UpdateChunk | UpdateQuery | UpdateAck | GlobalModel | AdoptionReport,
+    Field(discriminator="type"),
 ]
 _FED_HEADER: TypeAdapter[Any] = TypeAdapter(FedHeader)
-FedMessage = RoundOpen | UpdateChunk | UpdateQuery | UpdateAck
+FedMessage = RoundOpen | UpdateChunk | UpdateQuery | UpdateAck | GlobalModel | AdoptionReport
 
 
 @dataclass(frozen=True)
@@ -136,16 +171,27 @@ class Received:
     body: bytes
 
 
+_WITH_BODY = (UpdateChunk, GlobalModel)
+
+
 def encode(message: FedMessage, body: bytes = b"") -> bytes:
-    """Frame a federation message; only an ``UpdateChunk`` carries a body."""
-    if body and not isinstance(message, UpdateChunk):
+    """Frame a federation message; only an ``UpdateChunk`` and a ``GlobalModel`` carry a
+    body."""
+    if body and not isinstance(message, _WITH_BODY):
         raise ProtocolError(f"a {message.type} message carries no body")
     return frame(message, body)
 
 
-def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Received | FedMessage:
-    """A frame back to its message (a chunk with its bytes); ``ProtocolError`` says why not."""
+def decode(
+    data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Received | ReceivedModel | FedMessage:
+    """A frame back to its message (a chunk or a model with its bytes); ``ProtocolError``
+    says why not."""
     header, body = unframe(data, max_bytes, _FED_HEADER)
+    if isinstance(header, GlobalModel):
+        if sha256_hex(body) != header.sha256:
+            raise ProtocolError(f"{header.model} v{header.version}: parameters fail their sha256")
+        return ReceivedModel(header, body)
     if isinstance(header, UpdateChunk):
         if header.index >= header.count:
             raise ProtocolError(f"chunk index {header.index} >= count {header.count}")
@@ -156,6 +202,18 @@ def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Received | FedMes
         raise ProtocolError(f"a {header.type} message carries no body, got {len(body)} bytes")
     message: FedMessage = header
     return message
+
+
+@dataclass(frozen=True)
+class ReceivedModel:
+    """A decoded global version: header and parameter bytes (hash checked, signature not)."""
+
+    model: GlobalModel
+    body: bytes
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def encode_params(params: list[np.ndarray]) -> bytes:
@@ -224,155 +282,7 @@ def _spec(spec: object) -> tuple[str, tuple[int, ...]]:
     return dtype, tuple(shape)
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def split(data: bytes, max_chunk_bytes: int) -> list[bytes]:
-    """``data`` cut into chunks of at most ``max_chunk_bytes``."""
-    if max_chunk_bytes < 1:
-        raise ProtocolError("max_chunk_bytes must be positive")
-    return [data[i : i + max_chunk_bytes] for i in range(0, len(data), max_chunk_bytes)]
-
-
-@dataclass
-class Upload:
-    """The edge's side of one update: every chunk's message, and what to (re)send."""
-
-    chunks: list[bytes]
-    headers: list[UpdateChunk]
-    done: bool = False
-    verdict: UpdateAck | None = None
-
-    @classmethod
-    def of(
-        cls,
-        update_id: str,
-        data: bytes,
-        *,
-        model: str,
-        round: int,
-        base_version: int,
-        num_samples: int,
-        metrics: dict[str, float],
-        max_chunk_bytes: int,
-    ) -> Upload:
-        chunks = split(data, max_chunk_bytes)
-        digest = sha256_hex(data)
-        headers = [
-            UpdateChunk(
-                update_id=update_id,
-                model=model,
-                round=round,
-                base_version=base_version,
-                num_samples=num_samples,
-                metrics=metrics,
-                index=i,
-                count=len(chunks),
-                total_bytes=len(data),
-                sha256=digest,
-            )
-            for i in range(len(chunks))
-        ]
-        return cls(chunks, headers)
-
-    @property
-    def update_id(self) -> str:
-        return self.headers[0].update_id
-
-    def frames(self, indices: list[int] | None = None) -> list[bytes]:
-        """The framed chunks at ``indices`` (all when None), ready to publish."""
-        wanted = range(len(self.chunks)) if indices is None else indices
-        return [
-            encode(self.headers[i], self.chunks[i]) for i in wanted if 0 <= i < len(self.chunks)
-        ]
-
-    def query(self) -> bytes:
-        return encode(UpdateQuery(update_id=self.update_id))
-
-    def on_ack(self, ack: UpdateAck) -> list[bytes]:
-        """What to send after ``ack``: the missing chunks, all of them, or nothing."""
-        if ack.update_id != self.update_id:
-            return []
-        if ack.state in ("accepted", "rejected"):
-            self.done, self.verdict = True, ack
-            return []
-        return self.frames(None if ack.state == "unknown" else ack.missing)
-
-
-@dataclass
-class _Partial:
-    first: UpdateChunk
-    parts: dict[int, bytes] = field(default_factory=dict)
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class Assembled:
-    """A whole update put back together and checked against its sha256."""
-
-    header: UpdateChunk
-    device: str
-    data: bytes
-
-
-class Reassembler:
-    """serverd's side: chunks per (device, update id), bounded in bytes, until whole.
-
-    ``add`` returns the ``Assembled`` update when its last chunk arrives; a chunk that
-    contradicts the update's first chunk, or a whole whose sha256 differs, raises
-    ``ProtocolError`` and drops what was held. ``ack`` answers an ``UpdateQuery``.
-    """
-
-    def __init__(self, max_pending_bytes: int = 4 * MAX_UPDATE_BYTES) -> None:
-        self.max_pending_bytes = max_pending_bytes
-        self._pending: dict[tuple[str, str], _Partial] = {}
-
-    def pending_bytes(self) -> int:
-        return sum(p.size for p in self._pending.values())
-
-    def add(self, device: str, received: Received) -> Assembled | None:
-        chunk, key = received.chunk, (device, received.chunk.update_id)
-        partial = self._pending.get(key)
-        if partial is not None and chunk.model_dump(exclude={"index"}) != partial.first.model_dump(
-            exclude={"index"}
-        ):
-            del self._pending[key]
-            raise ProtocolError(f"chunk {chunk.index} contradicts update {chunk.update_id}")
-        if partial is not None and chunk.index in partial.parts:
-            return None  # a redelivery
-        if self.pending_bytes() + len(received.body) > self.max_pending_bytes:
-            raise ProtocolError(f"reassembly holds {self.max_pending_bytes} bytes already")
-        if partial is None:
-            partial = self._pending[key] = _Partial(chunk)
-        partial.parts[chunk.index] = received.body
-        partial.size += len(received.body)
-        if partial.size > chunk.total_bytes:
-            del self._pending[key]
-            raise ProtocolError(f"update {chunk.update_id} exceeds its {chunk.total_bytes} bytes")
-        if len(partial.parts) < chunk.count:
-            return None
-        del self._pending[key]
-        data = b"".join(partial.parts[i] for i in range(chunk.count))
-        if len(data) != chunk.total_bytes or sha256_hex(data) != chunk.sha256:
-            raise ProtocolError(f"update {chunk.update_id} does not match its sha256")
-        return Assembled(partial.first, device, data)
-
-    def ack(self, device: str, update_id: str) -> UpdateAck:
-        """What is still missing of an update (``unknown``: nothing held)."""
-        partial = self._pending.get((device, update_id))
-        if partial is None:
-            return UpdateAck(update_id=update_id, state="unknown")
-        missing = [i for i in range(partial.first.count) if i not in partial.parts]
-        return UpdateAck(update_id=update_id, state="partial", missing=missing[:MAX_MISSING_LISTED])
-
-    def forget(self, keep_round: int) -> None:
-        """Drop partial updates of rounds other than ``keep_round``."""
-        for key in [k for k, p in self._pending.items() if p.first.round != keep_round]:
-            del self._pending[key]
-
-
-TopicKind = Literal["round", "update", "ack"]
+TopicKind = Literal["round", "update", "ack", "model", "adoption"]
 
 
 class FederationTopics:
@@ -392,6 +302,12 @@ class FederationTopics:
     def ack(self, device: str) -> str:
         return self._topic("ack", device, DEVICE_ID_PATTERN)
 
+    def model(self, model: str) -> str:
+        return self._topic("model", model, MODEL_PATTERN)
+
+    def adoption(self, device: str) -> str:
+        return self._topic("adoption", device, DEVICE_ID_PATTERN)
+
     def filter(self, kind: TopicKind) -> str:
         return f"{self.prefix}/federation/{kind}/#"
 
@@ -401,7 +317,7 @@ class FederationTopics:
         if not topic.startswith(head):
             return None
         ident = topic[len(head) :]
-        pattern = MODEL_PATTERN if kind == "round" else DEVICE_ID_PATTERN
+        pattern = MODEL_PATTERN if kind in ("round", "model") else DEVICE_ID_PATTERN
         return ident if re.fullmatch(pattern, ident) else None
 
     def _topic(self, kind: TopicKind, ident: str, pattern: str) -> str:

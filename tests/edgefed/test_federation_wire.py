@@ -9,19 +9,22 @@ import numpy as np
 import pytest
 
 from edgefed.errors import ProtocolError
+from edgefed.federation_upload import Reassembler, Upload
 from edgefed.federation_wire import (
+    AdoptionReport,
     FederationTopics,
-    Reassembler,
+    GlobalModel,
     Received,
+    ReceivedModel,
     RoundOpen,
     UpdateAck,
     UpdateChunk,
     UpdateQuery,
-    Upload,
     decode,
     decode_params,
     encode,
     encode_params,
+    sha256_hex,
 )
 from edgefed.wire import new_job_id
 
@@ -92,6 +95,19 @@ def test_messages_round_trip_and_only_chunks_carry_bytes() -> None:
     upload = _upload(b"abc" * 10)
     received = decode(upload.frames()[0])
     assert isinstance(received, Received) and received.body == b"abc" * 10
+
+
+def test_global_model_carries_its_parameters_under_their_hash() -> None:
+    body = encode_params(_params())
+    header = GlobalModel(
+        model="digits", version=2, round=2, sha256=sha256_hex(body), signature="0" * 128
+    )
+    received = decode(encode(header, body))
+    assert isinstance(received, ReceivedModel) and received.body == body
+    with pytest.raises(ProtocolError, match="sha256"):
+        decode(encode(header, body[:-1] + b"\x01"))
+    report = AdoptionReport(model="digits", version=2, adopted=False, reason="worse")
+    assert decode(encode(report)) == report
 
 
 def test_chunk_index_beyond_count_is_refused() -> None:
