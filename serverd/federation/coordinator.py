@@ -145,6 +145,8 @@ class Coordinator:
         device = self.topics.device_of("update", topic)
         if device is None:
             return
+        with self._lock:
+            self.counters.bytes_received += len(payload)
         try:
             message = decode(payload)
         except ProtocolError as exc:
@@ -162,7 +164,6 @@ class Coordinator:
         chunk = received.chunk
         with self._lock:
             self.counters.chunks += 1
-            self.counters.bytes_received += len(received.body)
             try:
                 whole = self._reassembler.add(device, received)
             except ProtocolError as exc:
