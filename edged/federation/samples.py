@@ -77,7 +77,12 @@ class SampleStore:
         self.counters = SampleCounters(dropped_oldest=self._total("dropped_oldest"))
 
     def add(
-        self, model: str, features: np.ndarray, label: int, source: Source, ref: str | None = None
+        self,
+        model: str,
+        features: np.ndarray,
+        label: int | np.integer,
+        source: Source,
+        ref: str | None = None,
     ) -> int:
         """Store one sample; returns its id. A bad sample raises ``FederationError`` with
         the reason and changes nothing."""
@@ -88,7 +93,15 @@ class SampleStore:
                     cur = self._db.execute(
                         "INSERT INTO samples (model, source, label, dim, features, ref, created) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (model, source, label, vector.size, vector.tobytes(), ref, self._clock()),
+                        (
+                            model,
+                            source,
+                            int(label),
+                            vector.size,
+                            vector.tobytes(),
+                            ref,
+                            self._clock(),
+                        ),
                     )
                     dropped = self._drop_oldest()
             except sqlite3.Error as exc:
@@ -118,7 +131,9 @@ class SampleStore:
         with self._lock:
             self._db.close()
 
-    def _check(self, model: str, features: np.ndarray, label: int, source: str) -> np.ndarray:
+    def _check(
+        self, model: str, features: np.ndarray, label: int | np.integer, source: str
+    ) -> np.ndarray:
         reason = ""
         vector = np.asarray(features)
         if source not in SOURCES:
@@ -127,7 +142,7 @@ class SampleStore:
             reason = f"features must be a vector of 1 to {MAX_FEATURES} values, got {vector.shape}"
         elif vector.dtype.kind not in "fiu" or not np.all(np.isfinite(vector)):
             reason = "features must be finite numbers"
-        elif not isinstance(label, int) or label < 0:
+        elif not isinstance(label, int | np.integer) or label < 0:
             reason = f"label must be a class index >= 0, got {label!r}"
         else:
             dim = self._dim(model)

@@ -22,7 +22,7 @@ def _vec(value: float, dim: int = 4) -> np.ndarray:
 def test_samples_survive_a_restart_and_the_holdout_is_never_trained_on(tmp_path: Path) -> None:
     store = SampleStore(tmp_path / "s.db", holdout_every=5)
     for i in range(1, 21):
-        store.add("head", _vec(i), i % 3, "operator")
+        store.add("head", _vec(i), np.int64(i % 3), "operator")
     store.close()
     store = SampleStore(tmp_path / "s.db", holdout_every=5)
     x, y = store.training_set("head")
