@@ -168,6 +168,7 @@ class Coordinator:
                 whole = self._reassembler.add(device, received)
             except ProtocolError as exc:
                 ack = self._rejected(chunk.update_id, f"malformed: {exc}")
+                self.federation.refuse(device, chunk.round, ack.reason)
             else:
                 if whole is None:
                     return
@@ -181,7 +182,9 @@ class Coordinator:
         try:
             params = decode_params(whole.data)
         except ProtocolError as exc:
-            return self._rejected(head.update_id, f"malformed: {exc}")
+            ack = self._rejected(head.update_id, f"malformed: {exc}")
+            self.federation.refuse(whole.device, head.round, ack.reason)
+            return ack
         verdict = self.federation.receive(
             whole.device, head.round, head.base_version, params, head.num_samples
         )

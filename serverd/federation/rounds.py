@@ -168,6 +168,12 @@ class Federation:
             self._rejected[device] = verdict.reason  # its one answer to this round
         return verdict
 
+    def refuse(self, device: str, round_id: int, reason: str) -> None:
+        """Record a device's update refused before it could be judged (it could not be
+        reassembled or decoded): its answer to the round, like any refusal."""
+        if self._answers_this_round(device, round_id):
+            self._rejected[device] = reason
+
     def poll(self, now_ms: int) -> RoundOutcome | None:
         """Close the round if everyone answered or the deadline passed; else None."""
         plan = self._plan

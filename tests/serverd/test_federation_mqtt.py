@@ -12,12 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.federated import Site, baselines, digits_data
-from edgefed.federation_upload import Reassembler
+from edgefed.federation_upload import Reassembler, Upload
 from edgefed.federation_wire import (
     FederationTopics,
     GlobalModel,
     Received,
     ReceivedModel,
+    UpdateAck,
     decode,
     decode_params,
     encode,
@@ -26,7 +27,9 @@ from edgefed.federation_wire import (
     signed_text,
 )
 from edgefed.images.signing import sign
+from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.wait import wait_until
+from edgefed.wire import new_job_id
 
 ROUNDS = 12
 
@@ -123,3 +126,41 @@ def test_a_worse_or_unsigned_version_is_refused_and_the_served_one_stays(site: S
     reports = wait_until("three refusals of a forged version", lambda: _reports(site, forged))
     assert all(not r["adopted"] and "trusted key" in str(r["reason"]) for r in reports)
     assert site.versions() == before
+
+
+def test_a_rogue_update_is_resumed_then_refused_with_its_reason(site: Site) -> None:
+    topics = FederationTopics()
+    rogue = MqttClient(MqttConfig(port=site.broker.port, client_id="rogue"))
+    acks: queue.Queue[bytes] = queue.Queue()
+    rogue.subscribe(topics.ack("rogue"), lambda _topic, payload: acks.put(payload))
+    rogue.start()
+    try:
+        assert rogue.wait_connected(10)
+        available = {f"edge-{i}": e.store.count("digits") for i, e in enumerate(site.edges)}
+        plan = site.coordinator.open_round({**available, "rogue": 500})
+        data = encode_params(site.coordinator.federation.params)
+        upload = Upload.of(
+            new_job_id(),
+            data,
+            model="digits",
+            round=plan.round,
+            base_version=plan.base_version,
+            num_samples=500,
+            metrics={},
+            max_chunk_bytes=len(data) // 2 + 1,
+        )
+        first, _ = upload.frames()
+        rogue.publish(topics.update("rogue"), first)
+        rogue.publish(topics.update("rogue"), upload.query())  # as after a reconnect
+        ack = decode(acks.get(timeout=10))
+        assert isinstance(ack, UpdateAck) and (ack.state, ack.missing) == ("partial", [1])
+        tampered = encode(upload.headers[1], bytes(len(upload.chunks[1])))  # zeroed bytes
+        rogue.publish(topics.update("rogue"), tampered)
+        verdict = decode(acks.get(timeout=10))
+        assert isinstance(verdict, UpdateAck) and verdict.state == "rejected"
+        assert "sha256" in verdict.reason
+        outcome = wait_until("the round to close", site.coordinator.poll, timeout=60)
+        assert outcome.version is not None and "rogue" not in outcome.accepted
+        assert "malformed" in outcome.rejected["rogue"]
+    finally:
+        rogue.stop()

@@ -57,6 +57,17 @@ def test_refusals_say_why() -> None:
     assert fed.status()["rejected"]["a"].startswith("stale")
 
 
+def test_an_update_refused_before_judging_is_the_devices_answer() -> None:
+    fed = _federation()
+    fed.open_round({"a": 10, "b": 10}, now_ms=0)
+    fed.refuse("a", 1, "malformed: sha256")
+    fed.refuse("a", 1, "a second reason is ignored")
+    fed.refuse("x", 1, "not a participant: ignored")
+    assert fed.receive("b", 1, 7, _params(1.0), 1).accepted
+    assert fed.status()["rejected"] == {"a": "malformed: sha256"}
+    assert fed.poll(now_ms=1) is not None  # everyone answered, no need to wait
+
+
 def test_round_closes_when_everyone_answered_and_bumps_the_version() -> None:
     fed = _federation()
     fed.open_round({"a": 10, "b": 10}, now_ms=0)
