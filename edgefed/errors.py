@@ -39,6 +39,11 @@ class OffloadError(EdgeFedError):
     """The offload path (outbox, MQTT, server) failed."""
 
 
+class FederationError(EdgeFedError):
+    """Federated learning refused a call: a round cannot open, a sample or an update is
+    invalid, the sample store failed."""
+
+
 class ProtocolError(OffloadError):
     """A wire message is malformed, oversized or of an unknown version."""
 

@@ -198,7 +198,7 @@ def decode_tensor(body: bytes) -> np.ndarray:
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, EOFError, OSError for bad bytes
-        raise ProtocolError(f"tensor body is not a valid .npy array: {_one_line(exc)}") from exc
+        raise ProtocolError(f"tensor body is not a valid .npy array: {one_line(exc)}") from exc
     if not isinstance(array, np.ndarray):
         raise ProtocolError("tensor body is not a single .npy array")
     return array
@@ -206,19 +206,19 @@ def decode_tensor(body: bytes) -> np.ndarray:
 
 def encode_request(request: OffloadRequest, body: bytes) -> bytes:
     """Frame a request with its wire body (see ``encode_payload``)."""
-    return _frame(request, body)
+    return frame(request, body)
 
 
 def encode_message(message: Reply | Availability) -> bytes:
     """Frame a reply or an availability message (no body)."""
-    return _frame(message, b"")
+    return frame(message, b"")
 
 
 def decode(
     data: bytes, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> RequestMessage | Reply | Availability:
     """Any frame back to its message; ``ProtocolError`` says why one is refused."""
-    header, body = _unframe(data, max_bytes)
+    header, body = unframe(data, max_bytes, _HEADER)
     if isinstance(header, OffloadRequest):
         if header.payload_kind == "jpeg":
             _check_jpeg(body)
@@ -334,14 +334,18 @@ def _valid_id(kind: TopicKind, ident: str) -> bool:
     return re.fullmatch(pattern, ident) is not None
 
 
-def _frame(message: BaseModel, body: bytes) -> bytes:
+def frame(message: BaseModel, body: bytes) -> bytes:
+    """One binary frame (see the module docstring); other message families (the
+    federation's, ``edgefed.federation_wire``) use the same framing."""
     header = message.model_dump_json().encode()
     if len(header) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header is {len(header)} bytes, limit {MAX_HEADER_BYTES}")
     return b"".join((_PREFIX.pack(MAGIC, PROTOCOL_VERSION, len(header)), header, body))
 
 
-def _unframe(data: bytes, max_bytes: int) -> tuple[Any, bytes]:
+def unframe(data: bytes, max_bytes: int, headers: TypeAdapter[Any]) -> tuple[Any, bytes]:
+    """A frame's header, validated by ``headers``, and its body; ``ProtocolError`` says why
+    a frame is refused."""
     if len(data) > max_bytes:
         raise ProtocolError(f"message is {len(data)} bytes, limit {max_bytes}")
     if len(data) < _PREFIX.size:
@@ -357,9 +361,9 @@ def _unframe(data: bytes, max_bytes: int) -> tuple[Any, bytes]:
     if header_len > MAX_HEADER_BYTES or end > len(data):
         raise ProtocolError(f"header length {header_len} does not fit a {len(data)}-byte message")
     try:
-        header = _HEADER.validate_json(data[_PREFIX.size : end])
+        header = headers.validate_json(data[_PREFIX.size : end])
     except ValidationError as exc:
-        raise ProtocolError(f"invalid header: {_summarise(exc)}") from exc
+        raise ProtocolError(f"invalid header: {summarise(exc)}") from exc
     return header, bytes(data[end:])
 
 
@@ -368,7 +372,7 @@ def _check_jpeg(body: bytes) -> None:
         raise ProtocolError("jpeg body does not start with a JPEG SOI marker")
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = ".".join(str(p) for p in err["loc"]) or "header"
@@ -377,7 +381,7 @@ def _summarise(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

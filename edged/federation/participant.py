@@ -1,0 +1,203 @@
+"""The edge's federation adapter: MQTT in and out around the sample store, the trainer
+and the head slot. Only parameters, a sample count and metrics are ever published.
+
+Handlers run on the MQTT thread and only queue work; one named worker thread trains,
+uploads and judges new versions, so a long training never blocks the connection.
+Training is skipped while ``allowed()`` is False (the device twin's switch).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edged.federation.adoption import HeadSlot, Served, judge, verify
+from edged.federation.samples import SampleStore
+from edged.federation.trainer import TrainSettings, train
+from edgefed.counters import Counters
+from edgefed.errors import FederationError, ProtocolError
+from edgefed.federation_upload import Upload
+from edgefed.federation_wire import (
+    AdoptionReport,
+    FederationTopics,
+    ReceivedModel,
+    RoundOpen,
+    UpdateAck,
+    decode,
+    encode,
+    encode_params,
+)
+from edgefed.mqtt import MqttClient
+from edgefed.wire import new_job_id
+
+log = logging.getLogger("edged.federation")
+
+
+@dataclass
+class ParticipantCounters(Counters):
+    rounds_seen: int = 0
+    rounds_trained: int = 0
+    rounds_skipped: int = 0
+    chunks_sent: int = 0
+    updates_accepted: int = 0
+    updates_rejected: int = 0
+    versions_adopted: int = 0
+    versions_refused: int = 0
+    bad_messages: int = 0
+    last_reason: str = ""
+
+
+class Participant:
+    """One device taking part in the federation of one model."""
+
+    def __init__(
+        self,
+        mqtt: MqttClient,
+        topics: FederationTopics,
+        device_id: str,
+        model: str,
+        store: SampleStore,
+        slot: HeadSlot,
+        keys: Sequence[Ed25519PublicKey],
+        margin: float = 0.02,
+        allowed: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.mqtt, self.topics, self.device_id, self.model = mqtt, topics, device_id, model
+        self.store, self.slot, self.keys, self.margin = store, slot, keys, margin
+        self.allowed = allowed
+        self.counters = ParticipantCounters()
+        self._work: queue.Queue[RoundOpen | ReceivedModel | UpdateAck | None] = queue.Queue()
+        self._upload: Upload | None = None
+        self._thread = threading.Thread(target=self._run, name=f"federation-{model}", daemon=True)
+
+    def start(self) -> None:
+        self.mqtt.subscribe(self.topics.round(self.model), self._on_message)
+        self.mqtt.subscribe(self.topics.model(self.model), self._on_message)
+        self.mqtt.subscribe(self.topics.ack(self.device_id), self._on_message)
+        self.mqtt.add_connection_listener(self._on_connection)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._work.put(None)
+        self._thread.join(timeout=30)
+
+    def status(self) -> dict[str, object]:
+        served = self.slot.current
+        return {
+            "model": self.model,
+            "version": served.version if served else None,
+            "samples": self.store.count(self.model),
+            "training_allowed": self.allowed(),
+            **self.counters.as_dict(),
+        }
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            message = decode(payload)
+        except ProtocolError as exc:
+            self.counters.bad_messages += 1
+            log.warning("federation: bad message on %s: %s", topic, exc)
+            return
+        if isinstance(message, RoundOpen | ReceivedModel | UpdateAck):
+            self._work.put(message)
+
+    def _on_connection(self, connected: bool) -> None:
+        upload = self._upload
+        if connected and upload is not None and not upload.done:
+            self.mqtt.publish(self.topics.update(self.device_id), upload.query())
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            try:
+                if isinstance(item, RoundOpen):
+                    self._train(item)
+                elif isinstance(item, ReceivedModel):
+                    self._consider(item)
+                else:
+                    self._acked(item)
+            except Exception as exc:  # contained: one bad round never stops the worker
+                self.counters.last_reason = str(exc)
+                log.exception("federation: %s failed", type(item).__name__)
+
+    def _train(self, plan: RoundOpen) -> None:
+        self.counters.rounds_seen += 1
+        served = self.slot.current
+        if self.device_id not in plan.participants or plan.model != self.model:
+            return
+        if not self.allowed() or served is None or served.version != plan.base_version:
+            self.counters.rounds_skipped += 1
+            return
+        x, y = self.store.training_set(self.model)
+        if len(y) == 0:
+            self.counters.rounds_skipped += 1
+            return
+        settings = TrainSettings(
+            epochs=plan.train.epochs,
+            learning_rate=plan.train.learning_rate,
+            batch_size=plan.train.batch_size,
+            seed=plan.round,
+        )
+        result = train(served.params, x, y, settings)
+        self._upload = Upload.of(
+            new_job_id(),
+            encode_params(result.params),
+            model=self.model,
+            round=plan.round,
+            base_version=plan.base_version,
+            num_samples=result.num_samples,
+            metrics={"loss": result.loss, "accuracy": result.accuracy},
+            max_chunk_bytes=plan.max_chunk_bytes,
+        )
+        self.counters.rounds_trained += 1
+        self._send(self._upload.frames())
+
+    def _acked(self, ack: UpdateAck) -> None:
+        upload = self._upload
+        if upload is None:
+            return
+        self._send(upload.on_ack(ack))
+        if upload.done and upload.verdict is not None:
+            if upload.verdict.state == "accepted":
+                self.counters.updates_accepted += 1
+            else:
+                self.counters.updates_rejected += 1
+                self.counters.last_reason = upload.verdict.reason
+
+    def _send(self, frames: list[bytes]) -> None:
+        for data in frames:
+            self.mqtt.publish(self.topics.update(self.device_id), data)
+            self.counters.chunks_sent += 1
+
+    def _consider(self, received: ReceivedModel) -> None:
+        head, served = received.model, self.slot.current
+        if head.model != self.model or (served is not None and head.version == served.version):
+            return
+        report = AdoptionReport(model=head.model, version=head.version, adopted=False)
+        try:
+            params = verify(received, self.keys, served)
+        except FederationError as exc:
+            report = report.model_copy(update={"reason": str(exc)})
+        else:
+            decision = judge(params, served, self.store.holdout(self.model), self.margin)
+            report = report.model_copy(
+                update={
+                    "adopted": decision.adopt,
+                    "reason": decision.reason,
+                    "holdout_accuracy": decision.candidate_accuracy,
+                    "current_accuracy": decision.current_accuracy,
+                }
+            )
+            if decision.adopt:
+                self.slot.swap(Served(head.version, params))
+        if report.adopted:
+            self.counters.versions_adopted += 1
+        else:
+            self.counters.versions_refused += 1
+            self.counters.last_reason = report.reason
+            log.warning("federation: refused %s v%d: %s", head.model, head.version, report.reason)
+        self.mqtt.publish(self.topics.adoption(self.device_id), encode(report))

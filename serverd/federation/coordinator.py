@@ -1,0 +1,217 @@
+"""serverd's federation adapter: the round state machine on MQTT.
+
+It publishes each round (retained ``RoundOpen``), reassembles the edges' chunked updates,
+hands each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
+(accepted, rejected with the reason, or the chunks still missing), and publishes every
+new global version signed with serverd's key (retained ``GlobalModel``). Edges' adoption
+reports are kept per device for the status. Calls come from the MQTT thread and from the
+caller's timer, so one lock guards the state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefed.clock import Clock, now_ms
+from edgefed.counters import Counters
+from edgefed.errors import ProtocolError
+from edgefed.federation_upload import Assembled, Reassembler
+from edgefed.federation_wire import (
+    AdoptionReport,
+    FederationTopics,
+    GlobalModel,
+    Received,
+    RoundOpen,
+    TrainConfig,
+    UpdateAck,
+    UpdateQuery,
+    decode,
+    decode_params,
+    encode,
+    encode_params,
+    sha256_hex,
+    signed_text,
+)
+from edgefed.images.signing import sign
+from edgefed.mqtt import MqttClient
+from serverd.federation.rounds import Federation, RoundOutcome
+
+log = logging.getLogger("serverd.federation")
+
+
+@dataclass
+class CoordinatorCounters(Counters):
+    rounds_opened: int = 0
+    chunks: int = 0
+    updates_accepted: int = 0
+    updates_rejected: int = 0
+    bad_messages: int = 0
+    versions_published: int = 0
+    bytes_received: int = 0
+
+
+class Coordinator:
+    """The federation of one model over one MQTT connection."""
+
+    def __init__(
+        self,
+        mqtt: MqttClient,
+        topics: FederationTopics,
+        federation: Federation,
+        key: Ed25519PrivateKey,
+        train: TrainConfig | None = None,
+        max_chunk_bytes: int = 256 * 1024,
+        clock: Clock = now_ms,
+    ) -> None:
+        self.mqtt, self.topics, self.federation, self.key = mqtt, topics, federation, key
+        self.train = train or TrainConfig()
+        self.max_chunk_bytes = max_chunk_bytes
+        self.clock = clock
+        self.counters = CoordinatorCounters()
+        self.adoptions: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._reassembler = Reassembler()
+
+    def start(self) -> None:
+        """Subscribe to updates and adoption reports and publish the current version."""
+        self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
+        self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
+        with self._lock:
+            self._publish_version(max(1, len(self.federation.history)))
+
+    def open_round(self, available: Mapping[str, int]) -> RoundOpen:
+        """Open a round over ``available`` devices (id -> samples) and publish it."""
+        with self._lock:
+            plan = self.federation.open_round(available, self.clock())
+            self._reassembler.forget(plan.round_id)
+            message = RoundOpen(
+                model=self.federation.model,
+                round=plan.round_id,
+                base_version=plan.base_version,
+                participants=list(plan.participants),
+                deadline_ms=plan.deadline_ms,
+                train=self.train,
+                max_chunk_bytes=self.max_chunk_bytes,
+            )
+            self.counters.rounds_opened += 1
+        self.mqtt.publish(self.topics.round(self.federation.model), encode(message), retain=True)
+        return message
+
+    def poll(self) -> RoundOutcome | None:
+        """Close the round when it is due; a new version is signed and published."""
+        with self._lock:
+            outcome = self.federation.poll(self.clock())
+            if outcome is not None and outcome.version is not None:
+                self._publish_version(outcome.round_id)
+        if outcome is not None:
+            log.info(
+                "federation %s: round %d closed: %s",
+                self.federation.model,
+                outcome.round_id,
+                outcome.record(),
+            )
+        return outcome
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                **self.federation.status(),
+                "counters": self.counters.as_dict(),
+                "adoptions": dict(self.adoptions),
+            }
+
+    def history(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [o.record() for o in self.federation.history]
+
+    def _publish_version(self, round_id: int) -> None:
+        fed = self.federation
+        body = encode_params(fed.params)
+        digest = sha256_hex(body)
+        signature = sign(self.key, signed_text(fed.model, fed.version, digest)).hex()
+        header = GlobalModel(
+            model=fed.model, version=fed.version, round=round_id, sha256=digest, signature=signature
+        )
+        self.mqtt.publish(self.topics.model(fed.model), encode(header, body), retain=True)
+        self.counters.versions_published += 1
+
+    def _on_update(self, topic: str, payload: bytes) -> None:
+        device = self.topics.device_of("update", topic)
+        if device is None:
+            return
+        with self._lock:
+            self.counters.bytes_received += len(payload)
+        try:
+            message = decode(payload)
+        except ProtocolError as exc:
+            self.counters.bad_messages += 1
+            log.warning("federation: bad update message from %s: %s", device, exc)
+            return
+        if isinstance(message, UpdateQuery):
+            with self._lock:
+                ack = self._reassembler.ack(device, message.update_id)
+            self._reply(device, ack)
+        elif isinstance(message, Received):
+            self._on_chunk(device, message)
+
+    def _on_chunk(self, device: str, received: Received) -> None:
+        chunk = received.chunk
+        with self._lock:
+            self.counters.chunks += 1
+            try:
+                whole = self._reassembler.add(device, received)
+            except ProtocolError as exc:
+                ack = self._rejected(chunk.update_id, f"malformed: {exc}")
+                self.federation.refuse(device, chunk.round, ack.reason)
+            else:
+                if whole is None:
+                    return
+                ack = self._judge(whole)
+        self._reply(device, ack)
+
+    def _judge(self, whole: Assembled) -> UpdateAck:
+        head = whole.header
+        if head.model != self.federation.model:
+            return self._rejected(head.update_id, f"model {head.model} is not federated here")
+        try:
+            params = decode_params(whole.data)
+        except ProtocolError as exc:
+            ack = self._rejected(head.update_id, f"malformed: {exc}")
+            self.federation.refuse(whole.device, head.round, ack.reason)
+            return ack
+        verdict = self.federation.receive(
+            whole.device, head.round, head.base_version, params, head.num_samples
+        )
+        if not verdict.accepted:
+            return self._rejected(head.update_id, verdict.reason)
+        self.counters.updates_accepted += 1
+        return UpdateAck(update_id=head.update_id, state="accepted")
+
+    def _rejected(self, update_id: str, reason: str) -> UpdateAck:
+        self.counters.updates_rejected += 1
+        log.warning("federation: update %s rejected: %s", update_id, reason)
+        return UpdateAck(update_id=update_id, state="rejected", reason=reason[:500])
+
+    def _reply(self, device: str, ack: UpdateAck) -> None:
+        self.mqtt.publish(self.topics.ack(device), encode(ack))
+
+    def _on_adoption(self, topic: str, payload: bytes) -> None:
+        device = self.topics.device_of("adoption", topic)
+        try:
+            report = decode(payload)
+        except ProtocolError as exc:
+            self.counters.bad_messages += 1
+            log.warning("federation: bad adoption report on %s: %s", topic, exc)
+            return
+        if device is None or not isinstance(report, AdoptionReport):
+            return
+        with self._lock:
+            self.adoptions[device] = report.model_dump(exclude={"type"})
+        if not report.adopted:
+            log.warning("federation: %s refused v%d: %s", device, report.version, report.reason)

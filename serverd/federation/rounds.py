@@ -1,0 +1,282 @@
+"""The federation round state machine: pure code, time passed in, no I/O.
+
+One ``Federation`` per model. A round goes ``idle -> collecting -> idle``:
+
+* ``open_round(available, now)`` selects the participants (devices that are available,
+  allowed to train and hold at least ``min_samples`` samples), fixes the base version
+  and the deadline, and returns the ``RoundPlan`` serverd publishes;
+* ``receive(...)`` checks one update and accepts it or rejects it with a reason (not a
+  participant, stale base version, duplicate, malformed, out of bounds);
+* ``poll(now)`` closes the round once every participant answered, or at the deadline
+  with at least ``quorum`` accepted updates: the accepted updates are aggregated
+  (``serverd.federation.aggregate``) into version ``base + 1``. At the deadline without
+  a quorum the round fails and the global model stays as it was.
+
+The adapter (MQTT, image signing) publishes what these calls return.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from edgefed.errors import FederationError
+from serverd.federation.aggregate import AggregationSettings, Params, Update, aggregate
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    COLLECTING = "collecting"
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """Who takes part and when a round closes.
+
+    ``min_clients``: participants needed to open a round; ``quorum``: accepted updates
+    needed to aggregate at the deadline; ``min_samples``: samples a device must hold to be
+    selected; ``timeout_ms``: how long a round collects; ``max_delta_norm``: an update whose
+    L2 distance from the base exceeds this is refused as out of bounds (None: no bound);
+    ``max_samples``: the largest sample count an update may claim.
+    """
+
+    min_clients: int = 3
+    quorum: int = 3
+    min_samples: int = 10
+    timeout_ms: int = 120_000
+    max_delta_norm: float | None = None
+    max_samples: int = 1_000_000
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+
+    def __post_init__(self) -> None:
+        if self.min_clients < 1 or self.quorum < 1 or self.quorum > self.min_clients:
+            raise FederationError("need 1 <= quorum <= min_clients")
+        if self.timeout_ms <= 0 or self.min_samples < 1 or self.max_samples < 1:
+            raise FederationError("timeout_ms, min_samples and max_samples must be positive")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What serverd publishes when a round opens."""
+
+    round_id: int
+    base_version: int
+    participants: tuple[str, ...]
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A closed round: the new version and parameters, or why it failed."""
+
+    round_id: int
+    base_version: int
+    version: int | None
+    params: Params | None
+    accepted: tuple[str, ...]
+    rejected: dict[str, str]
+    missing: tuple[str, ...]
+    opened_ms: int
+    closed_ms: int
+    failure: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able history row (no parameters)."""
+        return {
+            "round": self.round_id,
+            "base_version": self.base_version,
+            "version": self.version,
+            "accepted": list(self.accepted),
+            "rejected": dict(self.rejected),
+            "missing": list(self.missing),
+            "opened_ms": self.opened_ms,
+            "closed_ms": self.closed_ms,
+            "round_s": (self.closed_ms - self.opened_ms) / 1000,
+            "failure": self.failure,
+        }
+
+
+class Federation:
+    """The rounds of one model, from its current global version and parameters."""
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        params: Params,
+        settings: RoundSettings,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.params = [np.asarray(p) for p in params]
+        self.settings = settings
+        self.phase = Phase.IDLE
+        self.history: list[RoundOutcome] = []
+        self._rng = rng
+        self._round_id = 0
+        self._plan: RoundPlan | None = None
+        self._opened_ms = 0
+        self._updates: dict[str, Update] = {}
+        self._rejected: dict[str, str] = {}
+
+    @property
+    def plan(self) -> RoundPlan | None:
+        return self._plan
+
+    def open_round(self, available: Mapping[str, int], now_ms: int) -> RoundPlan:
+        """Open a round over the ``available`` devices (id -> samples held, only devices
+        online and allowed to train). Raises ``FederationError`` if one is already open or
+        too few devices qualify."""
+        if self.phase is not Phase.IDLE:
+            raise FederationError(f"round {self._round_id} of {self.model} is still collecting")
+        chosen = sorted(d for d, n in available.items() if n >= self.settings.min_samples)
+        if len(chosen) < self.settings.min_clients:
+            raise FederationError(
+                f"{len(chosen)} device(s) hold >= {self.settings.min_samples} samples, "
+                f"need {self.settings.min_clients}"
+            )
+        self._round_id += 1
+        self._plan = RoundPlan(
+            self._round_id, self.version, tuple(chosen), now_ms + self.settings.timeout_ms
+        )
+        self._opened_ms = now_ms
+        self._updates = {}
+        self._rejected = {}
+        self.phase = Phase.COLLECTING
+        return self._plan
+
+    def receive(
+        self, device: str, round_id: int, base_version: int, params: Params, num_samples: int
+    ) -> Verdict:
+        """Accept or refuse one device's update; a refusal says why."""
+        verdict = self._judge(device, round_id, base_version, params, num_samples)
+        if verdict.accepted:
+            self._updates[device] = Update([np.asarray(p) for p in params], num_samples)
+        elif self._answers_this_round(device, round_id):
+            self._rejected[device] = verdict.reason  # its one answer to this round
+        return verdict
+
+    def refuse(self, device: str, round_id: int, reason: str) -> None:
+        """Record a device's update refused before it could be judged (it could not be
+        reassembled or decoded): its answer to the round, like any refusal."""
+        if self._answers_this_round(device, round_id):
+            self._rejected[device] = reason
+
+    def poll(self, now_ms: int) -> RoundOutcome | None:
+        """Close the round if everyone answered or the deadline passed; else None."""
+        plan = self._plan
+        if self.phase is not Phase.COLLECTING or plan is None:
+            return None
+        answered = set(self._updates) | set(self._rejected)
+        if answered < set(plan.participants) and now_ms < plan.deadline_ms:
+            return None
+        return self._close(plan, now_ms)
+
+    def status(self) -> dict[str, Any]:
+        """The JSON-able state both the CLI and the status API print."""
+        plan = self._plan
+        collecting = self.phase is Phase.COLLECTING and plan is not None
+        return {
+            "model": self.model,
+            "phase": self.phase.value,
+            "version": self.version,
+            "round": self._round_id,
+            "participants": list(plan.participants) if collecting and plan else [],
+            "received": sorted(self._updates) if collecting else [],
+            "rejected": dict(self._rejected) if collecting else {},
+            "deadline_ms": plan.deadline_ms if collecting and plan else None,
+            "rounds_done": sum(1 for o in self.history if o.version is not None),
+            "rounds_failed": sum(1 for o in self.history if o.version is None),
+        }
+
+    def _answers_this_round(self, device: str, round_id: int) -> bool:
+        plan = self._plan
+        return (
+            plan is not None
+            and round_id == plan.round_id
+            and device in plan.participants
+            and device not in self._updates
+            and device not in self._rejected
+        )
+
+    def _judge(
+        self, device: str, round_id: int, base_version: int, params: Params, num_samples: int
+    ) -> Verdict:
+        plan = self._plan
+        if self.phase is not Phase.COLLECTING or plan is None or round_id != plan.round_id:
+            return Verdict(False, f"round {round_id} is not open")
+        if device not in plan.participants:
+            return Verdict(False, f"{device} is not a participant of round {round_id}")
+        if device in self._updates or device in self._rejected:
+            return Verdict(False, f"{device} already answered round {round_id}")
+        if base_version != plan.base_version:
+            return Verdict(
+                False, f"stale base version {base_version}, round is on {plan.base_version}"
+            )
+        if not 1 <= num_samples <= self.settings.max_samples:
+            return Verdict(
+                False, f"sample count {num_samples} outside [1, {self.settings.max_samples}]"
+            )
+        if len(params) != len(self.params) or any(
+            p.shape != b.shape for p, b in zip(params, self.params, strict=False)
+        ):
+            return Verdict(False, "malformed: tensor count or shapes differ from the base")
+        if not all(np.all(np.isfinite(p)) for p in params):
+            return Verdict(False, "malformed: non-finite values")
+        bound = self.settings.max_delta_norm
+        if bound is not None:
+            norm = math.sqrt(
+                sum(
+                    float(np.sum((p.astype(np.float64) - b) ** 2))
+                    for p, b in zip(params, self.params, strict=True)
+                )
+            )
+            if norm > bound:
+                return Verdict(False, f"out of bounds: update norm {norm:.4g} > {bound:.4g}")
+        return Verdict(True)
+
+    def _close(self, plan: RoundPlan, now_ms: int) -> RoundOutcome:
+        accepted = tuple(sorted(self._updates))
+        missing = tuple(
+            d for d in plan.participants if d not in self._updates and d not in self._rejected
+        )
+        version: int | None = None
+        params: Params | None = None
+        failure = ""
+        if len(accepted) < self.settings.quorum:
+            failure = f"{len(accepted)} accepted update(s), quorum is {self.settings.quorum}"
+        else:
+            updates = [self._updates[d] for d in accepted]
+            params = aggregate(self.params, updates, self.settings.aggregation, self._rng)
+            version = self.version + 1
+            self.version, self.params = version, params
+        outcome = RoundOutcome(
+            plan.round_id,
+            plan.base_version,
+            version,
+            params,
+            accepted,
+            dict(self._rejected),
+            missing,
+            self._opened_ms,
+            now_ms,
+            failure,
+        )
+        self.history.append(outcome)
+        self.phase = Phase.IDLE
+        self._plan = None
+        self._updates = {}
+        self._rejected = {}
+        return outcome

@@ -1,0 +1,191 @@
+"""The federation wire: parameter encoding, framing, chunking, reassembly and resume."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from edgefed.errors import ProtocolError
+from edgefed.federation_upload import Reassembler, Upload
+from edgefed.federation_wire import (
+    AdoptionReport,
+    FederationTopics,
+    GlobalModel,
+    Received,
+    ReceivedModel,
+    RoundOpen,
+    UpdateAck,
+    UpdateChunk,
+    UpdateQuery,
+    decode,
+    decode_params,
+    encode,
+    encode_params,
+    sha256_hex,
+)
+from edgefed.wire import new_job_id
+
+
+def _params() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(400, 10)).astype(np.float32), np.arange(10, dtype=np.float64)]
+
+
+def _upload(data: bytes, chunk: int = 4096) -> Upload:
+    return Upload.of(
+        new_job_id(),
+        data,
+        model="digits",
+        round=3,
+        base_version=2,
+        num_samples=120,
+        metrics={"loss": 0.3},
+        max_chunk_bytes=chunk,
+    )
+
+
+def test_params_round_trip_exactly() -> None:
+    params = [*_params(), np.array([[1, -2]], dtype=">i4")]  # big-endian in, native out
+    out = decode_params(encode_params(params))
+    for a, b in zip(params, out, strict=True):
+        assert a.shape == b.shape and a.dtype.name == b.dtype.name
+        np.testing.assert_array_equal(a, b)
+
+
+def _header(specs: list[dict[str, object]]) -> bytes:
+    raw = json.dumps(specs).encode()
+    return struct.pack(">I", len(raw)) + raw
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x00\x00", "shorter than"),
+        (struct.pack(">I", 99) + b"[]", "does not fit"),
+        (struct.pack(">I", 5) + b"nope!", "not JSON"),
+        (struct.pack(">I", 2) + b"[]", "1 to 64"),
+        (_header([{"dtype": "object", "shape": [1]}]), "dtype"),
+        (_header([{"dtype": "float32", "shape": [9]}]) + b"\0" * 35, "past"),
+        (_header([{"dtype": "float32", "shape": [-1]}]), "invalid shape"),
+        (_header([{"dtype": "float32", "shape": [1], "x": 1}]), "exactly dtype and shape"),
+    ],
+)
+def test_malformed_params_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        decode_params(data)
+
+
+def test_object_and_stray_bytes_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="dtype"):
+        encode_params([np.array([object()])])
+    with pytest.raises(ProtocolError, match="stray"):
+        decode_params(encode_params(_params()) + b"x")
+
+
+def test_messages_round_trip_and_only_chunks_carry_bytes() -> None:
+    opened = RoundOpen(model="digits", round=1, base_version=0, participants=["a"], deadline_ms=5)
+    assert decode(encode(opened)) == opened
+    query = UpdateQuery(update_id=new_job_id())
+    assert decode(encode(query)) == query
+    with pytest.raises(ProtocolError, match="no body"):
+        encode(query, b"x")
+    upload = _upload(b"abc" * 10)
+    received = decode(upload.frames()[0])
+    assert isinstance(received, Received) and received.body == b"abc" * 10
+
+
+def test_global_model_carries_its_parameters_under_their_hash() -> None:
+    body = encode_params(_params())
+    header = GlobalModel(
+        model="digits", version=2, round=2, sha256=sha256_hex(body), signature="0" * 128
+    )
+    received = decode(encode(header, body))
+    assert isinstance(received, ReceivedModel) and received.body == body
+    with pytest.raises(ProtocolError, match="sha256"):
+        decode(encode(header, body[:-1] + b"\x01"))
+    report = AdoptionReport(model="digits", version=2, adopted=False, reason="worse")
+    assert decode(encode(report)) == report
+
+
+def test_chunk_index_beyond_count_is_refused() -> None:
+    upload = _upload(b"x" * 100)
+    bad = upload.headers[0].model_copy(update={"index": 1})
+    with pytest.raises(ProtocolError, match="index 1 >= count 1"):
+        decode(encode(bad, b"x"))
+
+
+def test_chunks_reassemble_in_any_order_with_redeliveries() -> None:
+    data = encode_params(_params())
+    upload = _upload(data)
+    frames = upload.frames()
+    assert len(frames) == len(data) // 4096 + 1
+    assembler = Reassembler()
+    order = list(reversed(frames)) + frames[:2]
+    results = [assembler.add("edge-1", _chunk(f)) for f in order[:-2]]
+    assert [r is not None for r in results].count(True) == 1
+    whole = results[-1]
+    assert whole is not None and whole.data == data and whole.header.num_samples == 120
+    assert assembler.pending_bytes() == 0
+
+
+def test_resume_after_a_disconnect_sends_only_what_is_missing() -> None:
+    data = encode_params(_params())
+    upload = _upload(data)
+    assembler = Reassembler()
+    frames = upload.frames()
+    for f in frames[::2]:  # every other chunk was lost with the connection
+        assert assembler.add("edge-1", _chunk(f)) is None
+    ack = assembler.ack("edge-1", upload.update_id)
+    assert ack.state == "partial" and ack.missing == list(range(1, len(frames), 2))
+    resend = upload.on_ack(ack)
+    assert len(resend) == len(frames) // 2
+    outcomes = [assembler.add("edge-1", _chunk(f)) for f in resend]
+    assert outcomes[-1] is not None and outcomes[-1].data == data
+    unknown = assembler.ack("edge-1", upload.update_id)
+    assert unknown.state == "unknown" and len(upload.on_ack(unknown)) == len(frames)
+    upload.on_ack(UpdateAck(update_id=upload.update_id, state="rejected", reason="stale"))
+    assert upload.done and upload.verdict is not None and upload.verdict.reason == "stale"
+
+
+def test_corrupt_whole_and_contradicting_chunks_are_refused_and_dropped() -> None:
+    upload = _upload(b"y" * 10_000)
+    frames = upload.frames()
+    assembler = Reassembler()
+    for f in frames[:-1]:
+        assembler.add("edge-1", _chunk(f))
+    last = _chunk(frames[-1])
+    with pytest.raises(ProtocolError, match="sha256"):
+        assembler.add("edge-1", Received(last.chunk, b"z" * len(last.body)))
+    assert assembler.pending_bytes() == 0
+    assembler.add("edge-1", _chunk(frames[0]))
+    liar = _chunk(frames[1]).chunk.model_copy(update={"num_samples": 10**6})
+    with pytest.raises(ProtocolError, match="contradicts"):
+        assembler.add("edge-1", Received(liar, b"y"))
+    assert assembler.pending_bytes() == 0
+
+
+def test_reassembly_is_bounded() -> None:
+    assembler = Reassembler(max_pending_bytes=5000)
+    frames = _upload(b"q" * 20_000).frames()
+    assembler.add("edge-1", _chunk(frames[0]))
+    with pytest.raises(ProtocolError, match="holds 5000 bytes"):
+        assembler.add("edge-1", _chunk(frames[1]))
+
+
+def test_topics() -> None:
+    topics = FederationTopics("site/user/edgefed")
+    assert topics.update("ns/cam-1") == "site/user/edgefed/federation/update/ns/cam-1"
+    assert topics.device_of("update", topics.update("ns/cam-1")) == "ns/cam-1"
+    assert topics.device_of("ack", topics.update("cam")) is None
+    assert topics.filter("round") == "site/user/edgefed/federation/round/#"
+    with pytest.raises(ProtocolError):
+        topics.update("../x")
+
+
+def _chunk(data: bytes) -> Received:
+    message = decode(data)
+    assert isinstance(message, Received) and isinstance(message.chunk, UpdateChunk)
+    return message

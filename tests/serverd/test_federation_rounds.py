@@ -1,0 +1,168 @@
+"""The round state machine: selection, verdicts, quorum and deadline, and whole federations
+on real handwritten digits split non-IID across three edges (in one process; the trainer
+is the edge's, the rounds are serverd's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edged.federation.trainer import TrainSettings, accuracy, init_head, train
+from edgefed.errors import FederationError
+from edgefed.testing.datasets import digits, non_iid_split, train_test_split
+from serverd.federation.aggregate import AggregationSettings, Params
+from serverd.federation.rounds import Federation, Phase, RoundSettings
+
+
+def _params(value: float = 0.0) -> Params:
+    return [np.full((2, 3), value, np.float32), np.full(3, value, np.float32)]
+
+
+def _federation(**kwargs: object) -> Federation:
+    settings = RoundSettings(min_clients=2, quorum=2, min_samples=5, timeout_ms=1000, **kwargs)  # type: ignore[arg-type]
+    return Federation("head", 7, _params(), settings)
+
+
+def test_open_round_selects_devices_with_enough_samples() -> None:
+    fed = _federation()
+    plan = fed.open_round({"a": 10, "b": 5, "c": 4}, now_ms=100)
+    assert plan.participants == ("a", "b")
+    assert (plan.round_id, plan.base_version, plan.deadline_ms) == (1, 7, 1100)
+    with pytest.raises(FederationError, match="still collecting"):
+        fed.open_round({"a": 10, "b": 10}, now_ms=200)
+
+
+def test_open_round_refuses_too_few_devices() -> None:
+    with pytest.raises(FederationError, match="need 2"):
+        _federation().open_round({"a": 10, "b": 1}, now_ms=0)
+
+
+def test_refusals_say_why() -> None:
+    fed = _federation(max_delta_norm=10.0)
+    fed.open_round({"a": 10, "b": 10, "c": 10, "d": 10, "e": 10, "f": 10}, now_ms=0)
+    cases = [
+        ("x", 1, 7, _params(), 5, "not a participant"),
+        ("a", 2, 7, _params(), 5, "round 2 is not open"),
+        ("a", 1, 6, _params(), 5, "stale base version 6"),
+        ("b", 1, 7, _params()[:1], 5, "malformed: tensor count"),
+        ("c", 1, 7, [np.full((2, 3), np.nan), np.zeros(3)], 5, "non-finite"),
+        ("d", 1, 7, _params(100.0), 5, "out of bounds"),
+        ("e", 1, 7, _params(), 0, "sample count 0"),
+    ]
+    for device, round_id, base, params, n, reason in cases:
+        verdict = fed.receive(device, round_id, base, params, n)
+        assert not verdict.accepted and reason in verdict.reason, (device, verdict)
+    assert fed.receive("f", 1, 7, _params(1.0), 5).accepted
+    assert "already answered" in fed.receive("f", 1, 7, _params(1.0), 5).reason
+    assert fed.status()["rejected"]["a"].startswith("stale")
+
+
+def test_an_update_refused_before_judging_is_the_devices_answer() -> None:
+    fed = _federation()
+    fed.open_round({"a": 10, "b": 10}, now_ms=0)
+    fed.refuse("a", 1, "malformed: sha256")
+    fed.refuse("a", 1, "a second reason is ignored")
+    fed.refuse("x", 1, "not a participant: ignored")
+    assert fed.receive("b", 1, 7, _params(1.0), 1).accepted
+    assert fed.status()["rejected"] == {"a": "malformed: sha256"}
+    assert fed.poll(now_ms=1) is not None  # everyone answered, no need to wait
+
+
+def test_round_closes_when_everyone_answered_and_bumps_the_version() -> None:
+    fed = _federation()
+    fed.open_round({"a": 10, "b": 10}, now_ms=0)
+    fed.receive("a", 1, 7, _params(1.0), 1)
+    assert fed.poll(now_ms=10) is None
+    fed.receive("b", 1, 7, _params(4.0), 3)
+    outcome = fed.poll(now_ms=20)
+    assert outcome is not None and outcome.version == 8 and outcome.params is not None
+    np.testing.assert_allclose(outcome.params[0], 3.25)  # (1*1 + 4*3) / 4
+    assert fed.version == 8 and fed.phase is Phase.IDLE
+    assert outcome.record()["accepted"] == ["a", "b"]
+    assert fed.status()["rounds_done"] == 1
+
+
+def test_deadline_without_quorum_fails_and_keeps_the_model() -> None:
+    fed = _federation()
+    fed.open_round({"a": 10, "b": 10, "c": 10}, now_ms=0)
+    fed.receive("a", 1, 7, _params(1.0), 1)
+    assert fed.poll(now_ms=999) is None
+    outcome = fed.poll(now_ms=1000)
+    assert outcome is not None and outcome.version is None
+    assert outcome.missing == ("b", "c") and "quorum is 2" in outcome.failure
+    assert fed.version == 7
+    np.testing.assert_array_equal(fed.params[0], 0.0)
+
+
+def test_deadline_with_quorum_aggregates_what_came() -> None:
+    fed = _federation()
+    fed.open_round({"a": 10, "b": 10, "c": 10}, now_ms=0)
+    fed.receive("a", 1, 7, _params(1.0), 1)
+    fed.receive("b", 1, 7, _params(3.0), 1)
+    outcome = fed.poll(now_ms=1000)
+    assert outcome is not None and outcome.version == 8 and outcome.missing == ("c",)
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    x, y = digits()
+    xtr, ytr, xte, yte = train_test_split(x, y, test_share=0.2, seed=0)
+    parts = non_iid_split(ytr, edges=3, own_share=0.8, seed=1)
+    return [(xtr[p], ytr[p]) for p in parts], xte, yte
+
+
+def _run(
+    edges: list[tuple[np.ndarray, np.ndarray]], strategy: AggregationSettings, poison: str = ""
+) -> Params:
+    settings = RoundSettings(min_clients=3, quorum=3, min_samples=100, aggregation=strategy)
+    fed = Federation("digits", 0, init_head(400, 10), settings, np.random.default_rng(0))
+    names = [f"edge-{i}" for i in range(len(edges))] + (["poisoner"] if poison else [])
+    for r in range(20):
+        plan = fed.open_round(dict.fromkeys(names, 1000), now_ms=r * 10)
+        trained = []
+        for name, (x, y) in zip(names, edges, strict=False):
+            result = train(fed.params, x, y, TrainSettings(epochs=3, learning_rate=0.1, seed=r))
+            assert fed.receive(name, plan.round_id, fed.version, result.params, len(y)).accepted
+            trained.append(result.params)
+        if poison:
+            bad = _poisoned(fed.params, trained[0], poison, r)
+            assert fed.receive("poisoner", plan.round_id, fed.version, bad, 1000).accepted
+        outcome = fed.poll(now_ms=r * 10 + 1)
+        assert outcome is not None and outcome.version == r + 1
+    return fed.params
+
+
+def _poisoned(base: Params, honest: Params, kind: str, seed: int) -> Params:
+    if kind == "scaled":  # an honest edge's step, reversed and scaled twentyfold
+        return [b - 20.0 * (h - b) for b, h in zip(base, honest, strict=True)]
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0.0, 10.0, b.shape).astype(b.dtype) for b in base]
+
+
+@pytest.mark.slow
+def test_fedavg_on_non_iid_digits_nears_centralised_and_beats_every_local(
+    split: tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray],
+) -> None:
+    edges, xte, yte = split
+    long = TrainSettings(epochs=30, learning_rate=0.1)
+    union_x = np.concatenate([x for x, _ in edges])
+    union_y = np.concatenate([y for _, y in edges])
+    centralised = accuracy(train(init_head(400, 10), union_x, union_y, long).params, xte, yte)
+    local = [accuracy(train(init_head(400, 10), x, y, long).params, xte, yte) for x, y in edges]
+    federated = accuracy(_run(edges, AggregationSettings()), xte, yte)
+    assert federated >= centralised - 0.02, (federated, centralised)
+    assert federated > max(local), (federated, local)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("poison", ["scaled", "garbage"])
+def test_multi_krum_neutralises_a_poisoned_edge(
+    split: tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray], poison: str
+) -> None:
+    edges, xte, yte = split
+    robust = AggregationSettings(strategy="krum", krum_malicious=1, krum_keep=3)
+    clean = accuracy(_run(edges, robust), xte, yte)
+    attacked = accuracy(_run(edges, robust, poison), xte, yte)
+    plain = accuracy(_run(edges, AggregationSettings(), poison), xte, yte)
+    assert attacked >= clean - 0.02, (attacked, clean)
+    assert plain < clean - 0.2, "the attack must actually hurt plain FedAvg"
