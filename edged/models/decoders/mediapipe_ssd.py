@@ -100,13 +100,14 @@ class MediaPipeSsd:
         )
         if not np.isfinite(coords).all():
             raise ModelError("detector produced non-finite coordinates")
-        if self.p.box_from_keypoints is not None:
-            coords[:, :4] = self._circle_boxes(coords, *self.p.box_from_keypoints)
+        # as MediaPipe does: suppress on the detector's own boxes, then derive body boxes
         if self.p.weighted:
             scores, coords = weighted_nms(coords, scores, self.p.iou_threshold)
         else:
             kept = nms(coords[:, :4], scores, self.p.iou_threshold)
             scores, coords = scores[kept], coords[kept]
+        if self.p.box_from_keypoints is not None and len(coords):
+            coords[:, :4] = self._circle_boxes(coords, *self.p.box_from_keypoints)
         return [
             Detection(
                 label=self.p.label,
