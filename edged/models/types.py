@@ -22,6 +22,7 @@ class Detection:
     score: float
     box: Box
     keypoints: tuple[Point, ...] = ()
+    track_id: int | None = None  # set by the tracker (edged.tracking) for tracked models
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def result_to_dict(result: Result) -> dict[str, Any]:
         }
         if result.keypoints:
             out["keypoints"] = [_r(p, _PIXELS) for p in result.keypoints]
+        if result.track_id is not None:
+            out["track_id"] = result.track_id
         return out
     if isinstance(result, Landmarks):
         return {

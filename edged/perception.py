@@ -1,0 +1,127 @@
+"""Perception of one camera: plan the detector's regions, merge its detections, track them.
+
+``CameraPerception`` glues the pure parts together for the pipeline and the benchmark:
+``plan`` (dispatcher thread, per gated frame) asks ``RegionPlanner`` where to look given
+the motion boxes and the tracked objects; ``observe`` (the detector's worker thread)
+feeds the detections to the ``Tracker`` and returns them with their ``track_id``. Both
+take one lock, so the planner always sees a consistent set of tracks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edged.models.types import Box, Detection
+from edged.regionplan import Plan, PlannerConfig, RegionPlanner, TrackHint
+from edged.tracking import Tracker, TrackerConfig, TrackerUpdate
+
+
+class PerceptionConfig(BaseModel):
+    """Region planning and tracking for models with ``regions: planned``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    planner: PlannerConfig = Field(
+        default_factory=PlannerConfig, description="Where the detector looks on a frame"
+    )
+    tracker: TrackerConfig = Field(
+        default_factory=TrackerConfig, description="Person tracking (ids, new/update/end)"
+    )
+    merge_iou: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Detections of one person from overlapping regions: body boxes overlapping "
+        "more than this, or with hip centres within a quarter of the box, are one",
+    )
+
+
+def same_person(a: Detection, b: Detection, iou_threshold: float) -> bool:
+    """Two detections from overlapping regions that show one person."""
+    ax1, ay1, ax2, ay2 = a.box
+    bx1, by1, bx2, by2 = b.box
+    ix = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    iy = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = ix * iy
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    if union > 0 and inter / union > iou_threshold:
+        return True
+    if a.keypoints and b.keypoints:
+        size = min(ax2 - ax1, bx2 - bx1)
+        ratio = (ay2 - ay1) / max(by2 - by1, 1e-6)
+        return math.dist(a.keypoints[0], b.keypoints[0]) < 0.25 * size and 0.6 < ratio < 1.67
+    return False
+
+
+def dedupe(dets: Sequence[Detection], iou_threshold: float) -> list[Detection]:
+    """Best first; a detection that shows the same person as a better one is dropped."""
+    kept: list[Detection] = []
+    for d in sorted(dets, key=lambda d: -d.score):
+        if not any(same_person(d, k, iou_threshold) for k in kept if k.label == d.label):
+            kept.append(d)
+    return kept
+
+
+class CameraPerception:
+    """Planner + tracker of one camera; thread-safe between ``plan`` and ``observe``."""
+
+    def __init__(
+        self, config: PerceptionConfig, input_size: int, frame_shape: Sequence[int]
+    ) -> None:
+        self.config = config
+        self.planner = RegionPlanner(config.planner, input_size, frame_shape)
+        self.tracker = Tracker(config.tracker)
+        self._lock = threading.Lock()
+        self._recent: deque[float] = deque(maxlen=32)  # times of the last planned frames
+
+    def plan(self, motion: Sequence[Box], ts: float) -> Plan:
+        with self._lock:
+            self._recent.append(ts)
+            hints = [
+                TrackHint(t.predict(ts), self._frames_since(t.last_ts, ts), t.confirmed)
+                for t in self.tracker.tracks
+            ]
+            return self.planner.plan(motion, hints)
+
+    def _frames_since(self, last: float, ts: float) -> int:
+        """Gated frames since ``last`` (the planner's unit of staleness)."""
+        return sum(1 for t in self._recent if last < t <= ts)
+
+    def observe(
+        self, detections: Sequence[Detection], ts: float, plan: Plan | None
+    ) -> tuple[list[Detection], TrackerUpdate]:
+        """Merge, track and label this frame's detections with their ``track_id``."""
+        merged = dedupe(detections, self.config.merge_iou)
+        searched = None if plan is None else plan.crops
+        with self._lock:
+            for d in merged:
+                self.planner.sizes.add(d.box)
+            update = self.tracker.update(merged, ts, searched)
+        ids = {id(d): t.id for d, t in update.assigned}
+        return [replace(d, track_id=ids.get(id(d))) for d in merged], update
+
+    def in_view(self, ts: float) -> list[tuple[int, Box]]:
+        with self._lock:
+            return [(t.id, t.predict(ts)) for t in self.tracker.in_view(ts)]
+
+
+def crop_jpeg(image: np.ndarray, box: Box, quality: int = 80, pad: float = 0.1) -> bytes:
+    """A JPEG of ``box`` (padded) cut from a BGR frame: a track's snapshot."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    px, py = (x2 - x1) * pad, (y2 - y1) * pad
+    xa, ya = max(0, int(x1 - px)), max(0, int(y1 - py))
+    xb, yb = min(w, math.ceil(x2 + px)), min(h, math.ceil(y2 + py))
+    if xb <= xa or yb <= ya:
+        return b""
+    ok, buf = cv2.imencode(".jpg", image[ya:yb, xa:xb], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else b""
