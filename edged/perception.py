@@ -85,7 +85,12 @@ class CameraPerception:
         with self._lock:
             self._recent.append(ts)
             hints = [
-                TrackHint(t.predict(ts), self._frames_since(t.last_ts, ts), t.confirmed)
+                TrackHint(
+                    t.predict(ts),
+                    self._frames_since(t.last_ts, ts),
+                    t.confirmed,
+                    _moved(t.region, t.region_box, t.predict(ts), self.planner.shape),
+                )
                 for t in self.tracker.tracks
             ]
             return self.planner.plan(motion, hints)
@@ -104,12 +109,34 @@ class CameraPerception:
             for d in merged:
                 self.planner.sizes.add(d.box)
             update = self.tracker.update(merged, ts, searched)
+            if plan is not None:
+                for d, t in update.assigned:
+                    t.region, t.region_box = _found_in(d.box, plan.crops), d.box
         ids = {id(d): t.id for d, t in update.assigned}
         return [replace(d, track_id=ids.get(id(d))) for d in merged], update
 
     def in_view(self, ts: float) -> list[tuple[int, Box]]:
         with self._lock:
             return [(t.id, t.predict(ts)) for t in self.tracker.in_view(ts)]
+
+
+def _found_in(box: Box, crops: Sequence[Box]) -> Box | None:
+    """The smallest crop holding ``box``'s centre (the one that saw it largest)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    holding = [r for r in crops if r[0] <= cx <= r[2] and r[1] <= cy <= r[3]]
+    return min(holding, key=lambda r: r[2] - r[0], default=None)
+
+
+def _moved(region: Box | None, then: Box | None, now: Box, shape: tuple[int, int]) -> Box | None:
+    """``region`` shifted by the object's move from ``then`` to ``now``, kept in the frame."""
+    if region is None or then is None:
+        return None
+    dx = (now[0] + now[2] - then[0] - then[2]) / 2
+    dy = (now[1] + now[3] - then[1] - then[3]) / 2
+    w, h = region[2] - region[0], region[3] - region[1]
+    x1 = min(max(region[0] + dx, 0.0), max(shape[1] - w, 0.0))
+    y1 = min(max(region[1] + dy, 0.0), max(shape[0] - h, 0.0))
+    return x1, y1, x1 + w, y1 + h
 
 
 def crop_jpeg(image: np.ndarray, box: Box, quality: int = 80, pad: float = 0.1) -> bytes:

@@ -93,6 +93,7 @@ class TrackHint:
     box: Box  # predicted box in this frame
     missed: int  # frames since it was last detected (0: detected on the previous frame)
     confirmed: bool = True
+    region: Box | None = None  # the crop it was last detected in, moved with it
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class _Target:
     box: Box
     person_h: float  # height of the smallest person in it
     weight: float
+    region: Box | None = None
 
 
 @dataclass
@@ -198,7 +200,8 @@ class RegionPlanner:
         self.shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_h, self.frame_w = float(frame_shape[0]), float(frame_shape[1])
         self.sizes = SizeModel(self.frame_h, config.default_person_share)
-        self._scan_next = 0
+        # the last frame a region looked at each cell of a coarse grid over the frame
+        self._looked = np.full((24, 32), -1, dtype=np.int64)
         self._frames = 0
 
     def _large_people(self) -> bool:
@@ -244,7 +247,7 @@ class RegionPlanner:
 
     def _targets(self, motion: Sequence[Box], tracks: Sequence[TrackHint]) -> list[_Target]:
         c = self.config
-        out = [_Target(t.box, t.box[3] - t.box[1], self._track_weight(t)) for t in tracks]
+        out = [_Target(t.box, t.box[3] - t.box[1], self._track_weight(t), t.region) for t in tracks]
         for m in motion:
             if _area(m) <= 0:
                 continue
@@ -303,6 +306,9 @@ class RegionPlanner:
         return clusters
 
     def _square(self, cl: _Cluster) -> Box:
+        (first, *rest) = cl.members
+        if not rest and first.region is not None and covered(first.box, [first.region]) > 0.99:
+            return first.region  # the crop that found it last time finds it again
         smallest = min(m.person_h for m in cl.members)
         box = cl.box
         side = max(self.max_side(smallest), max(box[2] - box[0], box[3] - box[1]))
@@ -338,16 +344,23 @@ class RegionPlanner:
                 return tiles
             y = y0 + side * (1 - self.config.scan_overlap)
 
+    def _cells(self, box: Box) -> tuple[slice, slice]:
+        rows, cols = self._looked.shape
+        return (
+            slice(int(box[1] / self.frame_h * rows), math.ceil(box[3] / self.frame_h * rows)),
+            slice(int(box[0] / self.frame_w * cols), math.ceil(box[2] / self.frame_w * cols)),
+        )
+
     def _scan(self, n: int, taken: Sequence[Box]) -> list[Box]:
-        if n <= 0:
-            return []
+        """The ``n`` tiles whose area any region looked at least recently (oldest first)."""
         grid = self.scan_grid()
+        age = [float(self._looked[self._cells(t)].mean()) for t in grid]
         out: list[Box] = []
-        for _ in range(len(grid)):
+        for i in sorted(range(len(grid)), key=lambda i: (age[i], i)):
             if len(out) >= n:
                 break
-            tile = grid[self._scan_next % len(grid)]
-            self._scan_next = (self._scan_next + 1) % len(grid)
-            if covered(tile, [*taken, *out]) < 0.7:
-                out.append(tile)
+            if covered(grid[i], [*taken, *out]) < 0.7:
+                out.append(grid[i])
+        for r in [*taken, *out]:
+            self._looked[self._cells(r)] = self._frames
         return out

@@ -74,6 +74,8 @@ class Track:
     best_box: Box = (0.0, 0.0, 0.0, 0.0)
     best_ts: float = 0.0
     trail: list[tuple[float, float]] = field(default_factory=list)  # recent foot points
+    region: Box | None = None  # the crop it was last detected in (None: unknown/whole)
+    region_box: Box | None = None  # its box then
 
     def predict(self, ts: float) -> Box:
         dt = min(max(ts - self.last_ts, 0.0), 1.0)
