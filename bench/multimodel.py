@@ -26,8 +26,9 @@ import yaml
 from edged.app import load_models
 from edged.config import EdgedConfig, ModelConfig, parse_config
 from edged.models.runner import ModelRunner, cascade_regions
-from edged.models.types import Box
+from edged.models.types import Box, Detection
 from edged.motion import ThreeFrameGate
+from edged.perception import CameraPerception
 from edged.pipeline import FrameJob, Pipeline, regions_for
 from edged.regions import motion_regions
 
@@ -79,8 +80,14 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
     gate = ThreeFrameGate(config.motion)
     roots = [m for m in config.models if m.cascade_on is None]
 
+    perception: CameraPerception | None = None
+    planned = next((m for m in roots if m.regions == "planned"), None)
+
     def run(model: ModelConfig, image: np.ndarray, regions: list[Box | None]) -> None:
         out = runners[model.name].infer(image, regions)
+        if model is planned and perception is not None:
+            dets = [r for r in out if isinstance(r, Detection)]
+            out = list(perception.observe(dets, time.monotonic(), plan, image)[0])
         for child in config.models:
             if child.cascade_on == model.name:
                 crops = cascade_regions(out, image.shape)
@@ -95,9 +102,15 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
             continue
         gated += 1
         motion = motion_regions(result.boxes, image.shape)
+        plan = None
+        if planned is not None:
+            if perception is None:
+                side = runners[planned.name].manifest.input.width
+                perception = CameraPerception(config.perception, side, image.shape)
+            plan = perception.plan(result.boxes, time.monotonic())
         for m in roots:
             if gated % m.every_n == 0:
-                run(m, image, regions_for(m, motion))
+                run(m, image, regions_for(m, motion, plan))
         processed += 1
     return processed / (time.perf_counter() - start)
 

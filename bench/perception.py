@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dets = [r for r in runner.infer(image, plan.regions) if isinstance(r, Detection)]
             model_ms.append((time.perf_counter() - t0) * 1e3)
             runs.append(len(plan.regions))
-            tracked, _ = perception.observe(dets, ts, plan)
+            tracked, _ = perception.observe(dets, ts, plan, image)
             coasting = [(i, b) for i, b in perception.in_view(ts)]
             seen = {d.track_id for d in tracked}
             boxes = [d.box for d in tracked] + [b for i, b in coasting if i not in seen]

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.models.types import Box, Detection
+from edged.models.types import Box, Detection, Landmarks, Result
 from edged.regionplan import Plan, PlannerConfig, RegionPlanner, TrackHint
-from edged.tracking import Tracker, TrackerConfig, TrackerUpdate
+from edged.tracking import Tracker, TrackerConfig, TrackerUpdate, appearance
 
 
 class PerceptionConfig(BaseModel):
@@ -100,24 +102,63 @@ class CameraPerception:
         return sum(1 for t in self._recent if last < t <= ts)
 
     def observe(
-        self, detections: Sequence[Detection], ts: float, plan: Plan | None
+        self,
+        detections: Sequence[Detection],
+        ts: float,
+        plan: Plan | None,
+        image: np.ndarray | None = None,
     ) -> tuple[list[Detection], TrackerUpdate]:
-        """Merge, track and label this frame's detections with their ``track_id``."""
+        """Merge, track and label this frame's detections with their ``track_id``
+        (``image``: the frame, for the appearance that keeps crossing people apart)."""
         merged = dedupe(detections, self.config.merge_iou)
         searched = None if plan is None else plan.crops
+        features = None if image is None else [appearance(image, d.box) for d in merged]
         with self._lock:
             for d in merged:
                 self.planner.sizes.add(d.box)
-            update = self.tracker.update(merged, ts, searched)
+            update = self.tracker.update(merged, ts, searched, features)
             if plan is not None:
                 for d, t in update.assigned:
                     t.region, t.region_box = _found_in(d.box, plan.crops), d.box
         ids = {id(d): t.id for d, t in update.assigned}
         return [replace(d, track_id=ids.get(id(d))) for d in merged], update
 
+    def objects(self) -> list[dict[str, Any]]:
+        """The tracked objects for the status API (boxes predicted to now)."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                {
+                    "track_id": t.id,
+                    "box": [round(v, 1) for v in t.predict(now)],
+                    "score": round(t.score, 4),
+                    "duration_s": round(t.duration_s, 2),
+                    "confirmed": t.confirmed,
+                    "trail": [[round(x, 1), round(y, 1)] for x, y in t.trail],
+                }
+                for t in self.tracker.tracks
+            ]
+
     def in_view(self, ts: float) -> list[tuple[int, Box]]:
         with self._lock:
             return [(t.id, t.predict(ts)) for t in self.tracker.in_view(ts)]
+
+
+def assign_tracks(results: Sequence[Result], parents: Sequence[tuple[Box, int]]) -> list[Result]:
+    """Cascade results labelled with the track of the parent box holding their centre."""
+    out: list[Result] = []
+    for r in results:
+        if not isinstance(r, Detection | Landmarks) or r.track_id is not None:
+            out.append(r)
+            continue
+        cx, cy = (r.box[0] + r.box[2]) / 2, (r.box[1] + r.box[3]) / 2
+        holding = [
+            (math.dist((cx, cy), ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)), tid)
+            for b, tid in parents
+            if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]
+        ]
+        out.append(replace(r, track_id=min(holding)[1]) if holding else r)
+    return out
 
 
 def _found_in(box: Box, crops: Sequence[Box]) -> Box | None:

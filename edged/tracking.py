@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.models.types import Box, Detection
@@ -55,6 +56,22 @@ class TrackerConfig(BaseModel):
     velocity_smoothing: float = Field(
         0.5, gt=0, le=1, description="Weight of the newest velocity measurement"
     )
+    appearance_weight: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Share of a match's affinity decided by appearance (colour histograms), "
+        "when features are given: what keeps ids apart when people cross",
+    )
+    velocity_tolerance: float = Field(
+        1.0,
+        gt=0,
+        description="A match implying a velocity this many box heights per second away from "
+        "the track's own keeps e^-1 of its affinity (a walker does not turn back in a frame)",
+    )
+    min_similarity: float = Field(
+        0.35, ge=0, le=1, description="Below this appearance similarity no match is made"
+    )
 
 
 @dataclass
@@ -75,6 +92,7 @@ class Track:
     best_ts: float = 0.0
     trail: list[tuple[float, float]] = field(default_factory=list)  # recent foot points
     region: Box | None = None  # the crop it was last detected in (None: unknown/whole)
+    feature: np.ndarray | None = None  # appearance (normalised histogram), smoothed
     region_box: Box | None = None  # its box then
 
     def predict(self, ts: float) -> Box:
@@ -112,6 +130,28 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def appearance(image: np.ndarray, box: Box) -> np.ndarray | None:
+    """A colour histogram of a person's torso and legs (hue x saturation, L1-normalised)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    xa, xb = max(0, int(x1 + 0.3 * bw)), min(w, int(x2 - 0.3 * bw))
+    ya, yb = max(0, int(y1 + 0.25 * bh)), min(h, int(y2 - 0.1 * bh))
+    if xb - xa < 2 or yb - ya < 2:
+        return None
+    hsv = cv2.cvtColor(image[ya:yb, xa:xb], cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    total = float(hist.sum())
+    return (hist / total).astype(np.float32) if total > 0 else None
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya coefficient of two normalised histograms: 1 same, 0 disjoint."""
+    return float(np.sqrt(a * b).sum())
+
+
 def _centre(b: Box) -> tuple[float, float]:
     return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
 
@@ -140,14 +180,33 @@ class Tracker:
                 return 1.0 - d / max(self.config.match_distance, 1e-9)
         return 0.0
 
+    def _consistency(self, track: Track, box: Box, ts: float) -> float:
+        """How well the velocity a match implies agrees with the track's (1: fully)."""
+        dt = ts - track.last_ts
+        if track.hits < 3 or dt <= 0:
+            return 1.0
+        (ox, oy), (nx, ny) = _centre(track.box), _centre(box)
+        dev = math.hypot((nx - ox) / dt - track.velocity[0], (ny - oy) / dt - track.velocity[1])
+        height = max(track.box[3] - track.box[1], 1.0)
+        return math.exp(-dev / (height * self.config.velocity_tolerance))
+
     def _match(
-        self, dets: list[Detection], tracks: list[Track], ts: float
+        self,
+        dets: list[Detection],
+        tracks: list[Track],
+        ts: float,
+        features: dict[int, np.ndarray],
     ) -> list[tuple[int, int]]:
         pairs = []
         predicted = [t.predict(ts) for t in tracks]
+        w = self.config.appearance_weight
         for di, d in enumerate(dets):
             for ti, p in enumerate(predicted):
-                a = self._affinity(p, d.box)
+                a = self._affinity(p, d.box) * self._consistency(tracks[ti], d.box, ts)
+                feature, track_feature = features.get(id(d)), tracks[ti].feature
+                if a > 0 and feature is not None and track_feature is not None:
+                    sim = similarity(feature, track_feature)
+                    a = 0.0 if sim < self.config.min_similarity else a * (1 - w + w * sim)
                 if a > 0:
                     pairs.append((a, di, ti))
         pairs.sort(reverse=True)
@@ -162,10 +221,20 @@ class Tracker:
         return out
 
     def update(
-        self, detections: Sequence[Detection], ts: float, searched: Sequence[Box] | None = None
+        self,
+        detections: Sequence[Detection],
+        ts: float,
+        searched: Sequence[Box] | None = None,
+        features: Sequence[np.ndarray | None] | None = None,
     ) -> TrackerUpdate:
-        """Feed one frame's detections; ``searched``: regions looked at (None: everywhere)."""
+        """Feed one frame's detections; ``searched``: regions looked at (None: everywhere);
+        ``features``: an appearance vector per detection (``appearance``), or None."""
         c = self.config
+        feats = {
+            id(d): f
+            for d, f in zip(detections, features or [None] * len(detections), strict=True)
+            if f is not None
+        }
         dets = sorted(detections, key=lambda d: -d.score)
         strong = [d for d in dets if d.score >= c.high_score]
         weak = [d for d in dets if d.score < c.high_score]
@@ -176,11 +245,11 @@ class Tracker:
         free = list(self.tracks)
         leftovers: list[Detection] = []
         for group in (strong, weak):
-            matches = self._match(group, free, ts)
+            matches = self._match(group, free, ts, feats)
             taken = {ti for _, ti in matches}
             for di, ti in matches:
                 track = free[ti]
-                self._hit(track, group[di], ts)
+                self._hit(track, group[di], ts, feats.get(id(group[di])))
                 assigned.append((group[di], track))
                 if track.confirmed and track.hits == c.min_hits:
                     started.append(track)
@@ -193,7 +262,7 @@ class Tracker:
                 leftovers += [d for i, d in enumerate(group) if i not in matched_d]
             free = [t for i, t in enumerate(free) if i not in taken]
         for d in leftovers:
-            track = Track(next(self._ids), d.box, d.score, ts, ts)
+            track = Track(next(self._ids), d.box, d.score, ts, ts, feature=feats.get(id(d)))
             self._snapshot(track, d, ts)
             track.trail.append(((d.box[0] + d.box[2]) / 2, d.box[3]))
             track.confirmed = c.min_hits <= 1
@@ -215,7 +284,10 @@ class Tracker:
             assigned, started, updated, [t for t in ended if t.confirmed], improved
         )
 
-    def _hit(self, track: Track, det: Detection, ts: float) -> None:
+    def _hit(self, track: Track, det: Detection, ts: float, feature: np.ndarray | None) -> None:
+        if feature is not None:
+            old = track.feature
+            track.feature = feature if old is None else 0.7 * old + 0.3 * feature
         dt = ts - track.last_ts
         if dt > 0:
             (ox, oy), (nx, ny) = _centre(track.box), _centre(det.box)
