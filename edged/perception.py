@@ -123,9 +123,9 @@ class CameraPerception:
         ids = {id(d): t.id for d, t in update.assigned}
         return [replace(d, track_id=ids.get(id(d))) for d in merged], update
 
-    def objects(self) -> list[dict[str, Any]]:
-        """The tracked objects for the status API (boxes predicted to now)."""
-        now = time.monotonic()
+    def objects(self, ts: float | None = None) -> list[dict[str, Any]]:
+        """The tracked objects, boxes predicted to ``ts`` (default: now)."""
+        now = time.monotonic() if ts is None else ts
         with self._lock:
             return [
                 {

@@ -48,6 +48,7 @@ class FrameJob:
     dropped: list[str] = field(default_factory=list)
     plan: Plan | None = None  # planned detector regions (models with regions: planned)
     perception: CameraPerception | None = None  # the camera's planner and tracker
+    objects: list[dict[str, Any]] = field(default_factory=list)  # tracks after this frame
 
     @property
     def key(self) -> str:
@@ -300,6 +301,7 @@ class Pipeline:
         dets = [r for r in results if isinstance(r, Detection)]
         others = [r for r in results if not isinstance(r, Detection)]
         tracked, update = job.perception.observe(dets, job.frame.ts, job.plan, job.frame.image)
+        job.objects = job.perception.objects(job.frame.ts)
         for listener in self._object_listeners:
             try:
                 listener(job, update)
