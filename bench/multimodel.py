@@ -28,7 +28,7 @@ from edged.config import EdgedConfig, ModelConfig, parse_config
 from edged.models.runner import ModelRunner, cascade_regions
 from edged.models.types import Box, Detection
 from edged.motion import ThreeFrameGate
-from edged.perception import CameraPerception
+from edged.perception import CameraPerception, lower_threshold
 from edged.pipeline import FrameJob, Pipeline, regions_for
 from edged.regions import motion_regions
 
@@ -106,7 +106,9 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
         if planned is not None:
             if perception is None:
                 side = runners[planned.name].manifest.input.width
-                perception = CameraPerception(config.perception, side, image.shape)
+                decoder = runners[planned.name].decoder
+                report = lower_threshold(decoder, config.perception.track_score)
+                perception = CameraPerception(config.perception, side, image.shape, report)
             plan = perception.plan(result.boxes, time.monotonic())
         for m in roots:
             if gated % m.every_n == 0:

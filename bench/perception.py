@@ -49,7 +49,7 @@ from drivers import registry
 from edged.models.runner import ModelRunner, open_runner
 from edged.models.types import Box, Detection
 from edged.motion import MotionConfig, ThreeFrameGate
-from edged.perception import CameraPerception, PerceptionConfig, dedupe
+from edged.perception import CameraPerception, PerceptionConfig, dedupe, lower_threshold
 from edged.preroll import PreRoll
 from edged.regionplan import Plan
 from edged.tracking import iou
@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = PerceptionConfig.model_validate(
         {"planner": {"budget": args.budget, "scan_runs": args.scan_runs}}
     )
-    refs = references(args, runner, segs, config.merge_iou)
+    refs = references(args, runner, segs, config.merge_iou)  # at the model's own threshold
+    report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
     pre_roll: PreRoll[tuple[int, np.ndarray]] = PreRoll(args.pre_roll)
     perception: CameraPerception | None = None
@@ -214,7 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for (k, image), result in pre_roll.feed((n, frame.image), gate.update(frame.image)):
             ts = k / FPS
             if perception is None:
-                perception = CameraPerception(config, runner.manifest.input.width, image.shape)
+                perception = CameraPerception(
+                    config, runner.manifest.input.width, image.shape, report_score
+                )
             plan = perception.plan(result.boxes, ts)
             t0 = time.perf_counter()
             dets = [r for r in runner.infer(image, plan.regions) if isinstance(r, Detection)]
@@ -286,7 +289,7 @@ def score(
     segs: list[tuple[int, int]],
 ) -> dict[str, Any]:
     oracle_people = found = found_det = hog_people = hog_found = hog_oracle = 0
-    switches = 0
+    switches = reported_boxes = reported_true = 0
     prev_ref: list[tuple[Box, int]] = []
     ref_ids = iter(range(1, 10**9))
     last_track: dict[int, int] = {}
@@ -297,6 +300,8 @@ def score(
         oracle_people += len(oracle)
         found += sum(any(iou(o, b) >= 0.3 for b in boxes) for o in oracle)  # type: ignore[arg-type]
         found_det += sum(any(iou(o, b) >= 0.3 for b in dets) for o in oracle)  # type: ignore[arg-type]
+        reported_boxes += len(boxes)
+        reported_true += sum(any(iou(o, b) >= 0.3 for o in oracle) for b in boxes)  # type: ignore[arg-type]
         hogs = [tuple(b) for b in refs["hog"][k]]
         hog_people += len(hogs)
         hog_found += sum(covered_by(h, boxes) for h in hogs)  # type: ignore[arg-type]
@@ -322,6 +327,7 @@ def score(
         "detection_recall_vs_oracle": round(found_det / oracle_people, 4)
         if oracle_people
         else None,
+        "precision_vs_oracle": round(reported_true / reported_boxes, 4) if reported_boxes else None,
         "oracle_people": oracle_people,
         "found_people": found,
         "model_ms_per_frame": round(pipe_ms, 2),

@@ -36,6 +36,14 @@ class PerceptionConfig(BaseModel):
     tracker: TrackerConfig = Field(
         default_factory=TrackerConfig, description="Person tracking (ids, new/update/end)"
     )
+    track_score: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="The planned detector also reports detections from this score up; those "
+        "below the model's own threshold only extend existing tracks (ByteTrack's "
+        "low-score association), they never start or report a person on their own",
+    )
     merge_iou: float = Field(
         0.5,
         gt=0,
@@ -75,9 +83,14 @@ class CameraPerception:
     """Planner + tracker of one camera; thread-safe between ``plan`` and ``observe``."""
 
     def __init__(
-        self, config: PerceptionConfig, input_size: int, frame_shape: Sequence[int]
+        self,
+        config: PerceptionConfig,
+        input_size: int,
+        frame_shape: Sequence[int],
+        report_score: float = 0.0,
     ) -> None:
         self.config = config
+        self.report_score = report_score  # below it, a detection shows only as a track's
         self.planner = RegionPlanner(config.planner, input_size, frame_shape)
         self.tracker = Tracker(config.tracker)
         self._lock = threading.Lock()
@@ -111,17 +124,19 @@ class CameraPerception:
         """Merge, track and label this frame's detections with their ``track_id``
         (``image``: the frame, for the appearance that keeps crossing people apart)."""
         merged = dedupe(detections, self.config.merge_iou)
+        strong = [d for d in merged if d.score >= self.report_score]
         searched = None if plan is None else plan.crops
         features = None if image is None else [appearance(image, d.box) for d in merged]
         with self._lock:
-            for d in merged:
+            for d in strong:
                 self.planner.sizes.add(d.box)
             update = self.tracker.update(merged, ts, searched, features)
             if plan is not None:
                 for d, t in update.assigned:
                     t.region, t.region_box = _found_in(d.box, plan.crops), d.box
         ids = {id(d): t.id for d, t in update.assigned}
-        return [replace(d, track_id=ids.get(id(d))) for d in merged], update
+        kept = [d for d in merged if id(d) in ids or d.score >= self.report_score]
+        return [replace(d, track_id=ids.get(id(d))) for d in kept], update
 
     def objects(self, ts: float | None = None) -> list[dict[str, Any]]:
         """The tracked objects, boxes predicted to ``ts`` (default: now)."""
@@ -142,6 +157,16 @@ class CameraPerception:
     def in_view(self, ts: float) -> list[tuple[int, Box]]:
         with self._lock:
             return [(t.id, t.predict(ts)) for t in self.tracker.in_view(ts)]
+
+
+def lower_threshold(decoder: object, track_score: float) -> float:
+    """Let a detector's decoder report down to ``track_score``; returns its own threshold
+    (detections below it only extend tracks). Decoders without a threshold: unchanged."""
+    own = getattr(decoder, "own_score_threshold", None)
+    if not isinstance(own, float):
+        return 0.0
+    decoder.score_threshold = min(track_score, own)  # type: ignore[attr-defined]
+    return own
 
 
 def assign_tracks(results: Sequence[Result], parents: Sequence[tuple[Box, int]]) -> list[Result]:

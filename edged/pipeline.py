@@ -23,7 +23,7 @@ from edged.inference import ModelWorker, Task
 from edged.models.runner import ModelRunner, cascade_regions
 from edged.models.types import Box, Detection, Result, result_to_dict
 from edged.motion import GateResult, ThreeFrameGate
-from edged.perception import CameraPerception, assign_tracks
+from edged.perception import CameraPerception, assign_tracks, lower_threshold
 from edged.preroll import PreRoll
 from edged.regionplan import Plan
 from edged.regions import motion_regions
@@ -175,7 +175,10 @@ class CameraLoop:
             if planned is not None:
                 if self.perception is None:
                     self.perception = CameraPerception(
-                        self._pipeline.config.perception, planned, early.image.shape
+                        self._pipeline.config.perception,
+                        planned,
+                        early.image.shape,
+                        self._pipeline.planned_report_score,
                     )
                 job.perception = self.perception
                 job.plan = self.perception.plan(verdict.boxes, early.ts)
@@ -209,6 +212,11 @@ class Pipeline:
         # the detector the planner and tracker serve (config allows one) and its input side
         self.planned_model = planned[0] if planned else None
         self.planned_input = runners[planned[0]].manifest.input.width if planned else None
+        self.planned_report_score = (
+            lower_threshold(runners[planned[0]].decoder, config.perception.track_score)
+            if planned
+            else 0.0
+        )
         self._lock = threading.Lock()
         self.completed = RateMeter()
         self.workers = {

@@ -49,10 +49,6 @@ class TrackerConfig(BaseModel):
         4, ge=1, description="Searched frames without a detection before a track ends"
     )
     max_age_s: float = Field(10.0, gt=0, description="Seconds without a detection before it ends")
-    coast_s: float = Field(
-        1.0, ge=0, description="A confirmed track not detected this frame is still reported "
-        "as in view for this long",
-    )  # fmt: skip
     velocity_smoothing: float = Field(
         0.5, gt=0, le=1, description="Weight of the newest velocity measurement"
     )
@@ -276,7 +272,9 @@ class Tracker:
             centre = _centre(track.predict(ts))
             if searched is None or _inside(centre, searched):
                 track.misses += 1
-            limit = c.max_misses if track.confirmed else 1  # a one-off detection: gone once missed
+            # a one-off detection is gone once missed; a still object's detector misses are
+            # flicker more often than departure: it gets twice the misses of a moving one
+            limit = (c.max_misses * (2 if track.stationary else 1)) if track.confirmed else 1
             if track.misses >= limit or ts - track.last_ts > c.max_age_s:
                 ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]

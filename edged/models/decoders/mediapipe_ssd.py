@@ -73,6 +73,8 @@ class MediaPipeSsd:
     def __init__(self, params: SsdParams, spec: InputSpec) -> None:
         self.p = params
         self.iou_threshold: float | None = params.iou_threshold
+        self.own_score_threshold = params.score_threshold
+        self.score_threshold = params.score_threshold  # a tracker may lower it (perception)
         self.anchors = ssd_anchors(params.strides, params.anchors_per_cell, spec.width, spec.height)
         self.values = 4 + 2 * params.num_keypoints
         sx, sy = (params.box_scale,) * 2 if params.box_scale else (spec.width, spec.height)
@@ -86,7 +88,7 @@ class MediaPipeSsd:
         ).reshape(n, self.values)
         logits = pick_output(outputs, lambda v: v.size == n, f"score tensor of {n}").reshape(n)
         scores = sigmoid(logits.astype(np.float64))
-        keep = scores >= self.p.score_threshold
+        keep = scores >= self.score_threshold
         if not keep.any():
             return []
         rows, scores, anchors = raw[keep].astype(np.float64), scores[keep], self.anchors[keep]
