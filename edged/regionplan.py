@@ -82,7 +82,7 @@ class PlannerConfig(BaseModel):
         3.0, gt=0, description="Priority of motion no tracked object explains (a new person?)"
     )
     stale_weight: float = Field(
-        0.5, ge=0, description="Priority a tracked object gains per frame it was not detected"
+        0.3, ge=0, description="Priority a tracked object gains per frame it was not detected"
     )
 
 
@@ -263,7 +263,9 @@ class RegionPlanner:
     def _track_weight(self, t: TrackHint) -> float:
         if not t.confirmed:
             return 0.5
-        return 1.0 + self.config.stale_weight * min(t.missed, 6)
+        # a track detected on the last frame is carried by the tracker: a region for it
+        # gains little; its claim grows with every frame it goes unseen
+        return self.config.stale_weight * min(t.missed, 10)
 
     def _split_wide(self, t: _Target) -> list[_Target]:
         """A target wider (or taller) than its square allows, cut into overlapping pieces."""
