@@ -27,10 +27,11 @@ from edged.app import load_models
 from edged.config import EdgedConfig, ModelConfig, parse_config
 from edged.framejob import FrameJob
 from edged.motion import ThreeFrameGate
+from edged.perception import CameraPerception, lower_threshold
 from edged.pipeline import Pipeline, regions_for
 from edged.regions import motion_regions
 from edgefed.models.runner import ModelRunner, cascade_regions
-from edgefed.models.types import Box
+from edgefed.models.types import Box, Detection
 
 REPO = Path(__file__).resolve().parents[1]
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -80,8 +81,14 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
     gate = ThreeFrameGate(config.motion)
     roots = [m for m in config.models if m.cascade_on is None]
 
+    perception: CameraPerception | None = None
+    planned = next((m for m in roots if m.regions == "planned"), None)
+
     def run(model: ModelConfig, image: np.ndarray, regions: list[Box | None]) -> None:
         out = runners[model.name].infer(image, regions)
+        if model is planned and perception is not None:
+            dets = [r for r in out if isinstance(r, Detection)]
+            out = list(perception.observe(dets, time.monotonic(), plan, image)[0])
         for child in config.models:
             if child.cascade_on == model.name:
                 crops = cascade_regions(out, image.shape)
@@ -96,9 +103,17 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
             continue
         gated += 1
         motion = motion_regions(result.boxes, image.shape)
+        plan = None
+        if planned is not None:
+            if perception is None:
+                side = runners[planned.name].manifest.input.width
+                decoder = runners[planned.name].decoder
+                report = lower_threshold(decoder, config.perception.track_score)
+                perception = CameraPerception(config.perception, side, image.shape, report)
+            plan = perception.plan(result.boxes, time.monotonic())
         for m in roots:
             if gated % m.every_n == 0:
-                run(m, image, regions_for(m, motion))
+                run(m, image, regions_for(m, motion, plan))
         processed += 1
     return processed / (time.perf_counter() - start)
 
@@ -114,6 +129,7 @@ def main(argv: list[str]) -> int:
     try:
         run_sequential(config, loaded.runners, 5)  # warm-up: first-run allocations
         pipeline_fps = run_pipeline(config, loaded.runners, args.frames)
+        pipeline_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         sequential_fps = run_sequential(config, loaded.runners, args.frames)
     finally:
         loaded.close()
@@ -124,6 +140,9 @@ def main(argv: list[str]) -> int:
         "sequential_fps": round(sequential_fps, 2),
         "ratio": round(pipeline_fps / sequential_fps, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # the peak up to the end of the pipeline phase, before the sequential phase loads
+        # its frames into memory (edged itself never holds them)
+        "pipeline_peak_rss_mb": round(pipeline_peak, 1),
         "targets": {"ratio": ">= 1.3", "peak_rss_mb": "< 500"},
     }
     print(json.dumps(result))

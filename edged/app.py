@@ -21,6 +21,7 @@ from edged.api.preview import PreviewSink
 from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
+from edged.events import ObjectEvents
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edgefed.driver import Driver
@@ -168,7 +169,17 @@ class EdgedApp:
         if self.offload is not None:
             sinks.append(self.offload.dispatcher.on_frame)
             listeners.append(self.offload.dispatcher)
-        self.pipeline = Pipeline(config, self.models.runners, sinks=sinks, listeners=listeners)
+        self.objects = ObjectEvents(
+            config.device_id,
+            publish=self.eventbus.publish_object if self.eventbus is not None else None,
+        )
+        self.pipeline = Pipeline(
+            config,
+            self.models.runners,
+            sinks=sinks,
+            listeners=listeners,
+            object_listeners=[self.objects],
+        )
         self.runtime = wiring.runtime_config(config, self.pipeline, self.offload)
         self.twin = wiring.twin(config, self.mqtt, self.runtime, self.eventbus, self._readings)
         self.dmi = wiring.dmi(config, self.runtime, self.eventbus, self._readings)
@@ -216,6 +227,7 @@ class EdgedApp:
             runtime=self.runtime,
             outbox=self.offload.outbox if self.offload is not None else None,
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
+            objects=self.objects,
         )
         return ApiServer(self.config.api, sources)
 

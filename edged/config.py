@@ -21,6 +21,7 @@ from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
+from edged.perception import PerceptionConfig
 from edged.twin.dmi_config import DmiConfig
 from edged.twin.service import TwinConfig
 from edgefed import paths
@@ -58,10 +59,12 @@ class ModelConfig(Strict):
         description="Cascade: run on each detection of this other model (e.g. pose landmarks "
         "on each person) instead of on gated frames",
     )
-    regions: Literal["motion", "full", "motion+full"] = Field(
+    regions: Literal["motion", "full", "motion+full", "planned"] = Field(
         "motion",
         description="Where a frame model runs: square crops around motion, the whole frame, "
-        "or both (CCTV people are small: crops find them, the whole frame gives context)",
+        "or both (CCTV people are small: crops find them, the whole frame gives context); "
+        "'planned': the region planner's regions, and its detections are tracked (one "
+        "person detector per config, see perception)",
     )
     every_n: int = Field(1, ge=1, description="Run on every n-th gated frame only")
     workers: int = Field(1, ge=1, le=8, description="Inference threads for this model")
@@ -152,6 +155,10 @@ class EdgedConfig(Strict):
     offload: OffloadConfig = Field(
         default_factory=OffloadConfig, description="Offload to serverd through the outbox"
     )
+    perception: PerceptionConfig = Field(
+        default_factory=PerceptionConfig,
+        description="Region planning and tracking for the model with regions: planned",
+    )
 
     @field_validator("drivers", mode="before")
     @classmethod
@@ -184,6 +191,9 @@ class EdgedConfig(Strict):
                 )
             if m.cascade_on == m.name:
                 raise ValueError(f"model {m.name!r}: cascade_on cannot name itself")
+        planned = [m.name for m in self.models if m.regions == "planned"]
+        if len(planned) > 1:
+            raise ValueError(f"only one model may use regions: planned, got {planned}")
         types = [d.type for d in self.drivers]
         if len(set(types)) != len(types):
             raise ValueError("each driver type may be configured once")

@@ -6,6 +6,7 @@ namespace of the device id, or ``default`` for a single-segment id)::
     {prefix}/events/frame/{device}   completed-frame summaries, rate-limited (token bucket)
     {prefix}/events/stats/{device}   periodic stats (pipeline, MQTT, twin, ...)
     {prefix}/events/twin/{device}    device-twin outcomes: values applied, values rejected + why
+    {prefix}/events/object/{device}  tracked objects: new / update / end with the best snapshot
 
 EdgeCore's EventBus subscribes to ``+/user/#`` and ``$hw/events/upload/#`` and hands
 both to EdgeHub, which sends them to CloudCore. CloudCore's router delivers a message
@@ -78,6 +79,7 @@ class EventTopics:
     frame: str
     stats: str
     twin: str
+    object: str
 
 
 def event_topics(prefix: str, device_id: str) -> EventTopics:
@@ -89,6 +91,7 @@ def event_topics(prefix: str, device_id: str) -> EventTopics:
         frame=f"{base}/frame/{device_id}",
         stats=f"{base}/stats/{device_id}",
         twin=f"{base}/twin/{device_id}",
+        object=f"{base}/object/{device_id}",
     )
 
 
@@ -192,6 +195,7 @@ class EventBusCounters(Counters):
     frames_suppressed: int = 0
     stats_published: int = 0
     twin_published: int = 0
+    objects_published: int = 0
     skipped_offline: int = 0
     publish_errors: int = 0
 
@@ -252,6 +256,12 @@ class EventBus:
         if self._publish(self.topics.twin, outcome):
             with self._lock:
                 self.counters.twin_published += 1
+
+    def publish_object(self, event: BaseModel) -> None:
+        """Publish an object event (``edged.events.ObjectEvent``); never rate-limited."""
+        if self._publish(self.topics.object, event):
+            with self._lock:
+                self.counters.objects_published += 1
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -11,6 +11,8 @@ from typing import Any
 
 from edged.capture import Frame
 from edged.motion import GateResult
+from edged.perception import CameraPerception
+from edged.regionplan import Plan
 from edgefed.models.types import Box, Result, result_to_dict
 
 
@@ -27,6 +29,9 @@ class FrameJob:
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # perf_counter
     errors: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    plan: Plan | None = None  # planned detector regions (models with regions: planned)
+    perception: CameraPerception | None = None  # the camera's planner and tracker
+    objects: list[dict[str, Any]] = field(default_factory=list)  # tracks after this frame
 
     @property
     def key(self) -> str:

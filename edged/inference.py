@@ -29,6 +29,7 @@ class Task:
     job: FrameJob
     regions: Sequence[Box | None]
     enqueued: float = field(default_factory=time.monotonic)
+    tracks: Sequence[tuple[Box, int]] = ()  # tracked parent boxes of a cascade, with their ids
 
 
 DoneCallback = Callable[[str, Task, list[Result] | None, float, BaseException | None], None]

@@ -80,6 +80,13 @@ class MotionConfig(BaseModel):
     box_min_area: int = Field(
         256, ge=0, description="Boxes smaller than this many full-frame pixels are dropped"
     )
+    pre_roll: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description="Frames kept while the three-frame rule cannot decide yet (their newest "
+        "difference changed, the older one not): sent before the first frame it passes",
+    )
 
     @field_validator("blur")
     @classmethod
@@ -99,6 +106,7 @@ class GateResult:
     mask: np.ndarray  # working-size uint8 mask (0/255), a copy owned by the caller
     boxes: list[Box] = field(default_factory=list)  # full-frame x1, y1, x2, y2; largest first
     primed: bool = True  # False until three frames have been seen
+    fresh: bool = False  # no motion, but the newest difference alone shows change
 
 
 class _Downscaler:
@@ -257,8 +265,12 @@ def _decide(buf: _Buffers, cfg: MotionConfig) -> GateResult:
     count = cv2.countNonZero(mask)
     changed = count * buf.down.scale * buf.down.scale
     motion = changed > cfg.min_pixels
+    fresh = False
+    if not motion and cfg.pre_roll:  # could the next frame make this one motion?
+        fresh_count = cv2.countNonZero(cv2.morphologyEx(buf.t2, cv2.MORPH_OPEN, _CROSS))
+        fresh = fresh_count * buf.down.scale * buf.down.scale > cfg.min_pixels
     boxes = _boxes(mask, buf.t2, buf.down, cfg, buf.t1) if motion else []
-    return GateResult(motion, changed, count / float(mask.size), mask.copy(), boxes, True)
+    return GateResult(motion, changed, count / float(mask.size), mask.copy(), boxes, True, fresh)
 
 
 def _boxes(

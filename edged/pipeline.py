@@ -22,10 +22,14 @@ from edged.config import EdgedConfig, ModelConfig
 from edged.framejob import FrameJob
 from edged.inference import ModelWorker, Task
 from edged.motion import ThreeFrameGate
+from edged.perception import CameraPerception, assign_tracks, lower_threshold
+from edged.preroll import PreRoll
+from edged.regionplan import Plan
 from edged.regions import motion_regions
 from edged.stats import RateMeter
+from edged.tracking import TrackerUpdate
 from edgefed.models.runner import ModelRunner, cascade_regions
-from edgefed.models.types import Box, Result
+from edgefed.models.types import Box, Detection, Result
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +39,30 @@ class FrameSink(Protocol):
 
 
 ModelListener = Callable[[str, FrameJob, list[Result]], None]
+ObjectListener = Callable[[FrameJob, TrackerUpdate], None]
 
 
-def regions_for(model: ModelConfig, motion: Sequence[Box]) -> list[Box | None]:
+def regions_for(
+    model: ModelConfig, motion: Sequence[Box], plan: Plan | None = None
+) -> list[Box | None]:
     """Where a frame model runs on this frame (see ModelConfig.regions)."""
+    if model.regions == "planned" and plan is not None:
+        return list(plan.regions)
     if model.regions == "full" or not motion:
         return [None]
     if model.regions == "motion":
         return list(motion)
     return [*motion, None]
+
+
+def _region_tracks(results: Sequence[Result]) -> list[tuple[Box, int]]:
+    """The cascade regions of tracked results, with their track ids (cascades follow tracks)."""
+    out: list[tuple[Box, int]] = []
+    for r in results:
+        track_id = getattr(r, "track_id", None)
+        if track_id is not None and r.box is not None:
+            out.append((r.box, track_id))
+    return out
 
 
 @dataclass
@@ -66,6 +85,8 @@ class CameraLoop:
         self.ring = FrameRing(cfg.ring_size, lossless=pipeline.config.pipeline.lossless)
         self.capture = CaptureSource(cfg, self.ring)
         self.gate = ThreeFrameGate(pipeline.config.motion)
+        self.pre_roll: PreRoll[Frame] = PreRoll(pipeline.config.motion.pre_roll)
+        self.perception: CameraPerception | None = None  # made on the first planned frame
         self.stats = CameraStats()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{cfg.name}", daemon=True)
         self._last_dispatch = 0.0
@@ -102,12 +123,27 @@ class CameraLoop:
         self._last_dispatch = frame.ts
         gate = self.gate.update(frame.image)
         st.motion_ratio = gate.ratio
-        if not gate.motion:
+        sent = self.pre_roll.feed(frame, gate)
+        if not sent:
             st.skipped_static += 1
             return
-        st.gated += 1
-        regions = motion_regions(gate.boxes, frame.image.shape)
-        self._pipeline.submit(FrameJob(frame=frame, gate=gate, motion_regions=regions), st.gated)
+        st.skipped_static -= len(sent) - 1  # pre-roll frames were counted as skipped
+        for early, verdict in sent:
+            st.gated += 1
+            regions = motion_regions(verdict.boxes, early.image.shape)
+            job = FrameJob(frame=early, gate=verdict, motion_regions=regions)
+            planned = self._pipeline.planned_input
+            if planned is not None:
+                if self.perception is None:
+                    self.perception = CameraPerception(
+                        self._pipeline.config.perception,
+                        planned,
+                        early.image.shape,
+                        self._pipeline.planned_report_score,
+                    )
+                job.perception = self.perception
+                job.plan = self.perception.plan(verdict.boxes, early.ts)
+            self._pipeline.submit(job, st.gated)
 
 
 class Pipeline:
@@ -119,6 +155,7 @@ class Pipeline:
         runners: dict[str, ModelRunner],
         sinks: Sequence[FrameSink] = (),
         listeners: Sequence[ModelListener] = (),
+        object_listeners: Sequence[ObjectListener] = (),
     ) -> None:
         self.config = config
         self.stopping = threading.Event()
@@ -131,6 +168,16 @@ class Pipeline:
                 self._children.setdefault(m.cascade_on, []).append(m)
         self._sinks = list(sinks)
         self._listeners = list(listeners)
+        self._object_listeners = list(object_listeners)
+        planned = [m.name for m in self._models.values() if m.regions == "planned"]
+        # the detector the planner and tracker serve (config allows one) and its input side
+        self.planned_model = planned[0] if planned else None
+        self.planned_input = runners[planned[0]].manifest.input.width if planned else None
+        self.planned_report_score = (
+            lower_threshold(runners[planned[0]].decoder, config.perception.track_score)
+            if planned
+            else 0.0
+        )
         self._lock = threading.Lock()
         self.completed = RateMeter()
         self.workers = {
@@ -181,7 +228,7 @@ class Pipeline:
             return
         job.pending = len(roots)
         for m in roots:
-            self.workers[m.name].submit(Task(job, regions_for(m, job.motion_regions)))
+            self.workers[m.name].submit(Task(job, regions_for(m, job.motion_regions, job.plan)))
 
     def _on_done(
         self, name: str, task: Task, results: list[Result] | None, ms: float, error: Any
@@ -193,6 +240,10 @@ class Pipeline:
         if error is not None:
             job.errors[name] = f"{type(error).__name__}: {error}"
         elif results is not None:
+            if name == self.planned_model and job.perception is not None:
+                results = self._track(job, results)
+            elif task.tracks:
+                results = assign_tracks(results, task.tracks)
             job.results[name] = results
             job.latency_ms[name] = ms
             for child in self._children.get(name, []):
@@ -207,9 +258,25 @@ class Pipeline:
             job.pending += len(children) - 1
             done = job.pending == 0
         for child, regions in children:
-            self.workers[child.name].submit(Task(job, regions))
+            self.workers[child.name].submit(
+                Task(job, regions, tracks=_region_tracks(results or []))
+            )
         if done:
             self._complete(job)
+
+    def _track(self, job: FrameJob, results: list[Result]) -> list[Result]:
+        """Feed the planned detector's results to the camera's tracker (ids, events)."""
+        assert job.perception is not None
+        dets = [r for r in results if isinstance(r, Detection)]
+        others = [r for r in results if not isinstance(r, Detection)]
+        tracked, update = job.perception.observe(dets, job.frame.ts, job.plan, job.frame.image)
+        job.objects = job.perception.objects(job.frame.ts)
+        for listener in self._object_listeners:
+            try:
+                listener(job, update)
+            except Exception:
+                log.exception("object listener %r failed", listener)
+        return [*tracked, *others]
 
     def _on_drop(self, name: str, task: Task) -> None:
         job: FrameJob = task.job
@@ -264,6 +331,7 @@ class Pipeline:
                     "skipped_rate": st.skipped_rate,
                     "gate_pass_ratio": round(st.gated / total, 4) if total else None,
                     "motion_ratio": round(st.motion_ratio, 5),
+                    "objects": cam.perception.objects() if cam.perception is not None else [],
                 }
             )
         models = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,6 +79,8 @@ def _result(img: np.ndarray, model: str, r: Result, s: float, line: list[int]) -
     if isinstance(r, Detection):
         _box(img, r.box, s, colour, 2)
         name = r.label if r.label == model else f"{model}: {r.label}"
+        if r.track_id is not None:
+            name += f" #{r.track_id}"
         _label(img, f"{name} {r.score:.2f}", _pt(r.box[0], r.box[1], s), colour)
         for x, y in r.keypoints:
             cv2.circle(img, _pt(x, y, s), 2, colour, cv2.FILLED)
@@ -94,6 +97,17 @@ def _result(img: np.ndarray, model: str, r: Result, s: float, line: list[int]) -
     elif isinstance(r, TextBox):
         poly = np.array([_pt(x, y, s) for x, y in r.polygon], dtype=np.int32)
         cv2.polylines(img, [poly], True, colour, 2, cv2.LINE_AA)
+
+
+def _tracks(img: np.ndarray, objects: Sequence[dict[str, Any]], s: float) -> None:
+    """Each tracked object's trail (its recent foot points) and id at the trail's head."""
+    for obj in objects:
+        if not obj["confirmed"] or len(obj["trail"]) < 2:
+            continue
+        colour = colour_of(f"track-{obj['track_id']}")
+        pts = np.array([_pt(x, y, s) for x, y in obj["trail"]], dtype=np.int32)
+        cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+        _label(img, f"#{obj['track_id']}", (int(pts[-1][0]) + 4, int(pts[-1][1])), colour)
 
 
 def _overlay_mask(img: np.ndarray, mask: np.ndarray) -> None:
@@ -125,6 +139,7 @@ def annotate(job: FrameJob, *, mask: bool, max_width: int) -> np.ndarray:
         _overlay_mask(img, job.gate.mask)
     for box in job.gate.boxes:
         _box(img, box, s, _MOTION, 1)
+    _tracks(img, job.objects, s)
     line = [0]
     for model, results in sorted(job.results.items()):
         for r in _draw_order(results):

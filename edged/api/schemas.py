@@ -40,6 +40,15 @@ class Readiness(_Out):
     checks: list[Check] = Field(description="One entry per camera, the models and each link")
 
 
+class TrackOut(_Out):
+    track_id: int = Field(description="The object's id on this camera")
+    box: Floats = Field(description="Predicted box now, x1, y1, x2, y2 (frame pixels)")
+    score: float = Field(description="Latest detection score")
+    duration_s: float = Field(description="Seconds from the first to the latest detection")
+    confirmed: bool = Field(description="Detected often enough to be reported as an object")
+    trail: list[Floats] = Field(description="Recent foot points (x, y), oldest first")
+
+
 class CameraStatus(_Out):
     name: str = Field(description="Camera name")
     state: str = Field(description="connecting, running, reconnecting, ended, failed, stopped")
@@ -54,6 +63,9 @@ class CameraStatus(_Out):
     skipped_rate: int = Field(description="Frames skipped by pipeline.target_fps")
     gate_pass_ratio: float | None = Field(description="gated / (gated + skipped_static)")
     motion_ratio: float = Field(description="Changed share of the last gated frame, 0..1")
+    objects: list[TrackOut] = Field(
+        default_factory=list, description="Tracked people in view (models with regions: planned)"
+    )
 
 
 class ModelStatus(_Out):
@@ -90,7 +102,7 @@ class ModelInfo(ModelStatus):
     input: str | None = Field(None, description="Input size WxH")
     decoder: str | None = Field(None, description="Output decoder")
     cascade_on: str | None = Field(None, description="Parent model of a cascade")
-    regions: str = Field(description="motion, full or motion+full")
+    regions: str = Field(description="motion, full, motion+full or planned")
     every_n: int = Field(description="Runs on every n-th gated frame")
 
 
@@ -124,6 +136,10 @@ class StatusBody(_Out):
     links: list[LinkStatus] = Field(description="Broker links")
     preview: PreviewStatus = Field(description="Live preview")
     events_last_seq: int = Field(description="Sequence number of the newest event")
+    object_events: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Newest object events (new/update/end, without snapshots), oldest first",
+    )
 
 
 class MotionInfo(_Out):

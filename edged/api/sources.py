@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from edged.events import ObjectEvents
 from edged.pipeline import Pipeline
 from edged.results import EventLog
 from edged.settings import RuntimeConfig
@@ -58,3 +59,4 @@ class ApiSources:
     runtime: RuntimeConfig | None = None
     outbox: OutboxView | None = None
     links: Mapping[str, Link] = field(default_factory=dict)
+    objects: ObjectEvents | None = None

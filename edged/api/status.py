@@ -72,6 +72,7 @@ class StatusViews:
                     frames=self._src.preview.frames,
                 ),
                 "events_last_seq": self._src.events.last_seq,
+                "object_events": self._src.objects.recent(20) if self._src.objects else [],
             }
         )
 

@@ -22,6 +22,7 @@ class Detection:
     score: float
     box: Box
     keypoints: tuple[Point, ...] = ()
+    track_id: int | None = None  # set by the tracker (edged.tracking) for tracked models
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Landmarks:
     box: Box
     presence: float
     points: tuple[Landmark, ...]
+    track_id: int | None = None  # the tracked person it belongs to (cascades follow tracks)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ def result_to_dict(result: Result) -> dict[str, Any]:
         }
         if result.keypoints:
             out["keypoints"] = [_r(p, _PIXELS) for p in result.keypoints]
+        if result.track_id is not None:
+            out["track_id"] = result.track_id
         return out
     if isinstance(result, Landmarks):
         return {
@@ -78,6 +82,7 @@ def result_to_dict(result: Result) -> dict[str, Any]:
             "box": _r(result.box, _PIXELS),
             "presence": round(result.presence, _SCORE),
             "points": [[*_r(p[:3], _PIXELS), round(p[3], _SCORE)] for p in result.points],
+            **({"track_id": result.track_id} if result.track_id is not None else {}),
         }
     if isinstance(result, Classification):
         return {

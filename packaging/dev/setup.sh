@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-APT_PACKAGES=(opencv-doc mosquitto chromium)
+# python3-opencv: OpenCV 4 for the HOG people reference of `python -m bench perception`
+# (OpenCV 5, the project's own, no longer ships HOGDescriptor)
+APT_PACKAGES=(opencv-doc mosquitto chromium python3-opencv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -48,11 +48,14 @@ function setCameras(names) {
   $("stream").src = streamUrl();
 }
 
-function recordGate(cameras) {
+function recordGate(cameras, uptimeS) {
   const now = performance.now() / 1000;
   const gated = cameras.reduce((a, c) => a + c.gated, 0);
   const skipped = cameras.reduce((a, c) => a + c.skipped_static, 0);
-  if (previous && now > previous.t) {
+  if (!previous && uptimeS > 0) {
+    // first poll: the daemon's average so far, so the chart shows data from the first second
+    gateHistory.push({ sent: gated / uptimeS, skipped: skipped / uptimeS });
+  } else if (previous && now > previous.t) {
     const dt = now - previous.t;
     gateHistory.push({
       sent: Math.max(0, gated - previous.gated) / dt,
@@ -93,7 +96,7 @@ function render(st) {
   $("frames").textContent = st.frames_completed;
   $("fps").textContent = fmt(st.pipeline_fps);
   setCameras(st.cameras.map((c) => c.name));
-  recordGate(st.cameras);
+  recordGate(st.cameras, st.uptime_s);
   drawChart();
   fillRows("models", st.models.map((m) => [
     m.name + (m.loaded ? (m.enabled ? "" : " (off)") : " (not loaded)"),
@@ -103,6 +106,13 @@ function render(st) {
   fillRows("cameras", st.cameras.map((c) => [
     c.name, c.state, fmt(c.capture_fps), fmt(c.processed_fps), c.gated, c.skipped_static,
     (100 * c.motion_ratio).toFixed(2) + "%",
+  ]));
+  fillRows("objects", st.cameras.flatMap((c) => (c.objects || [])
+    .filter((o) => o.confirmed)
+    .map((o) => [c.name, "#" + o.track_id, fmt(o.score, 2), fmt(o.duration_s), o.trail.length])));
+  fillRows("object-events", (st.object_events || []).slice(-10).reverse().map((e) => [
+    new Date(e.timestamp).toLocaleTimeString(), e.camera, "#" + e.track_id, e.type,
+    fmt(e.duration_s),
   ]));
   const box = st.outbox;
   $("outbox-state").textContent = box.available ? `${box.depth} open` : "not configured";

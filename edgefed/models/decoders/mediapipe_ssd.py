@@ -73,6 +73,8 @@ class MediaPipeSsd:
     def __init__(self, params: SsdParams, spec: InputSpec) -> None:
         self.p = params
         self.iou_threshold: float | None = params.iou_threshold
+        self.own_score_threshold = params.score_threshold
+        self.score_threshold = params.score_threshold  # a tracker may lower it (perception)
         self.anchors = ssd_anchors(params.strides, params.anchors_per_cell, spec.width, spec.height)
         self.values = 4 + 2 * params.num_keypoints
         sx, sy = (params.box_scale,) * 2 if params.box_scale else (spec.width, spec.height)
@@ -86,7 +88,7 @@ class MediaPipeSsd:
         ).reshape(n, self.values)
         logits = pick_output(outputs, lambda v: v.size == n, f"score tensor of {n}").reshape(n)
         scores = sigmoid(logits.astype(np.float64))
-        keep = scores >= self.p.score_threshold
+        keep = scores >= self.score_threshold
         if not keep.any():
             return []
         rows, scores, anchors = raw[keep].astype(np.float64), scores[keep], self.anchors[keep]
@@ -100,13 +102,14 @@ class MediaPipeSsd:
         )
         if not np.isfinite(coords).all():
             raise ModelError("detector produced non-finite coordinates")
-        if self.p.box_from_keypoints is not None:
-            coords[:, :4] = self._circle_boxes(coords, *self.p.box_from_keypoints)
+        # as MediaPipe does: suppress on the detector's own boxes, then derive body boxes
         if self.p.weighted:
             scores, coords = weighted_nms(coords, scores, self.p.iou_threshold)
         else:
             kept = nms(coords[:, :4], scores, self.p.iou_threshold)
             scores, coords = scores[kept], coords[kept]
+        if self.p.box_from_keypoints is not None and len(coords):
+            coords[:, :4] = self._circle_boxes(coords, *self.p.box_from_keypoints)
         return [
             Detection(
                 label=self.p.label,

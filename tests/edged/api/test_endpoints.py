@@ -58,7 +58,7 @@ def test_models_lists_image_and_cascade(daemon: Daemon) -> None:
     assert models["pose"]["cascade_on"] == "person"
     assert models["pose"]["task"] == "landmarks"
     assert models["scene"]["image"] == "efficientnet_lite0" and models["scene"]["every_n"] == 5
-    assert models["person"]["regions"] == "motion+full"
+    assert models["person"]["regions"] == "planned"
     assert all(m["version"] and m["input"] for m in models.values())
 
 

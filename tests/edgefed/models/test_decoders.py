@@ -94,6 +94,31 @@ def test_ssd_box_from_keypoints_is_the_circle_bounding_square() -> None:
     assert det.box == pytest.approx((x - 0.2, y - 0.2, x + 0.2, y + 0.2), abs=1e-6)
 
 
+def test_ssd_suppresses_on_the_detectors_own_boxes_before_making_body_boxes() -> None:
+    """MediaPipe's order: NMS on the raw (head) boxes, then the keypoint circles.
+
+    Two detections of one head with different body circles (a tiny duplicate "person"
+    and the real one) are one detection; two heads side by side whose body circles
+    overlap (people close together) stay two.
+    """
+    params = POSE_PARAMS | {"box_from_keypoints": [0, 1], "weighted": False}
+    head = [0, 0, 22.4, 22.4]
+    big_body = [0, 0, 0, -44.8] + [0.0] * 4  # circle radius 0.2
+    tiny_body = [0, 0, 0, -4.48] + [0.0] * 4  # circle radius 0.02, same head
+    one_head = decoder("mediapipe_ssd", params)(
+        ssd_outputs({1000: (5.0, head + big_body), 1001: (4.0, head + tiny_body)})
+    )
+    assert len(one_head) == 1
+    assert isinstance(one_head[0], Detection)
+    assert one_head[0].box[2] - one_head[0].box[0] == pytest.approx(0.4, abs=1e-6)
+    # anchors 1000 and 1004 are two cells apart (1/14 of the input): heads do not overlap
+    # (raw box 0.1 wide), the body circles (0.4 wide) overlap at IoU ~0.7
+    two_heads = decoder("mediapipe_ssd", params)(
+        ssd_outputs({1000: (5.0, head + big_body), 1004: (4.0, head + big_body)})
+    )
+    assert len(two_heads) == 2
+
+
 def test_ssd_nothing_above_threshold_and_missing_outputs() -> None:
     ssd = decoder("mediapipe_ssd", POSE_PARAMS)
     assert ssd(ssd_outputs({})) == []

@@ -1,0 +1,47 @@
+"""Merging detections across regions, cascades following tracks, plan -> observe cycle."""
+
+from __future__ import annotations
+
+from edged.perception import CameraPerception, PerceptionConfig, assign_tracks, dedupe
+from edgefed.models.types import Detection, Landmarks
+
+FRAME = (576, 768, 3)
+
+
+def person(cx: float, cy: float, side: float, score: float = 0.9) -> Detection:
+    """A BlazePose-style body square with its hip keypoint at the centre."""
+    h = side / 2
+    return Detection("person", score, (cx - h, cy - h, cx + h, cy + h), ((cx, cy), (cx, cy - h)))
+
+
+def test_one_person_seen_from_two_regions_is_one() -> None:
+    a = person(300, 250, 100, 0.9)
+    b = person(306, 247, 86, 0.8)  # the same hips, a smaller square from another crop
+    assert dedupe([b, a], 0.5) == [a]
+
+
+def test_two_people_side_by_side_stay_two() -> None:
+    """Body squares of neighbours overlap a lot (IoU ~0.43); their hips are apart."""
+    a, b = person(300, 250, 100), person(340, 250, 100, 0.8)
+    assert len(dedupe([a, b], 0.5)) == 2
+
+
+def test_cascade_results_take_the_track_of_the_parent_holding_them() -> None:
+    parents = [((100.0, 100.0, 200.0, 200.0), 7), ((180.0, 100.0, 280.0, 200.0), 9)]
+    pose_a = Landmarks((110, 110, 190, 190), 0.9, ())
+    pose_b = Landmarks((200, 110, 270, 190), 0.9, ())
+    face = Detection("face", 0.9, (500, 500, 520, 520))
+    out = assign_tracks([pose_a, pose_b, face], parents)
+    assert [getattr(r, "track_id", None) for r in out] == [7, 9, None]
+
+
+def test_a_tracked_person_keeps_the_crop_that_found_them() -> None:
+    perception = CameraPerception(PerceptionConfig(), 224, FRAME)
+    plan = perception.plan([(300, 200, 340, 300)], 0.0)
+    crop = plan.targeted[0]
+    found = person(320, 250, 90)
+    for i in range(2):  # seen twice: a confirmed track
+        tracked, _ = perception.observe([found], 0.1 * i, plan)
+        assert tracked[0].track_id == 1
+    plan = perception.plan([], 0.3)  # no motion now: the track still gets its region
+    assert crop in plan.targeted
