@@ -38,7 +38,9 @@ def test_daemons_are_notify_units_with_a_watchdog(name: str) -> None:
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["WatchdogSec"] == ["30s"] and unit["Restart"] == ["on-failure"]
     assert unit["User"] == ["edgefed"]
-    assert unit["ExecStart"][0].startswith(f"/opt/edgefed/bin/{name.split('.')[0]} run -c /etc/")
+    daemon = name.split(".")[0]
+    role = "edge" if daemon == "edged" else "server"  # the venv of each .deb
+    assert unit["ExecStart"][0].startswith(f"/opt/edgefed/{role}/bin/{daemon} run -c /etc/")
 
 
 @pytest.mark.parametrize("name", ALL_UNITS)
@@ -63,11 +65,11 @@ def analyze_root(tmp_path: Path) -> Path:
     (root / "usr" / "lib" / "systemd").mkdir(parents=True)
     (root / "usr" / "lib" / "systemd" / "system").symlink_to("/lib/systemd/system")
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
-    bin_dir = root / "opt" / "edgefed" / "bin"
-    bin_dir.mkdir(parents=True)
-    for exe in ("edged", "serverd", "python"):
-        (bin_dir / exe).write_text("#!/bin/sh\n")
-        (bin_dir / exe).chmod(0o755)
+    for exe in ("edge/bin/edged", "edge/bin/python", "server/bin/serverd"):
+        path = root / "opt" / "edgefed" / exe
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
     for name in ALL_UNITS:
         shutil.copy(UNITS / name, root / "etc" / "systemd" / "system" / name)
     return root
@@ -93,6 +95,6 @@ def test_verify_would_see_a_bad_key_and_a_missing_binary(tmp_path: Path) -> None
     unit = root / "etc" / "systemd" / "system" / "serverd.service"
     unit.write_text(unit.read_text().replace("[Service]", "[Service]\nWatchDogSec=5s"))
     assert "Unknown key 'WatchDogSec'" in verify(root, "serverd.service").stderr
-    (root / "opt" / "edgefed" / "bin" / "edged").unlink()
+    (root / "opt" / "edgefed" / "edge" / "bin" / "edged").unlink()
     proc = verify(root, "edged.service")
-    assert proc.returncode != 0 and "/opt/edgefed/bin/edged is not executable" in proc.stderr
+    assert proc.returncode != 0 and "/opt/edgefed/edge/bin/edged is not executable" in proc.stderr
