@@ -172,7 +172,9 @@ class ServerdApp:
             try:
                 await self.service.run(stop)
             finally:
-                await pets
+                if not stop.is_set():  # the service failed: the pets end with it
+                    pets.cancel()
+                await asyncio.gather(pets, return_exceptions=True)
         finally:
             if not stop.is_set():  # failed before or while serving: the task never said it
                 self.notifier.stopping("stopping after an error")
