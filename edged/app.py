@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,10 +23,12 @@ from edged.config import EdgedConfig, ModelConfig
 from edged.events import ObjectEvents
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
+from edged.systemd import PipelineWatch
 from edgefed.driver import Driver
 from edgefed.errors import ConfigError, DriverError, EdgeFedError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
+from edgefed.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -253,19 +254,32 @@ class EdgedApp:
             self.offload.outbox.close()
         self.models.close()
 
-    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
-        """Run until ``stop`` is set, the sources end, or ``output.max_results`` is reached."""
+    def run(self, stop: threading.Event, notifier: Notifier | None = None) -> None:
+        """Run until ``stop`` is set, the sources end, or ``output.max_results`` is reached.
+
+        ``notifier`` (systemd's, by default from the environment) hears READY once every
+        service has started, WATCHDOG from this loop while the pipeline moves, STOPPING.
+        """
         limit = self.config.output.max_results
+        watch = PipelineWatch(
+            notifier if notifier is not None else Notifier(),
+            self.pipeline,
+            lambda: summary_line(self.pipeline.status()),
+            self.config.output.summary_interval_s,
+        )
         try:
             self.start()
+            watch.ready(
+                f"running {len(self.models.runners)} models on {len(self.config.cameras)} cameras"
+            )
             while not stop.wait(0.2):
-                if on_tick is not None:
-                    on_tick()
+                watch.tick()
                 if self.pipeline.finished():
                     break
                 if limit is not None and self.pipeline.completed.total >= limit:
                     break
         finally:
+            watch.stopping()
             self.stop()
 
     def final_summary(self) -> dict[str, Any]:

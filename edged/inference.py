@@ -64,6 +64,7 @@ class ModelWorker:
         self.latency = LatencyWindow()
         self.dropped = 0
         self.busy = 0
+        self.progress = time.monotonic()  # when a run last started or finished
 
     def start(self) -> None:
         for i in range(self._threads_wanted):
@@ -110,6 +111,8 @@ class ModelWorker:
             if self._stopping:
                 return None
             task = self._queue.popleft()
+            if not self.busy:
+                self.progress = time.monotonic()  # an idle worker starts the clock afresh
             self.busy += 1
             self._cond.notify_all()
             return task
@@ -134,6 +137,7 @@ class ModelWorker:
                 log.exception("result handling failed for model %s", self.name)
             with self._cond:  # after on_done, which may queue cascade work: idle() stays exact
                 self.busy -= 1
+                self.progress = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         return {

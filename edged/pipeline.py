@@ -91,6 +91,7 @@ class CameraLoop:
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{cfg.name}", daemon=True)
         self._last_dispatch = 0.0
         self.finished = threading.Event()
+        self.heartbeat = time.monotonic()  # set by the dispatcher on every turn of its loop
 
     def start(self) -> None:
         self.capture.start()
@@ -104,6 +105,7 @@ class CameraLoop:
     def _run(self) -> None:
         try:
             while not self._pipeline.stopping.is_set():
+                self.heartbeat = time.monotonic()
                 frame = self.ring.get(timeout=0.2)
                 if frame is None:
                     if self.capture.stats().state.value in ("ended", "failed"):
@@ -216,6 +218,26 @@ class Pipeline:
 
     def idle(self) -> bool:
         return all(w.depth == 0 and w.busy == 0 for w in self.workers.values())
+
+    def stalled(self, max_age: float) -> list[str]:
+        """Threads that made no progress for ``max_age`` seconds (empty: alive).
+
+        A dispatcher that still has a source must turn its loop (it waits at most 0.2 s for
+        a frame); a model worker with work must finish a run. A lossless pipeline whose model
+        hangs blocks its dispatcher, a lossy one leaves the worker busy on one run: both are named.
+        """
+        now = time.monotonic()
+        out = [
+            f"dispatch-{c.name}"
+            for c in self.cameras
+            if not c.finished.is_set() and now - c.heartbeat > max_age
+        ]
+        out += [
+            f"model-{w.name}"
+            for w in self.workers.values()
+            if w.busy and now - w.progress > max_age
+        ]
+        return out
 
     # -- data path ---------------------------------------------------------------
     def submit(self, job: FrameJob, gated_count: int) -> None:

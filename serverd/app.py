@@ -18,6 +18,7 @@ from typing import Any
 from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.mqtt import Ack, MqttClient, presence
+from edgefed.sdnotify import Notifier
 from edgefed.wire import Availability, Topics
 from serverd.api.config import resolve_token
 from serverd.api.devices import EdgeDevices
@@ -27,6 +28,7 @@ from serverd.config import ServerdConfig
 from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
 from serverd.service import OffloadServer, ServiceSettings
+from serverd.systemd import watchdog
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import write_repository
@@ -38,8 +40,9 @@ log = logging.getLogger(__name__)
 class ServerdApp:
     """The running server daemon; ``run(stop)`` returns when ``stop`` is set."""
 
-    def __init__(self, config: ServerdConfig) -> None:
+    def __init__(self, config: ServerdConfig, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else Notifier()  # systemd's, if any
         self.supervisors: dict[str, TritonSupervisor] = {}
         self.endpoints: dict[str, TritonEndpoint] = {}
         self.scheduler = Scheduler(
@@ -240,14 +243,40 @@ class ServerdApp:
                 len(self.endpoints),
             )
             self.ready.set()
-            await self.service.run(stop)
+            self.notifier.ready(
+                f"serving {', '.join(online.models) or 'nothing yet'} "
+                f"on {len(self.endpoints)} instance(s)"
+            )
+            pets = asyncio.create_task(
+                watchdog(self.notifier, stop, self._status_line), name="serverd-watchdog"
+            )
+            try:
+                await self.service.run(stop)
+            finally:
+                if not stop.is_set():  # the service failed: the pets end with it
+                    pets.cancel()
+                await asyncio.gather(pets, return_exceptions=True)
         finally:
+            if not stop.is_set():  # failed before or while serving: the task never said it
+                self.notifier.stopping("stopping after an error")
             if self.service is not None:
                 log.info("final status %s", self.service.status())
             if self.mqtt is not None:
                 await asyncio.to_thread(self.mqtt.stop)
             await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.supervisors.values()))
             jobs.close()
+
+    def _status_line(self) -> str:
+        if self.service is None:
+            return "starting"
+        status = self.service.status()
+        c = status["counters"]
+        healthy = sum(1 for i in status["instances"].values() if i["healthy"])
+        return (
+            f"received={c['received']} completed={c['completed']} failed={c['failed']} "
+            f"queued={status['queued']} in_flight={status['in_flight']} "
+            f"instances={healthy}/{len(status['instances'])} healthy"
+        )
 
     def _on_request(self, topic: str, payload: bytes, ack: Ack) -> None:
         """On the loop. The request is acknowledged to the broker after it is admitted to

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from edgefed.errors import EXIT_IMAGE, EXIT_OK, ImageError
 from edgefed.paths import checkout_path
 
-from . import signing
+from . import health, signing
 from .build import ImageBuilder
 from .export import ExportCache, ExportVenv
 from .install import install_image, rollback_image
@@ -77,7 +78,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    manifest, state = install_image(args.path, args.root, args.trust, args.allow_unsigned)
+    checks = []
+    if args.health_cmd:
+        checks.append(health.command(shlex.split(args.health_cmd), args.health_timeout))
+    if args.health_url:
+        checks.append(health.http(args.health_url, args.health_timeout))
+    manifest, state = install_image(
+        args.path,
+        args.root,
+        args.trust,
+        args.allow_unsigned,
+        force=args.force,
+        health=health.chain(checks),
+    )
     print(f"installed {manifest.name} {manifest.version} into slot {state.active}: {state.path}")
     return EXIT_OK
 
@@ -143,6 +156,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("path", type=Path, help="image directory to install")
     p.add_argument("--root", type=Path, required=True, help="images root (edged images.dir)")
     _trust_options(p)
+    p.add_argument("--force", action="store_true", help="install even an older version")
+    p.add_argument(
+        "--health-cmd",
+        metavar="CMD",
+        help="after the switch run CMD (no shell; e.g. 'systemctl restart edged'); "
+        "failure rolls back",
+    )
+    p.add_argument(
+        "--health-url",
+        metavar="URL",
+        help="after the switch (and CMD) poll URL until 200, e.g. "
+        "http://127.0.0.1:8080/readyz; failure rolls back",
+    )
+    p.add_argument(
+        "--health-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the command and the URL each get (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("rollback", help="switch an installed image back to its other slot")

@@ -6,66 +6,24 @@ thin wrapper around ``NpuModel``: the model image is verified and loaded by
 the edge, so the server runs the same pre-processing, model and decoder.
 
 Triton hands the model config's ``parameters`` as ``{key: {"string_value": str}}``;
-``NpuSettings.from_parameters`` reads them (see ``serverd.triton.repository``).
+``NpuSettings.from_parameters`` reads them (``serverd.triton.settings``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers import registry
 from edgefed.driver import Driver
-from edgefed.errors import ConfigError, ModelError
+from edgefed.errors import ModelError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.models.types import result_to_dict
-
-_PLAIN = frozenset({"image_dir", "device"})  # plain strings; every other parameter is JSON
-
-
-class NpuSettings(BaseModel):
-    """What one Triton model of backend ``npu`` runs; set by the repository generator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image_dir: Path = Field(description="Model image directory (manifest.yaml, model, labels)")
-    driver: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Driver config block (with 'type'); empty: the manifest's driver, defaults",
-    )
-    device: str | None = Field(None, description="Device id for the driver; None: its first")
-    trusted_keys: list[Path] = Field(
-        default_factory=list, description="Ed25519 public keys that may sign the image"
-    )
-    allow_unsigned: bool = Field(False, description="Accept an unsigned image (development)")
-
-    @classmethod
-    def from_parameters(cls, parameters: dict[str, Any]) -> NpuSettings:
-        """Settings from a Triton model config's ``parameters`` (paths plain, the rest JSON)."""
-        data: dict[str, Any] = {}
-        try:
-            for key, value in parameters.items():
-                text = value.get("string_value", "")
-                data[key] = (text or None) if key in _PLAIN else json.loads(text)
-            return cls.model_validate(data)
-        except (json.JSONDecodeError, ValidationError) as exc:
-            reason = " ".join(str(exc).split())
-            raise ConfigError(f"npu backend parameters are invalid: {reason}") from exc
-
-    def to_parameters(self) -> dict[str, str]:
-        """The inverse of ``from_parameters``: one string per field."""
-        dumped = self.model_dump(mode="json")
-        return {
-            key: (value or "") if key in _PLAIN else json.dumps(value)
-            for key, value in dumped.items()
-        }
+from serverd.triton.settings import NpuSettings
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

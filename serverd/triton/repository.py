@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefed.errors import ConfigError
-from serverd.triton.npu import NpuSettings
+from serverd.triton.settings import NpuSettings
 
 INPUT = "IMAGE"
 OUTPUT = "RESULT"

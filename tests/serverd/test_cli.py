@@ -7,10 +7,13 @@ model discovery through Triton's repository index.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,15 @@ import pytest
 import yaml
 
 from edgefed.errors import EXIT_CONFIG
+from edgefed.sdnotify import Notifier
 from edgefed.testing.broker import Broker
 from edgefed.testing.presence import Presence
 from edgefed.wire import OffloadResult, Topics
 from serverd.cli import main
 from serverd.config import parse_config
+from serverd.systemd import watchdog
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg
+from tests.support.notify import NotifyListener
 from tests.support.paths import REPO
 
 
@@ -126,6 +132,61 @@ def test_run_serves_an_external_triton_and_stops_cleanly_on_sigterm(
     assert process.returncode == 0, output.decode(errors="replace")
     assert b"received SIGTERM" in output
     assert presence.next("offline").id == "cli-server"
+
+
+def test_run_notifies_systemd_ready_watchdog_status_and_stopping(
+    cli_config: Path, presence: Presence, tmp_path: Path
+) -> None:
+    listener = NotifyListener(tmp_path, abstract=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serverd", "run", "-c", str(cli_config)],
+        cwd=REPO,
+        env=listener.env(watchdog_s=1.0) | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        presence.next("online")
+        ready = listener.wait_for("READY", 30)
+        time.sleep(3)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        listener.close()
+    assert process.returncode == 0, output.decode(errors="replace")
+    assert (
+        ready.fields["STATUS"].startswith("serving ")
+        and "on 1 instance(s)" in ready.fields["STATUS"]
+    )
+    pets = [t for t in listener.times("WATCHDOG") if ready.at <= t <= ready.at + 3]
+    assert len(pets) >= 4 and max(b - a for a, b in itertools.pairwise(pets)) < 1.0
+    assert listener.snapshot()[-1].fields["STOPPING"] == "1"
+
+
+def test_a_blocked_event_loop_stops_the_watchdog(tmp_path: Path) -> None:
+    listener = NotifyListener(tmp_path)
+    notifier = Notifier(listener.env(watchdog_s=0.4))
+
+    async def scenario() -> tuple[float, float]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watchdog(notifier, stop, lambda: "ok", status_interval=0.2))
+        await asyncio.sleep(1.0)
+        blocked = time.monotonic()
+        time.sleep(1.5)  # a callback that never yields: serverd's loop is stuck
+        resumed = time.monotonic()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        return blocked, resumed
+
+    blocked, resumed = asyncio.run(scenario())
+    listener.wait_for("STOPPING", 5)
+    listener.close()
+    pets = listener.times("WATCHDOG")
+    assert [t for t in pets if blocked + 0.05 < t < resumed] == []
+    assert any(t < blocked for t in pets) and any(t > resumed for t in pets)
+    assert any(n.fields.get("STATUS") == "ok" for n in listener.snapshot())
 
 
 def test_a_killed_serverd_is_announced_offline_by_its_last_will(

@@ -15,8 +15,9 @@ from edgefed.errors import ConfigError, ModelError, OffloadError
 from serverd.app import ServerdApp
 from serverd.config import ServerdConfig
 from serverd.triton.install import TritonInstall
-from serverd.triton.npu import NpuModel, NpuSettings
+from serverd.triton.npu import NpuModel
 from serverd.triton.repository import TritonModelConfig, config_pbtxt, write_repository
+from serverd.triton.settings import NpuSettings
 from serverd.triton.supervisor import TritonSupervisor, quote_errors
 from tests.serverd.harness import frame_jpeg, serverd_config
 from tests.support.paths import IMAGES_DIR, REPO

@@ -98,3 +98,36 @@ def test_module_entry_point(image_factory: ImageFactory, keys: Keys) -> None:
     )
     assert proc.returncode == EXIT_OK, proc.stderr
     assert proc.stdout.startswith("ok ")
+
+
+def test_edged_image_install_refuses_a_downgrade_and_rolls_back_an_unhealthy_switch(
+    image_factory: ImageFactory, keys: Keys, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "installed")
+    trust = ["--trust", str(keys.public)]
+
+    def edged(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edged", "image", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert edged("install", str(image_factory("2.0.0")), "--root", root, *trust).returncode == 0
+    old = edged("install", str(image_factory("1.0.0")), "--root", root, *trust)
+    assert old.returncode == EXIT_IMAGE
+    assert "version 1.0.0 is older than the installed 2.0.0; refused" in old.stderr
+    sick = edged(
+        "install", str(image_factory("3.0.0")), "--root", root, *trust,
+        "--health-cmd", "sh -c 'echo model failed to load >&2; exit 4'",
+    )  # fmt: skip
+    assert sick.returncode == EXIT_IMAGE
+    assert (
+        "tiny 3.0.0: health check failed after the switch (sh exited 4: model failed to load); "
+        "rolled back to 2.0.0 in slot a"
+    ) in sick.stderr
+    forced = edged("install", str(image_factory("1.0.0")), "--root", root, *trust, "--force")
+    assert forced.returncode == EXIT_OK and "installed tiny 1.0.0 into slot b" in forced.stdout
+    back = edged("rollback", "tiny", "--root", root, *trust)
+    assert back.returncode == EXIT_OK and "rolled back tiny to 2.0.0 in slot a" in back.stdout
