@@ -20,6 +20,7 @@ from edged.api.preview import PreviewSink
 from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
+from edged.offload.outcomes import OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edgefed.driver import Driver
@@ -136,8 +137,14 @@ class EdgedApp:
         self._jsonl = JsonlSink(config.output.results) if config.output.results else None
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None
-        self.offload = wiring.offload(config, self.net, self._queue_depth)
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
+        record_sinks: list[RecordSink] = []
+        if self._jsonl is not None:
+            record_sinks.append(self._jsonl.write)
+        if self.eventbus is not None:
+            record_sinks.append(self.eventbus.publish_offload_result)
+        self.offload_results = OffloadResults(record_sinks)
+        self.offload = wiring.offload(config, self.net, self._queue_depth, self.offload_results)
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
         listeners = []
@@ -190,6 +197,7 @@ class EdgedApp:
             model_failures=self.models.failures,
             runtime=self.runtime,
             outbox=self.offload.outbox if self.offload is not None else None,
+            offload_results=self.offload_results if self.offload is not None else None,
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
         )
         return ApiServer(self.config.api, sources)
@@ -241,4 +249,5 @@ class EdgedApp:
         status["detections"] = dict(self.events.detections)
         if self.offload is not None:
             status["offload"] = self.offload.status()
+            status["offload_results"] = self.offload_results.status()["counts"]
         return status
