@@ -200,14 +200,14 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
             late = outcomes.get()
             seen[late.job_id] = seen.get(late.job_id, 0) + 1
         missing = {
-            job.id: (job.status, job.iteration, job.last_error, server.job(job.id))
+            job.id: (job.status, job.iteration, job.last_error, server.job(job.device, job.id))
             for job in outbox.page(limit=100)
             if job.status != Status.EXIT
         }
         assert len(seen) == 30 - closed_before, f"not completed (edge, server): {missing}"
         assert set(seen.values()) == {1}
         assert outbox.counts()["Exit"] == 30
-        rows = [server.job(job.id) for job in outbox.page([Status.EXIT], limit=100)]
+        rows = [server.job(job.device, job.id) for job in outbox.page([Status.EXIT], limit=100)]
         assert all(row is not None and row["status"] == "Exit" for row in rows)
         assert all(row is not None and row["iteration"] == 0 for row in rows), "ran once each"
     finally:

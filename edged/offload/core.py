@@ -89,6 +89,8 @@ class ClientCounters(Counters):
     duplicate_results: int = 0
     late_results: int = 0
     unknown_results: int = 0
+    foreign_replies: int = 0  # naming another device
+    stray_errors: int = 0  # an error for a job not awaiting an answer
     listener_errors: int = 0
     worker_errors: int = 0
 
@@ -412,6 +414,7 @@ class OffloadCore:
             reason = f"{reply.code}: {reply.reason}"
             status = self._outbox.record_error(reply.job_id, reason, reply.retryable)
             if status is None:
+                self.counters.stray_errors += 1
                 return
             self.counters.errors += 1
             self._inflight.discard(reply.job_id)
