@@ -29,6 +29,7 @@ from edgefed.wire import Availability, Topics
 log = logging.getLogger(__name__)
 
 RUNTIME_STATE = "runtime.json"
+TWIN_DELTAS = "twin-deltas.json"  # the deltas applied, so a retained one is applied once
 
 
 def network(config: EdgedConfig) -> NetLoop | None:
@@ -152,4 +153,5 @@ def twin(
         on_outcome=bus.publish_twin if bus is not None else None,
         readings=readings,
         report_interval_s=config.twin.report_interval_s,
+        seen_path=config.state_dir / TWIN_DELTAS,
     )
