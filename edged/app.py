@@ -24,7 +24,7 @@ from edged.offload.outcomes import OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edgefed.driver import Driver
-from edgefed.errors import DriverError, EdgeFedError
+from edgefed.errors import DriverError, EdgeFedError, ImageError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 
@@ -49,6 +49,15 @@ class LoadedModels:
     runners: dict[str, ModelRunner] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     drivers: dict[str, Driver] = field(default_factory=dict)
+    image_failures: set[str] = field(default_factory=set)  # the image failed verification
+
+    def fatal(self) -> EdgeFedError:
+        """Why edged cannot run when no model loaded: an image error (exit 3) when every
+        model's image failed verification, else a driver error (exit 4)."""
+        reasons = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
+        if self.failures and set(self.failures) == self.image_failures:
+            return ImageError(f"no model could be loaded ({reasons})")
+        return DriverError(f"no model could be loaded ({reasons})")
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -76,6 +85,8 @@ def load_models(config: EdgedConfig) -> LoadedModels:
             )
         except EdgeFedError as exc:
             out.failures[m.name] = str(exc)
+            if isinstance(exc, ImageError):
+                out.image_failures.add(m.name)
             log.error("model %s not loaded: %s", m.name, exc)
     for m in config.models:
         if m.name in out.runners and m.cascade_on is not None and m.cascade_on not in out.runners:
@@ -132,8 +143,7 @@ class EdgedApp:
         self.preview = PreviewSink()
         self.models = load_models(config)
         if not self.models.runners:
-            reasons = "; ".join(f"{k}: {v}" for k, v in self.models.failures.items())
-            raise DriverError(f"no model could be loaded ({reasons})")
+            raise self.models.fatal()
         self._jsonl = JsonlSink(config.output.results) if config.output.results else None
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None

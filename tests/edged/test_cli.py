@@ -10,7 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, EXIT_RUNTIME
+from edged.app import LoadedModels
+from edgefed.errors import (
+    EXIT_CONFIG,
+    EXIT_IMAGE,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    DriverError,
+    ImageError,
+)
 from tests.support.configs import demo_config, write_config
 from tests.support.paths import IMAGES_DIR
 
@@ -104,12 +112,22 @@ def test_tampered_model_is_refused_and_the_other_models_still_run(tmp_path: Path
     assert summary["frames_completed"] >= 5 and "face" not in summary["models"]
 
 
-def test_no_loadable_model_exits_with_the_driver_code(tmp_path: Path) -> None:
+def test_no_loadable_model_because_images_failed_exits_with_the_image_code(
+    tmp_path: Path,
+) -> None:
+    """On main this exited 4 (driver error) although no driver was at fault."""
     raw = demo_config(tmp_path)
     raw["models"] = [{"name": "ghost", "image": str(tmp_path / "no-such-image")}]
     proc = edged("run", "-c", str(write_config(tmp_path, raw)))
-    assert proc.returncode == EXIT_DRIVER
+    assert proc.returncode == EXIT_IMAGE
     assert "no model could be loaded" in proc.stderr and "ghost" in proc.stderr
+
+
+def test_the_fatal_error_is_a_driver_error_unless_every_image_failed() -> None:
+    images_only = LoadedModels(failures={"a": "bad image"}, image_failures={"a"})
+    assert isinstance(images_only.fatal(), ImageError)
+    mixed = LoadedModels(failures={"a": "bad image", "b": "no NPU"}, image_failures={"a"})
+    assert isinstance(mixed.fatal(), DriverError) and "no NPU" in str(mixed.fatal())
 
 
 def test_profile_measures_each_image_on_each_driver_that_loads_it(tmp_path: Path) -> None:
