@@ -46,7 +46,8 @@ class RuntimeSettings(BaseModel):
         ge=MIN_FPS, le=MAX_FPS, description="Frames/s taken per camera (None: all)"
     )
     enabled_models: list[str] = Field(
-        max_length=MAX_MODELS, description="Models that run (must be loaded; no repeats)"
+        max_length=MAX_LIST_ITEMS,
+        description=f"Models that run (must be loaded; a repeat counts once; at most {MAX_MODELS})",
     )
     offload_policy: OffloadPolicyName = Field(description="When work leaves for serverd")
     log_level: LogLevel = Field(description="Daemon log level")
@@ -62,6 +63,13 @@ class RuntimeSettings(BaseModel):
             if len(value) > MAX_LIST_ITEMS:
                 raise ValueError(f"at most {MAX_LIST_ITEMS} items, got {len(value)}")
             return list(dict.fromkeys(value)) if all(isinstance(v, str) for v in value) else value
+        return value
+
+    @field_validator("enabled_models")
+    @classmethod
+    def _few(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} distinct models, got {len(value)}")
         return value
 
 
