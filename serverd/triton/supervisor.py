@@ -6,9 +6,10 @@ It runs in its own process group so that stubs orphaned by a crash are killed wi
 it, and with its own shared-memory prefix so that a crash's leftovers are removed.
 A start that fails raises ``OffloadError`` quoting Triton's own last error lines.
 
-Triton dies with serverd: it is started with a parent-death signal (``PR_SET_PDEATHSIG``:
-SIGTERM when the thread that started it ends, which for serverd is the life of the
-process: its event loop's executor threads and the watcher threads live until stop), so
+Triton dies with serverd: it is started through ``setpriv --pdeathsig TERM`` (the Linux
+parent-death signal: SIGTERM when the thread that started it ends, which for serverd is
+the life of the process: its event loop's executor threads and the watcher threads live
+until stop), so
 a ``kill -9`` of serverd no longer leaves a Triton holding its ports. Its pid is written
 to ``<workdir>/<name>.pid``; a start first stops a Triton an earlier run left (one whose
 pid file names a live ``tritonserver`` of this install), then starts its own.
@@ -20,7 +21,6 @@ reports the instance down, restarts it within a budget and reports it up when re
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -42,7 +42,10 @@ from serverd.triton.install import TritonInstall
 log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# util-linux (Essential in Debian): sets the parent-death signal, then execs Triton in its
+# place (same pid). Not a preexec_fn: a fork of serverd, whose gRPC threads hold locks,
+# must not run Python before exec (restarts from the watcher thread died of SIGABRT).
+SETPRIV = "/usr/bin/setpriv"
 # Log lines Triton prints on every CPU-only machine; never the cause of a failure.
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
@@ -74,18 +77,6 @@ def quote_errors(log_text: str, limit: int = 3) -> str:
     ]
     chosen = errors[-limit:] or [_PREFIX.sub("", line) for line in lines[-limit:]]
     return " | ".join(" ".join(line.split()) for line in chosen) or "(nothing logged)"
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: SIGTERM to the child when its parent ends (Linux prctl)."""
-
-    def arm() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return arm
 
 
 def _zombie(pid: int) -> bool:
@@ -168,14 +159,13 @@ class TritonProcess:
             self._stop_orphan()
             try:
                 self._process = subprocess.Popen(
-                    command,
+                    [SETPRIV, "--pdeathsig", "TERM", "--", *command],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
                     env=self.install.environment(os.environ),
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
                 )
             except OSError as exc:
                 raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
