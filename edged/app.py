@@ -21,11 +21,12 @@ from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.events import ObjectEvents
+from edged.offload.outcomes import OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edged.systemd import PipelineWatch
 from edgefed.driver import Driver
-from edgefed.errors import ConfigError, DriverError, EdgeFedError
+from edgefed.errors import ConfigError, DriverError, EdgeFedError, ImageError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.sdnotify import Notifier
@@ -51,6 +52,15 @@ class LoadedModels:
     runners: dict[str, ModelRunner] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     drivers: dict[str, Driver] = field(default_factory=dict)
+    image_failures: set[str] = field(default_factory=set)  # the image failed verification
+
+    def fatal(self) -> EdgeFedError:
+        """Why edged cannot run when no model loaded: an image error (exit 3) when every
+        model's image failed verification, else a driver error (exit 4)."""
+        reasons = "; ".join(f"{k}: {v}" for k, v in self.failures.items())
+        if self.failures and set(self.failures) == self.image_failures:
+            return ImageError(f"no model could be loaded ({reasons})")
+        return DriverError(f"no model could be loaded ({reasons})")
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -101,6 +111,8 @@ def load_models(config: EdgedConfig) -> LoadedModels:
             )
         except EdgeFedError as exc:
             out.failures[m.name] = str(exc)
+            if isinstance(exc, ImageError):
+                out.image_failures.add(m.name)
             log.error("model %s not loaded: %s", m.name, exc)
     for m in config.models:
         if m.name in out.runners and m.cascade_on is not None and m.cascade_on not in out.runners:
@@ -157,13 +169,18 @@ class EdgedApp:
         self.preview = PreviewSink()
         self.models = load_models(config)
         if not self.models.runners:
-            reasons = "; ".join(f"{k}: {v}" for k, v in self.models.failures.items())
-            raise DriverError(f"no model could be loaded ({reasons})")
+            raise self.models.fatal()
         self._jsonl = JsonlSink(config.output.results) if config.output.results else None
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None
-        self.offload = wiring.offload(config, self.net, self._queue_depth)
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
+        record_sinks: list[RecordSink] = []
+        if self._jsonl is not None:
+            record_sinks.append(self._jsonl.write)
+        if self.eventbus is not None:
+            record_sinks.append(self.eventbus.publish_offload_result)
+        self.offload_results = OffloadResults(record_sinks)
+        self.offload = wiring.offload(config, self.net, self._queue_depth, self.offload_results)
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
         listeners = []
@@ -227,6 +244,7 @@ class EdgedApp:
             model_failures=self.models.failures,
             runtime=self.runtime,
             outbox=self.offload.outbox if self.offload is not None else None,
+            offload_results=self.offload_results if self.offload is not None else None,
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
             objects=self.objects,
         )
@@ -292,4 +310,5 @@ class EdgedApp:
         status["detections"] = dict(self.events.detections)
         if self.offload is not None:
             status["offload"] = self.offload.status()
+            status["offload_results"] = self.offload_results.status()["counts"]
         return status

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -125,8 +126,16 @@ class VideoReader(Protocol):
 Opener = Callable[[str | int], VideoReader]
 
 
+# FFmpeg's own log level for OpenCV's FFmpeg backend (read once, at its first open): only
+# fatal errors. At OpenCV's default (errors), a video with corrupt chunks wrote a line per
+# damaged macroblock row to edged's stderr (28 MB in 50 s). An operator who wants them
+# sets OPENCV_FFMPEG_LOGLEVEL (e.g. 16) in edged's environment, which is left as given.
+FFMPEG_LOGLEVEL = "8"  # AV_LOG_FATAL
+
+
 def open_video(source: str | int, timeout_s: float = 10.0) -> VideoReader:
     """Open a source with OpenCV: FFmpeg for files and streams (with timeouts), V4L2 else."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", FFMPEG_LOGLEVEL)
     kind = source_kind(source)
     if kind is SourceKind.DEVICE:
         return cv2.VideoCapture(source, cv2.CAP_V4L2)

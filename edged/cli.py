@@ -13,6 +13,7 @@ from pathlib import Path
 from edged import __version__
 from edged.api import client as api_client
 from edged.config import dump_config, load_config
+from edgefed import certs
 from edgefed.config import check_config_command
 from edgefed.errors import (
     EXIT_OK,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     image_cli.add_subparsers(sub)
     api_client.add_subparsers(sub)
+    certs.add_subparsers(sub)
     return parser
 
 

@@ -84,7 +84,10 @@ class ModelConfig(Strict):
 
 class PipelineConfig(Strict):
     target_fps: float | None = Field(
-        None, gt=0, description="Upper bound on frames/s taken from each camera (None: all)"
+        None,
+        ge=0.01,
+        le=1000,
+        description="Upper bound on frames/s taken from each camera, 0.01 to 1000 (None: all)",
     )
     lossless: bool = Field(
         False,

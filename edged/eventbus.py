@@ -7,6 +7,7 @@ namespace of the device id, or ``default`` for a single-segment id)::
     {prefix}/events/stats/{device}   periodic stats (pipeline, MQTT, twin, ...)
     {prefix}/events/twin/{device}    device-twin outcomes: values applied, values rejected + why
     {prefix}/events/object/{device}  tracked objects: new / update / end with the best snapshot
+    {prefix}/events/offload/{device} each offloaded job's outcome with the server's result
 
 EdgeCore's EventBus subscribes to ``+/user/#`` and ``$hw/events/upload/#`` and hands
 both to EdgeHub, which sends them to CloudCore. CloudCore's router delivers a message
@@ -80,6 +81,7 @@ class EventTopics:
     stats: str
     twin: str
     object: str
+    offload: str
 
 
 def event_topics(prefix: str, device_id: str) -> EventTopics:
@@ -92,6 +94,7 @@ def event_topics(prefix: str, device_id: str) -> EventTopics:
         stats=f"{base}/stats/{device_id}",
         twin=f"{base}/twin/{device_id}",
         object=f"{base}/object/{device_id}",
+        offload=f"{base}/offload/{device_id}",
     )
 
 
@@ -149,6 +152,21 @@ class FrameEvent(_Event):
     )
 
 
+class OffloadResultEvent(_Event):
+    """An offloaded job closed (``edged.offload.outcomes``): the server's result, or why not."""
+
+    type: Literal["offload_result"] = Field(
+        default="offload_result", description="Event discriminator"
+    )
+    job_id: str = Field(description="Offload job id")
+    camera: str | None = Field(description="Camera of the frame sent")
+    frame: int | None = Field(description="Frame index of the camera")
+    model: str = Field(description="Model the server was asked to run")
+    status: str = Field(description="Exit (answered), Failed or Expired")
+    served_by: str | None = Field(description="Server instance that answered (Exit only)")
+    result: list[dict[str, Any]] | None = Field(description="The server's results (Exit only)")
+
+
 class StatsEvent(_Event):
     type: Literal["stats"] = Field(default="stats", description="Event discriminator")
     stats: dict[str, Any] = Field(description="Status of the pipeline and the services")
@@ -196,6 +214,7 @@ class EventBusCounters(Counters):
     stats_published: int = 0
     twin_published: int = 0
     objects_published: int = 0
+    offload_published: int = 0
     skipped_offline: int = 0
     publish_errors: int = 0
 
@@ -262,6 +281,15 @@ class EventBus:
         if self._publish(self.topics.object, event):
             with self._lock:
                 self.counters.objects_published += 1
+
+    def publish_offload_result(self, record: Mapping[str, Any]) -> None:
+        """Publish an ``offload_result`` record (``edged.offload.outcomes.offload_record``)."""
+        event = OffloadResultEvent.model_validate(
+            {**record, "device_id": self._device_id, "timestamp": now_ms()}
+        )
+        if self._publish(self.topics.offload, event):
+            with self._lock:
+                self.counters.offload_published += 1
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """Appends one JSON object per completed frame to ``path`` (line-buffered)."""
+    """Appends one JSON object per completed frame to ``path`` (line-buffered), and the
+    ``offload_result`` records the offload path writes with ``write``."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +25,13 @@ class JsonlSink:
         self.path = path
 
     def __call__(self, job: FrameJob) -> None:
-        line = json.dumps(job.record(), separators=(",", ":"))
+        self.write(job.record())
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"))
         with self._lock:
-            self._file.write(line + "\n")
+            if not self._file.closed:  # an outcome told while edged stops is not written
+                self._file.write(line + "\n")
 
     def close(self) -> None:
         with self._lock:

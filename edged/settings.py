@@ -24,24 +24,52 @@ from edgefed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Bounds of the runtime settings, the same for the device twin and the HTTP API (and
+# edged/twin/properties.yaml, which a test holds equal): a value that would stop
+# processing (1e-300 frames/s) or break every twin report (3.2e306) is refused.
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+MAX_PIXELS = 100_000_000  # above any camera's frame (8K is 33 Mpx)
+MAX_MODELS = 64
+MAX_LIST_ITEMS = 1024
+
 
 class RuntimeSettings(BaseModel):
     """Every setting that can change without a restart (twin property names)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     motion_threshold: int = Field(ge=1, le=255, description="Pixel difference threshold")
-    motion_min_pixels: int = Field(ge=0, description="Changed pixels that count as motion")
-    target_fps: float | None = Field(gt=0, description="Frames/s taken per camera (None: all)")
-    enabled_models: list[str] = Field(description="Models that run (must be loaded)")
+    motion_min_pixels: int = Field(
+        ge=0, le=MAX_PIXELS, description="Changed pixels that count as motion"
+    )
+    target_fps: float | None = Field(
+        ge=MIN_FPS, le=MAX_FPS, description="Frames/s taken per camera (None: all)"
+    )
+    enabled_models: list[str] = Field(
+        max_length=MAX_LIST_ITEMS,
+        description=f"Models that run (must be loaded; a repeat counts once; at most {MAX_MODELS})",
+    )
     offload_policy: OffloadPolicyName = Field(description="When work leaves for serverd")
     log_level: LogLevel = Field(description="Daemon log level")
 
     @field_validator("enabled_models", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
+        """A comma-separated string or a list; repeats dropped (first one kept), at most
+        ``MAX_MODELS`` distinct names out of at most ``MAX_LIST_ITEMS`` given."""
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_LIST_ITEMS:
+                raise ValueError(f"at most {MAX_LIST_ITEMS} items, got {len(value)}")
+            return list(dict.fromkeys(value)) if all(isinstance(v, str) for v in value) else value
+        return value
+
+    @field_validator("enabled_models")
+    @classmethod
+    def _few(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} distinct models, got {len(value)}")
         return value
 
 

@@ -69,7 +69,11 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second as an exponential moving average over ``tau_s`` seconds."""
+    """Events per second as an exponential moving average over ``tau_s`` seconds.
+
+    A reading decays once the next event is overdue (later than one interval at the
+    current rate), so a rate whose events stopped falls to 0 instead of keeping its
+    last value for ever; between events on time it is the average itself."""
 
     def __init__(self, tau_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._tau = tau_s
@@ -93,5 +97,12 @@ class RateMeter:
 
     @property
     def rate(self) -> float:
+        now = self._clock()
         with self._lock:
-            return round(self._rate, 2)
+            rate, last = self._rate, self._last
+        if last is None or rate <= 0:
+            return 0.0
+        overdue = (now - last) - 1.0 / rate
+        if overdue > 0:
+            rate *= float(np.exp(-overdue / self._tau))
+        return round(rate, 2)

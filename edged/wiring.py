@@ -14,7 +14,7 @@ from typing import Any
 from edged.config import EdgedConfig
 from edged.eventbus import EventBus
 from edged.netloop import NetLoop
-from edged.offload.client import OffloadClient
+from edged.offload.client import OffloadClient, OutcomeListener
 from edged.offload.dispatch import OffloadDispatcher
 from edged.offload.outbox import Outbox
 from edged.pipeline import Pipeline
@@ -30,6 +30,7 @@ from edgefed.wire import Availability, Topics
 log = logging.getLogger(__name__)
 
 RUNTIME_STATE = "runtime.json"
+TWIN_DELTAS = "twin-deltas.json"  # the deltas applied, so a retained one is applied once
 
 
 def network(config: EdgedConfig) -> NetLoop | None:
@@ -68,12 +69,16 @@ class EdgeOffload:
 
 
 def offload(
-    config: EdgedConfig, net: NetLoop | None, queue_depth: Callable[[str], int]
+    config: EdgedConfig,
+    net: NetLoop | None,
+    queue_depth: Callable[[str], int],
+    on_outcome: OutcomeListener,
 ) -> EdgeOffload | None:
+    """The offload path; each closed job's outcome goes to ``on_outcome``."""
     if not config.offload.enabled or net is None:
         return None
     outbox = Outbox(config.offload.outbox)
-    client = OffloadClient(config.device_id, net, outbox, config.offload.client)
+    client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
     return EdgeOffload(outbox, client, dispatcher)
 
@@ -149,6 +154,7 @@ def twin(
         on_outcome=bus.publish_twin if bus is not None else None,
         readings=readings,
         report_interval_s=config.twin.report_interval_s,
+        seen_path=config.state_dir / TWIN_DELTAS,
     )
 
 

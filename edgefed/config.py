@@ -81,8 +81,16 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], prefix: str) -> dict[
         path = [p.lower() for p in key[len(prefix) :].split("__") if p]
         if not path:
             continue
-        _set_path(raw, path, yaml.safe_load(env[key]))
+        try:
+            value = yaml.safe_load(env[key])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: not a valid YAML value: {_one_line(exc)}") from None
+        _set_path(raw, path, value)
     return raw
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -115,6 +123,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -45,6 +45,12 @@ DEFAULT_PREFIX = "edgefed"
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4096
+MAX_JPEG_PIXELS = 36_000_000  # an 8K frame (7680x4320, 33 Mpx) fits
+_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC)}) | {
+    0xCD,
+    0xCE,
+    0xCF,
+}
 
 MAGIC = b"EF"
 _PREFIX = struct.Struct(">2sBI")
@@ -365,6 +371,48 @@ def unframe(data: bytes, max_bytes: int, headers: TypeAdapter[Any]) -> tuple[Any
     except ValidationError as exc:
         raise ProtocolError(f"invalid header: {summarise(exc)}") from exc
     return header, bytes(data[end:])
+
+
+def jpeg_size(body: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header, read without decoding any pixel;
+    ProtocolError if there is no SOI marker or no frame header before the scan."""
+    if len(body) < 4 or body[:2] != b"\xff\xd8":
+        raise ProtocolError("jpeg body does not start with a JPEG SOI marker")
+    i = 2
+    while i + 4 <= len(body):
+        if body[i] != 0xFF:
+            raise ProtocolError(f"jpeg body: no marker at byte {i}")
+        marker = body[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        length = int.from_bytes(body[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if length < 7 or i + 9 > len(body):
+                break
+            height = int.from_bytes(body[i + 5 : i + 7], "big")
+            width = int.from_bytes(body[i + 7 : i + 9], "big")
+            return width, height
+        if marker == 0xDA or length < 2:  # the scan starts: no frame header came before it
+            break
+        i += 2 + length
+    raise ProtocolError("jpeg body has no frame header (SOF) before its image data")
+
+
+def check_jpeg_pixels(body: bytes) -> tuple[int, int]:
+    """The (width, height) of a JPEG if it is not larger than ``MAX_JPEG_PIXELS``, read
+    from its header before anything decodes it (a 16000x16000 JPEG of 4 MB takes ~770 MB
+    to decode); ProtocolError otherwise. For whoever decodes a body: the wire itself
+    checks only the SOI marker, as a body may be a model's own input (``echo``)."""
+    width, height = jpeg_size(body)
+    if width == 0 or height == 0 or width * height > MAX_JPEG_PIXELS:
+        raise ProtocolError(
+            f"jpeg of {width}x{height} pixels: at most {MAX_JPEG_PIXELS:,} pixels, none empty"
+        )
+    return width, height
 
 
 def _check_jpeg(body: bytes) -> None:

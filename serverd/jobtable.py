@@ -1,6 +1,10 @@
-"""serverd's own job table (SQLite, WAL): dedupe by job id, statuses, stored replies.
+"""serverd's own job table (SQLite, WAL): dedupe by job, statuses, stored replies.
 
-Delivery from the edge is at-least-once, so the same job id may arrive several times.
+A job is known by its device and its id together (``JobKey``): the device is the one the
+broker's ACL lets publish on the request topic, so a device that sends another device's
+job id gets a job of its own, never the other device's stored result.
+
+Delivery from the edge is at-least-once, so the same job may arrive several times.
 ``admit`` decides what a delivery means:
 
 - ``NEW``: first sight (or a retry of a job that failed in a way worth retrying, or
@@ -69,7 +73,19 @@ def _create_jobs(db: sqlite_utils.Database) -> None:
     db.table("jobs").create_index(["received"], index_name="jobs_received")
 
 
-MIGRATIONS: Migrations = [("0001_create_jobs", _create_jobs)]
+def _key_on_device_and_job(db: sqlite_utils.Database) -> None:
+    """Jobs were keyed on the job id alone: one device could read another's result."""
+    db.table("jobs").transform(pk=("device_id", "job_id"))
+    db.table("jobs").create_index(["status"], index_name="jobs_status", if_not_exists=True)
+    db.table("jobs").create_index(["received"], index_name="jobs_received", if_not_exists=True)
+
+
+MIGRATIONS: Migrations = [
+    ("0001_create_jobs", _create_jobs),
+    ("0002_key_on_device_and_job", _key_on_device_and_job),
+]
+JobKey = tuple[str, str]  # (device id, job id)
+_WHERE_KEY = "device_id=? AND job_id=?"
 
 
 class Admission(enum.Enum):
@@ -160,50 +176,49 @@ class JobTable:
             ).rowcount
             if inserted:
                 return Admitted(Admission.NEW)
+            key = (request.device_id, request.job_id)
             row = self._db.execute(
-                "SELECT status, retryable, reply FROM jobs WHERE job_id=?", (request.job_id,)
+                f"SELECT status, retryable, reply FROM jobs WHERE {_WHERE_KEY}", key
             ).fetchone()
-            self._db.execute(
-                "UPDATE jobs SET deliveries = deliveries + 1 WHERE job_id=?", (request.job_id,)
-            )
+            self._db.execute(f"UPDATE jobs SET deliveries = deliveries + 1 WHERE {_WHERE_KEY}", key)
             if row["status"] in OPEN:
                 return Admitted(Admission.RUNNING)
             if row["retryable"] or row["reply"] is None:
                 self._db.execute(
                     "UPDATE jobs SET status=?, received=?, started=NULL, ended=NULL, "
-                    "error=NULL, reply=NULL, retryable=0, instance=NULL WHERE job_id=?",
-                    (Status.ENQUEUE.value, now, request.job_id),
+                    f"error=NULL, reply=NULL, retryable=0, instance=NULL WHERE {_WHERE_KEY}",
+                    (Status.ENQUEUE.value, now, *key),
                 )
                 return Admitted(Admission.NEW)
             return Admitted(Admission.DONE, bytes(row["reply"]))
 
-    def started(self, job_id: str, instance: str, iteration: int) -> None:
+    def started(self, key: JobKey, instance: str, iteration: int) -> None:
         """The job was placed on ``instance`` (iteration 0 first, +1 per re-placement).
 
         A no-op for a job that is no longer queued (it may already have been answered).
         """
         self._db.execute(
             "UPDATE jobs SET status=?, instance=?, iteration=?, "
-            "started=coalesce(started, ?) WHERE job_id=? AND status=?",
+            f"started=coalesce(started, ?) WHERE {_WHERE_KEY} AND status=?",
             (
                 Status.INFERENCING.value,
                 instance,
                 iteration,
                 self._clock(),
-                job_id,
+                *key,
                 Status.ENQUEUE.value,
             ),
         )
 
-    def requeued(self, job_id: str) -> None:
+    def requeued(self, key: JobKey) -> None:
         self._db.execute(
-            "UPDATE jobs SET status=?, instance=NULL WHERE job_id=?",
-            (Status.ENQUEUE.value, job_id),
+            f"UPDATE jobs SET status=?, instance=NULL WHERE {_WHERE_KEY}",
+            (Status.ENQUEUE.value, *key),
         )
 
     def finish(
         self,
-        job_id: str,
+        key: JobKey,
         status: Status,
         reply: bytes | None,
         error: str | None = None,
@@ -211,12 +226,12 @@ class JobTable:
     ) -> None:
         """Close a job with its encoded reply (re-sent to duplicates unless retryable)."""
         self._db.execute(
-            "UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? WHERE job_id=?",
-            (status.value, reply, error, int(retryable), self._clock(), job_id),
+            f"UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? WHERE {_WHERE_KEY}",
+            (status.value, reply, error, int(retryable), self._clock(), *key),
         )
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+    def get(self, key: JobKey) -> dict[str, Any] | None:
+        row = self._db.execute(f"SELECT * FROM jobs WHERE {_WHERE_KEY}", key).fetchone()
         return None if row is None else dict(row)
 
     def counts(self) -> dict[str, int]:

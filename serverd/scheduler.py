@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ class InstanceState:
 
     def free(self) -> bool:
         return self.healthy and len(self.inflight) < self.capacity
+
+    def summary(self) -> dict[str, Any]:
+        """What the status API shows of the instance."""
+        return {
+            "healthy": self.healthy,
+            "in_flight": len(self.inflight),
+            "completed": self.completed,
+            "ema_ms": {m: round(v, 3) for m, v in self.ema_ms.items()},
+        }
 
 
 @dataclass(frozen=True)

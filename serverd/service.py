@@ -34,7 +34,7 @@ from edgefed.wire import (
 )
 from serverd.health import HealthWatch
 from serverd.health import stopped as _stopped
-from serverd.jobtable import Admission, JobTable
+from serverd.jobtable import Admission, JobKey, JobTable
 from serverd.scheduler import Assignment, Job, Scheduler
 from serverd.triton.client import TritonEndpoint
 
@@ -66,6 +66,15 @@ class _Held:
     body: bytes
     reply_topic: str
     received: float  # perf_counter
+
+    @property
+    def key(self) -> JobKey:
+        return (self.request.device_id, self.request.job_id)
+
+    @property
+    def queue_id(self) -> str:
+        """The job's id in the scheduler: device and job id (neither holds a space)."""
+        return f"{self.request.device_id} {self.request.job_id}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class OffloadServer:
         self._scheduler = scheduler
         self._endpoints = endpoints
         self._clock_ms = clock_ms
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, _Held] = {}  # by ``_Held.queue_id``
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_topics: dict[str, Topics] = {}
         self._closing = False
@@ -159,24 +168,16 @@ class OffloadServer:
         for endpoint in self._endpoints.values():
             await endpoint.close()
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        """The job table's row of ``job_id``."""
-        return self._jobs.get(job_id)
+    def job(self, device_id: str, job_id: str) -> dict[str, Any] | None:
+        """The job table's row of ``device_id``'s job ``job_id``."""
+        return self._jobs.get((device_id, job_id))
 
     def status(self) -> dict[str, Any]:
         return {
             "counters": self.counters.as_dict(),
             "queued": self._scheduler.queued(),
             "in_flight": self._scheduler.inflight(),
-            "instances": {
-                i.name: {
-                    "healthy": i.healthy,
-                    "in_flight": len(i.inflight),
-                    "completed": i.completed,
-                    "ema_ms": {m: round(v, 3) for m, v in i.ema_ms.items()},
-                }
-                for i in self._scheduler.instances()
-            },
+            "instances": {i.name: i.summary() for i in self._scheduler.instances()},
             "jobs": self._jobs.counts(),
         }
 
@@ -187,6 +188,8 @@ class OffloadServer:
             raise ProtocolError("not an offload request topic")
         message = decode_request(payload, self.settings.max_message_bytes)
         request = message.request
+        # The device is the topic's, which the broker's ACL grants to that device's
+        # identity alone; a payload that names another device is refused.
         if request.device_id != match.id:
             raise ProtocolError(f"device id {request.device_id!r} does not match the topic")
         reply_topic = self._reply_topic(match.prefix, match.id)
@@ -211,8 +214,8 @@ class OffloadServer:
         elif len(self._held) >= self.settings.max_queue:
             self._fail(held, "overloaded", f"{len(self._held)} jobs held", retryable=True)
         else:
-            self._held[request.job_id] = held
-            job = Job(request.job_id, model, request.priority, float(request.deadline))
+            self._held[held.queue_id] = held
+            job = Job(held.queue_id, model, request.priority, float(request.deadline))
             self._scheduler.submit(job)
             self._pump()
             if self.settings.send_accepted:  # after the job's request has left for Triton
@@ -223,7 +226,7 @@ class OffloadServer:
             job_id=held.request.job_id,
             device_id=held.request.device_id,
             served_by=self.settings.server_id,
-            queued=self._scheduler.position(held.request.job_id) or 0,
+            queued=self._scheduler.position(held.queue_id) or 0,
         )
         self._publish(held.reply_topic, encode_message(accepted))
 
@@ -238,10 +241,10 @@ class OffloadServer:
             return
         loop = asyncio.get_running_loop()
         for assignment in self._scheduler.assign():
-            job_id = assignment.job.job_id
+            held = self._held[assignment.job.job_id]
             task = asyncio.create_task(
-                self._infer(assignment, self._held[job_id]),
-                name=f"infer-{job_id}-{assignment.attempt}",
+                self._infer(assignment, held),
+                name=f"infer-{held.request.job_id}-{assignment.attempt}",
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -250,7 +253,7 @@ class OffloadServer:
             loop.call_soon(
                 loop.call_soon,
                 self._jobs.started,
-                job_id,
+                held.key,
                 assignment.instance,
                 assignment.attempt,
             )
@@ -264,7 +267,7 @@ class OffloadServer:
 
     async def _run_job(self, assignment: Assignment, held: _Held) -> None:
         instance = assignment.instance
-        job_id = held.request.job_id
+        job_id, queue_id = held.request.job_id, held.queue_id
         started = time.perf_counter()
         try:
             reply = await self._endpoints[instance].infer(held.request.model, held.body)
@@ -272,18 +275,18 @@ class OffloadServer:
             self._instance_failed(instance, str(exc))
             return
         except ModelError as exc:
-            if self._scheduler.complete(job_id, instance, None):
+            if self._scheduler.complete(queue_id, instance, None):
                 self._fail(held, "bad_request", str(exc), retryable=False)
                 self._pump()
             return
         except Exception as exc:  # contained: one job's fault never stops the service
             log.exception("job %s failed on %s", job_id, instance)
-            if self._scheduler.complete(job_id, instance, None):
+            if self._scheduler.complete(queue_id, instance, None):
                 self._fail(held, "internal", f"{type(exc).__name__}: {exc}", retryable=True)
                 self._pump()
             return
         done = time.perf_counter()
-        if not self._scheduler.complete(job_id, instance, (done - started) * 1000):
+        if not self._scheduler.complete(queue_id, instance, (done - started) * 1000):
             self.counters.stale += 1
             return
         timings = {
@@ -313,7 +316,9 @@ class OffloadServer:
         if was_healthy:
             log.warning("instance %s is down: %s", name, reason)
         for job in outcome.requeued:
-            self._jobs.requeued(job.job_id)
+            requeued = self._held.get(job.job_id)
+            if requeued is not None:
+                self._jobs.requeued(requeued.key)
             self.counters.requeued += 1
         for job in outcome.exhausted:
             held = self._held.get(job.job_id)
@@ -351,8 +356,8 @@ class OffloadServer:
         retryable: bool = False,
     ) -> None:
         self._publish(held.reply_topic, reply)
-        self._jobs.finish(held.request.job_id, status, reply, error, retryable)
-        self._held.pop(held.request.job_id, None)
+        self._jobs.finish(held.key, status, reply, error, retryable)
+        self._held.pop(held.queue_id, None)
 
     async def _expire_loop(self, stop: asyncio.Event) -> None:
         """Answer queued jobs whose deadline passed (the edge's local result stands)."""

@@ -27,6 +27,8 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "dashboard:  http://127.0.0.1:" in proc.stdout
+    # the private broker runs TLS with per-client identities and refuses a certificate-less client
+    assert "no certificate: refused" in proc.stdout
     summary = json.loads((REPO / "var/demo/summary.json").read_text())
     assert summary["frames_completed"] > 20
     assert {"person", "pose", "scene"} <= set(summary["detections"])
@@ -37,3 +39,12 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     assert jobs["Exit"] >= 1
     # edged starts once serverd is online: no job is lost to a broker without subscribers
     assert jobs["Expired"] == 0 and jobs["Failed"] == 0, jobs
+    # the server's results reach the results file, one offload_result line per closed job
+    lines = (REPO / "var/demo/results.jsonl").read_text().splitlines()
+    offloaded = [r for r in map(json.loads, lines) if r.get("type") == "offload_result"]
+    answered = [r for r in offloaded if r["status"] == "Exit"]
+    assert len(answered) == jobs["Exit"], (len(answered), jobs)
+    assert all(r["served_by"].startswith("demo-server/") for r in answered)
+    assert all(isinstance(r["result"], list) for r in answered)
+    assert {r["model"] for r in answered} <= {"person", "text"}
+    assert summary["offload_results"]["Exit"] == jobs["Exit"]

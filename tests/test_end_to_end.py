@@ -3,18 +3,22 @@ Triton over a real broker, edged records the server's results in its outbox."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edged.api.server import ApiServer
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edged.netloop import NetLoop
@@ -23,6 +27,7 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig, Status
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
+from edgefed.testing.edgecore import Subscriber
 from edgefed.testing.wait import wait_until
 from tests.serverd.harness import ServerdThread, serverd_config
 from tests.support.configs import demo_config
@@ -68,6 +73,7 @@ def test_edged_offloads_and_records_the_servers_results(
     raw = edged_config(tmp_path, broker, policy={"policy": "always"}, models=["person"])
     app = EdgedApp(parse_config(raw, env={}))
     assert app.offload is not None
+    events = Subscriber(broker, "+/user/edgefed/events/offload/#")
     app.start()
     try:
         deadline = time.monotonic() + 60
@@ -75,9 +81,42 @@ def test_edged_offloads_and_records_the_servers_results(
             time.sleep(0.2)
         done = app.offload.outbox.page([Status.EXIT], limit=100)
         counts = app.offload.outbox.counts()
+        api = next(s for s in app.services if isinstance(s, ApiServer)).url
+        wait_until(
+            "5 offload results", lambda: app.offload_results.status()["counts"].get("Exit", 0) >= 5
+        )
+        status = json.loads(urllib.request.urlopen(api + "/api/v1/status").read())
+        metrics = urllib.request.urlopen(api + "/metrics").read().decode()
+        topic, event = events.get()
     finally:
         app.stop()
+        events.close()
     assert len(done) >= 5, counts
+    # the server's results reach the user: results file, EventBus, status API, /metrics
+    lines = [json.loads(line) for line in Path(raw["output"]["results"]).read_text().splitlines()]
+    offloaded = {r["job_id"]: r for r in lines if r.get("type") == "offload_result"}
+    for job in done:
+        record = offloaded[job.id]
+        assert set(record) == {
+            "type",
+            "job_id",
+            "camera",
+            "frame",
+            "model",
+            "status",
+            "served_by",
+            "result",
+        }
+        assert record["status"] == "Exit" and record["model"] == "person"
+        assert record["camera"] == job.metadata["camera"] and isinstance(record["frame"], int)
+        assert record["served_by"] == job.result["served_by"]
+        assert record["result"] == job.result["results"]
+    assert topic.endswith(f"/events/offload/{raw['device_id']}") and event["job_id"] in offloaded
+    shown = status["offload_results"]
+    assert shown["available"] and shown["counts"]["Exit"] >= 5
+    assert shown["recent"][0]["served_by"] and "local_result" in shown["recent"][0]
+    exits = re.search(r'^edged_offload_results_total\{status="Exit"\} (\S+)$', metrics, re.M)
+    assert exits is not None and float(exits.group(1)) >= 5
     for job in done:
         assert job.model == "person" and job.reason == "offload policy is always"
         assert job.result is not None and job.result["served_by"]
@@ -161,14 +200,14 @@ def test_kill_9_of_edged_with_jobs_in_the_outbox_then_every_job_completes_once(
             late = outcomes.get()
             seen[late.job_id] = seen.get(late.job_id, 0) + 1
         missing = {
-            job.id: (job.status, job.iteration, job.last_error, server.job(job.id))
+            job.id: (job.status, job.iteration, job.last_error, server.job(job.device, job.id))
             for job in outbox.page(limit=100)
             if job.status != Status.EXIT
         }
         assert len(seen) == 30 - closed_before, f"not completed (edge, server): {missing}"
         assert set(seen.values()) == {1}
         assert outbox.counts()["Exit"] == 30
-        rows = [server.job(job.id) for job in outbox.page([Status.EXIT], limit=100)]
+        rows = [server.job(job.device, job.id) for job in outbox.page([Status.EXIT], limit=100)]
         assert all(row is not None and row["status"] == "Exit" for row in rows)
         assert all(row is not None and row["iteration"] == 0 for row in rows), "ran once each"
     finally:

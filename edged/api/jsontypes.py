@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_JSON_INTEGER = 2**53  # the largest integer every JSON reader holds exactly
+
 
 def _is(kind: str, value: Any) -> bool:
     if kind == "integer":
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        return number and float(value).is_integer()
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if kind == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     checks: dict[str, type | tuple[type, ...]] = {
@@ -39,6 +42,8 @@ def _kinds(schema: dict[str, Any]) -> set[str]:
 
 
 def _check(where: str, schema: dict[str, Any], value: Any) -> list[str]:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_JSON_INTEGER:
+        return [f"{where}: integer out of range (at most {MAX_JSON_INTEGER} in magnitude)"]
     kinds = _kinds(schema)
     if kinds and not any(_is(k, value) for k in kinds):
         return [f"{where}: must be JSON {' or '.join(sorted(kinds))}"]

@@ -124,6 +124,12 @@ class StatusCollector(Collector):
             jobs.add_metric([status], n)
         yield jobs
         yield GaugeMetricFamily("edged_outbox_depth", "Open outbox jobs", value=st.outbox.depth)
+        results = _counter(
+            "edged_offload_results", "Offloaded jobs closed since start, by status", ["status"]
+        )
+        for status, n in st.offload_results.counts.items():
+            results.add_metric([status], n)
+        yield results
 
 
 def _label_safe(versions: dict[str, str]) -> dict[str, str]:

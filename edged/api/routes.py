@@ -142,9 +142,11 @@ class Routes:
         check_bearer(request.headers.get("Authorization"), self._token)
         runtime = self._runtime()
         try:
-            changes = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            changes = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, > 4300 digits
             raise reject(400, "bad_request", f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise reject(400, "bad_request", "body is not JSON: nested too deep") from None
         if not isinstance(changes, dict):
             raise reject(400, "bad_request", "body must be a JSON object of settings")
         errors = type_errors(self._config_schema, changes)

@@ -112,6 +112,27 @@ class OutboxSummary(_Out):
     counts: dict[str, int] = Field(description="Jobs per status")
 
 
+class OffloadResultOut(_Out):
+    """An offloaded job that closed, next to the local result it was offloaded from."""
+
+    type: Literal["offload_result"] = Field(description="Record type")
+    job_id: str = Field(description="Offload job id")
+    camera: str | None = Field(description="Camera of the frame sent")
+    frame: int | None = Field(description="Frame index of the camera")
+    model: str = Field(description="Model the server was asked to run")
+    status: str = Field(description="Exit (answered), Failed or Expired")
+    served_by: str | None = Field(description="Server instance that answered (Exit only)")
+    result: list[dict[str, Any]] | None = Field(description="The server's results (Exit only)")
+    local_result: Any = Field(None, description="The local model's result, if it had one")
+
+
+class OffloadResultsSummary(_Out):
+    available: bool = Field(description="Offloading is configured")
+    counts: dict[str, int] = Field(description="Closed offload jobs by status since start")
+    sink_errors: int = Field(0, description="Records a sink (results file, EventBus) failed on")
+    recent: list[OffloadResultOut] = Field(description="The last closed jobs, newest first")
+
+
 class LinkStatus(_Out):
     name: str = Field(description="Link name (e.g. mqtt)")
     connected: bool = Field(description="The connection is up")
@@ -133,6 +154,9 @@ class StatusBody(_Out):
     cameras: list[CameraStatus] = Field(description="Per camera")
     models: list[ModelStatus] = Field(description="Per configured model")
     outbox: OutboxSummary = Field(description="Offload outbox depth by status")
+    offload_results: OffloadResultsSummary = Field(
+        description="Server results of offloaded jobs, as they closed"
+    )
     links: list[LinkStatus] = Field(description="Broker links")
     preview: PreviewStatus = Field(description="Live preview")
     events_last_seq: int = Field(description="Sequence number of the newest event")

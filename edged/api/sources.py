@@ -33,6 +33,12 @@ class JobView(Protocol):
     def as_dict(self) -> dict[str, Any]: ...
 
 
+class OffloadResultsView(Protocol):
+    """Closed offload jobs (``edged.offload.outcomes.OffloadResults``)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class OutboxView(Protocol):
     """The read side of the offload outbox (``edged.offload.outbox.Outbox``)."""
 
@@ -58,5 +64,6 @@ class ApiSources:
     model_failures: Mapping[str, str] = field(default_factory=dict)
     runtime: RuntimeConfig | None = None
     outbox: OutboxView | None = None
+    offload_results: OffloadResultsView | None = None
     links: Mapping[str, Link] = field(default_factory=dict)
     objects: ObjectEvents | None = None

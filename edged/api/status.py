@@ -14,6 +14,7 @@ from .schemas import (
     Check,
     ModelInfo,
     ModelStatus,
+    OffloadResultsSummary,
     OutboxPage,
     OutboxQuery,
     OutboxSummary,
@@ -62,6 +63,7 @@ class StatusViews:
                 "versions": self._versions,
                 "models": [m.model_dump() for m in self._model_status(raw["models"])],
                 "outbox": self.outbox_summary(),
+                "offload_results": self.offload_results(),
                 "links": [
                     {"name": name, "connected": link.connected}
                     for name, link in self._src.links.items()
@@ -121,6 +123,12 @@ class StatusViews:
             up = link.connected
             checks.append(Check(name=f"link:{name}", ok=up, detail="connected" if up else "down"))
         return Readiness(ready=all(c.ok for c in checks), checks=checks)
+
+    def offload_results(self) -> OffloadResultsSummary:
+        results = self._src.offload_results
+        if results is None:
+            return OffloadResultsSummary(available=False, counts={}, recent=[])
+        return OffloadResultsSummary.model_validate({"available": True, **results.status()})
 
     def outbox_summary(self) -> OutboxSummary:
         outbox = self._src.outbox

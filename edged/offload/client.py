@@ -212,8 +212,12 @@ class OffloadClient:
     # --- on the network loop (``_post`` and ``_call`` from any thread) ---
 
     def _on_reply(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """A message on this device's own reply topic (the only one subscribed; the
+        broker's ACL lets only serverd publish there). A reply naming another device is
+        counted and dropped; one for a job not awaiting an answer is the core's to drop."""
         reply = decode_reply(payload, self.config.max_message_bytes)
         if reply.device_id != self.device_id:
+            self.counters.foreign_replies += 1
             raise ProtocolError(f"reply for device {reply.device_id} on {topic}")
         self._post(ReplyIn(reply, ack))
 

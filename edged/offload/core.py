@@ -3,8 +3,8 @@
 ``OffloadCore`` decides; ``OffloadClient`` (``client.py``) feeds it events on edged's
 network loop and carries out its decisions. The core has no asyncio, no threads, no MQTT
 and no clock of its own (an injected ``Clock``): its tests drive it synchronously with a
-real ``Outbox`` on a temporary SQLite file. (Past 400 lines: the events, the ``Effects``
-port and the outcome and counter records are the core's interface and live with it.)
+real ``Outbox`` on a temporary SQLite file. (The module is long because the events, the
+``Effects`` port and the outcome and counter records are the core's interface.)
 
 Events in: a job submitted (its ``Enqueued`` outcome and frame), the broker's PUBACK of a
 request, a reply (accepted, result, error) with its acknowledgement, the link up or down,
@@ -41,11 +41,11 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
 
 from edged.offload.outbox import Outbox
-from edged.offload.records import Enqueued
+from edged.offload.records import Enqueued, JobRecord
 from edgefed.clock import Clock, now_ms
 from edgefed.counters import Counters
 from edgefed.lifecycle import Status
@@ -65,6 +65,12 @@ class JobOutcome:
     result: OffloadResult | None
     local_result: Any
     reason: str
+    model: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # the request's (camera, frame)
+
+    @classmethod
+    def of(cls, job: JobRecord, status: Status, result: OffloadResult | None, reason: str) -> Self:
+        return cls(job.id, status, result, job.local_result, reason, job.model, job.metadata)
 
 
 @dataclass
@@ -83,6 +89,8 @@ class ClientCounters(Counters):
     duplicate_results: int = 0
     late_results: int = 0
     unknown_results: int = 0
+    foreign_replies: int = 0  # naming another device
+    stray_errors: int = 0  # an error for a job not awaiting an answer
     listener_errors: int = 0
     worker_errors: int = 0
 
@@ -406,6 +414,7 @@ class OffloadCore:
             reason = f"{reply.code}: {reply.reason}"
             status = self._outbox.record_error(reply.job_id, reason, reply.retryable)
             if status is None:
+                self.counters.stray_errors += 1
                 return
             self.counters.errors += 1
             self._inflight.discard(reply.job_id)
@@ -434,7 +443,7 @@ class OffloadCore:
             return
         if result is None:
             result = OffloadResult.model_validate(job.result)
-        self._outcomes.append(JobOutcome(job.id, Status.EXIT, result, job.local_result, job.reason))
+        self._outcomes.append(JobOutcome.of(job, Status.EXIT, result, job.reason))
 
     def _closed(self, job_id: str) -> None:
         job = self._outbox.get(job_id)
@@ -444,6 +453,4 @@ class OffloadCore:
             self.counters.expired += 1
         elif job.status == Status.FAILED:
             self.counters.failed += 1
-        self._outcomes.append(
-            JobOutcome(job.id, job.status, None, job.local_result, job.last_error or "")
-        )
+        self._outcomes.append(JobOutcome.of(job, job.status, None, job.last_error or ""))

@@ -37,6 +37,7 @@ WIRE_TYPES: dict[str, str] = {
 """DeviceModel type -> twin ``metadata.type`` (the names EdgeCore's ValidateValue knows)."""
 
 _INT = re.compile(r"^-?[0-9]+$")
+MAX_NUMBER_CHARS = 64  # a longer number is out of every range (and costly to parse)
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 
 
@@ -62,11 +63,22 @@ class PropertySpec(BaseModel):
 
     def check_range(self, value: float) -> None:
         low, high = self.minimum, self.maximum
+        shown = _show(value)
         if low is not None and (value <= low if self.exclusive_minimum else value < low):
             word = "greater than" if self.exclusive_minimum else "at least"
-            raise ConfigError(f"{self.name}: {value:g} is out of range (must be {word} {low:g})")
+            raise ConfigError(f"{self.name}: {shown} is out of range (must be {word} {_show(low)})")
         if high is not None and value > high:
-            raise ConfigError(f"{self.name}: {value:g} is out of range (must be at most {high:g})")
+            raise ConfigError(
+                f"{self.name}: {shown} is out of range (must be at most {_show(high)})"
+            )
+
+
+def _show(value: float) -> str:
+    """A bound or value for a message: whole numbers in full, others short (1e-300)."""
+    if isinstance(value, int) or (abs(value) < 1e15 and value == int(value)):
+        text = str(int(value))
+        return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+    return f"{value:g}"
 
 
 class PropertyTable(BaseModel):
@@ -101,6 +113,8 @@ class PropertyTable(BaseModel):
         spec = self.spec(name)
         if spec.access_mode == "ReadOnly":
             raise ConfigError(f"{name} is read-only: edged reports it, the cloud cannot set it")
+        if spec.type in ("INT", "FLOAT") and len(wire) > MAX_NUMBER_CHARS:
+            raise ConfigError(f"{name}: a number of {len(wire)} characters is out of range")
         if spec.type == "INT":
             if not _INT.match(wire):
                 raise ConfigError(f"{name}: {wire!r} is not an integer")

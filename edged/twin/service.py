@@ -47,6 +47,7 @@ from edged.twin.kubeedge import (
     twin_topics,
 )
 from edged.twin.properties import PropertyTable
+from edged.twin.seen import SeenDeltas, delta_key
 from edgefed.clock import now_ms
 from edgefed.counters import Counters
 from edgefed.errors import ConfigError, OffloadError, ProtocolError
@@ -95,6 +96,7 @@ class TwinCounters(Counters):
     malformed: int = 0
     edgecore_errors: int = 0
     reports: int = 0
+    replayed: int = 0  # a delta applied before (retained, delivered again)
 
 
 class TwinService:
@@ -109,6 +111,7 @@ class TwinService:
         on_outcome: Callable[[TwinOutcome], None] | None = None,
         readings: Callable[[], Mapping[str, Any]] | None = None,
         report_interval_s: float = 10.0,
+        seen_path: Path | None = None,
     ) -> None:
         writable = set(table.writable())
         if writable != set(RuntimeSettings.model_fields):
@@ -131,6 +134,7 @@ class TwinService:
         self._lock = threading.RLock()  # RuntimeConfig calls _on_settings inside apply
         self._reported: dict[str, tuple[Any, str]] = {}  # name -> (value, wire string)
         self._rejected: dict[str, Rejection] = {}
+        self._seen = SeenDeltas(seen_path)  # deltas already applied (retained ones come again)
         self._running = False
         self._wired = False
         self.last_error = ""
@@ -188,13 +192,20 @@ class TwinService:
             self._report(self._formatted(values | self._read()))
 
     def _on_delta(self, topic: str, payload: bytes) -> None:
+        """A delta is handled once: a retained one that comes again (every restart) is
+        counted in ``replayed`` and skipped (``edged.twin.seen``)."""
         if not self._running:
             return
         with self._malformed_counted():
             message = parse_delta(payload)
+        key = delta_key(message.event_id, payload)
         with self._lock:
+            if key in self._seen:
+                self.counters.replayed += 1
+                return
             self.counters.deltas += 1
             self._handle(message.delta, "delta", message.event_id)
+            self._seen.add(key)
 
     def _on_get_result(self, topic: str, payload: bytes) -> None:
         if not self._running:

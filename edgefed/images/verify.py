@@ -2,7 +2,10 @@
 
 ``verify_image`` is the gate before any model file is handed to a driver: the
 manifest must parse, its detached signature must verify with a trusted key (unless
-``allow_unsigned``), and every listed file must exist with the listed sha256.
+``allow_unsigned``), every listed file must exist with the listed sha256, and nothing
+else may be in the directory (a file the signature does not cover could be read by a
+driver or a vendor SDK). The directory itself is not a symlink, except the links of
+an A/B install (``<root>/<name> -> slots/<name>/current -> a|b``, ``install.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def _manifest_bytes(path: Path) -> bytes:
     manifest_path = path / MANIFEST_NAME
     if not path.is_dir():
         raise ImageError(f"{path}: model image directory not found")
+    if path.is_symlink() and not _installed_slot(path):
+        raise ImageError(f"{path}: a model image directory must not be a symlink")
     try:
         return manifest_path.read_bytes()
     except FileNotFoundError as exc:
@@ -70,7 +75,31 @@ def verify_image_with_keys(
         log.warning("%s: %s (accepted: allow_unsigned)", manifest.name, problem)
     for name, expected in manifest.files.items():
         _check_file(manifest.name, path / name, name, expected)
+    extra = _unlisted(path, {MANIFEST_NAME, SIGNATURE_NAME, *manifest.files})
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+        raise ImageError(f"{manifest.name}: files not listed in the manifest: {shown}")
     return manifest
+
+
+def _unlisted(path: Path, allowed: set[str]) -> list[str]:
+    """What is in the image directory beyond ``allowed`` (folders of listed files pass)."""
+    out = []
+    for entry in path.rglob("*"):
+        rel = entry.relative_to(path).as_posix()
+        if entry.is_dir() and not entry.is_symlink():
+            if not any(name.startswith(rel + "/") for name in allowed):
+                out.append(rel + "/")
+        elif rel not in allowed:
+            out.append(rel)
+    return sorted(out)
+
+
+def _installed_slot(path: Path) -> bool:
+    """``<root>/<name>`` linking (through ``slots/<name>/current``) to slot a or b."""
+    slots = (path.parent / "slots" / path.name).resolve()
+    target = path.resolve()
+    return target.parent == slots and target.name in ("a", "b")
 
 
 def _signature_problem(path: Path, raw: bytes, keys: Sequence[Ed25519PublicKey]) -> str | None:

@@ -6,31 +6,38 @@ Usage::
         ...broker.port...
     with Broker(tmp_path, tls=True) as broker:  # TLS, client certificates required
         ...broker.tls.ca, broker.tls.client_cert, broker.tls.client_key...
+    with Broker(tmp_path, identities=["serverd", "edge-01"]) as broker:
+        ...broker.client_config("edge-01")...   # the shipped ACL, no anonymous clients
+
+With ``identities`` the broker runs as shipped (docs/security.md): anonymous clients are
+refused and ``edgefed.mqtt.acl`` decides who may publish and read what. Each identity
+gets a password (plain TCP) or, with ``tls``, a client certificate whose common name the
+broker takes as its user name.
 
 ``stop()`` and ``start()`` again reuse the same port, so clients can reconnect.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import pwd
+import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from edgefed import certs
+from edgefed.mqtt import MqttConfig, MqttTls
+from edgefed.mqtt.acl import render_acl
 from edgefed.ports import free_port
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 
 
 @dataclass(frozen=True)
@@ -44,111 +51,54 @@ class TlsFiles:
     client_key: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _issue(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    usage: x509.ObjectIdentifier,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def make_tls_files(directory: Path) -> TlsFiles:
     """Generate a CA, a server certificate (localhost, 127.0.0.1) and a client certificate."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    ca_name = _name("edgefed test CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = TlsFiles(
-        ca=directory / "ca.pem",
-        server_cert=directory / "server.pem",
-        server_key=directory / "server.key",
-        client_cert=directory / "client.pem",
-        client_key=directory / "client.key",
-    )
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for cert_path, key_path, subject, usage in (
-        (files.server_cert, files.server_key, "localhost", ExtendedKeyUsageOID.SERVER_AUTH),
-        (files.client_cert, files.client_key, "edge-client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(subject, key, ca_name, ca_key, usage)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, key_path)
-    return files
+    ca = certs.make_ca(directory, "edgefed test CA", days=1)
+    server = certs.issue(directory, "localhost", server=True, days=1)
+    client = certs.issue(directory, "edge-client", days=1)
+    return TlsFiles(ca.cert, server.cert, server.key, client.cert, client.key)
 
 
 class Broker:
     """One mosquitto process bound to 127.0.0.1 on a port that stays the same across restarts."""
 
-    def __init__(self, directory: Path, tls: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        tls: bool = False,
+        port: int | None = None,
+        identities: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.tls = make_tls_files(directory / "tls") if tls else None
+        self.identities = tuple(identities)
+        self._passwords: dict[str, str] = {}
+        self._certs: dict[str, certs.Issued] = {}
+        if self.identities:
+            self._make_identities()
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self.config_path.write_text(self._config())
         self._process: subprocess.Popen[bytes] | None = None
+
+    def _make_identities(self) -> None:
+        if self.tls is not None:
+            tls_dir = self.tls.ca.parent
+            self._certs = {name: certs.issue(tls_dir, name, days=1) for name in self.identities}
+        else:
+            passwd = self.directory / "passwd"
+            passwd.write_text("")
+            for name in self.identities:
+                self._passwords[name] = secrets.token_urlsafe(16)
+                subprocess.run(
+                    [str(MOSQUITTO_PASSWD), "-b", str(passwd), name, self._passwords[name]],
+                    check=True,
+                    capture_output=True,
+                )
+        (self.directory / "edgefed.acl").write_text(render_acl())
 
     def _config(self) -> str:
         lines = [
@@ -158,7 +108,7 @@ class Broker:
             "log_type error",
             "log_type warning",
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.identities else 'true'}",
             "set_tcp_nodelay true",
             "max_queued_messages 10000",
         ]
@@ -169,7 +119,34 @@ class Broker:
                 f"keyfile {self.tls.server_key}",
                 "require_certificate true",
             ]
+        if self.identities:
+            lines.append(f"acl_file {self.directory / 'edgefed.acl'}")
+            if self.tls is not None:
+                lines.append("use_identity_as_username true")
+            else:
+                lines.append(f"password_file {self.directory / 'passwd'}")
         return "\n".join(lines) + "\n"
+
+    def client_config(
+        self, identity: str, client_id: str | None = None, **extra: Any
+    ) -> MqttConfig:
+        """An ``MqttConfig`` that connects as ``identity`` (one of ``identities``)."""
+        fields: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "client_id": client_id or f"{identity.replace('/', '-')}-{secrets.token_hex(3)}",
+            **extra,
+        }
+        if self.tls is not None:
+            issued = self._certs.get(identity)
+            cert, key = (
+                (issued.cert, issued.key) if issued else (self.tls.client_cert, self.tls.client_key)
+            )
+            fields["tls"] = MqttTls(ca=self.tls.ca, cert=cert, key=key)
+        elif identity in self._passwords:
+            fields["username"] = identity
+            fields["password"] = self._passwords[identity]
+        return MqttConfig.model_validate(fields)
 
     @property
     def running(self) -> bool:

@@ -178,12 +178,18 @@ class Subscriber:
     """Collects the JSON messages published on ``topic_filter``."""
 
     def __init__(self, broker: Broker, topic_filter: str) -> None:
+        """Returns once the broker has acknowledged the subscription (SUBACK), so that a
+        message published after it is received."""
         self.messages: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        subscribed = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
         self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_: subscribed.set()
         self._client.connect(broker.host, broker.port)
         self._client.subscribe(topic_filter, qos=1)
         self._client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError(f"no SUBACK for {topic_filter} within 10 s")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.messages.put((message.topic, json.loads(message.payload)))

@@ -11,9 +11,14 @@ from edgefed.wire import Availability, decode_availability
 class Presence:
     """Collects the availability messages on ``topic``; ``stop`` when done."""
 
-    def __init__(self, port: int, topic: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, topic: str, host: str = "127.0.0.1", config: MqttConfig | None = None
+    ) -> None:
+        """``config`` (an identity on a broker with an ACL) replaces ``host`` and ``port``."""
         self.seen: queue.Queue[Availability] = queue.Queue()
-        config = MqttConfig(host=host, port=port, client_id=f"watch-{port}", clean_session=True)
+        config = config or MqttConfig(
+            host=host, port=port, client_id=f"watch-{port}", clean_session=True
+        )
         self.mqtt = MqttClient(config)
         self.mqtt.subscribe(topic, lambda _t, data: self.seen.put(decode_availability(data)))
         self.mqtt.start()

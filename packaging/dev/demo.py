@@ -2,7 +2,11 @@
 
 Run through ``bash packaging/dev/demo.sh`` (which sets up first). edged runs the four demo
 models on the sample video, offloads low-confidence person results (hard examples) and a
-server-only text detector to serverd, and serves its dashboard. Ctrl-C (or --duration)
+server-only text detector to serverd, and serves its dashboard. The broker runs as shipped
+(docs/security.md): TLS with a client certificate per identity (edged's common name is
+its device id, serverd's ``serverd``) and the EdgeFed ACL; a client without a certificate
+is refused, which the demo checks before it starts the daemons. Each server result is an
+``offload_result`` line of var/demo/results.jsonl. Ctrl-C (or --duration)
 stops everything and prints a summary. Logs and state go to var/demo/.
 """
 
@@ -27,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.ports import free_port
 from edgefed.testing.broker import Broker  # a real mosquitto on a free port
 from edgefed.testing.presence import Presence
@@ -38,6 +43,39 @@ STATE = REPO / "var" / "demo"
 BIN = REPO / ".venv" / "bin"
 KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
 SERVER_ID = "demo-server"
+DEVICE_ID = "demo/edge-01"  # packaging/dev/demo-edged.yaml
+WATCHER = "demo-watch"  # the demo's own presence watcher: a device-like identity
+IDENTITIES = ("serverd", DEVICE_ID, WATCHER)
+
+
+def mqtt_section(broker: Broker, identity: str, client_id: str) -> dict[str, Any]:
+    """A daemon's ``mqtt`` config: the broker over TLS with ``identity``'s certificate."""
+    tls = broker.client_config(identity).tls
+    assert tls is not None and tls.cert is not None and tls.key is not None
+    return {
+        "host": broker.host,
+        "port": broker.port,
+        "client_id": client_id,
+        "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+    }
+
+
+def anonymous_refused(broker: Broker) -> bool:
+    """Whether a client that trusts the CA but shows no certificate is turned away."""
+    assert broker.tls is not None
+    stranger = MqttClient(
+        MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id="demo-no-certificate",
+            tls=MqttTls(ca=broker.tls.ca),
+        )
+    )
+    stranger.start()
+    try:
+        return not stranger.wait_connected(2)
+    finally:
+        stranger.stop()
 
 
 def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
@@ -45,7 +83,7 @@ def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path
     serverd = {
         "server_id": SERVER_ID,
         "state_dir": str(STATE / "serverd"),
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-serverd"},
+        "mqtt": mqtt_section(broker, "serverd", "demo-serverd"),
         "api": {"port": 0},  # serverd's API on a free loopback port (its log names it)
         "images": images,
         "triton": {
@@ -61,7 +99,7 @@ def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path
     edged |= {
         "state_dir": str(STATE / "edged"),
         "images": images,
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "demo-edged"},
+        "mqtt": mqtt_section(broker, DEVICE_ID, "demo-edged"),
         "api": {"port": api_port, "token": token},
         "offload": {
             "enabled": True,
@@ -102,7 +140,8 @@ def wait_online(
 ) -> None:
     """Until serverd announces itself online (its Triton up, its subscriptions in place):
     a request published before then would find no subscriber on this fresh broker."""
-    watcher = Presence(broker.port, Topics().server_availability(server_id), broker.host)
+    topic = Topics().server_availability(server_id)
+    watcher = Presence(broker.port, topic, config=broker.client_config(WATCHER, clean_session=True))
     try:
         deadline = time.monotonic() + 300
         while not stopped():
@@ -148,7 +187,10 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with Broker(STATE / "broker") as broker:
+    with Broker(STATE / "broker", tls=True, identities=IDENTITIES) as broker:
+        if not anonymous_refused(broker):
+            raise SystemExit("the demo broker accepted a client without a certificate")
+        print("broker: TLS, one certificate per identity, EdgeFed ACL; no certificate: refused")
         serverd_yaml, edged_yaml = write_configs(broker, free_port(args.port), token)
         port = yaml.safe_load(edged_yaml.read_text())["api"]["port"]
         url = f"http://127.0.0.1:{port}"
@@ -210,6 +252,7 @@ def main() -> int:
     print(f"  detections: {summary.get('detections')}")
     print(f"  offload decisions: {offload.get('decisions')}")
     print(f"  outbox jobs by status: {offload.get('jobs')}")
+    print(f"  server results by status: {summary.get('offload_results')}")
     print(f"  edged exit {edged.returncode}, serverd exit {serverd.returncode}")
     return 0 if edged.returncode == 0 and serverd.returncode == 0 else 1
 

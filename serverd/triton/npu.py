@@ -19,15 +19,21 @@ import numpy as np
 
 from drivers import registry
 from edgefed.driver import Driver
-from edgefed.errors import ModelError
+from edgefed.errors import ModelError, ProtocolError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.models.types import result_to_dict
+from edgefed.wire import check_jpeg_pixels
 from serverd.triton.settings import NpuSettings
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """A BGR frame from JPEG (or any OpenCV-readable) bytes; ModelError if unreadable."""
+    """A BGR frame from JPEG bytes; ModelError if unreadable or larger than the wire's
+    pixel limit, which is checked from the header before any pixel is decoded."""
+    try:
+        check_jpeg_pixels(data)
+    except ProtocolError as exc:
+        raise ModelError(f"input of {len(data)} bytes is not a decodable image: {exc}") from None
     buffer = np.frombuffer(data, dtype=np.uint8)
     frame = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if frame is None:

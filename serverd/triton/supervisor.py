@@ -6,6 +6,14 @@ It runs in its own process group so that stubs orphaned by a crash are killed wi
 it, and with its own shared-memory prefix so that a crash's leftovers are removed.
 A start that fails raises ``OffloadError`` quoting Triton's own last error lines.
 
+Triton dies with serverd: it is started through ``setpriv --pdeathsig TERM`` (the Linux
+parent-death signal: SIGTERM when the thread that started it ends, which for serverd is
+the life of the process: its event loop's executor threads and the watcher threads live
+until stop), so
+a ``kill -9`` of serverd no longer leaves a Triton holding its ports. Its pid is written
+to ``<workdir>/<name>.pid``; a start first stops a Triton an earlier run left (one whose
+pid file names a live ``tritonserver`` of this install), then starts its own.
+
 ``TritonSupervisor`` keeps one process running from a watcher thread: when it dies it
 reports the instance down, restarts it within a budget and reports it up when ready.
 """
@@ -34,6 +42,10 @@ from serverd.triton.install import TritonInstall
 log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
+# util-linux (Essential in Debian): sets the parent-death signal, then execs Triton in its
+# place (same pid). Not a preexec_fn: a fork of serverd, whose gRPC threads hold locks,
+# must not run Python before exec (restarts from the watcher thread died of SIGABRT).
+SETPRIV = "/usr/bin/setpriv"
 # Log lines Triton prints on every CPU-only machine; never the cause of a failure.
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
@@ -67,6 +79,15 @@ def quote_errors(log_text: str, limit: int = 3) -> str:
     return " | ".join(" ".join(line.split()) for line in chosen) or "(nothing logged)"
 
 
+def _zombie(pid: int) -> bool:
+    """A process that exited and waits for its parent to reap it (it holds no ports)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
 class TritonProcess:
     """One ``tritonserver`` process serving ``repository`` on 127.0.0.1."""
 
@@ -88,6 +109,7 @@ class TritonProcess:
         self.ready_timeout = ready_timeout
         self.extra_args = tuple(extra_args)
         self.log_path = workdir / f"{name}.log"
+        self.pid_path = workdir / f"{name}.pid"
         self.shm_prefix = f"edgefed_{name}_{os.getpid()}_"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -134,9 +156,10 @@ class TritonProcess:
         with self.log_path.open("ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
             offset = out.tell()
+            self._stop_orphan()
             try:
                 self._process = subprocess.Popen(
-                    command,
+                    [SETPRIV, "--pdeathsig", "TERM", "--", *command],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -146,6 +169,7 @@ class TritonProcess:
                 )
             except OSError as exc:
                 raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
+            self.pid_path.write_text(f"{self._process.pid}\n")
         started = time.monotonic()
         while time.monotonic() - started < self.ready_timeout:
             code = self.poll()
@@ -194,6 +218,30 @@ class TritonProcess:
                 process.wait(5)
         self._cleanup()
         self._process = None
+        self.pid_path.unlink(missing_ok=True)
+
+    def _stop_orphan(self) -> None:
+        """Stop the Triton an earlier run left behind (its pid file names a live process
+        of this install's binary): SIGTERM to its process group, SIGKILL after 10 s."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if not cmdline or cmdline[0] != str(self.install.binary).encode():
+            return  # the pid is someone else's now
+        log.warning("Triton %s: stopping pid %s left by an earlier run", self.name, pid)
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                if _zombie(pid):
+                    break
+                time.sleep(0.05)
+            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+                break
+        self.pid_path.unlink(missing_ok=True)
 
     def _cleanup(self) -> None:
         """Kill what is left of the process group and remove its shared memory."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -10,9 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, EXIT_RUNTIME
+from edged.app import LoadedModels
+from edgefed.errors import (
+    EXIT_CONFIG,
+    EXIT_IMAGE,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    DriverError,
+    ImageError,
+)
 from tests.support.configs import demo_config, write_config
-from tests.support.paths import IMAGES_DIR
+from tests.support.paths import IMAGES_DIR, VTEST
 
 EDGED = [sys.executable, "-m", "edged"]
 
@@ -76,6 +85,24 @@ def test_corrupt_video_is_one_clear_line(tmp_path: Path) -> None:
     assert "corrupt.avi" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_video_with_corrupt_chunks_does_not_flood_stderr(tmp_path: Path) -> None:
+    """On main FFmpeg wrote a line per damaged macroblock row (28 MB in 50 s)."""
+    data = bytearray(VTEST.read_bytes())
+    rng = random.Random(1)
+    for _ in range(300):
+        start = rng.randrange(100_000, len(data) - 1000)
+        data[start : start + 64] = rng.randbytes(64)
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    raw = demo_config(tmp_path, output={"max_results": 60})
+    raw["cameras"][0]["source"] = str(damaged)
+    raw["cameras"][0]["pace"] = "fast"
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)), "--compact", timeout=120)
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+    assert "msmpeg4 @" not in proc.stderr and len(proc.stderr) < 20_000, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["frames_completed"] >= 60
+
+
 def test_unknown_driver_is_a_config_error(tmp_path: Path) -> None:
     raw = demo_config(tmp_path)
     raw["models"][0]["driver"] = "warp-drive"
@@ -104,12 +131,22 @@ def test_tampered_model_is_refused_and_the_other_models_still_run(tmp_path: Path
     assert summary["frames_completed"] >= 5 and "face" not in summary["models"]
 
 
-def test_no_loadable_model_exits_with_the_driver_code(tmp_path: Path) -> None:
+def test_no_loadable_model_because_images_failed_exits_with_the_image_code(
+    tmp_path: Path,
+) -> None:
+    """On main this exited 4 (driver error) although no driver was at fault."""
     raw = demo_config(tmp_path)
     raw["models"] = [{"name": "ghost", "image": str(tmp_path / "no-such-image")}]
     proc = edged("run", "-c", str(write_config(tmp_path, raw)))
-    assert proc.returncode == EXIT_DRIVER
+    assert proc.returncode == EXIT_IMAGE
     assert "no model could be loaded" in proc.stderr and "ghost" in proc.stderr
+
+
+def test_the_fatal_error_is_a_driver_error_unless_every_image_failed() -> None:
+    images_only = LoadedModels(failures={"a": "bad image"}, image_failures={"a"})
+    assert isinstance(images_only.fatal(), ImageError)
+    mixed = LoadedModels(failures={"a": "bad image", "b": "no NPU"}, image_failures={"a"})
+    assert isinstance(mixed.fatal(), DriverError) and "no NPU" in str(mixed.fatal())
 
 
 def test_profile_measures_each_image_on_each_driver_that_loads_it(tmp_path: Path) -> None:

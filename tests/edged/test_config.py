@@ -107,3 +107,16 @@ def test_a_side_car_config_round_trips_with_its_hosted_driver(tmp_path: Path) ->
     dumped = parse_config(yaml.safe_load(dump_config(cfg)), env={})
     assert dumped.driver_config("sidecar") == cfg.driver_config("sidecar")
     assert yaml.safe_load(dump_config(cfg))["drivers"][0]["driver"]["devices"] == ["NPU", "CPU"]
+
+
+def test_a_file_that_is_not_utf8_and_bad_yaml_in_a_variable_are_config_errors(
+    tmp_path: Path,
+) -> None:
+    """Both ended in a Python traceback on main."""
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("device_id: caméra\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_config(latin, env={})
+    path = write_config(tmp_path, demo_config(tmp_path))
+    with pytest.raises(ConfigError, match="EDGED__MOTION__THRESHOLD: not a valid YAML value"):
+        load_config(path, env={"EDGED__MOTION__THRESHOLD": "[1, 2"})

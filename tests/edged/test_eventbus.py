@@ -170,3 +170,26 @@ def test_nothing_is_queued_while_the_broker_is_away(broker: Broker, client: Mqtt
     bus.publish_stats()
     assert bus.counters.skipped_offline == 2
     assert bus.counters.frames_published == 0
+
+
+def test_offload_results_are_published(broker: Broker, client: MqttClient) -> None:
+    listener = Subscriber(broker, "demo/user/edgefed/events/offload/#")
+    bus = EventBus(EventBusConfig(), client, "demo/edge-01", stats=dict)
+    record = {
+        "type": "offload_result",
+        "job_id": "job-0000001",
+        "camera": "cam1",
+        "frame": 7,
+        "model": "person",
+        "status": "Exit",
+        "served_by": "serverd/triton-0",
+        "result": [{"type": "detection", "label": "person", "score": 0.9}],
+    }
+    bus.publish_offload_result(record)
+    try:
+        topic, event = listener.get()
+    finally:
+        listener.close()
+    assert topic == "demo/user/edgefed/events/offload/demo/edge-01"
+    assert event == {**record, "device_id": "demo/edge-01", "timestamp": event["timestamp"]}
+    assert bus.status()["offload_published"] == 1

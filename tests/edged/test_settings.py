@@ -86,3 +86,34 @@ def test_unreadable_state_file_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "runtime.json"
     path.write_text("{not json")
     assert RuntimeConfig.load_persisted(path) == {}
+
+
+def test_repeated_model_names_are_kept_once_and_huge_lists_refused(tmp_path: Path) -> None:
+    """On main 100,000 copies of one model name were accepted and persisted."""
+    rc, _ = make(tmp_path)
+    new = rc.apply({"enabled_models": ["scene", "person", "scene", "person"] * 250})
+    assert new.enabled_models == ["scene", "person"]
+    assert json.loads((tmp_path / "runtime.json").read_text())["enabled_models"] == [
+        "scene",
+        "person",
+    ]
+    with pytest.raises(ConfigError, match="at most 1024 items"):
+        rc.apply({"enabled_models": ["person"] * 100_000})
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (1e-300, "greater than or equal to 0.01"),
+        (3.2e306, "less than or equal to 1000"),
+        (float("inf"), "finite number"),
+        (float("nan"), "finite number"),
+    ],
+)
+def test_target_fps_that_would_stop_processing_or_break_reports_is_refused(
+    tmp_path: Path, value: float, reason: str
+) -> None:
+    rc, applied = make(tmp_path)
+    with pytest.raises(ConfigError, match=reason):
+        rc.apply({"target_fps": value})
+    assert applied == {} and rc.current().target_fps is None

@@ -4,6 +4,7 @@ import json
 import random
 import struct
 
+import cv2
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from edgefed.wire import (
     OffloadResult,
     RequestMessage,
     Topics,
+    check_jpeg_pixels,
     decode,
     decode_availability,
     decode_reply,
@@ -25,6 +27,7 @@ from edgefed.wire import (
     encode_message,
     encode_payload,
     encode_request,
+    jpeg_size,
     new_job_id,
 )
 
@@ -211,3 +214,24 @@ def test_topics_refuse_bad_prefixes_and_ids() -> None:
         Topics("+/user/edgefed").reply("cam-1")
     with pytest.raises(ProtocolError, match="invalid id"):
         Topics().reply("cam/+")
+
+
+def _with_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The same JPEG whose frame header claims ``width`` x ``height``."""
+    i = next(i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] == 0xC0)
+    return jpeg[: i + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[i + 9 :]
+
+
+def test_jpeg_size_is_read_from_the_header_and_huge_images_refused() -> None:
+    ok, encoded = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+    assert ok
+    jpeg = encoded.tobytes()
+    assert jpeg_size(jpeg) == (64, 48)
+    assert check_jpeg_pixels(jpeg) == (64, 48)
+    assert check_jpeg_pixels(_with_size(jpeg, 7680, 4320)) == (7680, 4320)  # 8K passes
+    with pytest.raises(ProtocolError, match="16000x16000 pixels"):
+        check_jpeg_pixels(_with_size(jpeg, 16000, 16000))
+    with pytest.raises(ProtocolError, match="no frame header"):
+        check_jpeg_pixels(b"\xff\xd8\xff\xda\x00\x02")
+    with pytest.raises(ProtocolError, match="SOI"):
+        jpeg_size(b"GIF89a")

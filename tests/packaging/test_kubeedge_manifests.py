@@ -91,7 +91,10 @@ def config_file(configmap: str, key: str) -> Any:
 
 
 def number(value: float | None) -> str | None:
-    return None if value is None else f"{value:g}"
+    """As the manifests write a bound: whole numbers in full (100000000, not 1e+08)."""
+    if value is None:
+        return None
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def test_every_manifest_has_a_known_kind_api_version_and_namespace() -> None:

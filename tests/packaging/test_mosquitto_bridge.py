@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefed import certs
 from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
+from edgefed.mqtt.acl import render_acl
 from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
 from edgefed.testing.edgecore import wait_until
 from edgefed.wire import (
@@ -36,6 +38,7 @@ from tests.support.paths import REPO
 
 MOSQUITTO = REPO / "packaging" / "mosquitto"
 DEVICE = "demo/edge-01"
+BRIDGE = "edgefed-bridge-demo"
 
 
 def _sub(pattern: str, replacement: str, text: str) -> str:
@@ -50,20 +53,25 @@ def _without_listener(config: str) -> str:
 
 
 def server_config(broker: Broker, tls: TlsFiles) -> str:
+    """The shipped config, its ACL with this test's bridge (namespace "demo") added."""
+    acl = broker.directory / "edgefed.acl"
+    acl.write_text(render_acl(bridges={BRIDGE: "demo"}))
     text = (MOSQUITTO / "edgefed-server.conf").read_text()
     text = _sub(r"^listener 8883 0\.0\.0\.0$", f"listener {broker.port} 127.0.0.1", text)
     text = _sub(r"^cafile .*$", f"cafile {tls.ca}", text)
     text = _sub(r"^certfile .*$", f"certfile {tls.server_cert}", text)
     text = _sub(r"^keyfile .*$", f"keyfile {tls.server_key}", text)
+    text = _sub(r"^acl_file .*$", f"acl_file {acl}", text)
     return _without_listener(broker.config_path.read_text()) + text
 
 
 def bridge_config(edge: Broker, server: Broker, tls: TlsFiles) -> str:
+    bridge = certs.issue(tls.ca.parent, BRIDGE, days=1)
     text = (MOSQUITTO / "edgefed-bridge.conf").read_text()
     text = _sub(r"^address .*$", f"address 127.0.0.1:{server.port}", text)
     text = _sub(r"^#bridge_cafile .*$", f"bridge_cafile {tls.ca}", text)
-    text = _sub(r"^#bridge_certfile .*$", f"bridge_certfile {tls.client_cert}", text)
-    text = _sub(r"^#bridge_keyfile .*$", f"bridge_keyfile {tls.client_key}", text)
+    text = _sub(r"^#bridge_certfile .*$", f"bridge_certfile {bridge.cert}", text)
+    text = _sub(r"^#bridge_keyfile .*$", f"bridge_keyfile {bridge.key}", text)
     return edge.config_path.read_text() + text
 
 
@@ -72,11 +80,13 @@ class Sites:
     edge: Broker
     server: Broker
     tls: TlsFiles
+    serverd: certs.Issued  # serverd's client certificate (common name "serverd")
 
 
 @pytest.fixture
 def sites(tmp_path: Path) -> Iterator[Sites]:
     tls = make_tls_files(tmp_path / "tls")
+    serverd = certs.issue(tls.ca.parent, "serverd", days=1)
     server = Broker(tmp_path / "server")
     server.config_path.write_text(server_config(server, tls))
     edge = Broker(tmp_path / "edge")
@@ -85,19 +95,23 @@ def sites(tmp_path: Path) -> Iterator[Sites]:
     try:
         edge.start()
         try:
-            yield Sites(edge, server, tls)
+            yield Sites(edge, server, tls, serverd)
         finally:
             edge.stop()
     finally:
         server.stop()
 
 
-def client(broker: Broker, client_id: str, tls: TlsFiles | None = None) -> MqttClient:
+def client(
+    broker: Broker, client_id: str, tls: TlsFiles | None = None, cert: certs.Issued | None = None
+) -> MqttClient:
     config = MqttConfig(
         host=broker.host,
         port=broker.port,
         client_id=client_id,
-        tls=None if tls is None else MqttTls(ca=tls.ca, cert=tls.client_cert, key=tls.client_key),
+        tls=None
+        if tls is None or cert is None
+        else MqttTls(ca=tls.ca, cert=cert.cert, key=cert.key),
     )
     c = MqttClient(config)
     c.start()
@@ -128,7 +142,7 @@ def test_offload_request_and_reply_cross_the_bridge(sites: Sites) -> None:
     requests: queue.Queue[bytes] = queue.Queue()
     replies: queue.Queue[bytes] = queue.Queue()
     twin_at_server: queue.Queue[bytes] = queue.Queue()
-    serverd = client(sites.server, "serverd", sites.tls)
+    serverd = client(sites.server, "serverd", sites.tls, sites.serverd)
     edged = client(sites.edge, "edged")
     try:
         # Subscriptions are applied in order on each connection: once a request arrives,

@@ -124,10 +124,10 @@ class ServerdThread:
         assert service is not None
         return self.call(service.status)
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, device_id: str, job_id: str) -> dict[str, Any] | None:
         service = self.app.service
         assert service is not None
-        return self.call(lambda: service.job(job_id))
+        return self.call(lambda: service.job(device_id, job_id))
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
+from edgefed.store import migrate
 from edgefed.wire import OffloadRequest
-from serverd.jobtable import INTERRUPTED, Admission, JobTable
+from serverd.jobtable import INTERRUPTED, MIGRATIONS, Admission, JobTable
 
 
 class Clock:
@@ -24,10 +26,10 @@ class Clock:
         return self.now
 
 
-def request(job_id: str = "job-0001") -> OffloadRequest:
+def request(job_id: str = "job-0001", device_id: str = "site/cam-1") -> OffloadRequest:
     return OffloadRequest(
         job_id=job_id,
-        device_id="site/cam-1",
+        device_id=device_id,
         model="person",
         priority=3,
         deadline=2_000_000,
@@ -43,9 +45,9 @@ def table(tmp_path: Path) -> JobTable:
 
 def test_first_delivery_runs_and_a_duplicate_while_running_is_dropped(table: JobTable) -> None:
     assert table.admit(request()).kind is Admission.NEW
-    table.started("job-0001", "local-0", 0)
+    table.started(("site/cam-1", "job-0001"), "local-0", 0)
     assert table.admit(request()).kind is Admission.RUNNING
-    row = table.get("job-0001")
+    row = table.get(("site/cam-1", "job-0001"))
     assert row is not None
     assert row["status"] == "Inferencing" and row["instance"] == "local-0"
     assert row["deliveries"] == 2 and row["device_id"] == "site/cam-1" and row["priority"] == 3
@@ -53,31 +55,35 @@ def test_first_delivery_runs_and_a_duplicate_while_running_is_dropped(table: Job
 
 def test_a_duplicate_of_a_finished_job_gets_the_stored_reply(table: JobTable) -> None:
     table.admit(request())
-    table.started("job-0001", "local-0", 0)
-    table.finish("job-0001", Status.EXIT, b"encoded-result")
+    table.started(("site/cam-1", "job-0001"), "local-0", 0)
+    table.finish(("site/cam-1", "job-0001"), Status.EXIT, b"encoded-result")
     again = table.admit(request())
     assert again.kind is Admission.DONE and again.reply == b"encoded-result"
-    row = table.get("job-0001")
+    row = table.get(("site/cam-1", "job-0001"))
     assert row is not None and row["status"] == "Exit" and row["ended"] >= row["started"]
 
 
 def test_a_final_error_is_resent_but_a_retryable_one_runs_again(table: JobTable) -> None:
     table.admit(request("job-final1"))
-    table.finish("job-final1", Status.FAILED, b"err", error="unknown model", retryable=False)
+    table.finish(
+        ("site/cam-1", "job-final1"), Status.FAILED, b"err", error="unknown model", retryable=False
+    )
     assert table.admit(request("job-final1")).reply == b"err"
     table.admit(request("job-retry1"))
-    table.finish("job-retry1", Status.FAILED, b"err", error="no instance", retryable=True)
+    table.finish(
+        ("site/cam-1", "job-retry1"), Status.FAILED, b"err", error="no instance", retryable=True
+    )
     assert table.admit(request("job-retry1")).kind is Admission.NEW
-    row = table.get("job-retry1")
+    row = table.get(("site/cam-1", "job-retry1"))
     assert row is not None and row["status"] == "Enqueue" and row["error"] is None
 
 
 def test_requeue_and_iterations_are_recorded(table: JobTable) -> None:
     table.admit(request())
-    table.started("job-0001", "local-0", 0)
-    table.requeued("job-0001")
-    table.started("job-0001", "local-1", 1)
-    row = table.get("job-0001")
+    table.started(("site/cam-1", "job-0001"), "local-0", 0)
+    table.requeued(("site/cam-1", "job-0001"))
+    table.started(("site/cam-1", "job-0001"), "local-1", 1)
+    row = table.get(("site/cam-1", "job-0001"))
     assert row is not None and row["iteration"] == 1 and row["instance"] == "local-1"
     assert table.counts() == {"Inferencing": 1}
 
@@ -87,11 +93,11 @@ def test_a_restart_interrupts_open_jobs_so_their_redelivery_runs(tmp_path: Path)
     first = JobTable(path, clock=Clock())
     first.admit(request("job-open01"))
     first.admit(request("job-done01"))
-    first.finish("job-done01", Status.EXIT, b"ok")
+    first.finish(("site/cam-1", "job-done01"), Status.EXIT, b"ok")
     first.close()
     second = JobTable(path, clock=Clock())
     assert second.interrupted == 1
-    row = second.get("job-open01")
+    row = second.get(("site/cam-1", "job-open01"))
     assert row is not None and row["status"] == "Failed" and row["error"] == INTERRUPTED
     assert second.admit(request("job-open01")).kind is Admission.NEW
     assert second.admit(request("job-done01")).reply == b"ok"
@@ -99,10 +105,13 @@ def test_a_restart_interrupts_open_jobs_so_their_redelivery_runs(tmp_path: Path)
 
 def test_prune_deletes_old_finished_jobs_only(table: JobTable) -> None:
     table.admit(request("job-old001"))
-    table.finish("job-old001", Status.EXIT, b"ok")
+    table.finish(("site/cam-1", "job-old001"), Status.EXIT, b"ok")
     table.admit(request("job-open01"))
     assert table.prune(older_than_ms=10**12) == 1
-    assert table.get("job-old001") is None and table.get("job-open01") is not None
+    assert (
+        table.get(("site/cam-1", "job-old001")) is None
+        and table.get(("site/cam-1", "job-open01")) is not None
+    )
 
 
 def test_migrations_are_recorded_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -110,7 +119,7 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused(tmp_path: Path) -
     JobTable(path).close()
     with sqlite3.connect(path) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
-        assert names == ["0001_create_jobs"]
+        assert names == ["0001_create_jobs", "0002_key_on_device_and_job"]
         conn.execute("INSERT INTO _migrations VALUES ('0099_future', 0)")
     with pytest.raises(OffloadError, match=r"job table .* was migrated by a newer release"):
         JobTable(path)
@@ -125,9 +134,9 @@ def test_an_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_late_started_record_never_reopens_a_finished_job(table: JobTable) -> None:
     table.admit(request())
-    table.finish("job-0001", Status.FAILED, b"err", error="bad image")
-    table.started("job-0001", "local-0", 0)
-    row = table.get("job-0001")
+    table.finish(("site/cam-1", "job-0001"), Status.FAILED, b"err", error="bad image")
+    table.started(("site/cam-1", "job-0001"), "local-0", 0)
+    row = table.get(("site/cam-1", "job-0001"))
     assert row is not None and row["status"] == "Failed" and row["instance"] is None
 
 
@@ -168,8 +177,8 @@ def test_checkpoints_keep_the_wal_bounded_under_a_steady_stream_of_jobs(table: J
                 table.restart_wal()
             job_id = f"job-{n:06d}"
             table.admit(request(job_id))
-            table.started(job_id, "local-0", 0)
-            table.finish(job_id, Status.EXIT, b"r" * 300)
+            table.started(("site/cam-1", job_id), "local-0", 0)
+            table.finish(("site/cam-1", job_id), Status.EXIT, b"r" * 300)
             time.sleep(0.0005)  # the loop's other work between jobs
     finally:
         stop.set()
@@ -177,3 +186,34 @@ def test_checkpoints_keep_the_wal_bounded_under_a_steady_stream_of_jobs(table: J
     wal = table.path.with_name(table.path.name + "-wal")
     assert wal.stat().st_size < 20 * 2**20
     assert table.counts() == {"Exit": 2000}
+
+
+def test_another_devices_job_id_is_a_job_of_its_own_never_the_stored_result(
+    table: JobTable,
+) -> None:
+    """On main the table was keyed on the job id: device ``evil`` sending edge-01's job
+    id got edge-01's stored result."""
+    table.admit(request("job-0001", "edge-01"))
+    table.finish(("edge-01", "job-0001"), Status.EXIT, b"edge-01's result")
+    foreign = table.admit(request("job-0001", "evil"))
+    assert foreign.kind is Admission.NEW and foreign.reply is None
+    assert table.get(("evil", "job-0001"))["status"] == "Enqueue"  # type: ignore[index]
+    assert table.get(("edge-01", "job-0001"))["reply"] == b"edge-01's result"  # type: ignore[index]
+    assert table.admit(request("job-0001", "edge-01")).reply == b"edge-01's result"
+
+
+def test_a_table_of_the_previous_release_is_migrated_with_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    db = sqlite_utils.Database(path)
+    migrate(db, MIGRATIONS[:1], OffloadError, "old table")
+    db.execute(
+        "INSERT INTO jobs (job_id, device_id, model, status, received, reply) "
+        "VALUES ('job-0001', 'edge-01', 'person', 'Exit', 1, x'6f6b')"
+    )
+    db.conn.commit()
+    db.close()
+    table = JobTable(path, clock=Clock())
+    assert table.admit(request("job-0001", "edge-01")).reply == b"ok"
+    assert table.admit(request("job-0001", "evil")).kind is Admission.NEW
+    indexes = {i.name for i in sqlite_utils.Database(path).table("jobs").indexes}
+    assert {"jobs_status", "jobs_received"} <= indexes

@@ -64,7 +64,7 @@ def test_detector_jobs_are_answered_with_real_detections(
             reply.timings_ms["infer"] > 0
             and reply.timings_ms["total"] >= reply.timings_ms["triton"]
         )
-    rows = [serverd.job(r.job_id) for r in requests]
+    rows = [serverd.job(r.device_id, r.job_id) for r in requests]
     assert all(row is not None and row["status"] == "Exit" for row in rows)
     accepted = [edge.accepted.get(timeout=5) for _ in requests]
     assert {a.job_id for a in accepted} == {r.job_id for r in requests}
@@ -93,8 +93,34 @@ def test_a_job_delivered_twice_is_processed_once(serverd: ServerdThread, edge: E
     ((_, again_bytes),) = edge.collect(1)
     assert again_bytes == first_bytes
     assert triton_successes(serverd, "person") == before + 1
-    row = serverd.job(request.job_id)
+    row = serverd.job(request.device_id, request.job_id)
     assert row is not None and row["deliveries"] == 3 and row["status"] == "Exit"
+
+
+def test_another_device_sending_a_known_job_id_never_gets_that_devices_result(
+    serverd: ServerdThread, edge: Edge, shared_broker: Broker
+) -> None:
+    """On main serverd keyed jobs on the job id: device ``evil`` that sent edge's job id
+    got edge's stored result. Now evil's job is its own, run for it and answered to it."""
+    request = edge.request("echo")
+    edge.send(request, JPEG)
+    ((mine, _),) = edge.collect(1)
+    assert isinstance(mine, OffloadResult)
+    evil = Edge(shared_broker.port, device_id="evil")
+    try:
+        stolen = request.model_copy(update={"device_id": "evil"})
+        evil.send(stolen, frame_jpeg(320, 240))
+        ((theirs, _),) = evil.collect(1)
+    finally:
+        evil.close()
+    assert isinstance(theirs, OffloadResult)
+    assert theirs.device_id == "evil" and theirs.job_id == request.job_id
+    assert theirs.completed > mine.completed  # run for evil, not the stored reply resent
+    assert edge.quiet(0.3) == []  # nothing on the first device's reply topic
+    row = serverd.job("evil", request.job_id)
+    mine_row = serverd.job(edge.device_id, request.job_id)
+    assert row is not None and row["deliveries"] == 1 and row["status"] == "Exit"
+    assert mine_row is not None and mine_row["deliveries"] == 1
 
 
 def test_unknown_model_and_unsupported_payloads_get_an_error_back(
@@ -216,7 +242,7 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     ]
     status = serverd.status()
     assert status["counters"]["requeued"] >= 1
-    replaced = [serverd.job(r.job_id) for r in requests]
+    replaced = [serverd.job(r.device_id, r.job_id) for r in requests]
     assert any(row and row["iteration"] >= 1 and row["instance"] == "local-1" for row in replaced)
     # the supervisor restarts the killed Triton and the scheduler uses it again
     wait_until(

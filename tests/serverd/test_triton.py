@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edgefed.errors import ConfigError, ModelError, OffloadError
@@ -112,6 +114,16 @@ def test_npu_core_runs_the_real_pose_detector_and_rejects_non_images() -> None:
         assert set(reply["timings_ms"]) == {"decode", "infer"}
         with pytest.raises(ModelError, match="not a decodable image"):
             model.run(b"\xff\xd8 broken")
+        # on main a 16000x16000 JPEG was decoded (~770 MB, seconds); now refused from its header
+        ok, small = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))
+        assert ok
+        data = small.tobytes()
+        sof = data.index(b"\xff\xc0")
+        huge = data[: sof + 5] + (16000).to_bytes(2, "big") * 2 + data[sof + 9 :]
+        started = time.perf_counter()
+        with pytest.raises(ModelError, match="16000x16000 pixels"):
+            model.run(huge)
+        assert time.perf_counter() - started < 0.1
     finally:
         model.close()
 

@@ -90,6 +90,29 @@ function drawChart() {
   ctx.fillText(`max ${top.toFixed(1)}/s   blue: to models   amber: skipped`, 4, 11);
 }
 
+// "3: person 0.91, car 0.55": how many results and the first labels with their scores
+function summarise(results) {
+  if (!Array.isArray(results)) return "–";
+  const labels = results.slice(0, 3).map((r) => {
+    const top = Array.isArray(r.top) && r.top.length ? r.top[0] : null;
+    const label = r.label ?? r.text ?? (top ? top[0] : r.type);
+    const score = r.score ?? (top ? top[1] : null);
+    return typeof score === "number" ? `${label} ${score.toFixed(2)}` : String(label);
+  });
+  return `${results.length}${labels.length ? ": " + labels.join(", ") : ""}`;
+}
+
+function renderOffload(off) {
+  $("offload-results").hidden = !off.available;
+  $("offload-counts").textContent = off.available
+    ? Object.entries(off.counts).map(([k, n]) => `${k} ${n}`).join(" · ") || "none yet"
+    : "not configured";
+  fillRows("offload-results", off.recent.map((r) => [
+    r.job_id.slice(0, 8), r.camera ?? "–", r.frame ?? "–", r.model, r.status,
+    r.served_by ?? "–", summarise(r.result), summarise(r.local_result),
+  ]));
+}
+
 function render(st) {
   $("device").textContent = st.device_id;
   $("uptime").textContent = uptime(st.uptime_s);
@@ -118,6 +141,7 @@ function render(st) {
   $("outbox-state").textContent = box.available ? `${box.depth} open` : "not configured";
   $("outbox").hidden = $("jobs").hidden = !box.available;
   fillRows("outbox", Object.entries(box.counts).filter(([, n]) => n > 0));
+  renderOffload(st.offload_results);
   $("links").replaceChildren(...(st.links.length ? st.links : [{ name: "none configured" }])
     .map((l) => {
       const li = document.createElement("li");

@@ -144,6 +144,14 @@ def test_put_config_with_the_token_changes_the_motion_threshold(
         (b'{"motion_threshold": "60"}', 400, "invalid"),
         (b'{"motion_threshold": true}', 400, "invalid"),
         (b'{"enabled_models": "person"}', 400, "invalid"),
+        # answered 500 on main: huge integers and deep nesting
+        (b'{"motion_threshold": ' + b"9" * 400 + b"}", 400, "invalid"),
+        (b'{"target_fps": ' + b"9" * 400 + b"}", 400, "invalid"),
+        (b'{"motion_threshold": ' + b"9" * 5000 + b"}", 400, "bad_request"),
+        (b'{"enabled_models": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "bad_request"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "bad_request"),
+        (b'{"target_fps": 1e-300}', 400, "invalid"),
+        (b'{"target_fps": 3.2e306}', 400, "invalid"),
     ],
 )
 def test_put_config_rejects_invalid_changes(

@@ -21,9 +21,16 @@ from edgefed.wire import (
 class Responder:
     """Answers every request once per job id; a duplicate gets the stored result again."""
 
-    def __init__(self, port: int, prefix: str = "edgefed", unknown: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        port: int,
+        prefix: str = "edgefed",
+        unknown: frozenset[str] = frozenset(),
+        config: MqttConfig | None = None,
+    ):
         self.topics = Topics(prefix)
-        self.mqtt = MqttClient(MqttConfig(port=port, client_id=f"responder-{time.monotonic_ns()}"))
+        config = config or MqttConfig(port=port, client_id=f"responder-{time.monotonic_ns()}")
+        self.mqtt = MqttClient(config)
         self.processed: Counter[str] = Counter()
         self.order: list[str] = []
         self._answers: dict[str, bytes] = {}

@@ -20,7 +20,13 @@ from edgefed.lifecycle import Status
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.testing.wait import wait_until
-from edgefed.wire import LocalSummary, OffloadResult, Topics, encode_message
+from edgefed.wire import (
+    LocalSummary,
+    OffloadErrorMessage,
+    OffloadResult,
+    Topics,
+    encode_message,
+)
 from tests.edged.offload.responder import Responder
 from tests.support.paths import REPO
 
@@ -308,12 +314,28 @@ def test_bad_messages_are_counted_and_dropped_while_good_ones_flow(
         for payload in bad:
             vandal.publish(reply_topic, payload).wait(5)
         vandal.publish(Topics().request("cam-1"), b"not a request").wait(5)
+        # well-formed replies for jobs this device never sent: counted, dropped, never told
+        for stray in (
+            OffloadResult.model_validate({**RESULT, "job_id": "fedcba9876543210"}),
+            OffloadErrorMessage(
+                job_id="fedcba9876543210",
+                device_id="cam-1",
+                code="internal",
+                reason="forged",
+                retryable=False,
+            ),
+        ):
+            vandal.publish(reply_topic, encode_message(stray)).wait(5)
         ids = [edge.submit(n) for n in range(5)]
         assert set(edge.collect(5)) == set(ids)
         deadline = time.monotonic() + 5
         while edge.mqtt.counters.dropped < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert edge.mqtt.counters.dropped == 4  # garbage, version, oversized, other device
+        assert edge.client.counters.foreign_replies == 1
+        wait_until("strays counted", lambda: edge.client.counters.stray_errors == 1, 5)
+        assert edge.client.counters.unknown_results == 1
+        assert edge.outcomes.empty()  # no outcome told for the strays
         assert responder.mqtt.counters.dropped == 1
         assert edge.client.counters.worker_errors == 0
     finally:

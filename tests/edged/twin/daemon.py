@@ -92,11 +92,19 @@ class Running:
         self.client.stop()
 
 
-def start(broker: Broker, daemon: Daemon, device_id: str, edgecore: EdgeCoreTwin) -> Running:
+def start(
+    broker: Broker,
+    daemon: Daemon,
+    device_id: str,
+    edgecore: EdgeCoreTwin,
+    seen_path: Path | None = None,
+) -> Running:
     client = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edged-twin"))
     runtime = daemon.runtime()
     outcomes: list[TwinOutcome] = []
-    twin = TwinService(client, device_id, runtime, load_property_table(), outcomes.append)
+    twin = TwinService(
+        client, device_id, runtime, load_property_table(), outcomes.append, seen_path=seen_path
+    )
     twin.start()
     client.start()
     wait_until(lambda: edgecore.gets >= 1)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
 
 from edged.eventbus import EventBus, EventBusConfig
@@ -73,6 +74,48 @@ def test_twin_applied_values_survive_a_restart(
     finally:
         second.stop()
         ec2.close()
+
+
+def test_a_retained_delta_is_applied_once_not_on_every_start(
+    broker: Broker, tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    """On main a retained delta was applied again at every start, over any change made
+    since (here the operator's, through the same door as PUT /api/v1/config)."""
+    state = tmp_path / "state" / "runtime.json"
+    seen = tmp_path / "state" / "twin-deltas.json"
+    topic = "$hw/events/device/demo/edge-01/twin/update/delta"
+    delta = {
+        "event_id": "retained-0001",
+        "timestamp": 1_700_000_000_000,
+        "twin": {"motion_threshold": {"expected": {"value": "200"}, "metadata": {"type": "int"}}},
+        "delta": {"motion_threshold": "200"},
+    }
+    publisher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="retainer")
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    publisher.publish(topic, json.dumps(delta), qos=1, retain=True).wait_for_publish(5)
+    ec = EdgeCoreTwin(broker, "demo/edge-01")
+    try:
+        daemon = Daemon(state)
+        first = start(broker, daemon, "demo/edge-01", ec, seen_path=seen)
+        wait_until(lambda: daemon.gate.config.threshold == 200)
+        first.runtime.apply({"motion_threshold": 30})  # the operator puts it back
+        first.stop()
+
+        daemon = Daemon(state)
+        second = start(broker, daemon, "demo/edge-01", ec, seen_path=seen)
+        try:
+            wait_until(lambda: second.twin.counters.replayed == 1)
+            assert daemon.gate.config.threshold == 30
+            assert json.loads(state.read_text())["motion_threshold"] == 30
+            assert second.twin.counters.deltas == 0
+        finally:
+            second.stop()
+    finally:
+        publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)  # clear it
+        publisher.loop_stop()
+        publisher.disconnect()
+        ec.close()
 
 
 @both_id_forms

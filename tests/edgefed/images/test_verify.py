@@ -141,3 +141,27 @@ def test_signature_covers_exact_manifest_bytes(image_factory: ImageFactory, keys
     (image / SIGNATURE_NAME).write_bytes(b"\0" * 64)
     with pytest.raises(ImageError, match="signature does not match"):
         verify_image(image, [keys.public])
+
+
+def test_a_symlinked_image_directory_is_refused(image_factory: ImageFactory, keys: Keys) -> None:
+    """On main a symlink to an image directory anywhere was accepted."""
+    image = image_factory()
+    link = image.parent / "linked"
+    link.symlink_to(image, target_is_directory=True)
+    with pytest.raises(ImageError, match="must not be a symlink"):
+        verify_image(link, [keys.public])
+
+
+def test_files_the_manifest_does_not_list_are_refused(
+    image_factory: ImageFactory, keys: Keys
+) -> None:
+    """On main an extra file beside the signed ones (a driver plugin, a second model)
+    was accepted; the signature says nothing about it."""
+    image = image_factory()
+    (image / "extra.so").write_bytes(b"\x7fELF")
+    with pytest.raises(ImageError, match=r"^tiny: files not listed in the manifest: extra\.so$"):
+        verify_image(image, [keys.public])
+    (image / "extra.so").unlink()
+    (image / "sub").mkdir()
+    with pytest.raises(ImageError, match=r"files not listed in the manifest: sub/"):
+        verify_image(image, [keys.public])
