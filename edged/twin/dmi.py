@@ -234,10 +234,12 @@ class DmiMapper:
         return {n: values[n] for n in self._table.readonly() if n in values}
 
     def _failed(self, counter: str, message: str) -> None:
-        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        """Record a failure; the message is in place before the counter moves, so a reader
+        that sees the count (a status poll, a test) also sees why."""
         if message != self.last_error:
             log.warning("DMI: %s", message)
         self.last_error = message
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     # -- from EdgeCore --------------------------------------------------------------------
     def is_ours(self, device: Any) -> bool:
