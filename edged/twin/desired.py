@@ -9,6 +9,8 @@ rolls back if a setter fails and persists what it applied.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edged.settings import RuntimeConfig
 from edged.twin.properties import PropertyTable
 from edgefed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+Readings = Callable[[], Mapping[str, Any]]
 
 
 class Rejection(BaseModel):
@@ -37,3 +42,16 @@ def apply_all(runtime: RuntimeConfig, changes: dict[str, tuple[Any, str]]) -> di
     except ConfigError as exc:
         return {n: Rejection(value=wire, reason=str(exc)) for n, (_, wire) in changes.items()}
     return {}
+
+
+def read_only_values(readings: Readings | None, table: PropertyTable, who: str) -> dict[str, Any]:
+    """The ReadOnly properties' current values from ``readings`` (none if it fails: the
+    failure is logged, and the report goes out without them)."""
+    if readings is None:
+        return {}
+    try:
+        values = readings()
+    except Exception:
+        log.exception("%s: reading the ReadOnly properties failed", who)
+        return {}
+    return {n: values[n] for n in table.readonly() if n in values}

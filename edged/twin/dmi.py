@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 
 from edged.settings import RuntimeConfig
-from edged.twin.desired import Rejection, apply_all, check
+from edged.twin.desired import Rejection, apply_all, check, read_only_values
 from edged.twin.dmi_config import DmiConfig, DmiCounters
 from edged.twin.properties import PropertyTable
 from edged.twin.service import Source, TwinOutcome
@@ -224,14 +224,7 @@ class DmiMapper:
         return twins
 
     def _read(self) -> dict[str, Any]:
-        if self._readings is None:
-            return {}
-        try:
-            values = self._readings()
-        except Exception:
-            log.exception("DMI: reading the ReadOnly properties failed")
-            return {}
-        return {n: values[n] for n in self._table.readonly() if n in values}
+        return read_only_values(self._readings, self._table, "DMI")
 
     def _failed(self, counter: str, message: str) -> None:
         """Record a failure; the message is in place before the counter moves, so a reader

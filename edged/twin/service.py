@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.settings import RuntimeConfig, RuntimeSettings
-from edged.twin.desired import Rejection, apply_all, check
+from edged.twin.desired import Rejection, apply_all, check, read_only_values
 from edged.twin.kubeedge import (
     ErrorResult,
     build_get,
@@ -250,14 +250,7 @@ class TwinService:
                 self._report({n: e for n, e in fresh.items() if self._reported.get(n) != e})
 
     def _read(self) -> dict[str, Any]:
-        if self._readings is None:
-            return {}
-        try:
-            values = self._readings()
-        except Exception:
-            log.exception("twin: reading the ReadOnly properties failed")
-            return {}
-        return {n: values[n] for n in self._table.readonly() if n in values}
+        return read_only_values(self._readings, self._table, "twin")
 
     # -- the work -------------------------------------------------------------------------
     @contextmanager
