@@ -20,14 +20,11 @@ unchanged.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from edgefed.errors import EdgeFedError
 
@@ -125,24 +122,3 @@ def main(proto: Path, argv: list[str] | None, prog: str, private_pool: bool = Fa
     for path in paths:
         print(path)
     return 0
-
-
-@dataclass(frozen=True)
-class Api:
-    """Generated stubs: the message module (``pb``) and the service module (``grpc``)."""
-
-    pb: ModuleType
-    grpc: ModuleType
-
-
-def load_stubs(package: str, error: type[EdgeFedError], what: str) -> Api:
-    """Import ``<package>.api_pb2`` and ``api_pb2_grpc``; ``error`` says how to generate
-    them when they are missing (``python -m <package>.gen``)."""
-    try:
-        pb = importlib.import_module(f"{package}.api_pb2")
-        services = importlib.import_module(f"{package}.api_pb2_grpc")
-    except ImportError as exc:
-        raise error(
-            f"{what} stubs are not generated ({exc}); run: python -m {package}.gen"
-        ) from exc
-    return Api(pb, services)

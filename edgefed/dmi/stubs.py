@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from edgefed.errors import ConfigError
-from edgefed.protogen import Api, load_stubs
+from edgefed.stubs import Api, load_stubs
 
 API_VERSION = "v1beta1"
 EDGECORE_SOCKET = "/etc/kubeedge/dmi.sock"
