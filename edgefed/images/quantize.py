@@ -27,6 +27,7 @@ import numpy as np
 from edgefed.errors import ImageError
 
 from . import signing
+from .build import swap_in
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME, manifest_to_yaml
 from .verify import sha256_file, verify_image_with_keys
 
@@ -152,12 +153,7 @@ def quantize_image(
         (work / MANIFEST_NAME).write_bytes(raw)
         (work / SIGNATURE_NAME).write_bytes(signing.sign(key, raw))
         verify_image_with_keys(work, [key.public_key()])
-        old = src.parent / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        work.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stamp_path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,11 +125,15 @@ def test_bad_sources_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
         f.write("extra\n")
     with pytest.raises(ImageError, match="sha256 mismatch"):
         quantize.quantize_image(tampered, key, [dev], frames=2)
+    good = tmp_path / "good" / "efficientnet_lite0"
+    shutil.copytree(IMAGES_DIR / "efficientnet_lite0", good)
     with pytest.raises(ImageError, match="at least one frame"):
-        quantize.quantize_image(IMAGES_DIR / "efficientnet_lite0", key, [dev], frames=0)
+        quantize.quantize_image(good, key, [dev], frames=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "efficientnet_lite0",
         "face_detector",
+        "good",
         "k",
         "k.pub",
     ]
+    assert [p.name for p in good.parent.iterdir()] == ["efficientnet_lite0"]
