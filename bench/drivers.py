@@ -15,14 +15,22 @@ Prints one JSON line:
   of the median run times, which on a loaded host also carries scheduling noise;
 - ``max_abs_diff``: the largest output difference of each driver pair over every model,
   output and frame (``a~b``);
-- ``p50_ms``: median run time per model and driver.
+- ``p50_ms``: median run time per model and driver;
+- ``int8_speedup``: per model, the fp32 median run time on onnxruntime over that of its
+  INT8 variant (made here in a temporary directory, calibrated on ``--calibration-frames``
+  even frames of vtest.avi, see edgefed.images.quantize);
+- ``int8_agreement``: per model, the INT8 variant's agreement with fp32 on
+  ``--agreement-frames`` odd (held-out) frames, whole and centre half (``top1_agreement``
+  for the classifier, ``box_iou`` for the text detector; see edged.profiler).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
@@ -33,7 +41,9 @@ import numpy as np
 
 from drivers import registry
 from drivers.sidecar.driver import SidecarDriver
+from edged.profiler import agreement
 from edgefed.driver import Driver, LoadedModel
+from edgefed.images import quantize, signing
 from edgefed.images.verify import read_manifest
 from edgefed.models.preprocess import Preprocessor
 
@@ -105,10 +115,64 @@ def measure(
     return times, diffs, added
 
 
+def int8_figures(
+    image_dir: Path, frames: list[np.ndarray], calibration: int, heldout: int
+) -> tuple[float, dict[str, float]]:
+    """The INT8 speed-up on onnxruntime and the agreement with fp32 of one image."""
+    trust = image_dir.parent / "keys" / "dev-signing.pub"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / image_dir.name
+        shutil.copytree(image_dir, src)
+        key = signing.generate_key_pair(Path(tmp) / "int8.key", Path(tmp) / "int8.pub")
+        variant, _ = quantize.quantize_image(
+            src, key, [signing.load_public_key(trust)], frames=calibration
+        )
+        driver = registry.create(registry.parse_config({"type": REFERENCE}))
+        try:
+            fp32_ms, int8_ms = alternate_times([src, variant], driver, frames)
+        finally:
+            driver.close()
+        figures = agreement(src, variant, REFERENCE, heldout, [trust, Path(tmp) / "int8.pub"])
+    return round(statistics.median(fp32_ms) / statistics.median(int8_ms), 2), figures
+
+
+def alternate_times(
+    image_dirs: list[Path], driver: Driver[Any], frames: list[np.ndarray]
+) -> list[list[float]]:
+    """Run times (ms) of each image's model on ``driver``, taking turns frame by frame so
+    that a shared host's drift hits all alike."""
+    manifest = read_manifest(image_dirs[0])
+    preprocess = Preprocessor(manifest.input)
+    feeds = [{manifest.input.name: preprocess(frame)[0]} for frame in frames]
+    models = [driver.load(d / manifest.model_file) for d in image_dirs]
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        for model in models:
+            model.run(feeds[0])
+        for feed in feeds:
+            for model, out in zip(models, times, strict=True):
+                start = time.perf_counter()
+                model.run(feed)
+                out.append((time.perf_counter() - start) * 1000)
+    finally:
+        for model in models:
+            model.close()
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=200, help="frames per model")
     parser.add_argument("--block", type=int, default=20, help="frames per driver in turn")
+    parser.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=quantize.DEFAULT_CALIBRATION_FRAMES,
+        help="frames the INT8 variants are calibrated on",
+    )
+    parser.add_argument(
+        "--agreement-frames", type=int, default=100, help="held-out frames for int8_agreement"
+    )
     args = parser.parse_args(argv)
     frames = frames_640x480(args.frames)
     drivers = make_drivers()
@@ -128,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for driver in drivers.values():
             driver.close()
+    speedup: dict[str, float] = {}
+    agree: dict[str, dict[str, float]] = {}
+    for image in IMAGES:
+        speedup[image], agree[image] = int8_figures(
+            images / image, frames, args.calibration_frames, args.agreement_frames
+        )
     print(
         json.dumps(
             {
@@ -138,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 "sidecar_p50_delta_ms": delta,
                 "max_abs_diff": {k: float(f"{v:.3g}") for k, v in max_diff.items()},
                 "p50_ms": p50,
+                "int8_speedup": speedup,
+                "int8_agreement": agree,
             }
         )
     )

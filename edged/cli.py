@@ -68,7 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from edged.profiler import format_table, profile_images
 
-    rows = profile_images(args.images, args.trust, args.iterations, args.allow_unsigned)
+    rows = profile_images(
+        args.images, args.trust, args.iterations, args.allow_unsigned, args.agreement_frames
+    )
     print(json.dumps(rows) if args.json else format_table(rows))
     return EXIT_OK
 
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", type=Path, action="append", default=[], help="trusted public key")
     p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned images")
     p.add_argument("--iterations", type=int, default=50, help="timed runs per model x driver")
+    p.add_argument(
+        "--agreement-frames",
+        type=int,
+        default=50,
+        help="held-out video frames an INT8 variant is compared with fp32 on",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_profile)
 

@@ -89,7 +89,7 @@ class ImageBuilder:
         work.mkdir(parents=True)
         try:
             self._assemble(recipe, recipe_path, work)
-            _swap_in(work, final)
+            swap_in(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def _spec(pin: WheelPin, member: str) -> SourceSpec:
     )
 
 
-def _swap_in(work: Path, final: Path) -> None:
+def swap_in(work: Path, final: Path) -> None:
     """Replace ``final`` by ``work``; readers see the old or the new image, briefly none."""
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -16,12 +16,12 @@ from typing import Any
 from edgefed.errors import EXIT_IMAGE, EXIT_OK, ImageError
 from edgefed.paths import checkout_path
 
-from . import health, signing
+from . import health, quantize, signing
 from .build import ImageBuilder
 from .export import ExportCache, ExportVenv
 from .install import install_image, rollback_image
 from .recipe import recipe_paths
-from .verify import verify_image
+from .verify import read_manifest, verify_image
 from .wheels import PipDownloader, WheelCache
 
 # A checkout's firmware-images/ by default; installed from a wheel there is none, so the
@@ -48,16 +48,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.all and not args.names:
         raise ImageError("name the recipes to build or pass --all")
     paths = recipe_paths(args.recipes, None if args.all else args.names)
+    key = signing_key(args)
     builder = ImageBuilder(
         out=args.out,
         wheels=WheelCache(args.cache / "wheels", PipDownloader(extra_args=args.pip_arg)),
         exports=ExportCache(args.cache / "exports"),
         export_venv=ExportVenv(args.cache / "export-venv", pip_args=args.pip_arg),
-        key=signing_key(args),
+        key=key,
     )
     for path in paths:
         result = builder.build(path, force=args.force)
         print(f"{result.name}: {'built' if result.built else 'up to date'} {result.path}")
+        if args.quantize is None:
+            continue
+        if not read_manifest(result.path).model_file.endswith(".onnx"):
+            print(f"{result.name}: not ONNX, no {args.quantize} variant")
+            continue
+        variant, built = quantize.quantize_image(
+            result.path,
+            key,
+            [key.public_key()],
+            frames=args.calibration_frames,
+            force=args.force,
+        )
+        print(f"{variant.name}: {'built' if built else 'up to date'} {variant}")
     return EXIT_OK
 
 
@@ -101,6 +115,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust",
@@ -138,6 +159,19 @@ def add_commands(sub: Any) -> None:
         help=f"Ed25519 private key (default: OUT/{DEV_KEY}, generated if absent)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="also make a signed statically quantised NAME_int8 variant of each ONNX image",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        type=_positive,
+        default=quantize.DEFAULT_CALIBRATION_FRAMES,
+        metavar="N",
+        help=f"frames of {quantize.SAMPLE_VIDEO.name} to calibrate on (default: %(default)s)",
+    )
     p.add_argument(
         "--pip-arg",
         action="append",

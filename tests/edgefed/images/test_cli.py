@@ -131,3 +131,27 @@ def test_edged_image_install_refuses_a_downgrade_and_rolls_back_an_unhealthy_swi
     assert forced.returncode == EXIT_OK and "installed tiny 1.0.0 into slot b" in forced.stdout
     back = edged("rollback", "tiny", "--root", root, *trust)
     assert back.returncode == EXIT_OK and "rolled back tiny to 2.0.0 in slot a" in back.stdout
+
+
+def test_build_quantize_refuses_a_model_onnx_cannot_read(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace.write_recipe("tiny")  # model.onnx holding bytes that are no ONNX model
+    common = [
+        "--recipes",
+        str(workspace.recipes),
+        "--out",
+        str(workspace.out),
+        "--cache",
+        str(workspace.cache),
+        *[f"--pip-arg={a}" for a in workspace.pip_args],
+    ]
+    assert cli.main(["build", "tiny", "--quantize", "int8", *common]) == EXIT_IMAGE
+    captured = capsys.readouterr()
+    assert "tiny: built" in captured.out
+    assert "tiny: quantisation failed" in captured.err
+    assert (workspace.out / "tiny").is_dir()
+    assert not list(workspace.out.glob("*int8*"))
+    with pytest.raises(SystemExit):
+        cli.main(["build", "tiny", "--quantize", "int8", "--calibration-frames", "0", *common])
+    assert "must be at least 1" in capsys.readouterr().err

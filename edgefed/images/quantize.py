@@ -1,0 +1,227 @@
+"""INT8 variants of ONNX model images: ``edged image build --quantize int8``.
+
+The fp32 image ``<name>`` (verified first) becomes ``<name>_int8`` next to it: the model
+statically quantised by onnxruntime (QDQ format, per-channel QInt8 weights, QUInt8
+activations, min-max calibration), calibrated on frames spread over the sample video
+and pre-processed exactly as the image's manifest says. Labels, input and decoder are
+copied; the manifest lists the new hashes and is signed with the build key.
+
+Calibration uses the even frames of the spread, :func:`heldout_frames` the odd ones, so
+agreement with fp32 (``edged profile``, ``python -m bench drivers``) is measured on
+frames the calibration never saw. onnxruntime is imported only when a variant is made
+(it comes with the ``edge`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefed.errors import ImageError
+
+from . import signing
+from .build import swap_in
+from .manifest import MANIFEST_NAME, SIGNATURE_NAME, manifest_to_yaml
+from .verify import sha256_file, verify_image_with_keys
+
+log = logging.getLogger(__name__)
+
+SAMPLE_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+SUFFIX = "_int8"  # <name>_int8 is the INT8 variant of <name>
+QUANT_FORMAT = "1"  # bump when the quantisation settings change (forces a rebuild)
+DEFAULT_CALIBRATION_FRAMES = 100
+MIN_OPSET = 13
+INPUTS_PER_FRAME = 2  # whole frame and centre half; also the inputs calibrated at once
+STAMPS_DIR = ".stamps"
+
+
+def variant_name(name: str) -> str:
+    return f"{name}{SUFFIX}"
+
+
+def fp32_sibling(image_dir: Path) -> Path | None:
+    """The fp32 image an ``<name>_int8`` directory was made from, if it is next to it."""
+    if not image_dir.name.endswith(SUFFIX):
+        return None
+    sibling = image_dir.with_name(image_dir.name[: -len(SUFFIX)])
+    return sibling if sibling.is_dir() else None
+
+
+def _spread_frames(count: int, parity: int, video: Path) -> list[np.ndarray]:
+    """``count`` frames spread evenly over ``video``, taken from its even (0) or odd (1)
+    frame numbers only."""
+    import cv2
+
+    if count < 1:
+        raise ImageError(f"need at least one frame, got {count}")
+    cap = cv2.VideoCapture(str(video))
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if not cap.isOpened() or total < 2:
+            raise ImageError(f"cannot read frames from {video}")
+        candidates = np.arange(parity, total, 2)
+        picks = set(candidates[np.linspace(0, len(candidates) - 1, count).round().astype(int)])
+        out = []
+        for number in range(total):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if number in picks:
+                out.append(frame)
+    finally:
+        cap.release()
+    if not out:
+        raise ImageError(f"cannot read frames from {video}")
+    return out
+
+
+def calibration_frames(count: int, video: Path = SAMPLE_VIDEO) -> list[np.ndarray]:
+    return _spread_frames(count, 0, video)
+
+
+def heldout_frames(count: int, video: Path = SAMPLE_VIDEO) -> list[np.ndarray]:
+    """Frames the calibration never uses (odd frame numbers)."""
+    return _spread_frames(count, 1, video)
+
+
+def _inputs(image_dir: Path, frames: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """Each frame whole and its centre half, pre-processed as the image's manifest says."""
+    from edgefed.models.preprocess import Preprocessor
+
+    from .verify import read_manifest
+
+    spec = read_manifest(image_dir).input
+    preprocess = Preprocessor(spec)
+    for frame in frames:
+        h, w = frame.shape[:2]
+        for region in (None, (w / 4, h / 4, w * 3 / 4, h * 3 / 4)):
+            yield {spec.name: preprocess(frame, region)[0]}
+
+
+def quantize_image(
+    src: Path,
+    key: signing.Ed25519PrivateKey,
+    trust: Sequence[signing.Ed25519PublicKey],
+    frames: int = DEFAULT_CALIBRATION_FRAMES,
+    video: Path = SAMPLE_VIDEO,
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Make (or keep, when up to date) the signed INT8 variant of the image ``src``.
+
+    Returns the variant's directory and whether it was built now.
+    """
+    manifest = verify_image_with_keys(src, trust)
+    if not manifest.model_file.endswith(".onnx"):
+        raise ImageError(
+            f"{manifest.name}: only ONNX images can be quantised, not {manifest.model_file}"
+        )
+    name = variant_name(manifest.name)
+    final = src.parent / name
+    stamp_path = src.parent / STAMPS_DIR / f"{name}.json"
+    stamp = json.dumps(
+        {
+            "format": QUANT_FORMAT,
+            "source": hashlib.sha256((src / MANIFEST_NAME).read_bytes()).hexdigest(),
+            "frames": frames,
+            "signer": signing.fingerprint(key.public_key()),
+        }
+    )
+    if not force and stamp_path.is_file() and stamp_path.read_text() == stamp:
+        try:
+            verify_image_with_keys(final, [key.public_key()])
+            return final, False
+        except ImageError as exc:
+            log.info("rebuilding %s: %s", name, exc)
+    work = src.parent / f".{name}.building"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _quantize_model(src / manifest.model_file, work / manifest.model_file, src, frames, video)
+        for file_name in manifest.files:
+            if file_name != manifest.model_file:
+                shutil.copyfile(src / file_name, work / file_name)
+        files = {f: sha256_file(work / f) for f in sorted(manifest.files)}
+        variant = manifest.model_copy(update={"name": name, "files": files})
+        raw = manifest_to_yaml(variant)
+        (work / MANIFEST_NAME).write_bytes(raw)
+        (work / SIGNATURE_NAME).write_bytes(signing.sign(key, raw))
+        verify_image_with_keys(work, [key.public_key()])
+        swap_in(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(stamp)
+    return final, True
+
+
+def _quantize_model(model: Path, dest: Path, image_dir: Path, frames: int, video: Path) -> None:
+    try:
+        import onnx
+        from onnx import version_converter
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ImageError(f"quantisation needs onnxruntime and onnx: {exc}") from exc
+
+    feeds = list(_inputs(image_dir, calibration_frames(frames, video)))
+
+    class Reader(CalibrationDataReader):
+        """The feeds, in the slices onnxruntime asks for (``CalibStridedMinMax``)."""
+
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._feeds = iter(feeds[start_index:end_index])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    prepared = dest.with_name(f".{dest.name}.pre")
+    try:
+        # symbolic shape inference would need sympy; ONNX's own inference is enough here
+        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        if _opset(graph) < MIN_OPSET:  # per-channel DequantizeLinear (its axis) needs 13
+            onnx.save(version_converter.convert_version(graph, MIN_OPSET), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(dest),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            # min-max suits the ReLU6-bounded activations of these networks and streams:
+            # percentile and entropy histograms keep every activation of every input in
+            # memory (the text detector ran a 24 GB host out of memory) and gave the
+            # classifier the same top-1 agreement
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"CalibStridedMinMax": INPUTS_PER_FRAME},
+        )
+    except ImageError:
+        raise
+    except Exception as exc:  # onnxruntime raises many kinds; the build names the image
+        raise ImageError(f"{image_dir.name}: quantisation failed: {exc}") from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _opset(model: Any) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -1,0 +1,139 @@
+"""INT8 variants of the real ONNX images: quantised, signed, verified, compared with fp32."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from edged.profiler import agreement, format_table, profile_images
+from edgefed.errors import ImageError
+from edgefed.images import quantize, signing
+from edgefed.images.verify import read_manifest, verify_image, verify_image_with_keys
+from tests.support.paths import IMAGES_DIR, TRUST_DIR, VTEST
+
+DEV_PUB = TRUST_DIR / "dev-signing.pub"
+CALIBRATION_FRAMES = 16  # small for the test; the CLI's default is 100
+# measured on 20 held-out frames (whole + centre half) with 16 calibration frames: 0.75;
+# near-ties are common on this street scene (fp32 against itself with one grey level of
+# noise agrees 0.96), so the floor leaves room for thread-order differences
+MIN_TOP1_AGREEMENT = 0.65
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """fp32 image copy, its INT8 variant and the variant's signing public key."""
+    root = tmp_path_factory.mktemp("int8")
+    src = root / "images" / "efficientnet_lite0"
+    shutil.copytree(IMAGES_DIR / "efficientnet_lite0", src)
+    key = signing.generate_key_pair(root / "build.key", root / "build.pub")
+    dev = signing.load_public_key(DEV_PUB)
+    variant, built = quantize.quantize_image(src, key, [dev], frames=CALIBRATION_FRAMES)
+    assert built
+    return src, variant, root / "build.pub"
+
+
+def test_variant_is_signed_verified_and_loads(classifier: tuple[Path, Path, Path]) -> None:
+    src, variant, pub = classifier
+    assert variant == src.with_name("efficientnet_lite0_int8")
+    manifest = verify_image(variant, [pub], allow_unsigned=False)
+    fp32 = read_manifest(src)
+    assert manifest.name == "efficientnet_lite0_int8"
+    assert (manifest.input, manifest.decoder, manifest.labels) == (
+        fp32.input,
+        fp32.decoder,
+        fp32.labels,
+    )
+    with pytest.raises(ImageError):  # signed by the build key, not the dev key
+        verify_image(variant, [DEV_PUB], allow_unsigned=False)
+    model = variant / manifest.model_file
+    assert model.stat().st_size < (src / fp32.model_file).stat().st_size / 2
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in _graph(model)}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert [i.name for i in session.get_inputs()] == [fp32.input.name]
+
+
+def _graph(model: Path) -> list[object]:
+    import onnx
+
+    return list(onnx.load(str(model)).graph.node)
+
+
+def test_rebuild_is_a_hash_check_until_the_source_changes(
+    classifier: tuple[Path, Path, Path],
+) -> None:
+    src, variant, pub = classifier
+    key = signing.load_private_key(pub.with_name("build.key"))
+    dev = signing.load_public_key(DEV_PUB)
+    again, built = quantize.quantize_image(src, key, [dev], frames=CALIBRATION_FRAMES)
+    assert (again, built) == (variant, False)
+    verify_image_with_keys(variant, [key.public_key()])
+
+
+def test_int8_agrees_with_fp32_on_heldout_frames(classifier: tuple[Path, Path, Path]) -> None:
+    src, variant, pub = classifier
+    figures = agreement(src, variant, "onnxruntime", 20, [DEV_PUB, pub])
+    assert set(figures) == {"top1_agreement"}
+    assert figures["top1_agreement"] >= MIN_TOP1_AGREEMENT
+
+
+def test_profile_shows_fp32_and_int8_side_by_side(classifier: tuple[Path, Path, Path]) -> None:
+    src, _, pub = classifier
+    rows = profile_images([src], [DEV_PUB, pub], iterations=3, allow_unsigned=False)
+    by_image = {(r["image"], r["driver"]): r for r in rows}
+    fp32 = by_image["efficientnet_lite0", "onnxruntime"]
+    int8 = by_image["efficientnet_lite0_int8", "onnxruntime"]
+    assert fp32["ok"] and int8["ok"], rows
+    assert "agreement" not in fp32
+    assert int8["agreement"]["top1_agreement"] >= MIN_TOP1_AGREEMENT
+    assert int8["size_mb"] < fp32["size_mb"] / 2
+    table = format_table(rows)
+    assert "size MB" in table and "top1 " in table and "efficientnet_lite0_int8" in table
+
+
+def test_opset12_detector_is_converted_quantised_and_compared(tmp_path: Path) -> None:
+    src = tmp_path / "text_detector"
+    shutil.copytree(IMAGES_DIR / "text_detector", src)
+    key = signing.generate_key_pair(tmp_path / "k", tmp_path / "k.pub")
+    variant, _ = quantize.quantize_image(src, key, [signing.load_public_key(DEV_PUB)], frames=2)
+    model = variant / read_manifest(variant).model_file
+    ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])  # opset 12 -> 13
+    figures = agreement(src, variant, "onnxruntime", 2, [DEV_PUB, tmp_path / "k.pub"])
+    assert set(figures) == {"box_iou"} and 0.0 <= figures["box_iou"] <= 1.0
+
+
+def test_heldout_frames_are_not_calibration_frames() -> None:
+    calibration = quantize.calibration_frames(8, VTEST)
+    heldout = quantize.heldout_frames(8, VTEST)
+    assert len(calibration) == len(heldout) == 8
+    assert not any((c == h).all() for c in calibration for h in heldout)
+
+
+def test_bad_sources_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    key = signing.generate_key_pair(tmp_path / "k", tmp_path / "k.pub")
+    dev = signing.load_public_key(DEV_PUB)
+    tflite = tmp_path / "face_detector"
+    shutil.copytree(IMAGES_DIR / "face_detector", tflite)
+    with pytest.raises(ImageError, match="only ONNX images"):
+        quantize.quantize_image(tflite, key, [dev], frames=2)
+    tampered = tmp_path / "efficientnet_lite0"
+    shutil.copytree(IMAGES_DIR / "efficientnet_lite0", tampered)
+    with (tampered / "labels.txt").open("a") as f:
+        f.write("extra\n")
+    with pytest.raises(ImageError, match="sha256 mismatch"):
+        quantize.quantize_image(tampered, key, [dev], frames=2)
+    good = tmp_path / "good" / "efficientnet_lite0"
+    shutil.copytree(IMAGES_DIR / "efficientnet_lite0", good)
+    with pytest.raises(ImageError, match="at least one frame"):
+        quantize.quantize_image(good, key, [dev], frames=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "efficientnet_lite0",
+        "face_detector",
+        "good",
+        "k",
+        "k.pub",
+    ]
+    assert [p.name for p in good.parent.iterdir()] == ["efficientnet_lite0"]
