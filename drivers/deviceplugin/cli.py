@@ -17,7 +17,7 @@ from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, ConfigError, Drive
 
 from .. import registry
 from . import stubs
-from .config import DevicePluginConfig, MountSpec
+from .config import DevicePluginConfig, MountSpec, parse_resources
 from .plugin import DevicePlugin
 
 log = logging.getLogger("drivers.deviceplugin")
@@ -53,6 +53,14 @@ def parser() -> argparse.ArgumentParser:
         help="resource = <domain>/<prefix>-<device model> (default prefix: %(default)s)",
     )
     p.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="RESOURCE=MODEL",
+        help="advertise devices of MODEL as RESOURCE instead of the derived name, e.g. "
+        "skt.com/aix_v1=x220 (repeatable; several models may share a resource)",
+    )
+    p.add_argument(
         "--device-node",
         action="append",
         default=[],
@@ -82,6 +90,7 @@ def build_config(args: argparse.Namespace) -> DevicePluginConfig:
         return DevicePluginConfig(
             resource_domain=args.resource_domain,
             resource_prefix=args.resource_prefix,
+            resources=parse_resources(args.resource),
             socket_dir=args.socket_dir,
             poll_interval_s=args.poll_interval,
             device_nodes=tuple(args.device_node),

@@ -29,6 +29,12 @@ def resource_name(domain: str, prefix: str, model: str) -> str:
     return f"{domain}/{prefix}-{slug}"[: len(domain) + 1 + 63].rstrip("-")
 
 
+def resource_for(model: str, config: DevicePluginConfig) -> str:
+    """The resource a device of ``model`` is advertised as: named in config, else derived."""
+    named = config.resources.get(model)
+    return named or resource_name(config.resource_domain, config.resource_prefix, model)
+
+
 def endpoint_name(resource: str) -> str:
     """Socket file name for a resource: ``edgefed.io/npu-x220`` -> ``edgefed.io_npu-x220.sock``."""
     return resource.replace("/", "_") + ".sock"
@@ -61,15 +67,14 @@ class Grouping:
 
 
 def group(devices: Iterable[DeviceInfo], config: DevicePluginConfig) -> Grouping:
-    """Group devices by hardware model into resources; invalid ids are rejected, not fatal."""
+    """Group devices into resources by hardware model; invalid ids are rejected, not fatal."""
     out = Grouping()
     buckets: dict[str, list[DeviceInfo]] = {}
     for dev in devices:
         if len(dev.id) > MAX_DEVICE_ID or not _VALID_ID.match(dev.id):
             out.rejected.append(f"device id {dev.id[:80]!r} is not a valid v1beta1 Device.ID")
             continue
-        name = resource_name(config.resource_domain, config.resource_prefix, dev.model)
-        buckets.setdefault(name, []).append(dev)
+        buckets.setdefault(resource_for(dev.model, config), []).append(dev)
     for name, devs in sorted(buckets.items()):
         out.resources[name] = tuple(sorted(devs, key=lambda d: natural_key(d.id)))
     return out

@@ -73,8 +73,13 @@ def plugin_command(driver_config: Path, socket_dir: Path, *extra: str) -> list[s
 
 
 @pytest.fixture
-def plugin(api: Api, socket_dir: Path, tmp_path: Path) -> Iterator[PluginProcess]:
-    """The plugin CLI advertising a two-device fake NPU whose state files live in tmp_path."""
+def plugin(
+    api: Api, socket_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[PluginProcess]:
+    """The plugin CLI advertising a two-device fake NPU whose state files live in tmp_path.
+
+    Parametrize it indirectly with a tuple of further CLI options.
+    """
     state_dir = tmp_path / "fake-npu"
     config = tmp_path / "driver.yaml"
     config.write_text(
@@ -82,7 +87,13 @@ def plugin(api: Api, socket_dir: Path, tmp_path: Path) -> Iterator[PluginProcess
         encoding="utf-8",
     )
     log = tmp_path / "plugin.log"
-    extra = ("--device-node", "/dev/fake-{id}", "--mount", f"{state_dir}:/run/fake-npu:ro")
+    extra = (
+        "--device-node",
+        "/dev/fake-{id}",
+        "--mount",
+        f"{state_dir}:/run/fake-npu:ro",
+        *getattr(request, "param", ()),
+    )
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.Popen(
             plugin_command(config, socket_dir, *extra),

@@ -8,11 +8,17 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.deviceplugin import core
-from drivers.deviceplugin.config import DevicePluginConfig, MountSpec
+from drivers.deviceplugin.config import (
+    DevicePluginConfig,
+    MountSpec,
+    check_resource_name,
+    parse_resources,
+)
 from edgefed.driver import DeviceInfo
 from edgefed.errors import DriverError
 
 CONFIG = DevicePluginConfig(device_nodes=("/dev/x220_{id}",))
+LONGEST_DOMAIN = ".".join(["d" * 60] * 3 + ["d" * 61])  # 244: the kubelet adds "requests."
 
 
 def dev(device_id: str, model: str = "x220", healthy: bool = True, detail: str = "") -> DeviceInfo:
@@ -34,6 +40,69 @@ def test_devices_are_grouped_by_model_in_natural_order() -> None:
     assert list(grouping.resources) == ["edgefed.io/npu-cpu", "edgefed.io/npu-x220"]
     assert [d.id for d in grouping.resources["edgefed.io/npu-x220"]] == ["npu1", "npu2", "npu10"]
     assert grouping.rejected == []
+
+
+def test_a_resource_named_in_config_replaces_the_derived_name() -> None:
+    config = CONFIG.model_copy(
+        update={"resources": {"x220": "skt.com/aix_v1", "x230": "skt.com/aix_v1"}}
+    )
+    grouping = core.group([dev("npu1"), dev("npu0", model="x230"), dev("cpu", model="cpu")], config)
+    assert {name: [d.id for d in devs] for name, devs in grouping.resources.items()} == {
+        "edgefed.io/npu-cpu": ["cpu"],  # not named: derived as before
+        "skt.com/aix_v1": ["npu0", "npu1"],  # two models, one resource
+    }
+    assert core.endpoint_name("skt.com/aix_v1") == "skt.com_aix_v1.sock"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "skt.com/aix_v1",
+        "edgefed.io/npu-x220",
+        "a.b/C.d-e_f",
+        "x/" + "n" * 63,
+        LONGEST_DOMAIN + "/n",
+    ],
+)
+def test_the_kubelet_accepts_these_resource_names(name: str) -> None:
+    assert check_resource_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("aix_v1", "must be <domain>/<name>"),
+        ("/aix_v1", "DNS-1123 subdomain"),
+        ("skt_com/aix_v1", "DNS-1123 subdomain"),
+        ("Skt.com/aix_v1", "DNS-1123 subdomain"),
+        ("-skt.com/aix_v1", "DNS-1123 subdomain"),
+        (LONGEST_DOMAIN + "d/n", "at most 244"),
+        ("skt.com/", "1-63 characters"),
+        ("skt.com/_aix", "1-63 characters"),
+        ("skt.com/aix/v1", "1-63 characters"),
+        ("skt.com/" + "n" * 64, "1-63 characters"),
+        ("kubernetes.io/npu", "native resources"),
+        ("npu.kubernetes.io/aix", "native resources"),
+        ("requests.skt.com/aix", "resource-quota prefix"),
+    ],
+)
+def test_resource_names_the_kubelet_refuses_are_refused_with_why(name: str, cause: str) -> None:
+    with pytest.raises(ValueError, match=cause):
+        check_resource_name(name)
+    with pytest.raises(ValidationError, match=cause):
+        DevicePluginConfig(resources={"x220": name})
+
+
+def test_resource_options_parse_to_a_model_map() -> None:
+    assert parse_resources(["skt.com/aix_v1=x220", "skt.com/aix_v1=x230"]) == {
+        "x220": "skt.com/aix_v1",
+        "x230": "skt.com/aix_v1",
+    }
+    for bad, cause in (("skt.com/aix_v1", "RESOURCE=MODEL"), ("=x220", "RESOURCE=MODEL")):
+        with pytest.raises(ValueError, match=cause):
+            parse_resources([bad])
+    with pytest.raises(ValueError, match="given two resources"):
+        parse_resources(["skt.com/aix_v1=x220", "skt.com/aix_v2=x220"])
 
 
 def test_invalid_device_ids_are_rejected_with_a_reason() -> None:

@@ -141,6 +141,66 @@ def test_options_and_preferred_allocation(
     )
 
 
+AIX = "skt.com/aix_v1"
+AIX_ENDPOINT = "skt.com_aix_v1.sock"
+
+
+@pytest.mark.parametrize("plugin", [("--resource", f"{AIX}=fake-x220")], indirect=True)
+def test_a_resource_named_in_config_is_registered_listed_and_allocated(
+    api: Api, kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
+) -> None:
+    request = kubelet.next_registration()
+    assert (request.resource_name, request.endpoint) == (AIX, AIX_ENDPOINT)
+    assert not (socket_dir / ENDPOINT).exists()  # no derived name besides the named one
+    assert kubelet.next_devices() == ALL_HEALTHY
+    (plugin.state_dir / "npu0").write_text("fault ecc\n", encoding="utf-8")
+    assert kubelet.next_devices() == {"npu0": "Unhealthy", "npu1": "Healthy"}
+    stub = plugin_stub(api, socket_dir, AIX_ENDPOINT)
+    pb = api.pb
+    request = pb.AllocateRequest(
+        container_requests=[pb.ContainerAllocateRequest(devices_ids=["npu1"])]
+    )
+    (container,) = stub.Allocate(request, timeout=WAIT_S).container_responses
+    assert dict(container.envs) == {"EDGEFED_NPU_DEVICES": "npu1", "EDGEFED_NPU_RESOURCE": AIX}
+    refused = pb.AllocateRequest(
+        container_requests=[pb.ContainerAllocateRequest(devices_ids=["npu0"])]
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Allocate(refused, timeout=WAIT_S)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{AIX}: device npu0 is unhealthy" in caught.value.details()
+
+
+@pytest.mark.parametrize(
+    ("option", "cause"),
+    [
+        ("aix_v1=fake-x220", "must be <domain>/<name>"),
+        ("SKT.com/aix_v1=fake-x220", "lowercase DNS-1123 subdomain"),
+        ("skt.com/aix v1=fake-x220", "1-63 characters"),
+        ("skt.com/aix_v1_=fake-x220", "1-63 characters"),
+        ("example.kubernetes.io/npu=fake-x220", "native resources"),
+        ("skt.com/aix_v1", "not RESOURCE=MODEL"),
+    ],
+)
+def test_a_bad_resource_name_is_a_one_line_config_error(
+    tmp_path: Path, socket_dir: Path, option: str, cause: str
+) -> None:
+    config = tmp_path / "driver.yaml"
+    config.write_text("type: fake-npu\n", encoding="utf-8")
+    proc = subprocess.run(
+        plugin_command(config, socket_dir, "--resource", option),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "invalid configuration" in line and cause in line, line
+    assert not list(socket_dir.iterdir())  # nothing served
+
+
 def test_registers_again_after_the_kubelet_restarts(
     kubelet: KubeletStandIn, plugin: PluginProcess, socket_dir: Path
 ) -> None:
