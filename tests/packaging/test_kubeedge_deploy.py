@@ -2,7 +2,8 @@
 
 Every daemon config in a ConfigMap is extracted and checked by the daemon's own
 ``check-config`` command (a real subprocess); the edged DaemonSet mounts its state, the
-DMI sockets at their node paths and probes the API the config serves.
+DMI sockets at their node paths and probes the API the config serves; the pods that need
+an NPU request ``skt.com/aix_v1``, the resource the shipped device plugin advertises.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import pytest
 import yaml
 
 from drivers import registry
+from drivers.deviceplugin import cli, core
 from edged.config import EdgedConfig, parse_config
 from serverd.api.devices import EVENT_KINDS
 from serverd.config import ServerdConfig
-from tests.packaging.test_kubeedge_manifests import DOCS, NAMESPACE, pod_spec, the
+from tests.packaging.test_kubeedge_manifests import (
+    DOCS,
+    NAMESPACE,
+    device_plugin_args,
+    pod_spec,
+    the,
+)
 
 DAEMON_CONFIGS = {
     ("edged-config", "edged.yaml"): "edged",
@@ -30,6 +38,10 @@ DRIVER_CONFIGS = {("npu-driver", "npu-driver.yaml")}
 """Driver configs, read by the device plugin and parsed by the driver registry."""
 BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf")}
 """mosquitto's own config (not a daemon of ours): listed so that nothing goes unchecked."""
+NPU = "skt.com/aix_v1"
+"""The NPU resource of the original project, which the manifests keep."""
+NPU_USERS = {("DaemonSet", "edged"), ("Deployment", "triton")}
+"""The workloads that run models on the NPU."""
 
 
 def entries() -> list[tuple[str, str]]:
@@ -149,3 +161,29 @@ def test_serverd_api_is_what_the_rules_probes_and_service_use() -> None:
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "serverd"}
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_the_device_plugin_advertises_the_shipped_npu_as_skt_aix_v1(tmp_path: Path) -> None:
+    """The plugin's own CLI and grouping, on the devices of the shipped driver config."""
+    plugin = cli.build_config(cli.parser().parse_args(device_plugin_args()[1:]))
+    raw = yaml.safe_load(the("ConfigMap", "npu-driver")["data"]["npu-driver.yaml"])
+    driver = registry.create(registry.parse_config({**raw, "state_dir": str(tmp_path)}))
+    try:
+        devices = driver.devices()
+    finally:
+        driver.close()
+    grouping = core.group(devices, plugin)
+    assert list(grouping.resources) == [NPU]
+    assert [d.id for d in grouping.resources[NPU]] == ["npu0", "npu1"]
+
+
+def test_npu_workloads_request_skt_aix_v1_and_nothing_else_extended() -> None:
+    for workload in (d for d in DOCS if d["kind"] in ("Deployment", "DaemonSet")):
+        where = (workload["kind"], workload["metadata"]["name"])
+        for container in pod_spec(workload)["containers"]:
+            resources = container["resources"]
+            extended = {k: v for k, v in resources["limits"].items() if "/" in k}
+            expected = {NPU: 1} if where in NPU_USERS else {}
+            assert extended == expected, where
+            # an extended resource is not overcommitted: a request, if any, equals the limit
+            assert {k: v for k, v in resources["requests"].items() if "/" in k} in ({}, expected)
