@@ -68,6 +68,31 @@ def test_kubernetes_manifests_validate_against_the_strict_kubernetes_schemas(doc
     assert core_error(doc) == ""
 
 
+NEWER_THAN_V1_20 = {
+    "Device": {
+        ("spec", "stateReport"),
+        ("spec", "properties", "*", "pushMethod", "anomalyDetection"),
+    },
+    "DeviceModel": {("spec", "protocolConfigData"), ("spec", "properties", "*", "visitors")},
+}
+"""Fields of the v1.23 CRDs that v1.20.0's lack (git diff v1.20.0 v1.23.1 -- build/crds/devices)."""
+
+
+def field_paths(node: Any, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every field path in a document, list items as '*'."""
+    if isinstance(node, dict):
+        return {path} | {p for k, v in node.items() for p in field_paths(v, (*path, k))}
+    if isinstance(node, list):
+        return {path} | {p for item in node for p in field_paths(item, (*path, "*"))}
+    return {path}
+
+
+@pytest.mark.parametrize("doc", CRD_DOCS, ids=doc_id)
+def test_device_manifests_use_no_field_newer_than_kubeedge_1_20(doc: Doc) -> None:
+    """docs/kubeedge.md promises that v1.20-v1.22 accept the Device and DeviceModel too."""
+    assert not field_paths(doc) & NEWER_THAN_V1_20.get(doc["kind"], set())
+
+
 def _parent(doc: Doc, path: str) -> tuple[Any, Any]:
     """The node holding a dotted path's last step (list indices as numbers), and that step."""
     *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
