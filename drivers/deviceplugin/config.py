@@ -33,12 +33,12 @@ def check_resource_name(name: str) -> str:
         raise ValueError(f"resource {name!r}: the kubernetes.io domains are for native resources")
     if name.startswith(_QUOTA_PREFIX):
         raise ValueError(f"resource {name!r}: {_QUOTA_PREFIX!r} is the resource-quota prefix")
-    if len(domain) > MAX_DOMAIN or not _SUBDOMAIN.match(domain):
+    if len(domain) > MAX_DOMAIN or not _SUBDOMAIN.fullmatch(domain):
         raise ValueError(
             f"resource {name!r}: domain {domain!r} must be a lowercase DNS-1123 subdomain "
             f"(a-z, 0-9, '-' and '.', at most {MAX_DOMAIN} characters)"
         )
-    if len(short) > 63 or not _QUALIFIED_NAME.match(short):
+    if len(short) > 63 or not _QUALIFIED_NAME.fullmatch(short):
         raise ValueError(
             f"resource {name!r}: name {short!r} must be 1-63 characters of A-Z, a-z, 0-9, "
             "'-', '_' or '.', beginning and ending with a letter or digit"

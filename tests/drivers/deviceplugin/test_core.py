@@ -81,6 +81,8 @@ def test_the_kubelet_accepts_these_resource_names(name: str) -> None:
         ("skt.com/_aix", "1-63 characters"),
         ("skt.com/aix/v1", "1-63 characters"),
         ("skt.com/" + "n" * 64, "1-63 characters"),
+        ("skt.com/aix_v1\n", "1-63 characters"),
+        ("skt.com\n/aix_v1", "DNS-1123 subdomain"),
         ("kubernetes.io/npu", "native resources"),
         ("npu.kubernetes.io/aix", "native resources"),
         ("requests.skt.com/aix", "resource-quota prefix"),
