@@ -99,7 +99,7 @@ class Manifest(_Strict):
         for file_name in self.files:
             if not is_plain_relative(file_name):
                 shown = file_name if len(file_name) <= 80 else file_name[:80] + "..."
-                raise ValueError(f"file name {shown!r} must be a plain relative path in the image")
+                raise ValueError(f"file name {shown!r} must be a relative path in the image")
         for role, listed in (("model_file", self.model_file), ("labels", self.labels)):
             if listed is not None and listed not in self.files:
                 raise ValueError(f"{role} {listed!r} is not listed in files")
