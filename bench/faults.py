@@ -11,7 +11,8 @@ A's certificate. Then:
 2. each fault of ``bench/_faults_inject.py`` while the edge submits jobs at ``--rate``:
    every job stored in the outbox must be told exactly once (lost: never told;
    duplicated: told twice), jobs refused at a full outbox are counted, not lost;
-   ``recovery_s`` is from the end of the fault until every job of its phase is closed;
+   ``drain_s`` is from the end of its traffic (``settle_s`` after the fault ended) until
+   every job of its phase is closed;
 3. the fuzz: ``--fuzz`` seeded hostile cases spread over the input classes (requests to
    serverd, replies to the edge, twin deltas, serverd's API bodies, model images);
    a crash is an exception that escaped a handler, a 5xx, a daemon that died.
@@ -90,10 +91,10 @@ def run(
                 time.sleep(settle_s)
                 SYSTEM_FAULTS[name](system)
                 time.sleep(settle_s)
-            recovery = wait_for(
+            drained = wait_for(
                 f"every job of {name} closed", lambda n=name: not ledger.open_in(n), 300
             )
-            row["recovery_s"] = max(row.get("recovery_s", 0.0), round(recovery, 2))
+            row["drain_s"] = max(row.get("drain_s", 0.0), round(drained, 2))
             if not serverd.alive:  # died by itself: a crash; restarted for the next fault
                 crashes += 1
                 row["survived"] = False
