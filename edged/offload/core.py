@@ -160,6 +160,20 @@ class Effects(Protocol):
         """Hand a committed outcome to the listener (whose failures are the adapter's)."""
 
 
+@contextlib.contextmanager
+def _transaction(outbox: Outbox, outcomes: list[JobOutcome]) -> Iterator[None]:
+    """One outbox transaction; if it rolls back, the outcomes gathered in it go too: they
+    were never stored, and telling them later would tell them twice once their events
+    come again (the server's reply is asked for again, the sweep runs again)."""
+    gathered = len(outcomes)
+    try:
+        with outbox.batch():
+            yield
+    except BaseException:
+        del outcomes[gathered:]
+        raise
+
+
 class OffloadCore:
     """The offload client's decisions; every call comes from one thread (the adapter's)."""
 
@@ -256,21 +270,8 @@ class OffloadCore:
             return False
         return True
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One outbox transaction; if it rolls back, the outcomes gathered in it go too:
-        they were never stored, and telling them later would tell them twice once their
-        events come again (the server's reply is asked for again, the sweep runs again)."""
-        gathered = len(self._outcomes)
-        try:
-            with self._outbox.batch():
-                yield
-        except BaseException:
-            del self._outcomes[gathered:]
-            raise
-
     def _resume(self) -> None:
-        with self._transaction():
+        with _transaction(self._outbox, self._outcomes):
             for job in self._outbox.recover():
                 self._delivering(job.id, resumed=job.status == Status.POSTPROCESSING)
         self._flush()
@@ -285,7 +286,9 @@ class OffloadCore:
             self._settle_soon()
             return
         try:
-            with self._transaction():  # one commit for the whole burst and what it sends
+            with _transaction(
+                self._outbox, self._outcomes
+            ):  # one commit for the whole burst and what it sends
                 self._contained(self._settle)
                 for event in events:
                     self._contained(self._handle, event, connected)
@@ -348,7 +351,7 @@ class OffloadCore:
 
     def _settle_committed(self) -> None:
         if self._pending():
-            with self._transaction():
+            with _transaction(self._outbox, self._outcomes):
                 self._settle()
                 self._close_delivered()
 
