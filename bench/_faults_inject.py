@@ -119,7 +119,7 @@ SYSTEM_FAULTS: dict[str, Callable[[System], None]] = {
 # --- standalone ---
 
 
-def corrupt_sqlite(directory: Path) -> dict[str, int | bool]:
+def corrupt_sqlite(directory: Path) -> dict[str, int | bool | list[str]]:
     """An outbox with 20 jobs, damaged three ways (its header, a page in the middle, cut
     short): opening it must fail with an ``OffloadError`` naming the file, and leave the
     file as it was (the operator's copy to recover from). Or, if SQLite cannot see the
@@ -156,7 +156,8 @@ def corrupt_sqlite(directory: Path) -> dict[str, int | bool]:
             pass  # the damage escaped as a raw SQLite error: not survived
         finally:
             reopened.close()
-    return {"survived": survived == len(cases), "refused": sum(cases.values())}
+    refused = sorted(damage for damage, n in cases.items() if n)
+    return {"survived": survived == len(cases), "refused": len(refused), "refused_damage": refused}
 
 
 def _request(n: int) -> OffloadRequest:
