@@ -44,7 +44,8 @@ from edgefed.wire import Topics, decode_availability
 
 SERVER_ID = "faults-server"
 API_TOKEN = "faults-bench-token-0123456789"
-TERMINAL = (Status.EXIT, Status.FAILED, Status.EXPIRED)
+MAX_JOBS = 150  # the outbox bound; the "outbox near its bound" fault goes past it
+TTL_S = 120.0  # a job's deadline: longer than any fault lasts, so none should expire
 
 
 class JumpClock:
@@ -139,7 +140,6 @@ class Serverd:
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self._process: subprocess.Popen[bytes] | None = None
-        self.lifetimes = 0
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -152,7 +152,6 @@ class Serverd:
             cwd=REPO,
         )
         log.close()
-        self.lifetimes += 1
 
     @property
     def alive(self) -> bool:
@@ -261,10 +260,6 @@ class Edge:
         self.client.stop()
         self.net.stop()
         self.outbox.close()
-
-
-MAX_JOBS = 150  # the outbox bound; the "outbox near its bound" fault goes past it
-TTL_S = 120.0  # a job's deadline: longer than any fault lasts, so none should expire
 
 
 class Feeder:
