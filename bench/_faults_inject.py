@@ -2,7 +2,8 @@
 
 System faults run while the edge submits jobs (``System``): broker restart, network
 partition (the broker stopped with SIGSTOP, so connections hang rather than close),
-serverd kill -9 and restart (its Triton dies with it), a clock jump of the edge's wall
+serverd kill -9 and restart (its Triton dies with it), Triton kill -9 (serverd's
+supervisor starts another), a clock jump of the edge's wall
 clock forward and back, the outbox locked by another process for longer than SQLite's
 busy timeout, and the outbox pushed past its bound while the broker is down.
 
@@ -70,6 +71,16 @@ def serverd_kill9(s: System) -> None:
     wait_for("serverd online again", s.edge.server_online.is_set, 180)
 
 
+def triton_kill9(s: System) -> None:
+    """serverd's Triton killed with SIGKILL under load; its supervisor starts a new one."""
+    (triton,) = s.serverd.tritons()
+    triton.kill()
+    triton.wait(10)
+    wait_for(
+        "a new Triton", lambda: [t.pid for t in s.serverd.tritons()] not in ([], [triton.pid]), 60
+    )
+
+
 def clock_jump(s: System) -> None:
     """Forward 30 s, then back 60 s, then forward 30 s again (to true time)."""
     for step in (30_000, -60_000, 30_000):
@@ -110,6 +121,7 @@ SYSTEM_FAULTS: dict[str, Callable[[System], None]] = {
     "broker_restart": broker_restart,
     "partition": partition,
     "serverd_kill9": serverd_kill9,
+    "triton_kill9": triton_kill9,
     "clock_jump": clock_jump,
     "locked_sqlite": locked_sqlite,
     "outbox_full": outbox_full,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import psutil
 import yaml
 
 from bench._faults_broker import DEVICE_A, REPO, ShippedBroker
@@ -76,9 +77,14 @@ class Ledger:
         with self._lock:
             self.refused[self.phase] += 1
 
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (phase, why not Exit)
+
     def tell(self, outcome: JobOutcome) -> None:
         with self._lock:
             self.told[outcome.job_id].append(outcome.status)
+            if outcome.status != Status.EXIT:
+                phase = self.submitted.get(outcome.job_id, self.phase)
+                self.reasons[phase, outcome.reason[:120]] += 1
 
     def open_in(self, phase: str) -> int:
         """Jobs of ``phase`` stored and not told yet."""
@@ -100,6 +106,11 @@ class Ledger:
             for phase, n in self.refused.items():
                 out.setdefault(phase, dict.fromkeys(_ROW, 0))["refused"] += n
         return out
+
+    def why_not_exit(self, phase: str) -> dict[str, int]:
+        """Why jobs of ``phase`` closed without the server's result, and how many."""
+        with self._lock:
+            return {why: n for (p, why), n in self.reasons.items() if p == phase}
 
 
 _ROW = ("jobs", "refused", "exit", "failed", "expired", "lost", "duplicated")
@@ -156,6 +167,12 @@ class Serverd:
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def tritons(self) -> list[psutil.Process]:
+        """The ``tritonserver`` processes serverd supervises (its children)."""
+        assert self._process is not None
+        children = psutil.Process(self._process.pid).children(recursive=True)
+        return [c for c in children if c.name() == "tritonserver"]
 
     def kill9(self) -> None:
         assert self._process is not None

@@ -104,7 +104,7 @@ def run(
             row["survived"] = row["survived"] and edge.crashes() == before
         for phase, counts in ledger.per_phase().items():
             if phase in report:
-                report[phase].update(counts)
+                report[phase].update(counts, why_not_exit=ledger.why_not_exit(phase))
                 if counts["lost"] or counts["duplicated"]:
                     report[phase]["survived"] = False
         fuzzed = run_fuzz(directory / "fuzz", broker, serverd, edge, fuzz_cases, seed)
