@@ -5,7 +5,8 @@ near-valid headers (every message type, wrong types, numbers of 400 digits, 200-
 nesting, bad ids, wrong versions and lengths) and random bytes, twin deltas with hostile
 values, HTTP bodies, and model-image manifests and directories that are wrong in one way
 each (types, huge numbers, path traversal, NUL bytes, unlisted files, symlinks, wrong
-hashes, bad or missing signatures, YAML that is not a mapping, deep or aliased).
+hashes, bad or missing signatures, YAML that is not a mapping, deep or aliased), and
+``PUT /api/v1/config`` bodies for edged's API (with and without its token).
 
 Each driver sends its cases to the real component and returns ``(cases, crashes)``: a
 crash is an exception that escaped a handler (counted by the component), a daemon that
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 
 from bench._faults_broker import DEVICE_A, DEVICE_B, ShippedBroker
-from bench._faults_system import Edge, Serverd, wait_for
+from bench._faults_system import Edge, Edged, Serverd, wait_for
 from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
@@ -105,6 +106,16 @@ class Hostile:
         if r.random() < 0.2:
             message = {k: self.value() for k in message}  # wrong types everywhere
         return json.dumps(message).encode() if r.random() < 0.95 else r.randbytes(40)
+
+    def config_body(self) -> bytes:
+        """A ``PUT /api/v1/config`` body: settings with hostile values, or not an object."""
+        r = self.rng
+        body = {r.choice(SETTINGS): self.value() for _ in range(r.randint(0, 4))}
+        text = json.dumps(body).encode()
+        return r.choice(
+            [text, text, text, text[: r.randint(0, len(text))], r.randbytes(80),
+             b"[" * 100_000, b"9" * 5000, json.dumps(deep(150)).encode()]
+        )  # fmt: skip
 
     def event_body(self) -> bytes:
         r = self.rng
@@ -217,6 +228,18 @@ def fuzz_serverd_api(serverd: Serverd, n: int, h: Hostile) -> int:
         )
         crashes += status >= 500
     return crashes + (not serverd.alive)
+
+
+def fuzz_edged_api(edged: Edged, n: int, h: Hostile) -> int:
+    """Hostile ``PUT /api/v1/config`` bodies to a running edged: with the token each is
+    applied or refused with a 4xx, without it (one in four) refused with 401/403."""
+    crashes = 0
+    for _ in range(n):
+        with_token = h.rng.random() < 0.75
+        status, _ = edged.call("PUT", "/api/v1/config", h.config_body(), token=with_token)
+        crashes += status >= 500 or status == 0 or (not with_token and status not in (401, 403))
+    settings, _ = edged.call("GET", "/api/v1/config")
+    return crashes + (settings != 200) + (not edged.alive)
 
 
 # --- model images ---

@@ -45,6 +45,7 @@ from edgefed.wire import Topics, decode_availability
 
 SERVER_ID = "faults-server"
 API_TOKEN = "faults-bench-token-0123456789"
+DEMO_EDGED = REPO / "packaging" / "dev" / "demo-edged.yaml"
 MAX_JOBS = 150  # the outbox bound; the "outbox near its bound" fault goes past it
 TTL_S = 120.0  # a job's deadline: longer than any fault lasts, so none should expire
 
@@ -180,31 +181,12 @@ class Serverd:
         self._process.wait(10)
 
     def stop(self) -> int | None:
-        """SIGTERM and wait; its exit code (None if it was not running)."""
-        if self._process is None:
-            return None
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-        return self._process.returncode
+        return terminate(self._process)
 
     def request(self, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """One HTTP call to serverd's API (POST with ``body``); status and body."""
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.api_port}{path}",
-            data=body,
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-            method="POST" if body is not None else "GET",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+        method = "POST" if body is not None else "GET"
+        return http_call(self.api_port, method, path, body, API_TOKEN)
 
     def counters(self) -> dict[str, Any]:
         status, body = self.request("/api/v1/status")
@@ -308,3 +290,84 @@ def wait_for(what: str, condition: Any, timeout: float) -> float:
             raise SystemExit(f"faults bench: {what} did not happen within {timeout:.0f} s")
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+class Edged:
+    """``edged run`` in its own process: the real video, one real model (face_detector on
+    whole frames), its API on a free port with a token; no broker (the API alone)."""
+
+    TOKEN = "faults-bench-edged-token-0123456789"
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.api_port = directory, free_port()
+        raw: dict[str, Any] = yaml.safe_load(DEMO_EDGED.read_text(encoding="utf-8"))
+        images = REPO / paths.images_dir()
+        raw.update(
+            device_id="site/cam-c",
+            log_level="WARNING",
+            cameras=[{"name": "vtest", "source": str(VTEST), "loop": True}],
+            images={"dir": str(images), "trusted_keys": [str(images / "keys" / "dev-signing.pub")]},
+            models=[{"name": "face", "image": "face_detector", "regions": "full"}],
+            output={"results": str(directory / "results.jsonl")},
+            state_dir=str(directory / "state"),
+            api={"port": self.api_port, "token": self.TOKEN},
+        )
+        self.config_path = directory / "edged.yaml"
+        self.config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.directory / "edged.log").open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            cwd=REPO,
+        )
+        log.close()
+        wait_for("edged's API", lambda: self.alive and self.call("GET", "/healthz")[0] == 200, 120)
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, token: bool = True
+    ) -> tuple[int, bytes]:
+        """One HTTP call to edged's API, with or without its token."""
+        return http_call(self.api_port, method, path, body, self.TOKEN if token else None)
+
+    def stop(self) -> int | None:
+        return terminate(self._process)
+
+
+def http_call(
+    port: int, method: str, path: str, body: bytes | None, token: str | None
+) -> tuple[int, bytes]:
+    """One call to a daemon's API on 127.0.0.1: its status (0: no answer) and body."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"http://127.0.0.1:{port}{path}"
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def terminate(process: subprocess.Popen[bytes] | None) -> int | None:
+    """SIGTERM, wait (SIGKILL after 30 s); the exit code, None if never started."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode

@@ -14,7 +14,8 @@ A's certificate. Then:
    ``drain_s`` is from the end of its traffic (``settle_s`` after the fault ended) until
    every job of its phase is closed;
 3. the fuzz: ``--fuzz`` seeded hostile cases spread over the input classes (requests to
-   serverd, replies to the edge, twin deltas, serverd's API bodies, model images);
+   serverd, replies to the edge, twin deltas, serverd's and edged's API bodies (edged:
+   ``edged run`` on the real video with one model), model images);
    a crash is an exception that escaped a handler, a 5xx, a daemon that died.
 
 Prints one JSON line: ``faults_tried``, ``faults_survived``, ``jobs_lost``,
@@ -37,16 +38,17 @@ from typing import Any
 from bench import _faults_fuzz as fuzz
 from bench._faults_broker import ShippedBroker, anonymous_refused, foreign_publish_refused
 from bench._faults_inject import SYSTEM_FAULTS, System, camera_loss, corrupt_sqlite
-from bench._faults_system import REPO, Edge, Feeder, JumpClock, Ledger, Serverd, wait_for
+from bench._faults_system import REPO, Edge, Edged, Feeder, JumpClock, Ledger, Serverd, wait_for
 from edgefed import paths
 
 STANDALONE = ("corrupt_sqlite", "camera_loss")
 # shares of --fuzz per class: the MQTT classes are cheap, a model image costs ~20 ms
 SHARES = {
-    "serverd_requests": 0.3,
-    "edge_replies": 0.3,
-    "twin_deltas": 0.25,
-    "serverd_api_bodies": 0.1,
+    "serverd_requests": 0.28,
+    "edge_replies": 0.28,
+    "twin_deltas": 0.2,
+    "serverd_api_bodies": 0.07,
+    "edged_api_bodies": 0.12,
     "model_images": 0.05,
 }
 
@@ -146,7 +148,15 @@ def run_fuzz(
         "model_images": lambda n: fuzz.fuzz_manifests(directory / "images", base, n, h),
     }
     directory.mkdir(parents=True, exist_ok=True)
-    return {name: {"cases": n, "crashes": crashes[name](n)} for name, n in counts.items()}
+    edged = Edged(directory / "edged")
+    edged.start()
+    try:
+        crashes["edged_api_bodies"] = lambda n: fuzz.fuzz_edged_api(edged, n, h)
+        out = {name: {"cases": n, "crashes": crashes[name](n)} for name, n in counts.items()}
+    finally:
+        exit_code = edged.stop()
+    out["edged_api_bodies"]["crashes"] += exit_code != 0  # it stops cleanly on SIGTERM
+    return out
 
 
 def main(argv: list[str]) -> int:
