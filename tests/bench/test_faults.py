@@ -10,8 +10,9 @@ import pytest
 
 from bench.faults import run
 
-# broker restart and a locked outbox run elsewhere in the suite (tests/test_end_to_end.py,
-# tests/edged/offload/test_outbox.py); the long run repeats every fault
+# broker restart, a locked outbox and Triton killed under load run elsewhere in the suite
+# (tests/test_end_to_end.py, tests/edged/offload/test_outbox.py, tests/serverd/
+# test_service.py); the long run has every fault
 CI_FAULTS = [
     "partition",
     "serverd_kill9",
