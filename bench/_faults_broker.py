@@ -13,6 +13,7 @@ a valid certificate for device A that publishes on topics that are not A's.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import queue
@@ -89,50 +90,70 @@ def anonymous_refused(broker: ShippedBroker) -> bool:
 
 def foreign_publish_refused(broker: ShippedBroker) -> bool:
     """Device A, with a valid certificate, publishes on B's twin topics, B's and its own
-    reply topics and B's request topic; privileged subscribers (serverd, EdgeCore, B)
-    see none of it, while A's own request (the control) reaches serverd."""
+    reply topics and B's request topic; privileged subscribers (serverd, EdgeCore, B, A)
+    see none of it. Each subscriber first receives an allowed message (so its
+    subscription is live), and A's last publish is an allowed request: once serverd has
+    it, the broker has handled A's forged ones before it."""
     topics = Topics()
-    observers = {
-        "serverd": topics.requests_filter(),
-        "edgecore": "$hw/events/#",
-        DEVICE_B: topics.reply(DEVICE_B),
-        DEVICE_A: topics.reply(DEVICE_A),
+    twin = f"$hw/events/device/{DEVICE_B}/twin"
+    observers = {  # identity: (its filter, an allowed (publisher, topic) it must receive)
+        "serverd": (topics.requests_filter(), (DEVICE_A, topics.request(DEVICE_A))),
+        "edgecore": ("$hw/events/#", (DEVICE_A, f"$hw/events/device/{DEVICE_A}/twin/update")),
+        DEVICE_B: (topics.reply(DEVICE_B), ("serverd", topics.reply(DEVICE_B))),
+        DEVICE_A: (topics.reply(DEVICE_A), ("serverd", topics.reply(DEVICE_A))),
     }
-    seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    clients: list[MqttClient] = []
+    seen: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+    clients: dict[str, MqttClient] = {}
     try:
-        for identity, topic_filter in observers.items():
+        for identity, (topic_filter, _) in observers.items():
             client = _connect(broker.client_config(identity))
             if client is None:
                 raise SystemExit(f"{identity} cannot connect to the shipped broker")
-            client.subscribe(topic_filter, lambda t, p: seen.put((t, p)))
-            clients.append(client)
-        attacker = _connect(broker.client_config(DEVICE_A))
-        if attacker is None:
-            raise SystemExit("device A cannot connect to the shipped broker")
-        clients.append(attacker)
-        time.sleep(0.3)  # the observers' SUBACKs
-        twin = f"$hw/events/device/{DEVICE_B}/twin"
-        forbidden = [
-            f"{twin}/update",
-            f"{twin}/update/delta",
-            f"{twin}/get/result",
-            topics.reply(DEVICE_B),
-            topics.reply(DEVICE_A),
-            topics.request(DEVICE_B),
-        ]
-        for topic in forbidden:
+            client.subscribe(topic_filter, functools.partial(_record, seen, identity))
+            clients[identity] = client
+        expected = {(who, topic, b"allowed") for who, (_, (_, topic)) in observers.items()}
+        got: set[tuple[str, str, bytes]] = set()
+        deadline = time.monotonic() + 15
+        while not expected <= got and time.monotonic() < deadline:
+            for _, (publisher, topic) in observers.values():
+                clients[publisher].publish(topic, b"allowed").wait(5)
+            got |= _drain(seen, 0.3)
+        if not expected <= got:
+            raise SystemExit(f"allowed messages never arrived: {sorted(expected - got)}")
+        attacker = clients[DEVICE_A]
+        for topic in (
+            f"{twin}/update", f"{twin}/update/delta", f"{twin}/get/result",
+            topics.reply(DEVICE_B), topics.reply(DEVICE_A), topics.request(DEVICE_B),
+        ):  # fmt: skip
             attacker.publish(topic, b"forged by A").wait(5)
-        attacker.publish(topics.request(DEVICE_A), b"control").wait(5)
-        got: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + 1.0
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(seen.get(timeout=left))
-            except queue.Empty:
-                break
+        attacker.publish(topics.request(DEVICE_A), b"last").wait(5)
+        after: set[tuple[str, str, bytes]] = set()
+        deadline = time.monotonic() + 10
+        while ("serverd", topics.request(DEVICE_A), b"last") not in after:
+            if time.monotonic() > deadline:
+                raise SystemExit("A's last allowed request never reached serverd")
+            after |= _drain(seen, 0.2)
+        after |= _drain(seen, 0.5)  # anything still on its way to the other observers
     finally:
-        for client in clients:
+        for client in clients.values():
             client.stop()
-    control = (topics.request(DEVICE_A), b"control")
-    return control in got and all(item == control for item in got)
+    return not any(payload == b"forged by A" for _, _, payload in after)
+
+
+def _record(
+    seen: queue.Queue[tuple[str, str, bytes]], who: str, topic: str, payload: bytes
+) -> None:
+    seen.put((who, topic, payload))
+
+
+def _drain(
+    seen: queue.Queue[tuple[str, str, bytes]], seconds: float
+) -> set[tuple[str, str, bytes]]:
+    out = set()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            out.add(seen.get(timeout=left))
+        except queue.Empty:
+            break
+    return out

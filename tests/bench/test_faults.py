@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import _faults_broker as broker_module
+from bench._faults_broker import ShippedBroker, anonymous_refused, foreign_publish_refused
 from bench.faults import run
 
 # broker restart, a locked outbox and Triton killed under load run elsewhere in the suite
@@ -40,3 +42,28 @@ def test_faults_and_fuzz_lose_nothing_duplicate_nothing_and_crash_nothing(
     full = faults["outbox_full"]  # past its bound: shed (told Failed) or refused, none lost
     assert full["failed"] + full["refused"] > 0 and full["lost"] == 0
     assert faults["camera_loss"]["camera_errors"] == 2
+
+
+def test_the_refusal_probes_see_a_broker_that_lets_them_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same probes against the shipped config loosened two ways answer false: the
+    checks can fail."""
+    acl = tmp_path / "open.acl"
+    acl.write_text(
+        "".join(f"{k} readwrite {t}\n" for k in ("topic", "pattern") for t in ("#", "$hw/#"))
+    )
+    conf = tmp_path / "open.conf"
+    shipped = broker_module.SHIPPED_CONF.read_text()
+    for strict, loose in (
+        ("require_certificate true", "require_certificate false"),
+        ("use_identity_as_username true", "use_identity_as_username false"),
+        ("allow_anonymous false", "allow_anonymous true"),
+    ):
+        shipped = shipped.replace(strict, loose)
+    conf.write_text(shipped)
+    monkeypatch.setattr(broker_module, "SHIPPED_ACL", acl)
+    monkeypatch.setattr(broker_module, "SHIPPED_CONF", conf)
+    with ShippedBroker(tmp_path / "broker") as broker:
+        assert anonymous_refused(broker) is False
+        assert foreign_publish_refused(broker) is False
