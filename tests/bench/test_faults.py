@@ -64,6 +64,10 @@ def test_the_refusal_probes_see_a_broker_that_lets_them_through(
     conf.write_text(shipped)
     monkeypatch.setattr(broker_module, "SHIPPED_ACL", acl)
     monkeypatch.setattr(broker_module, "SHIPPED_CONF", conf)
-    with ShippedBroker(tmp_path / "broker") as broker:
+    broker = ShippedBroker(tmp_path / "broker")
+    broker.start()
+    try:
         assert anonymous_refused(broker) is False
         assert foreign_publish_refused(broker) is False
+    finally:
+        broker.stop()
