@@ -24,8 +24,8 @@ is down. The events that arrive together are handled in one outbox transaction (
 commit), with the jobs they let out claimed and published in it; only after it commits
 is each closed job's outcome told (once; again only if edged dies between the two, as
 delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered),
-and only then is each reply in it acknowledged (a reply is
-never lost with the process). A failed burst (disk full) arms the fault-backoff timer.
+and only then is each reply in it acknowledged (a reply is never lost with the process).
+A failed burst (disk full) arms the fault-backoff timer.
 
 Three writes are left to the next transaction, so that a job's round trip does not wait
 for them: the claim of a job published from memory when it was submitted (if edged dies
@@ -286,9 +286,8 @@ class OffloadCore:
             self._settle_soon()
             return
         try:
-            with _transaction(
-                self._outbox, self._outcomes
-            ):  # one commit for the whole burst and what it sends
+            # one commit for the whole burst and what it sends
+            with _transaction(self._outbox, self._outcomes):
                 self._contained(self._settle)
                 for event in events:
                     self._contained(self._handle, event, connected)
