@@ -184,6 +184,7 @@ class CaptureStats:
     retries: int  # failed open attempts
     fps: float  # smoothed delivery rate (0 unless running)
     last_error: str | None
+    errors: int = 0  # a file that ended before its declared frame count (truncated, corrupt)
 
 
 class CaptureSource:
@@ -214,6 +215,7 @@ class CaptureSource:
         self._ema_dt: float | None = None
         self._last_ts: float | None = None
         self._last_error: str | None = None
+        self._errors = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -246,6 +248,7 @@ class CaptureSource:
                 retries=self._retries,
                 fps=1.0 / ema if ema else 0.0,
                 last_error=self._last_error,
+                errors=self._errors,
             )
 
     # -- opening ---------------------------------------------------------------------
@@ -321,6 +324,8 @@ class CaptureSource:
                 if interval:
                     due = self._pace(due, interval)
                 continue
+            if self._kind is SourceKind.FILE:
+                self._check_complete(reader)
             reader.release()
             reader = None
             if self._kind is SourceKind.FILE:
@@ -339,6 +344,20 @@ class CaptureSource:
             reader = self._connect()
         if reader is not None:
             reader.release()
+
+    def _check_complete(self, reader: VideoReader) -> None:
+        """A file whose reads stop before the frame count its container declares was
+        truncated (or is corrupt past that point): a camera error, counted. FFmpeg
+        conceals damaged frames it can still decode, so those are not seen here."""
+        count, position = reader.get(cv2.CAP_PROP_FRAME_COUNT), reader.get(cv2.CAP_PROP_POS_FRAMES)
+        if not (math.isfinite(count) and math.isfinite(position)) or position >= count - 1:
+            return
+        with self._lock:
+            self._errors += 1
+        self._note_error(
+            f"video file ended at frame {int(position)} of {int(count)}: truncated or corrupt"
+        )
+        log.warning("camera %s: %s", self.config.name, self._last_error)
 
     def _read(self, reader: VideoReader) -> np.ndarray | None:
         """The next decoded frame, or None at the end of a file or when a source fails."""

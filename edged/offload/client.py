@@ -42,7 +42,7 @@ from edged.offload.core import (
 )
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob
-from edgefed.clock import now_ms
+from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError, ProtocolError
 from edgefed.mqtt import Ack
 from edgefed.wire import (
@@ -102,8 +102,10 @@ class OffloadClient:
         outbox: Outbox,
         config: OffloadClientConfig | None = None,
         on_outcome: OutcomeListener | None = None,
+        clock: Clock = now_ms,
     ) -> None:
         self.device_id = device_id
+        self._clock = clock  # the outbox's: deadlines and timers read the same wall clock
         self.config = config or OffloadClientConfig()
         self.topics = Topics(self.config.prefix)
         self._request_topic = self.topics.request(device_id)
@@ -124,6 +126,7 @@ class OffloadClient:
             window=self.config.window,
             sweep_interval_s=self.config.sweep_interval_s,
             submitting=self._submitting_now,
+            clock=clock,
         )
         self.counters: ClientCounters = self._core.counters
 
@@ -137,7 +140,7 @@ class OffloadClient:
         local: LocalSummary | None = None,
     ) -> OffloadRequest:
         """A request header for this device with a fresh job id and a deadline ``ttl_s`` away."""
-        created = now_ms()
+        created = self._clock()
         return OffloadRequest(
             job_id=new_job_id(),
             device_id=self.device_id,

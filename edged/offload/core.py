@@ -23,8 +23,9 @@ result stands) and retries overdue ones with backoff; retry timers pause while t
 is down. The events that arrive together are handled in one outbox transaction (group
 commit), with the jobs they let out claimed and published in it; only after it commits
 is each closed job's outcome told (once; again only if edged dies between the two, as
-delivery is at-least-once), and only then is each reply in it acknowledged (a reply is
-never lost with the process). A failed burst (disk full) arms the fault-backoff timer.
+delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered),
+and only then is each reply in it acknowledged (a reply is never lost with the process).
+A failed burst (disk full) arms the fault-backoff timer.
 
 Three writes are left to the next transaction, so that a job's round trip does not wait
 for them: the claim of a job published from memory when it was submitted (if edged dies
@@ -38,9 +39,10 @@ settle timer brings that transaction within ``SETTLE_DELAY_S`` when no event doe
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
@@ -158,6 +160,20 @@ class Effects(Protocol):
         """Hand a committed outcome to the listener (whose failures are the adapter's)."""
 
 
+@contextlib.contextmanager
+def _transaction(outbox: Outbox, outcomes: list[JobOutcome]) -> Iterator[None]:
+    """One outbox transaction; if it rolls back, the outcomes gathered in it go too: they
+    were never stored, and telling them later would tell them twice once their events
+    come again (the server's reply is asked for again, the sweep runs again)."""
+    gathered = len(outcomes)
+    try:
+        with outbox.batch():
+            yield
+    except BaseException:
+        del outcomes[gathered:]
+        raise
+
+
 class OffloadCore:
     """The offload client's decisions; every call comes from one thread (the adapter's)."""
 
@@ -255,7 +271,7 @@ class OffloadCore:
         return True
 
     def _resume(self) -> None:
-        with self._outbox.batch():
+        with _transaction(self._outbox, self._outcomes):
             for job in self._outbox.recover():
                 self._delivering(job.id, resumed=job.status == Status.POSTPROCESSING)
         self._flush()
@@ -270,7 +286,8 @@ class OffloadCore:
             self._settle_soon()
             return
         try:
-            with self._outbox.batch():  # one commit for the whole burst and what it sends
+            # one commit for the whole burst and what it sends
+            with _transaction(self._outbox, self._outcomes):
                 self._contained(self._settle)
                 for event in events:
                     self._contained(self._handle, event, connected)
@@ -333,7 +350,7 @@ class OffloadCore:
 
     def _settle_committed(self) -> None:
         if self._pending():
-            with self._outbox.batch():
+            with _transaction(self._outbox, self._outcomes):
                 self._settle()
                 self._close_delivered()
 

@@ -112,12 +112,16 @@ class OutboxStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        """One transaction; if it rolls back, the in-memory totals are recounted."""
+        """One transaction; if it rolls back, the in-memory totals are recounted. SQLite's
+        own errors (locked by another process past the busy timeout, disk full) leave as
+        ``OffloadError`` naming the file, so a caller's refusal path counts them."""
         try:
             with self._db.atomic():
                 yield
-        except BaseException:
+        except BaseException as exc:
             self._recount()
+            if isinstance(exc, sqlite3.Error):
+                raise OffloadError(f"outbox {self.config.path}: {exc}") from exc
             raise
         self._checkpointer.poke()
 

@@ -98,20 +98,34 @@ class Manifest(_Strict):
     def _files_are_listed(self) -> Manifest:
         for file_name in self.files:
             if not is_plain_relative(file_name):
-                raise ValueError(f"file name {file_name!r} must be a relative path in the image")
+                shown = file_name if len(file_name) <= 80 else file_name[:80] + "..."
+                raise ValueError(f"file name {shown!r} must be a relative path in the image")
         for role, listed in (("model_file", self.model_file), ("labels", self.labels)):
             if listed is not None and listed not in self.files:
                 raise ValueError(f"{role} {listed!r} is not listed in files")
         return self
 
 
+# Real manifests are about 1 KB; the bound keeps a hostile one's parse short. The parser
+# is PyYAML's pure-Python one on purpose: libyaml's (CSafeLoader) crashed the process
+# (SIGSEGV) on 32,000 nested "[" here, where this one raises RecursionError.
+MAX_MANIFEST_BYTES = 64 * 1024
+MAX_NAME_BYTES = 255  # one path part, as Linux file systems allow
+MAX_PATH_BYTES = 1024
+
+
 def is_plain_relative(name: str) -> bool:
-    """True for a relative POSIX path without ``..``, ``.`` or empty parts."""
+    """True for a relative POSIX path without ``..``, ``.`` or empty parts, control
+    characters (NUL, newline) or parts longer than a file system takes."""
     path = PurePosixPath(name)
+    parts = name.split("/")
     return (
         bool(name)
         and not path.is_absolute()
-        and all(part not in ("", ".", "..") for part in name.split("/"))
+        and all(part not in ("", ".", "..") for part in parts)
+        and name.isprintable()
+        and len(name.encode()) <= MAX_PATH_BYTES
+        and all(len(part.encode()) <= MAX_NAME_BYTES for part in parts)
     )
 
 
@@ -136,10 +150,14 @@ def manifest_to_yaml(manifest: Manifest) -> bytes:
 
 def manifest_from_yaml(raw: bytes, where: str) -> Manifest:
     """Parse manifest bytes; ImageError names ``where`` and the first problem."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ImageError(f"{where}: manifest is {len(raw)} bytes, limit {MAX_MANIFEST_BYTES}")
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ImageError(f"{where}: manifest is not valid YAML ({_first_line(exc)})") from exc
+    except RecursionError:
+        raise ImageError(f"{where}: manifest is not valid YAML (nested too deep)") from None
     if not isinstance(data, dict):
         raise ImageError(f"{where}: manifest is not a mapping")
     try:

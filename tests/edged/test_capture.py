@@ -240,6 +240,37 @@ def test_corrupt_file_fails_at_start_with_the_cause(tmp_path: Path) -> None:
     assert "\n" not in (src.stats().last_error or "\n")
 
 
+def test_a_file_truncated_while_it_is_read_is_a_camera_error(tmp_path: Path) -> None:
+    """vtest.avi cut to a third after 100 frames: the reads stop near frame 260 of the 795
+    its header declares, which is counted and reported, not taken for its end."""
+    video = tmp_path / "vtest.avi"
+    video.write_bytes(VTEST.read_bytes())
+    ring = FrameRing(4, lossless=True)
+    src = CaptureSource(CameraConfig(name="cut", source=str(video), pace="fast"), ring)
+    seen: list[Frame] = []
+    stop = threading.Event()
+    consumer = drain(ring, stop, seen)
+    src.start()
+    wait_until("100 frames", lambda: len(seen) >= 100, WAIT_S)
+    with video.open("r+b") as f:
+        f.truncate(video.stat().st_size // 3)
+    wait_until("the reads to stop", lambda: src.stats().state is CaptureState.ENDED, WAIT_S)
+    stop.set()
+    consumer.join(WAIT_S)
+    st = src.stats()
+    assert st.errors == 1 and 100 <= st.frames < 795
+    assert st.last_error == (f"video file ended at frame {st.frames} of 795: truncated or corrupt")
+
+
+def test_a_whole_file_is_no_camera_error(short_clip: Path) -> None:
+    src = CaptureSource(
+        CameraConfig(name="clip", source=str(short_clip), pace="fast"), FrameRing(16, lossless=True)
+    )
+    src.start()
+    wait_until("end of file", lambda: src.stats().state is CaptureState.ENDED, WAIT_S)
+    assert (src.stats().errors, src.stats().last_error) == (0, None)
+
+
 # -- live sources -----------------------------------------------------------------------
 def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) -> None:
     ring = FrameRing(4)

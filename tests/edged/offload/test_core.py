@@ -422,7 +422,7 @@ def test_shed_jobs_are_told_as_failed(tmp_path: Path) -> None:
         rig.close()
 
 
-def test_a_failing_commit_backs_off_and_its_reply_is_asked_for_again(
+def test_a_failing_commit_backs_off_and_its_outcome_is_told_once_after_a_commit(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rig.burst(WAKE)
@@ -449,11 +449,18 @@ def test_a_failing_commit_backs_off_and_its_reply_is_asked_for_again(
     del rig.effects.timers[Timer.BACKOFF]
     later = rig.submit()
     rig.burst(WAKE, later)
+    assert rig.effects.told == []  # the rolled-back outcome is gone, not told late
     assert rig.effects.published[-1] == later.request.job_id
     assert rig.committed(later.request.job_id) == "Enqueue"  # its claim deferred
     rig.burst(SWEEP)  # the job of the lost commit is due again (at-least-once)
     assert rig.effects.published.count(job_id) == 2
     assert rig.committed(later.request.job_id) == "Preprocessing"
+    rig.burst(rig.result(job_id))  # the server's reply again, committed this time
+    assert [(o.job_id, o.status) for o in rig.effects.told] == [(job_id, Status.EXIT)]
+    assert rig.effects.log[-2:] == [
+        ("tell", job_id, "Postprocessing"),  # told once, after its commit
+        ("ack", job_id, "Postprocessing"),
+    ]
 
 
 def test_after_a_restart_stored_results_are_delivered_and_mid_publish_jobs_sent_again(

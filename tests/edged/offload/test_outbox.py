@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -442,3 +444,35 @@ def test_the_hot_queries_use_their_partial_indexes(
         str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE {where}")
     )
     assert index in plan
+
+
+def test_an_outbox_locked_by_another_process_refuses_a_job_with_an_offload_error(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock past the busy timeout: ``enqueue`` fails with
+    ``OffloadError`` naming the file (the dispatcher counts it as refused), and works again
+    once the lock is gone."""
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(OutboxConfig(path=path))
+    script = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    locker = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        with pytest.raises(OffloadError, match=rf"^outbox {path}: database is locked$"):
+            outbox.enqueue(job(1))
+    finally:
+        locker.communicate("", timeout=10)
+    try:
+        assert outbox.enqueue(job(2)).accepted
+        assert outbox.stats()["open_jobs"] == 1
+    finally:
+        outbox.close()
