@@ -23,8 +23,9 @@ result stands) and retries overdue ones with backoff; retry timers pause while t
 is down. The events that arrive together are handled in one outbox transaction (group
 commit), with the jobs they let out claimed and published in it; only after it commits
 is each closed job's outcome told (once; again only if edged dies between the two, as
-delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered),
-and only then is each reply in it acknowledged (a reply is never lost with the process).
+delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered,
+and the writes it carried wait for the next one), and only then is each reply in it
+acknowledged (a reply is never lost with the process).
 A failed burst (disk full) arms the fault-backoff timer.
 
 Three writes are left to the next transaction, so that a job's round trip does not wait
@@ -160,18 +161,60 @@ class Effects(Protocol):
         """Hand a committed outcome to the listener (whose failures are the adapter's)."""
 
 
+@dataclass
+class _Writes:
+    """The writes left to the next transaction (see the module docstring): the claims of
+    jobs published from memory (and when the first of them went out), the jobs the broker
+    acknowledged, the delivered jobs to close."""
+
+    unclaimed: list[str] = field(default_factory=list)
+    unclaimed_at: int = 0
+    acked: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    closed: int = 0  # delivered jobs a transaction closed, counted once it commits
+
+    def __bool__(self) -> bool:
+        return bool(self.unclaimed or self.acked or self.delivered)
+
+    def claimed_at(self, now: int) -> None:
+        """Jobs go out from memory now; the claims that wait keep their earlier time."""
+        if not self.unclaimed:
+            self.unclaimed_at = now
+
+    def take(self) -> _Writes:
+        """Hand what waits to a transaction (``give_back`` if it rolls back)."""
+        taken = _Writes(self.unclaimed, self.unclaimed_at, self.acked, self.delivered)
+        self.unclaimed, self.acked, self.delivered = [], [], []
+        return taken
+
+    def give_back(self, taken: _Writes) -> None:
+        """The transaction that took ``taken`` rolled back: its writes wait again."""
+        if taken.unclaimed:
+            self.unclaimed_at = taken.unclaimed_at
+        self.unclaimed = taken.unclaimed + self.unclaimed
+        self.acked = taken.acked + self.acked
+        self.delivered = taken.delivered + self.delivered
+
+
 @contextlib.contextmanager
-def _transaction(outbox: Outbox, outcomes: list[JobOutcome]) -> Iterator[None]:
-    """One outbox transaction; if it rolls back, the outcomes gathered in it go too: they
-    were never stored, and telling them later would tell them twice once their events
-    come again (the server's reply is asked for again, the sweep runs again)."""
+def _transaction(
+    outbox: Outbox, outcomes: list[JobOutcome], waiting: _Writes, counters: ClientCounters
+) -> Iterator[_Writes]:
+    """One outbox transaction, given the writes that wait. If it rolls back, the outcomes
+    gathered in it go (they were never stored, and telling them later would tell them
+    twice once their events come again: the server's reply is asked for again, the sweep
+    runs again) and the writes it took wait again (a delivered job is closed later, not
+    left in Postprocessing to be told again after a restart)."""
     gathered = len(outcomes)
+    taken = waiting.take()
     try:
         with outbox.batch():
-            yield
+            yield taken
     except BaseException:
         del outcomes[gathered:]
+        waiting.give_back(taken)
         raise
+    counters.completed += taken.closed
 
 
 class OffloadCore:
@@ -200,12 +243,7 @@ class OffloadCore:
         # last send, with their frames; with no such backlog they go out from memory.
         self._more = True
         self._fresh: list[tuple[OffloadRequest, bytes]] = []
-        # Written with the next transaction: the claims of jobs published from memory
-        # (and when they went out), the jobs the broker acknowledged, the jobs to close.
-        self._unclaimed: list[str] = []
-        self._unclaimed_at = 0
-        self._acked: list[str] = []
-        self._delivered: list[str] = []
+        self._waiting = _Writes()  # written with the next transaction
 
     @property
     def running(self) -> bool:
@@ -271,7 +309,9 @@ class OffloadCore:
         return True
 
     def _resume(self) -> None:
-        with _transaction(self._outbox, self._outcomes):
+        with _transaction(self._outbox, self._outcomes, self._waiting, self.counters) as writes:
+            self._settle(writes)  # what a failed stop left
+            self._close_delivered(writes)
             for job in self._outbox.recover():
                 self._delivering(job.id, resumed=job.status == Status.POSTPROCESSING)
         self._flush()
@@ -287,8 +327,8 @@ class OffloadCore:
             return
         try:
             # one commit for the whole burst and what it sends
-            with _transaction(self._outbox, self._outcomes):
-                self._contained(self._settle)
+            with _transaction(self._outbox, self._outcomes, self._waiting, self.counters) as writes:
+                self._contained(self._settle, writes)
                 for event in events:
                     self._contained(self._handle, event, connected)
                 if connected:
@@ -296,7 +336,7 @@ class OffloadCore:
                     self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
                 elif self._fresh:
                     self._fresh, self._more = [], True  # they wait in the outbox for the link
-                self._contained(self._close_delivered)  # after the sends: not in their way
+                self._contained(self._close_delivered, writes)  # after the sends
             self._flush()  # the outcomes are told before the acknowledgements are written
         finally:
             # Replies are acknowledged to the broker after their commit, so that a reply
@@ -325,38 +365,31 @@ class OffloadCore:
         outcomes, self._outcomes = self._outcomes, []
         for outcome in outcomes:
             self._effects.tell(outcome)
-        self._delivered.extend(o.job_id for o in outcomes if o.status == Status.EXIT)
+        self._waiting.delivered.extend(o.job_id for o in outcomes if o.status == Status.EXIT)
         self._settle_soon()
 
-    def _settle(self) -> None:
+    def _settle(self, writes: _Writes) -> None:
         """Before the burst's events: write the claims of jobs sent from memory, then the
         broker's acknowledgements (Preprocessing -> Preprocessing_complete)."""
-        if self._unclaimed:
-            self._outbox.claim_sent(self._unclaimed, self._unclaimed_at)
-            self._unclaimed = []
-        acked, self._acked = self._acked, []
-        for job_id in acked:
+        if writes.unclaimed:
+            self._outbox.claim_sent(writes.unclaimed, writes.unclaimed_at)
+        for job_id in writes.acked:
             self._outbox.mark_sent(job_id)  # not if an answer or a retry came first
 
-    def _close_delivered(self) -> None:
+    def _close_delivered(self, writes: _Writes) -> None:
         """Close the jobs delivered before this transaction (Postprocessing -> Exit)."""
-        delivered, self._delivered = self._delivered, []
-        for job_id in delivered:
-            if self._outbox.finish(job_id):
-                self.counters.completed += 1
-
-    def _pending(self) -> bool:  # writes wait for the next transaction
-        return bool(self._unclaimed or self._acked or self._delivered)
+        for job_id in writes.delivered:
+            writes.closed += self._outbox.finish(job_id)
 
     def _settle_committed(self) -> None:
-        if self._pending():
-            with _transaction(self._outbox, self._outcomes):
-                self._settle()
-                self._close_delivered()
+        if self._waiting:
+            with _transaction(self._outbox, self._outcomes, self._waiting, self.counters) as writes:
+                self._settle(writes)
+                self._close_delivered(writes)
 
     def _settle_soon(self) -> None:
         """Make sure a transaction comes within ``SETTLE_DELAY_S`` to write what waits."""
-        if Timer.SETTLE not in self._armed and self._running and self._pending():
+        if Timer.SETTLE not in self._armed and self._running and self._waiting:
             self._arm(Timer.SETTLE, SETTLE_DELAY_S)
 
     def _submitted(self, outcome: Enqueued, request: OffloadRequest, frame: bytes) -> None:
@@ -374,7 +407,7 @@ class OffloadCore:
     def _broker_has(self, job_id: str) -> None:
         """The broker acknowledged a request (PUBACK); its status is written later."""
         self._inflight.discard(job_id)
-        self._acked.append(job_id)
+        self._waiting.acked.append(job_id)
         self.counters.acked += 1
 
     def _send(self) -> None:
@@ -397,10 +430,10 @@ class OffloadCore:
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
         self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
-        self._unclaimed_at = self._clock()
+        self._waiting.claimed_at(self._clock())
         for request, frame in fresh[:room]:
             if self._publish(request.job_id, frame) is None:
-                self._unclaimed.append(request.job_id)
+                self._waiting.unclaimed.append(request.job_id)
             else:
                 self._more = True  # still Enqueue: the next send from the outbox takes it
         self._settle_soon()

@@ -452,8 +452,9 @@ def test_a_failing_commit_backs_off_and_its_outcome_is_told_once_after_a_commit(
     assert rig.effects.told == []  # the rolled-back outcome is gone, not told late
     assert rig.effects.published[-1] == later.request.job_id
     assert rig.committed(later.request.job_id) == "Enqueue"  # its claim deferred
-    rig.burst(SWEEP)  # the job of the lost commit is due again (at-least-once)
-    assert rig.effects.published.count(job_id) == 2
+    assert rig.committed(job_id) == "Preprocessing"  # the rolled-back claim, written now
+    rig.burst(SWEEP)
+    assert rig.effects.published.count(job_id) == 1  # not overdue: not sent again
     assert rig.committed(later.request.job_id) == "Preprocessing"
     rig.burst(rig.result(job_id))  # the server's reply again, committed this time
     assert [(o.job_id, o.status) for o in rig.effects.told] == [(job_id, Status.EXIT)]
@@ -461,6 +462,43 @@ def test_a_failing_commit_backs_off_and_its_outcome_is_told_once_after_a_commit(
         ("tell", job_id, "Postprocessing"),  # told once, after its commit
         ("ack", job_id, "Postprocessing"),
     ]
+
+
+def test_writes_carried_by_a_failing_commit_wait_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path)
+    rig.core.start()
+    rig.burst(WAKE)
+    delivered, acked, fresh = rig.submit(), rig.submit(), rig.submit()
+    rig.burst(delivered, acked)
+    rig.burst(rig.result(delivered.request.job_id), Puback(acked.request.job_id))
+    assert rig.committed(delivered.request.job_id) == "Postprocessing"  # its close waits
+    real = rig.outbox.batch
+
+    @contextlib.contextmanager
+    def full_disk() -> Iterator[None]:
+        with real():
+            yield
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(rig.outbox, "batch", full_disk)
+    assert rig.burst(fresh) is False  # carries the close and the acknowledgement
+    assert rig.committed(delivered.request.job_id) == "Postprocessing"
+    monkeypatch.setattr(rig.outbox, "batch", real)
+    rig.core.fired(Timer.BACKOFF)
+    del rig.effects.timers[Timer.BACKOFF]
+    rig.burst(WAKE)
+    assert rig.committed(delivered.request.job_id) == "Exit"
+    assert rig.committed(acked.request.job_id) == "Preprocessing_complete"
+    assert rig.core.counters.completed == 1
+    rig.close()
+    again = Rig(tmp_path)  # a restart tells nothing twice
+    try:
+        again.core.start()
+        assert again.effects.told == []
+    finally:
+        again.close()
 
 
 def test_after_a_restart_stored_results_are_delivered_and_mid_publish_jobs_sent_again(
