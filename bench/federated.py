@@ -32,16 +32,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edged.federation.adoption import HeadSlot
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
-from edged.federation.trainer import TrainSettings, accuracy, init_head, train
+from edged.federation.service import EdgeFederation
+from edged.federation.trainer import TrainSettings, accuracy, train
+from edgefed.clock import now_ms
 from edgefed.federation_upload import Upload
 from edgefed.federation_wire import (
     FederationTopics,
     ReceivedModel,
     RoundOpen,
+    SampleOffer,
     TrainConfig,
     decode,
     decode_params,
+    encode,
     encode_params,
+    init_head,
 )
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
@@ -51,6 +56,7 @@ from edgefed.wire import new_job_id
 from serverd.federation.aggregate import AggregationSettings
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.rounds import Federation, RoundSettings
+from serverd.federation.service import FederationService
 
 ROBUST = AggregationSettings(strategy="krum", krum_malicious=1, krum_keep=3)
 TRAIN = TrainConfig(epochs=3, learning_rate=0.1)
@@ -93,6 +99,9 @@ class Poisoner:
     def start(self) -> None:
         self.mqtt.subscribe(self.topics.round(self.model), self._on_message)
         self.mqtt.subscribe(self.topics.model(self.model), self._on_message)
+        samples = {self.model: len(self.data[1])}
+        offer = SampleOffer(samples=samples, training_allowed=True, sent_ms=now_ms())
+        self.mqtt.publish(self.topics.samples("poisoner"), encode(offer), retain=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -163,23 +172,16 @@ class Site:
             self.data.name, 1, init_head(self.data.features, self.data.classes), settings
         )
         self.coordinator = Coordinator(server, topics, fed, self.key, TRAIN, max_chunk_bytes=16384)
-        self.coordinator.start()
-        self.edges: list[Participant] = []
+        self.service = FederationService(server, topics, [self.coordinator])
+        self.service.start()
+        self.devices: list[EdgeFederation] = []
         for name, (x, y) in zip(names, self.data.edges, strict=True):
-            store = SampleStore(self.directory / f"{name}.db", holdout_every=10)
+            device = self._device(name, topics)
             for features, label in zip(x, y, strict=True):
-                store.add(self.data.name, features, int(label), "operator")
-            edge = Participant(
-                self._client(name),
-                topics,
-                name,
-                self.data.name,
-                store,
-                HeadSlot(),
-                [self.key.public_key()],
-            )
-            edge.start()
-            self.edges.append(edge)
+                device.add(self.data.name, features, int(label), "operator")
+            device.start()
+            self.devices.append(device)
+        self.edges = [d.participants[self.data.name] for d in self.devices]
         self.poisoner = (
             Poisoner(self._client("poisoner"), topics, self.data.name, self.data.edges[0])
             if self.poisoned
@@ -192,11 +194,30 @@ class Site:
         wait_until("every edge on v1", lambda: self.versions() == [1] * len(self.edges))
         return self
 
+    def _device(self, name: str, topics: FederationTopics) -> EdgeFederation:
+        """One edge's federation as edged builds it: store, participant, sample offers."""
+        store = SampleStore(self.directory / f"{name}.db", holdout_every=10)
+        mqtt = self._client(name)
+        allowed = threading.Event()
+        allowed.set()
+        participant = Participant(
+            mqtt,
+            topics,
+            name,
+            self.data.name,
+            store,
+            HeadSlot(),
+            [self.key.public_key()],
+            allowed=allowed.is_set,
+        )
+        classes = {self.data.name: [str(c) for c in range(self.data.classes)]}
+        return EdgeFederation(mqtt, topics, name, store, [participant], classes, allowed)
+
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for edge in self.edges:
-            edge.stop()
+        for device in self.devices:
+            device.stop()
         if self.poisoner is not None:
             self.poisoner.stop()
         for client in self.clients:
@@ -212,10 +233,11 @@ class Site:
         return [e.slot.current.version if e.slot.current else None for e in self.edges]
 
     def run_round(self) -> None:
-        available = {f"edge-{i}": e.store.count(self.data.name) for i, e in enumerate(self.edges)}
-        if self.poisoner is not None:
-            available["poisoner"] = len(self.data.edges[0][1])
-        self.coordinator.open_round(available)
+        """One round over the devices that offered samples (the edges, and the poisoner)."""
+        wanted = len(self.edges) + (self.poisoner is not None)
+        offered = self.service.available
+        wait_until("every device's offer", lambda: len(offered(self.data.name)) == wanted)
+        self.service.start_round(self.data.name)
         outcome = wait_until("the round to close", self.coordinator.poll, timeout=120)
         if outcome.version is None:
             raise RuntimeError(f"round failed: {outcome.record()}")

@@ -174,6 +174,7 @@ class EdgedApp:
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
+        self.federation = wiring.federation(config, self.mqtt)
         record_sinks: list[RecordSink] = []
         if self._jsonl is not None:
             record_sinks.append(self._jsonl.write)
@@ -198,14 +199,22 @@ class EdgedApp:
             listeners=listeners,
             object_listeners=[self.objects],
         )
-        self.runtime = wiring.runtime_config(config, self.pipeline, self.offload)
+        self.runtime = wiring.runtime_config(config, self.pipeline, self.offload, self.federation)
         self.twin = wiring.twin(config, self.mqtt, self.runtime, self.eventbus, self._readings)
         self.dmi = wiring.dmi(config, self.runtime, self.eventbus, self._readings)
         self.services: list[Service] = [
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
-        optional = (self.offload, self.eventbus, self.twin, self.dmi, self.net, self._api())
+        optional = (
+            self.offload,
+            self.eventbus,
+            self.federation,
+            self.twin,
+            self.dmi,
+            self.net,
+            self._api(),
+        )
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None

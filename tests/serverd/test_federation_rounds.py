@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edged.federation.trainer import TrainSettings, accuracy, init_head, train
+from edged.federation.trainer import TrainSettings, accuracy, train
+from edgefed.federation_wire import init_head
 from edgefed.errors import FederationError
 from edgefed.testing.datasets import digits, non_iid_split, train_test_split
 from serverd.federation.aggregate import AggregationSettings, Params
