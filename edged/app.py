@@ -256,6 +256,7 @@ class EdgedApp:
             offload_results=self.offload_results if self.offload is not None else None,
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
             objects=self.objects,
+            federation=self.federation,
         )
         return ApiServer(self.config.api, sources)
 

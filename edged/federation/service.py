@@ -71,6 +71,13 @@ class EdgeFederation:
             participant.stop()
         self.store.close()
 
+    def models(self) -> list[str]:
+        return list(self.participants)
+
+    def samples(self, model: str) -> int:
+        """Samples of ``model`` to train on (the held-back slice excluded)."""
+        return self.store.count(model)
+
     def add_label(self, model: str, features: np.ndarray, label: str | int) -> int:
         """Store an operator's labelled sample (a class name or index); ``FederationError``
         says why not and stores nothing."""
@@ -102,7 +109,7 @@ class EdgeFederation:
     def offer(self) -> SampleOffer:
         allowed = self.allowed()
         return SampleOffer(
-            samples={m: self.store.count(m) if allowed else 0 for m in self.participants},
+            samples={m: self.samples(m) if allowed else 0 for m in self.participants},
             training_allowed=allowed,
             sent_ms=self.clock(),
         )
