@@ -177,8 +177,7 @@ def build_openapi(models: list[str]) -> dict[str, Any]:
                     "400": _error("Not a sample, an unknown class, or features of another length"),
                     "401": _error("No bearer token"),
                     "403": _error("Wrong token, or no token configured on the device"),
-                    "404": _error("The model is not federated on this device"),
-                    "503": _error("Federated learning is not enabled on this device"),
+                    "404": _error("The model is not federated here, or federation is off"),
                 },
             }
         },

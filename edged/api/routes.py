@@ -177,7 +177,7 @@ class Routes:
         check_bearer(request.headers.get("Authorization"), self._token)
         federation = self._src.federation
         if federation is None:
-            raise reject(503, "unavailable", "federated learning is not enabled on this device")
+            raise reject(404, "not_found", "federated learning is not enabled on this device")
         try:
             sample = SampleIn.model_validate_json(await request.read())
         except ValidationError as exc:

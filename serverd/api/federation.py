@@ -3,7 +3,7 @@
 ``GET /api/v1/federation`` and ``GET /api/v1/federation/{model}/history`` read;
 ``POST /api/v1/federation/{model}/rounds`` opens a round behind the bearer token. With
 federation off (or not started yet) the reads say ``enabled: false`` and a round is
-refused with 503.
+refused with 404.
 """
 
 from __future__ import annotations
@@ -64,5 +64,5 @@ class FederationRoutes:
     def _running(self) -> FederationService:
         service = self._federation()
         if service is None:
-            raise reject(503, "disabled", "federation is not enabled or not started")
+            raise reject(404, "not_found", "federation is not enabled or not started")
         return service

@@ -128,8 +128,7 @@ def _federation_paths() -> dict[str, Any]:
                 "parameters": [_MODEL_PARAM],
                 "responses": {
                     "200": _json(history, "closed rounds, oldest first"),
-                    "404": _error("model not federated here"),
-                    "503": _error("federation not enabled"),
+                    "404": _error("model not federated here, or federation not enabled"),
                 },
             }
         },
@@ -141,9 +140,8 @@ def _federation_paths() -> dict[str, Any]:
                     "201": _json(opened, "the round opened (as published to the edges)"),
                     "401": _error("no bearer token"),
                     "403": _error("wrong token, or none configured"),
-                    "404": _error("model not federated here"),
+                    "404": _error("model not federated here, or federation not enabled"),
                     "409": _error("a round is open, or too few devices offer samples"),
-                    "503": _error("federation not enabled"),
                 },
             }
         },
