@@ -11,6 +11,8 @@ strategy multi-Krum); ``bytes_per_round_per_edge`` (update frames received per r
 edge) and ``round_s`` (mean seconds from opening to closing a round).
 
 Model ``digits``: a softmax head on the pixels of scikit-learn's bundled handwritten digits.
+Model ``person``: a person/background head on EfficientNet-Lite0 features of vtest.avi
+crops labelled by the person detector (``bench.crops``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from types import TracebackType
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.crops import CLASSES, person_crops
 from edged.federation.adoption import HeadSlot
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
@@ -81,6 +84,17 @@ def digits_data() -> Data:
     xtr, ytr, xte, yte = train_test_split(x, y, test_share=0.2, seed=0)
     parts = non_iid_split(ytr, edges=3, own_share=0.8, seed=1)
     return Data("digits", DIGIT_FEATURES, 10, [(xtr[p], ytr[p]) for p in parts], (xte, yte))
+
+
+def person_data() -> Data:
+    """Model ``person``: a person/background head on EfficientNet-Lite0 features of
+    vtest.avi crops labelled by the person detector (``bench.crops``), split non-IID."""
+    x, y = person_crops()
+    xtr, ytr, xte, yte = train_test_split(x, y, test_share=0.2, seed=0)
+    # 90%: one edge sees mostly background, one mostly people, one a few of each
+    parts = non_iid_split(ytr, edges=3, own_share=0.9, seed=1)
+    edges = [(xtr[p], ytr[p]) for p in parts]
+    return Data("person", x.shape[1], len(CLASSES), edges, (xte, yte))
 
 
 class Poisoner:
@@ -300,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="rounds per federation")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="bench-federated-") as tmp:
-        models = [measure(digits_data(), args.rounds, Path(tmp))]
+        models = [
+            measure(data(), args.rounds, Path(tmp) / name)
+            for name, data in (("digits", digits_data), ("person", person_data))
+        ]
     print(json.dumps({"models": models}))
     return 0

@@ -239,7 +239,7 @@ class ServerdApp:
                 on_done=self.metrics.observe,
             )
             self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
-            self.federation = federation.build(cfg.federation, self.mqtt, own.prefix)
+            self.federation = federation.build(cfg.federation, self.mqtt, own.prefix, cfg.state_dir)
             if self.federation is not None:
                 self.federation.start()
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off

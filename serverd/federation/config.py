@@ -11,6 +11,7 @@ from edgefed.federation_wire import TrainConfig, init_head
 from edgefed.wire import MODEL_PATTERN
 from serverd.federation.aggregate import AggregationSettings, StrategyName
 from serverd.federation.rounds import Federation, RoundSettings
+from serverd.federation.versions import VersionFiles
 
 
 class FederatedModelConfig(Strict):
@@ -94,9 +95,14 @@ class FederationConfig(Strict):
             aggregation=self.strategy.settings(),
         )
 
-    def federations(self) -> list[Federation]:
-        """Each model's federation from version 1: a zero head, the same on every edge."""
-        return [
-            Federation(m.name, 1, init_head(m.features, len(m.classes)), self.round_settings())
-            for m in self.models
-        ]
+    def federations(self, versions: VersionFiles) -> list[Federation]:
+        """Each model's federation from its saved version, or from version 1: a zero
+        head, the same on every edge (also when the saved head has another shape)."""
+        out = []
+        for m in self.models:
+            head = init_head(m.features, len(m.classes))
+            version, params = versions.load(m.name) or (1, head)
+            if [p.shape for p in params] != [p.shape for p in head]:
+                version, params = 1, head
+            out.append(Federation(m.name, version, params, self.round_settings()))
+        return out

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgefed.clock import Clock, now_ms
@@ -37,6 +38,7 @@ from edgefed.mqtt import MqttClient
 from serverd.federation.config import FederationConfig
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.rounds import Phase
+from serverd.federation.versions import VersionFiles
 
 log = logging.getLogger("serverd.federation")
 
@@ -60,10 +62,12 @@ class FederationService:
         offer_ttl_ms: int = 120_000,
         interval_ms: int | None = None,
         clock: Clock = now_ms,
+        versions: VersionFiles | None = None,
     ) -> None:
         self.mqtt, self.topics = mqtt, topics
         self.coordinators = {c.federation.model: c for c in coordinators}
         self.offer_ttl_ms, self.interval_ms, self.clock = offer_ttl_ms, interval_ms, clock
+        self.versions = versions
         self.counters = ServiceCounters()
         self._offers: dict[str, SampleOffer] = {}
         self._last_open: dict[str, int] = {}
@@ -105,7 +109,9 @@ class FederationService:
         """Close due rounds; open the next one of an idle model when ``interval_ms`` says."""
         now = self.clock()
         for model, coordinator in self.coordinators.items():
-            coordinator.poll()
+            outcome = coordinator.poll()
+            if outcome and outcome.version and outcome.params and self.versions is not None:
+                self.versions.save(model, outcome.version, outcome.params)
             due = self._last_open.get(model, 0) + (self.interval_ms or 0)
             idle = coordinator.federation.phase is Phase.IDLE
             if self.interval_ms is not None and idle and now >= due:
@@ -176,9 +182,12 @@ class FederationService:
                 self._offers.pop(device, None)
 
 
-def build(config: FederationConfig, mqtt: MqttClient, prefix: str) -> FederationService | None:
-    """serverd's federation service from its config section (None when disabled); a
-    missing or unreadable signing key is a ``ConfigError``."""
+def build(
+    config: FederationConfig, mqtt: MqttClient, prefix: str, state_dir: Path
+) -> FederationService | None:
+    """serverd's federation service from its config section (None when disabled), each
+    model from its version saved under ``state_dir``; a missing or unreadable signing
+    key is a ``ConfigError``."""
     if not config.enabled or config.signing_key is None:
         return None
     try:
@@ -186,12 +195,14 @@ def build(config: FederationConfig, mqtt: MqttClient, prefix: str) -> Federation
     except ImageError as exc:
         raise ConfigError(f"federation.signing_key: {exc}") from exc
     topics = FederationTopics(prefix)
+    versions = VersionFiles(state_dir / "federation")
     coordinators = [
         Coordinator(mqtt, topics, fed, key, config.train, config.max_chunk_bytes)
-        for fed in config.federations()
+        for fed in config.federations(versions)
     ]
     interval = None if config.interval_s is None else int(config.interval_s * 1000)
-    return FederationService(mqtt, topics, coordinators, int(config.offer_ttl_s * 1000), interval)
+    ttl = int(config.offer_ttl_s * 1000)
+    return FederationService(mqtt, topics, coordinators, ttl, interval, versions=versions)
 
 
 async def run_ticks(service: FederationService, stop: asyncio.Event, period_s: float = 0.5) -> None:
