@@ -55,6 +55,13 @@ class Fleet:
     edge_urls: dict[str, str]
     seen: queue.Queue[tuple[str, bytes]]
     env: dict[str, str]
+    processes: list[subprocess.Popen[bytes]]  # serverd first
+    serverd: tuple[list[str], Path]  # its command and working directory
+
+    def restart_serverd(self) -> None:
+        self.processes[0].terminate()
+        assert self.processes[0].wait(30) == 0
+        self.processes[0] = _spawn(*self.serverd, self.env)
 
     def serverd_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "serverd", "federation", *args, "--url", self.server_url]
@@ -75,7 +82,7 @@ class Fleet:
 
 
 def _spawn(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = (cwd / "daemon.log").open("wb")
+    log = (cwd / "daemon.log").open("ab")
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -160,7 +167,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 edged.append(str(_edged(tmp, broker, device, public, port)))
                 processes.append(_spawn(edged, tmp, env))
                 urls[device] = f"http://127.0.0.1:{port}"
-            fleet = Fleet(broker, digits_data(), f"http://127.0.0.1:{server_port}", urls, seen, env)
+            server_url = f"http://127.0.0.1:{server_port}"
+            server = (serverd, root / "serverd")
+            fleet = Fleet(broker, digits_data(), server_url, urls, seen, env, processes, server)
             wait_until("every edge on v1", lambda: _quiet(fleet.versions) == [1, 1, 1], 120)
             with ThreadPoolExecutor(3) as pool:
                 labelled = [
@@ -211,6 +220,10 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     rounds = json.loads(history.stdout)["rounds"]
     assert [r["version"] for r in rounds] == list(range(2, ROUNDS + 2))
     assert all(r["accepted"] == EDGES for r in rounds)
+    status = fleet.serverd_cli("status")
+    assert status.returncode == 0, status.stderr
+    assert f"digits: v{ROUNDS + 1} idle, round {ROUNDS}, {ROUNDS} done, 0 failed" in status.stdout
+    assert f"{EDGES[0]} v{ROUNDS + 1} adopted" in status.stdout
     params = _published_params(fleet)
     federated = accuracy(params, *fleet.data.test)
     centralised, best_local = baselines(fleet.data, ROUNDS)
@@ -275,6 +288,15 @@ def test_the_twin_switch_takes_a_device_out_of_the_rounds(fleet: Fleet) -> None:
         on = call(edge + "/api/v1/config", "PUT", b'{"federated_training": true}', AUTH)
         assert on.status == 200
     wait_until("the device offers again", lambda: len(_allowed(fleet)) == 3, 30)
+
+
+def test_a_restarted_serverd_goes_on_from_its_newest_version(fleet: Fleet) -> None:
+    fleet.restart_serverd()
+    newest = ROUNDS + 1
+    wait_until("serverd back", lambda: _quiet(lambda: fleet.offers()) is not None, 60)
+    version = call(fleet.server_url + "/api/v1/federation").json()["models"]["digits"]["version"]
+    assert version == newest
+    _round(fleet, newest)  # the edges still serve it, so they train from it and adopt the next
 
 
 def test_an_operator_label_for_an_unknown_class_or_model_is_refused(fleet: Fleet) -> None:
