@@ -26,8 +26,18 @@ import yaml
 from bench.federated import TRAIN, Data, baselines, digits_data
 from edged.federation.trainer import accuracy
 from edgefed.federation_upload import Reassembler
-from edgefed.federation_wire import Received, ReceivedModel, decode, decode_params
-from edgefed.images.signing import generate_key_pair
+from edgefed.federation_wire import (
+    GlobalModel,
+    Received,
+    ReceivedModel,
+    decode,
+    decode_params,
+    encode,
+    encode_params,
+    sha256_hex,
+    signed_text,
+)
+from edgefed.images.signing import generate_key_pair, load_private_key, sign
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.ports import free_port
 from edgefed.testing.broker import Broker
@@ -57,6 +67,7 @@ class Fleet:
     env: dict[str, str]
     processes: list[subprocess.Popen[bytes]]  # serverd first
     serverd: tuple[list[str], Path]  # its command and working directory
+    signing_key: Path
 
     def restart_serverd(self) -> None:
         self.processes[0].terminate()
@@ -169,7 +180,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 urls[device] = f"http://127.0.0.1:{port}"
             server_url = f"http://127.0.0.1:{server_port}"
             server = (serverd, root / "serverd")
-            fleet = Fleet(broker, digits_data(), server_url, urls, seen, env, processes, server)
+            fleet = Fleet(
+                broker, digits_data(), server_url, urls, seen, env, processes, server, private
+            )
             wait_until("every edge on v1", lambda: _quiet(fleet.versions) == [1, 1, 1], 120)
             with ThreadPoolExecutor(3) as pool:
                 labelled = [
@@ -297,6 +310,41 @@ def test_a_restarted_serverd_goes_on_from_its_newest_version(fleet: Fleet) -> No
     version = call(fleet.server_url + "/api/v1/federation").json()["models"]["digits"]["version"]
     assert version == newest
     _round(fleet, newest)  # the edges still serve it, so they train from it and adopt the next
+
+
+def test_a_worse_version_is_refused_and_the_served_one_keeps_serving(fleet: Fleet) -> None:
+    """A version signed by serverd's key but worse on the edges' held-back slices (an
+    all-zero head) is refused by every edge, which says why and keeps its version."""
+    served = fleet.versions()
+    worse = served[0] + 10
+    body = encode_params([np.zeros((DIGIT_FEATURES, 10), np.float32), np.zeros(10, np.float32)])
+    digest = sha256_hex(body)
+    key = load_private_key(fleet.signing_key)
+    header = GlobalModel(
+        model="digits",
+        version=worse,
+        round=1,
+        sha256=digest,
+        signature=sign(key, signed_text("digits", worse, digest)).hex(),
+    )
+    sender = MqttClient(MqttConfig(host=fleet.broker.host, port=fleet.broker.port, client_id="w"))
+    sender.start()
+    try:
+        assert sender.wait_connected(10)
+        sender.publish("edgefed/federation/model/digits", encode(header, body)).wait(10)
+    finally:
+        sender.stop()
+
+    def refusals() -> dict[str, Any] | None:
+        fed = call(fleet.server_url + "/api/v1/federation").json()["models"]["digits"]
+        reports = {d: r for d, r in fed["adoptions"].items() if r["version"] == worse}
+        return reports if len(reports) == 3 else None
+
+    reports = wait_until("three refusals", refusals, 30)
+    assert all(not r["adopted"] and "held-back accuracy" in r["reason"] for r in reports.values())
+    assert fleet.versions() == served
+    for device in EDGES:
+        assert "held-back accuracy" in fleet.edge_status(device)["models"]["digits"]["last_reason"]
 
 
 def test_an_operator_label_for_an_unknown_class_or_model_is_refused(fleet: Fleet) -> None:
