@@ -21,6 +21,7 @@ from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.events import ObjectEvents
+from edged.offload.core import JobOutcome
 from edged.offload.outcomes import OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
@@ -174,14 +175,20 @@ class EdgedApp:
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)
-        self.federation = wiring.federation(config, self.mqtt)
         record_sinks: list[RecordSink] = []
         if self._jsonl is not None:
             record_sinks.append(self._jsonl.write)
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
-        self.offload = wiring.offload(config, self.net, self._queue_depth, self.offload_results)
+        self.federation = wiring.federation(config, self.mqtt)
+        self.offload = wiring.offload(
+            config,
+            self.net,
+            self._queue_depth,
+            self._on_outcome,
+            self.federation.on_offload if self.federation is not None else None,
+        )
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
         listeners = []
@@ -218,6 +225,12 @@ class EdgedApp:
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None
+
+    def _on_outcome(self, outcome: JobOutcome) -> None:
+        """A closed offload job: recorded, and a hard example for the federation."""
+        self.offload_results(outcome)
+        if self.federation is not None:
+            self.federation.on_outcome(outcome)
 
     def _queue_depth(self, model: str) -> int:
         worker = self.pipeline.workers.get(model)

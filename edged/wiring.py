@@ -17,7 +17,7 @@ from edged.federation import service as federation_service
 from edged.federation.service import EdgeFederation
 from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient, OutcomeListener
-from edged.offload.dispatch import OffloadDispatcher
+from edged.offload.dispatch import OffloadDispatcher, SubmitListener
 from edged.offload.outbox import Outbox
 from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
@@ -75,13 +75,15 @@ def offload(
     net: NetLoop | None,
     queue_depth: Callable[[str], int],
     on_outcome: OutcomeListener,
+    on_submit: SubmitListener | None = None,
 ) -> EdgeOffload | None:
-    """The offload path; each closed job's outcome goes to ``on_outcome``."""
+    """The offload path; each closed job's outcome goes to ``on_outcome``, each submitted
+    frame to ``on_submit``."""
     if not config.offload.enabled or net is None:
         return None
     outbox = Outbox(config.offload.outbox)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome)
-    dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
+    dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)
     return EdgeOffload(outbox, client, dispatcher)
 
 
@@ -96,6 +98,7 @@ def federation(config: EdgedConfig, mqtt: MqttClient | None) -> EdgeFederation |
         config.offload.client.prefix,
         config.state_dir,
         config.images.trusted_keys,
+        config.images.dir,
     )
 
 

@@ -18,6 +18,26 @@ class FederatedModelConfig(Strict):
     classes: list[str] = Field(
         min_length=2, max_length=10000, description="Class names, in the head's order"
     )
+    hard_examples: HardExampleConfig | None = Field(
+        None, description="Store serverd's answers to offloaded frames as samples"
+    )
+
+
+class HardExampleConfig(Strict):
+    """The joint-inference loop feeding a federated model: frames offloaded for
+    ``offload_model`` are stored with serverd's top class as their label."""
+
+    offload_model: str = Field(
+        pattern=MODEL_PATTERN, description="Model whose offloaded frames become samples"
+    )
+    image: str = Field(
+        "efficientnet_lite0",
+        description="Model image whose declared trainable features a sample stores "
+        "(a name under images.dir, or a path)",
+    )
+    min_score: float = Field(
+        0.5, ge=0, le=1, description="Server's top score needed to store a sample"
+    )
 
 
 class EdgeFederationConfig(Strict):

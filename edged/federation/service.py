@@ -20,8 +20,11 @@ import numpy as np
 
 from edged.federation.adoption import HeadSlot
 from edged.federation.config import EdgeFederationConfig
+from edged.federation.features import FeatureExtractor
+from edged.federation.hardexamples import HardExamples
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore, Source
+from edged.offload.core import JobOutcome
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import ConfigError, FederationError, ImageError
 from edgefed.federation_wire import FederationTopics, SampleOffer, encode
@@ -45,6 +48,7 @@ class EdgeFederation:
         allowed: threading.Event,
         offer_interval_s: float = 30.0,
         clock: Clock = now_ms,
+        hard_examples: Mapping[str, tuple[HardExamples, FeatureExtractor]] | None = None,
     ) -> None:
         self.mqtt, self.topics, self.device_id, self.store = mqtt, topics, device_id, store
         self.participants = {p.model: p for p in participants}
@@ -53,6 +57,7 @@ class EdgeFederation:
         self.offer_interval_s = offer_interval_s
         self.clock = clock
         self.offers_sent = 0
+        self.hard_examples = dict(hard_examples or {})  # offload model -> listener, hook
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="federation-offer", daemon=True)
@@ -90,6 +95,30 @@ class EdgeFederation:
         self.changed()
         return sample
 
+    def on_offload(self, model: str, job_id: str, frame: np.ndarray) -> None:
+        """The offload dispatcher submitted ``frame`` for ``model``: if it feeds a
+        federated model, keep the frame's features until serverd answers."""
+        hook = self.hard_examples.get(model)
+        if hook is None:
+            return
+        try:
+            hook[0].remember(job_id, hook[1](frame))
+        except Exception:  # contained: a frame the hook cannot read costs one sample
+            log.exception("federation: no features for offloaded job %s", job_id)
+
+    def on_outcome(self, outcome: JobOutcome) -> None:
+        """An offload job closed: a confident answer of the server becomes a sample."""
+        hook = self.hard_examples.get(outcome.model)
+        if hook is None:
+            return
+        before = hook[0].counters.stored
+        try:
+            hook[0](outcome)
+        except FederationError as exc:
+            log.warning("federation: hard example %s not stored: %s", outcome.job_id, exc)
+        if hook[0].counters.stored != before:
+            self.changed()
+
     def allowed(self) -> bool:
         """The ``federated_training`` twin property: may this device train now?"""
         return self._allowed.is_set()
@@ -120,6 +149,7 @@ class EdgeFederation:
             "training_allowed": self.allowed(),
             "offers_sent": self.offers_sent,
             "samples": self.store.counters.as_dict(),
+            "hard_examples": {m: h.counters.as_dict() for m, (h, _) in self.hard_examples.items()},
             "models": {m: p.status() for m, p in self.participants.items()},
         }
 
@@ -158,6 +188,7 @@ def build(
     prefix: str,
     state_dir: Path,
     trusted_keys: Sequence[Path],
+    images_dir: Path,
 ) -> EdgeFederation:
     """The device's federation from its config section; an unreadable store or key is
     a ``ConfigError``."""
@@ -181,6 +212,30 @@ def build(
         for m in config.models
     ]
     classes = {m.name: m.classes for m in config.models}
+    hard = {
+        m.hard_examples.offload_model: (
+            HardExamples(store, m.name, m.classes, m.hard_examples.min_score),
+            _extractor(images_dir, m.hard_examples.image, trusted_keys),
+        )
+        for m in config.models
+        if m.hard_examples is not None
+    }
     return EdgeFederation(
-        mqtt, topics, device_id, store, participants, classes, allowed, config.offer_interval_s
+        mqtt,
+        topics,
+        device_id,
+        store,
+        participants,
+        classes,
+        allowed,
+        config.offer_interval_s,
+        hard_examples=hard,
     )
+
+
+def _extractor(images_dir: Path, image: str, trusted_keys: Sequence[Path]) -> FeatureExtractor:
+    path = Path(image) if "/" in image else images_dir / image
+    try:
+        return FeatureExtractor.of_image(path, trusted_keys)
+    except ImageError as exc:
+        raise ConfigError(f"federation.models[].hard_examples.image: {exc}") from exc
