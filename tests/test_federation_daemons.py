@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.federated import TRAIN, Data, baselines, digits_data
+from bench.federated import TRAIN, Data, Poisoner, baselines, digits_data
 from edged.federation.trainer import accuracy
 from edgefed.federation_upload import Reassembler
 from edgefed.federation_wire import (
+    FederationTopics,
     GlobalModel,
     Received,
     ReceivedModel,
@@ -43,6 +44,7 @@ from edgefed.ports import free_port
 from edgefed.testing.broker import Broker
 from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
+from edgefed.wire import new_job_id
 from tests.edged.api.httpclient import call
 from tests.support.configs import demo_config
 from tests.support.paths import REPO
@@ -237,7 +239,7 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     assert status.returncode == 0, status.stderr
     assert f"digits: v{ROUNDS + 1} idle, round {ROUNDS}, {ROUNDS} done, 0 failed" in status.stdout
     assert f"{EDGES[0]} v{ROUNDS + 1} adopted" in status.stdout
-    params = _published_params(fleet)
+    params = _published_params(fleet, ROUNDS + 1)
     federated = accuracy(params, *fleet.data.test)
     centralised, best_local = baselines(fleet.data, ROUNDS)
     assert federated >= centralised - 0.02, (federated, centralised)
@@ -253,8 +255,9 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     assert time.monotonic() - started < 600
 
 
-def _published_params(fleet: Fleet) -> list[np.ndarray]:
-    spy = MqttClient(MqttConfig(host=fleet.broker.host, port=fleet.broker.port, client_id="v"))
+def _published_params(fleet: Fleet, version: int) -> list[np.ndarray]:
+    reader = f"reader-{new_job_id()}"  # a new session: only the retained message comes
+    spy = MqttClient(MqttConfig(host=fleet.broker.host, port=fleet.broker.port, client_id=reader))
     got: queue.Queue[bytes] = queue.Queue()
     spy.subscribe("edgefed/federation/model/digits", lambda _t, payload: got.put(payload))
     spy.start()
@@ -262,7 +265,7 @@ def _published_params(fleet: Fleet) -> list[np.ndarray]:
         message = decode(got.get(timeout=10))  # the retained newest version
     finally:
         spy.stop()
-    assert isinstance(message, ReceivedModel) and message.model.version == ROUNDS + 1
+    assert isinstance(message, ReceivedModel) and message.model.version == version
     return decode_params(message.body)
 
 
@@ -310,6 +313,36 @@ def test_a_restarted_serverd_goes_on_from_its_newest_version(fleet: Fleet) -> No
     version = call(fleet.server_url + "/api/v1/federation").json()["models"]["digits"]["version"]
     assert version == newest
     _round(fleet, newest)  # the edges still serve it, so they train from it and adopt the next
+
+
+def test_a_poisoned_edge_is_neutralised_by_serverds_robust_strategy(fleet: Fleet) -> None:
+    """A fourth, hostile edge offers samples and sends its honest update reversed and
+    scaled twentyfold every round; serverd's multi-Krum keeps the accuracy."""
+    start = fleet.versions()[0]
+    assert start is not None
+    clean = accuracy(_published_params(fleet, start), *fleet.data.test)
+    client = MqttClient(
+        MqttConfig(host=fleet.broker.host, port=fleet.broker.port, client_id="poisoner")
+    )
+    poisoner = Poisoner(client, FederationTopics(), "digits", fleet.data.edges[0])
+    poisoner.start()
+    client.start()
+    try:
+        wait_until("four offers", lambda: len(_allowed(fleet)) == 4, 30)
+        for version in range(start, start + 5):
+            answer = call(fleet.server_url + "/api/v1/federation/digits/rounds", "POST", b"", AUTH)
+            assert answer.status == 201 and "poisoner" in answer.json()["participants"]
+            wait_until(
+                f"every edge on v{version + 1}",
+                lambda v=version: fleet.versions() == [v + 1] * 3,
+                90,
+            )
+    finally:
+        poisoner.stop()
+        client.publish(FederationTopics().samples("poisoner"), b"", retain=True).wait(10)
+        client.stop()
+    attacked = accuracy(_published_params(fleet, start + 5), *fleet.data.test)
+    assert attacked >= clean - 0.02, (attacked, clean)
 
 
 def test_a_worse_version_is_refused_and_the_served_one_keeps_serving(fleet: Fleet) -> None:

@@ -74,12 +74,20 @@ class FederationService:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Subscribe (before the connection comes up) and publish every current version."""
+        """Subscribe (before the connection comes up); every current version is published
+        on each (re)connect, so the retained one is serverd's newest after a broker
+        restart too."""
         self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
         self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
         self.mqtt.subscribe(self.topics.filter("samples"), self._on_offer)
-        for coordinator in self.coordinators.values():
-            coordinator.announce()
+        self.mqtt.add_connection_listener(self._on_connection)
+        if self.mqtt.connected:
+            self._on_connection(True)
+
+    def _on_connection(self, connected: bool) -> None:
+        if connected:
+            for coordinator in self.coordinators.values():
+                coordinator.announce()
 
     def coordinator(self, model: str) -> Coordinator:
         try:
