@@ -21,6 +21,7 @@ from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.events import ObjectEvents
+from edged.offload.core import JobOutcome
 from edged.offload.outcomes import OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
@@ -180,7 +181,14 @@ class EdgedApp:
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
-        self.offload = wiring.offload(config, self.net, self._queue_depth, self.offload_results)
+        self.federation = wiring.federation(config, self.mqtt)
+        self.offload = wiring.offload(
+            config,
+            self.net,
+            self._queue_depth,
+            self._on_outcome,
+            self.federation.on_offload if self.federation is not None else None,
+        )
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]
         listeners = []
@@ -198,17 +206,31 @@ class EdgedApp:
             listeners=listeners,
             object_listeners=[self.objects],
         )
-        self.runtime = wiring.runtime_config(config, self.pipeline, self.offload)
+        self.runtime = wiring.runtime_config(config, self.pipeline, self.offload, self.federation)
         self.twin = wiring.twin(config, self.mqtt, self.runtime, self.eventbus, self._readings)
         self.dmi = wiring.dmi(config, self.runtime, self.eventbus, self._readings)
         self.services: list[Service] = [
             self.pipeline,
             Summary(self.pipeline, config.output.summary_interval_s),
         ]
-        optional = (self.offload, self.eventbus, self.twin, self.dmi, self.net, self._api())
+        optional = (
+            self.offload,
+            self.eventbus,
+            self.federation,
+            self.twin,
+            self.dmi,
+            self.net,
+            self._api(),
+        )
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None
+
+    def _on_outcome(self, outcome: JobOutcome) -> None:
+        """A closed offload job: recorded, and a hard example for the federation."""
+        self.offload_results(outcome)
+        if self.federation is not None:
+            self.federation.on_outcome(outcome)
 
     def _queue_depth(self, model: str) -> int:
         worker = self.pipeline.workers.get(model)
@@ -247,6 +269,7 @@ class EdgedApp:
             offload_results=self.offload_results if self.offload is not None else None,
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
             objects=self.objects,
+            federation=self.federation,
         )
         return ApiServer(self.config.api, sources)
 

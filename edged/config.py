@@ -19,6 +19,7 @@ from drivers.fallback import ChainEntry
 from edged.api.config import ApiConfig
 from edged.capture import CameraConfig
 from edged.eventbus import EventBusConfig
+from edged.federation.config import EdgeFederationConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
 from edged.perception import PerceptionConfig
@@ -162,6 +163,10 @@ class EdgedConfig(Strict):
         default_factory=PerceptionConfig,
         description="Region planning and tracking for the model with regions: planned",
     )
+    federation: EdgeFederationConfig = Field(
+        default_factory=EdgeFederationConfig,
+        description="Federated learning: train on this device's samples, adopt new versions",
+    )
 
     @field_validator("drivers", mode="before")
     @classmethod
@@ -200,6 +205,8 @@ class EdgedConfig(Strict):
         types = [d.type for d in self.drivers]
         if len(set(types)) != len(types):
             raise ValueError("each driver type may be configured once")
+        if self.federation.enabled and self.mqtt is None:
+            raise ValueError("federation.enabled needs an mqtt section (the broker to serverd)")
         if self.offload.enabled and self.mqtt is None:
             raise ValueError("offload.enabled needs an mqtt section (the broker to serverd)")
         if self.dmi.enabled and self.mqtt is not None and self.twin.enabled:

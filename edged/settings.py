@@ -51,6 +51,9 @@ class RuntimeSettings(BaseModel):
     )
     offload_policy: OffloadPolicyName = Field(description="When work leaves for serverd")
     log_level: LogLevel = Field(description="Daemon log level")
+    federated_training: bool = Field(
+        default=True, description="Whether this device may train in federation rounds"
+    )
 
     @field_validator("enabled_models", mode="before")
     @classmethod

@@ -13,9 +13,11 @@ from typing import Any
 
 from edged.config import EdgedConfig
 from edged.eventbus import EventBus
+from edged.federation import service as federation_service
+from edged.federation.service import EdgeFederation
 from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient, OutcomeListener
-from edged.offload.dispatch import OffloadDispatcher
+from edged.offload.dispatch import OffloadDispatcher, SubmitListener
 from edged.offload.outbox import Outbox
 from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
@@ -73,14 +75,31 @@ def offload(
     net: NetLoop | None,
     queue_depth: Callable[[str], int],
     on_outcome: OutcomeListener,
+    on_submit: SubmitListener | None = None,
 ) -> EdgeOffload | None:
-    """The offload path; each closed job's outcome goes to ``on_outcome``."""
+    """The offload path; each closed job's outcome goes to ``on_outcome``, each submitted
+    frame to ``on_submit``."""
     if not config.offload.enabled or net is None:
         return None
     outbox = Outbox(config.offload.outbox)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome)
-    dispatcher = OffloadDispatcher(config.offload, client, queue_depth)
+    dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)
     return EdgeOffload(outbox, client, dispatcher)
+
+
+def federation(config: EdgedConfig, mqtt: MqttClient | None) -> EdgeFederation | None:
+    """The device's federated models (docs/federated.md), if enabled."""
+    if mqtt is None or not config.federation.enabled:
+        return None
+    return federation_service.build(
+        config.federation,
+        mqtt,
+        config.device_id,
+        config.offload.client.prefix,
+        config.state_dir,
+        config.images.trusted_keys,
+        config.images.dir,
+    )
 
 
 def eventbus(
@@ -92,7 +111,10 @@ def eventbus(
 
 
 def runtime_config(
-    config: EdgedConfig, pipeline: Pipeline, offload_service: EdgeOffload | None
+    config: EdgedConfig,
+    pipeline: Pipeline,
+    offload_service: EdgeOffload | None,
+    fed: EdgeFederation | None = None,
 ) -> RuntimeConfig:
     """Runtime settings from the config file, then the values a twin or PUT left behind."""
     policy = {"value": config.offload.policy.policy}
@@ -112,6 +134,7 @@ def runtime_config(
         enabled_models=sorted(pipeline.enabled),
         offload_policy=policy["value"],
         log_level=config.log_level,
+        federated_training=config.federation.training_allowed,
     )
     state_path = config.state_dir / RUNTIME_STATE
     runtime = RuntimeConfig(
@@ -123,6 +146,7 @@ def runtime_config(
             "enabled_models": pipeline.set_enabled,
             "offload_policy": set_policy,
             "log_level": lambda v: logging.getLogger().setLevel(v),
+            "federated_training": fed.set_allowed if fed is not None else lambda v: None,
         },
         known_models=set(pipeline.workers),
         state_path=state_path,

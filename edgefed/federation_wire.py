@@ -9,6 +9,7 @@ Topics (same ``prefix`` rules as ``edgefed.wire``; the id comes last)::
     {prefix}/federation/ack/{device}       server -> edge   UpdateAck
     {prefix}/federation/model/{model}      server -> edges  GlobalModel + parameters (retained)
     {prefix}/federation/adoption/{device}  edge -> server   AdoptionReport
+    {prefix}/federation/samples/{device}   edge -> server   SampleOffer (retained)
 
 Every message is one ``edgefed.wire`` frame (``EF`` | version | JSON header | body).
 
@@ -149,18 +150,35 @@ class AdoptionReport(_Message):
     current_accuracy: float | None = Field(default=None, description="Accuracy of the current")
 
 
+def init_head(features: int, classes: int) -> list[np.ndarray]:
+    """Version 1 of every federated head, the same on serverd and every edge: zeros
+    (``W``: features x classes, ``b``: classes), every class equally likely."""
+    return [np.zeros((features, classes), np.float32), np.zeros(classes, np.float32)]
+
+
 def signed_text(model: str, version: int, sha256: str) -> bytes:
     """What a global version's signature covers: model, version and parameter hash, so a
     signed version cannot be replayed under another model or version."""
     return f"edgefed-fed-model\n{model}\n{version}\n{sha256}".encode()
 
 
-FedHeader = Annotated[
-    RoundOpen | UpdateChunk | UpdateQuery | UpdateAck | GlobalModel | AdoptionReport,
-    Field(discriminator="type"),
-]
+class SampleOffer(_Message):
+    """An edge advertising, per federated model, how many samples it could train on now
+    (0 while training is forbidden on the device). Counts only: never a sample."""
+
+    type: Literal["fed_samples"] = Field(default="fed_samples", description="Discriminator")
+    samples: dict[str, int] = Field(
+        max_length=64, description="Model -> trainable samples held (held-back slice excluded)"
+    )
+    training_allowed: bool = Field(description="False while the device twin forbids training")
+    sent_ms: int = Field(ge=0, description="Epoch ms when the edge sent it")
+
+
+FedMessage = (
+    RoundOpen | UpdateChunk | UpdateQuery | UpdateAck | GlobalModel | AdoptionReport | SampleOffer
+)
+FedHeader = Annotated[FedMessage, Field(discriminator="type")]
 _FED_HEADER: TypeAdapter[Any] = TypeAdapter(FedHeader)
-FedMessage = RoundOpen | UpdateChunk | UpdateQuery | UpdateAck | GlobalModel | AdoptionReport
 
 
 @dataclass(frozen=True)
@@ -282,7 +300,7 @@ def _spec(spec: object) -> tuple[str, tuple[int, ...]]:
     return dtype, tuple(shape)
 
 
-TopicKind = Literal["round", "update", "ack", "model", "adoption"]
+TopicKind = Literal["round", "update", "ack", "model", "adoption", "samples"]
 
 
 class FederationTopics:
@@ -307,6 +325,9 @@ class FederationTopics:
 
     def adoption(self, device: str) -> str:
         return self._topic("adoption", device, DEVICE_ID_PATTERN)
+
+    def samples(self, device: str) -> str:
+        return self._topic("samples", device, DEVICE_ID_PATTERN)
 
     def filter(self, kind: TopicKind) -> str:
         return f"{self.prefix}/federation/{kind}/#"

@@ -25,6 +25,7 @@ from serverd.api.devices import EdgeDevices
 from serverd.api.metrics import ServerdMetrics
 from serverd.api.server import ServerdApi
 from serverd.config import ServerdConfig
+from serverd.federation import service as federation
 from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
 from serverd.service import OffloadServer, ServiceSettings
@@ -50,6 +51,7 @@ class ServerdApp:
         )
         self.service: OffloadServer | None = None
         self.mqtt: MqttClient | None = None
+        self.federation: federation.FederationService | None = None
         self.ready = threading.Event()  # set once requests are being served
         self._loop: asyncio.AbstractEventLoop | None = None
         self.devices = EdgeDevices(config.api.max_devices)
@@ -64,6 +66,7 @@ class ServerdApp:
                 self.triton_metrics_urls,
                 self.metrics,
                 self.devices,
+                lambda: self.federation,
             )
 
     def serving(self) -> bool:
@@ -103,6 +106,7 @@ class ServerdApp:
             "queued": current.get("queued", 0),
             "edge_events": dict(self.devices.counts),
             "devices": self.devices.status(),
+            "federation": self.federation.status() if self.federation else {"enabled": False},
         }
 
     def triton_metrics_urls(self) -> dict[str, str]:
@@ -235,6 +239,9 @@ class ServerdApp:
                 on_done=self.metrics.observe,
             )
             self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
+            self.federation = federation.build(cfg.federation, self.mqtt, own.prefix, cfg.state_dir)
+            if self.federation is not None:
+                self.federation.start()
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off
             log.info(
                 "serverd %s serving %s on %d instance(s)",
@@ -247,15 +254,24 @@ class ServerdApp:
                 f"serving {', '.join(online.models) or 'nothing yet'} "
                 f"on {len(self.endpoints)} instance(s)"
             )
-            pets = asyncio.create_task(
-                watchdog(self.notifier, stop, self._status_line), name="serverd-watchdog"
-            )
+            tasks = [
+                asyncio.create_task(
+                    watchdog(self.notifier, stop, self._status_line), name="serverd-watchdog"
+                )
+            ]
+            if self.federation is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        federation.run_ticks(self.federation, stop), name="serverd-federation"
+                    )
+                )
             try:
                 await self.service.run(stop)
             finally:
-                if not stop.is_set():  # the service failed: the pets end with it
-                    pets.cancel()
-                await asyncio.gather(pets, return_exceptions=True)
+                if not stop.is_set():  # the service failed: its companions end with it
+                    for task in tasks:
+                        task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             if not stop.is_set():  # failed before or while serving: the task never said it
                 self.notifier.stopping("stopping after an error")

@@ -20,6 +20,7 @@ from edgefed.errors import (
 )
 from serverd import __version__
 from serverd.config import dump_config, load_config
+from serverd.federation import cli as federation_cli
 
 log = logging.getLogger("serverd")
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config and print it resolved")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_check_config)
+    federation_cli.add_subparser(sub)
     return parser
 
 

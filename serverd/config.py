@@ -20,6 +20,7 @@ from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
 from serverd.api.config import ServerdApiConfig
+from serverd.federation.config import FederationConfig
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"
@@ -116,6 +117,9 @@ class ServerdConfig(Strict):
     )
     scheduler: SchedulerConfig = Field(
         default_factory=SchedulerConfig, description="Dynamic scheduler"
+    )
+    federation: FederationConfig = Field(
+        default_factory=FederationConfig, description="Federated learning rounds (off by default)"
     )
     send_accepted: bool = Field(
         False,

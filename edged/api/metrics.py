@@ -51,6 +51,7 @@ class StatusCollector(Collector):
         yield from self._cameras(st)
         yield from self._models(st)
         yield from self._outbox(st)
+        yield from self._federation(st)
         links = _gauge("edged_link_up", "1 while the link is connected", ["link"])
         for link in st.links:
             links.add_metric([link.name], 1.0 if link.connected else 0.0)
@@ -64,6 +65,32 @@ class StatusCollector(Collector):
         yield CounterMetricFamily(
             "edged_events", "Frame events recorded in the event log", value=st.events_last_seq
         )
+
+    def _federation(self, st: StatusBody) -> Iterator[Metric]:
+        fed = st.federation
+        if not fed.enabled:
+            return
+        yield GaugeMetricFamily(
+            "edged_federation_training_allowed",
+            "1 while the device twin allows federated training",
+            value=1.0 if fed.training_allowed else 0.0,
+        )
+        model = ["model"]
+        version = _gauge("edged_federation_version", "Global version served", model)
+        samples = _gauge("edged_federation_samples", "Samples to train on", model)
+        verdict = [*model, "verdict"]
+        updates = _counter("edged_federation_updates", "Updates sent, by verdict", verdict)
+        versions = _counter(
+            "edged_federation_versions", "Global versions judged, by verdict", verdict
+        )
+        for name, m in fed.models.items():
+            version.add_metric([name], float(m.version or 0))
+            samples.add_metric([name], m.samples)
+            updates.add_metric([name, "accepted"], m.updates_accepted)
+            updates.add_metric([name, "rejected"], m.updates_rejected)
+            versions.add_metric([name, "adopted"], m.versions_adopted)
+            versions.add_metric([name, "refused"], m.versions_refused)
+        yield from (version, samples, updates, versions)
 
     def _cameras(self, st: StatusBody) -> Iterator[Metric]:
         cam = ["camera"]

@@ -20,6 +20,8 @@ from .schemas import (
     OutboxQuery,
     PreviewQuery,
     Readiness,
+    SampleIn,
+    SampleStored,
     StatusBody,
 )
 
@@ -32,6 +34,7 @@ _BODIES: tuple[type[BaseModel], ...] = (
     ModelInfo,
     EventPage,
     OutboxPage,
+    SampleStored,
 )
 
 
@@ -99,7 +102,8 @@ def _config_change(settings: dict[str, Any]) -> dict[str, Any]:
 def build_openapi(models: list[str]) -> dict[str, Any]:
     """The whole document for a daemon that loaded ``models`` (built once per server)."""
     _, top = models_json_schema(
-        [(m, "serialization") for m in _BODIES] + [(RuntimeSettings, "validation")],
+        [(m, "serialization") for m in _BODIES]
+        + [(RuntimeSettings, "validation"), (SampleIn, "validation")],
         ref_template=REF,
     )
     defs: dict[str, Any] = dict(top["$defs"])
@@ -157,6 +161,26 @@ def build_openapi(models: list[str]) -> dict[str, Any]:
             parameters=_query(OutboxQuery, defs),
         ),
         "/api/v1/config": config_ops,
+        "/api/v1/federation/{model}/samples": {
+            "post": {
+                "summary": "Store an operator's labelled sample (it never leaves the device)",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(SampleIn)}},
+                },
+                "responses": {
+                    "201": _json(_ref(SampleStored), "Stored"),
+                    "400": _error("Not a sample, an unknown class, or features of another length"),
+                    "401": _error("No bearer token"),
+                    "403": _error("Wrong token, or no token configured on the device"),
+                    "404": _error("The model is not federated here, or federation is off"),
+                },
+            }
+        },
         "/api/v1/preview.jpg": _get(
             "The newest annotated frame",
             {

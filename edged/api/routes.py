@@ -9,19 +9,28 @@ import logging
 from importlib.resources import files
 from typing import Any, TypeVar
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ValidationError
 
 from edged.settings import RuntimeConfig
-from edgefed.errors import ConfigError
+from edgefed.errors import ConfigError, FederationError
 from edgefed.httpapi import JSON, Handler, check_bearer, reject
 
 from . import mjpeg
 from .jsontypes import type_errors
 from .preview import PreviewRenderer
-from .schemas import EventPage, EventsQuery, Health, OutboxQuery, PreviewQuery
+from .schemas import (
+    EventPage,
+    EventsQuery,
+    Health,
+    OutboxQuery,
+    PreviewQuery,
+    SampleIn,
+    SampleStored,
+)
 from .sources import ApiSources
 from .status import StatusViews
 
@@ -83,6 +92,7 @@ class Routes:
         r.add_get("/api/v1/outbox", self.outbox)
         r.add_get("/api/v1/config", self.get_config)
         r.add_put("/api/v1/config", self.put_config)
+        r.add_post("/api/v1/federation/{model}/samples", self.post_sample)
         r.add_get("/api/v1/preview.jpg", self.preview_jpg)
         r.add_get("/api/v1/preview.mjpg", self.preview_mjpg)
 
@@ -161,6 +171,28 @@ class Routes:
         except ConfigError as exc:
             raise reject(409, "not_applied", str(exc)) from None
         return _ok(settings)
+
+    async def post_sample(self, request: web.Request) -> web.Response:
+        """An operator's labelled sample for a federated model; it never leaves the device."""
+        check_bearer(request.headers.get("Authorization"), self._token)
+        federation = self._src.federation
+        if federation is None:
+            raise reject(404, "not_found", "federated learning is not enabled on this device")
+        try:
+            sample = SampleIn.model_validate_json(await request.read())
+        except ValidationError as exc:
+            raise reject(400, "invalid", _reasons(exc)) from None
+        model = request.match_info["model"]
+        if model not in federation.models():
+            known = ", ".join(federation.models())
+            raise reject(404, "not_found", f"model {model!r} is not federated here ({known})")
+        features = np.asarray(sample.features, dtype=np.float32)
+        try:
+            stored = await asyncio.to_thread(federation.add_label, model, features, sample.label)
+        except FederationError as exc:
+            raise reject(400, "invalid", str(exc)) from None
+        count = await asyncio.to_thread(federation.samples, model)
+        return _ok(SampleStored(id=stored, model=model, samples=count), status=201)
 
     def _camera(self, q: PreviewQuery) -> str:
         names = [c.name for c in self._src.pipeline.config.cameras]

@@ -133,6 +133,49 @@ class OffloadResultsSummary(_Out):
     recent: list[OffloadResultOut] = Field(description="The last closed jobs, newest first")
 
 
+class FederatedModelStatus(_Out):
+    model: str = Field(description="Federated model")
+    version: int | None = Field(description="Global version served (null: none yet)")
+    samples: int = Field(description="Samples it could train on (held-back slice excluded)")
+    rounds_trained: int = Field(description="Rounds this device trained in")
+    updates_accepted: int = Field(description="Updates serverd accepted")
+    updates_rejected: int = Field(description="Updates serverd rejected")
+    versions_adopted: int = Field(description="Global versions adopted")
+    versions_refused: int = Field(description="Global versions refused")
+    last_reason: str = Field(description="Why the last update or version was refused")
+
+
+class FederationStatus(_Out):
+    enabled: bool = Field(description="This device takes part in federated learning")
+    training_allowed: bool | None = Field(
+        None, description="The federated_training twin property (null: federation off)"
+    )
+    offers_sent: int = Field(0, description="Sample offers sent to serverd")
+    samples: dict[str, int] = Field(
+        default_factory=dict, description="Sample store counters: added, refused, dropped_oldest"
+    )
+    models: dict[str, FederatedModelStatus] = Field(
+        default_factory=dict, description="Per federated model"
+    )
+
+
+class SampleIn(BaseModel):
+    """An operator's labelled sample: the model's feature vector and its class."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    features: list[float] = Field(
+        min_length=1, max_length=65536, description="Feature vector the model's head reads"
+    )
+    label: str | Annotated[int, Field(ge=0)] = Field(description="Class name or index")
+
+
+class SampleStored(_Out):
+    id: int = Field(description="Id of the stored sample")
+    model: str = Field(description="Model it was stored for")
+    samples: int = Field(description="Samples of the model to train on now")
+
+
 class LinkStatus(_Out):
     name: str = Field(description="Link name (e.g. mqtt)")
     connected: bool = Field(description="The connection is up")
@@ -163,6 +206,10 @@ class StatusBody(_Out):
     object_events: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Newest object events (new/update/end, without snapshots), oldest first",
+    )
+    federation: FederationStatus = Field(
+        default_factory=lambda: FederationStatus(enabled=False),
+        description="Federated learning on this device",
     )
 
 

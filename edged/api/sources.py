@@ -53,6 +53,18 @@ class OutboxView(Protocol):
     ) -> Iterable[JobView]: ...
 
 
+class FederationView(Protocol):
+    """The device's federation (``edged.federation.service.EdgeFederation``)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def models(self) -> list[str]: ...
+
+    def samples(self, model: str) -> int: ...
+
+    def add_label(self, model: str, features: Any, label: str | int) -> int: ...
+
+
 @dataclass(frozen=True)
 class ApiSources:
     """Everything the API shows or changes."""
@@ -67,3 +79,4 @@ class ApiSources:
     offload_results: OffloadResultsView | None = None
     links: Mapping[str, Link] = field(default_factory=dict)
     objects: ObjectEvents | None = None
+    federation: FederationView | None = None

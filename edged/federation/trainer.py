@@ -39,11 +39,6 @@ class TrainResult:
     accuracy: float
 
 
-def init_head(features: int, classes: int) -> Params:
-    """A zero head: every class equally likely (the same start on every edge)."""
-    return [np.zeros((features, classes), np.float32), np.zeros(classes, np.float32)]
-
-
 def probabilities(params: Params, x: np.ndarray) -> np.ndarray:
     """Class probabilities of each row of ``x``."""
     logits = x.astype(np.float64) @ params[0] + params[1]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
+import numpy as np
 
 from edged.framejob import FrameJob
 from edged.offload.client import OffloadClient
@@ -34,6 +35,11 @@ def local_summary(results: Sequence[Result]) -> LocalSummary:
     return LocalSummary(box_scores=boxes[:1000], class_probs=probs[:10000])
 
 
+SubmitListener = Callable[[str, str, np.ndarray], None]
+"""Told (model, job id, BGR frame) of every frame submitted (the federation's hard
+examples keep its features until serverd answers)."""
+
+
 class OffloadDispatcher:
     """Pipeline listener + frame sink that feeds the offload client."""
 
@@ -42,8 +48,10 @@ class OffloadDispatcher:
         config: OffloadConfig,
         client: OffloadClient,
         queue_depth: Callable[[str], int],
+        on_submit: SubmitListener | None = None,
     ) -> None:
         self._config = config
+        self._on_submit = on_submit
         self._policy = config.policy
         self._client = client
         self._queue_depth = queue_depth
@@ -131,6 +139,9 @@ class OffloadDispatcher:
             with self._lock:
                 self.submit_errors += 1
             log.warning("offload of %s for %s refused: %s", job.key, model, exc)
+            return
+        if self._on_submit is not None:
+            self._on_submit(model, request.job_id, job.frame.image)
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -139,6 +139,7 @@ class ImageBuilder:
             files=files,
             source=self._source(recipe),
             extra_sources=self._extra_sources(recipe),
+            trainable=recipe.trainable,
         )
         raw = manifest_to_yaml(manifest)
         (work / MANIFEST_NAME).write_bytes(raw)

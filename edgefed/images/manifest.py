@@ -64,6 +64,23 @@ class DecoderSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Decoder parameters")
 
 
+class TrainableSpec(_Strict):
+    """What federated learning may train: a softmax head on a frozen feature tensor.
+
+    ``features`` names an intermediate tensor of the model file (``size`` values per
+    input, the backbone's output) that a head reads; ``tensors`` names the initializers of
+    the model's own head on it, which a federated version replaces. Everything else stays
+    frozen: samples are stored as these feature vectors, so training never runs the
+    backbone.
+    """
+
+    features: str = Field(min_length=1, description="Frozen feature tensor the head reads")
+    size: int = Field(ge=1, le=65536, description="Values of that tensor per input")
+    tensors: tuple[str, ...] = Field(
+        min_length=1, max_length=64, description="Initializers of the model's trainable head"
+    )
+
+
 class SourceSpec(_Strict):
     """Where the weights came from: a registry package pinned by version and sha256."""
 
@@ -92,6 +109,9 @@ class Manifest(_Strict):
     extra_sources: tuple[SourceSpec, ...] = Field(
         default=(),
         description="Other pinned packages the image was built from (model code, labels)",
+    )
+    trainable: TrainableSpec | None = Field(
+        default=None, description="What federated learning may train (None: nothing)"
     )
 
     @model_validator(mode="after")
@@ -144,6 +164,8 @@ _ManifestDumper.add_representer(list, _represent_list)
 def manifest_to_yaml(manifest: Manifest) -> bytes:
     """The canonical bytes of a manifest (what gets signed)."""
     data = manifest.model_dump(mode="json")
+    if data["trainable"] is None:  # an image without one keeps the bytes it always had
+        del data["trainable"]
     text = yaml.dump(data, Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, width=4096)
     return text.encode()
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgefed.errors import ImageError
 
-from .manifest import DecoderSpec, InputSpec, Task, is_plain_relative
+from .manifest import DecoderSpec, InputSpec, Task, TrainableSpec, is_plain_relative
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -94,6 +94,9 @@ class Recipe(_Strict):
     labels: Labels | None = Field(None, description="Where the labels come from")
     input: InputSpec = Field(description="Manifest input block")
     decoder: DecoderSpec = Field(description="Manifest decoder block")
+    trainable: TrainableSpec | None = Field(
+        None, description="Manifest trainable block: what federated learning may train"
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> Recipe:

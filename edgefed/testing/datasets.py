@@ -1,28 +1,23 @@
 """Real data sets for the federated-learning tests and bench, from files on this machine.
 
-``digits``: OpenCV's handwritten digits sheet (``digits.png`` of opencv-doc, 5000 digits
-of 20x20 pixels, 500 per class, five rows of 100 per class), as pixel features in [0, 1].
+``digits``: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``:
+1797 digits of 8x8 pixels from UCI's optical recognition set, about 180 per class), as
+pixel features in [0, 1].
 ``non_iid_split`` deals a data set to edges so that each edge sees mostly its own classes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import cv2
 import numpy as np
+from sklearn.datasets import load_digits
 
-DIGITS_PNG = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
+DIGIT_FEATURES = 64
 
 
-def digits(path: Path = DIGITS_PNG) -> tuple[np.ndarray, np.ndarray]:
-    """Features (5000 x 400, float32 in [0, 1]) and labels (0-9) of the digits sheet."""
-    sheet = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if sheet is None or sheet.shape != (1000, 2000):
-        raise FileNotFoundError(f"{path} is missing or not the 1000x2000 digits sheet")
-    cells = sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(5000, 400)
-    labels = np.repeat(np.arange(10), 500)
-    return (cells.astype(np.float32) / 255.0), labels
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """Features (1797 x 64, float32 in [0, 1]) and labels (0-9) of scikit-learn's digits."""
+    bunch = load_digits()
+    return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
 
 
 def train_test_split(

@@ -157,3 +157,29 @@ class _StatusCollector(Collector):
         )
         scrapes.add_metric([], self._failures())
         yield scrapes
+        yield from _federation(status.get("federation", {}).get("models", {}))
+
+
+def _federation(models: Mapping[str, Any]) -> Iterable[Metric]:
+    """Per federated model: its global version, whether a round collects, rounds closed
+    and updates judged."""
+    version = GaugeMetricFamily(
+        "serverd_federation_version", "Current global version", labels=["model"]
+    )
+    collecting = GaugeMetricFamily(
+        "serverd_federation_round_open", "1 while a round collects updates", labels=["model"]
+    )
+    rounds = CounterMetricFamily(
+        "serverd_federation_rounds", "Closed rounds by outcome", labels=["model", "outcome"]
+    )
+    updates = CounterMetricFamily(
+        "serverd_federation_updates", "Edge updates by verdict", labels=["model", "verdict"]
+    )
+    for name, fed in models.items():
+        version.add_metric([name], fed["version"])
+        collecting.add_metric([name], 1 if fed["phase"] == "collecting" else 0)
+        rounds.add_metric([name, "done"], fed["rounds_done"])
+        rounds.add_metric([name, "failed"], fed["rounds_failed"])
+        updates.add_metric([name, "accepted"], fed["counters"]["updates_accepted"])
+        updates.add_metric([name, "rejected"], fed["counters"]["updates_rejected"])
+    yield from (version, collecting, rounds, updates)

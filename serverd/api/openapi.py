@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgefed.wire import MODEL_PATTERN
 from serverd.api.devices import EVENT_KINDS
 
 _ERROR = {
@@ -48,6 +49,7 @@ _STATUS = {
         },
         "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
         "counters": {"type": "object"},
+        "federation": {"$ref": "#/components/schemas/Federation"},
         "devices": {
             "type": "object",
             "required": ["count", "events", "devices"],
@@ -59,6 +61,91 @@ _STATUS = {
         },
     },
 }
+
+
+_FEDERATION = {
+    "type": "object",
+    "required": ["enabled"],
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "models": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["model", "phase", "version", "round"],
+                "properties": {
+                    "model": {"type": "string"},
+                    "phase": {"type": "string", "enum": ["idle", "collecting"]},
+                    "version": {"type": "integer"},
+                    "round": {"type": "integer"},
+                    "participants": {"type": "array", "items": {"type": "string"}},
+                    "adoptions": {"type": "object"},
+                    "counters": {"type": "object"},
+                },
+            },
+        },
+        "edges": {"type": "object"},
+        "counters": {"type": "object"},
+    },
+}
+_MODEL_PARAM = {
+    "name": "model",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": MODEL_PATTERN},
+}
+
+
+def _federation_paths() -> dict[str, Any]:
+    history = {
+        "type": "object",
+        "required": ["rounds"],
+        "properties": {"rounds": {"type": "array", "items": {"type": "object"}}},
+    }
+    opened = {
+        "type": "object",
+        "required": ["model", "round", "base_version", "participants", "deadline_ms"],
+        "properties": {
+            "model": {"type": "string"},
+            "round": {"type": "integer"},
+            "base_version": {"type": "integer"},
+            "participants": {"type": "array", "items": {"type": "string"}},
+            "deadline_ms": {"type": "integer"},
+            "train": {"type": "object"},
+            "max_chunk_bytes": {"type": "integer"},
+        },
+    }
+    return {
+        "/api/v1/federation": {
+            "get": {
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Federation"}, "federation state")
+                }
+            }
+        },
+        "/api/v1/federation/{model}/history": {
+            "get": {
+                "parameters": [_MODEL_PARAM],
+                "responses": {
+                    "200": _json(history, "closed rounds, oldest first"),
+                    "404": _error("model not federated here, or federation not enabled"),
+                },
+            }
+        },
+        "/api/v1/federation/{model}/rounds": {
+            "post": {
+                "security": [{"bearer": []}],
+                "parameters": [_MODEL_PARAM],
+                "responses": {
+                    "201": _json(opened, "the round opened (as published to the edges)"),
+                    "401": _error("no bearer token"),
+                    "403": _error("wrong token, or none configured"),
+                    "404": _error("model not federated here, or federation not enabled"),
+                    "409": _error("a round is open, or too few devices offer samples"),
+                },
+            }
+        },
+    }
 
 
 def build_openapi() -> dict[str, Any]:
@@ -81,7 +168,7 @@ def build_openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "serverd API", "version": "1"},
         "components": {
-            "schemas": {"Error": _ERROR, "Status": _STATUS},
+            "schemas": {"Error": _ERROR, "Status": _STATUS, "Federation": _FEDERATION},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
@@ -135,5 +222,6 @@ def build_openapi() -> dict[str, Any]:
             "/api/v1/openapi.json": {
                 "get": {"responses": {"200": _json({"type": "object"}, "this document")}}
             },
+            **_federation_paths(),
         },
     }

@@ -20,6 +20,7 @@ from edgefed.errors import ConfigError, ProtocolError
 from edgefed.httpapi import JSON, check_bearer, json_errors, reject
 from serverd.api.config import ServerdApiConfig
 from serverd.api.devices import EVENT_KINDS, EdgeDevices, EventKind
+from serverd.api.federation import Federation, FederationRoutes
 from serverd.api.metrics import ServerdMetrics
 from serverd.api.openapi import build_openapi
 
@@ -38,6 +39,7 @@ class ServerdApi:
         triton_metrics: Callable[[], Mapping[str, str]],
         metrics: ServerdMetrics,
         devices: EdgeDevices,
+        federation: Federation = lambda: None,
     ) -> None:
         self.config = config
         self._token = token
@@ -46,6 +48,7 @@ class ServerdApi:
         self._triton_metrics = triton_metrics
         self._metrics = metrics
         self._devices = devices
+        self._federation = FederationRoutes(federation, lambda: self._token)
         self._openapi = json.dumps(build_openapi())
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -72,6 +75,7 @@ class ServerdApi:
                 web.get("/api/v1/status", self.status),
                 web.post("/api/v1/edge-events/{kind}", self.edge_event),
                 web.get("/api/v1/openapi.json", self.openapi),
+                *self._federation.routes(),
             ]
         )
         self._session = aiohttp.ClientSession()

@@ -1,11 +1,12 @@
-"""serverd's federation adapter: the round state machine on MQTT.
+"""serverd's federation adapter of one model: the round state machine on MQTT.
 
 It publishes each round (retained ``RoundOpen``), reassembles the edges' chunked updates,
 hands each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
 (accepted, rejected with the reason, or the chunks still missing), and publishes every
 new global version signed with serverd's key (retained ``GlobalModel``). Edges' adoption
-reports are kept per device for the status. Calls come from the MQTT thread and from the
-caller's timer, so one lock guards the state machine.
+reports are kept per device for the status. ``FederationService`` subscribes once for
+every model and hands each decoded message to its model's coordinator. Calls come from
+the MQTT thread and from the caller's timer, so one lock guards the state machine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from edgefed.federation_wire import (
     TrainConfig,
     UpdateAck,
     UpdateQuery,
-    decode,
     decode_params,
     encode,
     encode_params,
@@ -51,7 +51,6 @@ class CoordinatorCounters(Counters):
     chunks: int = 0
     updates_accepted: int = 0
     updates_rejected: int = 0
-    bad_messages: int = 0
     versions_published: int = 0
     bytes_received: int = 0
 
@@ -78,12 +77,15 @@ class Coordinator:
         self._lock = threading.Lock()
         self._reassembler = Reassembler()
 
-    def start(self) -> None:
-        """Subscribe to updates and adoption reports and publish the current version."""
-        self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
-        self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
+    def announce(self) -> None:
+        """Publish the current global version (retained), as at start-up."""
         with self._lock:
             self._publish_version(max(1, len(self.federation.history)))
+
+    def holds(self, device: str, update_id: str) -> bool:
+        """True while part of this update from ``device`` is held for reassembly."""
+        with self._lock:
+            return self._reassembler.ack(device, update_id).state == "partial"
 
     def open_round(self, available: Mapping[str, int]) -> RoundOpen:
         """Open a round over ``available`` devices (id -> samples) and publish it."""
@@ -141,23 +143,15 @@ class Coordinator:
         self.mqtt.publish(self.topics.model(fed.model), encode(header, body), retain=True)
         self.counters.versions_published += 1
 
-    def _on_update(self, topic: str, payload: bytes) -> None:
-        device = self.topics.device_of("update", topic)
-        if device is None:
-            return
+    def on_update(self, device: str, message: Received | UpdateQuery, size: int) -> None:
+        """A decoded chunk or query from ``device`` (``size``: bytes on the wire)."""
         with self._lock:
-            self.counters.bytes_received += len(payload)
-        try:
-            message = decode(payload)
-        except ProtocolError as exc:
-            self.counters.bad_messages += 1
-            log.warning("federation: bad update message from %s: %s", device, exc)
-            return
+            self.counters.bytes_received += size
         if isinstance(message, UpdateQuery):
             with self._lock:
                 ack = self._reassembler.ack(device, message.update_id)
             self._reply(device, ack)
-        elif isinstance(message, Received):
+        else:
             self._on_chunk(device, message)
 
     def _on_chunk(self, device: str, received: Received) -> None:
@@ -201,16 +195,7 @@ class Coordinator:
     def _reply(self, device: str, ack: UpdateAck) -> None:
         self.mqtt.publish(self.topics.ack(device), encode(ack))
 
-    def _on_adoption(self, topic: str, payload: bytes) -> None:
-        device = self.topics.device_of("adoption", topic)
-        try:
-            report = decode(payload)
-        except ProtocolError as exc:
-            self.counters.bad_messages += 1
-            log.warning("federation: bad adoption report on %s: %s", topic, exc)
-            return
-        if device is None or not isinstance(report, AdoptionReport):
-            return
+    def on_adoption(self, device: str, report: AdoptionReport) -> None:
         with self._lock:
             self.adoptions[device] = report.model_dump(exclude={"type"})
         if not report.adopted:

@@ -28,10 +28,11 @@ from edgefed.federation_wire import (
 )
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 
-ROUNDS = 12
+ROUNDS = 30
 
 
 Seen = queue.Queue[tuple[str, bytes]]
@@ -57,7 +58,7 @@ def test_rounds_over_mqtt_reach_centralised_accuracy_and_no_sample_leaves(
         site.run_round()
     assert site.versions() == [ROUNDS + 1] * 3
     federated = site.accuracy()
-    centralised, best_local = baselines(site.data)
+    centralised, best_local = baselines(site.data, ROUNDS)
     assert federated >= centralised - 0.02, (federated, centralised)
     assert federated > best_local, (federated, best_local)
     history = site.coordinator.history()
@@ -71,7 +72,7 @@ def _no_raw_sample_was_published(site: Site, seen: Seen) -> None:
     while not seen.empty():
         messages.append(seen.get_nowait())
     assert messages
-    assembler, head_shapes = Reassembler(), [(400, 10), (10,)]
+    assembler, head_shapes = Reassembler(), [(DIGIT_FEATURES, 10), (10,)]
     for topic, payload in messages:
         if "/availability/" in topic:
             continue
@@ -114,7 +115,7 @@ def _reports(site: Site, version: int) -> list[dict[str, object]] | None:
 def test_a_worse_or_unsigned_version_is_refused_and_the_served_one_stays(site: Site) -> None:
     before = site.versions()
     assert before[0] is not None
-    worse = [np.zeros((400, 10), np.float32), np.zeros(10, np.float32)]
+    worse = [np.zeros((DIGIT_FEATURES, 10), np.float32), np.zeros(10, np.float32)]
     version = before[0] + 1
     _publish_version(site, version, worse, site.key)
     reports = wait_until("three refusals", lambda: _reports(site, version))

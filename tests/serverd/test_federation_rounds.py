@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edged.federation.trainer import TrainSettings, accuracy, init_head, train
+from edged.federation.trainer import TrainSettings, accuracy, train
 from edgefed.errors import FederationError
-from edgefed.testing.datasets import digits, non_iid_split, train_test_split
+from edgefed.federation_wire import init_head
+from edgefed.testing.datasets import DIGIT_FEATURES, digits, non_iid_split, train_test_split
 from serverd.federation.aggregate import AggregationSettings, Params
 from serverd.federation.rounds import Federation, Phase, RoundSettings
 
@@ -115,7 +116,7 @@ def _run(
     edges: list[tuple[np.ndarray, np.ndarray]], strategy: AggregationSettings, poison: str = ""
 ) -> Params:
     settings = RoundSettings(min_clients=3, quorum=3, min_samples=100, aggregation=strategy)
-    fed = Federation("digits", 0, init_head(400, 10), settings, np.random.default_rng(0))
+    fed = Federation("digits", 0, init_head(DIGIT_FEATURES, 10), settings, np.random.default_rng(0))
     names = [f"edge-{i}" for i in range(len(edges))] + (["poisoner"] if poison else [])
     for r in range(20):
         plan = fed.open_round(dict.fromkeys(names, 1000), now_ms=r * 10)
@@ -147,8 +148,13 @@ def test_fedavg_on_non_iid_digits_nears_centralised_and_beats_every_local(
     long = TrainSettings(epochs=30, learning_rate=0.1)
     union_x = np.concatenate([x for x, _ in edges])
     union_y = np.concatenate([y for _, y in edges])
-    centralised = accuracy(train(init_head(400, 10), union_x, union_y, long).params, xte, yte)
-    local = [accuracy(train(init_head(400, 10), x, y, long).params, xte, yte) for x, y in edges]
+    centralised = accuracy(
+        train(init_head(DIGIT_FEATURES, 10), union_x, union_y, long).params, xte, yte
+    )
+    local = [
+        accuracy(train(init_head(DIGIT_FEATURES, 10), x, y, long).params, xte, yte)
+        for x, y in edges
+    ]
     federated = accuracy(_run(edges, AggregationSettings()), xte, yte)
     assert federated >= centralised - 0.02, (federated, centralised)
     assert federated > max(local), (federated, local)

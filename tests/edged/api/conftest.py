@@ -55,6 +55,7 @@ def runtime_for(pipeline: Pipeline, refuse: set[str]) -> RuntimeConfig:
         "enabled_models": pipeline.set_enabled,
         "offload_policy": lambda v: None,
         "log_level": lambda v: logging.getLogger("edged").setLevel(v),
+        "federated_training": lambda v: None,
     }
 
     def guarded(key: str, setter: Callable[[Any], None]) -> Callable[[Any], None]:

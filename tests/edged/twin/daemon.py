@@ -62,6 +62,7 @@ class Daemon:
                 "enabled_models": lambda v: self.applied.__setitem__("enabled_models", v),
                 "offload_policy": lambda v: self.applied.__setitem__("offload_policy", v),
                 "log_level": lambda v: self.applied.__setitem__("log_level", v),
+                "federated_training": lambda v: self.applied.__setitem__("federated_training", v),
             },
             known_models=MODELS,
             state_path=self.state,

@@ -10,8 +10,15 @@ from cryptography.hazmat.primitives import serialization
 
 from edgefed.errors import ImageError
 from edgefed.images import signing
-from edgefed.images.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from edgefed.images.manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    TrainableSpec,
+    manifest_from_yaml,
+    manifest_to_yaml,
+)
 from edgefed.images.verify import load_labels, read_manifest, verify_image
+from tests.support.paths import IMAGES_DIR
 
 from .conftest import Keys
 
@@ -165,3 +172,17 @@ def test_files_the_manifest_does_not_list_are_refused(
     (image / "sub").mkdir()
     with pytest.raises(ImageError, match=r"files not listed in the manifest: sub/"):
         verify_image(image, [keys.public])
+
+
+def test_a_manifest_without_trainable_keeps_its_bytes_and_one_with_it_round_trips() -> None:
+    """Images built before ``trainable`` existed verify as they did: their manifests dump
+    to the same bytes; a declared head survives the round trip."""
+    raw = (IMAGES_DIR / "pose_detector" / "manifest.yaml").read_bytes()
+    old = manifest_from_yaml(raw, "pose_detector")
+    assert old.trainable is None and manifest_to_yaml(old) == raw
+    head = TrainableSpec(
+        features="/Reshape_output_0", size=1280, tensors=("_fc.weight", "_fc.bias")
+    )
+    declared = old.model_copy(update={"trainable": head})
+    again = manifest_from_yaml(manifest_to_yaml(declared), "declared")
+    assert again.trainable == head

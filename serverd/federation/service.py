@@ -1,0 +1,225 @@
+"""serverd's federation service: every federated model's ``Coordinator`` on one MQTT
+connection, the edges' sample offers, and the round timer.
+
+It subscribes once to the federation's update, adoption and sample topics and hands
+each decoded message to its model's coordinator (a chunk and a report name their
+model; a query goes to the coordinator holding that update, else to any, which answers
+``unknown``). Edges advertise how many samples they could train on (retained
+``SampleOffer``); a round opens over the devices whose offer is fresher than
+``offer_ttl_ms`` and allows training. ``tick`` closes due rounds and, with
+``interval_ms`` set, opens the next round of an idle model when it is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefed.clock import Clock, now_ms
+from edgefed.counters import Counters
+from edgefed.errors import ConfigError, FederationError, ImageError, ProtocolError
+from edgefed.federation_wire import (
+    AdoptionReport,
+    FederationTopics,
+    Received,
+    RoundOpen,
+    SampleOffer,
+    UpdateQuery,
+    decode,
+)
+from edgefed.images.signing import load_private_key
+from edgefed.mqtt import MqttClient
+from serverd.federation.config import FederationConfig
+from serverd.federation.coordinator import Coordinator
+from serverd.federation.rounds import Phase
+from serverd.federation.versions import VersionFiles
+
+log = logging.getLogger("serverd.federation")
+
+
+@dataclass
+class ServiceCounters(Counters):
+    bad_messages: int = 0
+    unknown_model: int = 0
+    offers: int = 0
+    rounds_not_opened: int = 0
+
+
+class FederationService:
+    """The federations of serverd, by model name."""
+
+    def __init__(
+        self,
+        mqtt: MqttClient,
+        topics: FederationTopics,
+        coordinators: Sequence[Coordinator],
+        offer_ttl_ms: int = 120_000,
+        interval_ms: int | None = None,
+        clock: Clock = now_ms,
+        versions: VersionFiles | None = None,
+    ) -> None:
+        self.mqtt, self.topics = mqtt, topics
+        self.coordinators = {c.federation.model: c for c in coordinators}
+        self.offer_ttl_ms, self.interval_ms, self.clock = offer_ttl_ms, interval_ms, clock
+        self.versions = versions
+        self.counters = ServiceCounters()
+        self._offers: dict[str, SampleOffer] = {}
+        self._last_open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Subscribe (before the connection comes up); every current version is published
+        on each (re)connect, so the retained one is serverd's newest after a broker
+        restart too."""
+        self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
+        self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
+        self.mqtt.subscribe(self.topics.filter("samples"), self._on_offer)
+        self.mqtt.add_connection_listener(self._on_connection)
+        if self.mqtt.connected:
+            self._on_connection(True)
+
+    def _on_connection(self, connected: bool) -> None:
+        if connected:
+            for coordinator in self.coordinators.values():
+                coordinator.announce()
+
+    def coordinator(self, model: str) -> Coordinator:
+        try:
+            return self.coordinators[model]
+        except KeyError:
+            raise FederationError(f"model {model!r} is not federated here") from None
+
+    def available(self, model: str) -> dict[str, int]:
+        """Devices with a fresh offer that allows training: id -> samples of ``model``."""
+        oldest = self.clock() - self.offer_ttl_ms
+        with self._lock:
+            return {
+                device: offer.samples[model]
+                for device, offer in self._offers.items()
+                if offer.training_allowed and offer.sent_ms >= oldest and model in offer.samples
+            }
+
+    def start_round(self, model: str) -> RoundOpen:
+        """Open a round of ``model`` over the devices that offer samples now;
+        ``FederationError`` says why it cannot open."""
+        coordinator = self.coordinator(model)
+        opened = coordinator.open_round(self.available(model))
+        self._last_open[model] = self.clock()
+        return opened
+
+    def tick(self) -> None:
+        """Close due rounds; open the next one of an idle model when ``interval_ms`` says."""
+        now = self.clock()
+        for model, coordinator in self.coordinators.items():
+            outcome = coordinator.poll()
+            if outcome and outcome.version and outcome.params and self.versions is not None:
+                self.versions.save(model, outcome.version, outcome.params)
+            due = self._last_open.get(model, 0) + (self.interval_ms or 0)
+            idle = coordinator.federation.phase is Phase.IDLE
+            if self.interval_ms is not None and idle and now >= due:
+                try:
+                    self.start_round(model)
+                except FederationError as exc:
+                    self._last_open[model] = now  # try again after another interval
+                    self.counters.rounds_not_opened += 1
+                    log.info("federation %s: no round: %s", model, exc)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            offers = {d: o.model_dump(exclude={"type"}) for d, o in self._offers.items()}
+        return {
+            "enabled": True,
+            "models": {m: c.status() for m, c in self.coordinators.items()},
+            "edges": offers,
+            "counters": self.counters.as_dict(),
+        }
+
+    def history(self, model: str) -> list[dict[str, Any]]:
+        return self.coordinator(model).history()
+
+    def _decode(self, topic: str, payload: bytes) -> object | None:
+        try:
+            return decode(payload)
+        except ProtocolError as exc:
+            self.counters.bad_messages += 1
+            log.warning("federation: bad message on %s: %s", topic, exc)
+            return None
+
+    def _on_update(self, topic: str, payload: bytes) -> None:
+        device = self.topics.device_of("update", topic)
+        message = self._decode(topic, payload) if device is not None else None
+        if device is None or message is None:
+            return
+        if isinstance(message, Received):
+            target = self.coordinators.get(message.chunk.model)
+            if target is None:
+                self.counters.unknown_model += 1
+                log.warning("federation: %s sent an update of %s", device, message.chunk.model)
+                return
+            target.on_update(device, message, len(payload))
+        elif isinstance(message, UpdateQuery) and self.coordinators:
+            holders = [c for c in self.coordinators.values() if c.holds(device, message.update_id)]
+            target = holders[0] if holders else next(iter(self.coordinators.values()))
+            target.on_update(device, message, len(payload))
+
+    def _on_adoption(self, topic: str, payload: bytes) -> None:
+        device = self.topics.device_of("adoption", topic)
+        report = self._decode(topic, payload) if device is not None else None
+        if device is None or not isinstance(report, AdoptionReport):
+            return
+        target = self.coordinators.get(report.model)
+        if target is not None:
+            target.on_adoption(device, report)
+
+    def _on_offer(self, topic: str, payload: bytes) -> None:
+        device = self.topics.device_of("samples", topic)
+        offer = self._decode(topic, payload) if device is not None and payload else None
+        if device is None:
+            return
+        with self._lock:
+            if isinstance(offer, SampleOffer):
+                self._offers[device] = offer
+                self.counters.offers += 1
+            elif not payload:  # a retained offer cleared: the device left
+                self._offers.pop(device, None)
+
+
+def build(
+    config: FederationConfig, mqtt: MqttClient, prefix: str, state_dir: Path
+) -> FederationService | None:
+    """serverd's federation service from its config section (None when disabled), each
+    model from its version saved under ``state_dir``; a missing or unreadable signing
+    key is a ``ConfigError``."""
+    if not config.enabled or config.signing_key is None:
+        return None
+    try:
+        key = load_private_key(config.signing_key)
+    except ImageError as exc:
+        raise ConfigError(f"federation.signing_key: {exc}") from exc
+    topics = FederationTopics(prefix)
+    versions = VersionFiles(state_dir / "federation")
+    coordinators = [
+        Coordinator(mqtt, topics, fed, key, config.train, config.max_chunk_bytes)
+        for fed in config.federations(versions)
+    ]
+    interval = None if config.interval_s is None else int(config.interval_s * 1000)
+    ttl = int(config.offer_ttl_s * 1000)
+    return FederationService(mqtt, topics, coordinators, ttl, interval, versions=versions)
+
+
+async def run_ticks(service: FederationService, stop: asyncio.Event, period_s: float = 0.5) -> None:
+    """``service.tick`` every ``period_s`` on the loop until ``stop``; a failing tick is
+    logged and the next one runs."""
+    while not stop.is_set():
+        try:
+            service.tick()
+        except Exception:  # contained: one bad round never stops the federation
+            log.exception("federation tick failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)

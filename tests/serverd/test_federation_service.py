@@ -1,0 +1,153 @@
+"""serverd's federation service with two models on one real broker: each model's updates
+reach its own coordinator, both rounds run at once, edges offer both models' counts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edged.federation.adoption import HeadSlot
+from edged.federation.participant import Participant
+from edged.federation.samples import SampleStore
+from edged.federation.service import EdgeFederation
+from edgefed.federation_upload import Upload
+from edgefed.federation_wire import FederationTopics, TrainConfig, encode_params, init_head
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
+from edgefed.wire import new_job_id
+from serverd.federation.coordinator import Coordinator
+from serverd.federation.rounds import Federation, RoundSettings
+from serverd.federation.service import FederationService
+
+SHAPES = {"wide": (6, 2), "narrow": (3, 3)}  # model -> (features, classes)
+EDGES = ["edge-0", "edge-1", "edge-2"]
+
+
+class Fleet:
+    def __init__(self, broker: Broker, root: Path) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.topics = FederationTopics()
+        self.clients = [self._client(broker, "serverd")]
+        settings = RoundSettings(min_clients=3, quorum=3, min_samples=10, timeout_ms=30_000)
+        self.coordinators = [
+            Coordinator(
+                self.clients[0],
+                self.topics,
+                Federation(model, 1, init_head(*shape), settings),
+                self.key,
+                TrainConfig(epochs=2, learning_rate=0.5),
+                max_chunk_bytes=1024,
+            )
+            for model, shape in SHAPES.items()
+        ]
+        self.service = FederationService(self.clients[0], self.topics, self.coordinators)
+        self.service.start()
+        rng = np.random.default_rng(0)
+        self.edges = []
+        for name in EDGES:
+            client = self._client(broker, name)
+            self.clients.append(client)
+            store = SampleStore(root / f"{name}.db", holdout_every=5)
+            allowed = threading.Event()
+            allowed.set()
+            participants = [
+                Participant(
+                    client,
+                    self.topics,
+                    name,
+                    model,
+                    store,
+                    HeadSlot(),
+                    [self.key.public_key()],
+                    allowed=allowed.is_set,
+                )
+                for model in SHAPES
+            ]
+            classes = {m: [str(c) for c in range(k)] for m, (_, k) in SHAPES.items()}
+            edge = EdgeFederation(client, self.topics, name, store, participants, classes, allowed)
+            for model, (features, k) in SHAPES.items():
+                for _ in range(40):
+                    label = int(rng.integers(0, k))
+                    x = rng.normal(0, 0.3, features).astype(np.float32)
+                    x[label] += 2.0  # separable: the label's own feature is high
+                    edge.add(model, x, label, "operator")
+            edge.start()
+            self.edges.append(edge)
+        for client in self.clients:
+            client.start()
+
+    def _client(self, broker: Broker, name: str) -> MqttClient:
+        return MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id=name))
+
+    def versions(self, model: str) -> list[int | None]:
+        out = []
+        for edge in self.edges:
+            served = edge.participants[model].slot.current
+            out.append(served.version if served else None)
+        return out
+
+    def on(self, model: str, version: int) -> bool:
+        """Every edge serves ``version`` of ``model`` (the service's timer ticks here)."""
+        self.service.tick()
+        return self.versions(model) == [version] * len(self.edges)
+
+    def stop(self) -> None:
+        for edge in self.edges:
+            edge.stop()
+        for client in self.clients:
+            client.stop()
+
+
+@pytest.fixture
+def fleet(broker: Broker, tmp_path: Path) -> Iterator[Fleet]:
+    running = Fleet(broker, tmp_path)
+    yield running
+    running.stop()
+
+
+def test_two_models_federate_at_once_each_on_its_own_coordinator(fleet: Fleet) -> None:
+    for model in SHAPES:
+        wait_until(f"{model} v1 everywhere", lambda m=model: fleet.versions(m) == [1, 1, 1])
+        wait_until(f"{model} offers", lambda m=model: len(fleet.service.available(m)) == 3)
+    assert fleet.service.available("wide") == dict.fromkeys(EDGES, 32)
+    for model in SHAPES:
+        fleet.service.start_round(model)
+    for model in SHAPES:
+        wait_until(f"{model} v2 everywhere", lambda m=model: fleet.on(m, 2))
+    for coordinator in fleet.coordinators:
+        (record,) = coordinator.history()
+        assert record["accepted"] == EDGES and record["rejected"] == {}
+    assert fleet.service.counters.unknown_model == 0
+
+
+def test_an_update_of_a_model_not_federated_is_counted_and_not_answered(fleet: Fleet) -> None:
+    wait_until("offers", lambda: len(fleet.service.available("wide")) == 3)
+    upload = Upload.of(
+        new_job_id(),
+        encode_params(init_head(2, 2)),
+        model="elsewhere",
+        round=1,
+        base_version=1,
+        num_samples=5,
+        metrics={},
+        max_chunk_bytes=1024,
+    )
+    for frame in upload.frames():
+        fleet.clients[1].publish(fleet.topics.update("edge-0"), frame)
+    wait_until("counted", lambda: fleet.service.counters.unknown_model == 1)
+    assert all(c.counters.updates_rejected == 0 for c in fleet.coordinators)
+
+
+def test_a_device_whose_twin_forbids_training_offers_nothing(fleet: Fleet) -> None:
+    wait_until("offers", lambda: len(fleet.service.available("narrow")) == 3)
+    fleet.edges[1].set_allowed(False)
+    wait_until(
+        "edge-1 out", lambda: sorted(fleet.service.available("narrow")) == ["edge-0", "edge-2"]
+    )
+    assert fleet.service.status()["edges"]["edge-1"]["samples"] == {"wide": 0, "narrow": 0}
