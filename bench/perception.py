@@ -198,9 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     segs = segments_for(args.stretch, total, args.segments)
-    config = PerceptionConfig.model_validate(
-        {"planner": {"budget": args.budget, "scan_runs": args.scan_runs}}
-    )
+    overrides = json.loads(args.perception)
+    planner = {"budget": args.budget, "scan_runs": args.scan_runs} | overrides.pop("planner", {})
+    config = PerceptionConfig.model_validate({"planner": planner, **overrides})
     refs = references(args, runner, segs, config.merge_iou)  # at the model's own threshold
     report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
@@ -426,6 +426,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--static-frames", type=int, default=30, help="held frames after each")
     p.add_argument("--budget", type=int, default=5, help="detector runs per frame")
     p.add_argument("--scan-runs", type=int, default=1, help="runs per frame for the scan")
+    p.add_argument(
+        "--perception",
+        default="{}",
+        help='more perception settings as JSON, e.g. \'{"planner": {"scan_coarse": 1.0}}\'',
+    )
     p.add_argument("--pre-roll", type=int, default=2, help="gate pre-roll frames")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads")
     p.add_argument("--seed", type=int, default=3, help="noise seed")
