@@ -60,6 +60,7 @@ CACHE = Path("var/bench")
 TARGETS = {"recall_vs_oracle": 0.85, "detector_runs_per_frame": 5.0}
 FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
+MISS_SCALE_PX = 60.0  # below this height in the detector's input it finds few people
 
 
 def gating_starts(total: int, segments: int = 16, frames: int = 25) -> list[int]:
@@ -150,14 +151,16 @@ def hog_boxes(video: Path, frames: list[int]) -> list[list[list[float]]]:
     return boxes
 
 
-def covered_by(inner: Box, outers: list[Box]) -> bool:
+def covered_by_share(inner: Box, outer: Box) -> float:
+    """Share of ``inner``'s area inside ``outer``."""
     area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    for o in outers:
-        ix = max(0.0, min(inner[2], o[2]) - max(inner[0], o[0]))
-        iy = max(0.0, min(inner[3], o[3]) - max(inner[1], o[1]))
-        if area > 0 and ix * iy / area >= 0.5:
-            return True
-    return False
+    ix = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
+    iy = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
+    return ix * iy / area if area > 0 else 0.0
+
+
+def covered_by(inner: Box, outers: list[Box]) -> bool:
+    return any(covered_by_share(inner, o) >= 0.5 for o in outers)
 
 
 def references(
@@ -195,9 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     segs = segments_for(args.stretch, total, args.segments)
-    config = PerceptionConfig.model_validate(
-        {"planner": {"budget": args.budget, "scan_runs": args.scan_runs}}
-    )
+    overrides = json.loads(args.perception)
+    planner = {"budget": args.budget, "scan_runs": args.scan_runs} | overrides.pop("planner", {})
+    config = PerceptionConfig.model_validate({"planner": planner, **overrides})
     refs = references(args, runner, segs, config.merge_iou)  # at the model's own threshold
     report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
@@ -206,6 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[int] = []
     model_ms: list[float] = []
     reported: dict[int, tuple[list[Box], list[Box], list[int | None]]] = {}
+    looked: dict[int, list[Box]] = {}  # each motion frame's regions (the whole frame's box)
     motion_index = -1
     index_of: dict[int, int] = {}
     for n, frame in enumerate(clip(args.video, segs, args.static_frames, args.seed)):
@@ -230,6 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ids = [d.track_id for d in tracked] + [i for i, _ in coasting if i not in seen]
             if k in index_of:
                 reported[index_of[k]] = ([d.box for d in tracked], boxes, ids)
+                whole = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+                looked[index_of[k]] = [whole if r is None else r for r in plan.regions]
                 if args.picture is not None and index_of[k] == args.picture_frame:
                     oracle = refs["oracle"][index_of[k]]
                     draw_picture(args.picture, image, result.boxes, plan, oracle, tracked)
@@ -243,7 +249,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         oracle_boxes(runner, frame.image, config.merge_iou)
         timed.append((time.perf_counter() - t0) * 1e3)
     refs = {**refs, "oracle_ms": timed or refs["oracle_ms"]}
-    return score(refs, reported, runs, model_ms, motion_index + 1, args, segs)
+    misses = miss_causes(refs, reported, looked, segs, runner.manifest.input.width)
+    return score(refs, reported, runs, model_ms, motion_index + 1, args, segs) | misses
 
 
 def draw_picture(
@@ -279,6 +286,75 @@ def draw_picture(
     cv2.imwrite(str(path), out)
 
 
+def reference_ids(oracle: list[list[list[float]]], segs: list[tuple[int, int]]) -> list[list[int]]:
+    """Reference identities: each frame's oracle boxes linked to the previous frame's
+    (IoU >= 0.5) within a segment, numbered from 1."""
+    frame_seg = [s for s, (_, length) in enumerate(segs) for _ in range(length)]
+    ids = itertools.count(1)
+    out: list[list[int]] = []
+    prev: list[tuple[Box, int]] = []
+    for k, frame in enumerate(oracle):
+        same_seg = k > 0 and frame_seg[k] == frame_seg[k - 1]
+        now: list[tuple[Box, int]] = []
+        for b in frame:
+            o: Box = (b[0], b[1], b[2], b[3])
+            best = max(prev, key=lambda p: iou(p[0], o), default=None) if same_seg else None
+            now.append((o, best[1] if best is not None and iou(best[0], o) >= 0.5 else next(ids)))
+        out.append([rid for _, rid in now])
+        prev = now
+    return out
+
+
+def miss_causes(
+    refs: dict[str, Any],
+    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
+    looked: dict[int, list[Box]],
+    segs: list[tuple[int, int]],
+    input_size: int,
+) -> dict[str, Any]:
+    """Why each oracle person the pipeline missed was missed (``miss_causes``):
+
+    * ``not_sent``: the gate did not pass the frame;
+    * ``region_missed``: a region held the person at >= ``MISS_SCALE_PX`` tall in the
+      detector's input and the detector did not find them (nor a track carry them);
+    * ``small_in_region``: regions held the person, but only smaller than that;
+    * ``lost``: no region held them this frame, though they had been found before in
+      this segment (the tracker dropped or never kept them);
+    * ``not_yet``: no region held them and they had not been found yet in this segment
+      (never scanned yet); ``not_yet_in_first_5`` of these in a segment's first 5 frames.
+    """
+    causes = dict.fromkeys(("not_sent", "region_missed", "small_in_region", "lost", "not_yet"), 0)
+    early = 0
+    starts = {sum(n for _, n in segs[:i]) for i in range(len(segs))}
+    found_ids: set[int] = set()
+    first = 0
+    for k, (frame, rids) in enumerate(zip(refs["oracle"], reference_ids(refs["oracle"], segs),
+                                          strict=True)):  # fmt: skip
+        if k in starts:
+            found_ids.clear()
+            first = k
+        boxes = reported.get(k, ([], [], []))[1]
+        for b, rid in zip(frame, rids, strict=True):
+            o: Box = (b[0], b[1], b[2], b[3])
+            if any(iou(o, r) >= 0.3 for r in boxes):
+                found_ids.add(rid)
+                continue
+            holding = [r for r in looked.get(k, []) if covered_by_share(o, r) >= 0.9]
+            side = [max(r[2] - r[0], r[3] - r[1]) for r in holding]
+            px = max(((o[3] - o[1]) * input_size / s for s in side), default=0.0)
+            if k not in looked:
+                cause = "not_sent"
+            elif holding:
+                cause = "region_missed" if px >= MISS_SCALE_PX else "small_in_region"
+            elif rid in found_ids:
+                cause = "lost"
+            else:
+                cause = "not_yet"
+                early += k - first < 5
+            causes[cause] += 1
+    return {"miss_causes": causes | {"not_yet_in_first_5": early}}
+
+
 def score(
     refs: dict[str, Any],
     reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
@@ -290,10 +366,8 @@ def score(
 ) -> dict[str, Any]:
     oracle_people = found = found_det = hog_people = hog_found = hog_oracle = 0
     switches = reported_boxes = reported_true = 0
-    prev_ref: list[tuple[Box, int]] = []
-    ref_ids = iter(range(1, 10**9))
     last_track: dict[int, int] = {}
-    frame_seg = [s for s, (_, length) in enumerate(segs) for _ in range(length)]
+    rids = reference_ids(refs["oracle"], segs)
     for k in range(motion_frames):
         dets, boxes, ids = reported.get(k, ([], [], []))
         oracle = [tuple(b) for b in refs["oracle"][k]]
@@ -306,20 +380,13 @@ def score(
         hog_people += len(hogs)
         hog_found += sum(covered_by(h, boxes) for h in hogs)  # type: ignore[arg-type]
         hog_oracle += sum(covered_by(h, oracle) for h in hogs)  # type: ignore[arg-type]
-        # reference identities: oracle boxes linked frame to frame within a segment
-        new_ref: list[tuple[Box, int]] = []
-        same_seg = k > 0 and frame_seg[k] == frame_seg[k - 1]
-        for o in oracle:
-            best = max(prev_ref, key=lambda p: iou(p[0], o), default=None) if same_seg else None
-            rid = best[1] if best is not None and iou(best[0], o) >= 0.5 else next(ref_ids)
-            new_ref.append((o, rid))  # type: ignore[arg-type]
+        for o, rid in zip(oracle, rids[k], strict=True):
             pairs = [(iou(o, b), i) for b, i in zip(boxes, ids, strict=True) if i is not None]  # type: ignore[arg-type]
             hit = max(pairs, default=(0.0, None))
             if hit[0] >= 0.3 and hit[1] is not None:
                 if rid in last_track and last_track[rid] != hit[1]:
                     switches += 1
                 last_track[rid] = hit[1]
-        prev_ref = new_ref
     oracle_ms = float(np.mean(refs["oracle_ms"])) if refs["oracle_ms"] else 0.0
     pipe_ms = float(np.sum(model_ms)) / motion_frames if motion_frames else 0.0
     return {
@@ -340,7 +407,7 @@ def score(
         "hog_found": hog_found,
         "hog_found_by_oracle": hog_oracle,
         "id_switches": switches,
-        "reference_identities": next(ref_ids) - 1,
+        "reference_identities": max((max(r, default=0) for r in rids), default=0),
     }
 
 
@@ -359,6 +426,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--static-frames", type=int, default=30, help="held frames after each")
     p.add_argument("--budget", type=int, default=5, help="detector runs per frame")
     p.add_argument("--scan-runs", type=int, default=1, help="runs per frame for the scan")
+    p.add_argument(
+        "--perception",
+        default="{}",
+        help='more perception settings as JSON, e.g. \'{"planner": {"scan_coarse": 1.0}}\'',
+    )
     p.add_argument("--pre-roll", type=int, default=2, help="gate pre-roll frames")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads")
     p.add_argument("--seed", type=int, default=3, help="noise seed")

@@ -20,8 +20,14 @@ its smallest member allows (a cluster that would shrink its people is split, as
 Frigate's ``get_cluster_candidates`` does), and a target wider than its square is cut
 into overlapping squares. The budget (detector runs per frame) goes to the whole-frame
 pass (large people), then to the clusters with the highest priority, keeping
-``scan_runs`` for a rotating grid of tiles sized for the expected person: people who
-never move are found within a sweep of the grid and then kept by the tracker.
+``scan_runs`` for a scan over tiles at two scales: a grid sized for the expected person,
+and one ``scan_coarse`` x larger that covers the frame in a few runs at a lower chance of
+finding each person. Each cell of the frame holds the chance that it hides a person not
+found yet; every region that looks at it lowers that chance by the detector's chance of
+finding the person expected there at the region's scale, and it creeps back by
+``rescan_rate`` a frame. The scan takes the tiles expected to find most, so people who
+never move are found within a second or two and then kept by the tracker; a person
+found small in a coarse tile gets a region at the detector's scale next.
 
 Pure code: boxes are ``(x1, y1, x2, y2)`` in frame pixels.
 """
@@ -78,6 +84,20 @@ class PlannerConfig(BaseModel):
         1, ge=0, le=16, description="Runs per frame kept for the rotating grid of tiles"
     )
     scan_overlap: float = Field(0.25, ge=0, lt=0.9, description="Overlap of adjacent scan tiles")
+    scan_coarse: float = Field(
+        2.0,
+        ge=1.0,
+        le=4.0,
+        description="The scan also has tiles this x larger (people smaller in the detector's "
+        "input, found less often, but the frame covered in a few runs); 1: one scale only",
+    )
+    rescan_rate: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Per frame, the share of a looked-at area's chance of hiding an unfound "
+        "person that comes back (people arrive or the detector missed them)",
+    )
     motion_weight: float = Field(
         3.0, gt=0, description="Priority of motion no tracked object explains (a new person?)"
     )
@@ -145,6 +165,12 @@ class SizeModel:
         return float(min(max(a * foot_y + b, lo), hi))
 
 
+def detect_chance(px: np.ndarray) -> np.ndarray:
+    """Share of people the detector finds at ``px`` tall in its input: ~0.1 at 40 px,
+    ~0.3-0.9 at 60-120 px, 0.95 above (BlazePose's detector on CCTV people)."""
+    return np.clip((px - 30.0) / 100.0, 0.05, 0.95)
+
+
 def _area(b: Box) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
@@ -200,8 +226,10 @@ class RegionPlanner:
         self.shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.frame_h, self.frame_w = float(frame_shape[0]), float(frame_shape[1])
         self.sizes = SizeModel(self.frame_h, config.default_person_share)
-        # the last frame a region looked at each cell of a coarse grid over the frame
-        self._looked = np.full((24, 32), -1, dtype=np.int64)
+        # per cell of a coarse grid over the frame: the chance that it hides a person no
+        # region has found yet (1: never looked at); a look at a scale where the detector
+        # finds a share p of people leaves 1 - p of it
+        self._unseen = np.ones((24, 32), dtype=np.float64)
         self._frames = 0
 
     def _large_people(self) -> bool:
@@ -241,7 +269,7 @@ class RegionPlanner:
         scan_keep = min(c.scan_runs, budget)
         chosen = self._choose(self._clusters(targets), budget - scan_keep)
         regions.extend(chosen)
-        scan = self._scan(budget - len(chosen), chosen)
+        scan = self._scan(budget - len(chosen), chosen, whole=bool(regions))
         regions.extend(scan)
         return Plan(regions, [t.box for t in targets], scan)
 
@@ -309,9 +337,15 @@ class RegionPlanner:
 
     def _square(self, cl: _Cluster) -> Box:
         (first, *rest) = cl.members
-        if not rest and first.region is not None and covered(first.box, [first.region]) > 0.99:
-            return first.region  # the crop that found it last time finds it again
         smallest = min(m.person_h for m in cl.members)
+        r = first.region
+        if (
+            not rest
+            and r is not None
+            and covered(first.box, [r]) > 0.99
+            and smallest * self.input_size / (r[2] - r[0]) >= 0.5 * self.config.person_px
+        ):
+            return r  # the crop that found it finds it again (unless it showed them small)
         box = cl.box
         side = max(self.max_side(smallest), max(box[2] - box[0], box[3] - box[1]))
         return square_around(box, 1.0, self.shape, side)
@@ -329,13 +363,14 @@ class RegionPlanner:
         return out
 
     # -- scan --------------------------------------------------------------------------
-    def scan_grid(self) -> list[Box]:
-        """Overlapping tiles covering the frame, each sized for the person expected there."""
+    def scan_grid(self, scale: float = 1.0) -> list[Box]:
+        """Overlapping tiles covering the frame, each sized for the person expected there
+        (``scale`` x larger: the coarse grid)."""
         tiles: list[Box] = []
         y = 0.0
         while True:
             side = self.max_side(self.sizes.height_at(min(y + self.frame_h * 0.15, self.frame_h)))
-            side = min(max(side, self.input_size / self.config.max_upscale), self.frame_h)
+            side = min(max(side, self.input_size / self.config.max_upscale) * scale, self.frame_h)
             y0 = min(y, self.frame_h - side)
             cols = max(
                 1, math.ceil((self.frame_w - side) / (side * (1 - self.config.scan_overlap))) + 1
@@ -347,22 +382,47 @@ class RegionPlanner:
             y = y0 + side * (1 - self.config.scan_overlap)
 
     def _cells(self, box: Box) -> tuple[slice, slice]:
-        rows, cols = self._looked.shape
+        rows, cols = self._unseen.shape
         return (
             slice(int(box[1] / self.frame_h * rows), math.ceil(box[3] / self.frame_h * rows)),
             slice(int(box[0] / self.frame_w * cols), math.ceil(box[2] / self.frame_w * cols)),
         )
 
-    def _scan(self, n: int, taken: Sequence[Box]) -> list[Box]:
-        """The ``n`` tiles whose area any region looked at least recently (oldest first)."""
+    def _chance(self, region: Box, heights: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+        """The cells of ``region`` and the detector's chance there of finding the person
+        expected in each cell's row."""
+        cells = self._cells(region)
+        side = max(region[2] - region[0], region[3] - region[1])
+        return cells, detect_chance(heights[cells[0]] * self.input_size / side)[:, None]
+
+    def _scan(self, n: int, taken: Sequence[Box], whole: bool) -> list[Box]:
+        """Up to ``n`` tiles, fine or coarse, each the one expected to find most of the
+        people not found yet: the chance a cell hides one x the detector's chance there
+        (``taken``: the targets' regions; ``whole``: the whole frame runs too)."""
+        rows = self._unseen.shape[0]
+        feet = (np.arange(rows) + 1.0) * self.frame_h / rows
+        heights = np.array([self.sizes.height_at(y) for y in feet])
+        self._unseen += (1.0 - self._unseen) * self.config.rescan_rate
+
+        def look(region: Box) -> None:
+            cells, p = self._chance(region, heights)
+            self._unseen[cells] *= 1.0 - p
+
+        def gain(region: Box) -> float:
+            cells, p = self._chance(region, heights)
+            return float((self._unseen[cells] * p).sum())
+
+        for r in [*taken, (0.0, 0.0, self.frame_w, self.frame_h)] if whole else taken:
+            look(r)
         grid = self.scan_grid()
-        age = [float(self._looked[self._cells(t)].mean()) for t in grid]
+        if self.config.scan_coarse > 1.0:
+            grid += [t for t in self.scan_grid(self.config.scan_coarse) if t not in grid]
         out: list[Box] = []
-        for i in sorted(range(len(grid)), key=lambda i: (age[i], i)):
-            if len(out) >= n:
+        for _ in range(n):
+            free = [t for t in grid if covered(t, [*taken, *out]) < 0.7]
+            best = max(free, key=gain, default=None)
+            if best is None:
                 break
-            if covered(grid[i], [*taken, *out]) < 0.7:
-                out.append(grid[i])
-        for r in [*taken, *out]:
-            self._looked[self._cells(r)] = self._frames
+            out.append(best)
+            look(best)
         return out

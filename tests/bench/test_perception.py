@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from bench.gating import parse_args as gating_args
-from bench.perception import gating_starts, segments_for, tiles
+from bench.perception import gating_starts, miss_causes, segments_for, tiles
 
 
 def test_the_perception_clip_shares_no_frame_with_the_gating_bench() -> None:
@@ -30,3 +30,37 @@ def test_oracle_tiles_cover_the_frame_with_half_overlap() -> None:
                 assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in grid)
         xs = sorted({t[0] for t in grid})
         assert all(b - a <= side / 2 + 1e-6 for a, b in itertools.pairwise(xs))
+
+
+def test_misses_are_told_apart_by_cause() -> None:
+    """One segment of four frames, one oracle person standing still at (100..160, 100..250)."""
+    person = [100.0, 100.0, 160.0, 250.0]
+    refs = {"oracle": [[person], [person], [person], [person]]}
+    segs = [(0, 4)]
+    box = (100.0, 100.0, 160.0, 250.0)
+    elsewhere = (500.0, 300.0, 700.0, 500.0)
+    reported = {  # frame 0: nothing; 1: found; 2, 3: missed again
+        0: ([], [], []),
+        1: ([box], [box], [1]),
+        2: ([], [], []),
+        3: ([], [], []),
+    }
+    looked = {
+        0: [elsewhere],  # not looked at yet
+        1: [(80.0, 80.0, 300.0, 300.0)],
+        2: [elsewhere],  # found before, now neither held by a region nor by a track
+        3: [(0.0, 0.0, 768.0, 768.0)],  # only the whole frame: 150 px -> 44 px in the input
+    }
+    out = miss_causes(refs, reported, looked, segs, 224)["miss_causes"]
+    assert out == {
+        "not_sent": 0,
+        "region_missed": 0,
+        "small_in_region": 1,
+        "lost": 1,
+        "not_yet": 1,
+        "not_yet_in_first_5": 1,
+    }
+    looked[3] = [(50.0, 50.0, 274.0, 274.0)]  # native scale: the detector's own miss
+    assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["region_missed"] == 1
+    del looked[0]  # the gate did not pass frame 0
+    assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["not_sent"] == 1

@@ -139,23 +139,53 @@ def test_tracked_objects_keep_regions_without_motion() -> None:
     assert holding(plan.targeted, still)
 
 
+def points_in(tiles: list[Box], step: int = 16) -> set[tuple[int, int]]:
+    return {
+        (x, y)
+        for y in range(0, 576, step)
+        for x in range(0, 768, step)
+        if any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in tiles)
+    }
+
+
 def test_the_scan_sweeps_the_whole_frame_within_a_few_seconds() -> None:
+    everywhere = points_in([(0, 0, 768, 576)])
     p = planner(budget=2, scan_runs=1)  # whole frame every 4th frame, else one spare run
+    fine = p.scan_grid()
+    assert len(fine) <= 30
+    assert points_in(fine) == everywhere  # the grid covers every pixel of the frame
     seen: list[Box] = []
-    frames = 0
-    grid = p.scan_grid()
-    assert len(grid) <= 30
-    while len(set(seen)) < len(grid) and frames < 100:
+    for _ in range(10):  # at 10 gated frames/s: within a second, at the coarse scale
         plan = p.plan([])
         assert len(plan.regions) <= 2
         seen += plan.scan
-        frames += 1
-    assert set(seen) == set(grid)
-    assert frames <= 40  # at 10 gated frames/s: within 4 s
-    # the grid covers every pixel of the frame
-    for y in range(0, 576, 16):
-        for x in range(0, 768, 16):
-            assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in grid)
+    assert points_in(seen) == everywhere
+    # at the default budget, at the detector's own scale too, within 2 s
+    p = planner()
+    seen = [t for _ in range(20) for t in p.plan([]).scan]
+    assert points_in([t for t in seen if t in fine]) == everywhere
+
+
+def test_the_first_frame_covers_most_of_the_frame_with_coarse_tiles() -> None:
+    """Nothing found yet: larger tiles (people smaller in the input) cover more per run."""
+    p = planner(budget=5, scan_runs=1)
+    plan = p.plan([])
+    assert len(plan.regions) == 5 and None in plan.regions
+    assert any(t[2] - t[0] > 1.5 * max(f[2] - f[0] for f in p.scan_grid()) for t in plan.scan)
+    assert len(points_in(plan.scan)) >= 0.9 * len(points_in([(0, 0, 768, 576)]))
+    one_scale = planner(budget=5, scan_runs=1, scan_coarse=1.0).plan([])
+    assert len(points_in(one_scale.scan)) < len(points_in(plan.scan))
+
+
+def test_a_person_found_by_a_coarse_tile_gets_a_region_at_the_detectors_scale() -> None:
+    p = planner(scan_runs=0, whole_frame=False)
+    far = person(300, 300, 80)
+    coarse = (100.0, 50.0, 530.0, 480.0)  # found there: 80 px -> 42 px in the input
+    (r,) = p.plan([], [TrackHint(far, 1, True, coarse)]).targeted
+    assert holding([r], far)
+    assert scale_in_input(r, far) >= 120 - 1e-6
+    near = (230.0, 190.0, 380.0, 340.0)  # found at native scale: the same crop again
+    assert p.plan([], [TrackHint(far, 1, True, near)]).targeted == [near]
 
 
 def test_the_size_model_learns_people_from_detections() -> None:
