@@ -24,6 +24,7 @@ from pathlib import Path
 import debcheck
 import oci
 from wheelhouse import (
+    CONFIGS,
     PACKAGING,
     REPO,
     BuildError,
@@ -38,11 +39,6 @@ from wheelhouse import (
 UNITS = {
     "edgefed-edge": ("edged.service", "edgefed-deviceplugin.service"),
     "edgefed-server": ("serverd.service",),
-}
-CONFIGS = {
-    "edged.yaml": REPO / "edged" / "example-config.yaml",
-    "serverd.yaml": REPO / "serverd" / "example-config.yaml",
-    "npu-driver.yaml": PACKAGING / "debian" / "npu-driver.yaml",
 }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import debcheck
 import yaml
 from wheelhouse import (
+    CONFIGS,
     PACKAGING,
     REPO,
     BuildError,
@@ -122,9 +123,8 @@ def stage_context(out: Path) -> Path:
     context.mkdir()
     shutil.copytree(out / "wheels", context / "wheels", copy_function=os.link)
     shutil.copy(PACKAGING / "debian" / "make-venv", context / "make-venv")
-    shutil.copy(REPO / "edged" / "example-config.yaml", context / "edged.yaml")
-    shutil.copy(REPO / "serverd" / "example-config.yaml", context / "serverd.yaml")
-    shutil.copy(PACKAGING / "debian" / "npu-driver.yaml", context / "npu-driver.yaml")
+    for name, src in CONFIGS.items():
+        shutil.copy(src, context / name)
     built = REPO / "firmware-images" / "build"
     shutil.copy(built / "keys" / "dev-signing.pub", context / "image-signing.pub")
     for manifest in sorted(built.glob("*/manifest.yaml")):
@@ -199,9 +199,7 @@ def check_layout(layout: Path, name: str, tag: str, labels: dict[str, str]) -> d
 
 def check_config() -> dict[str, Any]:
     """The image's own edged.yaml with the sample video as its camera and a results file."""
-    config: dict[str, Any] = yaml.safe_load(
-        (REPO / "edged" / "example-config.yaml").read_text(encoding="utf-8")
-    )
+    config: dict[str, Any] = yaml.safe_load(CONFIGS["edged.yaml"].read_text(encoding="utf-8"))
     config["cameras"] = [
         {"name": "vtest", "source": "/video/vtest.avi", "loop": True, "pace": "native"}
     ]
@@ -279,7 +277,12 @@ def run_check(layout: Path, tag: str, out: Path) -> dict[str, Any]:
     if not lines:
         raise BuildError(f"edged wrote no results in {RUN_S:.0f} s:\n{_tail(log)}")
     shutil.rmtree(bundle)
-    return {"ran_s": RUN_S, "result_lines": len(lines), "exit_code": code, "stop_s": stopped}
+    return {
+        "ran_s": RUN_S,
+        "result_lines": len(lines),
+        "exit_code": code,
+        "stop_s": round(stopped, 2),
+    }
 
 
 def _tail(log: Path) -> str:

@@ -17,6 +17,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
+# the configs both the .debs and the images ship in /etc/edgefed/
+CONFIGS = {
+    "edged.yaml": REPO / "edged" / "example-config.yaml",
+    "serverd.yaml": REPO / "serverd" / "example-config.yaml",
+    "npu-driver.yaml": PACKAGING / "debian" / "npu-driver.yaml",
+}
 
 
 class BuildError(Exception):
