@@ -1,7 +1,10 @@
 """The ``serverd`` command line: a thin layer over ``serverd.app``.
 
 ``serverd run -c serverd.yaml`` runs until SIGTERM/SIGINT; ``serverd check-config FILE``
-validates a config and prints it resolved. Exit codes are those of ``edgefed.errors``.
+validates a config and prints it resolved; ``serverd tritonserver [TRITON OPTIONS]`` execs
+the bundled ``tritonserver`` of a Triton environment with EdgeFed's backends (the entry
+point of the edgefed-serverd-triton image: Triton on its own, e.g. one Deployment per
+replica, where serverd otherwise starts it). Exit codes are those of ``edgefed.errors``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
+from edgefed import paths
 from edgefed.config import check_config_command
 from edgefed.errors import (
     EXIT_OK,
@@ -55,6 +61,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tritonserver(args: argparse.Namespace, triton_args: list[str]) -> int:
+    """Replace this process with ``tritonserver`` (same pid: it gets the signals)."""
+    from serverd.triton.install import TritonInstall
+
+    install = TritonInstall.locate(args.venv)
+    argv = [
+        str(install.binary),
+        f"--backend-directory={install.backend_dir(args.workdir)}",
+        f"--cache-directory={install.cache_dir}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        *triton_args,
+    ]
+    os.execve(argv[0], argv, install.environment(os.environ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="serverd", description="EdgeFed server daemon: Triton host and offload scheduler"
@@ -68,9 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_check_config)
     federation_cli.add_subparser(sub)
+    p = sub.add_parser(
+        "tritonserver",
+        help="exec Triton with EdgeFed's backends; other options go to tritonserver",
+    )
+    p.add_argument(
+        "--venv",
+        type=Path,
+        default=paths.triton_venv(),
+        help="the Triton environment (serverd/triton/setup_env.sh; default %(default)s)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "edgefed-triton",
+        help="where the backend directory is laid out (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_tritonserver)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.func is cmd_tritonserver:
+        return run_command("serverd", lambda: cmd_tritonserver(args, rest))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return run_command("serverd", lambda: int(args.func(args)))

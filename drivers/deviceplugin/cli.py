@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from edgefed.driver import Driver
 from edgefed.errors import EXIT_CONFIG, EXIT_DRIVER, EXIT_OK, ConfigError, DriverError
+from edgefed.sdnotify import Notifier
 
 from .. import registry
 from . import stubs
@@ -100,6 +101,16 @@ def build_config(args: argparse.Namespace) -> DevicePluginConfig:
         raise ConfigError(_one_line(exc)) from exc
 
 
+def check_watchdog(config: DevicePluginConfig, notifier: Notifier) -> None:
+    """The poll loop pets systemd's watchdog: it must turn at least twice per interval."""
+    interval = notifier.watchdog_s
+    if interval is not None and config.poll_interval_s > interval / 2:
+        raise ConfigError(
+            f"--poll-interval {config.poll_interval_s:g} s is more than half the watchdog "
+            f"interval ({interval:g} s, WatchdogSec): the watchdog would fire between polls"
+        )
+
+
 def load_driver(path: Path) -> Driver:
     """Read the driver block and start the driver (ConfigError / DriverError on failure)."""
     try:
@@ -124,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    notifier = Notifier()  # systemd's, if any
     try:
         config = build_config(args)
+        check_watchdog(config, notifier)
         driver = load_driver(args.driver_config)
     except ConfigError as exc:
         log.error("invalid configuration: %s", _one_line(exc))
@@ -134,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("driver failed: %s", _one_line(exc))
         return EXIT_DRIVER
     try:
-        plugin = DevicePlugin(driver, config, stubs.load())
+        plugin = DevicePlugin(driver, config, stubs.load(), notifier)
         asyncio.run(_serve(plugin))
     except DriverError as exc:
         log.error("%s", exc)
         return EXIT_DRIVER
     finally:
         driver.close()
+        notifier.close()
     return EXIT_OK

@@ -53,6 +53,16 @@ def describe(devices: Sequence[DeviceInfo]) -> str:
     return ", ".join(parts) or "no devices"
 
 
+def status_line(resources: Mapping[str, Sequence[DeviceInfo]], registered: bool) -> str:
+    """``edgefed.io/npu-x220 2/2 healthy; registered`` for systemd's STATUS."""
+    parts = [
+        f"{name} {sum(d.healthy for d in devices)}/{len(devices)} healthy"
+        for name, devices in resources.items()
+    ]
+    kubelet = "registered with the kubelet" if registered else "not registered with the kubelet"
+    return f"{', '.join(parts) or 'no devices'}; {kubelet}"
+
+
 def natural_key(device_id: str) -> tuple[tuple[int, int | str], ...]:
     """Sort ``npu2`` before ``npu10``."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _DIGITS.split(device_id) if p)

@@ -5,6 +5,11 @@ block), groups them by hardware model into resources, serves each resource on it
 unix socket in the kubelet's device-plugin directory and registers it. A changed
 ``kubelet.sock`` (the kubelet restarted and wiped the directory) or a missing socket of
 ours makes it restart the affected servers and register again.
+
+Under systemd (``Type=notify``, edgefed-deviceplugin.service) the poll loop itself says
+READY after its first round, pets the watchdog after every round and STOPPING on the way
+out: a driver call that hangs (a wedged vendor SDK or sysfs read) stops the WATCHDOG
+messages and systemd restarts the plugin. STATUS tells the resources and registration.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import grpc
 
 from edgefed.driver import DeviceInfo, Driver
 from edgefed.errors import DriverError
+from edgefed.sdnotify import Notifier
 
 from . import core
 from .config import DevicePluginConfig
@@ -106,14 +112,18 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class DevicePlugin:
     """Polls one driver and keeps its resources served and registered."""
 
-    def __init__(self, driver: Driver, config: DevicePluginConfig, api: Api) -> None:
+    def __init__(
+        self, driver: Driver, config: DevicePluginConfig, api: Api, notifier: Notifier
+    ) -> None:
         self.driver = driver
         self.config = config
         self.api = api
+        self.notifier = notifier
         self.kubelet_socket = config.socket_dir / KUBELET_SOCKET
         self.servers: dict[str, ResourceServer] = {}
         self._registered_with: tuple[int, int] | None = None
         self._last_problem = ""
+        self._status = ""
 
     def _problem(self, text: str) -> None:
         """Log a problem once until it changes, so a poll loop does not flood the log."""
@@ -175,14 +185,29 @@ class DevicePlugin:
         await self._update_tables()
         await self._keep_registered()
 
+    def _notify(self) -> None:
+        """After a round: READY the first time, then WATCHDOG; STATUS when it changes."""
+        status = core.status_line(
+            {r: s.table.devices for r, s in self.servers.items()},
+            self._registered_with is not None,
+        )
+        if not self._status:
+            self.notifier.ready(status)
+        elif status != self._status:
+            self.notifier.status(status)
+        self._status = status
+        self.notifier.watchdog()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; then stop every server and remove its socket."""
         try:
             while not stop.is_set():
                 await self.poll_once()
+                self._notify()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
         finally:
+            self.notifier.stopping("stopping: removing the plugin sockets")
             for server in reversed(list(self.servers.values())):
                 await server.stop()
             log.info("device plugin stopped (pid %d)", os.getpid())

@@ -51,13 +51,14 @@ def _run(argv: list[str], what: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def base_chroot(cache: Path) -> Path:
+def base_chroot(cache: Path, packages: str = BASE_PACKAGES) -> Path:
+    """A minbase bookworm with ``packages``, made once in ``cache`` (the OCI base, too)."""
     if (cache / "etc" / "debian_version").is_file():
         return cache
     tmp = cache.with_name(cache.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _run(
-        ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(tmp), MIRROR],
+        ["debootstrap", "--variant=minbase", f"--include={packages}", SUITE, str(tmp), MIRROR],
         "debootstrap",
     )
     tmp.rename(cache)

@@ -62,5 +62,6 @@ def test_the_builder_ships_every_unit_and_config_it_names() -> None:
     installs = (DEBIAN / "edgefed-edge.install").read_text() + (
         DEBIAN / "edgefed-server.install"
     ).read_text()
+    shipped = (BUILD.parent / "wheelhouse.py").read_text(encoding="utf-8")  # CONFIGS
     for name in ("edged.yaml", "serverd.yaml", "npu-driver.yaml"):
-        assert f"etc/edgefed/{name}" in installs and f'"{name}"' in text
+        assert f"etc/edgefed/{name}" in installs and f'"{name}"' in shipped

@@ -43,6 +43,13 @@ def test_daemons_are_notify_units_with_a_watchdog(name: str) -> None:
     assert unit["ExecStart"][0].startswith(f"/opt/edgefed/{role}/bin/{daemon} run -c /etc/")
 
 
+def test_the_device_plugin_is_a_notify_unit_with_a_watchdog() -> None:
+    unit = read_unit("edgefed-deviceplugin.service")
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
+    assert unit["WatchdogSec"] == ["30s"] and unit["Restart"] == ["always"]
+    assert "--poll-interval" not in unit["ExecStart"][0]  # 1 s: well below half of 30 s
+
+
 @pytest.mark.parametrize("name", ALL_UNITS)
 def test_every_unit_is_hardened(name: str) -> None:
     unit = read_unit(name)

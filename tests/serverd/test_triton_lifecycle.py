@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,65 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Pa
         again.stop()
         earlier.stop()
     assert not (tmp_path / "local-0.pid").exists()
+
+
+def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> None:
+    """The entry point of the edgefed-serverd-triton image: Triton in serverd's place (same
+    pid, so SIGTERM reaches it), serving the echo model of our python-based backends."""
+    echo = [TritonModelConfig(name="echo", backend="echo")]
+    repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
+    ports = TritonPorts.free()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serverd",
+            "tritonserver",
+            f"--venv={VENV}",
+            f"--workdir={tmp_path / 'work'}",
+            f"--model-repository={repository}",
+            "--http-address=127.0.0.1",
+            f"--http-port={ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={ports.metrics}",
+            "--exit-timeout-secs=5",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{ports.http}/v2/models/echo/ready"
+    try:
+        wait_until("the echo model to be ready", lambda: _ok(url), 60)
+        assert Path(f"/proc/{process.pid}/exe").resolve().name == "tritonserver"
+        assert (tmp_path / "work" / "backends" / "echo" / "model.py").is_file()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0
+
+
+def test_serverd_tritonserver_without_an_environment_is_one_clear_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "serverd", "tritonserver", f"--venv={tmp_path / 'none'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert "no Triton environment at" in line
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
