@@ -101,6 +101,8 @@ class ServerdApp:
             "jobs": current.get("jobs", {}),
             "counters": current.get("counters", {}),
             "queued": current.get("queued", 0),
+            "shed": current.get("shed", {}),
+            "capacity_per_s": current.get("capacity_per_s", {}),
             "edge_events": dict(self.devices.counts),
             "devices": self.devices.status(),
         }
@@ -224,6 +226,7 @@ class ServerdApp:
                 cfg.drain_s,
                 cfg.retention_s,
                 cfg.send_accepted,
+                cfg.overload,
             )
             self.service = OffloadServer(
                 settings,

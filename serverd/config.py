@@ -20,6 +20,7 @@ from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
 from serverd.api.config import ServerdApiConfig
+from serverd.overload import OverloadConfig
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"
@@ -117,12 +118,20 @@ class ServerdConfig(Strict):
     scheduler: SchedulerConfig = Field(
         default_factory=SchedulerConfig, description="Dynamic scheduler"
     )
+    overload: OverloadConfig = Field(
+        default_factory=OverloadConfig, description="Admission control and load shedding"
+    )
     send_accepted: bool = Field(
         False,
         description="Also tell the device when a job is queued (its status goes Inferencing); "
         "costs one more message per job",
     )
-    max_queue: int = Field(1000, ge=1, description="Jobs held (queued + in flight) at most")
+    max_queue: int = Field(
+        1000,
+        ge=1,
+        description="Jobs held (queued + in flight) at most; past it a job takes the place "
+        "of a queued one of lower priority or is shed",
+    )
     infer_timeout_s: float = Field(10.0, gt=0, description="One Triton call, at most")
     health_interval_s: float = Field(1.0, gt=0, description="Readiness probe period")
     drain_s: float = Field(5.0, ge=0, description="On stop, wait this long for jobs in flight")
