@@ -237,7 +237,10 @@ class ServerdApp:
                 self.endpoints,
                 on_done=self.metrics.observe,
             )
-            self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
+            requests = topics.requests_filter()
+            if cfg.share_group is not None:
+                requests = f"$share/{cfg.share_group}/{requests}"
+            self.mqtt.subscribe_acked(requests, self._on_request)
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off
             log.info(
                 "serverd %s serving %s on %d instance(s)",

@@ -98,6 +98,12 @@ class ServerdConfig(Strict):
         DEFAULT_PREFIX,
         description="Topic prefix shared with the edges; a '+' segment subscribes to many",
     )
+    share_group: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        description="Replicas with the same group split the requests: serverd subscribes "
+        "with $share/<group>/<requests filter> and each request goes to one of them",
+    )
     availability_prefix: str | None = Field(
         None,
         description="Prefix of this server's retained availability topic; needed when "
