@@ -59,6 +59,10 @@ class NatsCluster:
                     raise RuntimeError(f"NATS cluster not up; see {self.directory}/node-*.log")
                 time.sleep(0.1)
 
+    def pids(self) -> list[int]:
+        """The running nodes' process ids."""
+        return [p.pid for p in self._processes if p is not None]
+
     def kill(self, i: int) -> None:
         process = self._processes[i]
         if process is not None:
