@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", default="echo", choices=["echo", "detector"])
     parser.add_argument("--instances", type=int, default=2, help="supervised Tritons")
     parser.add_argument("--capacity", type=int, default=4, help="jobs in flight per Triton")
-    parser.add_argument("--max-wait-ms", type=float, default=30.0, help="overload bound")
+    parser.add_argument("--max-wait-ms", type=float, default=50.0, help="overload bound")
     parser.add_argument("--max-queue", type=int, default=1000, help="jobs held by serverd")
     parser.add_argument("--workers", type=int, default=2, help="device processes")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per step")
@@ -286,6 +286,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     ramp = [int(n) for n in args.ramp.split(",")]
     factors = [float(f) for f in args.overload.split(",") if f]
+    load_before = round(os.getloadavg()[0], 2)  # other work on the host, before and after
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         jpeg_dir = write_jpegs(directory)
@@ -342,6 +343,7 @@ def main(argv: list[str]) -> int:
             "workers": args.workers,
             "duration_s": args.duration,
             "cpus": os.cpu_count(),
+            "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
         },
         "steps": steps,
     }

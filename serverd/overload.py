@@ -14,8 +14,9 @@ Policy:
   only when high priority alone exceeds capacity;
 - the queue is bounded by ``max_queue`` jobs held: a job arriving at a full queue takes
   the place of the newest queued job of the lowest priority below its own, or is shed;
-- a queued job older than ``max_wait_ms`` is shed (a job of higher priority overtook it
-  for that long);
+- a queued job older than ``max_wait_ms`` is shed if more than ``max_wait_ms`` of work
+  is still ahead of it (jobs of higher priority kept overtaking it); after a stall of the
+  host, the jobs at the head of the queue run instead of being shed with the rest;
 - recovery needs no action: when load falls the queue drains, predicted waits fall and
   every job is admitted again.
 A shed job is answered at once with the ``shed`` error code: the edge closes it Expired
@@ -121,12 +122,14 @@ class OverloadGuard:
         }
 
     def aged(self, queued_at: Mapping[str, float], now: float) -> list[tuple[Job, str]]:
-        """Queued jobs older than the wait bound, lowest priority first, with the reason;
-        ``queued_at`` is each job's time (ms) in the queue."""
-        limit = now - self._config.max_wait_ms
-        old = [
-            (job, f"queued {now - queued_at[job.job_id]:.0f} ms at priority {job.priority}")
-            for job in self._scheduler.queued_jobs()
-            if queued_at.get(job.job_id, now) < limit
-        ]
+        """Queued jobs older than the wait bound that still have more than the bound's
+        worth of work ahead of them, lowest priority first, with the reason; ``queued_at``
+        is each job's time (ms) in the queue."""
+        bound = self._config.max_wait_ms
+        old = []
+        for ahead, job in enumerate(self._scheduler.queued_jobs()):
+            waited = now - queued_at.get(job.job_id, now)
+            rate = self.rate_per_ms(job.model)
+            if waited > bound and (rate <= 0 or ahead / rate > bound):
+                old.append((job, f"queued {waited:.0f} ms at priority {job.priority}"))
         return old[::-1]

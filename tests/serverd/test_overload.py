@@ -59,19 +59,18 @@ def test_a_full_queue_makes_room_for_higher_priority_by_evicting_the_last_low_jo
     assert same.verdict is Verdict.SHED and "none of lower priority" in same.reason
 
 
-def test_jobs_queued_too_long_are_shed_lowest_priority_first() -> None:
-    scheduler = busy_scheduler()
+def test_jobs_queued_too_long_behind_too_much_work_are_shed_lowest_priority_first() -> None:
+    scheduler = busy_scheduler(10.0, capacity=2)  # 0.2 jobs per ms: 8 jobs ahead = 40 ms
     guard = OverloadGuard(OverloadConfig(max_wait_ms=40.0), scheduler, max_queue=100)
-    arrived = {"old-high": 0.0, "old-low": 5.0, "new-low": 30.0}
-    scheduler.submit(Job("old-high", "det", priority=2))
-    scheduler.submit(Job("old-low", "det", priority=0))
-    scheduler.submit(Job("new-low", "det", priority=0))
-
-    aged = guard.aged(arrived, now=50.0)
-    assert [(job.job_id, why) for job, why in aged] == [
-        ("old-low", "queued 45 ms at priority 0"),
-        ("old-high", "queued 50 ms at priority 2"),
-    ]
+    arrived = {"high": 0.0} | {f"low-{i}": 5.0 + i for i in range(12)}
+    scheduler.submit(Job("high", "det", priority=2))
+    for i in range(12):
+        scheduler.submit(Job(f"low-{i}", "det", priority=0))
+    # at 50 ms low-0..low-4 are old, but less than 40 ms of work is ahead of them: they stay
+    assert guard.aged(arrived, now=50.0) == []
+    aged = guard.aged(arrived, now=60.0)
+    assert [job.job_id for job, _ in aged] == ["low-11", "low-10", "low-9", "low-8"]
+    assert "queued 47 ms at priority 0" in dict((j.job_id, w) for j, w in aged)["low-8"]
     assert guard.aged(arrived, now=39.0) == []
 
 
