@@ -269,7 +269,7 @@ def ceiling(steps: list[dict[str, Any]]) -> float | None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__)
-    parser.add_argument("--rate", type=float, default=0.3, help="jobs/s per device")
+    parser.add_argument("--rate", type=float, default=0.6, help="jobs/s per device")
     parser.add_argument("--high-share", type=float, default=0.2, help="share of priority 5")
     parser.add_argument("--model", default="echo", choices=["echo", "detector"])
     parser.add_argument("--instances", type=int, default=2, help="supervised Tritons")
@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per step")
     parser.add_argument("--ramp", default="10,100,1000", help="devices per step at --rate")
     parser.add_argument(
-        "--overload", default="2,4,8", help="rate factors at the last ramp size (ceiling)"
+        "--overload", default="1.5,2,4", help="rate factors at the last ramp size (ceiling)"
     )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
