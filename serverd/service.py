@@ -45,7 +45,7 @@ from serverd.triton.client import TritonEndpoint
 log = logging.getLogger(__name__)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)  # bounded: with a '+' prefix, devices choose prefixes
 def _topics(prefix: str) -> Topics:
     """The topics under a concrete prefix a request came on (its reply goes there)."""
     return Topics(prefix)
