@@ -27,7 +27,7 @@ def small_serverd(broker: Broker, tmp_path: Path) -> Iterator[ServerdThread]:
         broker.port,
         instances=1,
         scheduler={"capacity": 1},
-        overload={"max_wait_ms": 150.0},
+        overload={"max_wait_ms": 400.0},
     )
     running = ServerdThread(config)
     running.start()
