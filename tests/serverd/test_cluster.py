@@ -1,22 +1,28 @@
 """serverd on a clustered broker: a three-node NATS cluster (MQTT over JetStream) started
-here on free ports; serverd on one node, a device on another; the third node is killed
-mid-run and no job is lost."""
+here on free ports; serverd on one node, edged's offload client (SQLite outbox, QoS 1,
+retries) on another; the third node is killed mid-run and no job is lost."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edged.netloop import NetLoop
+from edged.offload.client import JobOutcome, OffloadClient
+from edged.offload.outbox import Outbox
+from edged.offload.records import OutboxConfig
+from edgefed.lifecycle import Status
+from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.natscluster import NATS_SERVER, NatsCluster
-from edgefed.wire import OffloadResult
+from edgefed.testing.wait import wait_until
 from tests.serverd.conftest import _require_triton
-from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
+from tests.serverd.harness import ServerdThread, frame_jpeg, serverd_config
 
 JPEG = frame_jpeg(320, 240)
+JOBS = 60
 
 
 @pytest.fixture
@@ -40,23 +46,30 @@ def test_one_broker_node_killed_mid_run_loses_no_job(cluster: NatsCluster, tmp_p
     )
     server = ServerdThread(config)
     server.start()
-    edge: Edge | None = None
+    outcomes: list[JobOutcome] = []
+    net = NetLoop(MqttClient(MqttConfig(port=edge_port, client_id="edge-on-nats")))
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.sqlite", result_timeout_s=5.0))
+    client = OffloadClient("site/cam-nats", net, outbox, on_outcome=outcomes.append)
+    client.start()
+    net.start()
     try:
-        edge = Edge(edge_port, device_id="site/cam-nats")
-        time.sleep(1.0)  # the subscription has reached the other nodes
+        assert net.mqtt.wait_connected(20)
+        time.sleep(1.0)  # serverd's subscription has reached the other nodes
         sent = []
-        for n in range(60):
-            if n == 30:
+        for n in range(JOBS):
+            if n == JOBS // 2:
                 cluster.kill(2)
-            request = edge.request("echo" if n % 2 else "person")
+            request = client.make_request("echo" if n % 2 else "person", "jpeg", ttl_s=120)
             sent.append(request.job_id)
-            edge.send(request, JPEG)
-            time.sleep(0.02)
-        replies = [reply for reply, _ in edge.collect(60, timeout=120)]
-        assert not edge.quiet(1.0)
+            client.submit(request, JPEG)
+            time.sleep(0.05)
+        wait_until(f"{JOBS} outcomes", lambda: len(outcomes) == JOBS, timeout=150)
+        completed = server.status()["counters"]["completed"]
     finally:
-        if edge is not None:
-            edge.close()
+        client.stop()
+        net.stop()
+        outbox.close()
         server.stop()
-    assert Counter(r.job_id for r in replies) == Counter(sent)
-    assert all(isinstance(r, OffloadResult) for r in replies)
+    assert sorted(o.job_id for o in outcomes) == sorted(sent)  # each job closed once
+    assert [o.status for o in outcomes] == [Status.EXIT] * JOBS
+    assert completed == JOBS  # a job sent again after the failover was not run again
