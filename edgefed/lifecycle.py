@@ -13,7 +13,9 @@ Postprocessing         the result is being handed to the result listener
 Postprocessing_complete the listener returned
 Exit                   closed with the server's result
 Failed                 closed without one: a final server error, N iterations, or shed
-Expired                closed at its deadline without a result; the local result stands
+                       from a full outbox
+Expired                closed without a result at its deadline, or shed unrun by an
+                       overloaded server; the local result stands
 ====================== ==========================================================
 
 A result may overtake the acknowledgements (a retry already re-queued the job, or

@@ -61,7 +61,9 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$"
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 PayloadKind = Literal["jpeg", "tensor"]
-ErrorCode = Literal["unknown_model", "bad_request", "overloaded", "unavailable", "internal"]
+# ``shed``: the server dropped the job unrun under overload; the edge closes it Expired and
+# its local result stands (never retried: retrying would add to the overload).
+ErrorCode = Literal["unknown_model", "bad_request", "overloaded", "unavailable", "internal", "shed"]
 MetadataValue = str | int | float | bool | None
 
 

@@ -104,6 +104,8 @@ class ServerdApp:
             "jobs": current.get("jobs", {}),
             "counters": current.get("counters", {}),
             "queued": current.get("queued", 0),
+            "shed": current.get("shed", {}),
+            "capacity_per_s": current.get("capacity_per_s", {}),
             "edge_events": dict(self.devices.counts),
             "devices": self.devices.status(),
             "federation": self.federation.status() if self.federation else {"enabled": False},
@@ -228,6 +230,7 @@ class ServerdApp:
                 cfg.drain_s,
                 cfg.retention_s,
                 cfg.send_accepted,
+                cfg.overload,
             )
             self.service = OffloadServer(
                 settings,
@@ -238,7 +241,10 @@ class ServerdApp:
                 self.endpoints,
                 on_done=self.metrics.observe,
             )
-            self.mqtt.subscribe_acked(topics.requests_filter(), self._on_request)
+            requests = topics.requests_filter()
+            if cfg.share_group is not None:
+                requests = f"$share/{cfg.share_group}/{requests}"
+            self.mqtt.subscribe_acked(requests, self._on_request)
             self.federation = federation.build(cfg.federation, self.mqtt, own.prefix, cfg.state_dir)
             if self.federation is not None:
                 self.federation.start()

@@ -21,6 +21,7 @@ from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
 from serverd.api.config import ServerdApiConfig
 from serverd.federation.config import FederationConfig
+from serverd.overload import OverloadConfig
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"
@@ -98,6 +99,12 @@ class ServerdConfig(Strict):
         DEFAULT_PREFIX,
         description="Topic prefix shared with the edges; a '+' segment subscribes to many",
     )
+    share_group: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        description="Replicas with the same group split the requests: serverd subscribes "
+        "with $share/<group>/<requests filter> and each request goes to one of them",
+    )
     availability_prefix: str | None = Field(
         None,
         description="Prefix of this server's retained availability topic; needed when "
@@ -121,12 +128,20 @@ class ServerdConfig(Strict):
     federation: FederationConfig = Field(
         default_factory=FederationConfig, description="Federated learning rounds (off by default)"
     )
+    overload: OverloadConfig = Field(
+        default_factory=OverloadConfig, description="Admission control and load shedding"
+    )
     send_accepted: bool = Field(
         False,
         description="Also tell the device when a job is queued (its status goes Inferencing); "
         "costs one more message per job",
     )
-    max_queue: int = Field(1000, ge=1, description="Jobs held (queued + in flight) at most")
+    max_queue: int = Field(
+        1000,
+        ge=1,
+        description="Jobs held (queued + in flight) at most; past it a job takes the place "
+        "of a queued one of lower priority or is shed",
+    )
     infer_timeout_s: float = Field(10.0, gt=0, description="One Triton call, at most")
     health_interval_s: float = Field(1.0, gt=0, description="Readiness probe period")
     drain_s: float = Field(5.0, ge=0, description="On stop, wait this long for jobs in flight")

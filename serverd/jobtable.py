@@ -25,9 +25,12 @@ it by ~40 KB a job: 240 MB after 6,000 jobs of ``python -m bench offload-rtt``).
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,9 @@ from edgefed.lifecycle import Status
 from edgefed.store import Migrations, migrate, open_database
 from edgefed.store.checkpoint import RESTART_FRAMES, checkpoint, restart
 from edgefed.wire import OffloadRequest
+from serverd.health import stopped
+
+log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: serverd stopped before the job finished"
 
@@ -229,6 +235,20 @@ class JobTable:
             f"UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? WHERE {_WHERE_KEY}",
             (status.value, reply, error, int(retryable), self._clock(), *key),
         )
+
+    async def maintain(self, stop: asyncio.Event, interval_s: float, retention_s: float) -> None:
+        """Until ``stop``: prune jobs finished ``retention_s`` ago now and then; checkpoint
+        the WAL off the loop every ``interval_s``."""
+        next_prune = 0.0
+        while not await stopped(stop, interval_s):
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 60.0
+                self.prune(self._clock() - int(retention_s * 1000))
+            try:
+                if await asyncio.to_thread(self.checkpoint):
+                    self.restart_wal()
+            except OffloadError as exc:
+                log.warning("%s", exc)
 
     def get(self, key: JobKey) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT * FROM jobs WHERE {_WHERE_KEY}", key).fetchone()

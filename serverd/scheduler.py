@@ -202,6 +202,20 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
+    def queued_jobs(self) -> list[Job]:
+        """The queued jobs in queue order (the next to run first)."""
+        return [e[3] for e in self._queue]
+
+    def ahead_of(self, priority: int) -> int:
+        """How many queued jobs would run before a new job of ``priority``."""
+        return bisect.bisect_right(self._queue, (-priority, math.inf, _LAST), key=_order_key)
+
+    def newest_below(self, priority: int) -> Job | None:
+        """The last job in queue order if its priority is below ``priority``."""
+        if self._queue and self._queue[-1][3].priority < priority:
+            return self._queue[-1][3]
+        return None
+
     def inflight(self) -> int:
         return sum(len(i.inflight) for i in self._instances.values())
 
@@ -255,6 +269,7 @@ class Scheduler:
 
 
 _Entry = tuple[int, float, int, Job]
+_LAST = 2**63  # after every arrival number
 
 
 def _order_key(entry: _Entry) -> tuple[int, float, int]:

@@ -4,7 +4,9 @@ Everything here runs on one asyncio loop (the MQTT client is driven by that loop
 ``edgefed.mqtt``; the Triton supervisors' watcher threads hand over with
 ``call_soon_threadsafe``). A bad message is counted and dropped; a request for a model
 no instance serves, a tensor payload, or an overloaded queue gets an
-``OffloadErrorMessage`` on the device's reply topic. A job whose instance fails is
+``OffloadErrorMessage`` on the device's reply topic. Under overload, jobs are shed by
+``serverd.overload`` (lowest priority first), each answered with the ``shed`` code: the
+edge closes it Expired and keeps its local result. A job whose instance fails is
 re-placed by the scheduler; every job is answered once (duplicates of finished jobs
 get the stored reply again).
 """
@@ -12,10 +14,11 @@ get the stored reply again).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgefed.clock import now_ms
@@ -35,10 +38,18 @@ from edgefed.wire import (
 from serverd.health import HealthWatch
 from serverd.health import stopped as _stopped
 from serverd.jobtable import Admission, JobKey, JobTable
+from serverd.overload import OverloadConfig, OverloadGuard, Verdict
 from serverd.scheduler import Assignment, Job, Scheduler
 from serverd.triton.client import TritonEndpoint
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: with a '+' prefix, devices choose prefixes
+def _topics(prefix: str) -> Topics:
+    """The topics under a concrete prefix a request came on (its reply goes there)."""
+    return Topics(prefix)
+
 
 Publish = Callable[[str, bytes], object]
 
@@ -66,6 +77,10 @@ class _Held:
     body: bytes
     reply_topic: str
     received: float  # perf_counter
+    queued: float = 0.0  # perf_counter when last put in the queue (arrival or re-placement)
+
+    def __post_init__(self) -> None:
+        self.queued = self.queued or self.received
 
     @property
     def key(self) -> JobKey:
@@ -88,6 +103,7 @@ class ServiceSettings:
     drain_s: float
     retention_s: float
     send_accepted: bool
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
 
 
 class OffloadServer:
@@ -115,8 +131,8 @@ class OffloadServer:
         self._clock_ms = clock_ms
         self._held: dict[str, _Held] = {}  # by ``_Held.queue_id``
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reply_topics: dict[str, Topics] = {}
         self._closing = False
+        self._guard = OverloadGuard(settings.overload, scheduler, settings.max_queue)
         self._health = HealthWatch(
             endpoints,
             scheduler,
@@ -155,7 +171,12 @@ class OffloadServer:
         loops = [
             asyncio.create_task(self._expire_loop(stop), name="serverd-expire"),
             asyncio.create_task(self._health.run(stop), name="serverd-health"),
-            asyncio.create_task(self._maintain_loop(stop), name="serverd-maintain"),
+            asyncio.create_task(
+                self._jobs.maintain(
+                    stop, self.settings.health_interval_s, self.settings.retention_s
+                ),
+                name="serverd-maintain",
+            ),
         ]
         await stop.wait()
         self._closing = True
@@ -179,6 +200,7 @@ class OffloadServer:
             "in_flight": self._scheduler.inflight(),
             "instances": {i.name: i.summary() for i in self._scheduler.instances()},
             "jobs": self._jobs.counts(),
+            **self._guard.status(),
         }
 
     # -- the flow -------------------------------------------------------------------------
@@ -192,7 +214,7 @@ class OffloadServer:
         # identity alone; a payload that names another device is refused.
         if request.device_id != match.id:
             raise ProtocolError(f"device id {request.device_id!r} does not match the topic")
-        reply_topic = self._reply_topic(match.prefix, match.id)
+        reply_topic = _topics(match.prefix).reply(match.id)
         held = _Held(request, message.body, reply_topic, time.perf_counter())
         admitted = self._jobs.admit(request)
         if admitted.kind is Admission.RUNNING:
@@ -211,11 +233,15 @@ class OffloadServer:
         elif request.deadline < self._clock_ms():
             self.counters.expired += 1
             self._fail(held, "overloaded", "deadline passed on arrival", status=Status.EXPIRED)
-        elif len(self._held) >= self.settings.max_queue:
-            self._fail(held, "overloaded", f"{len(self._held)} jobs held", retryable=True)
         else:
-            self._held[held.queue_id] = held
             job = Job(held.queue_id, model, request.priority, float(request.deadline))
+            arrival = self._guard.on_arrival(job, len(self._held))
+            if arrival.verdict is Verdict.SHED:
+                self._shed(held, arrival.reason)
+                return
+            if arrival.evict is not None:
+                self._shed_queued(arrival.evict, arrival.reason)
+            self._held[held.queue_id] = held
             self._scheduler.submit(job)
             self._pump()
             if self.settings.send_accepted:  # after the job's request has left for Triton
@@ -229,12 +255,6 @@ class OffloadServer:
             queued=self._scheduler.position(held.queue_id) or 0,
         )
         self._publish(held.reply_topic, encode_message(accepted))
-
-    def _reply_topic(self, prefix: str, device: str) -> str:
-        topics = self._reply_topics.get(prefix)
-        if topics is None:
-            topics = self._reply_topics[prefix] = Topics(prefix)
-        return topics.reply(device)
 
     def _pump(self) -> None:
         if self._closing:
@@ -318,6 +338,7 @@ class OffloadServer:
         for job in outcome.requeued:
             requeued = self._held.get(job.job_id)
             if requeued is not None:
+                requeued.queued = time.perf_counter()
                 self._jobs.requeued(requeued.key)
             self.counters.requeued += 1
         for job in outcome.exhausted:
@@ -347,6 +368,17 @@ class OffloadServer:
         if status is Status.FAILED:
             self.counters.failed += 1
 
+    def _shed(self, held: _Held, reason: str) -> None:
+        """Answer a job unrun because serverd is overloaded: the edge's result stands."""
+        self._guard.count_shed(held.request.priority)
+        why = f"shed under overload ({reason}); the local result stands"
+        self._fail(held, "shed", why, status=Status.EXPIRED)
+
+    def _shed_queued(self, job: Job, reason: str) -> None:
+        held = self._held.get(job.job_id)
+        if held is not None and self._scheduler.cancel(job.job_id) is not None:
+            self._shed(held, reason)
+
     def _close(
         self,
         held: _Held,
@@ -360,7 +392,8 @@ class OffloadServer:
         self._held.pop(held.queue_id, None)
 
     async def _expire_loop(self, stop: asyncio.Event) -> None:
-        """Answer queued jobs whose deadline passed (the edge's local result stands)."""
+        """Answer queued jobs whose deadline passed or that waited too long (the edge's
+        local result stands)."""
         while not await _stopped(stop, 0.05):
             for job in self._scheduler.expire(float(self._clock_ms())):
                 held = self._held.get(job.job_id)
@@ -370,16 +403,6 @@ class OffloadServer:
                 healthy = self._scheduler.healthy_for(job.model)
                 code: ErrorCode = "overloaded" if healthy else "unavailable"
                 self._fail(held, code, "deadline passed while queued", status=Status.EXPIRED)
-
-    async def _maintain_loop(self, stop: asyncio.Event) -> None:
-        """Prune old finished jobs now and then; checkpoint the job table's WAL off the loop."""
-        next_prune = 0.0
-        while not await _stopped(stop, self.settings.health_interval_s):
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + 60.0
-                self._jobs.prune(self._clock_ms() - int(self.settings.retention_s * 1000))
-            try:
-                if await asyncio.to_thread(self._jobs.checkpoint):
-                    self._jobs.restart_wal()
-            except OffloadError as exc:
-                log.warning("%s", exc)
+            queued = {q: h.queued * 1000 for q, h in self._held.items()}
+            for job, reason in self._guard.aged(queued, time.perf_counter() * 1000):
+                self._shed_queued(job, reason)

@@ -87,6 +87,7 @@ class ClientCounters(Counters):
     errors: int = 0
     retried: int = 0
     expired: int = 0
+    shed_by_server: int = 0  # of ``expired``: the server shed them under overload
     failed: int = 0
     completed: int = 0
     duplicate_results: int = 0
@@ -462,13 +463,15 @@ class OffloadCore:
                 self.counters.unknown_results += 1
         else:
             reason = f"{reply.code}: {reply.reason}"
-            status = self._outbox.record_error(reply.job_id, reason, reply.retryable)
+            shed = reply.code == "shed"
+            status = self._outbox.record_error(reply.job_id, reason, reply.retryable, shed)
             if status is None:
                 self.counters.stray_errors += 1
                 return
             self.counters.errors += 1
+            self.counters.shed_by_server += shed
             self._inflight.discard(reply.job_id)
-            if status == Status.FAILED:
+            if status in (Status.FAILED, Status.EXPIRED):
                 self._closed(reply.job_id)
             else:
                 self.counters.retried += 1

@@ -144,8 +144,11 @@ class Outbox(OutboxStore):
         self.duplicates += 1
         return "duplicate"
 
-    def record_error(self, job_id: str, reason: str, retryable: bool) -> Status | None:
-        """A server error for an open job: retry with backoff, or fail now."""
+    def record_error(
+        self, job_id: str, reason: str, retryable: bool, shed: bool = False
+    ) -> Status | None:
+        """A server error for an open job: retry with backoff, or fail now; a job the
+        server ``shed`` unrun closes Expired (its local result stands)."""
         marks = sql_in(lifecycle.AWAITING)
         with self._lock, self._tx():
             row = self._db.execute(
@@ -154,9 +157,10 @@ class Outbox(OutboxStore):
             ).fetchone()
             if row is None:
                 return None
-            if not retryable:
-                self._close([(job_id, row["payload_bytes"])], Status.FAILED, reason)
-                return Status.FAILED
+            if shed or not retryable:
+                status = Status.EXPIRED if shed else Status.FAILED
+                self._close([(job_id, row["payload_bytes"])], status, reason)
+                return status
             return self._fail_attempt(job_id, row["iteration"], row["payload_bytes"], reason)
 
     def begin_postprocess(self, job_id: str) -> JobRecord | None:

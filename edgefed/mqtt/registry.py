@@ -123,7 +123,7 @@ class SubscriptionRegistry:
             handlers = [
                 h
                 for f, hs in self._handlers.items()
-                if paho.topic_matches_sub(f, topic)
+                if paho.topic_matches_sub(unshared(f), topic)
                 for h in hs
             ]
         acked_handlers = sum(1 for _, acked in handlers if acked)
@@ -210,6 +210,16 @@ class SubscriptionRegistry:
                 with self._lock:
                     self.counters.handler_errors += 1
                 log.exception("mqtt: PUBACK callback for %s failed", ticket.topic)
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter a shared subscription (``$share/<group>/<filter>``, MQTT 5 and mosquitto
+    with 3.1.1) matches topics with; any other filter as it is."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) == 3:
+            return parts[2]
+    return topic_filter
 
 
 def _once(call: Callable[[], None]) -> Callable[[], None]:

@@ -129,6 +129,22 @@ class _StatusCollector(Collector):
         queued = GaugeMetricFamily("serverd_jobs_queued", "Jobs waiting for an instance")
         queued.add_metric([], status.get("queued", 0))
         yield queued
+        shed = CounterMetricFamily(
+            "serverd_jobs_shed",
+            "Jobs shed under overload (answered unrun, Expired on the edge) by priority",
+            labels=["priority"],
+        )
+        for priority, count in status.get("shed", {}).items():
+            shed.add_metric([str(priority)], count)
+        yield shed
+        capacity = GaugeMetricFamily(
+            "serverd_capacity_jobs_per_second",
+            "Jobs per second the healthy instances finish, from measured latency",
+            labels=["model"],
+        )
+        for model, rate in status.get("capacity_per_s", {}).items():
+            capacity.add_metric([model], rate)
+        yield capacity
         healthy = GaugeMetricFamily(
             "serverd_instance_healthy", "1 if the Triton instance is ready", labels=["instance"]
         )

@@ -10,7 +10,7 @@ import pytest
 
 from edgefed.errors import ProtocolError
 from edgefed.mqtt import Ack, Handler, MqttCounters
-from edgefed.mqtt.registry import SubscriptionRegistry
+from edgefed.mqtt.registry import SubscriptionRegistry, unshared
 
 Calls = list[tuple[str, bytes]]
 
@@ -215,3 +215,9 @@ def test_forgotten_publishes_never_complete(registry: SubscriptionRegistry) -> N
     registry.puback(50)
     assert not ticket.acked.is_set()
     assert not registry.published(51, "t").acked.is_set()
+
+
+def test_a_shared_subscription_matches_topics_with_the_filter_after_its_group() -> None:
+    assert unshared("$share/serverd/edgefed/offload/request/#") == "edgefed/offload/request/#"
+    assert unshared("edgefed/offload/request/#") == "edgefed/offload/request/#"
+    assert unshared("$share/only-group") == "$share/only-group"  # not a shared filter

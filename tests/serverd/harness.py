@@ -175,9 +175,9 @@ class Edge:
             payload_kind="jpeg",
         )
 
-    def send(self, request: OffloadRequest, payload: bytes | np.ndarray) -> None:
+    def send(self, request: OffloadRequest, payload: bytes | np.ndarray, wait: bool = True) -> None:
         body = encode_payload(request.payload_kind, payload)
-        self.publish_raw(encode_request(request, body))
+        self.publish_raw(encode_request(request, body), wait=wait)
 
     def publish_raw(self, data: bytes, topic: str | None = None, wait: bool = True) -> None:
         ticket = self.mqtt.publish(topic or self.topics.request(self.device_id), data)

@@ -405,6 +405,29 @@ def test_server_errors_retry_or_fail_and_accepted_is_recorded(rig: Rig) -> None:
     assert (counters.accepted, counters.errors, counters.retried, counters.failed) == (1, 2, 1, 1)
 
 
+def test_a_job_the_server_shed_closes_expired_with_its_local_result_and_is_counted(
+    rig: Rig,
+) -> None:
+    rig.burst(WAKE)
+    job = rig.submit(n=7)
+    rig.burst(job)
+    shed = OffloadErrorMessage(
+        job_id=job.request.job_id,
+        device_id="cam-1",
+        code="shed",
+        reason="shed under overload (predicted wait 90 ms > 40 ms at priority 0)",
+        retryable=False,
+    )
+    rig.burst(ReplyIn(shed, lambda: None))
+    assert rig.committed(job.request.job_id) == "Expired"
+    [told] = rig.effects.told
+    assert (told.status, told.local_result) == (Status.EXPIRED, {"n": 7})
+    assert "predicted wait" in told.reason
+    counters = rig.core.counters
+    assert (counters.expired, counters.shed_by_server, counters.failed) == (1, 1, 0)
+    assert rig.effects.published == [job.request.job_id]  # never sent again
+
+
 def test_shed_jobs_are_told_as_failed(tmp_path: Path) -> None:
     rig = Rig(tmp_path, max_jobs=1)
     try:

@@ -1,0 +1,135 @@
+"""Overload control: which jobs serverd sheds when offered more than Triton can run.
+
+Pure and sans-io, like the scheduler it reads: the service asks ``on_arrival`` whether
+to queue a new job (and which queued job, if any, makes room for it) and ``aged`` which
+queued jobs have waited too long. Nothing here touches a clock or a socket.
+
+Policy:
+- capacity is measured, not configured: each healthy instance that serves the model
+  runs ``capacity`` jobs at once at its moving-average latency, so together they finish
+  ``sum(capacity / ema_ms)`` jobs per ms (Little's law on what the scheduler measured);
+- a job's predicted wait is the number of queued jobs that go before it (its priority or
+  higher: lower ones never delay it) over that rate; a job whose predicted wait exceeds
+  ``max_wait_ms`` is shed on arrival, so low priority is shed first and high priority
+  only when high priority alone exceeds capacity;
+- the queue is bounded by ``max_queue`` jobs held: a job arriving at a full queue takes
+  the place of the newest queued job of the lowest priority below its own, or is shed;
+- a queued job older than ``max_wait_ms`` is shed if more than ``max_wait_ms`` of work
+  is still ahead of it (jobs of higher priority kept overtaking it); after a stall of the
+  host, the jobs at the head of the queue run instead of being shed with the rest;
+- recovery needs no action: when load falls the queue drains, predicted waits fall and
+  every job is admitted again.
+A shed job is answered at once with the ``shed`` error code: the edge closes it Expired
+and keeps its local result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from edgefed.config import Strict
+from serverd.scheduler import Job, Scheduler
+
+
+class OverloadConfig(Strict):
+    """Admission control and load shedding (see ``serverd.overload``)."""
+
+    max_wait_ms: float = Field(
+        3000.0,
+        gt=0,
+        description="A job may wait this long in serverd's queue: one predicted to wait "
+        "longer is shed on arrival, one queued longer is shed (lowest priority first); "
+        "the default stays under the edge's default 5 s job lifetime; set it from the "
+        "round-trip target (docs/scaling.md)",
+    )
+
+
+class Verdict(Enum):
+    ADMIT = "admit"
+    SHED = "shed"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What to do with an arriving job; ``evict`` is a queued job shed to make room."""
+
+    verdict: Verdict
+    reason: str = ""
+    evict: Job | None = None
+
+
+class OverloadGuard:
+    """Admission and shedding decisions over ``scheduler``'s queue and measurements."""
+
+    def __init__(self, config: OverloadConfig, scheduler: Scheduler, max_queue: int) -> None:
+        self._config = config
+        self._scheduler = scheduler
+        self._max_queue = max_queue
+        self._shed: dict[int, int] = {}  # jobs shed by priority
+
+    def rate_per_ms(self, model: str) -> float:
+        """Jobs of ``model`` the healthy instances finish per ms, from measured latency."""
+        s = self._scheduler
+        return sum(
+            i.capacity / s.expected_ms(i.name, model)
+            for i in s.instances()
+            if i.healthy and model in i.models
+        )
+
+    def predicted_wait_ms(self, job: Job) -> float:
+        """How long ``job`` would wait in the queue if it were queued now."""
+        ahead = self._scheduler.ahead_of(job.priority)
+        if ahead == 0:
+            return 0.0
+        rate = self.rate_per_ms(job.model)
+        return ahead / rate if rate > 0 else float("inf")
+
+    def on_arrival(self, job: Job, held: int) -> Arrival:
+        """Admit ``job`` (``held`` jobs are queued or in flight) or shed it."""
+        wait = self.predicted_wait_ms(job)
+        if wait > self._config.max_wait_ms:
+            return Arrival(
+                Verdict.SHED,
+                f"predicted wait {wait:.0f} ms > {self._config.max_wait_ms:.0f} ms "
+                f"at priority {job.priority}",
+            )
+        if held < self._max_queue:
+            return Arrival(Verdict.ADMIT)
+        victim = self._scheduler.newest_below(job.priority)
+        if victim is None:
+            return Arrival(Verdict.SHED, f"{held} jobs held, none of lower priority")
+        return Arrival(
+            Verdict.ADMIT,
+            f"{held} jobs held: made room for priority {job.priority}",
+            evict=victim,
+        )
+
+    def count_shed(self, priority: int) -> None:
+        self._shed[priority] = self._shed.get(priority, 0) + 1
+
+    def status(self) -> dict[str, dict[Any, Any]]:
+        """Jobs shed by priority and the measured capacity (jobs/s) by model."""
+        return {
+            "shed": dict(sorted(self._shed.items())),
+            "capacity_per_s": {
+                m: round(self.rate_per_ms(m) * 1000, 1) for m in sorted(self._scheduler.models())
+            },
+        }
+
+    def aged(self, queued_at: Mapping[str, float], now: float) -> list[tuple[Job, str]]:
+        """Queued jobs older than the wait bound that still have more than the bound's
+        worth of work ahead of them, lowest priority first, with the reason; ``queued_at``
+        is each job's time (ms) in the queue."""
+        bound = self._config.max_wait_ms
+        old = []
+        for ahead, job in enumerate(self._scheduler.queued_jobs()):
+            waited = now - queued_at.get(job.job_id, now)
+            rate = self.rate_per_ms(job.model)
+            if waited > bound and (rate <= 0 or ahead / rate > bound):
+                old.append((job, f"queued {waited:.0f} ms at priority {job.priority}"))
+        return old[::-1]

@@ -1,0 +1,82 @@
+"""The overload guard alone, over a real scheduler fed with measured latencies."""
+
+from __future__ import annotations
+
+import pytest
+
+from serverd.overload import OverloadConfig, OverloadGuard, Verdict
+from serverd.scheduler import Job, Scheduler
+
+
+def busy_scheduler(latency_ms: float = 10.0, capacity: int = 2) -> Scheduler:
+    """One instance serving "det" that has measured ``latency_ms`` and is full."""
+    scheduler = Scheduler(alpha=1.0)
+    scheduler.add_instance("a", ["det"], capacity)
+    for i in range(capacity):
+        scheduler.submit(Job(f"warm-{i}", "det"))
+    for placed in scheduler.assign():
+        scheduler.complete(placed.job.job_id, "a", latency_ms)
+    for i in range(capacity):
+        scheduler.submit(Job(f"run-{i}", "det"))
+    assert len(scheduler.assign()) == capacity
+    return scheduler
+
+
+def test_capacity_is_measured_from_the_instances_latency() -> None:
+    guard = OverloadGuard(OverloadConfig(), busy_scheduler(10.0, capacity=2), max_queue=100)
+    assert guard.rate_per_ms("det") == pytest.approx(0.2)  # 2 slots / 10 ms
+    assert guard.rate_per_ms("other") == 0.0
+
+
+def test_low_priority_is_shed_once_its_predicted_wait_passes_the_bound() -> None:
+    scheduler = busy_scheduler(10.0, capacity=2)  # 0.2 jobs per ms
+    guard = OverloadGuard(OverloadConfig(max_wait_ms=40.0), scheduler, max_queue=100)
+    verdicts = []
+    for i in range(12):
+        job = Job(f"low-{i}", "det", priority=0)
+        arrival = guard.on_arrival(job, held=2 + scheduler.queued())
+        verdicts.append(arrival.verdict)
+        if arrival.verdict is Verdict.ADMIT:
+            scheduler.submit(job)
+    # 8 queued jobs wait 40 ms: the 9th and later would wait longer
+    assert verdicts == [Verdict.ADMIT] * 9 + [Verdict.SHED] * 3
+    high = guard.on_arrival(Job("high", "det", priority=5), held=11)
+    assert high.verdict is Verdict.ADMIT  # queued low jobs never delay it
+    shed = guard.on_arrival(Job("low-x", "det", priority=0), held=11)
+    assert shed.reason == "predicted wait 45 ms > 40 ms at priority 0"
+
+
+def test_a_full_queue_makes_room_for_higher_priority_by_evicting_the_last_low_job() -> None:
+    scheduler = busy_scheduler()
+    guard = OverloadGuard(OverloadConfig(max_wait_ms=1000.0), scheduler, max_queue=5)
+    for i in range(3):
+        scheduler.submit(Job(f"low-{i}", "det", priority=1, deadline=100.0 + i))
+    full = 5
+    arrival = guard.on_arrival(Job("high", "det", priority=3), held=full)
+    assert arrival.verdict is Verdict.ADMIT and arrival.evict is not None
+    assert arrival.evict.job_id == "low-2"
+    same = guard.on_arrival(Job("low-3", "det", priority=1), held=full)
+    assert same.verdict is Verdict.SHED and "none of lower priority" in same.reason
+
+
+def test_jobs_queued_too_long_behind_too_much_work_are_shed_lowest_priority_first() -> None:
+    scheduler = busy_scheduler(10.0, capacity=2)  # 0.2 jobs per ms: 8 jobs ahead = 40 ms
+    guard = OverloadGuard(OverloadConfig(max_wait_ms=40.0), scheduler, max_queue=100)
+    arrived = {"high": 0.0} | {f"low-{i}": 5.0 + i for i in range(12)}
+    scheduler.submit(Job("high", "det", priority=2))
+    for i in range(12):
+        scheduler.submit(Job(f"low-{i}", "det", priority=0))
+    # at 50 ms low-0..low-4 are old, but less than 40 ms of work is ahead of them: they stay
+    assert guard.aged(arrived, now=50.0) == []
+    aged = guard.aged(arrived, now=60.0)
+    assert [job.job_id for job, _ in aged] == ["low-11", "low-10", "low-9", "low-8"]
+    assert "queued 47 ms at priority 0" in dict((j.job_id, w) for j, w in aged)["low-8"]
+    assert guard.aged(arrived, now=39.0) == []
+
+
+def test_with_no_healthy_instance_every_queued_job_would_wait_forever() -> None:
+    scheduler = busy_scheduler()
+    scheduler.submit(Job("queued", "det"))
+    scheduler.instance_down("a")
+    guard = OverloadGuard(OverloadConfig(), scheduler, max_queue=100)
+    assert guard.predicted_wait_ms(Job("next", "det")) == float("inf")

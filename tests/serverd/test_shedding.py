@@ -1,0 +1,84 @@
+"""Overload on a real serverd: one real Triton held to one job at a time (scheduler
+capacity 1) running the pose detector, offered a burst far above what it can run."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefed.testing.broker import Broker
+from edgefed.wire import OffloadErrorMessage, OffloadResult
+from tests.serverd.conftest import _require_triton
+from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
+
+LOW, HIGH = 0, 5
+JPEG = frame_jpeg()
+
+
+@pytest.fixture
+def small_serverd(broker: Broker, tmp_path: Path) -> Iterator[ServerdThread]:
+    _require_triton()
+    config = serverd_config(
+        tmp_path / "serverd",
+        broker.port,
+        instances=1,
+        scheduler={"capacity": 1},
+        overload={"max_wait_ms": 400.0},
+    )
+    running = ServerdThread(config)
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_overload_sheds_low_priority_first_tells_the_edge_and_recovers(
+    small_serverd: ServerdThread, broker: Broker
+) -> None:
+    edge = Edge(broker.port, device_id="site/cam-burst")
+    try:
+        for _ in range(5):  # warm up: the scheduler measures the detector's latency
+            edge.send(edge.request("person"), JPEG)
+            edge.collect(1)
+        sent: dict[str, int] = {}
+        for _ in range(20):  # 2 s: high priority at 10/s (within capacity), low at 150/s
+            for priority in [HIGH] + [LOW] * 15:
+                request = edge.request("person", priority=priority)
+                sent[request.job_id] = priority
+                edge.send(request, JPEG, wait=False)
+            time.sleep(0.1)
+        replies = edge.collect(len(sent), timeout=120)
+        by_job = {reply.job_id: reply for reply, _ in replies}
+        assert by_job.keys() == sent.keys()  # every job answered once: none lost
+        assert not edge.quiet(1.0)
+        outcomes = Counter(
+            (sent[job_id], reply.type, getattr(reply, "code", ""))
+            for job_id, reply in by_job.items()
+        )
+        assert outcomes[(HIGH, "result", "")] == 20  # no high-priority job was shed
+        shed_low = outcomes[(LOW, "error", "shed")]
+        assert shed_low >= 100, outcomes
+        assert outcomes[(LOW, "result", "")] + shed_low == 300
+        shed = next(r for r in by_job.values() if isinstance(r, OffloadErrorMessage))
+        assert not shed.retryable and "the local result stands" in shed.reason
+        row = small_serverd.job("site/cam-burst", shed.job_id)
+        assert row is not None and row["status"] == "Expired"
+        status = small_serverd.status()
+        assert status["shed"] == {LOW: shed_low}
+        assert status["counters"]["failed"] == 0
+        assert status["capacity_per_s"]["person"] > 0
+
+        # load falls: every job is served again, with nothing done by hand
+        deadline = time.monotonic() + 10
+        while small_serverd.status()["queued"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(10):
+            edge.send(edge.request("person", priority=LOW), JPEG)
+            [(reply, _)] = edge.collect(1)
+            assert isinstance(reply, OffloadResult)
+        assert small_serverd.status()["shed"] == {LOW: shed_low}
+    finally:
+        edge.close()
