@@ -120,6 +120,20 @@ def measure(
     return times, diffs, added
 
 
+def make_variant(
+    image_dir: Path, tmp: Path, calibration: int, recipe: quantize.Recipe
+) -> tuple[Path, Path, list[Path]]:
+    """A copy of ``image_dir`` in ``tmp``, its INT8 variant, and the keys both verify with."""
+    trust = image_dir.parent / "keys" / "dev-signing.pub"
+    src = tmp / image_dir.name
+    shutil.copytree(image_dir, src)
+    key = signing.generate_key_pair(tmp / "int8.key", tmp / "int8.pub")
+    variant, _ = quantize.quantize_image(
+        src, key, [signing.load_public_key(trust)], frames=calibration, recipe=recipe
+    )
+    return src, variant, [trust, tmp / "int8.pub"]
+
+
 def int8_figures(
     image_dir: Path,
     frames: list[np.ndarray],
@@ -128,20 +142,14 @@ def int8_figures(
     recipe: quantize.Recipe = quantize.DEFAULT_RECIPE,
 ) -> tuple[float, dict[str, float]]:
     """The INT8 speed-up on onnxruntime and the agreement with fp32 of one image."""
-    trust = image_dir.parent / "keys" / "dev-signing.pub"
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / image_dir.name
-        shutil.copytree(image_dir, src)
-        key = signing.generate_key_pair(Path(tmp) / "int8.key", Path(tmp) / "int8.pub")
-        variant, _ = quantize.quantize_image(
-            src, key, [signing.load_public_key(trust)], frames=calibration, recipe=recipe
-        )
+        src, variant, trust = make_variant(image_dir, Path(tmp), calibration, recipe)
         driver = registry.create(registry.parse_config({"type": REFERENCE}))
         try:
             fp32_ms, int8_ms = alternate_times([src, variant], driver, frames)
         finally:
             driver.close()
-        figures = agreement(src, variant, REFERENCE, heldout, [trust, Path(tmp) / "int8.pub"])
+        figures = agreement(src, variant, REFERENCE, heldout, trust)
     return round(statistics.median(fp32_ms) / statistics.median(int8_ms), 2), figures
 
 
