@@ -11,7 +11,7 @@ Calibration uses the even frames of the spread, :func:`heldout_frames` the odd o
 every sample still except :data:`HELDOUT_STILLS`, so agreement with fp32 (``edged
 profile``, ``python -m bench drivers``) is measured on frames and photos the calibration
 never saw. The stills matter: calibrated on the street scene alone, the classifier's
-top-1 agreement on the held-out photos was 0.74, with the stills added 0.92 (brighter,
+top-1 agreement on the held-out photos was 0.77, with the stills added 0.91 (brighter,
 more saturated pictures push activations past the street scene's ranges; see
 docs/benchmarks.md). onnxruntime is imported only when a variant is made (it comes with
 the ``edge`` extra).
