@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--agreement-frames",
         type=int,
         default=50,
-        help="held-out video frames an INT8 variant is compared with fp32 on",
+        help="held-out video frames an INT8 variant is compared with fp32 on"
+        " (besides crops of the held-out sample stills)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_profile)

@@ -4,9 +4,14 @@ driver, and how closely INT8 variants follow their fp32 image.
 Each model x driver pair runs in its own child process (``python -m edged.profiler``)
 so that its peak RSS is its own; the child prints one JSON object. An image's INT8
 variant (``<name>_int8`` next to it, see edgefed.images.quantize) is profiled right after
-it, with its agreement with fp32 on held-out frames of the sample video: ``top1_agreement``
+it, with its agreement with fp32 on inputs the calibration never saw: ``top1_agreement``
 for a classifier, ``box_iou`` (mean best IoU of each fp32 box) for detectors and
-``landmark_error_px`` (mean keypoint distance) for landmark models.
+``landmark_error_px`` (mean keypoint distance) for landmark models, each on held-out
+frames of the sample video and, with the suffix ``_stills``, on crops of the held-out
+sample stills (real photos of objects ImageNet knows and pages of text). For a classifier
+``top1_stable_share`` is the share of frames whose fp32 top-1 stays the same with one grey
+level of noise added, and ``top1_agreement_stable`` the agreement on those frames only: a
+street scene holds no object that fills the frame, so its top-1 is often a near-tie.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,11 @@ from edgefed.errors import EdgeFedError
 from edgefed.images import quantize
 from edgefed.images.verify import read_manifest
 from edgefed.models.decoders.nms import iou
-from edgefed.models.types import Classification, Landmarks, Result
+from edgefed.models.types import Box, Classification, Landmarks, Result
 
-SAMPLE_STILL = Path("/usr/share/doc/opencv-doc/examples/data/basketball1.png")
+SAMPLE_STILL = quantize.SAMPLE_DIR / "basketball1.png"
+STILL_CROP = 0.8  # side of a corner crop of a held-out still, as a share of the still's
+NOISE_SEED = 0
 
 
 def _sample_frame() -> np.ndarray:
@@ -82,26 +90,54 @@ def model_size_mb(image_dir: Path) -> float:
     return round((image_dir / read_manifest(image_dir).model_file).stat().st_size / 2**20, 2)
 
 
-def _compare(ref: Sequence[Result], got: Sequence[Result], sums: dict[str, list[float]]) -> None:
-    """Add one frame's agreement figures of ``got`` (int8) with ``ref`` (fp32) to ``sums``."""
+def _compare(
+    ref: Sequence[Result], got: Sequence[Result], sums: dict[str, list[float]], suffix: str
+) -> None:
+    """Add one input's agreement figures of ``got`` (int8) with ``ref`` (fp32) to ``sums``,
+    under each figure's name plus ``suffix``."""
     got_boxes = np.array([r.box for r in got if r.box is not None], dtype=np.float64)
     for r in ref:
         if isinstance(r, Classification):
             same = [g for g in got if isinstance(g, Classification) and g.box == r.box]
-            sums["top1_agreement"].append(float(bool(same) and _top1(same[0], r)))
+            sums[f"top1_agreement{suffix}"].append(float(bool(same) and _top1(same[0], r)))
         elif isinstance(r, Landmarks):
             marks = [g for g in got if isinstance(g, Landmarks) and g.box == r.box]
             if marks:
                 a = np.array([p[:2] for p in r.points])
                 b = np.array([p[:2] for p in marks[0].points])
-                sums["landmark_error_px"].append(float(np.linalg.norm(a - b, axis=1).mean()))
+                sums[f"landmark_error_px{suffix}"].append(
+                    float(np.linalg.norm(a - b, axis=1).mean())
+                )
         else:
             best = iou(np.array(r.box), got_boxes).max() if len(got_boxes) else 0.0
-            sums["box_iou"].append(float(best))
+            sums[f"box_iou{suffix}"].append(float(best))
 
 
 def _top1(a: Classification, b: Classification) -> bool:
     return bool(a.top and b.top and a.top[0][0] == b.top[0][0])
+
+
+def _top1_label(results: Sequence[Result]) -> str | None:
+    tops = [r.top[0][0] for r in results if isinstance(r, Classification) and r.top]
+    return tops[0] if tops else None
+
+
+def one_grey_level(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``frame`` with every pixel value moved up or down by one, at random."""
+    step = rng.choice(np.array([-1, 1], dtype=np.int16), frame.shape)
+    return np.clip(frame.astype(np.int16) + step, 0, 255).astype(np.uint8)
+
+
+def still_crops(image: np.ndarray) -> list[tuple[np.ndarray, Box | None]]:
+    """The still and its mirror image, each whole, its centre 80% and its four 80% corners."""
+    h, w = image.shape[:2]
+    c = STILL_CROP
+    regions: list[Box | None] = [None, (w * 0.1, h * 0.1, w * 0.9, h * 0.9)]
+    regions += [
+        (x, y, x + w * c, y + h * c) for x in (0.0, w * (1 - c)) for y in (0.0, h * (1 - c))
+    ]
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    return [(picture, region) for picture in (image, mirror) for region in regions]
 
 
 def agreement(
@@ -111,33 +147,47 @@ def agreement(
     frames: int,
     trust: Sequence[Path],
     allow_unsigned: bool = False,
+    stills: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Agreement of an INT8 variant with its fp32 image on ``frames`` held-out frames (each
-    whole and its centre half), both run on ``driver_type``."""
+    """Agreement of an INT8 variant with its fp32 image, both run on ``driver_type``: on
+    ``frames`` held-out frames (each whole and its centre half) and on :func:`still_crops`
+    of ``stills`` (by default the held-out photos, or pages of text for a text model)."""
     from edgefed.models.runner import open_runner
 
+    manifest = read_manifest(fp32_dir)
+    if stills is None:
+        text = manifest.task.startswith("text_")
+        stills = list(quantize.HELDOUT_TEXT if text else quantize.HELDOUT_PHOTOS)
+    pictures = quantize.heldout_stills(stills)
     driver = registry.create(registry.parse_config({"type": driver_type}))
     runners = [
         open_runner(d.name, d, driver, None, list(trust), allow_unsigned)
         for d in (fp32_dir, int8_dir)
     ]
-    sums: dict[str, list[float]] = {
-        "top1_agreement": [],
-        "box_iou": [],
-        "landmark_error_px": [],
-    }
+    inputs: list[tuple[str, np.ndarray, Box | None]] = []
+    for frame in quantize.heldout_frames(frames):
+        h, w = frame.shape[:2]
+        inputs += [("", frame, None), ("", frame, (w / 4, h / 4, w * 3 / 4, h * 3 / 4))]
+    for image in pictures.values():
+        inputs += [("_stills", picture, region) for picture, region in still_crops(image)]
+    rng = np.random.default_rng(NOISE_SEED)
+    sums: dict[str, list[float]] = defaultdict(list)
     try:
-        for frame in quantize.heldout_frames(frames):
-            h, w = frame.shape[:2]
-            regions = [None, (w / 4, h / 4, w * 3 / 4, h * 3 / 4)]
-            for region in regions:
-                ref, got = (r.infer(frame, [region]) for r in runners)
-                _compare(ref, got, sums)
+        for suffix, picture, region in inputs:
+            ref, got = (r.infer(picture, [region]) for r in runners)
+            _compare(ref, got, sums, suffix)
+            if manifest.task == "classification":
+                noisy = runners[0].infer(one_grey_level(picture, rng), [region])
+                stable = _top1_label(ref) == _top1_label(noisy)
+                sums[f"top1_stable_share{suffix}"].append(float(stable))
+                if stable:
+                    same = _top1_label(ref) == _top1_label(got)
+                    sums[f"top1_agreement_stable{suffix}"].append(float(same))
     finally:
         for runner in runners:
             runner.close()
         driver.close()
-    return {k: round(statistics.fmean(v), 4) for k, v in sums.items() if v}
+    return {k: round(statistics.fmean(v), 4) for k, v in sorted(sums.items()) if v}
 
 
 def candidate_drivers(image_dir: Path) -> list[str]:
@@ -199,7 +249,18 @@ def profile_images(
     return rows
 
 
-AGREEMENT_KEYS = {"top1_agreement": "top1", "box_iou": "box IoU", "landmark_error_px": "px err"}
+AGREEMENT_KEYS = {
+    "top1_agreement_stills": "top1 stills",
+    "top1_stable_share_stills": "stable",
+    "top1_agreement_stable_stills": "top1 stable",
+    "top1_agreement": "top1",
+    "top1_stable_share": "stable",
+    "top1_agreement_stable": "top1 stable",
+    "box_iou_stills": "box IoU stills",
+    "box_iou": "box IoU",
+    "landmark_error_px_stills": "px err stills",
+    "landmark_error_px": "px err",
+}
 
 
 def _agreement_cell(row: dict[str, Any]) -> str:
@@ -208,7 +269,7 @@ def _agreement_cell(row: dict[str, Any]) -> str:
         return ""
     if "error" in figures:
         return f"failed: {figures['error']}"
-    return " ".join(f"{AGREEMENT_KEYS[k]} {v}" for k, v in figures.items())
+    return " ".join(f"{label} {figures[k]}" for k, label in AGREEMENT_KEYS.items() if k in figures)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -170,7 +170,8 @@ def add_commands(sub: Any) -> None:
         type=_positive,
         default=quantize.DEFAULT_CALIBRATION_FRAMES,
         metavar="N",
-        help=f"frames of {quantize.SAMPLE_VIDEO.name} to calibrate on (default: %(default)s)",
+        help=f"frames of {quantize.SAMPLE_VIDEO.name} to calibrate on, besides the sample"
+        " stills next to it (default: %(default)s)",
     )
     p.add_argument(
         "--pip-arg",

@@ -1,0 +1,127 @@
+"""``python -m bench int8-recipes``: what each quantisation setting does to the classifier.
+
+The classifier (``efficientnet_lite0``) is quantised once per recipe (see
+edgefed.images.quantize.Recipe; ``default`` is what ``edged image build --quantize int8``
+does), in a temporary directory, and each variant is timed against fp32 on onnxruntime
+and compared with fp32 as ``python -m bench drivers`` does (bench.drivers.int8_figures).
+The recipes: the stock EfficientNet-Lite one (ReLU6 ranges folded, per-channel symmetric
+int8 weights, asymmetric uint8 activations) with and without the sample stills in the
+calibration, onnxruntime's options that change it, and the layers whose outputs drift
+most from fp32 (the stem conv, the head conv and the classifier) kept in fp32.
+
+Prints one JSON line: ``image``, ``calibration_frames``, ``agreement_frames``,
+``recipes``: per recipe ``int8_speedup`` and the agreement figures of edged.profiler, and
+``layer_sqnr_db``: the tensors of the default recipe's variant that drift most from fp32
+on the held-out photos (signal-to-quantisation-noise ratio in dB of each intermediate
+tensor against fp32's, lowest first; onnxruntime's ``qdq_loss_debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bench.drivers import REPO, frames_640x480, int8_figures, make_variant
+from edged.profiler import still_crops
+from edgefed.images import quantize
+from edgefed.images.verify import read_manifest
+from edgefed.models.preprocess import Preprocessor
+
+IMAGE = "efficientnet_lite0"
+STEM = "/_conv_stem/Conv"
+HEAD = ("/_conv_head/Conv", "/_avg_pooling/GlobalAveragePool", "/_fc/Gemm")
+RECIPES = {
+    "default": quantize.DEFAULT_RECIPE,
+    "video-only-calibration": quantize.Recipe(calibrate_on_stills=False),
+    "QOperator": quantize.Recipe(quant_format="QOperator"),
+    "ActivationSymmetric": quantize.Recipe(activation_symmetric=True),
+    "QDQKeepRemovableActivations": quantize.Recipe(keep_removable_activations=True),
+    "CalibMovingAverage": quantize.Recipe(moving_average=True),
+    "stem-fp32": quantize.Recipe(fp32_nodes=(STEM,)),
+    "stem-head-fp32": quantize.Recipe(fp32_nodes=(STEM, *HEAD)),
+}
+
+WORST = 8  # tensors listed in layer_sqnr_db
+
+
+def layer_drift(image_dir: Path, calibration: int) -> dict[str, float]:
+    """The ``WORST`` intermediate tensors of the default variant with the lowest SQNR (dB)
+    against fp32 over the held-out photos, every crop of them."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    manifest = read_manifest(image_dir)
+    preprocess = Preprocessor(manifest.input)
+    tensors = [
+        preprocess(picture, region)[0]
+        for image in quantize.heldout_stills(list(quantize.HELDOUT_PHOTOS)).values()
+        for picture, region in still_crops(image)
+    ]
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds: Iterator[np.ndarray] = iter(tensors)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            tensor = next(self._feeds, None)
+            return None if tensor is None else {manifest.input.name: tensor}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, variant, _ = make_variant(image_dir, Path(tmp), calibration, quantize.DEFAULT_RECIPE)
+        activations = []
+        for model in (src / manifest.model_file, variant / manifest.model_file):
+            augmented = Path(tmp) / f"{model.parent.name}.all-outputs.onnx"
+            modify_model_output_intermediate_tensors(str(model), str(augmented))
+            activations.append(collect_activations(str(augmented), Feeds()))
+    errors = compute_activation_error(create_activation_matching(activations[1], activations[0]))
+    sqnr = {name: float(e["xmodel_err"]) for name, e in errors.items() if "xmodel_err" in e}
+    return {name: round(sqnr[name], 1) for name in sorted(sqnr, key=sqnr.__getitem__)[:WORST]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=60, help="frames timed per recipe")
+    parser.add_argument(
+        "--calibration-frames", type=int, default=quantize.DEFAULT_CALIBRATION_FRAMES
+    )
+    parser.add_argument("--agreement-frames", type=int, default=50)
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES), action="append", help="only these (repeatable)"
+    )
+    parser.add_argument("--no-drift", action="store_true", help="leave out layer_sqnr_db")
+    args = parser.parse_args(argv)
+    frames = frames_640x480(args.frames)
+    image = REPO / "firmware-images" / "build" / IMAGE
+    drift = {} if args.no_drift else layer_drift(image, args.calibration_frames)
+    results = {}
+    for name in args.recipe or RECIPES:
+        speedup, agreement = int8_figures(
+            image,
+            frames,
+            args.calibration_frames,
+            args.agreement_frames,
+            RECIPES[name],
+        )
+        results[name] = {"int8_speedup": speedup, **agreement}
+    print(
+        json.dumps(
+            {
+                "image": IMAGE,
+                "calibration_frames": args.calibration_frames,
+                "agreement_frames": args.agreement_frames,
+                "recipes": results,
+                "layer_sqnr_db": drift,
+            }
+        )
+    )
+    return 0
