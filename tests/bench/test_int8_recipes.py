@@ -11,7 +11,7 @@ from tests.support.paths import IMAGES_DIR
 
 
 def test_layer_drift_lists_the_worst_tensors_of_the_real_model_lowest_first() -> None:
-    drift = layer_drift(IMAGES_DIR / IMAGE, calibration=2)
+    drift = layer_drift(IMAGES_DIR / IMAGE, calibration=2, inputs=3)
     assert len(drift) == WORST
     values = list(drift.values())
     assert values == sorted(values)
