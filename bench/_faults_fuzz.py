@@ -134,15 +134,15 @@ def deep(depth: int) -> Any:
 # --- MQTT: requests to serverd, replies to edged, deltas to edged's twin ---
 
 
-def fuzz_serverd_requests(broker: ShippedBroker, serverd: Serverd, n: int, h: Hostile) -> int:
-    """Hostile requests on device B's own request topic to the running serverd."""
-    before = serverd.counters()
-    client = MqttClient(broker.client_config(DEVICE_B, client_id="fuzz-requests"))
+def _publish_frames(
+    broker: ShippedBroker, identity: str, client_id: str, topic: str, n: int, h: Hostile
+) -> None:
+    """Publish ``n`` hostile frames on ``topic`` as ``identity``; wait for the last one."""
+    client = MqttClient(broker.client_config(identity, client_id=client_id))
     client.start()
     if not client.wait_connected(10):
-        raise SystemExit("fuzz: device B cannot connect")
+        raise SystemExit(f"fuzz: {identity} cannot connect")
     try:
-        topic = Topics().request(DEVICE_B)
         last = None
         for _ in range(n):
             last = client.publish(topic, h.frame())
@@ -150,6 +150,12 @@ def fuzz_serverd_requests(broker: ShippedBroker, serverd: Serverd, n: int, h: Ho
             last.wait(60)
     finally:
         client.stop()
+
+
+def fuzz_serverd_requests(broker: ShippedBroker, serverd: Serverd, n: int, h: Hostile) -> int:
+    """Hostile requests on device B's own request topic to the running serverd."""
+    before = serverd.counters()
+    _publish_frames(broker, DEVICE_B, "fuzz-requests", Topics().request(DEVICE_B), n, h)
     wait_for(
         "serverd to handle every hostile request",
         lambda: serverd.counters()["received"] - before["received"] >= n,
@@ -162,19 +168,7 @@ def fuzz_edge_replies(broker: ShippedBroker, edge: Edge, n: int, h: Hostile) -> 
     """Hostile replies on the edge's reply topic, from the one identity allowed there."""
     counters = edge.net.mqtt.counters
     before_in, before_errors = counters.messages_in, edge.errors()
-    client = MqttClient(broker.client_config("serverd", client_id="fuzz-replies"))
-    client.start()
-    if not client.wait_connected(10):
-        raise SystemExit("fuzz: serverd's identity cannot connect")
-    try:
-        topic = Topics().reply(DEVICE_A)
-        last = None
-        for _ in range(n):
-            last = client.publish(topic, h.frame())
-        if last is not None:
-            last.wait(60)
-    finally:
-        client.stop()
+    _publish_frames(broker, "serverd", "fuzz-replies", Topics().reply(DEVICE_A), n, h)
     wait_for(
         "the edge to read every hostile reply", lambda: counters.messages_in - before_in >= n, 120
     )
