@@ -8,7 +8,8 @@ model trained on the union of the edges' data (``centralised_acc``), of the best
 trained alone (``best_local_acc``), and of the same federation with a fourth, poisoned
 edge sending its honest update reversed and scaled twentyfold (``poisoned_acc``, robust
 strategy multi-Krum); ``bytes_per_round_per_edge`` (update frames received per round and
-edge) and ``round_s`` (mean seconds from opening to closing a round).
+edge), ``version_image_bytes`` (the packed, signed model image each edge receives per new
+version) and ``round_s`` (mean seconds from opening to closing a round).
 
 Model ``digits``: a softmax head on the pixels of scikit-learn's bundled handwritten digits.
 Model ``person``: a person/background head on EfficientNet-Lite0 features of vtest.avi
@@ -37,32 +38,40 @@ from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
 from edged.federation.service import EdgeFederation
 from edged.federation.trainer import TrainSettings, accuracy, train
+from edged.federation.versions import VersionImages
 from edgefed.clock import now_ms
 from edgefed.federation_upload import Upload
 from edgefed.federation_wire import (
+    MAX_VERSION_FRAME_BYTES,
     FederationTopics,
     ReceivedModel,
     RoundOpen,
     SampleOffer,
     TrainConfig,
     decode,
-    decode_params,
     encode,
     encode_params,
     init_head,
 )
+from edgefed.images.federated import Base, read_head
+from edgefed.images.signing import load_public_key, public_pem
 from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.paths import images_dir, trusted_keys
 from edgefed.testing.broker import Broker
 from edgefed.testing.datasets import DIGIT_FEATURES, digits, non_iid_split, train_test_split
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 from serverd.federation.aggregate import AggregationSettings
 from serverd.federation.coordinator import Coordinator
+from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundSettings
 from serverd.federation.service import FederationService
 
 ROBUST = AggregationSettings(strategy="krum", krum_malicious=1, krum_keep=3)
 TRAIN = TrainConfig(epochs=3, learning_rate=0.5)
+# 1280 features: a smaller step keeps each global version's held-back accuracy steady on
+# every edge, so none refuses a version for a one-round dip (measured: 0.5 dips 4-7 points)
+PERSON_TRAIN = TrainConfig(epochs=3, learning_rate=0.2)
 # Each edge holds back every 5th sample, about 90 digits: one is 1.1 points, so the
 # adoption margin spans a few samples, or one unlucky digit refuses a better version.
 MARGIN = 0.05
@@ -77,13 +86,34 @@ class Data:
     classes: int
     edges: list[tuple[np.ndarray, np.ndarray]]
     test: tuple[np.ndarray, np.ndarray]
+    base: Callable[[], Base]  # what every version image of the model shares
+    train: TrainConfig = TRAIN
 
 
 def digits_data() -> Data:
     x, y = digits()
     xtr, ytr, xte, yte = train_test_split(x, y, test_share=0.2, seed=0)
     parts = non_iid_split(ytr, edges=3, own_share=0.8, seed=1)
-    return Data("digits", DIGIT_FEATURES, 10, [(xtr[p], ytr[p]) for p in parts], (xte, yte))
+    edges = [(xtr[p], ytr[p]) for p in parts]
+    return Data("digits", DIGIT_FEATURES, 10, edges, (xte, yte), digits_base)
+
+
+def digits_base() -> Base:
+    """scikit-learn's digits are 8 x 8 grey pictures with values 0..16."""
+    return Base.pixels(8, 8, 16.0)
+
+
+def person_base() -> Base:
+    keys = [load_public_key(k) for k in trusted_keys()]
+    return Base.of_image(images_dir() / "efficientnet_lite0", keys)
+
+
+def trust(key: Ed25519PrivateKey, directory: Path) -> Path:
+    """``key``'s public half as a PEM file in ``directory`` (what an edge trusts)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "serverd-federation.pub"
+    path.write_bytes(public_pem(key.public_key()))
+    return path
 
 
 def person_data() -> Data:
@@ -94,7 +124,7 @@ def person_data() -> Data:
     # 90%: one edge sees mostly background, one mostly people, one a few of each
     parts = non_iid_split(ytr, edges=3, own_share=0.9, seed=1)
     edges = [(xtr[p], ytr[p]) for p in parts]
-    return Data("person", x.shape[1], len(CLASSES), edges, (xte, yte))
+    return Data("person", x.shape[1], len(CLASSES), edges, (xte, yte), person_base, PERSON_TRAIN)
 
 
 class Poisoner:
@@ -107,8 +137,10 @@ class Poisoner:
         topics: FederationTopics,
         model: str,
         data: tuple[np.ndarray, np.ndarray],
+        train: TrainConfig = TRAIN,
     ) -> None:
         self.mqtt, self.topics, self.model, self.data = mqtt, topics, model, data
+        self.train = train
         self.params: list[np.ndarray] | None = None
         self._rounds: queue.Queue[RoundOpen | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="poisoner", daemon=True)
@@ -126,9 +158,9 @@ class Poisoner:
         self._thread.join(30)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        message = decode(payload)
+        message = decode(payload, MAX_VERSION_FRAME_BYTES)
         if isinstance(message, ReceivedModel):
-            self.params = decode_params(message.body)
+            self.params = read_head(message.body)
         elif isinstance(message, RoundOpen):
             self._rounds.put(message)
 
@@ -138,7 +170,9 @@ class Poisoner:
             if base is None or "poisoner" not in plan.participants:
                 continue
             x, y = self.data
-            settings = TrainSettings(epochs=TRAIN.epochs, learning_rate=TRAIN.learning_rate)
+            settings = TrainSettings(
+                epochs=self.train.epochs, learning_rate=self.train.learning_rate
+            )
             honest = train(base, x, y, settings).params
             bad = [b - 20.0 * (h - b) for b, h in zip(base, honest, strict=True)]
             upload = Upload.of(
@@ -189,7 +223,11 @@ class Site:
         fed = Federation(
             self.data.name, 1, init_head(self.data.features, self.data.classes), settings
         )
-        self.coordinator = Coordinator(server, topics, fed, self.key, TRAIN, max_chunk_bytes=16384)
+        classes = [str(c) for c in range(self.data.classes)]
+        imager = VersionImager(self.data.name, self.data.base(), classes, self.key)
+        self.coordinator = Coordinator(
+            server, topics, fed, self.key, imager, self.data.train, max_chunk_bytes=16384
+        )
         self.service = FederationService(server, topics, [self.coordinator])
         self.service.start()
         self.devices: list[EdgeFederation] = []
@@ -201,7 +239,13 @@ class Site:
             self.devices.append(device)
         self.edges = [d.participants[self.data.name] for d in self.devices]
         self.poisoner = (
-            Poisoner(self._client("poisoner"), topics, self.data.name, self.data.edges[0])
+            Poisoner(
+                self._client("poisoner"),
+                topics,
+                self.data.name,
+                self.data.edges[0],
+                self.data.train,
+            )
             if self.poisoned
             else None
         )
@@ -225,7 +269,7 @@ class Site:
             self.data.name,
             store,
             HeadSlot(),
-            [self.key.public_key()],
+            VersionImages(self.directory / name, [trust(self.key, self.directory)]),
             margin=MARGIN,
             allowed=allowed.is_set,
         )
@@ -274,7 +318,8 @@ class Site:
 def baselines(data: Data, rounds: int) -> tuple[float, float]:
     """Held-out accuracy of centralised training on the union and of the best edge alone,
     each with the federation's step size for as many epochs as ``rounds`` rounds train."""
-    budget = TrainSettings(epochs=rounds * TRAIN.epochs, learning_rate=TRAIN.learning_rate)
+    step = data.train
+    budget = TrainSettings(epochs=rounds * step.epochs, learning_rate=step.learning_rate)
     head = init_head(data.features, data.classes)
     union_x = np.concatenate([x for x, _ in data.edges])
     union_y = np.concatenate([y for _, y in data.edges])
@@ -290,6 +335,8 @@ def measure(data: Data, rounds: int, directory: Path) -> dict[str, object]:
         federated = site.accuracy()
         history = site.coordinator.history()
         received = site.coordinator.counters.bytes_received
+        fed = site.coordinator.federation
+        image_bytes = len(site.coordinator.imager.packed(fed.version, fed.params))
     with Site(data, directory / "poisoned", ROBUST, poisoned=True) as site:
         for _ in range(rounds):
             site.run_round()
@@ -303,6 +350,7 @@ def measure(data: Data, rounds: int, directory: Path) -> dict[str, object]:
         "poisoned_acc": round(poisoned, 4),
         "rounds": rounds,
         "bytes_per_round_per_edge": received // (rounds * len(data.edges)),
+        "version_image_bytes": image_bytes,
         "round_s": round(float(np.mean([h["round_s"] for h in history])), 3),
     }
 

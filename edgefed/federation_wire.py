@@ -52,6 +52,8 @@ from edgefed.wire import (
 DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64")
 DEFAULT_CHUNK_BYTES = 256 * 1024
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
+# a GlobalModel frame: its header and a packed version image (edgefed.images.federated)
+MAX_VERSION_FRAME_BYTES = 64 * 1024 * 1024 + 64 * 1024
 MAX_TENSORS = 64
 MAX_MISSING_LISTED = 4096
 _LEN = struct.Struct(">I")
@@ -127,14 +129,15 @@ class UpdateAck(_Message):
 
 
 class GlobalModel(_Message):
-    """A new global version (retained per model); the body holds its parameters
-    (``encode_params``). ``signature``: Ed25519 by serverd's key over ``signed_text``."""
+    """A new global version (retained per model); the body holds the version's signed
+    model image, packed (``edgefed.images.federated.pack``). ``signature``: Ed25519 by
+    serverd's key over ``signed_text``; the image carries its own signature too."""
 
     type: Literal["fed_model"] = Field(default="fed_model", description="Discriminator")
     model: str = Field(pattern=MODEL_PATTERN, description="Model")
     version: int = Field(ge=1, description="Global version")
     round: int = Field(ge=1, description="Round that made it")
-    sha256: str = Field(pattern=SHA256_PATTERN, description="sha256 (hex) of the parameters")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="sha256 (hex) of the packed image")
     signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="Ed25519 signature (hex)")
 
 
@@ -208,7 +211,7 @@ def decode(
     header, body = unframe(data, max_bytes, _FED_HEADER)
     if isinstance(header, GlobalModel):
         if sha256_hex(body) != header.sha256:
-            raise ProtocolError(f"{header.model} v{header.version}: parameters fail their sha256")
+            raise ProtocolError(f"{header.model} v{header.version}: image fails its sha256")
         return ReceivedModel(header, body)
     if isinstance(header, UpdateChunk):
         if header.index >= header.count:

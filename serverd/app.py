@@ -245,7 +245,9 @@ class ServerdApp:
             if cfg.share_group is not None:
                 requests = f"$share/{cfg.share_group}/{requests}"
             self.mqtt.subscribe_acked(requests, self._on_request)
-            self.federation = federation.build(cfg.federation, self.mqtt, own.prefix, cfg.state_dir)
+            self.federation = federation.build(
+                cfg.federation, self.mqtt, own.prefix, cfg.state_dir, cfg.images
+            )
             if self.federation is not None:
                 self.federation.start()
             self.mqtt.start(loop)  # driven by this loop: requests arrive with no hand-off

@@ -1,11 +1,13 @@
-"""Adopting a global version at the edge: verify, judge on the held-back slice, swap.
+"""Adopting a global version at the edge: check, judge on the held-back slice, swap.
 
-``verify`` checks a received version's signature against the trusted keys (its hash was
-checked on decoding) and that it is newer than the one served. ``judge`` refuses a
-version whose held-back accuracy is worse than the current one's by more than ``margin``.
-``HeadSlot`` holds the served parameters; a swap replaces one reference under a lock, so
-a reader gets either the old or the new version whole, and the previous version is kept
-for ``rollback``.
+``check`` verifies a received version's header signature against the trusted keys (its
+hash was checked on decoding; the packed image inside carries its own signature, checked
+when it is unpacked, ``edged.federation.versions``) and that it is newer than the one
+served and than one the operator rolled back from. ``judge`` refuses a version whose
+held-back accuracy is worse than the current one's by more than ``margin``. ``HeadSlot``
+holds the served head; a swap replaces one reference under a lock, so a reader gets
+either the old or the new version whole, and the previous version is kept for
+``rollback``.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edged.federation.trainer import Params, accuracy
-from edgefed.errors import FederationError, ProtocolError
-from edgefed.federation_wire import ReceivedModel, decode_params, signed_text
+from edgefed.errors import FederationError
+from edgefed.federation_wire import ReceivedModel, signed_text
 from edgefed.images.signing import signed_by_any
 
 
@@ -27,6 +30,7 @@ from edgefed.images.signing import signed_by_any
 class Served:
     version: int
     params: Params
+    image: Path | None = None  # the installed image (<root>/<model>), when there is one
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,14 @@ class HeadSlot:
             return self._current
 
 
-def verify(
-    received: ReceivedModel, keys: Sequence[Ed25519PublicKey], served: Served | None
-) -> Params:
-    """The parameters of a signed, newer version; ``FederationError`` says why not."""
+def check(
+    received: ReceivedModel,
+    keys: Sequence[Ed25519PublicKey],
+    served: Served | None,
+    rolled_back_from: int | None = None,
+) -> None:
+    """``FederationError`` unless the version is signed by a trusted key, newer than the
+    served one and newer than a version the operator rolled back from."""
     head = received.model
     try:
         signature = bytes.fromhex(head.signature)
@@ -78,13 +86,10 @@ def verify(
         raise FederationError(
             f"{head.model} v{head.version}: not newer than the served v{served.version}"
         )
-    try:
-        params = decode_params(received.body)
-    except ProtocolError as exc:
-        raise FederationError(f"{head.model} v{head.version}: {exc}") from exc
-    if served is not None and [p.shape for p in params] != [p.shape for p in served.params]:
-        raise FederationError(f"{head.model} v{head.version}: tensor shapes differ")
-    return params
+    if rolled_back_from is not None and head.version <= rolled_back_from:
+        raise FederationError(
+            f"{head.model} v{head.version}: the operator rolled back from v{rolled_back_from}"
+        )
 
 
 def judge(

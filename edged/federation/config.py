@@ -61,6 +61,11 @@ class EdgeFederationConfig(Strict):
     trusted_keys: list[Path] | None = Field(
         None, description="Keys a global version must be signed by (default: images.trusted_keys)"
     )
+    images_dir: Path | None = Field(
+        None,
+        description="Where adopted versions are installed, in A/B slots (default: images.dir; "
+        "edged image rollback NAME --root DIR)",
+    )
     training_allowed: bool = Field(
         True, description="Initial value of the federated_training twin property"
     )

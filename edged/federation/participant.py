@@ -1,28 +1,33 @@
-"""The edge's federation adapter: MQTT in and out around the sample store, the trainer
-and the head slot. Only parameters, a sample count and metrics are ever published.
+"""The edge's federation adapter: MQTT in and out around the sample store, the trainer,
+the head slot and the installed version images. Only parameters, a sample count and
+metrics are ever published.
 
 Handlers run on the MQTT thread and only queue work; one named worker thread trains,
 uploads and judges new versions, so a long training never blocks the connection.
-Training is skipped while ``allowed()`` is False (the device twin's switch).
+Training is skipped while ``allowed()`` is False (the device twin's switch). An adopted
+version is installed into its A/B slots and handed to ``on_adopted`` (edged swaps the
+model it serves); if that fails, the install is rolled back and the version refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from edged.federation.adoption import HeadSlot, Served, judge, verify
+from edged.federation.adoption import HeadSlot, Served, check, judge
 from edged.federation.samples import SampleStore
 from edged.federation.trainer import TrainSettings, train
+from edged.federation.versions import VersionImages
 from edgefed.counters import Counters
-from edgefed.errors import FederationError, ProtocolError
+from edgefed.errors import EdgeFedError, FederationError, ProtocolError
 from edgefed.federation_upload import Upload
 from edgefed.federation_wire import (
+    MAX_VERSION_FRAME_BYTES,
     AdoptionReport,
     FederationTopics,
     ReceivedModel,
@@ -63,19 +68,26 @@ class Participant:
         model: str,
         store: SampleStore,
         slot: HeadSlot,
-        keys: Sequence[Ed25519PublicKey],
+        images: VersionImages,
         margin: float = 0.02,
         allowed: Callable[[], bool] = lambda: True,
+        on_adopted: Callable[[str, Path], None] | None = None,
     ) -> None:
         self.mqtt, self.topics, self.device_id, self.model = mqtt, topics, device_id, model
-        self.store, self.slot, self.keys, self.margin = store, slot, keys, margin
-        self.allowed = allowed
+        self.store, self.slot, self.images, self.margin = store, slot, images, margin
+        self.allowed, self.on_adopted = allowed, on_adopted
+        self.rolled_back_from: int | None = None
         self.counters = ParticipantCounters()
         self._work: queue.Queue[RoundOpen | ReceivedModel | UpdateAck | None] = queue.Queue()
         self._upload: Upload | None = None
         self._thread = threading.Thread(target=self._run, name=f"federation-{model}", daemon=True)
 
     def start(self) -> None:
+        """Serve the installed version (if any), then take part in the rounds."""
+        installed = self.images.served(self.model)
+        if installed is not None:
+            self.slot.swap(installed)
+        self.rolled_back_from = self.images.rolled_back_from(self.model)
         self.mqtt.subscribe(self.topics.round(self.model), self._on_message)
         self.mqtt.subscribe(self.topics.model(self.model), self._on_message)
         self.mqtt.subscribe(self.topics.ack(self.device_id), self._on_message)
@@ -91,6 +103,8 @@ class Participant:
         return {
             "model": self.model,
             "version": served.version if served else None,
+            "image": str(served.image) if served and served.image else None,
+            "rolled_back_from": self.rolled_back_from,
             "samples": self.store.count(self.model),
             "training_allowed": self.allowed(),
             **self.counters.as_dict(),
@@ -98,7 +112,7 @@ class Participant:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
-            message = decode(payload)
+            message = decode(payload, MAX_VERSION_FRAME_BYTES)  # a version is a whole image
         except ProtocolError as exc:
             self.counters.bad_messages += 1
             log.warning("federation: bad message on %s: %s", topic, exc)
@@ -179,21 +193,25 @@ class Participant:
             return
         report = AdoptionReport(model=head.model, version=head.version, adopted=False)
         try:
-            params = verify(received, self.keys, served)
+            check(received, self.images.keys, served, self.rolled_back_from)
+            with self.images.unpacked(self.model, head.version, received.body) as (image, params):
+                if served is not None and [p.shape for p in params] != [
+                    p.shape for p in served.params
+                ]:
+                    raise FederationError(f"{head.model} v{head.version}: tensor shapes differ")
+                decision = judge(params, served, self.store.holdout(self.model), self.margin)
+                report = report.model_copy(
+                    update={
+                        "adopted": decision.adopt,
+                        "reason": decision.reason,
+                        "holdout_accuracy": decision.candidate_accuracy,
+                        "current_accuracy": decision.current_accuracy,
+                    }
+                )
+                if decision.adopt:
+                    self._adopt(Served(head.version, params, self.images.install(image)))
         except FederationError as exc:
-            report = report.model_copy(update={"reason": str(exc)})
-        else:
-            decision = judge(params, served, self.store.holdout(self.model), self.margin)
-            report = report.model_copy(
-                update={
-                    "adopted": decision.adopt,
-                    "reason": decision.reason,
-                    "holdout_accuracy": decision.candidate_accuracy,
-                    "current_accuracy": decision.current_accuracy,
-                }
-            )
-            if decision.adopt:
-                self.slot.swap(Served(head.version, params))
+            report = report.model_copy(update={"adopted": False, "reason": str(exc)})
         if report.adopted:
             self.counters.versions_adopted += 1
         else:
@@ -201,3 +219,17 @@ class Participant:
             self.counters.last_reason = report.reason
             log.warning("federation: refused %s v%d: %s", head.model, head.version, report.reason)
         self.mqtt.publish(self.topics.adoption(self.device_id), encode(report))
+
+    def _adopt(self, served: Served) -> None:
+        """Serve an installed version; if edged cannot serve it, back to the previous."""
+        self.slot.swap(served)
+        if self.on_adopted is None or served.image is None:
+            return
+        try:
+            self.on_adopted(self.model, served.image)
+        except EdgeFedError as exc:
+            with contextlib.suppress(FederationError):  # none before: nothing to go back to
+                self.slot.rollback()
+            self.images.roll_back(self.model)
+            self.rolled_back_from = served.version
+            raise FederationError(f"v{served.version} cannot be served: {exc}") from exc

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from edged.federation.features import FeatureExtractor
 from edged.federation.hardexamples import HardExamples
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore, Source
+from edged.federation.versions import VersionImages
 from edged.offload.core import JobOutcome
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import ConfigError, FederationError, ImageError
 from edgefed.federation_wire import FederationTopics, SampleOffer, encode
-from edgefed.images.signing import load_public_key
 from edgefed.mqtt import MqttClient
 
 log = logging.getLogger("edged.federation")
@@ -189,11 +189,13 @@ def build(
     state_dir: Path,
     trusted_keys: Sequence[Path],
     images_dir: Path,
+    on_adopted: Callable[[str, Path], None] | None = None,
 ) -> EdgeFederation:
     """The device's federation from its config section; an unreadable store or key is
-    a ``ConfigError``."""
+    a ``ConfigError``. ``on_adopted(model, image)`` runs when a version is adopted."""
+    key_paths = config.trusted_keys or trusted_keys
     try:
-        keys = [load_public_key(p) for p in config.trusted_keys or trusted_keys]
+        images = VersionImages(config.images_dir or images_dir, key_paths)
         store = SampleStore(
             config.store or state_dir / "federation.sqlite",
             config.max_samples,
@@ -207,7 +209,16 @@ def build(
         allowed.set()
     participants = [
         Participant(
-            mqtt, topics, device_id, m.name, store, HeadSlot(), keys, config.margin, allowed.is_set
+            mqtt,
+            topics,
+            device_id,
+            m.name,
+            store,
+            HeadSlot(),
+            images,
+            config.margin,
+            allowed.is_set,
+            on_adopted,
         )
         for m in config.models
     ]

@@ -2,24 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, model_validator
 
 from edgefed.config import Strict
+from edgefed.errors import ConfigError, ImageError
 from edgefed.federation_wire import TrainConfig, init_head
+from edgefed.images.federated import Base
 from edgefed.wire import MODEL_PATTERN
 from serverd.federation.aggregate import AggregationSettings, StrategyName
 from serverd.federation.rounds import Federation, RoundSettings
 from serverd.federation.versions import VersionFiles
 
 
+class PixelsConfig(Strict):
+    """A model on the raw grey pixels of a small picture (``features`` = width x height)."""
+
+    width: int = Field(ge=1, le=256, description="Picture width")
+    height: int = Field(ge=1, le=256, description="Picture height")
+    max_value: float = Field(255.0, gt=0, description="Feature value of a white pixel")
+
+
 class FederatedModelConfig(Strict):
-    """One federated model: a softmax head of ``features`` x ``len(classes)``."""
+    """One federated model: a softmax head of ``features`` x ``len(classes)`` on the
+    features of ``image`` (its declared ``trainable`` tensor) or on raw ``pixels``; each
+    global version is published as a signed model image of that base and head."""
 
     name: str = Field(pattern=MODEL_PATTERN, description="Model name (as the edges call it)")
     features: int = Field(ge=1, le=65536, description="Feature vector length the head reads")
     classes: list[str] = Field(min_length=2, max_length=10000, description="Class names, in order")
+    image: str | None = Field(
+        None,
+        description="Base model image declaring its trainable features (a name under "
+        "images.dir, or a path)",
+    )
+    pixels: PixelsConfig | None = Field(None, description="Or: the head reads raw pixels")
+    train: TrainConfig | None = Field(
+        None, description="Edges' training settings for this model (default: federation.train)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FederatedModelConfig:
+        if (self.image is None) == (self.pixels is None):
+            raise ValueError(f"{self.name}: give exactly one of image and pixels")
+        if self.pixels is not None and self.pixels.width * self.pixels.height != self.features:
+            raise ValueError(f"{self.name}: pixels width x height must equal features")
+        return self
+
+    def base(self, images_dir: Path, keys: Sequence[Ed25519PublicKey]) -> Base:
+        """The frozen part every version shares; ``ConfigError`` if it does not fit."""
+        if self.pixels is not None:
+            p = self.pixels
+            return Base.pixels(p.width, p.height, p.max_value)
+        assert self.image is not None
+        path = Path(self.image) if "/" in self.image else images_dir / self.image
+        try:
+            base = Base.of_image(path, keys)
+        except ImageError as exc:
+            raise ConfigError(f"federation.models[{self.name}].image: {exc}") from exc
+        if base.size != self.features:
+            raise ConfigError(
+                f"federation.models[{self.name}]: image features are {base.size}, "
+                f"features says {self.features}"
+            )
+        return base
 
 
 class StrategyConfig(Strict):

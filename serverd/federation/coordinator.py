@@ -3,7 +3,8 @@
 It publishes each round (retained ``RoundOpen``), reassembles the edges' chunked updates,
 hands each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
 (accepted, rejected with the reason, or the chunks still missing), and publishes every
-new global version signed with serverd's key (retained ``GlobalModel``). Edges' adoption
+new global version as a model image signed with serverd's key (retained ``GlobalModel``
+with the packed image, ``serverd.federation.images``). Edges' adoption
 reports are kept per device for the status. ``FederationService`` subscribes once for
 every model and hands each decoded message to its model's coordinator. Calls come from
 the MQTT thread and from the caller's timer, so one lock guards the state machine.
@@ -34,12 +35,12 @@ from edgefed.federation_wire import (
     UpdateQuery,
     decode_params,
     encode,
-    encode_params,
     sha256_hex,
     signed_text,
 )
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient
+from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundOutcome
 
 log = logging.getLogger("serverd.federation")
@@ -64,11 +65,13 @@ class Coordinator:
         topics: FederationTopics,
         federation: Federation,
         key: Ed25519PrivateKey,
+        imager: VersionImager,
         train: TrainConfig | None = None,
         max_chunk_bytes: int = 256 * 1024,
         clock: Clock = now_ms,
     ) -> None:
         self.mqtt, self.topics, self.federation, self.key = mqtt, topics, federation, key
+        self.imager = imager
         self.train = train or TrainConfig()
         self.max_chunk_bytes = max_chunk_bytes
         self.clock = clock
@@ -134,7 +137,7 @@ class Coordinator:
 
     def _publish_version(self, round_id: int) -> None:
         fed = self.federation
-        body = encode_params(fed.params)
+        body = self.imager.packed(fed.version, fed.params)
         digest = sha256_hex(body)
         signature = sign(self.key, signed_text(fed.model, fed.version, digest)).hex()
         header = GlobalModel(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefed.clock import Clock, now_ms
+from edgefed.config import ImagesConfig
 from edgefed.counters import Counters
 from edgefed.errors import ConfigError, FederationError, ImageError, ProtocolError
 from edgefed.federation_wire import (
@@ -33,10 +34,11 @@ from edgefed.federation_wire import (
     UpdateQuery,
     decode,
 )
-from edgefed.images.signing import load_private_key
+from edgefed.images.signing import load_private_key, load_public_key
 from edgefed.mqtt import MqttClient
 from serverd.federation.config import FederationConfig
 from serverd.federation.coordinator import Coordinator
+from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Phase
 from serverd.federation.versions import VersionFiles
 
@@ -191,23 +193,30 @@ class FederationService:
 
 
 def build(
-    config: FederationConfig, mqtt: MqttClient, prefix: str, state_dir: Path
+    config: FederationConfig, mqtt: MqttClient, prefix: str, state_dir: Path, images: ImagesConfig
 ) -> FederationService | None:
     """serverd's federation service from its config section (None when disabled), each
-    model from its version saved under ``state_dir``; a missing or unreadable signing
-    key is a ``ConfigError``."""
+    model from its version saved under ``state_dir`` and its base image under ``images``;
+    a missing or unreadable signing key or base image is a ``ConfigError``."""
     if not config.enabled or config.signing_key is None:
         return None
     try:
         key = load_private_key(config.signing_key)
+        trusted = [load_public_key(p) for p in images.trusted_keys]
     except ImageError as exc:
-        raise ConfigError(f"federation.signing_key: {exc}") from exc
+        raise ConfigError(f"federation: {exc}") from exc
     topics = FederationTopics(prefix)
     versions = VersionFiles(state_dir / "federation")
-    coordinators = [
-        Coordinator(mqtt, topics, fed, key, config.train, config.max_chunk_bytes)
-        for fed in config.federations(versions)
-    ]
+    models = {m.name: m for m in config.models}
+    coordinators = []
+    for fed in config.federations(versions):
+        m = models[fed.model]
+        imager = VersionImager(m.name, m.base(images.dir, trusted), m.classes, key)
+        coordinators.append(
+            Coordinator(
+                mqtt, topics, fed, key, imager, m.train or config.train, config.max_chunk_bytes
+            )
+        )
     interval = None if config.interval_s is None else int(config.interval_s * 1000)
     ttl = int(config.offer_ttl_s * 1000)
     return FederationService(mqtt, topics, coordinators, ttl, interval, versions=versions)

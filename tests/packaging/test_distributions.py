@@ -35,8 +35,9 @@ FOREIGN = {
     "edge": {"tritonclient"},
     "server": {"cv2", "onnxruntime", "ai_edge_litert"},
 }
-# pins both roles carry: gRPC (device plugin / Triton client) and the HTTP API with /metrics
-SHARED = {"grpcio", "protobuf", "aiohttp", "prometheus-client"}
+# pins both roles carry: gRPC (device plugin / Triton client), the HTTP API with /metrics,
+# and onnx (INT8 variants on the edge, federated version images on the server)
+SHARED = {"grpcio", "protobuf", "aiohttp", "prometheus-client", "onnx"}
 
 
 def _norm(name: str) -> str:

@@ -26,11 +26,13 @@ from edgefed.federation_wire import (
     sha256_hex,
     signed_text,
 )
+from edgefed.images.federated import read_head
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
+from serverd.federation.images import VersionImager
 
 ROUNDS = 30
 
@@ -81,8 +83,8 @@ def _no_raw_sample_was_published(site: Site, seen: Seen) -> None:
             whole = assembler.add(topic, message)
             if whole is not None:  # an update holds the head's tensors and nothing else
                 assert [p.shape for p in decode_params(whole.data)] == head_shapes
-        elif isinstance(message, ReceivedModel):
-            assert [p.shape for p in decode_params(message.body)] == head_shapes
+        elif isinstance(message, ReceivedModel):  # a version image: the head on the pixels
+            assert [p.shape for p in read_head(message.body)] == head_shapes
     everything = b"".join(p for _, p in messages)
     for x, _ in site.data.edges:
         for row in x[:: max(1, len(x) // 40)]:
@@ -90,10 +92,17 @@ def _no_raw_sample_was_published(site: Site, seen: Seen) -> None:
 
 
 def _publish_version(
-    site: Site, version: int, params: list[np.ndarray], key: Ed25519PrivateKey
+    site: Site,
+    version: int,
+    params: list[np.ndarray],
+    key: Ed25519PrivateKey,
+    image_key: Ed25519PrivateKey | None = None,
 ) -> None:
+    """Version ``version`` as serverd would publish it, its header signed by ``key`` and
+    its image by ``image_key`` (default: the same key)."""
     fed = site.coordinator.federation
-    body = encode_params(params)
+    imager = VersionImager(fed.model, site.data.base(), list("0123456789"), image_key or key)
+    body = imager.packed(version, params)
     digest = sha256_hex(body)
     header = GlobalModel(
         model=fed.model,
@@ -126,6 +135,11 @@ def test_a_worse_or_unsigned_version_is_refused_and_the_served_one_stays(site: S
     _publish_version(site, forged, params, Ed25519PrivateKey.generate())
     reports = wait_until("three refusals of a forged version", lambda: _reports(site, forged))
     assert all(not r["adopted"] and "trusted key" in str(r["reason"]) for r in reports)
+    assert site.versions() == before
+    swapped = before[0] + 3  # a signed header around an image signed by another key
+    _publish_version(site, swapped, params, site.key, Ed25519PrivateKey.generate())
+    reports = wait_until("three refusals of a foreign image", lambda: _reports(site, swapped))
+    assert all(not r["adopted"] and "signature does not match" in str(r["reason"]) for r in reports)
     assert site.versions() == before
 
 

@@ -11,22 +11,30 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.federated import trust
 from edged.federation.adoption import HeadSlot
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
 from edged.federation.service import EdgeFederation
+from edged.federation.versions import VersionImages
 from edgefed.federation_upload import Upload
 from edgefed.federation_wire import FederationTopics, TrainConfig, encode_params, init_head
+from edgefed.images.federated import Base
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 from serverd.federation.coordinator import Coordinator
+from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundSettings
 from serverd.federation.service import FederationService
 
 SHAPES = {"wide": (6, 2), "narrow": (3, 3)}  # model -> (features, classes)
 EDGES = ["edge-0", "edge-1", "edge-2"]
+
+
+def _classes(model: str) -> list[str]:
+    return [str(c) for c in range(SHAPES[model][1])]
 
 
 class Fleet:
@@ -41,6 +49,7 @@ class Fleet:
                 self.topics,
                 Federation(model, 1, init_head(*shape), settings),
                 self.key,
+                VersionImager(model, Base.pixels(shape[0], 1, 255.0), _classes(model), self.key),
                 TrainConfig(epochs=2, learning_rate=0.5),
                 max_chunk_bytes=1024,
             )
@@ -64,12 +73,12 @@ class Fleet:
                     model,
                     store,
                     HeadSlot(),
-                    [self.key.public_key()],
+                    VersionImages(root / name, [trust(self.key, root)]),
                     allowed=allowed.is_set,
                 )
                 for model in SHAPES
             ]
-            classes = {m: [str(c) for c in range(k)] for m, (_, k) in SHAPES.items()}
+            classes = {m: _classes(m) for m in SHAPES}
             edge = EdgeFederation(client, self.topics, name, store, participants, classes, allowed)
             for model, (features, k) in SHAPES.items():
                 for _ in range(40):

@@ -9,7 +9,12 @@ import numpy as np
 from serverd.federation.config import FederationConfig
 from serverd.federation.versions import VersionFiles
 
-MODEL = {"name": "digits", "features": 64, "classes": list("0123456789")}
+MODEL = {
+    "name": "digits",
+    "features": 64,
+    "classes": list("0123456789"),
+    "pixels": {"width": 8, "height": 8, "max_value": 16},
+}
 
 
 def _config() -> FederationConfig:
