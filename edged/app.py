@@ -89,27 +89,29 @@ def _fallback_driver(
     return FallbackDriver(fallback, {k: v for k, v in drivers.items() if k in used}, m.name)
 
 
+def open_model(
+    config: EdgedConfig, m: ModelConfig, path: Path, drivers: dict[str, Driver]
+) -> ModelRunner:
+    """Verify and load model ``m`` from the image at ``path`` on its driver (created in
+    ``drivers`` on first use); an ``EdgeFedError`` says why not."""
+    if m.fallback is not None:
+        driver: Driver = _fallback_driver(config, m, m.fallback, drivers)
+    else:
+        driver_type = m.driver or read_manifest(path).driver
+        if driver_type not in drivers:
+            drivers[driver_type] = registry.create(config.driver_config(driver_type))
+        driver = drivers[driver_type]
+    return open_runner(
+        m.name, path, driver, m.device, config.images.trusted_keys, config.images.allow_unsigned
+    )
+
+
 def load_models(config: EdgedConfig) -> LoadedModels:
     """Verify and load every configured model; failures are collected, not raised."""
     out = LoadedModels()
     for m in config.models:
-        path = image_path(config, m)
         try:
-            if m.fallback is not None:
-                driver: Driver = _fallback_driver(config, m, m.fallback, out.drivers)
-            else:
-                driver_type = m.driver or read_manifest(path).driver
-                if driver_type not in out.drivers:
-                    out.drivers[driver_type] = registry.create(config.driver_config(driver_type))
-                driver = out.drivers[driver_type]
-            out.runners[m.name] = open_runner(
-                m.name,
-                path,
-                driver,
-                m.device,
-                config.images.trusted_keys,
-                config.images.allow_unsigned,
-            )
+            out.runners[m.name] = open_model(config, m, image_path(config, m), out.drivers)
         except EdgeFedError as exc:
             out.failures[m.name] = str(exc)
             if isinstance(exc, ImageError):
@@ -181,7 +183,7 @@ class EdgedApp:
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
-        self.federation = wiring.federation(config, self.mqtt)
+        self.federation = wiring.federation(config, self.mqtt, self._serve_adopted)
         self.offload = wiring.offload(
             config,
             self.net,
@@ -225,6 +227,24 @@ class EdgedApp:
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None
+
+    def _serve_adopted(self, federated: str, image: Path) -> None:
+        """A federated version was installed at ``image``: every pipeline model loaded
+        from that path runs it from its next frame on (no frame is dropped)."""
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is None:  # still starting: the pipeline loads the installed image
+            return
+        for m in self.config.models:
+            if image_path(self.config, m).absolute() != image.absolute():
+                continue
+            runner = open_model(self.config, m, image, self.models.drivers)
+            if m.name in pipeline.workers:
+                pipeline.workers[m.name].swap_runner(runner)
+            else:  # its first version: the model did not load at start
+                pipeline.add_model(m, runner)
+                self.models.failures.pop(m.name, None)
+            self.models.runners[m.name] = runner
+            log.info("model %s now serves %s %s", m.name, federated, runner.manifest.version)
 
     def _on_outcome(self, outcome: JobOutcome) -> None:
         """A closed offload job: recorded, and a hard example for the federation."""

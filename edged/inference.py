@@ -3,6 +3,8 @@
 Inference sessions release the GIL, so a thread per model lets heterogeneous models
 run at the same time on the same frame. A model that raises is contained: the error
 is counted and logged, the task is reported done, and the other models keep running.
+``swap_runner`` replaces the runner between two runs (a new federated version): no task
+is dropped, the runs already started finish on the old runner, which is then closed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class ModelWorker:
         self.latency = LatencyWindow()
         self.dropped = 0
         self.busy = 0
+        self.swaps = 0
+        self._in_use: dict[int, int] = {}  # id(runner) -> runs started on it, not finished
+        self._retired: dict[int, Any] = {}  # swapped-out runners still in use
         self.progress = time.monotonic()  # when a run last started or finished
 
     def start(self) -> None:
@@ -99,12 +104,23 @@ class ModelWorker:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
+    def swap_runner(self, runner: Any) -> None:
+        """Run the next tasks on ``runner``; the old one is closed once idle."""
+        with self._cond:
+            old, self.runner = self.runner, runner
+            self.swaps += 1
+            if self._in_use.get(id(old)):
+                self._retired[id(old)] = old
+                old = None
+        if old is not None:
+            old.close()
+
     @property
     def depth(self) -> int:
         with self._cond:
             return len(self._queue)
 
-    def _next(self) -> Task | None:
+    def _next(self) -> tuple[Task, Any] | None:
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait(0.5)
@@ -114,16 +130,19 @@ class ModelWorker:
             if not self.busy:
                 self.progress = time.monotonic()  # an idle worker starts the clock afresh
             self.busy += 1
+            runner = self.runner
+            self._in_use[id(runner)] = self._in_use.get(id(runner), 0) + 1
             self._cond.notify_all()
-            return task
+            return task, runner
 
     def _loop(self) -> None:
-        while (task := self._next()) is not None:
+        while (picked := self._next()) is not None:
+            task, runner = picked
             start = time.perf_counter()
             results: list[Result] | None = None
             error: BaseException | None = None
             try:
-                results = self.runner.infer(task.job.frame.image, task.regions)
+                results = runner.infer(task.job.frame.image, task.regions)
             except Exception as exc:  # contained: one model's fault never stops the others
                 error = exc
                 self.latency.error()
@@ -138,12 +157,20 @@ class ModelWorker:
             with self._cond:  # after on_done, which may queue cascade work: idle() stays exact
                 self.busy -= 1
                 self.progress = time.monotonic()
+                self._in_use[id(runner)] -= 1
+                done_with = None
+                if not self._in_use[id(runner)]:
+                    del self._in_use[id(runner)]
+                    done_with = self._retired.pop(id(runner), None)
+            if done_with is not None:
+                done_with.close()
 
     def stats(self) -> dict[str, Any]:
         return {
             "queue_depth": self.depth,
             "busy": self.busy,
             "dropped": self.dropped,
+            "runner_swaps": self.swaps,
             "inferences": self.latency.count,
             "errors": self.latency.errors,
             **self.latency.percentiles(),

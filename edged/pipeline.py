@@ -28,6 +28,7 @@ from edged.regionplan import Plan
 from edged.regions import motion_regions
 from edged.stats import RateMeter
 from edged.tracking import TrackerUpdate
+from edgefed.errors import ConfigError
 from edgefed.models.runner import ModelRunner, cascade_regions
 from edgefed.models.types import Box, Detection, Result
 
@@ -321,6 +322,30 @@ class Pipeline:
                 log.exception("result sink %r failed", sink)
 
     # -- runtime configuration ---------------------------------------------------
+    def add_model(self, m: ModelConfig, runner: ModelRunner) -> None:
+        """Start serving model ``m``, which did not load at start (a federated model whose
+        first version arrived since). Its worker starts before the model is published to
+        the data path; each table is replaced whole, so a frame reads the old or the new."""
+        if m.name in self.workers or m.regions == "planned":
+            raise ConfigError(f"model {m.name} cannot be added while running")
+        worker = ModelWorker(
+            m.name,
+            runner,
+            threads=m.workers,
+            queue_size=m.queue_size,
+            lossless=self.config.pipeline.lossless,
+            on_done=self._on_done,
+            on_drop=self._on_drop,
+        )
+        worker.start()
+        self.workers = {**self.workers, m.name: worker}
+        if m.cascade_on is not None:
+            siblings = [*self._children.get(m.cascade_on, []), m]
+            self._children = {**self._children, m.cascade_on: siblings}
+        self._models = {**self._models, m.name: m}
+        if m.enabled:
+            self.enabled = self.enabled | {m.name}
+
     def set_enabled(self, names: Sequence[str]) -> None:
         unknown = sorted(set(names) - set(self._models))
         if unknown:

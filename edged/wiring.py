@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edged.config import EdgedConfig
@@ -87,8 +88,13 @@ def offload(
     return EdgeOffload(outbox, client, dispatcher)
 
 
-def federation(config: EdgedConfig, mqtt: MqttClient | None) -> EdgeFederation | None:
-    """The device's federated models (docs/federated.md), if enabled."""
+def federation(
+    config: EdgedConfig,
+    mqtt: MqttClient | None,
+    on_adopted: Callable[[str, Path], None] | None = None,
+) -> EdgeFederation | None:
+    """The device's federated models (docs/federated.md), if enabled; ``on_adopted``
+    serves a newly adopted version."""
     if mqtt is None or not config.federation.enabled:
         return None
     return federation_service.build(
@@ -99,6 +105,7 @@ def federation(config: EdgedConfig, mqtt: MqttClient | None) -> EdgeFederation |
         config.state_dir,
         config.images.trusted_keys,
         config.images.dir,
+        on_adopted,
     )
 
 

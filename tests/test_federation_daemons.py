@@ -1,9 +1,11 @@
 """Federated learning through the real daemons: ``serverd run`` and three ``edged run``
 processes (each with its camera on the real video, a real model and its federation) on a
-real broker. An operator labels handwritten digits through each edge's API, split
-non-IID; ``serverd federation start`` (and the API behind it) opens the rounds over the
-devices that offered samples; a spy subscribed to ``#`` sees every message of the whole
-federation."""
+real broker, two models at once. An operator labels handwritten digits and
+EfficientNet-Lite0 features of person and background crops of vtest.avi through each
+edge's API, split non-IID; ``serverd federation start`` (and the API behind it) opens the
+rounds over the devices that offered samples; every global version reaches the edges as a
+signed model image installed into A/B slots; a spy subscribed to ``#`` sees every message
+of the whole federation."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import queue
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,21 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.federated import TRAIN, Data, Poisoner, baselines, digits_data
+from bench.crops import CLASSES
+from bench.federated import (
+    PERSON_TRAIN,
+    TRAIN,
+    Data,
+    Poisoner,
+    baselines,
+    digits_base,
+    digits_data,
+    person_data,
+)
 from edged.federation.trainer import accuracy
 from edgefed.federation_upload import Reassembler
 from edgefed.federation_wire import (
+    MAX_VERSION_FRAME_BYTES,
     FederationTopics,
     GlobalModel,
     Received,
@@ -34,24 +47,28 @@ from edgefed.federation_wire import (
     decode,
     decode_params,
     encode,
-    encode_params,
     sha256_hex,
     signed_text,
 )
+from edgefed.images.federated import read_head
+from edgefed.images.install import active_slot
 from edgefed.images.signing import generate_key_pair, load_private_key, sign
+from edgefed.images.verify import read_manifest
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.ports import free_port
 from edgefed.testing.broker import Broker
 from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
+from serverd.federation.images import VersionImager
 from tests.edged.api.httpclient import call
 from tests.support.configs import demo_config
-from tests.support.paths import REPO
+from tests.support.paths import IMAGES_DIR, REPO, TRUST_DIR
 
 TOKEN = "federation-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 ROUNDS = 30
+PERSON_ROUNDS = 20  # run beside the first digits rounds
 # About 90 held-back samples per edge: one sample is 1.1 points, so the adoption margin
 # is a few samples wide, or one unlucky sample makes an edge refuse a better version.
 MARGIN = 0.05
@@ -63,18 +80,29 @@ FEDERATION_TOPICS = "/federation/"
 class Fleet:
     broker: Broker
     data: Data
+    person: Data
+    root: Path
     server_url: str
     edge_urls: dict[str, str]
     seen: queue.Queue[tuple[str, bytes]]
     env: dict[str, str]
     processes: list[subprocess.Popen[bytes]]  # serverd first
     serverd: tuple[list[str], Path]  # its command and working directory
+    edges: dict[str, tuple[list[str], Path]]  # each edged's command and working directory
     signing_key: Path
 
     def restart_serverd(self) -> None:
         self.processes[0].terminate()
         assert self.processes[0].wait(30) == 0
         self.processes[0] = _spawn(*self.serverd, self.env)
+
+    def restart_edge(self, device: str, between: Callable[[], None]) -> None:
+        """Stop ``device``'s edged, run ``between``, start it again."""
+        index = 1 + EDGES.index(device)
+        self.processes[index].terminate()
+        assert self.processes[index].wait(30) == 0
+        between()
+        self.processes[index] = _spawn(*self.edges[device], self.env)
 
     def serverd_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "serverd", "federation", *args, "--url", self.server_url]
@@ -86,8 +114,15 @@ class Fleet:
         ]
         return federation
 
-    def versions(self) -> list[int | None]:
-        return [self.edge_status(d)["models"]["digits"]["version"] for d in EDGES]
+    def versions(self, model: str = "digits") -> list[int | None]:
+        return [self.edge_status(d)["models"][model]["version"] for d in EDGES]
+
+    def edge_dir(self, device: str) -> Path:
+        return self.root / device.replace("/", "_")
+
+    def edge_images(self, device: str) -> Path:
+        """Where the edge installs the versions it adopts."""
+        return self.edge_dir(device) / "federated-images"
 
     def offers(self) -> dict[str, Any]:
         edges: dict[str, Any] = call(self.server_url + "/api/v1/federation").json()["edges"]
@@ -107,11 +142,24 @@ def _serverd(tmp: Path, broker: Broker, key: Path, port: int) -> Path:
         "triton": {"instances": 0},
         "endpoints": [{"name": "none", "url": "127.0.0.1:9", "models": ["echo"]}],
         "api": {"port": port, "token": TOKEN},
+        "images": {"dir": str(IMAGES_DIR), "trusted_keys": [str(TRUST_DIR / "dev-signing.pub")]},
         "federation": {
             "enabled": True,
             "signing_key": str(key),
             "models": [
-                {"name": "digits", "features": DIGIT_FEATURES, "classes": list("0123456789")}
+                {
+                    "name": "digits",
+                    "features": DIGIT_FEATURES,
+                    "classes": list("0123456789"),
+                    "pixels": {"width": 8, "height": 8, "max_value": 16},
+                },
+                {
+                    "name": "person",
+                    "features": 1280,
+                    "classes": list(CLASSES),
+                    "image": "efficientnet_lite0",
+                    "train": PERSON_TRAIN.model_dump(),
+                },
             ],
             "timeout_s": 60,
             "train": TRAIN.model_dump(),
@@ -132,7 +180,11 @@ def _edged(tmp: Path, broker: Broker, device: str, trusted: Path, port: int) -> 
         api={"port": port, "token": TOKEN},
         federation={
             "enabled": True,
-            "models": [{"name": "digits", "classes": list("0123456789")}],
+            "models": [
+                {"name": "digits", "classes": list("0123456789")},
+                {"name": "person", "classes": list(CLASSES)},
+            ],
+            "images_dir": str(tmp / "federated-images"),
             "holdout_every": 5,
             "margin": MARGIN,
             "offer_interval_s": 2,
@@ -144,11 +196,11 @@ def _edged(tmp: Path, broker: Broker, device: str, trusted: Path, port: int) -> 
     return path
 
 
-def _label(url: str, x: np.ndarray, y: np.ndarray) -> None:
+def _label(url: str, model: str, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
     """The operator's labels, one POST per sample."""
     for features, label in zip(x, y, strict=True):
-        body = json.dumps({"features": features.tolist(), "label": str(label)}).encode()
-        answer = call(url + "/api/v1/federation/digits/samples", "POST", body, AUTH)
+        body = json.dumps({"features": features.tolist(), "label": names[label]}).encode()
+        answer = call(url + f"/api/v1/federation/{model}/samples", "POST", body, AUTH)
         assert answer.status == 201, answer.body
 
 
@@ -171,7 +223,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             config = _serverd(root / "serverd", broker, private, server_port)
             serverd = [sys.executable, "-m", "serverd", "run", "-c", str(config)]
             processes.append(_spawn(serverd, root / "serverd", env))
-            urls = {}
+            urls, edges = {}, {}
             for device in EDGES:
                 tmp = root / device.replace("/", "_")
                 tmp.mkdir()
@@ -179,17 +231,38 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 edged = [sys.executable, "-m", "edged", "run", "-c"]
                 edged.append(str(_edged(tmp, broker, device, public, port)))
                 processes.append(_spawn(edged, tmp, env))
+                edges[device] = (edged, tmp)
                 urls[device] = f"http://127.0.0.1:{port}"
             server_url = f"http://127.0.0.1:{server_port}"
             server = (serverd, root / "serverd")
             fleet = Fleet(
-                broker, digits_data(), server_url, urls, seen, env, processes, server, private
+                broker,
+                digits_data(),
+                person_data(),
+                root,
+                server_url,
+                urls,
+                seen,
+                env,
+                processes,
+                server,
+                edges,
+                private,
             )
-            wait_until("every edge on v1", lambda: _quiet(fleet.versions) == [1, 1, 1], 120)
+            for model in ("digits", "person"):
+                wait_until(
+                    f"every edge on {model} v1",
+                    lambda m=model: _quiet(lambda: fleet.versions(m)) == [1, 1, 1],
+                    120,
+                )
+            digits_names, person_names = list("0123456789"), list(CLASSES)
             with ThreadPoolExecutor(3) as pool:
                 labelled = [
-                    pool.submit(_label, urls[d], x, y)
+                    pool.submit(_label, urls[d], "digits", x, y, digits_names)
                     for d, (x, y) in zip(EDGES, fleet.data.edges, strict=True)
+                ] + [
+                    pool.submit(_label, urls[d], "person", x, y, person_names)
+                    for d, (x, y) in zip(EDGES, fleet.person.edges, strict=True)
                 ]
                 for done in labelled:
                     done.result()
@@ -210,7 +283,8 @@ def _quiet(read: Any) -> Any:
         return None
 
 
-def _round(fleet: Fleet, number: int) -> None:
+def _round(fleet: Fleet, number: int, person: bool = False) -> None:
+    """Round ``number`` of digits (and of person beside it), until every edge adopted."""
     wait_until("three fresh offers", lambda: len(_allowed(fleet)) == 3, 30)
     if number == 1:  # the first through the command line, the rest through the API
         done = fleet.serverd_cli("start", "digits")
@@ -220,7 +294,16 @@ def _round(fleet: Fleet, number: int) -> None:
         answer = call(fleet.server_url + "/api/v1/federation/digits/rounds", "POST", b"", AUTH)
         assert answer.status == 201, answer.body
         assert answer.json()["participants"] == EDGES
+    if person:
+        answer = call(fleet.server_url + "/api/v1/federation/person/rounds", "POST", b"", AUTH)
+        assert answer.status == 201, answer.body
     wait_until(f"every edge on v{number + 1}", lambda: fleet.versions() == [number + 1] * 3, 90)
+    if person:
+        wait_until(
+            f"every edge on person v{number + 1}",
+            lambda: fleet.versions("person") == [number + 1] * 3,
+            120,
+        )
 
 
 def _allowed(fleet: Fleet) -> list[str]:
@@ -230,7 +313,7 @@ def _allowed(fleet: Fleet) -> list[str]:
 def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fleet) -> None:
     started = time.monotonic()
     for number in range(1, ROUNDS + 1):
-        _round(fleet, number)
+        _round(fleet, number, person=number <= PERSON_ROUNDS)
     history = fleet.serverd_cli("history", "digits", "--json")
     rounds = json.loads(history.stdout)["rounds"]
     assert [r["version"] for r in rounds] == list(range(2, ROUNDS + 2))
@@ -239,11 +322,18 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     assert status.returncode == 0, status.stderr
     assert f"digits: v{ROUNDS + 1} idle, round {ROUNDS}, {ROUNDS} done, 0 failed" in status.stdout
     assert f"{EDGES[0]} v{ROUNDS + 1} adopted" in status.stdout
-    params = _published_params(fleet, ROUNDS + 1)
-    federated = accuracy(params, *fleet.data.test)
-    centralised, best_local = baselines(fleet.data, ROUNDS)
-    assert federated >= centralised - 0.02, (federated, centralised)
-    assert federated > best_local, (federated, best_local)
+    for data, rounds in ((fleet.data, ROUNDS), (fleet.person, PERSON_ROUNDS)):
+        params = _published_params(fleet, rounds + 1, data.name)
+        federated = accuracy(params, *data.test)
+        centralised, best_local = baselines(data, rounds)
+        assert federated >= centralised - 0.02, (data.name, federated, centralised)
+        assert federated > best_local, (data.name, federated, best_local)
+    for device in EDGES:  # each version an image in the edge's A/B slots
+        for model, version in (("digits", ROUNDS + 1), ("person", PERSON_ROUNDS + 1)):
+            status = fleet.edge_status(device)["models"][model]
+            image = fleet.edge_images(device) / model
+            assert status["image"] == str(image) and active_slot(image.parent, model)
+            assert read_manifest(image).version == str(version)
     for device in EDGES:
         status = fleet.edge_status(device)["models"]["digits"]
         assert status["versions_adopted"] == ROUNDS + 1 and status["rounds_trained"] == ROUNDS
@@ -255,18 +345,18 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     assert time.monotonic() - started < 600
 
 
-def _published_params(fleet: Fleet, version: int) -> list[np.ndarray]:
+def _published_params(fleet: Fleet, version: int, model: str = "digits") -> list[np.ndarray]:
     reader = f"reader-{new_job_id()}"  # a new session: only the retained message comes
     spy = MqttClient(MqttConfig(host=fleet.broker.host, port=fleet.broker.port, client_id=reader))
     got: queue.Queue[bytes] = queue.Queue()
-    spy.subscribe("edgefed/federation/model/digits", lambda _t, payload: got.put(payload))
+    spy.subscribe(f"edgefed/federation/model/{model}", lambda _t, payload: got.put(payload))
     spy.start()
     try:
-        message = decode(got.get(timeout=10))  # the retained newest version
+        message = decode(got.get(timeout=10), MAX_VERSION_FRAME_BYTES)  # the retained newest
     finally:
         spy.stop()
     assert isinstance(message, ReceivedModel) and message.model.version == version
-    return decode_params(message.body)
+    return read_head(message.body)
 
 
 def _no_raw_sample_was_published(fleet: Fleet) -> None:
@@ -275,19 +365,22 @@ def _no_raw_sample_was_published(fleet: Fleet) -> None:
         messages.append(fleet.seen.get_nowait())
     federation = [(t, p) for t, p in messages if FEDERATION_TOPICS in t]
     assert len(federation) > ROUNDS * 3
-    assembler, head_shapes = Reassembler(), [(DIGIT_FEATURES, 10), (10,)]
+    assembler = Reassembler()
+    heads = {"digits": [(DIGIT_FEATURES, 10), (10,)], "person": [(1280, 2), (2,)]}
     for topic, payload in federation:
-        message = decode(payload)
+        message = decode(payload, MAX_VERSION_FRAME_BYTES)
         if isinstance(message, Received):
             whole = assembler.add(topic, message)
             if whole is not None:  # an update holds the head's tensors and nothing else
-                assert [p.shape for p in decode_params(whole.data)] == head_shapes
-        elif isinstance(message, ReceivedModel):
-            assert [p.shape for p in decode_params(message.body)] == head_shapes
+                shapes = heads[message.chunk.model]
+                assert [p.shape for p in decode_params(whole.data)] == shapes
+        elif isinstance(message, ReceivedModel):  # a version: the base and the new head
+            assert [p.shape for p in read_head(message.body)] == heads[message.model.model]
     everything = b"".join(p for _, p in messages)  # every message, not only federation's
-    for x, _ in fleet.data.edges:
-        for row in x[:: max(1, len(x) // 40)]:
-            assert row.astype("<f4").tobytes() not in everything
+    for data in (fleet.data, fleet.person):
+        for x, _ in data.edges:
+            for row in x[:: max(1, len(x) // 40)]:
+                assert row.astype("<f4").tobytes() not in everything
 
 
 def test_the_twin_switch_takes_a_device_out_of_the_rounds(fleet: Fleet) -> None:
@@ -350,9 +443,10 @@ def test_a_worse_version_is_refused_and_the_served_one_keeps_serving(fleet: Flee
     all-zero head) is refused by every edge, which says why and keeps its version."""
     served = fleet.versions()
     worse = served[0] + 10
-    body = encode_params([np.zeros((DIGIT_FEATURES, 10), np.float32), np.zeros(10, np.float32)])
-    digest = sha256_hex(body)
     key = load_private_key(fleet.signing_key)
+    zero = [np.zeros((DIGIT_FEATURES, 10), np.float32), np.zeros(10, np.float32)]
+    body = VersionImager("digits", digits_base(), list("0123456789"), key).packed(worse, zero)
+    digest = sha256_hex(body)
     header = GlobalModel(
         model="digits",
         version=worse,
@@ -393,3 +487,44 @@ def test_an_operator_label_for_an_unknown_class_or_model_is_refused(fleet: Fleet
     assert answer.status == 404
     assert call(edge + "/api/v1/federation/digits/samples", "POST", bad).status == 401
     assert fleet.edge_status(EDGES[1])["models"]["digits"]["samples"] == before
+
+
+def test_an_operator_rollback_serves_the_previous_version_and_refuses_the_newer(
+    fleet: Fleet,
+) -> None:
+    """``edged image rollback`` on a stopped edge: it comes back on the previous version
+    (from its other slot) and refuses the retained newer one, saying why."""
+    device = EDGES[2]
+    newest = fleet.versions()[2]
+    assert newest is not None
+
+    def rollback() -> None:
+        trust = str(fleet.signing_key.with_suffix(".pub"))
+        root = str(fleet.edge_images(device))
+        cmd = [sys.executable, "-m", "edged", "image", "rollback", "digits"]
+        done = subprocess.run(
+            [*cmd, "--root", root, "--trust", trust],
+            capture_output=True,
+            text=True,
+            env=fleet.env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"rolled back digits to {newest - 1}" in done.stdout
+
+    fleet.restart_edge(device, rollback)
+    status = wait_until(
+        "the edge back, refusing the newer version",
+        lambda: _quiet(
+            lambda: (
+                s
+                if (s := fleet.edge_status(device)["models"]["digits"])["versions_refused"]
+                else None
+            )
+        ),
+        120,
+    )
+    assert status["version"] == newest - 1 and status["rolled_back_from"] == newest
+    assert f"rolled back from v{newest}" in status["last_reason"]
+    served = read_manifest(fleet.edge_images(device) / "digits")
+    assert served.version == str(newest - 1)

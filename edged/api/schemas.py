@@ -78,6 +78,9 @@ class ModelStatus(_Out):
     inferences: int = Field(0, description="Successful runs")
     errors: int = Field(0, description="Failed runs")
     dropped: int = Field(0, description="Frames dropped from a full queue")
+    runner_swaps: int = Field(
+        0, description="Times a new model version was swapped in while running (federation)"
+    )
     queue_depth: int = Field(0, description="Frames waiting")
     p50_ms: float | None = Field(None, description="Median run time over the last runs (ms)")
     p99_ms: float | None = Field(None, description="99th percentile run time (ms)")
@@ -136,6 +139,10 @@ class OffloadResultsSummary(_Out):
 class FederatedModelStatus(_Out):
     model: str = Field(description="Federated model")
     version: int | None = Field(description="Global version served (null: none yet)")
+    image: str | None = Field(None, description="Its installed image (<images_dir>/<model>)")
+    rolled_back_from: int | None = Field(
+        None, description="Version the operator rolled back from: up to it, versions are refused"
+    )
     samples: int = Field(description="Samples it could train on (held-back slice excluded)")
     rounds_trained: int = Field(description="Rounds this device trained in")
     updates_accepted: int = Field(description="Updates serverd accepted")
