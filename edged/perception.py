@@ -98,7 +98,6 @@ class CameraPerception:
 
     def plan(self, motion: Sequence[Box], ts: float) -> Plan:
         with self._lock:
-            elapsed = self._elapsed(ts)
             self._recent.append(ts)
             hints = [
                 TrackHint(
@@ -109,16 +108,7 @@ class CameraPerception:
                 )
                 for t in self.tracker.tracks
             ]
-            return self.planner.plan(motion, hints, elapsed)
-
-    def _elapsed(self, ts: float) -> float:
-        """Frame intervals since the last planned frame (the usual interval between
-        planned frames as the unit): a quiet spell the gate passed nothing in counts."""
-        if not self.config.planner.rescan_elapsed or len(self._recent) < 3:
-            return 1.0
-        gaps = np.diff(np.array(self._recent))
-        unit = float(np.median(gaps))
-        return max(1.0, (ts - self._recent[-1]) / unit) if unit > 0 else 1.0
+            return self.planner.plan(motion, hints)
 
     def _frames_since(self, last: float, ts: float) -> int:
         """Gated frames since ``last`` (the planner's unit of staleness)."""

@@ -104,28 +104,6 @@ class PlannerConfig(BaseModel):
     stale_weight: float = Field(
         0.3, ge=0, description="Priority a tracked object gains per frame it was not detected"
     )
-    bank: float = Field(
-        1.0,
-        ge=1.0,
-        le=8.0,
-        description="Runs a camera may hold, in frames' budgets: each gated frame earns "
-        "budget runs, the planner spends them where a run is expected to find someone and "
-        "banks the rest up to this x budget, spent on a fresh scene (the mean runs per "
-        "gated frame stays <= budget); 1: every frame spends its own budget",
-    )
-    rescan_elapsed: bool = Field(
-        False,
-        description="rescan_rate per frame interval elapsed since the last planned frame, not "
-        "per planned frame: after a quiet spell (reconnect, a cut) the unseen chance is back",
-    )
-    spend_unseen: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="With a bank: a scan tile runs only while its cells hide an unfound "
-        "person with at least this chance on average (weighted by the detector's chance "
-        "there); below it the run is banked",
-    )
 
 
 @dataclass(frozen=True)
@@ -253,7 +231,6 @@ class RegionPlanner:
         # finds a share p of people leaves 1 - p of it
         self._unseen = np.ones((24, 32), dtype=np.float64)
         self._frames = 0
-        self._tokens = 0  # runs earned and not spent yet (the bank)
 
     def _large_people(self) -> bool:
         """Would the whole frame's input show the largest expected person well?"""
@@ -280,35 +257,20 @@ class RegionPlanner:
         return x1, y1, x2, y2
 
     # -- planning ------------------------------------------------------------------
-    @property
-    def banked(self) -> int:
-        """Runs earned and not spent yet."""
-        return self._tokens
-
-    def plan(
-        self, motion: Sequence[Box], tracks: Sequence[TrackHint] = (), elapsed: float = 1.0
-    ) -> Plan:
-        """This frame's regions (``elapsed``: frames since the last planned one, >= 1)."""
+    def plan(self, motion: Sequence[Box], tracks: Sequence[TrackHint] = ()) -> Plan:
         c = self.config
         targets = self._targets(motion, tracks)
-        # the bank: never below zero, so the runs spent never exceed budget x frames; the
-        # runs the cap would discard next frame are spent now, worth it or not
-        cap = math.floor(c.bank * c.budget)
-        self._tokens = min(self._tokens + c.budget, cap)
-        budget, extra = c.budget, self._tokens - c.budget
-        must = max(0, self._tokens + c.budget - cap)
+        budget = c.budget
         regions: list[Box | None] = []
         self._frames += 1
         if c.whole_frame and (self._large_people() or self._frames % c.whole_frame_every == 1):
             regions.append(None)
             budget -= 1
         scan_keep = min(c.scan_runs, budget)
-        chosen = self._choose(self._clusters(targets), budget - scan_keep, extra)
+        chosen = self._choose(self._clusters(targets), budget - scan_keep)
         regions.extend(chosen)
-        n = budget - len(chosen) + extra
-        scan = self._scan(n, chosen, bool(regions), elapsed, must - len(regions) - len(chosen))
+        scan = self._scan(budget - len(chosen), chosen, whole=bool(regions))
         regions.extend(scan)
-        self._tokens -= len(regions)
         return Plan(regions, [t.box for t in targets], scan)
 
     def _targets(self, motion: Sequence[Box], tracks: Sequence[TrackHint]) -> list[_Target]:
@@ -388,16 +350,11 @@ class RegionPlanner:
         side = max(self.max_side(smallest), max(box[2] - box[0], box[3] - box[1]))
         return square_around(box, 1.0, self.shape, side)
 
-    def _choose(self, clusters: list[_Cluster], n: int, extra: int = 0) -> list[Box]:
-        """Up to ``n`` squares by priority, and up to ``extra`` more (from the bank) for
-        motion no track explains; with a bank, none for targets that claim nothing."""
-        banking = self.config.bank > 1.0
+    def _choose(self, clusters: list[_Cluster], n: int) -> list[Box]:
         ranked = sorted(clusters, key=lambda cl: -cl.weight)
         out: list[Box] = []
         for cl in ranked:
-            if banking and cl.weight <= 0:
-                break
-            if len(out) >= n and (len(out) >= n + extra or cl.weight < self.config.motion_weight):
+            if len(out) >= n:
                 break
             sq = self._square(cl)
             if covered(cl.box, out) >= 0.95:
@@ -438,20 +395,14 @@ class RegionPlanner:
         side = max(region[2] - region[0], region[3] - region[1])
         return cells, detect_chance(heights[cells[0]] * self.input_size / side)[:, None]
 
-    def _scan(
-        self, n: int, taken: Sequence[Box], whole: bool, elapsed: float = 1.0, must: int = 0
-    ) -> list[Box]:
+    def _scan(self, n: int, taken: Sequence[Box], whole: bool) -> list[Box]:
         """Up to ``n`` tiles, fine or coarse, each the one expected to find most of the
         people not found yet: the chance a cell hides one x the detector's chance there
-        (``taken``: the targets' regions; ``whole``: the whole frame runs too). With a
-        bank, past the first ``must`` only tiles whose cells are worth ``spend_unseen``
-        (the rest is banked), and a tile inside a coarser region is still free."""
+        (``taken``: the targets' regions; ``whole``: the whole frame runs too)."""
         rows = self._unseen.shape[0]
         feet = (np.arange(rows) + 1.0) * self.frame_h / rows
         heights = np.array([self.sizes.height_at(y) for y in feet])
-        back = 1.0 - (1.0 - self.config.rescan_rate) ** max(elapsed, 1.0)
-        self._unseen += (1.0 - self._unseen) * back
-        floor = self.config.spend_unseen if self.config.bank > 1.0 else 0.0
+        self._unseen += (1.0 - self._unseen) * self.config.rescan_rate
 
         def look(region: Box) -> None:
             cells, p = self._chance(region, heights)
@@ -461,14 +412,6 @@ class RegionPlanner:
             cells, p = self._chance(region, heights)
             return float((self._unseen[cells] * p).sum())
 
-        def finer(tile: Box, regions: Sequence[Box]) -> list[Box]:
-            return [r for r in regions if r[2] - r[0] <= 1.2 * (tile[2] - tile[0])]
-
-        def worth(region: Box) -> bool:
-            cells, p = self._chance(region, heights)
-            fresh = float(np.broadcast_to(p, self._unseen[cells].shape).sum())
-            return fresh > 0 and gain(region) >= floor * fresh
-
         for r in [*taken, (0.0, 0.0, self.frame_w, self.frame_h)] if whole else taken:
             look(r)
         grid = self.scan_grid()
@@ -476,11 +419,7 @@ class RegionPlanner:
             grid += [t for t in self.scan_grid(self.config.scan_coarse) if t not in grid]
         out: list[Box] = []
         for _ in range(n):
-            if floor > 0:
-                free = [t for t in grid if covered(t, finer(t, [*taken, *out])) < 0.7]
-                free = free if len(out) < must else [t for t in free if worth(t)]
-            else:
-                free = [t for t in grid if covered(t, [*taken, *out]) < 0.7]
+            free = [t for t in grid if covered(t, [*taken, *out]) < 0.7]
             best = max(free, key=gain, default=None)
             if best is None:
                 break

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from edged.regionplan import PlannerConfig, RegionPlanner, TrackHint, covered
@@ -196,35 +194,3 @@ def test_the_size_model_learns_people_from_detections() -> None:
         p.sizes.add((0, foot - foot / 4, 50, foot))
     assert p.sizes.height_at(200) == pytest.approx(50, rel=0.05)
     assert p.sizes.height_at(500) == pytest.approx(125, rel=0.05)
-
-
-def test_with_a_bank_the_runs_never_exceed_the_budget_on_average() -> None:
-    """Each frame earns ``budget`` runs and the bank never goes below zero: over any run
-    of frames from the start, the runs spent are at most budget x frames."""
-    rng = random.Random(7)
-    p = planner(budget=5, bank=4.0)
-    spent = 0
-    for frame in range(1, 301):
-        motion = [
-            person(rng.uniform(50, 700), rng.uniform(150, 570), rng.uniform(40, 160))
-            for _ in range(rng.choice([0, 0, 1, 3, 8]))
-        ]
-        tracks = [TrackHint(m, rng.randint(0, 12)) for m in motion[: rng.randint(0, 3)]]
-        quiet = 40.0 if rng.random() < 0.05 else 1.0  # a quiet spell: the scene may be new
-        plan = p.plan(motion, tracks, quiet)
-        spent += len(plan.regions)
-        assert spent <= 5 * frame
-        assert 0 <= p.banked <= 20
-    assert spent >= 0.8 * 5 * 300  # a full bank spends what it would lose (tiles allowing)
-
-
-def test_steady_frames_bank_runs_and_a_fresh_scene_spends_them() -> None:
-    p = planner(budget=5, bank=4.0)
-    steady = [len(p.plan([]).regions) for _ in range(6)]
-    assert sum(steady[2:]) < 4 * 5  # the frame has been looked at: runs are banked
-    assert p.banked >= 10
-    # after a quiet spell of 3 s the scene may have changed: the bank goes on a rescan
-    burst = p.plan([], (), 30.0)
-    assert len(burst.regions) > 5
-    one_frame = planner(budget=5)  # without a bank: five runs, whatever the gain
-    assert len(one_frame.plan([]).regions) == 5
