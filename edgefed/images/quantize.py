@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -121,8 +121,11 @@ def leading_nodes(nodes: Sequence[tuple[str, str]], count: int) -> tuple[str, ..
     return tuple(out)
 
 
-def requantised_nodes(nodes: Sequence[tuple[str, str, Sequence[str], Sequence[str]]]) -> list[str]:
-    """Weighted ops of a quantised graph (name, op type, inputs, outputs) whose weights were
+Node = tuple[str, str, Sequence[str], Sequence[str]]  # name, op type, inputs, outputs
+
+
+def requantised_nodes(nodes: Sequence[Node]) -> list[str]:
+    """Weighted ops of a quantised graph whose weights were
     left in fp32 while their data input still comes from a DequantizeLinear.
     onnxruntime's ``WeightBiasQuantization`` optimisation quantises such weights again at
     load, per tensor: worse than the per-channel INT8 they replaced (measured on the
@@ -138,6 +141,60 @@ def requantised_nodes(nodes: Sequence[tuple[str, str, Sequence[str], Sequence[st
         and inputs[0] in dequantized
         and inputs[1] not in dequantized
     ]
+
+
+def island_inputs(nodes: Sequence[Node], fp32: Collection[str]) -> dict[tuple[str, int], str]:
+    """Inputs of the ``fp32`` nodes of a quantised graph that go through a QuantizeLinear
+    and DequantizeLinear pair although the tensor was made by another ``fp32`` node (or is
+    a graph input), by (node name, input index): the fp32 tensor to read instead.
+
+    onnxruntime quantises a tensor when any of its consumers is quantised, so an fp32
+    island whose output also feeds a quantised node (a residual connection) reads its own
+    output back rounded to INT8, and its weighted ops are re-quantised at load (see
+    :func:`requantised_nodes`)."""
+    producer = {
+        o: (name, op_type, inputs) for name, op_type, inputs, outputs in nodes for o in outputs
+    }
+    out = {}
+    for name, _, inputs, _ in nodes:
+        if name not in fp32:
+            continue
+        for index, tensor in enumerate(inputs):
+            dq = producer.get(tensor)
+            if dq is None or dq[1] != "DequantizeLinear":
+                continue
+            q = producer.get(dq[2][0])
+            if q is None or q[1] != "QuantizeLinear":
+                continue  # a quantised weight
+            source = q[2][0]
+            made_by = producer.get(source)
+            if made_by is None or made_by[0] in fp32:
+                out[name, index] = source
+    return out
+
+
+def reroute_islands(model: Any, fp32: Collection[str]) -> None:
+    """Apply :func:`island_inputs` to ``model`` (an onnx ModelProto) and drop the
+    quantise/dequantise nodes nothing reads any more."""
+    graph = model.graph
+    nodes = [(n.name, n.op_type, list(n.input), list(n.output)) for n in graph.node]
+    reroute = island_inputs(nodes, fp32)
+    for node in graph.node:
+        for index in range(len(node.input)):
+            if (node.name, index) in reroute:
+                node.input[index] = reroute[node.name, index]
+    while True:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        unused = [
+            n
+            for n in graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(o in read for o in n.output)
+        ]
+        if not unused:
+            return
+        for n in unused:
+            graph.node.remove(n)
 
 
 def variant_name(name: str) -> str:
@@ -361,9 +418,12 @@ def _quantize_model(
                 "CalibMovingAverage": recipe.moving_average,
             },
         )
-        quantized = onnx.load(str(dest), load_external_data=False).graph.node
+        quantized = onnx.load(str(dest))
+        if fp32_nodes:
+            reroute_islands(quantized, set(fp32_nodes))
+            onnx.save(quantized, str(dest))
         requantised = requantised_nodes(
-            [(n.name, n.op_type, list(n.input), list(n.output)) for n in quantized]
+            [(n.name, n.op_type, list(n.input), list(n.output)) for n in quantized.graph.node]
         )
         if requantised:
             log.warning(

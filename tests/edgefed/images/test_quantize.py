@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from edgefed.images.quantize import DEFAULT_RECIPE, leading_nodes, requantised_nodes
+from edgefed.images.quantize import (
+    DEFAULT_RECIPE,
+    island_inputs,
+    leading_nodes,
+    requantised_nodes,
+    reroute_islands,
+)
 
 GRAPH = [
     ("stem", "Conv"),
@@ -41,3 +47,44 @@ def test_fp32_weights_fed_by_int8_are_found() -> None:
         ("relu", "Relu", ["x_dq_out"], ["y4"]),  # no weights
     ]
     assert requantised_nodes(nodes) == ["fp32_conv"]
+
+
+def test_an_fp32_island_reads_its_own_tensors_not_their_int8_copies() -> None:
+    # input -> stem -> relu6 -> block_conv -> add(block_conv, relu6) -> int8_conv; the add
+    # is quantised, so onnxruntime put a Q/DQ pair on relu6's output for it, which
+    # block_conv (in the island) must not read
+    nodes = [
+        ("stem", "Conv", ["input", "w0"], ["a"]),
+        ("relu6", "Clip", ["a", "lo", "hi"], ["b"]),
+        ("b_q", "QuantizeLinear", ["b", "s", "z"], ["b_q_out"]),
+        ("b_dq", "DequantizeLinear", ["b_q_out", "s", "z"], ["b_dq_out"]),
+        ("block_conv", "Conv", ["b_dq_out", "w1"], ["c"]),
+        ("c_q", "QuantizeLinear", ["c", "s", "z"], ["c_q_out"]),
+        ("c_dq", "DequantizeLinear", ["c_q_out", "s", "z"], ["c_dq_out"]),
+        ("add", "Add", ["c_dq_out", "b_dq_out"], ["d"]),
+        ("w_dq", "DequantizeLinear", ["w2_int8", "ws", "wz"], ["w2"]),
+        ("int8_conv", "Conv", ["d", "w2"], ["e"]),
+    ]
+    fp32 = {"stem", "relu6", "block_conv"}
+    assert island_inputs(nodes, fp32) == {("block_conv", 0): "b"}
+    # the quantised add keeps reading the INT8 copies; a quantised weight is not an island
+    assert island_inputs(nodes, fp32 | {"int8_conv"}) == {("block_conv", 0): "b"}
+
+
+def test_rerouting_an_island_drops_the_pairs_nothing_reads() -> None:
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["a"], name="stem"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["a_q"], name="a_q"),
+        helper.make_node("DequantizeLinear", ["a_q", "s", "z"], ["a_dq"], name="a_dq"),
+        helper.make_node("Conv", ["a_dq", "w1"], ["b"], name="island_conv"),
+        helper.make_node("QuantizeLinear", ["b", "s", "z"], ["b_q"], name="b_q"),
+        helper.make_node("DequantizeLinear", ["b_q", "s", "z"], ["b_dq"], name="b_dq"),
+        helper.make_node("Relu", ["b_dq"], ["out"], name="int8_relu"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    reroute_islands(model, {"stem", "island_conv"})
+    by_name = {n.name: n for n in model.graph.node}
+    assert list(by_name["island_conv"].input) == ["a", "w1"]
+    assert set(by_name) == {"stem", "island_conv", "b_q", "b_dq", "int8_relu"}
