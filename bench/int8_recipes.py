@@ -58,6 +58,9 @@ RECIPES = {
     "CalibMovingAverage": quantize.Recipe(moving_average=True),
     "stem-fp32": quantize.Recipe(fp32_nodes=(STEM,)),
     "stem-head-fp32": quantize.Recipe(fp32_nodes=(STEM, *HEAD)),
+    # block 0's depthwise conv, the op bench int8-sensitivity ranks first, alone in fp32:
+    # fed by INT8, so onnxruntime re-quantises its weights per tensor at load
+    "dw0-fp32": quantize.Recipe(fp32_nodes=("/_blocks.0/_depthwise_conv/Conv",)),
     # the first N weighted ops from the input and everything before them in fp32: 1 the
     # stem, 3 stem and block 0, 6 (the default) stem and blocks 0-1, 9 up to block 2...
     **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
