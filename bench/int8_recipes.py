@@ -16,8 +16,8 @@ calibration stills and of calibration frames (never the held-out photos); the he
 figures are then read, not tuned on.
 
 Prints one JSON line: ``image``, ``calibration_frames``, ``agreement_frames``,
-``recipes``: per recipe ``int8_speedup``, ``top1_agreement_validation`` and the agreement
-figures of edged.profiler, and
+``recipes``: per recipe ``int8_speedup``, ``int8_size_mb``, ``top1_agreement_validation``
+and the agreement figures of edged.profiler, and
 ``layer_sqnr_db``: the tensors of the default recipe's variant that drift most from fp32
 on ``--drift-inputs`` held-out photo crops (signal-to-quantisation-noise ratio in dB of
 each intermediate tensor against fp32's, lowest first; onnxruntime's ``qdq_loss_debug``).
@@ -142,8 +142,9 @@ def recipe_figures(
     heldout: int,
     recipe: quantize.Recipe,
 ) -> dict[str, float]:
-    """``int8_speedup``, ``top1_agreement_validation`` (calibration side) and the held-out
-    agreement figures of edged.profiler for one recipe."""
+    """``int8_speedup``, ``int8_size_mb`` (the model file), ``top1_agreement_validation``
+    (calibration side) and the held-out agreement figures of edged.profiler for one
+    recipe."""
     with tempfile.TemporaryDirectory() as tmp:
         src, variant, trust = make_variant(image_dir, Path(tmp), calibration, recipe)
         driver = registry.create(registry.parse_config({"type": REFERENCE}))
@@ -153,8 +154,14 @@ def recipe_figures(
         finally:
             driver.close()
         figures = agreement(src, variant, REFERENCE, heldout, trust)
+        size = (variant / read_manifest(variant).model_file).stat().st_size / 2**20
     speedup = round(statistics.median(fp32_ms) / statistics.median(int8_ms), 2)
-    return {"int8_speedup": speedup, "top1_agreement_validation": validation, **figures}
+    return {
+        "int8_speedup": speedup,
+        "int8_size_mb": round(size, 2),
+        "top1_agreement_validation": validation,
+        **figures,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
