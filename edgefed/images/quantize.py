@@ -2,10 +2,12 @@
 
 The fp32 image ``<name>`` (verified first) becomes ``<name>_int8`` next to it: the model
 statically quantised by onnxruntime (QDQ format, per-channel QInt8 weights, QUInt8
-activations, min-max calibration), calibrated on frames spread over the sample video and
-on the sample stills next to it, pre-processed exactly as the image's manifest says (the
-same ``Preprocessor`` that serves inference). Labels, input and decoder are copied; the
-manifest lists the new hashes and is signed with the build key.
+activations, min-max calibration) except an fp32 island at the input (the first
+:data:`DEFAULT_FP32_LEADING_OPS` weighted ops, see :func:`leading_nodes`), calibrated on
+frames spread over the sample video and on the sample stills next to it, pre-processed
+exactly as the image's manifest says (the same ``Preprocessor`` that serves inference).
+Labels, input and decoder are copied; the manifest lists the new hashes and is signed with
+the build key.
 
 Calibration uses the even frames of the spread, :func:`heldout_frames` the odd ones, and
 every sample still except :data:`HELDOUT_STILLS`, so agreement with fp32 (``edged
