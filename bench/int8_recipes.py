@@ -64,6 +64,10 @@ RECIPES = {
     # the first N weighted ops from the input and everything before them in fp32: 1 the
     # stem, 3 stem and block 0, 6 (the default) stem and blocks 0-1, 9 up to block 2...
     **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
+    # the default plus empirical bias correction of the INT8 convs
+    "bias-correction": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=128
+    ),
 }
 VALIDATION_FRAME_STEP = 10  # every 10th calibration frame joins the calibration stills
 

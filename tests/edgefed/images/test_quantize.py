@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from edgefed.images.quantize import (
     DEFAULT_RECIPE,
+    corrected_bias,
     island_inputs,
     leading_nodes,
     requantised_nodes,
@@ -88,3 +91,12 @@ def test_rerouting_an_island_drops_the_pairs_nothing_reads() -> None:
     by_name = {n.name: n for n in model.graph.node}
     assert list(by_name["island_conv"].input) == ["a", "w1"]
     assert set(by_name) == {"stem", "island_conv", "b_q", "b_dq", "int8_relu"}
+
+
+def test_a_bias_moves_against_the_mean_shift_in_its_own_steps() -> None:
+    bias = np.array([100, -7, 0], dtype=np.int32)
+    scale = np.array([0.5, 0.01, 2.0], dtype=np.float32)
+    shift = np.array([1.0, -0.034, 0.9], dtype=np.float32)  # INT8 output mean minus fp32's
+    new = corrected_bias(bias, scale, shift)
+    assert new.dtype == np.int32
+    assert new.tolist() == [98, -4, 0]  # 1.0 / 0.5 = 2 steps; -3.4 -> -3; 0.45 -> 0
