@@ -9,7 +9,7 @@ int8 weights, asymmetric uint8 activations) with and without the sample stills i
 calibration, onnxruntime's options that change it, the layers whose outputs drift
 most from fp32 (the stem conv, the head conv and the classifier) kept in fp32, and the
 sweep of fp32 islands at the input (``fp32-leading-N``: the first N weighted ops and every
-node before them in fp32; the default is N = 6).
+node before them in fp32; the default keeps N = 6 and adds empirical bias correction).
 
 Recipes are chosen on ``top1_agreement_validation``: top-1 agreement on crops of the
 calibration stills and of calibration frames (never the held-out photos); the held-out
@@ -62,12 +62,10 @@ RECIPES = {
     # fed by INT8, so onnxruntime re-quantises its weights per tensor at load
     "dw0-fp32": quantize.Recipe(fp32_nodes=("/_blocks.0/_depthwise_conv/Conv",)),
     # the first N weighted ops from the input and everything before them in fp32: 1 the
-    # stem, 3 stem and block 0, 6 (the default) stem and blocks 0-1, 9 up to block 2...
+    # stem, 3 stem and block 0, 6 (the default's) stem and blocks 0-1, 9 up to block 2...
     **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
-    # the default plus empirical bias correction of the INT8 convs
-    "bias-correction": quantize.Recipe(
-        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=128
-    ),
+    # the default without its bias correction: the fp32 island alone
+    "fp32-leading-6": quantize.Recipe(fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS),
 }
 VALIDATION_FRAME_STEP = 10  # every 10th calibration frame joins the calibration stills
 
