@@ -110,6 +110,10 @@ DEFAULT_RECIPE = Recipe(
     fp32_leading_ops=DEFAULT_FP32_LEADING_OPS,
     bias_correction_inputs=DEFAULT_BIAS_CORRECTION_INPUTS,
 )
+# bias correction runs the model up to each INT8 conv on every correction input (the
+# classifier: 224x224, ~55 INT8 convs); the text detector (62 convs, ~100 ms a run) would
+# take several minutes and was not measured with it, so only classifiers get it
+BIAS_CORRECTED_TASKS = frozenset({"classification"})
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
@@ -488,7 +492,7 @@ def _quantize_model(
         quantized = onnx.load(str(dest))
         if fp32_nodes:
             reroute_islands(quantized, set(fp32_nodes))
-        if recipe.bias_correction_inputs > 0:
+        if recipe.bias_correction_inputs > 0 and _task(image_dir) in BIAS_CORRECTED_TASKS:
             count = min(recipe.bias_correction_inputs, len(feeds))
             picks = np.linspace(0, len(feeds) - 1, count).round().astype(int)
             correct_biases(graph, quantized, [feeds[i] for i in picks])
@@ -509,6 +513,12 @@ def _quantize_model(
         raise ImageError(f"{image_dir.name}: quantisation failed: {exc}") from exc
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def _task(image_dir: Path) -> str:
+    from .verify import read_manifest
+
+    return str(read_manifest(image_dir).task)
 
 
 def _opset(model: Any) -> int:
