@@ -66,6 +66,10 @@ RECIPES = {
     **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
     # the default without its bias correction: the fp32 island alone
     "fp32-leading-6": quantize.Recipe(fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS),
+    # the default with every calibration input (344) in the bias correction, not 128
+    "bias-correction-all": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=10_000
+    ),
 }
 VALIDATION_FRAME_STEP = 10  # every 10th calibration frame joins the calibration stills
 
