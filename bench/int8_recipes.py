@@ -6,11 +6,18 @@ does), in a temporary directory, and each variant is timed against fp32 on onnxr
 and compared with fp32 as ``python -m bench drivers`` does (bench.drivers.int8_figures).
 The recipes: the stock EfficientNet-Lite one (ReLU6 ranges folded, per-channel symmetric
 int8 weights, asymmetric uint8 activations) with and without the sample stills in the
-calibration, onnxruntime's options that change it, and the layers whose outputs drift
-most from fp32 (the stem conv, the head conv and the classifier) kept in fp32.
+calibration, onnxruntime's options that change it, the layers whose outputs drift
+most from fp32 (the stem conv, the head conv and the classifier) kept in fp32, and the
+sweep of fp32 islands at the input (``fp32-leading-N``: the first N weighted ops and every
+node before them in fp32; the default keeps N = 6 and adds empirical bias correction).
+
+Recipes are chosen on ``top1_agreement_validation``: top-1 agreement on crops of the
+calibration stills and of calibration frames (never the held-out photos); the held-out
+figures are then read, not tuned on.
 
 Prints one JSON line: ``image``, ``calibration_frames``, ``agreement_frames``,
-``recipes``: per recipe ``int8_speedup`` and the agreement figures of edged.profiler, and
+``recipes``: per recipe ``int8_speedup``, ``int8_size_mb``, ``top1_agreement_validation``
+and the agreement figures of edged.profiler, and
 ``layer_sqnr_db``: the tensors of the default recipe's variant that drift most from fp32
 on ``--drift-inputs`` held-out photo crops (signal-to-quantisation-noise ratio in dB of
 each intermediate tensor against fp32's, lowest first; onnxruntime's ``qdq_loss_debug``).
@@ -20,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bench.drivers import REPO, frames_640x480, int8_figures, make_variant
-from edged.profiler import still_crops
+from bench.drivers import REFERENCE, REPO, alternate_times, frames_640x480, make_variant
+from drivers import registry
+from edged.profiler import agreement, still_crops
+from edgefed.driver import Driver
 from edgefed.images import quantize
 from edgefed.images.verify import read_manifest
 from edgefed.models.preprocess import Preprocessor
@@ -35,8 +46,11 @@ from edgefed.models.preprocess import Preprocessor
 IMAGE = "efficientnet_lite0"
 STEM = "/_conv_stem/Conv"
 HEAD = ("/_conv_head/Conv", "/_avg_pooling/GlobalAveragePool", "/_fc/Gemm")
+LEADING = (1, 3, 9, 12, 15, 18)  # fp32_leading_ops of the sweep rows (6 is the default)
 RECIPES = {
     "default": quantize.DEFAULT_RECIPE,
+    # every layer INT8 (the default before the fp32 island at the input), and variations
+    "all-int8": quantize.Recipe(),
     "video-only-calibration": quantize.Recipe(calibrate_on_stills=False),
     "QOperator": quantize.Recipe(quant_format="QOperator"),
     "ActivationSymmetric": quantize.Recipe(activation_symmetric=True),
@@ -44,7 +58,20 @@ RECIPES = {
     "CalibMovingAverage": quantize.Recipe(moving_average=True),
     "stem-fp32": quantize.Recipe(fp32_nodes=(STEM,)),
     "stem-head-fp32": quantize.Recipe(fp32_nodes=(STEM, *HEAD)),
+    # block 0's depthwise conv, the op bench int8-sensitivity ranks first, alone in fp32:
+    # fed by INT8, so onnxruntime re-quantises its weights per tensor at load
+    "dw0-fp32": quantize.Recipe(fp32_nodes=("/_blocks.0/_depthwise_conv/Conv",)),
+    # the first N weighted ops from the input and everything before them in fp32: 1 the
+    # stem, 3 stem and block 0, 6 (the default's) stem and blocks 0-1, 9 up to block 2...
+    **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
+    # the default without its bias correction: the fp32 island alone
+    "fp32-leading-6": quantize.Recipe(fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS),
+    # the default with every calibration input (344) in the bias correction, not 128
+    "bias-correction-all": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=10_000
+    ),
 }
+VALIDATION_FRAME_STEP = 10  # every 10th calibration frame joins the calibration stills
 
 WORST = 8  # tensors listed in layer_sqnr_db
 
@@ -91,6 +118,58 @@ def layer_drift(image_dir: Path, calibration: int, inputs: int) -> dict[str, flo
     return {name: round(sqnr[name], 1) for name in sorted(sqnr, key=sqnr.__getitem__)[:WORST]}
 
 
+def validation_agreement(image_dirs: list[Path], driver: Driver[Any], calibration: int) -> float:
+    """Top-1 agreement of the second image's model with the first's on calibration-side
+    inputs only: :func:`still_crops` of the calibration stills and of every
+    ``VALIDATION_FRAME_STEP``-th calibration frame. The held-out photos never enter it, so
+    recipes can be chosen on it."""
+    manifest = read_manifest(image_dirs[0])
+    preprocess = Preprocessor(manifest.input)
+    pictures = quantize.calibration_stills()
+    pictures += quantize.calibration_frames(calibration)[::VALIDATION_FRAME_STEP]
+    models = [driver.load(d / manifest.model_file) for d in image_dirs]
+    same = []
+    try:
+        for image in pictures:
+            for picture, region in still_crops(image):
+                feed = {manifest.input.name: preprocess(picture, region)[0]}
+                ref, got = (next(iter(m.run(feed).values())) for m in models)
+                same.append(bool(ref.argmax() == got.argmax()))
+    finally:
+        for model in models:
+            model.close()
+    return round(float(np.mean(same)), 4)
+
+
+def recipe_figures(
+    image_dir: Path,
+    frames: list[np.ndarray],
+    calibration: int,
+    heldout: int,
+    recipe: quantize.Recipe,
+) -> dict[str, float]:
+    """``int8_speedup``, ``int8_size_mb`` (the model file), ``top1_agreement_validation``
+    (calibration side) and the held-out agreement figures of edged.profiler for one
+    recipe."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, variant, trust = make_variant(image_dir, Path(tmp), calibration, recipe)
+        driver = registry.create(registry.parse_config({"type": REFERENCE}))
+        try:
+            fp32_ms, int8_ms = alternate_times([src, variant], driver, frames)
+            validation = validation_agreement([src, variant], driver, calibration)
+        finally:
+            driver.close()
+        figures = agreement(src, variant, REFERENCE, heldout, trust)
+        size = (variant / read_manifest(variant).model_file).stat().st_size / 2**20
+    speedup = round(statistics.median(fp32_ms) / statistics.median(int8_ms), 2)
+    return {
+        "int8_speedup": speedup,
+        "int8_size_mb": round(size, 2),
+        "top1_agreement_validation": validation,
+        **figures,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=60, help="frames timed per recipe")
@@ -111,14 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     drift = {} if args.no_drift else layer_drift(image, args.calibration_frames, args.drift_inputs)
     results = {}
     for name in args.recipe or RECIPES:
-        speedup, agreement = int8_figures(
-            image,
-            frames,
-            args.calibration_frames,
-            args.agreement_frames,
-            RECIPES[name],
+        results[name] = recipe_figures(
+            image, frames, args.calibration_frames, args.agreement_frames, RECIPES[name]
         )
-        results[name] = {"int8_speedup": speedup, **agreement}
     print(
         json.dumps(
             {
