@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefed.images.quantize import (
-    DEFAULT_RECIPE,
+from edgefed.images.mixed_precision import (
     corrected_bias,
     island_inputs,
     leading_nodes,
     requantised_nodes,
     reroute_islands,
 )
+from edgefed.images.quantize import DEFAULT_RECIPE
 
 GRAPH = [
     ("stem", "Conv"),
