@@ -28,6 +28,7 @@ from edged.results import EventLog, JsonlSink
 from edged.systemd import PipelineWatch
 from edgefed.driver import Driver
 from edgefed.errors import ConfigError, DriverError, EdgeFedError, ImageError
+from edgefed.images import image_dir
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.sdnotify import Notifier
@@ -42,10 +43,7 @@ class Service(Protocol):
 
 def image_path(config: EdgedConfig, model: ModelConfig) -> Path:
     """A model's image directory: a path as given, or a name under ``images.dir``."""
-    candidate = Path(model.image)
-    if candidate.is_absolute() or "/" in model.image:
-        return candidate
-    return config.images.dir / model.image
+    return image_dir(config.images.dir, model.image)
 
 
 @dataclass

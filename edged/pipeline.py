@@ -184,20 +184,23 @@ class Pipeline:
         self._lock = threading.Lock()
         self.completed = RateMeter()
         self.workers = {
-            name: ModelWorker(
-                name,
-                runner,
-                threads=self._models[name].workers,
-                queue_size=self._models[name].queue_size,
-                lossless=config.pipeline.lossless,
-                on_done=self._on_done,
-                on_drop=self._on_drop,
-            )
+            name: self._worker(self._models[name], runner)
             for name, runner in runners.items()
             if name in self._models
         }
         self.cameras = [CameraLoop(self, i) for i in range(len(config.cameras))]
         self.started = time.monotonic()
+
+    def _worker(self, m: ModelConfig, runner: ModelRunner) -> ModelWorker:
+        return ModelWorker(
+            m.name,
+            runner,
+            threads=m.workers,
+            queue_size=m.queue_size,
+            lossless=self.config.pipeline.lossless,
+            on_done=self._on_done,
+            on_drop=self._on_drop,
+        )
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -328,15 +331,7 @@ class Pipeline:
         the data path; each table is replaced whole, so a frame reads the old or the new."""
         if m.name in self.workers or m.regions == "planned":
             raise ConfigError(f"model {m.name} cannot be added while running")
-        worker = ModelWorker(
-            m.name,
-            runner,
-            threads=m.workers,
-            queue_size=m.queue_size,
-            lossless=self.config.pipeline.lossless,
-            on_done=self._on_done,
-            on_drop=self._on_drop,
-        )
+        worker = self._worker(m, runner)
         worker.start()
         self.workers = {**self.workers, m.name: worker}
         if m.cascade_on is not None:

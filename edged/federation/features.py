@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from edgefed.errors import ImageError
+from edgefed.images.federated import trainable_head
 from edgefed.images.manifest import InputSpec, TrainableSpec
 from edgefed.images.verify import verify_image
 from edgefed.models.preprocess import Preprocessor
@@ -38,11 +38,7 @@ class FeatureExtractor:
         produced = {out for node in model.graph.node for out in node.output}
         if trainable.features not in produced:
             raise ImageError(f"{model_file}: no tensor {trainable.features!r} to read features")
-        weights = {t.name: t for t in model.graph.initializer}
-        missing = [name for name in trainable.tensors if name not in weights]
-        if missing:
-            raise ImageError(f"{model_file}: trainable tensors {missing} are not initializers")
-        self._head = [numpy_helper.to_array(weights[name]) for name in trainable.tensors]
+        self._head = trainable_head(model, trainable, str(model_file))
         model.graph.output.append(onnx.ValueInfoProto(name=trainable.features))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -74,9 +70,6 @@ class FeatureExtractor:
         return features
 
     def head(self) -> list[np.ndarray]:
-        """The model's own head as ``[W (features x classes), b]``: a Gemm's weight is
-        stored classes x features, so it is transposed when that is its shape."""
-        weight, bias = self._head[0], self._head[-1]
-        if weight.shape[0] != self.trainable.size:
-            weight = weight.T
-        return [np.ascontiguousarray(weight, dtype=np.float32), bias.astype(np.float32)]
+        """The model's own head as ``[W (features x classes), b]``
+        (``edgefed.images.federated.trainable_head``)."""
+        return [p.copy() for p in self._head]

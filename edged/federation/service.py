@@ -29,6 +29,7 @@ from edged.offload.core import JobOutcome
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import ConfigError, FederationError, ImageError
 from edgefed.federation_wire import FederationTopics, SampleOffer, encode
+from edgefed.images import image_dir
 from edgefed.mqtt import MqttClient
 
 log = logging.getLogger("edged.federation")
@@ -245,8 +246,7 @@ def build(
 
 
 def _extractor(images_dir: Path, image: str, trusted_keys: Sequence[Path]) -> FeatureExtractor:
-    path = Path(image) if "/" in image else images_dir / image
     try:
-        return FeatureExtractor.of_image(path, trusted_keys)
+        return FeatureExtractor.of_image(image_dir(images_dir, image), trusted_keys)
     except ImageError as exc:
         raise ConfigError(f"federation.models[].hard_examples.image: {exc}") from exc

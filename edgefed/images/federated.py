@@ -182,16 +182,24 @@ def build_version(
 def head_params(image_dir: Path, manifest: Manifest) -> Params:
     """The head an image declares trainable as ``[W (features x classes), b]`` (a Gemm's
     weight is stored classes x features, so it is transposed when that is its shape)."""
-    trainable = manifest.trainable
-    if trainable is None or len(trainable.tensors) != 2:
-        raise ImageError(f"{manifest.name}: the image declares no two-tensor trainable head")
-    weights = {t.name: t for t in _load(image_dir / manifest.model_file).graph.initializer}
+    if manifest.trainable is None:
+        raise ImageError(f"{manifest.name}: the image declares nothing trainable")
+    model = _load(image_dir / manifest.model_file)
+    return trainable_head(model, manifest.trainable, manifest.name)
+
+
+def trainable_head(model: onnx.ModelProto, trainable: TrainableSpec, name: str) -> Params:
+    """The head ``trainable`` names among ``model``'s initializers, as the trainer's
+    ``[W (features x classes), b]``; ``ImageError`` (naming ``name``) if it is not one."""
+    weights = {t.name: t for t in model.graph.initializer}
     missing = [t for t in trainable.tensors if t not in weights]
     if missing:
-        raise ImageError(f"{manifest.name}: trainable tensors {missing} are not initializers")
+        raise ImageError(f"{name}: trainable tensors {missing} are not initializers")
+    if len(trainable.tensors) != 2:
+        raise ImageError(f"{name}: the image declares no two-tensor trainable head")
     weight, bias = (numpy_helper.to_array(weights[t]) for t in trainable.tensors)
     if weight.ndim != 2 or bias.ndim != 1 or trainable.size not in weight.shape:
-        raise ImageError(f"{manifest.name}: head {list(weight.shape)} is not a classifier head")
+        raise ImageError(f"{name}: head {list(weight.shape)} is not a classifier head")
     if weight.shape[0] != trainable.size:
         weight = weight.T
     return [np.ascontiguousarray(weight, np.float32), bias.astype(np.float32)]

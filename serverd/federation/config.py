@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from edgefed.config import Strict
 from edgefed.errors import ConfigError, ImageError
 from edgefed.federation_wire import TrainConfig, init_head
+from edgefed.images import image_dir
 from edgefed.images.federated import Base
 from edgefed.wire import MODEL_PATTERN
 from serverd.federation.aggregate import AggregationSettings, StrategyName
@@ -58,9 +59,8 @@ class FederatedModelConfig(Strict):
             p = self.pixels
             return Base.pixels(p.width, p.height, p.max_value)
         assert self.image is not None
-        path = Path(self.image) if "/" in self.image else images_dir / self.image
         try:
-            base = Base.of_image(path, keys)
+            base = Base.of_image(image_dir(images_dir, self.image), keys)
         except ImageError as exc:
             raise ConfigError(f"federation.models[{self.name}].image: {exc}") from exc
         if base.size != self.features:
