@@ -472,7 +472,10 @@ def test_a_worse_version_is_refused_and_the_served_one_keeps_serving(fleet: Flee
     assert all(not r["adopted"] and "held-back accuracy" in r["reason"] for r in reports.values())
     assert fleet.versions() == served
     for device in EDGES:
-        assert "held-back accuracy" in fleet.edge_status(device)["models"]["digits"]["last_reason"]
+        assert (
+            "held-back accuracy"
+            in fleet.edge_status(device)["models"]["digits"]["last_version_refusal"]
+        )
 
 
 def test_an_operator_label_for_an_unknown_class_or_model_is_refused(fleet: Fleet) -> None:
@@ -526,6 +529,6 @@ def test_an_operator_rollback_serves_the_previous_version_and_refuses_the_newer(
         120,
     )
     assert status["version"] == newest - 1 and status["rolled_back_from"] == newest
-    assert f"rolled back from v{newest}" in status["last_reason"]
+    assert f"rolled back from v{newest}" in status["last_version_refusal"]
     served = read_manifest(fleet.edge_images(device) / "digits")
     assert served.version == str(newest - 1)

@@ -149,7 +149,11 @@ class FederatedModelStatus(_Out):
     updates_rejected: int = Field(description="Updates serverd rejected")
     versions_adopted: int = Field(description="Global versions adopted")
     versions_refused: int = Field(description="Global versions refused")
-    last_reason: str = Field(description="Why the last update or version was refused")
+    last_reason: str = Field(
+        description="Why the last update or version was refused, or the last round failed"
+    )
+    last_update_rejection: str = Field("", description="Why serverd last rejected an update")
+    last_version_refusal: str = Field("", description="Why this device last refused a version")
 
 
 class FederationStatus(_Out):

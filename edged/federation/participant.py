@@ -54,7 +54,9 @@ class ParticipantCounters(Counters):
     versions_adopted: int = 0
     versions_refused: int = 0
     bad_messages: int = 0
-    last_reason: str = ""
+    last_reason: str = ""  # the latest of the two below, or a failed round
+    last_update_rejection: str = ""
+    last_version_refusal: str = ""
 
 
 class Participant:
@@ -180,6 +182,7 @@ class Participant:
                 self.counters.updates_accepted += 1
             else:
                 self.counters.updates_rejected += 1
+                self.counters.last_update_rejection = upload.verdict.reason
                 self.counters.last_reason = upload.verdict.reason
 
     def _send(self, frames: list[bytes]) -> None:
@@ -216,6 +219,7 @@ class Participant:
             self.counters.versions_adopted += 1
         else:
             self.counters.versions_refused += 1
+            self.counters.last_version_refusal = report.reason
             self.counters.last_reason = report.reason
             log.warning("federation: refused %s v%d: %s", head.model, head.version, report.reason)
         self.mqtt.publish(self.topics.adoption(self.device_id), encode(report))

@@ -156,7 +156,7 @@ def test_a_new_version_is_swapped_in_with_no_frame_dropped_and_a_worse_one_refus
     finally:
         sender.stop()
     assert participant.counters.versions_adopted == 1
-    assert "held-back accuracy" in participant.counters.last_reason
+    assert "held-back accuracy" in participant.counters.last_version_refusal
     assert participant.slot.current is not None and participant.slot.current.version == 2
 
     assert len(records) >= FRAMES  # every gated frame has the model's result
