@@ -66,6 +66,18 @@ RECIPES = {
     **{f"fp32-leading-{n}": quantize.Recipe(fp32_leading_ops=n) for n in LEADING},
     # the default without its bias correction: the fp32 island alone
     "fp32-leading-6": quantize.Recipe(fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS),
+    # remedies for the saturating U8S8 kernels of x86 CPUs without VNNI, beside the exact
+    # kernels the onnxruntime driver uses (its exact_int8): unsigned weights, 7-bit weights
+    "U8U8": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS,
+        bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
+        weight_type="QUInt8",
+    ),
+    "reduce-range": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS,
+        bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
+        reduce_range=True,
+    ),
     # the default with every calibration input (344) in the bias correction, not 128
     "bias-correction-all": quantize.Recipe(
         fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=10_000

@@ -24,6 +24,7 @@ from edgefed.driver import (
     one_line,
 )
 from edgefed.errors import DriverError
+from edgefed.images.mixed_precision import ORT_EXACT_INT8
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -59,6 +60,13 @@ class OnnxRuntimeConfig(DriverConfig):
     )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"
+    )
+    exact_int8: bool = Field(
+        True,
+        description="On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), run INT8 "
+        "models through ONNX Runtime's exact U8U8 kernels instead of the U8S8 ones, whose "
+        "16-bit intermediate saturates and moves INT8 results away from fp32 "
+        "(session.x64quantprecision); no effect on CPUs with VNNI or on ARM",
     )
 
 
@@ -146,6 +154,8 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
             "all": levels.ORT_ENABLE_ALL,
         }[self.config.graph_optimization]
         opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our log
+        if self.config.exact_int8:
+            opts.add_session_config_entry(ORT_EXACT_INT8, "1")
         return opts
 
     def load(self, model_file: Path, device: str | None = None) -> LoadedModel:

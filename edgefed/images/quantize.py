@@ -99,6 +99,8 @@ class Recipe:
     # moved by the mean shift of its output from fp32's over this many calibration inputs
     # (0: off)
     bias_correction_inputs: int = 0
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"  # QUInt8: onnxruntime runs it unfused
+    reduce_range: bool = False  # 7-bit weights: no saturation in U8S8 kernels, less precision
 
 
 # 6: the classifier's stem and first two blocks, chosen on calibration-side data (crops of
@@ -324,7 +326,8 @@ def _quantize_model(
             quant_format=QuantFormat[recipe.quant_format],
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType[recipe.weight_type],
+            reduce_range=recipe.reduce_range,
             # min-max suits the ReLU6-bounded activations of these networks and streams:
             # percentile and entropy histograms keep every activation of every input in
             # memory (the text detector ran a 24 GB host out of memory) and gave the

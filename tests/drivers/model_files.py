@@ -72,6 +72,16 @@ def doubling_onnx(path: Path, shape: tuple[int, ...] = (1, 4)) -> Path:
     return write_model(path, helper.make_graph([node], "double", [x], [y], initializer=[two]))
 
 
+def int8_products_onnx(path: Path, k: int = 64, weight: int = 127) -> Path:
+    """y = a @ B for uint8 ``a`` (1 x k) and a constant int8 ``B`` (k x 4) of ``weight``:
+    with ``a`` all 255, each pair of products (2 x 255 x 127) overflows a 16-bit sum."""
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [1, k])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4])
+    b = numpy_helper.from_array(np.full((k, 4), weight, np.int8), "b")
+    node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+    return write_model(path, helper.make_graph([node], "int8", [a], [y], initializer=[b]))
+
+
 def constant_output_onnx(
     path: Path,
     value: np.ndarray,

@@ -12,7 +12,7 @@ import pytest
 from drivers import registry
 from drivers.onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
 from edgefed.errors import ConfigError, DriverError
-from tests.drivers.model_files import built_model_file, doubling_onnx
+from tests.drivers.model_files import built_model_file, doubling_onnx, int8_products_onnx
 
 
 def make_driver(**options: object) -> OnnxRuntimeDriver:
@@ -49,6 +49,15 @@ def test_loads_a_real_model_and_describes_its_tensors() -> None:
     (prob,) = out.values()
     assert prob.shape == (1, 1, 64, 96)
     assert float(prob.max()) < 0.3  # a blank image has no text
+
+
+def test_int8_products_are_exact_on_every_cpu(tmp_path: Path) -> None:
+    """On x86 without VNNI, ONNX Runtime's fast U8S8 kernels would saturate these sums at
+    16 bits (32 x 32767 here); the driver's default ``exact_int8`` gives the exact result
+    there, and other CPUs compute it exactly anyway."""
+    model = make_driver().load(int8_products_onnx(tmp_path / "int8.onnx", k=64, weight=127))
+    y = model.run({"a": np.full((1, 64), 255, np.uint8)})["y"]
+    assert y.tolist() == [[255 * 127 * 64] * 4]
 
 
 def test_runs_from_many_threads_each_caller_gets_its_own_result(tmp_path: Path) -> None:
