@@ -78,6 +78,11 @@ RECIPES = {
         bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
         reduce_range=True,
     ),
+    "bias-correction-2-passes": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS,
+        bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
+        bias_correction_passes=2,
+    ),
     # the default with every calibration input (344) in the bias correction, not 128
     "bias-correction-all": quantize.Recipe(
         fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=10_000

@@ -99,6 +99,7 @@ class Recipe:
     # moved by the mean shift of its output from fp32's over this many calibration inputs
     # (0: off)
     bias_correction_inputs: int = 0
+    bias_correction_passes: int = 1  # passes over the convs (a pass measures after the last)
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"  # QUInt8: onnxruntime runs it unfused
     reduce_range: bool = False  # 7-bit weights: no saturation in U8S8 kernels, less precision
 
@@ -347,7 +348,8 @@ def _quantize_model(
         if recipe.bias_correction_inputs > 0 and _task(image_dir) in BIAS_CORRECTED_TASKS:
             count = min(recipe.bias_correction_inputs, len(feeds))
             picks = np.linspace(0, len(feeds) - 1, count).round().astype(int)
-            correct_biases(graph, quantized, [feeds[i] for i in picks])
+            for _ in range(recipe.bias_correction_passes):
+                correct_biases(graph, quantized, [feeds[i] for i in picks])
         onnx.save(quantized, str(dest))
         requantised = requantised_nodes(
             [(n.name, n.op_type, list(n.input), list(n.output)) for n in quantized.graph.node]
