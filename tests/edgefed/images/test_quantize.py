@@ -103,7 +103,7 @@ def test_a_bias_moves_against_the_mean_shift_in_its_own_steps() -> None:
 
 
 def test_a_channel_without_scale_keeps_its_bias() -> None:
-    """All-zero weights give a zero scale: no step to move by, the bias stays."""
+    """A zero scale: no step to move by, the bias stays (no division by zero)."""
     bias = np.array([5, 3], dtype=np.int32)
     new = corrected_bias(bias, np.array([0.0, 0.5]), np.array([1.0, 1.0]))
     assert new.tolist() == [5, 1]
