@@ -28,7 +28,7 @@ from bench.drivers import REPO, make_variant
 from bench.int8_recipes import IMAGE, VALIDATION_FRAME_STEP
 from edged.profiler import still_crops
 from edgefed.images import quantize
-from edgefed.images.mixed_precision import ORT_EXACT_INT8
+from edgefed.images.mixed_precision import measuring_session
 from edgefed.images.verify import read_manifest
 from edgefed.models.preprocess import Preprocessor
 
@@ -70,14 +70,7 @@ def _fp32_op(model: Any, name: str, fp32_weights: dict[str, Any]) -> Any:
 
 
 def _logits(model: Any, tensors: list[np.ndarray], input_name: str) -> np.ndarray:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry(ORT_EXACT_INT8, "1")  # as edged serves INT8
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = measuring_session(model)
     return np.concatenate([session.run(None, {input_name: t})[0] for t in tensors])
 
 

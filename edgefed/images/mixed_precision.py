@@ -124,6 +124,21 @@ def corrected_bias(bias: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np
     return (bias - steps).astype(np.int32)
 
 
+def measuring_session(model: Any) -> Any:
+    """A one-thread CPU onnxruntime session of ``model`` (an onnx ModelProto) computing
+    INT8 exactly, as edged serves it (warnings off: a cut graph leaves unused
+    initializers)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry(ORT_EXACT_INT8, "1")
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
 def _channel_means(
     model: Any, outputs: Sequence[str], feeds: Sequence[dict[str, Any]]
 ) -> list[np.ndarray]:
@@ -132,7 +147,6 @@ def _channel_means(
     need (the classifier's correction on 128 inputs: 45 s instead of 75 s when the rest
     of the graph was left in)."""
     import onnx
-    import onnxruntime as ort
 
     graph = onnx.ModelProto()
     graph.CopyFrom(model)
@@ -146,13 +160,7 @@ def _channel_means(
             needed.update(node.input)
     del graph.graph.node[:]
     graph.graph.node.extend(reversed(kept))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry(ORT_EXACT_INT8, "1")  # measure what edged serves
-    options.log_severity_level = 3  # the pruned copy's unused initializers are expected
-    session = ort.InferenceSession(
-        graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = measuring_session(graph)
     sums: list[Any] = [0.0 for _ in outputs]
     for feed in feeds:
         for index, value in enumerate(session.run(list(outputs), feed)):

@@ -36,7 +36,7 @@ from edgefed.errors import ImageError
 
 from . import signing
 from .build import swap_in
-from .manifest import MANIFEST_NAME, SIGNATURE_NAME, manifest_to_yaml
+from .manifest import MANIFEST_NAME, SIGNATURE_NAME, InputSpec, Manifest, manifest_to_yaml
 from .mixed_precision import correct_biases, leading_nodes, requantised_nodes, reroute_islands
 from .verify import sha256_file, verify_image_with_keys
 
@@ -199,14 +199,11 @@ def heldout_stills(names: Sequence[str], folder: Path = SAMPLE_DIR) -> dict[str,
     return dict(zip(names, _stills(names, folder), strict=True))
 
 
-def _inputs(image_dir: Path, frames: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+def _inputs(spec: InputSpec, frames: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Each frame (or still) whole and its centre half, pre-processed as the image's
-    manifest says."""
+    manifest says (``spec``)."""
     from edgefed.models.preprocess import Preprocessor
 
-    from .verify import read_manifest
-
-    spec = read_manifest(image_dir).input
     preprocess = Preprocessor(spec)
     for frame in frames:
         h, w = frame.shape[:2]
@@ -255,7 +252,7 @@ def quantize_image(
     work.mkdir(parents=True)
     try:
         _quantize_model(
-            src / manifest.model_file, work / manifest.model_file, src, frames, video, recipe
+            src / manifest.model_file, work / manifest.model_file, manifest, frames, video, recipe
         )
         for file_name in manifest.files:
             if file_name != manifest.model_file:
@@ -275,7 +272,7 @@ def quantize_image(
 
 
 def _quantize_model(
-    model: Path, dest: Path, image_dir: Path, frames: int, video: Path, recipe: Recipe
+    model: Path, dest: Path, manifest: Manifest, frames: int, video: Path, recipe: Recipe
 ) -> None:
     try:
         import onnx
@@ -294,7 +291,7 @@ def _quantize_model(
     pictures = calibration_frames(frames, video)
     if recipe.calibrate_on_stills:
         pictures += calibration_stills(video.parent)
-    feeds = list(_inputs(image_dir, pictures))
+    feeds = list(_inputs(manifest.input, pictures))
 
     class Reader(CalibrationDataReader):
         """The feeds, in the slices onnxruntime asks for (``CalibStridedMinMax``)."""
@@ -345,7 +342,7 @@ def _quantize_model(
         quantized = onnx.load(str(dest))
         if fp32_nodes:
             reroute_islands(quantized, set(fp32_nodes))
-        if recipe.bias_correction_inputs > 0 and _task(image_dir) in BIAS_CORRECTED_TASKS:
+        if recipe.bias_correction_inputs > 0 and manifest.task in BIAS_CORRECTED_TASKS:
             count = min(recipe.bias_correction_inputs, len(feeds))
             picks = np.linspace(0, len(feeds) - 1, count).round().astype(int)
             for _ in range(recipe.bias_correction_passes):
@@ -358,21 +355,15 @@ def _quantize_model(
             log.warning(
                 "%s: left in fp32 but fed by INT8, onnxruntime quantises their weights "
                 "again at load, per tensor: %s",
-                image_dir.name,
+                manifest.name,
                 ", ".join(requantised),
             )
     except ImageError:
         raise
     except Exception as exc:  # onnxruntime raises many kinds; the build names the image
-        raise ImageError(f"{image_dir.name}: quantisation failed: {exc}") from exc
+        raise ImageError(f"{manifest.name}: quantisation failed: {exc}") from exc
     finally:
         prepared.unlink(missing_ok=True)
-
-
-def _task(image_dir: Path) -> str:
-    from .verify import read_manifest
-
-    return str(read_manifest(image_dir).task)
 
 
 def _opset(model: Any) -> int:
