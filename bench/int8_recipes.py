@@ -47,6 +47,7 @@ IMAGE = "efficientnet_lite0"
 STEM = "/_conv_stem/Conv"
 HEAD = ("/_conv_head/Conv", "/_avg_pooling/GlobalAveragePool", "/_fc/Gemm")
 LEADING = (1, 3, 9, 12, 15, 18)  # fp32_leading_ops of the sweep rows (6 is the default)
+BIAS_CORRECTED_LEADING = (3, 9, 12)
 RECIPES = {
     "default": quantize.DEFAULT_RECIPE,
     # every layer INT8 (the default before the fp32 island at the input), and variations
@@ -83,6 +84,14 @@ RECIPES = {
         bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
         bias_correction_passes=2,
     ),
+    # islands of other lengths with the default's bias correction (the island sweep above
+    # was measured without it)
+    **{
+        f"bias-corrected-leading-{n}": quantize.Recipe(
+            fp32_leading_ops=n, bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS
+        )
+        for n in BIAS_CORRECTED_LEADING
+    },
     # the default with every calibration input (344) in the bias correction, not 128
     "bias-correction-all": quantize.Recipe(
         fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS, bias_correction_inputs=10_000
