@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 
@@ -18,3 +19,15 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return int(s.getsockname()[1])
     raise OSError("no free port on 127.0.0.1")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports, all held while they are picked: one ``free_port()``
+    after another can be handed the same port twice, once the first socket is closed."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports

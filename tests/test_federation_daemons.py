@@ -55,7 +55,7 @@ from edgefed.images.install import active_slot
 from edgefed.images.signing import generate_key_pair, load_private_key, sign
 from edgefed.images.verify import read_manifest
 from edgefed.mqtt import MqttClient, MqttConfig
-from edgefed.ports import free_port
+from edgefed.ports import free_ports
 from edgefed.testing.broker import Broker
 from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
@@ -226,16 +226,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         spy.start()
         assert spy.wait_connected(10)
         try:
-            server_port = free_port()
+            server_port, *edge_ports = free_ports(1 + len(EDGES))
             (root / "serverd").mkdir()
             config = _serverd(root / "serverd", broker, private, server_port)
             serverd = [sys.executable, "-m", "serverd", "run", "-c", str(config)]
             processes.append(_spawn(serverd, root / "serverd", env))
             urls, edges = {}, {}
-            for device in EDGES:
+            for device, port in zip(EDGES, edge_ports, strict=True):
                 tmp = root / device.replace("/", "_")
                 tmp.mkdir()
-                port = free_port()
                 edged = [sys.executable, "-m", "edged", "run", "-c"]
                 edged.append(str(_edged(tmp, broker, device, public, port)))
                 processes.append(_spawn(edged, tmp, env))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from edgefed.ports import free_port
+from edgefed.ports import free_ports
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 
@@ -27,9 +27,10 @@ class NatsCluster:
     def __init__(self, directory: Path, nodes: int = 3) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.client_ports = [free_port() for _ in range(nodes)]
-        self.route_ports = [free_port() for _ in range(nodes)]
-        self.mqtt_ports = [free_port() for _ in range(nodes)]
+        ports = free_ports(3 * nodes)
+        self.client_ports = ports[:nodes]
+        self.route_ports = ports[nodes : 2 * nodes]
+        self.mqtt_ports = ports[2 * nodes :]
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * nodes
 
     def _config(self, i: int) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefed.errors import OffloadError
-from edgefed.ports import free_port
+from edgefed.ports import free_ports
 from serverd.triton.install import TritonInstall
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class TritonPorts:
 
     @classmethod
     def free(cls) -> TritonPorts:
-        return cls(free_port(), free_port(), free_port())
+        http, grpc, metrics = free_ports(3)
+        return cls(http, grpc, metrics)
 
     @classmethod
     def at(cls, base: int) -> TritonPorts:
