@@ -5,7 +5,14 @@ from __future__ import annotations
 import itertools
 
 from bench.gating import parse_args as gating_args
-from bench.perception import gating_starts, miss_causes, segments_for, tiles
+from bench.perception import (
+    gating_starts,
+    miss_causes,
+    persistent_recall,
+    reference_ids,
+    segments_for,
+    tiles,
+)
 
 
 def test_the_perception_clip_shares_no_frame_with_the_gating_bench() -> None:
@@ -64,3 +71,20 @@ def test_misses_are_told_apart_by_cause() -> None:
     assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["region_missed"] == 1
     del looked[0]  # the gate did not pass frame 0
     assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["not_sent"] == 1
+
+
+def test_persistent_recall_leaves_out_one_off_oracle_hits() -> None:
+    """A person in all four frames (found in three) and a one-frame hit on frame 2."""
+    person = [100.0, 100.0, 160.0, 250.0]
+    ghost = [500.0, 100.0, 560.0, 160.0]
+    oracle = [[person], [person], [person, ghost], [person]]
+    rids = reference_ids(oracle, [(0, 4)])
+    assert rids == [[1], [1], [1, 2], [1]]
+    box = (101.0, 99.0, 161.0, 251.0)
+    reported = {k: ([box], [box], [1]) for k in (0, 1, 3)}
+    out = persistent_recall(oracle, rids, reported)
+    assert out == {
+        "oracle_one_frame_identities": 1,
+        "persistent_oracle_people": 4,
+        "recall_vs_persistent_oracle": 0.75,
+    }
