@@ -51,12 +51,6 @@ class TritonRemoteConfig(DriverConfig):
     )
 
 
-def _message(exc: Exception) -> str:
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else None
-    return " ".join(str(text).split()) if text else one_line(exc)
-
-
 class TritonRemoteModel(LoadedModel):
     """One model on the remote server; the gRPC client is thread-safe."""
 
@@ -94,7 +88,17 @@ class TritonRemoteDriver(Driver[TritonRemoteConfig]):
                 root_certificates=str(root) if root else None,
             )
         except Exception as exc:  # a malformed URL or unreadable certificate
-            raise DriverError(f"triton-remote {self.config.url}: {_message(exc)}") from exc
+            raise DriverError(f"triton-remote {self.config.url}: {self._message(exc)}") from exc
+
+    def _message(self, exc: Exception) -> str:
+        """One line for a tritonclient error; a missed deadline always reads the same (gRPC
+        reports it as "Deadline Exceeded" or as "Stream removed", depending on the moment)."""
+        status = getattr(exc, "status", None)
+        if str(status() if callable(status) else "").endswith("DEADLINE_EXCEEDED"):
+            return f"Deadline Exceeded (no answer within {self.config.timeout_s:g} s)"
+        message = getattr(exc, "message", None)
+        text = message() if callable(message) else None
+        return " ".join(str(text).split()) if text else one_line(exc)
 
     def _where(self) -> str:
         return f"triton-remote {self.config.url}"
@@ -109,7 +113,7 @@ class TritonRemoteDriver(Driver[TritonRemoteConfig]):
             ready = bool(self._client.is_server_ready(client_timeout=self.config.timeout_s))
             detail = self.config.url if ready else f"{self.config.url}: server not ready"
         except Exception as exc:  # tritonclient raises InferenceServerException
-            ready, detail = False, f"{self.config.url}: {_message(exc)}"
+            ready, detail = False, f"{self.config.url}: {self._message(exc)}"
         return [DeviceInfo(DEVICE, "triton", ready, detail)]
 
     def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
@@ -128,7 +132,9 @@ class TritonRemoteDriver(Driver[TritonRemoteConfig]):
         except DriverError:
             raise
         except Exception as exc:
-            raise DriverError(f"{self._where()}: cannot load {name!r}: {_message(exc)}") from exc
+            raise DriverError(
+                f"{self._where()}: cannot load {name!r}: {self._message(exc)}"
+            ) from exc
         return TritonRemoteModel(self, name, metadata)
 
     def infer(
@@ -152,7 +158,7 @@ class TritonRemoteDriver(Driver[TritonRemoteConfig]):
                 client_timeout=self.config.timeout_s,
             )
         except Exception as exc:  # InferenceServerException, or a dtype Triton has no name for
-            raise DriverError(f"{self._where()}: {name}: run failed: {_message(exc)}") from exc
+            raise DriverError(f"{self._where()}: {name}: run failed: {self._message(exc)}") from exc
         out = {}
         for key in outputs:
             value = result.as_numpy(key)

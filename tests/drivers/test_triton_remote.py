@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from drivers import registry
 from drivers.triton_remote import TritonRemoteDriver
@@ -84,10 +85,24 @@ def test_a_call_past_its_timeout_is_a_driver_error(triton: TritonProcess, tmp_pa
     driver = make_driver(triton.grpc_url, models={"classifier": "slow"}, timeout_s=0.5)
     model = driver.load(image / "model.onnx")  # the file is not read: Triton has the model
     feeds = {"input": np.zeros((1, 3, 224, 224), np.float32)}
-    with pytest.raises(DriverError, match=r"slow: run failed: Deadline Exceeded"):
+    deadline = r"slow: run failed: Deadline Exceeded \(no answer within 0\.5 s\)$"
+    with pytest.raises(DriverError, match=deadline):
         model.run(feeds)
     with pytest.raises(DriverError, match="unknown device 'cpu'"):
         driver.load(image / "model.onnx", "cpu")
+    driver.close()
+
+
+def test_a_missed_deadline_reads_the_same_however_grpc_words_it() -> None:
+    """gRPC words a missed deadline "Deadline Exceeded" or, when the stream is torn down
+    first, "Stream removed": the status code is what the message goes by (a CI run saw the
+    second wording)."""
+    driver = make_driver(f"127.0.0.1:{free_port()}", timeout_s=0.5)
+    for wording in ("Deadline Exceeded", "Stream removed"):
+        exc = InferenceServerException(wording, status="StatusCode.DEADLINE_EXCEEDED")
+        assert driver._message(exc) == "Deadline Exceeded (no answer within 0.5 s)"
+    other = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+    assert driver._message(other) == "failed to connect"
     driver.close()
 
 
