@@ -24,7 +24,7 @@ from edgefed.driver import (
     one_line,
 )
 from edgefed.errors import DriverError
-from edgefed.images.mixed_precision import ORT_EXACT_INT8
+from edgefed.images.mixed_precision import ORT_EXACT_INT8, host_int8_saturates
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -61,12 +61,13 @@ class OnnxRuntimeConfig(DriverConfig):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level"
     )
-    exact_int8: bool = Field(
-        True,
-        description="On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), run INT8 "
-        "models through ONNX Runtime's exact U8U8 kernels instead of the U8S8 ones, whose "
-        "16-bit intermediate saturates and moves INT8 results away from fp32 "
-        "(session.x64quantprecision); no effect on CPUs with VNNI or on ARM",
+    exact_int8: bool | Literal["auto"] = Field(
+        "auto",
+        description="Run INT8 models through ONNX Runtime's exact U8U8 kernels instead of "
+        "the fast U8S8 ones (session.x64quantprecision): on x86 CPUs without VNNI (AVX2, "
+        "AVX-512 without VNNI) the fast kernels' 16-bit intermediate saturates and moves "
+        "INT8 results away from fp32; with VNNI they are exact and faster. auto: exact "
+        "only on a CPU whose fast kernels saturate",
     )
 
 
@@ -114,6 +115,9 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
         self._ort = import_sdk(self.type, "onnxruntime")
+        wanted = self.config.exact_int8
+        # whether INT8 runs through the exact kernels (status: the device's detail)
+        self.exact_int8 = host_int8_saturates() if wanted == "auto" else wanted
 
     def devices(self) -> list[DeviceInfo]:
         available = set(self._ort.get_available_providers())
@@ -122,7 +126,11 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
                 id=short_name(p),
                 model=short_name(p),
                 healthy=p in available,
-                detail=p if p in available else f"{p} is not in this onnxruntime build",
+                detail=(
+                    f"{p}, INT8 {'exact' if self.exact_int8 else 'fast'} kernels"
+                    if p in available
+                    else f"{p} is not in this onnxruntime build"
+                ),
             )
             for p in self.config.providers
         ]
@@ -154,7 +162,7 @@ class OnnxRuntimeDriver(Driver[OnnxRuntimeConfig]):
             "all": levels.ORT_ENABLE_ALL,
         }[self.config.graph_optimization]
         opts.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our log
-        if self.config.exact_int8:
+        if self.exact_int8:
             opts.add_session_config_entry(ORT_EXACT_INT8, "1")
         return opts
 

@@ -7,6 +7,7 @@ and onnxruntime only to measure the bias shifts."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -17,8 +18,31 @@ WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # AVX-512 without VNNI): its fast U8S8 kernels add pairs of products into a saturating
 # 16-bit intermediate, which took the classifier's held-out agreement with fp32 from
 # 0.978 to 0.906 there (all-INT8: 0.906 to 0.767); set to "1", INT8 weights run through
-# the exact U8U8 kernels on those CPUs and nothing changes elsewhere (VNNI, ARM)
+# the exact U8U8 kernels. With VNNI the fast kernels are exact already (the same outputs,
+# bit for bit) and the setting only slows INT8 down (python -m bench int8-kernels)
 ORT_EXACT_INT8 = "session.x64quantprecision"
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def int8_saturates(machine: str, cpu_flags: Collection[str]) -> bool:
+    """Whether onnxruntime's fast INT8 kernels saturate on this CPU: x86 without VNNI."""
+    x86 = machine.lower() in {"x86_64", "amd64", "i386", "i686"}
+    return x86 and not VNNI_FLAGS & set(cpu_flags)
+
+
+def host_cpu_flags() -> set[str] | None:
+    """This host's CPU flags (``/proc/cpuinfo``), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            line = next((x for x in f if x.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[1].split()) if line and ":" in line else None
+
+
+def host_int8_saturates() -> bool:
+    """``int8_saturates`` for this host (an x86 host whose flags cannot be read: True)."""
+    return int8_saturates(platform.machine(), host_cpu_flags() or ())
 
 
 def leading_nodes(nodes: Sequence[tuple[str, str]], count: int) -> tuple[str, ...]:

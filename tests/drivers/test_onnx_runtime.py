@@ -12,6 +12,7 @@ import pytest
 from drivers import registry
 from drivers.onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
 from edgefed.errors import ConfigError, DriverError
+from edgefed.images.mixed_precision import host_int8_saturates, int8_saturates
 from tests.drivers.model_files import built_model_file, doubling_onnx, int8_products_onnx
 
 
@@ -53,10 +54,33 @@ def test_loads_a_real_model_and_describes_its_tensors() -> None:
 
 def test_int8_products_are_exact_on_every_cpu(tmp_path: Path) -> None:
     """On x86 without VNNI, ONNX Runtime's fast U8S8 kernels would saturate these sums at
-    16 bits (32 x 32767 here); the driver's default ``exact_int8`` gives the exact result
-    there, and other CPUs compute it exactly anyway."""
+    16 bits (32 x 32767 here); the driver's default ``exact_int8: auto`` turns the exact
+    kernels on there, and other CPUs compute it exactly anyway."""
     model = make_driver().load(int8_products_onnx(tmp_path / "int8.onnx", k=64, weight=127))
     y = model.run({"a": np.full((1, 64), 255, np.uint8)})["y"]
+    assert y.tolist() == [[255 * 127 * 64] * 4]
+
+
+def test_exact_kernels_only_where_the_fast_ones_saturate(tmp_path: Path) -> None:
+    """auto (the default): exact kernels on x86 without VNNI only; with VNNI the fast
+    kernels are exact and faster (python -m bench int8-kernels); true/false force it."""
+    avx2 = {"sse4_2", "avx2", "fma"}
+    assert int8_saturates("x86_64", avx2)
+    assert int8_saturates("x86_64", avx2 | {"avx512f", "avx512bw"})  # AVX-512 without VNNI
+    assert not int8_saturates("x86_64", avx2 | {"avx512f", "avx512_vnni"})
+    assert not int8_saturates("x86_64", avx2 | {"avx_vnni"})  # Alder Lake and later
+    assert not int8_saturates("aarch64", {"asimd", "asimddp"})
+    assert make_driver().exact_int8 == host_int8_saturates()
+    assert make_driver(exact_int8=True).exact_int8 is True
+    assert make_driver(exact_int8=False).exact_int8 is False
+    (cpu,) = make_driver(exact_int8=True).devices()
+    assert cpu.detail == "CPUExecutionProvider, INT8 exact kernels"
+    with pytest.raises(ConfigError, match="exact_int8"):
+        make_driver(exact_int8="sometimes")
+    forced = make_driver(exact_int8=True).load(
+        int8_products_onnx(tmp_path / "int8.onnx", k=64, weight=127)
+    )
+    y = forced.run({"a": np.full((1, 64), 255, np.uint8)})["y"]
     assert y.tolist() == [[255 * 127 * 64] * 4]
 
 
