@@ -2,8 +2,9 @@
 an fp32 island at the input (:func:`leading_nodes`) whose nodes read fp32 tensors, not
 their INT8 copies (:func:`reroute_islands`), the onnxruntime pitfall that makes single
 fp32 layers worse (:func:`requantised_nodes`), and empirical bias correction of the INT8
-convolutions (:func:`correct_biases`, Nagel et al.). Pure graph code on onnx ModelProtos,
-and onnxruntime only to measure the bias shifts."""
+convolutions (:func:`correct_biases`, Nagel et al.), and which CPUs need onnxruntime's
+exact INT8 kernels to serve them (:func:`int8_saturates`). Pure graph code on onnx
+ModelProtos, and onnxruntime only to measure the bias shifts."""
 
 from __future__ import annotations
 
