@@ -19,6 +19,15 @@ def listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifyL
     lst.close()
 
 
+def test_the_listener_waits_for_the_key_it_is_asked_for(listener: NotifyListener) -> None:
+    """A CI run saw wait_for("STOPPING") return the READY note (an absent key matched an
+    empty prefix) and the next assertion read the notes before STOPPING had arrived."""
+    Notifier(listener.env()).ready("up")
+    assert listener.wait_for("READY", 5).fields["READY"] == "1"
+    with pytest.raises(AssertionError, match=r"no STOPPING within 0\.3 s"):
+        listener.wait_for("STOPPING", 0.3)
+
+
 def test_ready_status_watchdog_and_stopping_arrive(listener: NotifyListener) -> None:
     now = [100.0]
     notifier = Notifier(listener.env(watchdog_s=2.0), clock=lambda: now[0])

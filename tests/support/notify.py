@@ -68,7 +68,7 @@ class NotifyListener:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for note in self.snapshot():
-                if note.fields.get(key, "\0").startswith(prefix):
+                if key in note.fields and note.fields[key].startswith(prefix):
                     return note
             time.sleep(0.05)
         raise AssertionError(f"no {key} within {timeout} s; got {self.snapshot()}")
