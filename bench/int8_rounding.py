@@ -26,7 +26,6 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -59,10 +58,11 @@ def without_activation_rounding(quantized: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type != "QuantizeLinear" or node.input[0] in initializers:
             kept.append(node)
             continue
-        scale = float(numpy_helper.to_array(initializers[node.input[1]]))
-        zero = float(numpy_helper.to_array(initializers[node.input[2]]))
-        if numpy_helper.to_array(initializers[node.input[2]]).dtype != np.uint8:
+        zero_point = numpy_helper.to_array(initializers[node.input[2]])
+        if zero_point.dtype != np.uint8:
             raise ValueError(f"{node.name}: only uint8 activations are handled")
+        scale = float(numpy_helper.to_array(initializers[node.input[1]]))
+        zero = float(zero_point)
         low, high = f"{node.name}_low", f"{node.name}_high"
         graph.initializer.extend(
             [
@@ -117,7 +117,7 @@ def rounding_figures(image_dir: Path, calibration: int) -> dict[str, float]:
         src, variant, _ = make_variant(image_dir, Path(tmp), calibration, quantize.DEFAULT_RECIPE)
         fp32 = onnx.load(str(src / manifest.model_file))
         int8 = onnx.load(str(variant / manifest.model_file))
-        copies: dict[str, Any] = {
+        copies = {
             "weights_rounded": without_activation_rounding(int8),
             "activations_rounded": with_fp32_weights(int8, fp32),
         }

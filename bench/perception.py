@@ -38,7 +38,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,14 @@ TARGETS = {"recall_vs_oracle": 0.85, "detector_runs_per_frame": 5.0}
 FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
 MISS_SCALE_PX = 60.0  # below this height in the detector's input it finds few people
+FOUND_IOU = 0.3  # a reported box this close to an oracle box found that person
 PERSISTENT_FRAMES = 3  # reference identities this long count in recall_vs_persistent_oracle
+
+
+def overlaps(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool:
+    """Whether ``box`` overlaps any of ``others`` at IoU >= ``FOUND_IOU``."""
+    a: Box = (box[0], box[1], box[2], box[3])
+    return any(iou(a, (b[0], b[1], b[2], b[3])) >= FOUND_IOU for b in others)
 
 
 def gating_starts(total: int, segments: int = 16, frames: int = 25) -> list[int]:
@@ -328,7 +335,7 @@ def persistent_recall(
         for b, rid in zip(frame, ids, strict=True):
             if frames_of[rid] >= PERSISTENT_FRAMES:
                 people += 1
-                found += any(iou((b[0], b[1], b[2], b[3]), r) >= 0.3 for r in boxes)
+                found += overlaps(b, boxes)
     return {
         "oracle_one_frame_identities": sum(n == 1 for n in frames_of.values()),
         "persistent_oracle_people": people,
@@ -367,7 +374,7 @@ def miss_causes(
         boxes = reported.get(k, ([], [], []))[1]
         for b, rid in zip(frame, rids, strict=True):
             o: Box = (b[0], b[1], b[2], b[3])
-            if any(iou(o, r) >= 0.3 for r in boxes):
+            if overlaps(o, boxes):
                 found_ids.add(rid)
                 continue
             holding = [r for r in looked.get(k, []) if covered_by_share(o, r) >= 0.9]
@@ -403,10 +410,10 @@ def score(
         dets, boxes, ids = reported.get(k, ([], [], []))
         oracle = [tuple(b) for b in refs["oracle"][k]]
         oracle_people += len(oracle)
-        found += sum(any(iou(o, b) >= 0.3 for b in boxes) for o in oracle)  # type: ignore[arg-type]
-        found_det += sum(any(iou(o, b) >= 0.3 for b in dets) for o in oracle)  # type: ignore[arg-type]
+        found += sum(overlaps(o, boxes) for o in oracle)
+        found_det += sum(overlaps(o, dets) for o in oracle)
         reported_boxes += len(boxes)
-        reported_true += sum(any(iou(o, b) >= 0.3 for o in oracle) for b in boxes)  # type: ignore[arg-type]
+        reported_true += sum(overlaps(b, oracle) for b in boxes)
         hogs = [tuple(b) for b in refs["hog"][k]]
         hog_people += len(hogs)
         hog_found += sum(covered_by(h, boxes) for h in hogs)  # type: ignore[arg-type]
@@ -414,7 +421,7 @@ def score(
         for o, rid in zip(oracle, rids[k], strict=True):
             pairs = [(iou(o, b), i) for b, i in zip(boxes, ids, strict=True) if i is not None]  # type: ignore[arg-type]
             hit = max(pairs, default=(0.0, None))
-            if hit[0] >= 0.3 and hit[1] is not None:
+            if hit[0] >= FOUND_IOU and hit[1] is not None:
                 if rid in last_track and last_track[rid] != hit[1]:
                     switches += 1
                 last_track[rid] = hit[1]
