@@ -2,14 +2,20 @@
 agreement with fp32, the weights' or the activations'?
 
 The classifier (``efficientnet_lite0``) is quantised with the default recipe (as ``python
--m bench int8-recipes`` does), and two copies of its variant are made with one kind of
+-m bench int8-recipes`` does), and copies of its variant are made with one kind of
 rounding taken out:
 
 - ``weights_rounded``: the activations are not rounded: every activation's
   QuantizeLinear/DequantizeLinear pair becomes a Clip to the pair's range (what the pair
   does, less the rounding); INT8 weights and biases as in the variant;
 - ``activations_rounded``: fp32 weights and biases (the original model's) in place of the
-  INT8 ones; activations rounded as in the variant.
+  INT8 ones; activations rounded as in the variant;
+- ``unrounded_<role>``: the variant with the rounding taken out (as in ``weights_rounded``)
+  of one role's activations only (:func:`activation_roles`): the outputs of the
+  ``expand``, ``depthwise`` or ``project`` convs, of the residual ``add``s; and
+  ``unrounded_project_and_add``: both of the last two, the tensors cross-layer
+  equalisation could rescale exactly (no ReLU6 between a project conv and the convs
+  that read it), so the most it could recover.
 
 All of them and fp32 run on onnxruntime with graph optimisations off (the Q/DQ nodes
 computed as written; optimised, onnxruntime would quantise fp32 weights fed by a
@@ -17,7 +23,8 @@ DequantizeLinear again, per tensor) and are compared with fp32 on the validation
 ``bench int8-recipes`` (calibration side: crops of the calibration stills and frames).
 
 Prints one JSON line: ``image``, ``calibration_frames``, and ``top1_agreement_validation``
-per model: ``variant``, ``weights_rounded``, ``activations_rounded``.
+per model: ``variant``, ``weights_rounded``, ``activations_rounded`` and the
+``unrounded_*`` copies.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +48,36 @@ from edgefed.images.verify import read_manifest
 UINT8_MAX = 255
 
 
-def without_activation_rounding(quantized: onnx.ModelProto) -> onnx.ModelProto:
+def _activation_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The QuantizeLinear nodes of tensors (activations), not of initializers."""
+    initializers = {i.name for i in graph.initializer}
+    return [
+        n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in initializers
+    ]
+
+
+def without_activation_rounding(
+    quantized: onnx.ModelProto, only: Collection[str] | None = None
+) -> onnx.ModelProto:
     """A copy of ``quantized`` whose activation QuantizeLinear/DequantizeLinear pairs (those
-    of tensors, not of initializers) are each a Clip to the pair's uint8 range."""
+    of tensors, not of initializers; with ``only``, of those tensors alone) are each a Clip
+    to the pair's uint8 range."""
     out = onnx.ModelProto()
     out.CopyFrom(quantized)
     graph = out.graph
     initializers = {i.name: i for i in graph.initializer}
+    unrounded = {  # the outputs of the QuantizeLinear nodes to replace
+        n.output[0] for n in _activation_quantizers(graph) if only is None or n.input[0] in only
+    }
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] not in initializers:
+        if node.op_type == "DequantizeLinear" and node.input[0] in unrounded:
             continue  # replaced with its QuantizeLinear below
-        if node.op_type != "QuantizeLinear" or node.input[0] in initializers:
+        if node.op_type != "QuantizeLinear" or node.output[0] not in unrounded:
             kept.append(node)
             continue
         zero_point = numpy_helper.to_array(initializers[node.input[2]])
@@ -63,7 +85,7 @@ def without_activation_rounding(quantized: onnx.ModelProto) -> onnx.ModelProto:
             raise ValueError(f"{node.name}: only uint8 activations are handled")
         scale = float(numpy_helper.to_array(initializers[node.input[1]]))
         zero = float(zero_point)
-        low, high = f"{node.name}_low", f"{node.name}_high"
+        low, high = f"{node.output[0]}_low", f"{node.output[0]}_high"
         graph.initializer.extend(
             [
                 numpy_helper.from_array(np.array(scale * -zero, np.float32), low),
@@ -73,7 +95,7 @@ def without_activation_rounding(quantized: onnx.ModelProto) -> onnx.ModelProto:
         for dq in consumers.get(node.output[0], []):
             kept.append(
                 helper.make_node(
-                    "Clip", [node.input[0], low, high], [dq.output[0]], name=f"{dq.name}_clip"
+                    "Clip", [node.input[0], low, high], [dq.output[0]], name=f"{dq.output[0]}_clip"
                 )
             )
     del graph.node[:]
@@ -107,6 +129,44 @@ def with_fp32_weights(quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx
     return out
 
 
+def activation_roles(quantized: onnx.ModelProto) -> dict[str, str]:
+    """Each quantised activation tensor's role, from the op that makes it: a conv with
+    groups is ``depthwise``, a 1x1 conv that widens ``expand``, one that narrows
+    ``project`` (an inverted residual block's linear bottleneck), ``add`` a residual Add,
+    anything else ``other``."""
+    graph = quantized.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def weight_shape(conv: onnx.NodeProto) -> tuple[int, ...]:
+        weight = producers.get(conv.input[1])
+        name = weight.input[0] if weight is not None else conv.input[1]
+        return tuple(initializers[name].dims)
+
+    def role(node: onnx.NodeProto | None) -> str:
+        if node is None:
+            return "other"
+        if node.op_type == "Add":
+            return "add"
+        if node.op_type != "Conv":
+            return "other"
+        if any(a.name == "group" and a.i > 1 for a in node.attribute):
+            return "depthwise"
+        out_channels, in_channels = weight_shape(node)[:2]
+        return "expand" if out_channels > in_channels else "project"
+
+    return {n.input[0]: role(producers.get(n.input[0])) for n in _activation_quantizers(graph)}
+
+
+UNROUNDED_ROLES = {
+    "unrounded_expand": ("expand",),
+    "unrounded_depthwise": ("depthwise",),
+    "unrounded_project": ("project",),
+    "unrounded_add": ("add",),
+    "unrounded_project_and_add": ("project", "add"),
+}
+
+
 def rounding_figures(image_dir: Path, calibration: int) -> dict[str, float]:
     """``top1_agreement_validation`` of the default variant and its two copies."""
     manifest = read_manifest(image_dir)
@@ -121,6 +181,10 @@ def rounding_figures(image_dir: Path, calibration: int) -> dict[str, float]:
             "weights_rounded": without_activation_rounding(int8),
             "activations_rounded": with_fp32_weights(int8, fp32),
         }
+        roles = activation_roles(int8)
+        for name, picked in UNROUNDED_ROLES.items():
+            tensors = {t for t, role in roles.items() if role in picked}
+            copies[name] = without_activation_rounding(int8, tensors)
         dirs = {"variant": variant}
         for name, model in copies.items():
             dirs[name] = Path(tmp) / name
