@@ -131,9 +131,9 @@ def with_fp32_weights(quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx
 
 def activation_roles(quantized: onnx.ModelProto) -> dict[str, str]:
     """Each quantised activation tensor's role, from the op that makes it: a conv with
-    groups is ``depthwise``, a 1x1 conv that widens ``expand``, one that narrows
-    ``project`` (an inverted residual block's linear bottleneck), ``add`` a residual Add,
-    anything else ``other``."""
+    groups is ``depthwise``, another conv that widens ``expand`` (in EfficientNet-Lite0
+    also the head conv), one that narrows ``project`` (an inverted residual block's linear
+    bottleneck), ``add`` a residual Add, anything else ``other``."""
     graph = quantized.graph
     initializers = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -168,7 +168,7 @@ UNROUNDED_ROLES = {
 
 
 def rounding_figures(image_dir: Path, calibration: int) -> dict[str, float]:
-    """``top1_agreement_validation`` of the default variant and its two copies."""
+    """``top1_agreement_validation`` of the default variant and of its copies."""
     manifest = read_manifest(image_dir)
     driver = registry.create(
         registry.parse_config({"type": "onnxruntime", "graph_optimization": "disable"})
