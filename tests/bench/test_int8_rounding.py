@@ -12,6 +12,7 @@ from bench.int8_rounding import activation_roles, with_fp32_weights, without_act
 SCALE, ZERO = 0.1, 10  # uint8 range [-1.0, 24.5]
 WEIGHT = np.array([[[[0.123]], [[-0.456]]]], dtype=np.float32)  # Conv 2 -> 1 channel, 1x1
 WEIGHT_SCALE = 0.01
+ADD_SCALE = 0.25  # the block's Add pair: coarser, so that its rounding shows
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -82,9 +83,6 @@ def test_fp32_weights_replace_the_int8_ones_and_activations_stay_rounded() -> No
     rounded = (np.clip(np.round(X / SCALE) + ZERO, 0, 255) - ZERO) * SCALE
     np.testing.assert_allclose(got, run(fp32, rounded), rtol=1e-6)
     assert not np.allclose(run(quantized, X), got, rtol=1e-6)
-
-
-ADD_SCALE = 0.25
 
 
 def block() -> onnx.ModelProto:
