@@ -3,6 +3,7 @@ capacity 1) running the pose detector, offered a burst far above what it can run
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tests.serverd.conftest import _require_triton
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
 
 LOW, HIGH = 0, 5
+OVERLOAD = 4.0  # low-priority load offered, as a multiple of the measured capacity
 JPEG = frame_jpeg()
 
 
@@ -43,9 +45,14 @@ def test_overload_sheds_low_priority_first_tells_the_edge_and_recovers(
         for _ in range(5):  # warm up: the scheduler measures the detector's latency
             edge.send(edge.request("person"), JPEG)
             edge.collect(1)
+        # the burst is sized from the capacity serverd measured, so that it is far above
+        # what this host runs (a fixed rate is not, on a fast host)
+        capacity = small_serverd.status()["capacity_per_s"]["person"]
+        low_per_tick = max(15, math.ceil(OVERLOAD * capacity * 0.1))
+        low_sent = 20 * low_per_tick
         sent: dict[str, int] = {}
-        for _ in range(20):  # 2 s: high priority at 10/s (within capacity), low at 150/s
-            for priority in [HIGH] + [LOW] * 15:
+        for _ in range(20):  # 2 s: high priority at 10/s (within capacity), low far above
+            for priority in [HIGH] + [LOW] * low_per_tick:
                 request = edge.request("person", priority=priority)
                 sent[request.job_id] = priority
                 edge.send(request, JPEG, wait=False)
@@ -60,8 +67,11 @@ def test_overload_sheds_low_priority_first_tells_the_edge_and_recovers(
         )
         assert outcomes[(HIGH, "result", "")] == 20  # no high-priority job was shed
         shed_low = outcomes[(LOW, "error", "shed")]
-        assert shed_low >= 100, outcomes
-        assert outcomes[(LOW, "result", "")] + shed_low == 300
+        # at OVERLOAD x the measured capacity, well over half the low-priority jobs cannot
+        # run within max_wait_ms (a third leaves room for the latency measured on 5 jobs
+        # understating what the instance runs in a burst)
+        assert shed_low >= low_sent // 3, (capacity, outcomes)
+        assert outcomes[(LOW, "result", "")] + shed_low == low_sent
         shed = next(r for r in by_job.values() if isinstance(r, OffloadErrorMessage))
         assert not shed.retryable and "the local result stands" in shed.reason
         row = small_serverd.job("site/cam-burst", shed.job_id)
