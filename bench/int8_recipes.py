@@ -74,6 +74,11 @@ RECIPES = {
         bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
         weight_type="QUInt8",
     ),
+    "logits-fp32": quantize.Recipe(
+        fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS,
+        bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,
+        fp32_output_ops=("Gemm",),
+    ),
     "reduce-range": quantize.Recipe(
         fp32_leading_ops=quantize.DEFAULT_FP32_LEADING_OPS,
         bias_correction_inputs=quantize.DEFAULT_BIAS_CORRECTION_INPUTS,

@@ -102,6 +102,9 @@ class Recipe:
     bias_correction_passes: int = 1  # passes over the convs (a pass measures after the last)
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"  # QUInt8: onnxruntime runs it unfused
     reduce_range: bool = False  # 7-bit weights: no saturation in U8S8 kernels, less precision
+    # op types whose outputs stay fp32 (their inputs and weights are INT8): ("Gemm",) keeps
+    # a classifier's logits unrounded
+    fp32_output_ops: tuple[str, ...] = ()
 
 
 # 6: the classifier's stem and first two blocks, chosen on calibration-side data (crops of
@@ -337,6 +340,7 @@ def _quantize_model(
                 "ActivationSymmetric": recipe.activation_symmetric,
                 "QDQKeepRemovableActivations": recipe.keep_removable_activations,
                 "CalibMovingAverage": recipe.moving_average,
+                "OpTypesToExcludeOutputQuantization": list(recipe.fp32_output_ops),
             },
         )
         quantized = onnx.load(str(dest))
