@@ -21,6 +21,7 @@ only. ``id_switches``: the oracle boxes are linked frame to frame (IoU >= 0.5) i
 reference identities; a switch is a reference identity whose matched track id changes.
 ``recall_vs_persistent_oracle``: the recall over oracle people whose identity lasts at
 least 3 frames (the oracle's one-off hits left out; a diagnostic beside the contract).
+``miss_causes`` and ``missed_after_found``: why the misses were missed (:func:`miss_causes`).
 OpenCV's HOG people detector (default SVM, on the frame upscaled 1.5x) is an independent
 reference: ``hog_found`` counts HOG people at least half covered by a pipeline box.
 
@@ -360,9 +361,13 @@ def miss_causes(
       this segment (the tracker dropped or never kept them);
     * ``not_yet``: no region held them and they had not been found yet in this segment
       (never scanned yet); ``not_yet_in_first_5`` of these in a segment's first 5 frames.
+
+    ``missed_after_found``: the misses (of any cause) of people found before in their
+    segment, what a tracker that never lost anyone once found would add to ``found_people``
+    (a bound on tracking: the reference identities break where the oracle's boxes jump).
     """
     causes = dict.fromkeys(("not_sent", "region_missed", "small_in_region", "lost", "not_yet"), 0)
-    early = 0
+    early = after_found = 0
     starts = {sum(n for _, n in segs[:i]) for i in range(len(segs))}
     found_ids: set[int] = set()
     first = 0
@@ -380,6 +385,7 @@ def miss_causes(
             holding = [r for r in looked.get(k, []) if covered_by_share(o, r) >= 0.9]
             side = [max(r[2] - r[0], r[3] - r[1]) for r in holding]
             px = max(((o[3] - o[1]) * input_size / s for s in side), default=0.0)
+            after_found += rid in found_ids
             if k not in looked:
                 cause = "not_sent"
             elif holding:
@@ -390,7 +396,10 @@ def miss_causes(
                 cause = "not_yet"
                 early += k - first < 5
             causes[cause] += 1
-    return {"miss_causes": causes | {"not_yet_in_first_5": early}}
+    return {
+        "miss_causes": causes | {"not_yet_in_first_5": early},
+        "missed_after_found": after_found,
+    }
 
 
 def score(

@@ -58,7 +58,9 @@ def test_misses_are_told_apart_by_cause() -> None:
         2: [elsewhere],  # found before, now neither held by a region nor by a track
         3: [(0.0, 0.0, 768.0, 768.0)],  # only the whole frame: 150 px -> 44 px in the input
     }
-    out = miss_causes(refs, reported, looked, segs, 224)["miss_causes"]
+    both = miss_causes(refs, reported, looked, segs, 224)
+    assert both["missed_after_found"] == 2  # frames 2 and 3, not frame 0
+    out = both["miss_causes"]
     assert out == {
         "not_sent": 0,
         "region_missed": 0,
