@@ -47,7 +47,7 @@ IMAGE = "efficientnet_lite0"
 STEM = "/_conv_stem/Conv"
 HEAD = ("/_conv_head/Conv", "/_avg_pooling/GlobalAveragePool", "/_fc/Gemm")
 LEADING = (1, 3, 9, 12, 15, 18)  # fp32_leading_ops of the sweep rows (6 is the default)
-BIAS_CORRECTED_LEADING = (3, 9, 12)
+BIAS_CORRECTED_LEADING = (3, 9, 12, 15, 18)
 RECIPES = {
     "default": quantize.DEFAULT_RECIPE,
     # every layer INT8 (the default before the fp32 island at the input), and variations
