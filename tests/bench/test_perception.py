@@ -8,6 +8,7 @@ from bench.gating import parse_args as gating_args
 from bench.perception import (
     gating_starts,
     miss_causes,
+    missed_after_found,
     persistent_recall,
     reference_ids,
     segments_for,
@@ -58,9 +59,7 @@ def test_misses_are_told_apart_by_cause() -> None:
         2: [elsewhere],  # found before, now neither held by a region nor by a track
         3: [(0.0, 0.0, 768.0, 768.0)],  # only the whole frame: 150 px -> 44 px in the input
     }
-    both = miss_causes(refs, reported, looked, segs, 224)
-    assert both["missed_after_found"] == 2  # frames 2 and 3, not frame 0
-    out = both["miss_causes"]
+    out = miss_causes(refs, reported, looked, segs, 224)["miss_causes"]
     assert out == {
         "not_sent": 0,
         "region_missed": 0,
@@ -90,3 +89,19 @@ def test_persistent_recall_leaves_out_one_off_oracle_hits() -> None:
         "persistent_oracle_people": 4,
         "recall_vs_persistent_oracle": 0.75,
     }
+
+
+def test_misses_after_a_find_and_loose_identities_bridging_an_oracle_gap() -> None:
+    """A person in frames 0-4 whom the oracle misses on frame 2, found on frame 0 only."""
+    person = [100.0, 100.0, 160.0, 250.0]
+    oracle = [[person], [person], [], [person], [person]]
+    segs = [(0, 5)]
+    strict = reference_ids(oracle, segs)
+    loose = reference_ids(oracle, segs, link_iou=0.3, lookback=3)
+    assert strict == [[1], [1], [], [2], [2]]  # the gap breaks the identity
+    assert loose == [[1], [1], [], [1], [1]]
+    box = (101.0, 99.0, 161.0, 251.0)
+    reported = {0: ([box], [box], [1])}
+    assert missed_after_found(oracle, strict, reported) == 1  # frame 1
+    assert missed_after_found(oracle, loose, reported) == 3  # frames 1, 3 and 4
+    assert missed_after_found(oracle, loose, {}) == 0  # never found: not a tracking loss
