@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import queue
 import secrets
@@ -71,11 +72,15 @@ def anonymous_refused(broker: Broker) -> bool:
             tls=MqttTls(ca=broker.tls.ca),
         )
     )
+    quiet = logging.getLogger("edgefed.mqtt")  # the refusal is expected: no TLS alert on screen
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     stranger.start()
     try:
         return not stranger.wait_connected(2)
     finally:
         stranger.stop()
+        quiet.setLevel(level)
 
 
 def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
