@@ -267,12 +267,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timed.append((time.perf_counter() - t0) * 1e3)
     refs = {**refs, "oracle_ms": timed or refs["oracle_ms"]}
     misses = miss_causes(refs, reported, looked, segs, runner.manifest.input.width)
+    rids = reference_ids(refs["oracle"], segs)
     loose = reference_ids(refs["oracle"], segs, LOOSE_LINK_IOU, LOOSE_LINK_FRAMES)
-    misses["missed_after_found"] = missed_after_found(
-        refs["oracle"], reference_ids(refs["oracle"], segs), reported
-    )
+    misses["missed_after_found"] = missed_after_found(refs["oracle"], rids, reported)
     misses["missed_after_found_loose"] = missed_after_found(refs["oracle"], loose, reported)
-    return score(refs, reported, runs, model_ms, motion_index + 1, args, segs) | misses
+    return score(refs, reported, runs, model_ms, motion_index + 1, args, rids) | misses
 
 
 def draw_picture(
@@ -441,12 +440,11 @@ def score(
     model_ms: list[float],
     motion_frames: int,
     args: argparse.Namespace,
-    segs: list[tuple[int, int]],
+    rids: list[list[int]],
 ) -> dict[str, Any]:
     oracle_people = found = found_det = hog_people = hog_found = hog_oracle = 0
     switches = reported_boxes = reported_true = 0
     last_track: dict[int, int] = {}
-    rids = reference_ids(refs["oracle"], segs)
     for k in range(motion_frames):
         dets, boxes, ids = reported.get(k, ([], [], []))
         oracle = [tuple(b) for b in refs["oracle"][k]]
