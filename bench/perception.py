@@ -28,6 +28,9 @@ tracking would add; ``missed_after_found_loose`` the same with identities linked
 may join neighbours, so it over-counts).
 OpenCV's HOG people detector (default SVM, on the frame upscaled 1.5x) is an independent
 reference: ``hog_found`` counts HOG people at least half covered by a pipeline box.
+``--shifted-oracle`` scans every motion frame a second time, the tiles' grids moved by half
+a stride (:func:`shifted_oracle`): how much of the oracle an exhaustive scan
+placed differently finds, the scale against which ``recall_vs_oracle`` is read.
 
 Prints progress to stderr and one JSON object on the last line of stdout. The oracle's
 and HOG's boxes are cached under ``var/bench/`` (keyed by clip and model file).
@@ -70,6 +73,7 @@ FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
 MISS_SCALE_PX = 60.0  # below this height in the detector's input it finds few people
 FOUND_IOU = 0.3  # a reported box this close to an oracle box found that person
+SHIFT = 0.5  # --shifted-oracle: the second scan's grids, moved by this share of a stride
 PERSISTENT_FRAMES = 3  # reference identities this long count in recall_vs_persistent_oracle
 LOOSE_LINK_IOU, LOOSE_LINK_FRAMES = 0.3, 3  # the identities of missed_after_found_loose
 
@@ -129,23 +133,36 @@ def clip(video: Path, segs: list[tuple[int, int]], static: int, seed: int) -> It
         cap.release()
 
 
-def tiles(w: int, h: int, side: float) -> list[Box]:
-    """Tiles of ``side`` with 50% overlap covering a w x h frame (last ones on the edge)."""
+def tiles(w: int, h: int, side: float, shift: float = 0.0) -> list[Box]:
+    """Tiles of ``side`` with 50% overlap covering a w x h frame (last ones on the edge).
+    ``shift`` moves the grid by that fraction of its stride (tiles kept inside the frame,
+    and one at each top and left edge so the frame stays covered)."""
     side = min(side, w, h)
 
     def starts(length: int) -> list[float]:
         n = max(1, math.ceil((length - side) / (side / 2)) + 1)
-        return [i * (length - side) / (n - 1) if n > 1 else 0.0 for i in range(n)]
+        step = (length - side) / (n - 1) if n > 1 else 0.0
+        grid = [i * step for i in range(n)]
+        if not shift:
+            return grid
+        return sorted({0.0} | {min(s + shift * step, length - side) for s in grid})
 
     return [(x, y, x + side, y + side) for y in starts(h) for x in starts(w)]
 
 
-def oracle_boxes(runner: ModelRunner, image: np.ndarray, merge_iou: float) -> list[Detection]:
-    size = runner.manifest.input.width
+def oracle_regions(size: int, w: int, h: int, shift: float = 0.0) -> list[Box | None]:
+    """The oracle's looks at a w x h frame: the whole frame, then tiles at the detector's
+    input ``size`` and at 1.5x (side ``size`` / 1.5), their grids moved by ``shift``."""
+    return [None, *tiles(w, h, size, shift), *tiles(w, h, size / 1.5, shift)]
+
+
+def oracle_boxes(
+    runner: ModelRunner, image: np.ndarray, merge_iou: float, shift: float = 0.0
+) -> list[Detection]:
     h, w = image.shape[:2]
-    regions: list[Box | None] = [None, *tiles(w, h, size), *tiles(w, h, size / 1.5)]
     found: list[Detection] = []
-    for region in regions:  # one region a call: the runner's own merge is not used
+    for region in oracle_regions(runner.manifest.input.width, w, h, shift):
+        # one region a call: the runner's own merge is not used
         found += [r for r in runner.infer(image, [region]) if isinstance(r, Detection)]
     return dedupe(found, merge_iou)
 
@@ -181,12 +198,18 @@ def covered_by(inner: Box, outers: list[Box]) -> bool:
 
 
 def references(
-    args: argparse.Namespace, runner: ModelRunner, segs: list[tuple[int, int]], merge_iou: float
+    args: argparse.Namespace,
+    runner: ModelRunner,
+    segs: list[tuple[int, int]],
+    merge_iou: float,
+    shift: float = 0.0,
 ) -> dict[str, Any]:
-    """Oracle and HOG boxes of every motion frame (cached)."""
+    """Oracle and HOG boxes of every motion frame (cached); with ``shift``, the boxes of
+    the oracle's scan with its grids moved by that fraction of their stride, and no HOG."""
     model = (runner.image_dir / runner.manifest.model_file).read_bytes()
+    shifted = [shift] if shift else []  # the unshifted key is the one caches were made with
     key = hashlib.sha256(
-        json.dumps([str(args.video), segs, merge_iou, 2]).encode() + model
+        json.dumps([str(args.video), segs, merge_iou, 2, *shifted]).encode() + model
     ).hexdigest()[:16]
     path = CACHE / f"perception-refs-{key}.json"
     if path.exists():
@@ -196,11 +219,13 @@ def references(
     ms: list[float] = []
     for n, frame in enumerate(f for f in clip(args.video, segs, 0, args.seed) if f.motion):
         t0 = time.perf_counter()
-        oracle.append([list(d.box) for d in oracle_boxes(runner, frame.image, merge_iou)])
+        found = oracle_boxes(runner, frame.image, merge_iou, shift)
+        oracle.append([list(d.box) for d in found])
         ms.append((time.perf_counter() - t0) * 1e3)
         if not args.quiet and n % 25 == 0:
-            print(f"perception: oracle frame {n}", file=sys.stderr)
-    hogs = hog_boxes(args.video, [start + i for start, length in segs for i in range(length)])
+            print(f"perception: oracle frame {n} (grid shift {shift})", file=sys.stderr)
+    frames = [start + i for start, length in segs for i in range(length)]
+    hogs = [] if shift else hog_boxes(args.video, frames)
     refs = {"oracle": oracle, "hog": hogs, "oracle_ms": ms}
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(refs))
@@ -213,12 +238,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runner = open_runner("person", args.images / "pose_detector", driver, None, keys)
     cap = cv2.VideoCapture(str(args.video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     cap.release()
     segs = segments_for(args.stretch, total, args.segments)
     overrides = json.loads(args.perception)
     planner = {"budget": args.budget, "scan_runs": args.scan_runs} | overrides.pop("planner", {})
     config = PerceptionConfig.model_validate({"planner": planner, **overrides})
     refs = references(args, runner, segs, config.merge_iou)  # at the model's own threshold
+    second = (
+        references(args, runner, segs, config.merge_iou, SHIFT) if args.shifted_oracle else None
+    )
     report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
     pre_roll: PreRoll[tuple[int, np.ndarray]] = PreRoll(args.pre_roll)
@@ -271,7 +300,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loose = reference_ids(refs["oracle"], segs, LOOSE_LINK_IOU, LOOSE_LINK_FRAMES)
     misses["missed_after_found"] = missed_after_found(refs["oracle"], rids, reported)
     misses["missed_after_found_loose"] = missed_after_found(refs["oracle"], loose, reported)
-    return score(refs, reported, runs, model_ms, motion_index + 1, args, rids) | misses
+    out = score(refs, reported, runs, model_ms, motion_index + 1, args, rids) | misses
+    if second is not None:
+        looks = [len(oracle_regions(runner.manifest.input.width, *size, s)) for s in (0.0, SHIFT)]
+        out["shifted_oracle"] = shifted_oracle(refs["oracle"], second["oracle"], rids, reported)
+        out["shifted_oracle"] |= {"oracle_looks_per_frame": looks[0], "looks_per_frame": looks[1]}
+    return out
+
+
+def shifted_oracle(
+    oracle: list[list[list[float]]],
+    second: list[list[list[float]]],
+    rids: list[list[int]],
+    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
+) -> dict[str, Any]:
+    """How a second exhaustive scan (``second``: the oracle's grids moved by half a
+    stride) agrees with the oracle: its people found as the pipeline's are
+    (``recall_vs_oracle``, ``recall_vs_persistent_oracle``), the share of its boxes on an
+    oracle person (``precision_vs_oracle``), and the pipeline's recall against it
+    (``pipeline_recall``). The first says how far the detector's answer depends on where
+    its looks lie, the scale against which ``recall_vs_oracle`` is read."""
+    as_reported = {k: ([], [tuple(b) for b in f], []) for k, f in enumerate(second)}
+    people = sum(len(f) for f in oracle)
+    found = sum(overlaps(o, as_reported[k][1]) for k, f in enumerate(oracle) for o in f)
+    boxes = sum(len(f) for f in second)
+    on_oracle = sum(overlaps(b, oracle[k]) for k, f in enumerate(second) for b in f)
+    by_pipeline = sum(
+        overlaps(b, reported.get(k, ([], [], []))[1]) for k, f in enumerate(second) for b in f
+    )
+    persistent = persistent_recall(oracle, rids, as_reported)  # type: ignore[arg-type]
+    return {
+        "recall_vs_oracle": round(found / people, 4) if people else None,
+        "recall_vs_persistent_oracle": persistent["recall_vs_persistent_oracle"],
+        "precision_vs_oracle": round(on_oracle / boxes, 4) if boxes else None,
+        "pipeline_recall": round(by_pipeline / boxes, 4) if boxes else None,
+    }
 
 
 def draw_picture(
@@ -515,6 +578,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--picture-frame", type=int, default=20, help="motion frame to draw")
     p.add_argument(
         "--oracle-timing-frames", type=int, default=5, help="frames the oracle is timed on"
+    )
+    p.add_argument(
+        "--shifted-oracle",
+        action="store_true",
+        help="scan every motion frame again with the oracle's grids moved by half a stride "
+        "and report how that scan, and the pipeline, agree with the oracle (shifted_oracle)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)

@@ -12,6 +12,7 @@ from bench.perception import (
     persistent_recall,
     reference_ids,
     segments_for,
+    shifted_oracle,
     tiles,
 )
 
@@ -38,6 +39,39 @@ def test_oracle_tiles_cover_the_frame_with_half_overlap() -> None:
                 assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in grid)
         xs = sorted({t[0] for t in grid})
         assert all(b - a <= side / 2 + 1e-6 for a, b in itertools.pairwise(xs))
+
+
+def test_a_shifted_grid_moves_the_tiles_by_half_a_stride_and_still_covers_the_frame() -> None:
+    for side in (224.0, 224 / 1.5):
+        grid, moved = tiles(768, 576, side), tiles(768, 576, side, 0.5)
+        xs, moved_xs = sorted({t[0] for t in grid}), sorted({t[0] for t in moved})
+        step = xs[1] - xs[0]
+        assert moved_xs[0] == 0.0 and moved_xs[1] == step / 2  # the edge tile, then the shift
+        assert moved_xs[-1] == xs[-1]  # the last one kept inside the frame
+        assert len(moved) > len(grid)
+        for y in range(0, 576, 8):
+            for x in range(0, 768, 8):
+                assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in moved)
+
+
+def test_the_shifted_scan_is_scored_against_the_oracle_like_the_pipeline() -> None:
+    """The oracle: a walker on frames 0-2 and a one-frame hit on frame 1. The second scan
+    finds the walker on frames 0 and 2 and a box of its own on frame 1; the pipeline
+    reports the walker on frame 0 only."""
+    walker = [100.0, 100.0, 160.0, 250.0]
+    hit = [500.0, 100.0, 560.0, 160.0]
+    other = [300.0, 300.0, 360.0, 450.0]
+    oracle = [[walker], [walker, hit], [walker]]
+    second = [[walker], [other], [walker]]
+    rids = reference_ids(oracle, [(0, 3)])
+    box = (101.0, 99.0, 161.0, 251.0)
+    out = shifted_oracle(oracle, second, rids, {0: ([box], [box], [1])})
+    assert out == {
+        "recall_vs_oracle": 0.5,  # 2 of the oracle's 4 people
+        "recall_vs_persistent_oracle": round(2 / 3, 4),  # the walker's 3 frames
+        "precision_vs_oracle": round(2 / 3, 4),  # its box of its own is on no oracle person
+        "pipeline_recall": round(1 / 3, 4),  # of the second scan's 3 people
+    }
 
 
 def test_misses_are_told_apart_by_cause() -> None:
