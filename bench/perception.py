@@ -73,6 +73,7 @@ FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
 MISS_SCALE_PX = 60.0  # below this height in the detector's input it finds few people
 FOUND_IOU = 0.3  # a reported box this close to an oracle box found that person
+ORACLE_MERGE_IOU = PerceptionConfig().merge_iou  # the oracle's suppression, fixed
 SHIFT = 0.5  # --shifted-oracle: the second scan's grids, moved by this share of a stride
 PERSISTENT_FRAMES = 3  # reference identities this long count in recall_vs_persistent_oracle
 LOOSE_LINK_IOU, LOOSE_LINK_FRAMES = 0.3, 3  # the identities of missed_after_found_loose
@@ -244,9 +245,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = json.loads(args.perception)
     planner = {"budget": args.budget, "scan_runs": args.scan_runs} | overrides.pop("planner", {})
     config = PerceptionConfig.model_validate({"planner": planner, **overrides})
-    refs = references(args, runner, segs, config.merge_iou)  # at the model's own threshold
+    # the references at the model's own threshold and the default suppression, whatever
+    # the settings measured: a --perception sweep of merge_iou keeps the same oracle
+    refs = references(args, runner, segs, ORACLE_MERGE_IOU)
     second = (
-        references(args, runner, segs, config.merge_iou, SHIFT) if args.shifted_oracle else None
+        references(args, runner, segs, ORACLE_MERGE_IOU, SHIFT) if args.shifted_oracle else None
     )
     report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
@@ -292,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if n >= args.oracle_timing_frames:
             break
         t0 = time.perf_counter()
-        oracle_boxes(runner, frame.image, config.merge_iou)
+        oracle_boxes(runner, frame.image, ORACLE_MERGE_IOU)
         timed.append((time.perf_counter() - t0) * 1e3)
     refs = {**refs, "oracle_ms": timed or refs["oracle_ms"]}
     misses = miss_causes(refs, reported, looked, segs, runner.manifest.input.width)
