@@ -21,7 +21,7 @@ only. ``id_switches``: the oracle boxes are linked frame to frame (IoU >= 0.5) i
 reference identities; a switch is a reference identity whose matched track id changes.
 ``recall_vs_persistent_oracle``: the recall over oracle people whose identity lasts at
 least 3 frames (the oracle's one-off hits left out; a diagnostic beside the contract).
-``miss_causes``: why the misses were missed (:func:`miss_causes`); ``missed_after_found``:
+``miss_causes``: why the misses were missed; ``missed_after_found``:
 the misses of people found on an earlier frame of their reference identity, what perfect
 tracking would add; ``missed_after_found_loose`` the same with identities linked loosely
 (IoU >= 0.3 to any oracle box of the 3 frames before: it bridges the oracle's own gaps, and
@@ -29,8 +29,10 @@ may join neighbours, so it over-counts).
 OpenCV's HOG people detector (default SVM, on the frame upscaled 1.5x) is an independent
 reference: ``hog_found`` counts HOG people at least half covered by a pipeline box.
 ``--shifted-oracle`` scans every motion frame a second time, the tiles' grids moved by half
-a stride (:func:`shifted_oracle`): how much of the oracle an exhaustive scan
+a stride: how much of the oracle an exhaustive scan
 placed differently finds, the scale against which ``recall_vs_oracle`` is read.
+
+The scoring is in ``bench/_perception_score.py``.
 
 Prints progress to stderr and one JSON object on the last line of stdout. The oracle's
 and HOG's boxes are cached under ``var/bench/`` (keyed by clip and model file).
@@ -46,8 +48,7 @@ import math
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,20 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bench._perception_score import (
+    Reported,
+    miss_causes,
+    missed_after_found,
+    reference_ids,
+    score,
+    shifted_oracle,
+)
 from bench.gating import _noise_bank
 from drivers import registry
 from edged.motion import MotionConfig, ThreeFrameGate
 from edged.perception import CameraPerception, PerceptionConfig, dedupe, lower_threshold
 from edged.preroll import PreRoll
 from edged.regionplan import Plan
-from edged.tracking import iou
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.models.types import Box, Detection
 
@@ -71,18 +79,9 @@ CACHE = Path("var/bench")
 TARGETS = {"recall_vs_oracle": 0.85, "detector_runs_per_frame": 5.0}
 FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
-MISS_SCALE_PX = 60.0  # below this height in the detector's input it finds few people
-FOUND_IOU = 0.3  # a reported box this close to an oracle box found that person
 ORACLE_MERGE_IOU = PerceptionConfig().merge_iou  # the oracle's suppression, fixed
 SHIFT = 0.5  # --shifted-oracle: the second scan's grids, moved by this share of a stride
-PERSISTENT_FRAMES = 3  # reference identities this long count in recall_vs_persistent_oracle
 LOOSE_LINK_IOU, LOOSE_LINK_FRAMES = 0.3, 3  # the identities of missed_after_found_loose
-
-
-def overlaps(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool:
-    """Whether ``box`` overlaps any of ``others`` at IoU >= ``FOUND_IOU``."""
-    a: Box = (box[0], box[1], box[2], box[3])
-    return any(iou(a, (b[0], b[1], b[2], b[3])) >= FOUND_IOU for b in others)
 
 
 def gating_starts(total: int, segments: int = 16, frames: int = 25) -> list[int]:
@@ -157,15 +156,13 @@ def oracle_regions(size: int, w: int, h: int, shift: float = 0.0) -> list[Box | 
     return [None, *tiles(w, h, size, shift), *tiles(w, h, size / 1.5, shift)]
 
 
-def oracle_boxes(
-    runner: ModelRunner, image: np.ndarray, merge_iou: float, shift: float = 0.0
-) -> list[Detection]:
+def oracle_boxes(runner: ModelRunner, image: np.ndarray, shift: float = 0.0) -> list[Detection]:
     h, w = image.shape[:2]
     found: list[Detection] = []
     for region in oracle_regions(runner.manifest.input.width, w, h, shift):
         # one region a call: the runner's own merge is not used
         found += [r for r in runner.infer(image, [region]) if isinstance(r, Detection)]
-    return dedupe(found, merge_iou)
+    return dedupe(found, ORACLE_MERGE_IOU)
 
 
 def hog_boxes(video: Path, frames: list[int]) -> list[list[list[float]]]:
@@ -186,23 +183,10 @@ def hog_boxes(video: Path, frames: list[int]) -> list[list[list[float]]]:
     return boxes
 
 
-def covered_by_share(inner: Box, outer: Box) -> float:
-    """Share of ``inner``'s area inside ``outer``."""
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    ix = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
-    iy = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
-    return ix * iy / area if area > 0 else 0.0
-
-
-def covered_by(inner: Box, outers: list[Box]) -> bool:
-    return any(covered_by_share(inner, o) >= 0.5 for o in outers)
-
-
 def references(
     args: argparse.Namespace,
     runner: ModelRunner,
     segs: list[tuple[int, int]],
-    merge_iou: float,
     shift: float = 0.0,
 ) -> dict[str, Any]:
     """Oracle and HOG boxes of every motion frame (cached); with ``shift``, the boxes of
@@ -210,7 +194,7 @@ def references(
     model = (runner.image_dir / runner.manifest.model_file).read_bytes()
     shifted = [shift] if shift else []  # the unshifted key is the one caches were made with
     key = hashlib.sha256(
-        json.dumps([str(args.video), segs, merge_iou, 2, *shifted]).encode() + model
+        json.dumps([str(args.video), segs, ORACLE_MERGE_IOU, 2, *shifted]).encode() + model
     ).hexdigest()[:16]
     path = CACHE / f"perception-refs-{key}.json"
     if path.exists():
@@ -220,7 +204,7 @@ def references(
     ms: list[float] = []
     for n, frame in enumerate(f for f in clip(args.video, segs, 0, args.seed) if f.motion):
         t0 = time.perf_counter()
-        found = oracle_boxes(runner, frame.image, merge_iou, shift)
+        found = oracle_boxes(runner, frame.image, shift)
         oracle.append([list(d.box) for d in found])
         ms.append((time.perf_counter() - t0) * 1e3)
         if not args.quiet and n % 25 == 0:
@@ -247,17 +231,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = PerceptionConfig.model_validate({"planner": planner, **overrides})
     # the references at the model's own threshold and the default suppression, whatever
     # the settings measured: a --perception sweep of merge_iou keeps the same oracle
-    refs = references(args, runner, segs, ORACLE_MERGE_IOU)
-    second = (
-        references(args, runner, segs, ORACLE_MERGE_IOU, SHIFT) if args.shifted_oracle else None
-    )
+    refs = references(args, runner, segs)
+    second = references(args, runner, segs, SHIFT) if args.shifted_oracle else None
     report_score = lower_threshold(runner.decoder, config.track_score)
     gate = ThreeFrameGate(MotionConfig(pre_roll=args.pre_roll))
     pre_roll: PreRoll[tuple[int, np.ndarray]] = PreRoll(args.pre_roll)
     perception: CameraPerception | None = None
     runs: list[int] = []
     model_ms: list[float] = []
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]] = {}
+    reported: Reported = {}
     looked: dict[int, list[Box]] = {}  # each motion frame's regions (the whole frame's box)
     motion_index = -1
     index_of: dict[int, int] = {}
@@ -295,49 +277,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if n >= args.oracle_timing_frames:
             break
         t0 = time.perf_counter()
-        oracle_boxes(runner, frame.image, ORACLE_MERGE_IOU)
+        oracle_boxes(runner, frame.image)
         timed.append((time.perf_counter() - t0) * 1e3)
     refs = {**refs, "oracle_ms": timed or refs["oracle_ms"]}
-    misses = miss_causes(refs, reported, looked, segs, runner.manifest.input.width)
     rids = reference_ids(refs["oracle"], segs)
+    misses = miss_causes(refs, reported, looked, segs, rids, runner.manifest.input.width)
     loose = reference_ids(refs["oracle"], segs, LOOSE_LINK_IOU, LOOSE_LINK_FRAMES)
     misses["missed_after_found"] = missed_after_found(refs["oracle"], rids, reported)
     misses["missed_after_found_loose"] = missed_after_found(refs["oracle"], loose, reported)
-    out = score(refs, reported, runs, model_ms, motion_index + 1, args, rids) | misses
+    out = score(refs, reported, runs, model_ms, motion_index + 1, rids) | misses
     if second is not None:
         looks = [len(oracle_regions(runner.manifest.input.width, *size, s)) for s in (0.0, SHIFT)]
         out["shifted_oracle"] = shifted_oracle(refs["oracle"], second["oracle"], rids, reported)
         out["shifted_oracle"] |= {"oracle_looks_per_frame": looks[0], "looks_per_frame": looks[1]}
     return out
-
-
-def shifted_oracle(
-    oracle: list[list[list[float]]],
-    second: list[list[list[float]]],
-    rids: list[list[int]],
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
-) -> dict[str, Any]:
-    """How a second exhaustive scan (``second``: the oracle's grids moved by half a
-    stride) agrees with the oracle: its people found as the pipeline's are
-    (``recall_vs_oracle``, ``recall_vs_persistent_oracle``), the share of its boxes on an
-    oracle person (``precision_vs_oracle``), and the pipeline's recall against it
-    (``pipeline_recall``). The first says how far the detector's answer depends on where
-    its looks lie, the scale against which ``recall_vs_oracle`` is read."""
-    as_reported = {k: ([], [tuple(b) for b in f], []) for k, f in enumerate(second)}
-    people = sum(len(f) for f in oracle)
-    found = sum(overlaps(o, as_reported[k][1]) for k, f in enumerate(oracle) for o in f)
-    boxes = sum(len(f) for f in second)
-    on_oracle = sum(overlaps(b, oracle[k]) for k, f in enumerate(second) for b in f)
-    by_pipeline = sum(
-        overlaps(b, reported.get(k, ([], [], []))[1]) for k, f in enumerate(second) for b in f
-    )
-    persistent = persistent_recall(oracle, rids, as_reported)  # type: ignore[arg-type]
-    return {
-        "recall_vs_oracle": round(found / people, 4) if people else None,
-        "recall_vs_persistent_oracle": persistent["recall_vs_persistent_oracle"],
-        "precision_vs_oracle": round(on_oracle / boxes, 4) if boxes else None,
-        "pipeline_recall": round(by_pipeline / boxes, 4) if boxes else None,
-    }
 
 
 def draw_picture(
@@ -371,187 +324,6 @@ def draw_picture(
         cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 2)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), out)
-
-
-def reference_ids(
-    oracle: list[list[list[float]]],
-    segs: list[tuple[int, int]],
-    link_iou: float = 0.5,
-    lookback: int = 1,
-) -> list[list[int]]:
-    """Reference identities: each frame's oracle boxes linked to the best-overlapping box
-    (IoU >= ``link_iou``) of the ``lookback`` frames before, within a segment, numbered
-    from 1 (never reused)."""
-    frame_seg = [s for s, (_, length) in enumerate(segs) for _ in range(length)]
-    ids = itertools.count(1)
-    out: list[list[int]] = []
-    recent: deque[list[tuple[Box, int]]] = deque(maxlen=lookback)
-    for k, frame in enumerate(oracle):
-        if k == 0 or frame_seg[k] != frame_seg[k - 1]:
-            recent.clear()
-        before = [p for f in reversed(recent) for p in f]  # newest first: ties go to it
-        now: list[tuple[Box, int]] = []
-        for b in frame:
-            o: Box = (b[0], b[1], b[2], b[3])
-            best = max(before, key=lambda p: iou(p[0], o), default=None)
-            now.append(
-                (o, best[1] if best is not None and iou(best[0], o) >= link_iou else next(ids))
-            )
-        out.append([rid for _, rid in now])
-        recent.append(now)
-    return out
-
-
-def missed_after_found(
-    oracle: list[list[list[float]]],
-    rids: list[list[int]],
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
-) -> int:
-    """The misses of oracle people whose reference identity was found on an earlier frame:
-    what a tracker that never lost anyone once found would add to ``found_people``."""
-    found: set[int] = set()
-    misses = 0
-    for k, (frame, ids) in enumerate(zip(oracle, rids, strict=True)):
-        boxes = reported.get(k, ([], [], []))[1]
-        for b, rid in zip(frame, ids, strict=True):
-            if overlaps((b[0], b[1], b[2], b[3]), boxes):
-                found.add(rid)
-            else:
-                misses += rid in found
-    return misses
-
-
-def persistent_recall(
-    oracle: list[list[list[float]]],
-    rids: list[list[int]],
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
-) -> dict[str, Any]:
-    """Recall over the oracle people whose reference identity lasts at least
-    ``PERSISTENT_FRAMES`` frames: the oracle is the union of ~100 looks a frame, so it also
-    keeps the detector's one-off hits (a box on a sign, a person seen by one lucky crop),
-    which no tracker can carry; this figure leaves them out. The contract figure stays
-    ``recall_vs_oracle``."""
-    frames_of: dict[int, int] = {}
-    for frame in rids:
-        for rid in frame:
-            frames_of[rid] = frames_of.get(rid, 0) + 1
-    people = found = 0
-    for k, (frame, ids) in enumerate(zip(oracle, rids, strict=True)):
-        boxes = reported.get(k, ([], [], []))[1]
-        for b, rid in zip(frame, ids, strict=True):
-            if frames_of[rid] >= PERSISTENT_FRAMES:
-                people += 1
-                found += overlaps(b, boxes)
-    return {
-        "oracle_one_frame_identities": sum(n == 1 for n in frames_of.values()),
-        "persistent_oracle_people": people,
-        "recall_vs_persistent_oracle": round(found / people, 4) if people else None,
-    }
-
-
-def miss_causes(
-    refs: dict[str, Any],
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
-    looked: dict[int, list[Box]],
-    segs: list[tuple[int, int]],
-    input_size: int,
-) -> dict[str, Any]:
-    """Why each oracle person the pipeline missed was missed (``miss_causes``):
-
-    * ``not_sent``: the gate did not pass the frame;
-    * ``region_missed``: a region held the person at >= ``MISS_SCALE_PX`` tall in the
-      detector's input and the detector did not find them (nor a track carry them);
-    * ``small_in_region``: regions held the person, but only smaller than that;
-    * ``lost``: no region held them this frame, though they had been found before in
-      this segment (the tracker dropped or never kept them);
-    * ``not_yet``: no region held them and they had not been found yet in this segment
-      (never scanned yet); ``not_yet_in_first_5`` of these in a segment's first 5 frames.
-    """
-    causes = dict.fromkeys(("not_sent", "region_missed", "small_in_region", "lost", "not_yet"), 0)
-    early = 0
-    starts = {sum(n for _, n in segs[:i]) for i in range(len(segs))}
-    found_ids: set[int] = set()
-    first = 0
-    for k, (frame, rids) in enumerate(zip(refs["oracle"], reference_ids(refs["oracle"], segs),
-                                          strict=True)):  # fmt: skip
-        if k in starts:
-            found_ids.clear()
-            first = k
-        boxes = reported.get(k, ([], [], []))[1]
-        for b, rid in zip(frame, rids, strict=True):
-            o: Box = (b[0], b[1], b[2], b[3])
-            if overlaps(o, boxes):
-                found_ids.add(rid)
-                continue
-            holding = [r for r in looked.get(k, []) if covered_by_share(o, r) >= 0.9]
-            side = [max(r[2] - r[0], r[3] - r[1]) for r in holding]
-            px = max(((o[3] - o[1]) * input_size / s for s in side), default=0.0)
-            if k not in looked:
-                cause = "not_sent"
-            elif holding:
-                cause = "region_missed" if px >= MISS_SCALE_PX else "small_in_region"
-            elif rid in found_ids:
-                cause = "lost"
-            else:
-                cause = "not_yet"
-                early += k - first < 5
-            causes[cause] += 1
-    return {"miss_causes": causes | {"not_yet_in_first_5": early}}
-
-
-def score(
-    refs: dict[str, Any],
-    reported: dict[int, tuple[list[Box], list[Box], list[int | None]]],
-    runs: list[int],
-    model_ms: list[float],
-    motion_frames: int,
-    args: argparse.Namespace,
-    rids: list[list[int]],
-) -> dict[str, Any]:
-    oracle_people = found = found_det = hog_people = hog_found = hog_oracle = 0
-    switches = reported_boxes = reported_true = 0
-    last_track: dict[int, int] = {}
-    for k in range(motion_frames):
-        dets, boxes, ids = reported.get(k, ([], [], []))
-        oracle = [tuple(b) for b in refs["oracle"][k]]
-        oracle_people += len(oracle)
-        found += sum(overlaps(o, boxes) for o in oracle)
-        found_det += sum(overlaps(o, dets) for o in oracle)
-        reported_boxes += len(boxes)
-        reported_true += sum(overlaps(b, oracle) for b in boxes)
-        hogs = [tuple(b) for b in refs["hog"][k]]
-        hog_people += len(hogs)
-        hog_found += sum(covered_by(h, boxes) for h in hogs)  # type: ignore[arg-type]
-        hog_oracle += sum(covered_by(h, oracle) for h in hogs)  # type: ignore[arg-type]
-        for o, rid in zip(oracle, rids[k], strict=True):
-            pairs = [(iou(o, b), i) for b, i in zip(boxes, ids, strict=True) if i is not None]  # type: ignore[arg-type]
-            hit = max(pairs, default=(0.0, None))
-            if hit[0] >= FOUND_IOU and hit[1] is not None:
-                if rid in last_track and last_track[rid] != hit[1]:
-                    switches += 1
-                last_track[rid] = hit[1]
-    oracle_ms = float(np.mean(refs["oracle_ms"])) if refs["oracle_ms"] else 0.0
-    pipe_ms = float(np.sum(model_ms)) / motion_frames if motion_frames else 0.0
-    return {
-        "recall_vs_oracle": round(found / oracle_people, 4) if oracle_people else None,
-        "detection_recall_vs_oracle": round(found_det / oracle_people, 4)
-        if oracle_people
-        else None,
-        "precision_vs_oracle": round(reported_true / reported_boxes, 4) if reported_boxes else None,
-        "oracle_people": oracle_people,
-        "found_people": found,
-        "model_ms_per_frame": round(pipe_ms, 2),
-        "oracle_model_ms_per_frame": round(oracle_ms, 2),
-        "cost_ratio": round(pipe_ms / oracle_ms, 4) if oracle_ms else None,
-        "detector_runs_per_frame": round(float(np.mean(runs)), 3) if runs else 0.0,
-        "frames_sent": len(runs),
-        "motion_frames": motion_frames,
-        "hog_people": hog_people,
-        "hog_found": hog_found,
-        "hog_found_by_oracle": hog_oracle,
-        "id_switches": switches,
-        "reference_identities": max((max(r, default=0) for r in rids), default=0),
-    } | persistent_recall(refs["oracle"][:motion_frames], rids[:motion_frames], reported)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import itertools
 
-from bench.gating import parse_args as gating_args
-from bench.perception import (
-    gating_starts,
+from bench._perception_score import (
     miss_causes,
     missed_after_found,
     persistent_recall,
     reference_ids,
-    segments_for,
     shifted_oracle,
-    tiles,
 )
+from bench.gating import parse_args as gating_args
+from bench.perception import gating_starts, segments_for, tiles
 
 
 def test_the_perception_clip_shares_no_frame_with_the_gating_bench() -> None:
@@ -93,7 +91,8 @@ def test_misses_are_told_apart_by_cause() -> None:
         2: [elsewhere],  # found before, now neither held by a region nor by a track
         3: [(0.0, 0.0, 768.0, 768.0)],  # only the whole frame: 150 px -> 44 px in the input
     }
-    out = miss_causes(refs, reported, looked, segs, 224)["miss_causes"]
+    rids = reference_ids(refs["oracle"], segs)
+    out = miss_causes(refs, reported, looked, segs, rids, 224)["miss_causes"]
     assert out == {
         "not_sent": 0,
         "region_missed": 0,
@@ -103,9 +102,9 @@ def test_misses_are_told_apart_by_cause() -> None:
         "not_yet_in_first_5": 1,
     }
     looked[3] = [(50.0, 50.0, 274.0, 274.0)]  # native scale: the detector's own miss
-    assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["region_missed"] == 1
+    assert miss_causes(refs, reported, looked, segs, rids, 224)["miss_causes"]["region_missed"] == 1
     del looked[0]  # the gate did not pass frame 0
-    assert miss_causes(refs, reported, looked, segs, 224)["miss_causes"]["not_sent"] == 1
+    assert miss_causes(refs, reported, looked, segs, rids, 224)["miss_causes"]["not_sent"] == 1
 
 
 def test_persistent_recall_leaves_out_one_off_oracle_hits() -> None:
