@@ -242,6 +242,7 @@ def score(
         if oracle_people
         else None,
         "precision_vs_oracle": round(reported_true / reported_boxes, 4) if reported_boxes else None,
+        "reported_per_frame": round(reported_boxes / motion_frames, 2) if motion_frames else 0.0,
         "oracle_people": oracle_people,
         "found_people": found,
         "model_ms_per_frame": round(pipe_ms, 2),

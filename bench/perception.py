@@ -31,6 +31,8 @@ reference: ``hog_found`` counts HOG people at least half covered by a pipeline b
 ``--shifted-oracle`` scans every motion frame a second time, the tiles' grids moved by half
 a stride: how much of the oracle an exhaustive scan
 placed differently finds, the scale against which ``recall_vs_oracle`` is read.
+``--scale`` resizes every frame first (the same scene from a camera of another
+resolution); ``reported_per_frame``: the boxes the pipeline reports on a motion frame.
 
 The scoring is in ``bench/_perception_score.py``.
 
@@ -109,7 +111,20 @@ class Frame:
     motion: bool
 
 
-def clip(video: Path, segs: list[tuple[int, int]], static: int, seed: int) -> Iterator[Frame]:
+def rescaled(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` resized by ``scale`` (area averaging to shrink, bilinear to enlarge)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def clip(
+    video: Path, segs: list[tuple[int, int]], static: int, seed: int, scale: float = 1.0
+) -> Iterator[Frame]:
+    """The clip's frames, each resized by ``scale`` (the same scene from a camera of another
+    resolution)."""
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
         raise SystemExit(f"perception: cannot open {video} (install the opencv-doc package)")
@@ -120,9 +135,10 @@ def clip(video: Path, segs: list[tuple[int, int]], static: int, seed: int) -> It
             cap.set(cv2.CAP_PROP_POS_FRAMES, start)
             last = None
             for _ in range(length):
-                ok, last = cap.read()
+                ok, raw = cap.read()
                 if not ok:
                     raise SystemExit(f"perception: {video} ended early")
+                last = rescaled(raw, scale)
                 yield Frame(last, n, True)
             assert last is not None
             bank = bank or _noise_bank(last.shape, 2.5, seed)
@@ -165,12 +181,13 @@ def oracle_boxes(runner: ModelRunner, image: np.ndarray, shift: float = 0.0) -> 
     return dedupe(found, ORACLE_MERGE_IOU)
 
 
-def hog_boxes(video: Path, frames: list[int]) -> list[list[list[float]]]:
-    """HOG people on ``frames`` (bench/_hog_reference.py under the system's OpenCV 4)."""
+def hog_boxes(video: Path, frames: list[int], scale: float = 1.0) -> list[list[list[float]]]:
+    """HOG people on ``frames`` resized by ``scale`` (bench/_hog_reference.py under the
+    system's OpenCV 4)."""
     helper = Path(__file__).with_name("_hog_reference.py")
     try:
         proc = subprocess.run(
-            [HOG_PYTHON, str(helper), str(video), *map(str, frames)],
+            [HOG_PYTHON, str(helper), str(video), "--scale", str(scale), *map(str, frames)],
             capture_output=True,
             text=True,
             check=True,
@@ -192,9 +209,10 @@ def references(
     """Oracle and HOG boxes of every motion frame (cached); with ``shift``, the boxes of
     the oracle's scan with its grids moved by that fraction of their stride, and no HOG."""
     model = (runner.image_dir / runner.manifest.model_file).read_bytes()
-    shifted = [shift] if shift else []  # the unshifted key is the one caches were made with
+    # the keys of the unshifted, unscaled clip are the ones caches were made with
+    extra = ([shift] if shift else []) + ([["scale", args.scale]] if args.scale != 1.0 else [])
     key = hashlib.sha256(
-        json.dumps([str(args.video), segs, ORACLE_MERGE_IOU, 2, *shifted]).encode() + model
+        json.dumps([str(args.video), segs, ORACLE_MERGE_IOU, 2, *extra]).encode() + model
     ).hexdigest()[:16]
     path = CACHE / f"perception-refs-{key}.json"
     if path.exists():
@@ -202,7 +220,9 @@ def references(
         return cached
     oracle: list[list[list[float]]] = []
     ms: list[float] = []
-    for n, frame in enumerate(f for f in clip(args.video, segs, 0, args.seed) if f.motion):
+    for n, frame in enumerate(
+        f for f in clip(args.video, segs, 0, args.seed, args.scale) if f.motion
+    ):
         t0 = time.perf_counter()
         found = oracle_boxes(runner, frame.image, shift)
         oracle.append([list(d.box) for d in found])
@@ -210,7 +230,7 @@ def references(
         if not args.quiet and n % 25 == 0:
             print(f"perception: oracle frame {n} (grid shift {shift})", file=sys.stderr)
     frames = [start + i for start, length in segs for i in range(length)]
-    hogs = [] if shift else hog_boxes(args.video, frames)
+    hogs = [] if shift else hog_boxes(args.video, frames, args.scale)
     refs = {"oracle": oracle, "hog": hogs, "oracle_ms": ms}
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(refs))
@@ -223,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runner = open_runner("person", args.images / "pose_detector", driver, None, keys)
     cap = cv2.VideoCapture(str(args.video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    size = (max(1, round(w * args.scale)), max(1, round(h * args.scale)))
     cap.release()
     segs = segments_for(args.stretch, total, args.segments)
     overrides = json.loads(args.perception)
@@ -243,7 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     looked: dict[int, list[Box]] = {}  # each motion frame's regions (the whole frame's box)
     motion_index = -1
     index_of: dict[int, int] = {}
-    for n, frame in enumerate(clip(args.video, segs, args.static_frames, args.seed)):
+    for n, frame in enumerate(clip(args.video, segs, args.static_frames, args.seed, args.scale)):
         if frame.motion:
             motion_index += 1
             index_of[n] = motion_index
@@ -273,7 +294,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # the oracle's cost, timed now on a few frames (the cached boxes may come from a run on
     # a busier or quieter host): both costs are measured under the same load
     timed: list[float] = []
-    for n, frame in enumerate(f for f in clip(args.video, segs[:1], 0, args.seed) if f.motion):
+    first = clip(args.video, segs[:1], 0, args.seed, args.scale)
+    for n, frame in enumerate(f for f in first if f.motion):
         if n >= args.oracle_timing_frames:
             break
         t0 = time.perf_counter()
@@ -346,6 +368,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="{}",
         help='more perception settings as JSON, e.g. \'{"planner": {"scan_coarse": 1.0}}\'',
     )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize every frame by this factor first (gate, pipeline, oracle and HOG alike): "
+        "the same scene from a camera of another resolution",
+    )
     p.add_argument("--pre-roll", type=int, default=2, help="gate pre-roll frames")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads")
     p.add_argument("--seed", type=int, default=3, help="noise seed")
@@ -376,7 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "bench": "perception",
         **metrics,
-        "clip": {"stretch": args.stretch, "segments": args.segments, "static": args.static_frames},
+        "clip": {
+            "stretch": args.stretch,
+            "segments": args.segments,
+            "static": args.static_frames,
+            "scale": args.scale,
+        },
         "targets": TARGETS,
         "meets_targets": meets,
         "wall_s": round(time.monotonic() - started, 1),

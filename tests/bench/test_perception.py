@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+
+import pytest
 
 from bench._perception_score import (
     miss_causes,
     missed_after_found,
     persistent_recall,
     reference_ids,
+    score,
     shifted_oracle,
 )
 from bench.gating import parse_args as gating_args
-from bench.perception import gating_starts, segments_for, tiles
+from bench.perception import HOG_PYTHON, clip, gating_starts, hog_boxes, segments_for, tiles
+from tests.support.paths import VTEST
 
 
 def test_the_perception_clip_shares_no_frame_with_the_gating_bench() -> None:
@@ -138,3 +143,38 @@ def test_misses_after_a_find_and_loose_identities_bridging_an_oracle_gap() -> No
     assert missed_after_found(oracle, strict, reported) == 1  # frame 1
     assert missed_after_found(oracle, loose, reported) == 3  # frames 1, 3 and 4
     assert missed_after_found(oracle, loose, {}) == 0  # never found: not a tracking loss
+
+
+def test_a_scaled_clip_is_the_same_scene_at_another_resolution_for_hog_too() -> None:
+    if not VTEST.exists() or not shutil.which(HOG_PYTHON):
+        pytest.skip("needs opencv-doc's vtest.avi and Debian's python3-opencv")
+    segs = [(100, 2)]
+    plain = [f.image for f in clip(VTEST, segs, 1, 0)]
+    big = [f.image for f in clip(VTEST, segs, 1, 0, 5 / 3)]
+    assert [im.shape for im in big] == [(960, 1280, 3)] * 3
+    assert [f.motion for f in clip(VTEST, segs, 1, 0, 5 / 3)] == [True, True, False]
+    assert all(
+        abs(float(b.mean()) - float(p.mean())) < 1.0 for b, p in zip(big, plain, strict=True)
+    )
+    # HOG sees the same frame resized: its people move with the scale
+    (small,), (large,) = hog_boxes(VTEST, [100]), hog_boxes(VTEST, [100], 5 / 3)
+    assert small and large
+    widest = max(large, key=lambda b: b[2])
+    assert widest[2] > 768  # a box of the 1280-wide frame, beyond the 768-wide one
+
+
+def test_the_score_counts_people_found_boxes_reported_and_hog_people_covered() -> None:
+    person, other, nobody = [0, 0, 10, 20], [50, 0, 60, 20], (100.0, 100.0, 110.0, 120.0)
+    refs = {"oracle": [[person, other], [person]], "hog": [[person], []], "oracle_ms": [40.0]}
+    reported = {  # frame 0: one detection and a coasting track on nobody; frame 1: a track
+        0: ([(0.0, 0.0, 10.0, 20.0)], [(0.0, 0.0, 10.0, 20.0), nobody], [1, 2]),
+        1: ([], [(1.0, 0.0, 11.0, 20.0)], [1]),
+    }
+    out = score(refs, reported, [5, 5], [10.0, 10.0], 2, reference_ids(refs["oracle"], [(0, 2)]))
+    assert (out["oracle_people"], out["found_people"]) == (3, 2)
+    assert out["recall_vs_oracle"] == round(2 / 3, 4)
+    assert out["detection_recall_vs_oracle"] == round(1 / 3, 4)
+    assert out["precision_vs_oracle"] == round(2 / 3, 4)
+    assert out["reported_per_frame"] == 1.5
+    assert (out["hog_people"], out["hog_found"], out["hog_found_by_oracle"]) == (1, 1, 1)
+    assert out["cost_ratio"] == 0.25 and out["id_switches"] == 0
