@@ -390,7 +390,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "and report how that scan, and the pipeline, agree with the oracle (shifted_oracle)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        p.error(f"--scale must be above 0 and finite, not {args.scale}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,15 @@ from bench._perception_score import (
     shifted_oracle,
 )
 from bench.gating import parse_args as gating_args
-from bench.perception import HOG_PYTHON, clip, gating_starts, hog_boxes, segments_for, tiles
+from bench.perception import (
+    HOG_PYTHON,
+    clip,
+    gating_starts,
+    hog_boxes,
+    parse_args,
+    segments_for,
+    tiles,
+)
 from tests.support.paths import VTEST
 
 
@@ -161,6 +169,14 @@ def test_a_scaled_clip_is_the_same_scene_at_another_resolution_for_hog_too() -> 
     assert small and large
     widest = max(large, key=lambda b: b[2])
     assert widest[2] > 768  # a box of the 1280-wide frame, beyond the 768-wide one
+
+
+def test_a_scale_that_is_not_positive_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--scale", "1.5"]).scale == 1.5
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--scale", bad])
+        assert "--scale must be above 0 and finite" in capsys.readouterr().err
 
 
 def test_the_score_counts_people_found_boxes_reported_and_hog_people_covered() -> None:
