@@ -72,6 +72,7 @@ from edged.motion import MotionConfig, ThreeFrameGate
 from edged.perception import CameraPerception, PerceptionConfig, dedupe, lower_threshold
 from edged.preroll import PreRoll
 from edged.regionplan import Plan
+from edgefed.models.preprocess import resize
 from edgefed.models.runner import ModelRunner, open_runner
 from edgefed.models.types import Box, Detection
 
@@ -112,12 +113,11 @@ class Frame:
 
 
 def rescaled(image: np.ndarray, scale: float) -> np.ndarray:
-    """``image`` resized by ``scale`` (area averaging to shrink, bilinear to enlarge)."""
+    """``image`` resized by ``scale``, as the models' pre-processing resizes."""
     if scale == 1.0:
         return image
     h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return resize(image, max(1, round(w * scale)), max(1, round(h * scale)))
 
 
 def clip(

@@ -123,7 +123,7 @@ class Preprocessor:
         p = place(spec, fw, fh, region)
         view = frame[p.src[1] : p.src[3], p.src[0] : p.src[2]]
         dw, dh = p.dst[2] - p.dst[0], p.dst[3] - p.dst[1]
-        resized = _resize(view, dw, dh)
+        resized = resize(view, dw, dh)
         if (dw, dh) == (spec.width, spec.height):
             image = resized
         else:
@@ -145,7 +145,7 @@ class Preprocessor:
         return np.ascontiguousarray(laid_out)[np.newaxis]
 
 
-def _resize(view: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(view: np.ndarray, width: int, height: int) -> np.ndarray:
     """``view`` resized to ``width`` x ``height``: area averaging to shrink, bilinear to enlarge.
 
     A shrink by a non-integer factor takes OpenCV's slow general area path (1.6 ms for

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 
 import pytest
 
@@ -17,7 +16,6 @@ from bench._perception_score import (
 )
 from bench.gating import parse_args as gating_args
 from bench.perception import (
-    HOG_PYTHON,
     clip,
     gating_starts,
     hog_boxes,
@@ -154,8 +152,6 @@ def test_misses_after_a_find_and_loose_identities_bridging_an_oracle_gap() -> No
 
 
 def test_a_scaled_clip_is_the_same_scene_at_another_resolution_for_hog_too() -> None:
-    if not VTEST.exists() or not shutil.which(HOG_PYTHON):
-        pytest.skip("needs opencv-doc's vtest.avi and Debian's python3-opencv")
     segs = [(100, 2)]
     plain = [f.image for f in clip(VTEST, segs, 1, 0)]
     big = [f.image for f in clip(VTEST, segs, 1, 0, 5 / 3)]
