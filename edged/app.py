@@ -100,7 +100,13 @@ def open_model(
             drivers[driver_type] = registry.create(config.driver_config(driver_type))
         driver = drivers[driver_type]
     return open_runner(
-        m.name, path, driver, m.device, config.images.trusted_keys, config.images.allow_unsigned
+        m.name,
+        path,
+        driver,
+        m.device,
+        config.images.trusted_keys,
+        config.images.allow_unsigned,
+        m.recheck_ties,
     )
 
 

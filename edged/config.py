@@ -67,6 +67,12 @@ class ModelConfig(Strict):
         "'planned': the region planner's regions, and its detections are tracked (one "
         "person detector per config, see perception)",
     )
+    recheck_ties: bool = Field(
+        True,
+        description="An INT8 classifier image (NAME_int8) whose top two classes tie on an "
+        "input runs that input on the fp32 image it was made from, when that image is next "
+        "to it (3-6% of inputs; the fp32 model's memory); false: INT8 alone",
+    )
     every_n: int = Field(1, ge=1, description="Run on every n-th gated frame only")
     workers: int = Field(1, ge=1, le=8, description="Inference threads for this model")
     queue_size: int = Field(

@@ -12,6 +12,9 @@ sample stills (real photos of objects ImageNet knows and pages of text). For a c
 ``top1_stable_share`` is the share of frames whose fp32 top-1 stays the same with one grey
 level of noise added, and ``top1_agreement_stable`` the agreement on those frames only: a
 street scene holds no object that fills the frame, so its top-1 is often a near-tie.
+An INT8 classifier is timed and compared as edged serves it (``recheck_ties``): inputs where
+its top two classes tie go to the fp32 image too (``edgefed.models.recheck``; peak RSS
+includes that model), and ``fp32_recheck_share`` says how often.
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ def profile_one(
     try:
         driver = registry.create(registry.parse_config({"type": driver_type}))
         t0 = time.perf_counter()
-        runner = open_runner(image_dir.name, image_dir, driver, None, list(trust), allow_unsigned)
+        runner = open_runner(
+            image_dir.name, image_dir, driver, None, list(trust), allow_unsigned, True
+        )
         row["load_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         frame = _sample_frame()
         for _ in range(3):
@@ -148,10 +153,15 @@ def agreement(
     trust: Sequence[Path],
     allow_unsigned: bool = False,
     stills: Sequence[str] | None = None,
+    recheck_ties: bool = True,
 ) -> dict[str, float]:
     """Agreement of an INT8 variant with its fp32 image, both run on ``driver_type``: on
     ``frames`` held-out frames (each whole and its centre half) and on :func:`still_crops`
-    of ``stills`` (by default the held-out photos, or pages of text for a text model)."""
+    of ``stills`` (by default the held-out photos, or pages of text for a text model).
+    The variant runs as edged serves it: with ``recheck_ties`` an INT8 classifier's tied
+    inputs go to fp32 (``edgefed.models.recheck``), and ``fp32_recheck_share`` (with
+    ``_stills``) says on how many."""
+    from edgefed.models.recheck import TieRecheck
     from edgefed.models.runner import open_runner
 
     manifest = read_manifest(fp32_dir)
@@ -161,9 +171,10 @@ def agreement(
     pictures = quantize.heldout_stills(stills)
     driver = registry.create(registry.parse_config({"type": driver_type}))
     runners = [
-        open_runner(d.name, d, driver, None, list(trust), allow_unsigned)
+        open_runner(d.name, d, driver, None, list(trust), allow_unsigned, recheck_ties)
         for d in (fp32_dir, int8_dir)
     ]
+    recheck = runners[1].model if isinstance(runners[1].model, TieRecheck) else None
     inputs: list[tuple[str, np.ndarray, Box | None]] = []
     for frame in quantize.heldout_frames(frames):
         h, w = frame.shape[:2]
@@ -174,8 +185,11 @@ def agreement(
     sums: dict[str, list[float]] = defaultdict(list)
     try:
         for suffix, picture, region in inputs:
+            before = recheck.rechecks if recheck is not None else 0
             ref, got = (r.infer(picture, [region]) for r in runners)
             _compare(ref, got, sums, suffix)
+            if recheck is not None:
+                sums[f"fp32_recheck_share{suffix}"].append(float(recheck.rechecks - before))
             if manifest.task == "classification":
                 noisy = runners[0].infer(one_grey_level(picture, rng), [region])
                 stable = _top1_label(ref) == _top1_label(noisy)
@@ -256,6 +270,8 @@ AGREEMENT_KEYS = {
     "top1_agreement": "top1",
     "top1_stable_share": "stable",
     "top1_agreement_stable": "top1 stable",
+    "fp32_recheck_share_stills": "fp32 rechecks stills",
+    "fp32_recheck_share": "fp32 rechecks",
     "box_iou_stills": "box IoU stills",
     "box_iou": "box IoU",
     "landmark_error_px_stills": "px err stills",

@@ -91,6 +91,15 @@ class SourceSpec(_Strict):
     license: str = Field(description="SPDX licence of the weights")
 
 
+class QuantizedFrom(_Strict):
+    """The fp32 image an INT8 variant was made from (``edged image build --quantize int8``)."""
+
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="fp32 image name")
+    model_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of that image's model file"
+    )
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = Field(default=1, description="Manifest format version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Image name")
@@ -112,6 +121,9 @@ class Manifest(_Strict):
     )
     trainable: TrainableSpec | None = Field(
         default=None, description="What federated learning may train (None: nothing)"
+    )
+    quantized_from: QuantizedFrom | None = Field(
+        default=None, description="For an INT8 variant: the fp32 image it was made from"
     )
 
     @model_validator(mode="after")
@@ -164,8 +176,9 @@ _ManifestDumper.add_representer(list, _represent_list)
 def manifest_to_yaml(manifest: Manifest) -> bytes:
     """The canonical bytes of a manifest (what gets signed)."""
     data = manifest.model_dump(mode="json")
-    if data["trainable"] is None:  # an image without one keeps the bytes it always had
-        del data["trainable"]
+    for optional in ("trainable", "quantized_from"):
+        if data[optional] is None:  # an image without one keeps the bytes it always had
+            del data[optional]
     text = yaml.dump(data, Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, width=4096)
     return text.encode()
 

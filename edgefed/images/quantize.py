@@ -6,8 +6,9 @@ activations, min-max calibration) except an fp32 island at the input (the first
 :data:`DEFAULT_FP32_LEADING_OPS` weighted ops; ``edgefed.images.mixed_precision``),
 calibrated on frames spread over the sample video and on the sample stills next to it, pre-processed
 exactly as the image's manifest says (the same ``Preprocessor`` that serves inference).
-Labels, input and decoder are copied; the manifest lists the new hashes and is signed with
-the build key.
+Labels, input and decoder are copied; the manifest lists the new hashes, names the fp32
+image and model file it was made from (``quantized_from``: what an INT8 classifier asks when
+its top two classes tie, ``edgefed.models.recheck``) and is signed with the build key.
 
 Calibration uses the even frames of the spread, :func:`heldout_frames` the odd ones, and
 every sample still except :data:`HELDOUT_STILLS`, so agreement with fp32 (``edged
@@ -36,7 +37,14 @@ from edgefed.errors import ImageError
 
 from . import signing
 from .build import swap_in
-from .manifest import MANIFEST_NAME, SIGNATURE_NAME, InputSpec, Manifest, manifest_to_yaml
+from .manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    InputSpec,
+    Manifest,
+    QuantizedFrom,
+    manifest_to_yaml,
+)
 from .mixed_precision import correct_biases, leading_nodes, requantised_nodes, reroute_islands
 from .verify import sha256_file, verify_image_with_keys
 
@@ -73,7 +81,7 @@ HELDOUT_TEXT = {
 }
 HELDOUT_STILLS = HELDOUT_PHOTOS | HELDOUT_TEXT
 SUFFIX = "_int8"  # <name>_int8 is the INT8 variant of <name>
-QUANT_FORMAT = "3"  # bump when the quantisation settings change (forces a rebuild)
+QUANT_FORMAT = "4"  # bump when the quantisation settings change (forces a rebuild)
 DEFAULT_CALIBRATION_FRAMES = 100
 MIN_OPSET = 13
 INPUTS_PER_FRAME = 2  # whole frame and centre half; also the inputs calibrated at once
@@ -261,7 +269,12 @@ def quantize_image(
             if file_name != manifest.model_file:
                 shutil.copyfile(src / file_name, work / file_name)
         files = {f: sha256_file(work / f) for f in sorted(manifest.files)}
-        variant = manifest.model_copy(update={"name": name, "files": files})
+        origin = QuantizedFrom(
+            image=manifest.name, model_sha256=manifest.files[manifest.model_file]
+        )
+        variant = manifest.model_copy(
+            update={"name": name, "files": files, "quantized_from": origin}
+        )
         raw = manifest_to_yaml(variant)
         (work / MANIFEST_NAME).write_bytes(raw)
         (work / SIGNATURE_NAME).write_bytes(signing.sign(key, raw))

@@ -8,6 +8,7 @@ verifies the image (hashes and signature) before any byte reaches the driver.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,16 +18,19 @@ from typing import Any
 import numpy as np
 
 from edgefed.driver import Driver, LoadedModel
-from edgefed.errors import DriverError, ImageError
+from edgefed.errors import DriverError, EdgeFedError, ImageError
 from edgefed.images.manifest import Manifest
 from edgefed.images.verify import load_labels, verify_image
 
 from .decoders import build_decoder
 from .decoders.nms import batched_nms
 from .preprocess import Preprocessor, Transform
+from .recheck import TieRecheck, fp32_source
 from .types import Box, Classification, Detection, Landmarks, Result
 
 DEFAULT_MERGE_IOU = 0.5
+
+log = logging.getLogger(__name__)
 
 
 def _clip(box: Box, width: int, height: int) -> Box:
@@ -156,8 +160,13 @@ def open_runner(
     device: str | None,
     trusted_keys: Sequence[Path],
     allow_unsigned: bool = False,
+    recheck_ties: bool = False,
 ) -> ModelRunner:
     """Verify an image, load its model on ``driver`` and wrap it in a ModelRunner.
+
+    ``recheck_ties``: an INT8 classifier also loads the fp32 image it was made from, for
+    the inputs where its top two classes tie (``edgefed.models.recheck``); when that image
+    cannot serve, the variant runs alone and a warning says why.
 
     Raises ImageError (bad image, labels or decoder params) or DriverError (the driver
     cannot load or run the model file), each with a one-line cause.
@@ -171,6 +180,12 @@ def open_runner(
         )
     labels = load_labels(image_dir, manifest)
     model = driver.load(model_file, device)
+    if recheck_ties and manifest.task == "classification" and manifest.quantized_from:
+        try:
+            source, fp32 = fp32_source(image_dir, manifest, trusted_keys, allow_unsigned)
+            model = TieRecheck(model, driver.load(source / fp32.model_file, device))
+        except EdgeFedError as exc:
+            log.warning("%s: INT8 ties not rechecked in fp32: %s", name, exc)
     try:
         return ModelRunner(name, image_dir, manifest, model, labels)
     except Exception:

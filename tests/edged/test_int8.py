@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from drivers import registry
+from edged.app import load_models
+from edged.config import parse_config
 from edged.profiler import agreement, format_table, one_grey_level, profile_images, still_crops
+from edgefed.driver import Driver
 from edgefed.errors import ImageError
 from edgefed.images import quantize, signing
+from edgefed.images.manifest import MANIFEST_NAME, SIGNATURE_NAME, manifest_to_yaml
 from edgefed.images.verify import read_manifest, verify_image, verify_image_with_keys
+from edgefed.models.recheck import TieRecheck, tied
+from edgefed.models.runner import open_runner
+from edgefed.models.types import Classification
+from tests.support.configs import demo_config
 from tests.support.paths import IMAGES_DIR, TRUST_DIR, VTEST
 
 DEV_PUB = TRUST_DIR / "dev-signing.pub"
@@ -47,6 +58,9 @@ def test_variant_is_signed_verified_and_loads(classifier: tuple[Path, Path, Path
     manifest = verify_image(variant, [pub], allow_unsigned=False)
     fp32 = read_manifest(src)
     assert manifest.name == "efficientnet_lite0_int8"
+    assert manifest.quantized_from is not None
+    assert manifest.quantized_from.image == fp32.name == "efficientnet_lite0"
+    assert manifest.quantized_from.model_sha256 == fp32.files[fp32.model_file]
     assert (manifest.input, manifest.decoder, manifest.labels) == (
         fp32.input,
         fp32.decoder,
@@ -86,11 +100,22 @@ def test_int8_agrees_with_fp32_on_heldout_frames_and_photos(
     figures = agreement(src, variant, "onnxruntime", 20, [DEV_PUB, pub])
     assert set(figures) == {
         f"{name}{suffix}"
-        for name in ("top1_agreement", "top1_agreement_stable", "top1_stable_share")
+        for name in (
+            "top1_agreement",
+            "top1_agreement_stable",
+            "top1_stable_share",
+            "fp32_recheck_share",
+        )
         for suffix in ("", "_stills")
     }
     assert figures["top1_agreement"] >= MIN_TOP1_AGREEMENT
     assert figures["top1_agreement_stills"] >= MIN_TOP1_AGREEMENT_PHOTOS
+    # the variant as served: its ties rechecked in fp32, a few inputs, never worse
+    assert 0.0 < figures["fp32_recheck_share_stills"] < 0.2
+    alone = agreement(src, variant, "onnxruntime", 20, [DEV_PUB, pub], recheck_ties=False)
+    assert "fp32_recheck_share" not in alone
+    assert figures["top1_agreement_stills"] >= alone["top1_agreement_stills"]
+    assert figures["top1_agreement"] >= alone["top1_agreement"]
     # fp32 keeps its own top-1 under one grey level of noise on most inputs, not all
     assert 0.5 < figures["top1_stable_share"] < 1.0
     assert 0.5 < figures["top1_stable_share_stills"] <= 1.0
@@ -189,3 +214,96 @@ def test_bad_sources_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
         "k.pub",
     ]
     assert [p.name for p in good.parent.iterdir()] == ["efficientnet_lite0"]
+
+
+def _onnxruntime() -> Driver[Any]:
+    return registry.create(registry.parse_config({"type": "onnxruntime"}))
+
+
+def test_tied_int8_outputs_are_answered_by_the_fp32_model(
+    classifier: tuple[Path, Path, Path],
+) -> None:
+    _, variant, pub = classifier
+    driver = _onnxruntime()
+    runner = open_runner("c", variant, driver, None, [DEV_PUB, pub], recheck_ties=True)
+    try:
+        served = runner.model
+        assert isinstance(served, TieRecheck)
+        name = runner.manifest.input.name
+        photos = quantize.heldout_stills(list(quantize.HELDOUT_PHOTOS)).values()
+        feeds = [
+            {name: runner.preprocess(picture, region)[0]}
+            for image in photos
+            for picture, region in still_crops(image)
+        ]
+        ties = 0
+        for feed in feeds:
+            alone, fp32, got = served.int8.run(feed), served.fp32.run(feed), served.run(feed)
+            ties += tied(alone)
+            expected = fp32 if tied(alone) else alone
+            assert got.keys() == expected.keys()
+            for key, value in got.items():
+                np.testing.assert_array_equal(value, expected[key])
+        assert 0 < ties < len(feeds) / 5  # INT8 logits tie on a few crops
+        assert runner.describe()["runtime"] == {"int8_runs": len(feeds), "fp32_rechecks": ties}
+    finally:
+        runner.close()
+        driver.close()
+
+
+def test_scores_tie_only_when_the_two_best_are_equal() -> None:
+    assert tied({"logits": np.array([[0.5, 2.0, 2.0, -1.0]], dtype=np.float32)})
+    assert not tied({"logits": np.array([[0.5, 2.0, 1.9375, 2.0625]], dtype=np.float32)})
+    assert not tied({"logits": np.array([[3.0, 1.0, 1.0]], dtype=np.float32)})  # a tie below
+
+
+def test_a_variant_without_its_very_fp32_model_runs_alone(
+    classifier: tuple[Path, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, variant, pub = classifier
+    lone = tmp_path / "lone" / variant.name
+    shutil.copytree(variant, lone)
+    other = tmp_path / "rebuilt" / variant.name  # its manifest names another fp32 model
+    shutil.copytree(src, other.with_name(src.name))
+    shutil.copytree(variant, other)
+    manifest = read_manifest(other)
+    assert manifest.quantized_from is not None
+    origin = manifest.quantized_from.model_copy(update={"model_sha256": "0" * 64})
+    raw = manifest_to_yaml(manifest.model_copy(update={"quantized_from": origin}))
+    (other / MANIFEST_NAME).write_bytes(raw)
+    key = signing.load_private_key(pub.with_name("build.key"))
+    (other / SIGNATURE_NAME).write_bytes(signing.sign(key, raw))
+    driver = _onnxruntime()
+    try:
+        for path, why in ((lone, "is not at"), (other, "holds another model")):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="edgefed.models.runner"):
+                runner = open_runner("c", path, driver, None, [DEV_PUB, pub], recheck_ties=True)
+            try:
+                assert not isinstance(runner.model, TieRecheck)
+                assert "INT8 ties not rechecked in fp32" in caplog.text and why in caplog.text
+                (result,) = runner.infer(np.full((64, 64, 3), 90, dtype=np.uint8), [None])
+                assert isinstance(result, Classification) and len(result.top) == 5
+            finally:
+                runner.close()
+    finally:
+        driver.close()
+
+
+def test_edged_serves_an_int8_classifier_with_its_ties_rechecked_unless_told_not_to(
+    classifier: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, variant, pub = classifier
+    models = [
+        {"name": "served", "image": str(variant)},
+        {"name": "alone", "image": str(variant), "recheck_ties": False},
+    ]
+    raw = demo_config(tmp_path, models=models)
+    raw["images"]["trusted_keys"].append(str(pub))
+    loaded = load_models(parse_config(raw, env={}))
+    try:
+        assert not loaded.failures
+        assert isinstance(loaded.runners["served"].model, TieRecheck)
+        assert not isinstance(loaded.runners["alone"].model, TieRecheck)
+    finally:
+        loaded.close()
