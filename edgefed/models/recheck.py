@@ -4,10 +4,10 @@ An INT8 classifier's scores come out of its last layer rounded to 256 steps, so 
 classes can score exactly the same: the variant has no top-1 for that input. Those ties
 are where INT8 and fp32 part ways most: on the held-out photos of ``python -m bench
 drivers`` four of the five crops (of 180) where the default variant's top-1 differed from
-fp32's were ties (docs/benchmarks.md). ``TieRecheck`` runs the
-INT8 model and, when the two best scores of its output are equal, runs the same input on
-the fp32 model the variant was made from and returns that output instead. It costs the
-fp32 run on the tied inputs only (3-6% of photos and frames) and the fp32 model's memory.
+fp32's were ties (docs/benchmarks.md). ``TieRecheck`` runs the INT8 model and, when the
+two best scores of its output are equal, runs the same input on the fp32 model the
+variant was made from and returns that output instead. It costs the fp32 run on the tied
+inputs only (3-6% of photos and frames) and the fp32 model's memory.
 
 The fp32 model is the image named in the variant's signed manifest (``quantized_from``),
 next to it, verified like any image, and only if its model file is the one the variant
