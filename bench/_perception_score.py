@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edged.regionplan import covered
 from edged.tracking import iou
 from edgefed.models.types import Box
 
@@ -33,18 +34,6 @@ def overlaps(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool:
     """Whether ``box`` overlaps any of ``others`` at IoU >= ``FOUND_IOU``."""
     a: Box = (box[0], box[1], box[2], box[3])
     return any(iou(a, (b[0], b[1], b[2], b[3])) >= FOUND_IOU for b in others)
-
-
-def covered_by_share(inner: Box, outer: Box) -> float:
-    """Share of ``inner``'s area inside ``outer``."""
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    ix = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
-    iy = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
-    return ix * iy / area if area > 0 else 0.0
-
-
-def covered_by(inner: Box, outers: list[Box]) -> bool:
-    return any(covered_by_share(inner, o) >= 0.5 for o in outers)
 
 
 def shifted_oracle(
@@ -188,7 +177,7 @@ def miss_causes(
             if overlaps(o, boxes):
                 found_ids.add(rid)
                 continue
-            holding = [r for r in looked.get(k, []) if covered_by_share(o, r) >= 0.9]
+            holding = [r for r in looked.get(k, []) if covered(o, [r]) >= 0.9]
             side = [max(r[2] - r[0], r[3] - r[1]) for r in holding]
             px = max(((o[3] - o[1]) * input_size / s for s in side), default=0.0)
             if k not in looked:
@@ -225,8 +214,8 @@ def score(
         reported_true += sum(overlaps(b, oracle) for b in boxes)
         hogs = [tuple(b) for b in refs["hog"][k]]
         hog_people += len(hogs)
-        hog_found += sum(covered_by(h, boxes) for h in hogs)  # type: ignore[arg-type]
-        hog_oracle += sum(covered_by(h, oracle) for h in hogs)  # type: ignore[arg-type]
+        hog_found += sum(covered(h, boxes) >= 0.5 for h in hogs)  # type: ignore[arg-type]
+        hog_oracle += sum(covered(h, oracle) >= 0.5 for h in hogs)  # type: ignore[arg-type]
         for o, rid in zip(oracle, rids[k], strict=True):
             pairs = [(iou(o, b), i) for b, i in zip(boxes, ids, strict=True) if i is not None]  # type: ignore[arg-type]
             hit = max(pairs, default=(0.0, None))
