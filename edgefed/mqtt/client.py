@@ -32,6 +32,18 @@ from edgefed.mqtt.registry import (
 
 log = logging.getLogger("edgefed.mqtt")
 
+
+def _not_redundant(record: logging.LogRecord) -> bool:
+    """Drop paho's "Client is not connected" error. paho 2.2 logs it when its network
+    loop runs once more after the socket closed: on every clean ``stop`` now and then,
+    and after a lost connection that ``_on_disconnect`` has already reported."""
+    return not str(record.msg).startswith("Client is not connected")
+
+
+# paho's own records, under edgefed.mqtt (its level and handlers apply)
+paho_log = logging.getLogger("edgefed.mqtt.paho")
+paho_log.addFilter(_not_redundant)
+
 ConnectionListener = Callable[[bool], None]
 
 
@@ -148,7 +160,7 @@ class MqttClient:
             protocol=paho.MQTTv311,
             manual_ack=True,  # the registry acknowledges each message (see its doc)
         )
-        client.enable_logger(log)
+        client.enable_logger(paho_log)
         client.reconnect_delay_set(
             cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s)
         )

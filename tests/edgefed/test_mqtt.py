@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import signal
@@ -229,6 +230,24 @@ def test_a_clean_stop_publishes_offline(broker: Broker, loop: Loop) -> None:
         assert retained.state == "offline" and retained.models == ["m"]
     finally:
         watcher.stop()
+
+
+def test_clean_stops_log_no_errors(
+    broker: Broker, loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """paho 2.2 runs its loop once more after a clean disconnect closed the socket and
+    logs "Client is not connected" as an error (in about a third of stops on paho's
+    thread): a site engineer would read every restart as a fault."""
+    caplog.set_level(logging.DEBUG, logger="edgefed.mqtt")
+    for i in range(12):
+        mqtt = client(broker, f"stopper-{i}")
+        collect(mqtt, "t/#")
+        mqtt.start(loop)
+        assert mqtt.wait_connected(10)
+        time.sleep(0.03 * (i % 4))
+        mqtt.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(r.name == "edgefed.mqtt.paho" for r in caplog.records)  # paho's own records
 
 
 def test_a_loop_driven_client_runs_handlers_and_acks_on_the_loop(broker: Broker) -> None:
