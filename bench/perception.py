@@ -95,11 +95,18 @@ def gating_starts(total: int, segments: int = 16, frames: int = 25) -> list[int]
 
 def segments_for(stretch: str, total: int, count: int) -> list[tuple[int, int]]:
     """(start, length) of the clip's motion segments."""
+    if total < 25:
+        raise SystemExit(f"perception: the video has {total} frames; it needs at least 25")
     starts = gating_starts(total)
     if stretch == "gating":
         pool = [(s, 25) for s in starts]
     else:
-        pool = [(a + 25, b - a - 25) for a, b in itertools.pairwise(starts)]
+        pool = [(a + 25, b - a - 25) for a, b in itertools.pairwise(starts) if b - a > 25]
+        if not pool:
+            raise SystemExit(
+                f"perception: the video has {total} frames, too few for frames between the "
+                "gating bench's 16 segments of 25 (about 800 needed); use --stretch gating"
+            )
     if count >= len(pool):
         return pool
     return [pool[round(i * (len(pool) - 1) / max(count - 1, 1))] for i in range(count)]

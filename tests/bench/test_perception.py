@@ -40,6 +40,15 @@ def test_the_perception_clip_shares_no_frame_with_the_gating_bench() -> None:
     assert tuning == gating
 
 
+def test_a_video_too_short_for_a_stretch_is_a_clear_error() -> None:
+    # 270 frames (Megamind.avi): the gating bench's segments overlap, no frame lies between
+    with pytest.raises(SystemExit, match=r"270 frames, too few.*--stretch gating"):
+        segments_for("perception", 270, 8)
+    assert len(segments_for("gating", 270, 8)) == 8
+    with pytest.raises(SystemExit, match="needs at least 25"):
+        segments_for("gating", 10, 8)
+
+
 def test_oracle_tiles_cover_the_frame_with_half_overlap() -> None:
     for side in (224.0, 224 / 1.5):
         grid = tiles(768, 576, side)
