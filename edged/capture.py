@@ -352,12 +352,14 @@ class CaptureSource:
         count, position = reader.get(cv2.CAP_PROP_FRAME_COUNT), reader.get(cv2.CAP_PROP_POS_FRAMES)
         if not (math.isfinite(count) and math.isfinite(position)) or position >= count - 1:
             return
+        error = f"video file ended at frame {int(position)} of {int(count)}: truncated or corrupt"
         with self._lock:
             self._errors += 1
-        self._note_error(
-            f"video file ended at frame {int(position)} of {int(count)}: truncated or corrupt"
+            again = error == self._last_error  # a looped file: warned once, counted each time
+        self._note_error(error)
+        log.log(
+            logging.DEBUG if again else logging.WARNING, "camera %s: %s", self.config.name, error
         )
-        log.warning("camera %s: %s", self.config.name, self._last_error)
 
     def _read(self, reader: VideoReader) -> np.ndarray | None:
         """The next decoded frame, or None at the end of a file or when a source fails."""

@@ -7,6 +7,7 @@ way IP cameras serve MJPEG; OpenCV's FFmpeg backend reads it like any camera URL
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -260,6 +261,28 @@ def test_a_file_truncated_while_it_is_read_is_a_camera_error(tmp_path: Path) -> 
     st = src.stats()
     assert st.errors == 1 and 100 <= st.frames < 795
     assert st.last_error == (f"video file ended at frame {st.frames} of 795: truncated or corrupt")
+
+
+def test_a_looped_truncated_file_warns_once_and_counts_every_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = tmp_path / "cut.avi"
+    video.write_bytes(VTEST.read_bytes()[: VTEST.stat().st_size // 10])
+    ring = FrameRing(4)
+    src = CaptureSource(CameraConfig(name="cut", source=str(video), pace="fast", loop=True), ring)
+    stop = threading.Event()
+    consumer = drain(ring, stop, [])
+    caplog.set_level(logging.DEBUG, logger="edged.capture")
+    src.start()
+    try:
+        wait_until("three passes", lambda: src.stats().errors >= 3, WAIT_S)
+    finally:
+        src.stop()
+        stop.set()
+        consumer.join(WAIT_S)
+    about = [r for r in caplog.records if "truncated or corrupt" in r.getMessage()]
+    assert [r.levelno for r in about][:3] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert src.stats().last_error is not None and "of 795" in src.stats().last_error
 
 
 def test_a_whole_file_is_no_camera_error(short_clip: Path) -> None:
