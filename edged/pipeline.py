@@ -24,6 +24,7 @@ from edged.inference import ModelWorker, Task
 from edged.motion import ThreeFrameGate
 from edged.perception import CameraPerception, assign_tracks, lower_threshold
 from edged.preroll import PreRoll
+from edged.ratelimit import RateLimiter
 from edged.regionplan import Plan
 from edged.regions import motion_regions
 from edged.stats import RateMeter
@@ -90,7 +91,7 @@ class CameraLoop:
         self.perception: CameraPerception | None = None  # made on the first planned frame
         self.stats = CameraStats()
         self._thread = threading.Thread(target=self._run, name=f"dispatch-{cfg.name}", daemon=True)
-        self._last_dispatch = 0.0
+        self._rate = RateLimiter()  # pipeline.target_fps
         self.finished = threading.Event()
         self.heartbeat = time.monotonic()  # set by the dispatcher on every turn of its loop
 
@@ -119,11 +120,9 @@ class CameraLoop:
     def _dispatch(self, frame: Frame) -> None:
         st = self.stats
         st.frames_in.tick()
-        fps = self._pipeline.target_fps
-        if fps is not None and frame.ts - self._last_dispatch < 1.0 / fps:
+        if not self._rate.take(frame.ts, self._pipeline.target_fps):
             st.skipped_rate += 1
             return
-        self._last_dispatch = frame.ts
         gate = self.gate.update(frame.image)
         st.motion_ratio = gate.ratio
         sent = self.pre_roll.feed(frame, gate)
