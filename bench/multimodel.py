@@ -113,7 +113,7 @@ def run_sequential(config: EdgedConfig, runners: dict[str, ModelRunner], frames:
                 decoder = runners[planned.name].decoder
                 report = lower_threshold(decoder, config.perception.track_score)
                 perception = CameraPerception(config.perception, side, image.shape, report)
-            plan = perception.plan(result.boxes, time.monotonic())
+            plan = perception.plan(result.boxes, time.monotonic(), image.shape)
         for m in roots:
             if gated % m.every_n == 0:
                 run(m, image, regions_for(m, motion, plan))

@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 perception = CameraPerception(
                     config, runner.manifest.input.width, image.shape, report_score
                 )
-            plan = perception.plan(result.boxes, ts)
+            plan = perception.plan(result.boxes, ts, image.shape)
             t0 = time.perf_counter()
             dets = [r for r in runner.infer(image, plan.regions) if isinstance(r, Detection)]
             model_ms.append((time.perf_counter() - t0) * 1e3)

@@ -9,6 +9,7 @@ take one lock, so the planner always sees a consistent set of tracks.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -21,8 +22,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.regionplan import Plan, PlannerConfig, RegionPlanner, TrackHint
-from edged.tracking import Tracker, TrackerConfig, TrackerUpdate, appearance
+from edged.tracking import Track, Tracker, TrackerConfig, TrackerUpdate, appearance
 from edgefed.models.types import Box, Detection, Landmarks, Result
+
+log = logging.getLogger(__name__)
 
 
 class PerceptionConfig(BaseModel):
@@ -91,13 +94,21 @@ class CameraPerception:
     ) -> None:
         self.config = config
         self.report_score = report_score  # below it, a detection shows only as a track's
+        self.input_size = input_size
         self.planner = RegionPlanner(config.planner, input_size, frame_shape)
         self.tracker = Tracker(config.tracker)
         self._lock = threading.Lock()
         self._recent: deque[float] = deque(maxlen=32)  # times of the last planned frames
+        self._ended: list[Track] = []  # tracks of the last frame size, ended by the next update
 
-    def plan(self, motion: Sequence[Box], ts: float) -> Plan:
+    def plan(self, motion: Sequence[Box], ts: float, frame_shape: Sequence[int]) -> Plan:
+        """The regions for a frame of ``frame_shape``. A camera that comes back at another
+        size (its stream profile changed) starts planning and tracking afresh: the planner's
+        grid and sizes and the tracks' boxes belong to the old size, and its tracks end."""
         with self._lock:
+            shape = (int(frame_shape[0]), int(frame_shape[1]))
+            if shape != self.planner.shape:
+                self._restart(shape)
             self._recent.append(ts)
             hints = [
                 TrackHint(
@@ -109,6 +120,16 @@ class CameraPerception:
                 for t in self.tracker.tracks
             ]
             return self.planner.plan(motion, hints)
+
+    def _restart(self, shape: tuple[int, int]) -> None:
+        (h0, w0), (h, w) = self.planner.shape, shape
+        ended = [t for t in self.tracker.tracks if t.confirmed]
+        log.info(
+            "perception: frames now %dx%d (were %dx%d): %d tracks end", w, h, w0, h0, len(ended)
+        )
+        self._ended += ended
+        self.tracker.tracks = []  # ids go on: an id names one object per camera
+        self.planner = RegionPlanner(self.config.planner, self.input_size, shape)
 
     def _frames_since(self, last: float, ts: float) -> int:
         """Gated frames since ``last`` (the planner's unit of staleness)."""
@@ -128,9 +149,15 @@ class CameraPerception:
         searched = None if plan is None else plan.crops
         features = None if image is None else [appearance(image, d.box) for d in merged]
         with self._lock:
+            if image is not None and image.shape[:2] != self.planner.shape:
+                # planned before the frame size changed: its boxes fit no track now
+                return strong, TrackerUpdate([], [], [], [], [])
             for d in strong:
                 self.planner.sizes.add(d.box)
             update = self.tracker.update(merged, ts, searched, features)
+            if self._ended:
+                update = replace(update, ended=[*self._ended, *update.ended])
+                self._ended = []
             if plan is not None:
                 for d, t in update.assigned:
                     t.region, t.region_box = _found_in(d.box, plan.crops), d.box

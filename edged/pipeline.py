@@ -144,7 +144,7 @@ class CameraLoop:
                         self._pipeline.planned_report_score,
                     )
                 job.perception = self.perception
-                job.plan = self.perception.plan(verdict.boxes, early.ts)
+                job.plan = self.perception.plan(verdict.boxes, early.ts, early.image.shape)
             self._pipeline.submit(job, st.gated)
 
 

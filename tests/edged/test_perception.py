@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from edged.perception import CameraPerception, PerceptionConfig, assign_tracks, dedupe
 from edgefed.models.types import Detection, Landmarks
 
@@ -37,11 +39,30 @@ def test_cascade_results_take_the_track_of_the_parent_holding_them() -> None:
 
 def test_a_tracked_person_keeps_the_crop_that_found_them() -> None:
     perception = CameraPerception(PerceptionConfig(), 224, FRAME)
-    plan = perception.plan([(300, 200, 340, 300)], 0.0)
+    plan = perception.plan([(300, 200, 340, 300)], 0.0, FRAME)
     crop = plan.targeted[0]
     found = person(320, 250, 90)
     for i in range(2):  # seen twice: a confirmed track
         tracked, _ = perception.observe([found], 0.1 * i, plan)
         assert tracked[0].track_id == 1
-    plan = perception.plan([], 0.3)  # no motion now: the track still gets its region
+    plan = perception.plan([], 0.3, FRAME)  # no motion now: the track still gets its region
     assert crop in plan.targeted
+
+
+def test_a_camera_back_at_another_size_plans_afresh_and_ends_its_tracks() -> None:
+    perception = CameraPerception(PerceptionConfig(), 224, FRAME)
+    plan = perception.plan([(600, 300, 640, 400)], 0.0, FRAME)
+    for i in range(2):
+        perception.observe([person(620, 350, 100)], 0.1 * i, plan, np.zeros(FRAME, np.uint8))
+    small = (384, 512, 3)
+    plan = perception.plan([(100, 100, 140, 180)], 0.3, small)
+    assert plan.crops and all(r[2] <= 512 and r[3] <= 384 for r in plan.crops)
+    # a frame planned before the change finishes: its boxes feed no track
+    late, update = perception.observe(
+        [person(620, 350, 100)], 0.25, None, np.zeros(FRAME, np.uint8)
+    )
+    assert [d.track_id for d in late] == [None] and update.ended == []
+    # the first frame of the new size ends the old size's track (the "end" event)
+    found, update = perception.observe([person(120, 150, 60)], 0.3, plan, np.zeros(small, np.uint8))
+    assert [t.id for t in update.ended] == [1] and found[0].track_id == 2
+    assert [o["track_id"] for o in perception.objects(0.3)] == [2]

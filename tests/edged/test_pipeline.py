@@ -7,12 +7,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edgefed.models.types import Box, Result
+from edgefed.testing.wait import wait_until
 from tests.support.configs import demo_config
+from tests.support.mjpeg import MjpegCamera
+from tests.support.paths import VTEST
 
 
 def run_app(tmp_path: Path, app: EdgedApp) -> list[dict[str, Any]]:
@@ -112,3 +116,62 @@ def test_static_frames_never_reach_a_model(tmp_path: Path) -> None:
     assert cam["skipped_static"] >= 25
     assert cam["gated"] == 0
     assert all(m["inferences"] == 0 for m in app.pipeline.status()["models"].values())
+
+
+def state(app: EdgedApp) -> str:
+    return str(app.pipeline.status()["cameras"][0]["state"])
+
+
+def test_a_camera_back_at_another_size_keeps_finding_people(tmp_path: Path) -> None:
+    """An IP camera whose stream profile is changed goes away and comes back at 512x384:
+    the planner and tracker of its 768x576 frames start afresh (the person model failed
+    on every frame until edged restarted, its planned regions outside the new frame)."""
+    cap = cv2.VideoCapture(str(VTEST))
+    frames = [cap.read()[1] for _ in range(40)]
+    cap.release()
+    big = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+    small = [
+        cv2.imencode(".jpg", cv2.resize(f, (512, 384), interpolation=cv2.INTER_AREA))[1].tobytes()
+        for f in frames
+    ]
+    camera = MjpegCamera(big)
+    raw = demo_config(tmp_path, output={"max_results": 100_000})
+    raw["cameras"][0] = {"name": "ip", "source": camera.url, "reconnect_initial_s": 0.2}
+    raw["models"] = raw["models"][:1]  # the planned, tracked person detector
+    app = EdgedApp(parse_config(raw, env={}))
+    stop = threading.Event()
+    runner = threading.Thread(target=app.run, args=(stop,))
+    runner.start()
+    results = tmp_path / "results.jsonl"
+
+    def rows() -> list[dict[str, Any]]:
+        text = results.read_text() if results.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def people(since: int) -> list[dict[str, Any]]:
+        return [d for r in rows()[since:] for d in r["models"].get("person", [])]
+
+    try:
+        wait_until("a tracked person", lambda: any(d.get("track_id") for d in people(0)), 60)
+        camera.stop()
+        wait_until("the camera lost", lambda: state(app) == "reconnecting", 30)
+        camera = MjpegCamera(small, port=camera.port)
+        wait_until("the camera back", lambda: state(app) == "running", 30)
+        after = len(rows())
+        wait_until(
+            "people tracked again",
+            lambda: sum(1 for d in people(after) if d.get("track_id")) >= 10,
+            60,
+        )
+    finally:
+        stop.set()
+        runner.join(30)
+        camera.stop()
+    later = rows()[after:]
+    assert [r["errors"] for r in later if r["errors"]] == []
+    boxes = [d["box"] for d in people(after)]
+    assert all(b[0] < 512 and b[1] < 384 for b in boxes)
+    before_ids = {
+        d["track_id"] for d in people(0)[: len(people(0)) - len(boxes)] if d.get("track_id")
+    }
+    assert {d["track_id"] for d in people(after) if d.get("track_id")}.isdisjoint(before_ids)
