@@ -122,6 +122,15 @@ def load_models(config: EdgedConfig) -> LoadedModels:
                 out.image_failures.add(m.name)
             log.error("model %s not loaded: %s", m.name, exc)
     for m in config.models:
+        runner = out.runners.get(m.name)
+        if m.regions == "planned" and runner is not None and runner.manifest.task != "detection":
+            out.runners.pop(m.name).close()
+            out.failures[m.name] = (
+                f"regions: planned plans and tracks a detector's objects; image {m.image!r} "
+                f"is a {runner.manifest.task} model (use motion, full or motion+full)"
+            )
+            log.error("model %s not loaded: %s", m.name, out.failures[m.name])
+    for m in config.models:
         if m.name in out.runners and m.cascade_on is not None and m.cascade_on not in out.runners:
             out.failures[m.name] = (
                 f"parent model {m.cascade_on!r} is not loaded; {m.name} will not run"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from edged.app import load_models
+from edged.config import parse_config
 from edged.perception import CameraPerception, PerceptionConfig, assign_tracks, dedupe
 from edgefed.models.types import Detection, Landmarks
+from tests.support.configs import demo_config
 
 FRAME = (576, 768, 3)
 
@@ -66,3 +71,15 @@ def test_a_camera_back_at_another_size_plans_afresh_and_ends_its_tracks() -> Non
     found, update = perception.observe([person(120, 150, 60)], 0.3, plan, np.zeros(small, np.uint8))
     assert [t.id for t in update.ended] == [1] and found[0].track_id == 2
     assert [o["track_id"] for o in perception.objects(0.3)] == [2]
+
+
+def test_a_planned_model_that_is_no_detector_is_not_loaded_and_says_why(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["models"][0]["regions"] = "motion+full"
+    raw["models"][3]["regions"] = "planned"  # the ImageNet classifier
+    loaded = load_models(parse_config(raw, env={}))
+    assert "scene" not in loaded.runners and {"person", "pose", "face"} <= set(loaded.runners)
+    assert loaded.failures == {
+        "scene": "regions: planned plans and tracks a detector's objects; image "
+        "'efficientnet_lite0' is a classification model (use motion, full or motion+full)"
+    }
