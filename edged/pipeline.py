@@ -32,6 +32,7 @@ from edged.tracking import TrackerUpdate
 from edgefed.errors import ConfigError
 from edgefed.models.runner import ModelRunner, cascade_regions
 from edgefed.models.types import Box, Detection, Result
+from edgefed.outage import Sinks
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class Pipeline:
         for m in self._models.values():
             if m.cascade_on is not None:
                 self._children.setdefault(m.cascade_on, []).append(m)
-        self._sinks = list(sinks)
+        self._sinks = Sinks(log, "result sink", sinks)
         self._listeners = list(listeners)
         self._object_listeners = list(object_listeners)
         planned = [m.name for m in self._models.values() if m.regions == "planned"]
@@ -317,11 +318,11 @@ class Pipeline:
         for cam in self.cameras:
             if cam.name == job.frame.camera:
                 cam.stats.processed.tick()
-        for sink in self._sinks:
-            try:
-                sink(job)
-            except Exception:
-                log.exception("result sink %r failed", sink)
+        self._sinks(job)
+
+    def add_sink(self, sink: FrameSink) -> None:
+        """One more sink of completed frames (from the next frame on)."""
+        self._sinks.add(sink)
 
     # -- runtime configuration ---------------------------------------------------
     def add_model(self, m: ModelConfig, runner: ModelRunner) -> None:

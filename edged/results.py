@@ -15,23 +15,35 @@ log = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """Appends one JSON object per completed frame to ``path`` (line-buffered), and the
-    ``offload_result`` records the offload path writes with ``write``."""
+    """Appends one JSON object per completed frame to ``path``, and the
+    ``offload_result`` records the offload path writes with ``write``.
+
+    Each line goes to the file in one unbuffered write, so a write that fails (a full
+    disk) raises at once and keeps nothing in memory to grow while the disk stays full.
+    If it wrote part of a line, the next line starts on a line of its own."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+        self._file: IO[bytes] = path.open("ab", buffering=0)
         self._lock = threading.Lock()
+        self._partial = False  # a failed write may have left part of a line
         self.path = path
 
     def __call__(self, job: FrameJob) -> None:
         self.write(job.record())
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"))
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            if not self._file.closed:  # an outcome told while edged stops is not written
-                self._file.write(line + "\n")
+            if self._file.closed:  # an outcome told while edged stops is not written
+                return
+            full = b"\n" + line if self._partial else line
+            written = 0
+            try:
+                while written < len(full):
+                    written += self._file.write(full[written:]) or 0
+            finally:  # the file ends inside a line unless the last byte written was "\n"
+                self._partial = self._partial if not written else full[written - 1] != 10
 
     def close(self) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ from edged.offload.records import Enqueued, JobRecord
 from edgefed.clock import Clock, now_ms
 from edgefed.counters import Counters
 from edgefed.lifecycle import Status
+from edgefed.outage import Outage
 from edgefed.wire import OffloadAccepted, OffloadRequest, OffloadResult, Reply, encode_request
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ class OffloadCore:
         clock: Clock = now_ms,
     ) -> None:
         self.counters = ClientCounters()
+        self._step_failures: dict[str, Outage] = {}
         self._outbox, self._effects, self._clock = outbox, effects, clock
         self._window, self._sweep_interval_s = window, sweep_interval_s
         self._submitting = submitting  # jobs in the outbox whose Submitted is still to come
@@ -301,12 +303,17 @@ class OffloadCore:
 
     def _contained(self, step: Callable[..., None], *args: Any) -> bool:
         """Run one step; a failure is logged and counted and never stops the client."""
+        name = getattr(step, "__name__", repr(step)).lstrip("_")
+        outage = self._step_failures.get(name)
+        if outage is None:  # one outage per step: the others succeeding does not end it
+            outage = self._step_failures.setdefault(name, Outage(log, f"offload: step {name}"))
         try:
             step(*args)
-        except Exception:
+        except Exception as exc:
             self.counters.worker_errors += 1
-            log.exception("offload: a step failed")
+            outage.failed(exc)
             return False
+        outage.ok()
         return True
 
     def _resume(self) -> None:

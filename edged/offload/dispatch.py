@@ -23,6 +23,7 @@ from edged.offload.config import OffloadConfig
 from edged.offload.policy import OffloadPolicyName, decide
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection, Result, result_to_dict
+from edgefed.outage import Outage
 from edgefed.wire import LocalSummary
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class OffloadDispatcher:
         self._lock = threading.Lock()
         self.decisions: dict[str, int] = {}
         self.submit_errors = 0
+        self._refused = Outage(log, "offload: the outbox taking a job")
 
     @property
     def policy(self) -> OffloadPolicyName:
@@ -138,8 +140,9 @@ class OffloadDispatcher:
         except OffloadError as exc:
             with self._lock:
                 self.submit_errors += 1
-            log.warning("offload of %s for %s refused: %s", job.key, model, exc)
+            self._refused.failed(OffloadError(f"{job.key} for {model}: {exc}"))
             return
+        self._refused.ok()
         if self._on_submit is not None:
             self._on_submit(model, request.job_id, job.frame.image)
 

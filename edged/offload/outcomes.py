@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edged.offload.core import JobOutcome
+from edgefed.outage import Sinks
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,17 @@ class OffloadResults:
     """Outcome listener: records to the sinks, counts by status, the recent ones kept."""
 
     def __init__(self, sinks: Iterable[RecordSink] = (), recent: int = RECENT) -> None:
-        self._sinks = list(sinks)
+        self._sinks = Sinks(log, "offload result sink", sinks)
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self._counts: dict[str, int] = {}
-        self._sink_errors = 0
 
     def __call__(self, outcome: JobOutcome) -> None:
         record = offload_record(outcome)
         with self._lock:
             self._counts[record["status"]] = self._counts.get(record["status"], 0) + 1
             self._recent.append({**record, "local_result": outcome.local_result})
-        for sink in self._sinks:
-            try:
-                sink(record)
-            except Exception:
-                with self._lock:
-                    self._sink_errors += 1
-                log.exception("offload result of job %s: a sink failed", outcome.job_id)
+        self._sinks(record)
 
     def status(self) -> dict[str, Any]:
         """Counts by status, sink failures and the recent outcomes (newest first), each
@@ -77,6 +71,6 @@ class OffloadResults:
         with self._lock:
             return {
                 "counts": dict(self._counts),
-                "sink_errors": self._sink_errors,
+                "sink_errors": self._sinks.failures,
                 "recent": list(reversed(self._recent)),
             }

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefed.outage import Outage
+
 log = logging.getLogger(__name__)
 RESTART_FRAMES = 2000  # WAL frames (pages written) past which the WAL is restarted
 
@@ -73,6 +75,7 @@ class Checkpointer:
         self.runs = 0
         self.restarts = 0
         self.errors = 0
+        self._failures = Outage(log, f"background checkpoint of {path}")
         self._lock = threading.Lock()
         self._waiting = 0  # commits since the last checkpoint began
         self._first = 0.0  # monotonic time of the oldest of them
@@ -132,6 +135,8 @@ class Checkpointer:
             if frames >= RESTART_FRAMES:
                 self._restart()
                 self.restarts += 1
-        except sqlite3.Error:  # the auto-checkpoint still bounds the WAL
+        except sqlite3.Error as exc:  # the auto-checkpoint still bounds the WAL
             self.errors += 1
-            log.warning("outbox: background checkpoint failed", exc_info=True)
+            self._failures.failed(exc)
+        else:
+            self._failures.ok()

@@ -150,7 +150,7 @@ def test_a_new_version_is_swapped_in_with_no_frame_dropped_and_a_worse_one_refus
         elif job.frame.index >= FRAMES - 10:
             wait_until("v3 judged", lambda: participant.counters.versions_refused == 1, 60)
 
-    app.pipeline._sinks.append(server_side)
+    app.pipeline.add_sink(server_side)
     try:
         records = run_app(tmp_path, app)
     finally:
@@ -190,7 +190,7 @@ def test_a_model_whose_first_version_arrives_while_running_starts_serving(
             sent.set()
             threading.Thread(target=_publish, args=(sender, imager, 1, init_head(1280, 2))).start()
 
-    app.pipeline._sinks.append(server_side)
+    app.pipeline.add_sink(server_side)
     try:
         records = run_app(tmp_path, app)
     finally:

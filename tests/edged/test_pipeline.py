@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
@@ -38,7 +40,7 @@ def fast_config(tmp_path: Path, frames: int, **sections: Any) -> dict[str, Any]:
 def test_four_models_run_concurrently_on_the_same_frames(tmp_path: Path) -> None:
     app = EdgedApp(parse_config(fast_config(tmp_path, 24), env={}))
     spans: list[dict[str, tuple[float, float]]] = []
-    app.pipeline._sinks.append(lambda job: spans.append(dict(job.spans)))
+    app.pipeline.add_sink(lambda job: spans.append(dict(job.spans)))
     records = run_app(tmp_path, app)
     assert len(records) >= 24
     with_all = [r for r in records if {"person", "face", "scene"} <= set(r["models"])]
@@ -175,3 +177,19 @@ def test_a_camera_back_at_another_size_keeps_finding_people(tmp_path: Path) -> N
         d["track_id"] for d in people(0)[: len(people(0)) - len(boxes)] if d.get("track_id")
     }
     assert {d["track_id"] for d in people(after) if d.get("track_id")}.isdisjoint(before_ids)
+
+
+def test_a_full_disk_under_the_results_file_is_one_error_and_loses_no_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/dev/full answers every write with ENOSPC, as a full disk does: the frames still
+    complete and reach the other sinks, and the log says so once, not once a frame."""
+    raw = fast_config(tmp_path, 24)
+    raw["output"]["results"] = "/dev/full"
+    app = EdgedApp(parse_config(raw, env={}))
+    caplog.set_level(logging.WARNING)
+    app.run(threading.Event())
+    assert app.pipeline.completed.total >= 24 and len(app.events.page(0, 100)) >= 24
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith("result sink JsonlSink failed: [Errno 28] No space left on device")

@@ -1,0 +1,81 @@
+"""A repeating failure logged as one outage."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from edgefed.outage import Outage, Sinks
+
+log = logging.getLogger("tests.outage")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
+    return [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+
+
+def test_an_outage_logs_its_start_reminders_and_end(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="tests.outage")
+    clock = Clock()
+    outage = Outage(log, "writing results", remind_s=60, clock=clock)
+    outage.ok()  # nothing failed: nothing to say
+    for _ in range(1000):
+        clock.t += 0.125
+        outage.failed(OSError(28, "No space left on device"))
+    assert outage.active and outage.failures == 1000
+    clock.t += 29
+    outage.ok()  # a success between failures does not end it
+    assert outage.active
+    clock.t += 1
+    outage.ok()  # one settle_s (30 s) after the last failure does
+    outage.ok()
+    assert not outage.active
+    assert lines(caplog) == [
+        (
+            logging.ERROR,
+            "writing results failed: [Errno 28] No space left on device "
+            "(while it keeps failing, one line every 60 s)",
+            True,
+        ),
+        (
+            logging.ERROR,
+            "writing results still failing: 481 times in 60 s, latest: "
+            "[Errno 28] No space left on device",
+            False,
+        ),
+        (
+            logging.ERROR,
+            "writing results still failing: 961 times in 120 s, latest: "
+            "[Errno 28] No space left on device",
+            False,
+        ),
+        (logging.WARNING, "writing results works again after 1000 failures in 155 s", False),
+    ]
+    caplog.clear()
+    outage.failed(ValueError("again"))  # a new outage is told in full
+    assert outage.failures == 1001 and lines(caplog)[0][1].startswith("writing results failed")
+
+
+def test_a_failing_sink_keeps_no_item_from_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    got: list[int] = []
+
+    def full_disk(item: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    sinks = Sinks(log, "result sink", [full_disk, got.append])
+    for i in range(50):
+        sinks(i)
+    assert got == list(range(50)) and sinks.failures == 50
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        "result sink test_a_failing_sink_keeps_no_item_from_the_others.<locals>.full_disk failed"
+    )
