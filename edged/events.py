@@ -80,6 +80,11 @@ class ObjectEvents:
         self._lock = threading.Lock()
         self.counts = {"new": 0, "update": 0, "end": 0}
 
+    @property
+    def snapshots_held(self) -> int:
+        """Best snapshots kept: one per track alive, confirmed or not."""
+        return len(self._snapshots)
+
     def __call__(self, job: FrameJob, update: TrackerUpdate) -> None:
         camera = job.frame.camera
         for track in update.improved:
@@ -98,6 +103,7 @@ class ObjectEvents:
                 self._last_update[key] = job.frame.ts
         for track in update.ended:
             events.append(self._event("end", job, track))
+        for track in (*update.ended, *update.dropped):
             key = (camera, track.id)
             self._snapshots.pop(key, None)
             self._last_update.pop(key, None)

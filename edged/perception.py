@@ -99,7 +99,7 @@ class CameraPerception:
         self.tracker = Tracker(config.tracker)
         self._lock = threading.Lock()
         self._recent: deque[float] = deque(maxlen=32)  # times of the last planned frames
-        self._ended: list[Track] = []  # tracks of the last frame size, ended by the next update
+        self._gone: list[Track] = []  # tracks of the last frame size, ended by the next update
 
     def plan(self, motion: Sequence[Box], ts: float, frame_shape: Sequence[int]) -> Plan:
         """The regions for a frame of ``frame_shape``. A camera that comes back at another
@@ -123,11 +123,11 @@ class CameraPerception:
 
     def _restart(self, shape: tuple[int, int]) -> None:
         (h0, w0), (h, w) = self.planner.shape, shape
-        ended = [t for t in self.tracker.tracks if t.confirmed]
+        gone = self.tracker.tracks
         log.info(
-            "perception: frames now %dx%d (were %dx%d): %d tracks end", w, h, w0, h0, len(ended)
+            "perception: frames now %dx%d (were %dx%d): %d tracks end", w, h, w0, h0, len(gone)
         )
-        self._ended += ended
+        self._gone += gone
         self.tracker.tracks = []  # ids go on: an id names one object per camera
         self.planner = RegionPlanner(self.config.planner, self.input_size, shape)
 
@@ -155,9 +155,13 @@ class CameraPerception:
             for d in strong:
                 self.planner.sizes.add(d.box)
             update = self.tracker.update(merged, ts, searched, features)
-            if self._ended:
-                update = replace(update, ended=[*self._ended, *update.ended])
-                self._ended = []
+            if self._gone:
+                ended = [t for t in self._gone if t.confirmed]
+                dropped = [t for t in self._gone if not t.confirmed]
+                update = replace(
+                    update, ended=[*ended, *update.ended], dropped=[*dropped, *update.dropped]
+                )
+                self._gone = []
             if plan is not None:
                 for d, t in update.assigned:
                     t.region, t.region_box = _found_in(d.box, plan.crops), d.box

@@ -116,6 +116,7 @@ class TrackerUpdate:
     updated: list[Track]  # confirmed tracks detected on this frame (not new)
     ended: list[Track]  # confirmed tracks that ended (object event "end")
     improved: list[Track]  # tracks whose best snapshot is this frame's detection
+    dropped: list[Track] = field(default_factory=list)  # tentative tracks that ended
 
 
 def iou(a: Box, b: Box) -> float:
@@ -279,7 +280,12 @@ class Tracker:
                 ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]
         return TrackerUpdate(
-            assigned, started, updated, [t for t in ended if t.confirmed], improved
+            assigned,
+            started,
+            updated,
+            [t for t in ended if t.confirmed],
+            improved,
+            [t for t in ended if not t.confirmed],
         )
 
     def _hit(self, track: Track, det: Detection, ts: float, feature: np.ndarray | None) -> None:

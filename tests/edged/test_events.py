@@ -101,13 +101,16 @@ def test_new_update_end_on_the_broker(
     assert bus.status()["objects_published"] == len(kinds)
 
 
-def test_a_one_off_detection_makes_no_event(image: np.ndarray) -> None:
+def test_a_one_off_detection_makes_no_event_and_leaves_no_snapshot(image: np.ndarray) -> None:
     sent: list[object] = []
     events = ObjectEvents("edge-01", publish=sent.append)
     perception = CameraPerception(PerceptionConfig(), 224, image.shape)
     everywhere = Plan([(0.0, 0.0, 768.0, 576.0)], [], [])
+    held = []
     for i, dets in enumerate([[Detection("person", 0.9, (10, 10, 60, 90))], [], []]):
         job = frame_job(i, image)
         _, update = perception.observe(dets, job.frame.ts, everywhere, image)
         events(job, update)
-    assert sent == []
+        held.append(events.snapshots_held)
+    # its snapshot goes with the track (one JPEG per one-off detection grew edged's memory)
+    assert sent == [] and held == [1, 0, 0]
