@@ -94,7 +94,6 @@ class CameraPerception:
     ) -> None:
         self.config = config
         self.report_score = report_score  # below it, a detection shows only as a track's
-        self.input_size = input_size
         self.planner = RegionPlanner(config.planner, input_size, frame_shape)
         self.tracker = Tracker(config.tracker)
         self._lock = threading.Lock()
@@ -129,7 +128,7 @@ class CameraPerception:
         )
         self._gone += gone
         self.tracker.tracks = []  # ids go on: an id names one object per camera
-        self.planner = RegionPlanner(self.config.planner, self.input_size, shape)
+        self.planner = RegionPlanner(self.config.planner, self.planner.input_size, shape)
 
     def _frames_since(self, last: float, ts: float) -> int:
         """Gated frames since ``last`` (the planner's unit of staleness)."""
