@@ -49,6 +49,7 @@ class ServerdApp:
         self.scheduler = Scheduler(
             config.scheduler.ema_alpha, config.scheduler.prior_ms, config.scheduler.max_attempts
         )
+        self.jobs: JobTable | None = None  # the job table, while serving
         self.service: OffloadServer | None = None
         self.mqtt: MqttClient | None = None
         self.federation: federation.FederationService | None = None
@@ -102,6 +103,7 @@ class ServerdApp:
                 "in_flight": current.get("in_flight", 0),
             },
             "jobs": current.get("jobs", {}),
+            "job_table_failures": current.get("job_table_failures", 0),
             "counters": current.get("counters", {}),
             "queued": current.get("queued", 0),
             "shed": current.get("shed", {}),
@@ -204,7 +206,7 @@ class ServerdApp:
     async def _serve(self, stop: asyncio.Event) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        jobs = JobTable(cfg.jobs_path)
+        self.jobs = jobs = JobTable(cfg.jobs_path)
         if jobs.interrupted:
             log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
         try:

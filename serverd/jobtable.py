@@ -21,17 +21,24 @@ event loop); each is one short transaction. WAL checkpoints are not left to thos
 commits: ``checkpoint`` runs them on its own connection from a worker thread; once the
 WAL is large, ``restart_wal`` starts it over (without that, a steady stream of jobs grew
 it by ~40 KB a job: 240 MB after 6,000 jobs of ``python -m bench offload-rtt``).
+
+The table is bookkeeping, not the path of a job: a write it refuses (a full disk, a file
+made read-only) is one outage in the log (``failures`` counts them) and jobs still run
+and are answered. While writes fail, a job ``admit`` could not record is run as ``NEW``
+(a redelivery runs again; its reply is the same) and a reply that could not be stored
+is not re-sent to duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ import sqlite_utils
 from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
+from edgefed.outage import Outage
 from edgefed.store import Migrations, migrate, open_database
 from edgefed.store.checkpoint import RESTART_FRAMES, checkpoint, restart
 from edgefed.wire import OffloadRequest
@@ -117,6 +125,8 @@ class JobTable:
         self._clock = clock
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
+        self._writes = Outage(log, f"job table {path}: a write")
+        self._checkpoints = Outage(log, f"job table {path}: the checkpoint")
         try:
             # No checkpoint (and its fsyncs, ~5 ms here) inside a commit on the event loop:
             # ``checkpoint`` runs them on another connection, off the loop. The
@@ -130,6 +140,21 @@ class JobTable:
             ).rowcount
         except (OSError, sqlite3.Error) as exc:
             raise OffloadError(f"job table {path}: {exc}") from exc
+
+    @property
+    def failures(self) -> int:
+        """Writes and checkpoints the database refused since the start."""
+        return self._writes.failures + self._checkpoints.failures
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write: a refusal is logged as part of an outage, never raised."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._writes.failed(exc)
+        else:
+            self._writes.ok()
 
     def close(self) -> None:
         self._db.close()
@@ -164,6 +189,12 @@ class JobTable:
 
     def admit(self, request: OffloadRequest) -> Admitted:
         """Record a delivery of ``request`` and say whether to run it (see module doc)."""
+        admitted = Admitted(Admission.NEW)  # what an unrecorded delivery gets
+        with self._writing():
+            admitted = self._admit(request)
+        return admitted
+
+    def _admit(self, request: OffloadRequest) -> Admitted:
         now = self._clock()
         with self._db.atomic():
             inserted = self._db.execute(
@@ -203,24 +234,26 @@ class JobTable:
 
         A no-op for a job that is no longer queued (it may already have been answered).
         """
-        self._db.execute(
-            "UPDATE jobs SET status=?, instance=?, iteration=?, "
-            f"started=coalesce(started, ?) WHERE {_WHERE_KEY} AND status=?",
-            (
-                Status.INFERENCING.value,
-                instance,
-                iteration,
-                self._clock(),
-                *key,
-                Status.ENQUEUE.value,
-            ),
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE jobs SET status=?, instance=?, iteration=?, "
+                f"started=coalesce(started, ?) WHERE {_WHERE_KEY} AND status=?",
+                (
+                    Status.INFERENCING.value,
+                    instance,
+                    iteration,
+                    self._clock(),
+                    *key,
+                    Status.ENQUEUE.value,
+                ),
+            )
 
     def requeued(self, key: JobKey) -> None:
-        self._db.execute(
-            f"UPDATE jobs SET status=?, instance=NULL WHERE {_WHERE_KEY}",
-            (Status.ENQUEUE.value, *key),
-        )
+        with self._writing():
+            self._db.execute(
+                f"UPDATE jobs SET status=?, instance=NULL WHERE {_WHERE_KEY}",
+                (Status.ENQUEUE.value, *key),
+            )
 
     def finish(
         self,
@@ -231,10 +264,12 @@ class JobTable:
         retryable: bool = False,
     ) -> None:
         """Close a job with its encoded reply (re-sent to duplicates unless retryable)."""
-        self._db.execute(
-            f"UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? WHERE {_WHERE_KEY}",
-            (status.value, reply, error, int(retryable), self._clock(), *key),
-        )
+        with self._writing():
+            self._db.execute(
+                "UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? "
+                f"WHERE {_WHERE_KEY}",
+                (status.value, reply, error, int(retryable), self._clock(), *key),
+            )
 
     async def maintain(self, stop: asyncio.Event, interval_s: float, retention_s: float) -> None:
         """Until ``stop``: prune jobs finished ``retention_s`` ago now and then; checkpoint
@@ -247,8 +282,10 @@ class JobTable:
             try:
                 if await asyncio.to_thread(self.checkpoint):
                     self.restart_wal()
-            except OffloadError as exc:
-                log.warning("%s", exc)
+            except OffloadError as exc:  # the auto-checkpoint still bounds the WAL
+                self._checkpoints.failed(exc)
+            else:
+                self._checkpoints.ok()
 
     def get(self, key: JobKey) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT * FROM jobs WHERE {_WHERE_KEY}", key).fetchone()
@@ -260,9 +297,10 @@ class JobTable:
 
     def prune(self, older_than_ms: int) -> int:
         """Delete finished jobs that ended before ``older_than_ms``; returns how many."""
-        return int(
-            self._db.execute(
+        pruned = 0
+        with self._writing():
+            pruned = self._db.execute(
                 f"DELETE FROM jobs WHERE ended < ? AND status NOT IN ({','.join('?' * len(OPEN))})",
                 (older_than_ms, *OPEN),
             ).rowcount
-        )
+        return int(pruned)

@@ -25,6 +25,7 @@ from edgefed.clock import now_ms
 from edgefed.counters import Counters
 from edgefed.errors import ModelError, OffloadError, ProtocolError
 from edgefed.lifecycle import Status
+from edgefed.outage import Outage
 from edgefed.wire import (
     ErrorCode,
     OffloadAccepted,
@@ -132,6 +133,7 @@ class OffloadServer:
         self._held: dict[str, _Held] = {}  # by ``_Held.queue_id``
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._handling = Outage(log, "handling offload requests")
         self._guard = OverloadGuard(settings.overload, scheduler, settings.max_queue)
         self._health = HealthWatch(
             endpoints,
@@ -153,9 +155,11 @@ class OffloadServer:
             self.counters.dropped += 1
             self.counters.last_drop = f"{topic}: {exc}"
             log.warning("dropped a message on %s: %s", topic, exc)
-        except Exception:  # contained: a fault on one message never stops the service
+        except Exception as exc:  # contained: a fault on one message never stops the service
             self.counters.errors += 1
-            log.exception("handling a message on %s failed", topic)
+            self._handling.failed(exc)
+        else:
+            self._handling.ok()
 
     def instance_state(self, name: str, up: bool) -> None:
         """An instance came up or went down (supervisor or health probe)."""
@@ -200,6 +204,7 @@ class OffloadServer:
             "in_flight": self._scheduler.inflight(),
             "instances": {i.name: i.summary() for i in self._scheduler.instances()},
             "jobs": self._jobs.counts(),
+            "job_table_failures": self._jobs.failures,
             **self._guard.status(),
         }
 
@@ -217,7 +222,8 @@ class OffloadServer:
         reply_topic = _topics(match.prefix).reply(match.id)
         held = _Held(request, message.body, reply_topic, time.perf_counter())
         admitted = self._jobs.admit(request)
-        if admitted.kind is Admission.RUNNING:
+        # held: running, even if the table could not record it (it refused the write)
+        if admitted.kind is Admission.RUNNING or held.queue_id in self._held:
             self.counters.duplicates += 1
             return
         if admitted.kind is Admission.DONE and admitted.reply is not None:

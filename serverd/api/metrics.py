@@ -162,6 +162,12 @@ class _StatusCollector(Collector):
         for job_status, count in status.get("jobs", {}).items():
             table.add_metric([job_status], count)
         yield table
+        refused = CounterMetricFamily(
+            "serverd_job_table_failures",
+            "Job-table writes and checkpoints the database refused (jobs still run)",
+        )
+        refused.add_metric([], status.get("job_table_failures", 0))
+        yield refused
         events = CounterMetricFamily(
             "serverd_edge_events", "Edge events received from KubeEdge Rules", labels=["kind"]
         )

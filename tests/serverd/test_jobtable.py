@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -217,3 +218,41 @@ def test_a_table_of_the_previous_release_is_migrated_with_its_jobs(tmp_path: Pat
     assert table.admit(request("job-0001", "evil")).kind is Admission.NEW
     indexes = {i.name for i in sqlite_utils.Database(path).table("jobs").indexes}
     assert {"jobs_status", "jobs_received"} <= indexes
+
+
+def test_a_full_disk_keeps_the_table_working_and_is_one_outage_in_the_log(
+    table: JobTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's page limit answers a write that needs a new page as a full disk does
+    (SQLITE_FULL): the job stays open and the table keeps answering; once there is room,
+    the next write stores the reply."""
+    key = ("site/cam-1", "job-0001")
+    table.admit(request())
+    pages = table._db.execute("PRAGMA page_count").fetchone()[0]
+    table._db.execute(f"PRAGMA max_page_count={pages}")
+    caplog.set_level(logging.WARNING, logger="serverd.jobtable")
+    reply = bytes(range(256)) * 256  # 64 KB: needs pages the file may not grow
+    for _ in range(5):
+        table.finish(key, Status.EXIT, reply)
+    assert table.failures == 5
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "database or disk is full" in errors[0]
+    row = table.get(key)
+    assert row is not None and row["status"] == "Enqueue" and row["reply"] is None
+    assert table.admit(request()).kind is Admission.RUNNING  # reads and small writes go on
+    table._db.execute(f"PRAGMA max_page_count={pages * 100}")
+    table.finish(key, Status.EXIT, reply)
+    assert table.admit(request()).reply == reply and table.failures == 5
+
+
+def test_a_table_that_refuses_every_write_runs_every_delivery(table: JobTable) -> None:
+    """A read-only table cannot record deliveries: each runs (the same reply comes again),
+    none is dropped as a duplicate, and no call raises."""
+    key = ("site/cam-1", "job-0001")
+    table._db.execute("PRAGMA query_only=1")
+    assert [table.admit(request()).kind for _ in range(3)] == [Admission.NEW] * 3
+    table.started(key, "local-0", 0)
+    table.requeued(key)
+    table.finish(key, Status.EXIT, b"ok")
+    assert table.prune(older_than_ms=10**12) == 0
+    assert table.failures == 7 and table.get(key) is None

@@ -170,6 +170,42 @@ def test_malformed_messages_are_counted_and_dropped(serverd: ServerdThread, edge
     assert isinstance(reply, OffloadResult)
 
 
+def test_a_job_table_that_refuses_writes_still_answers_every_job(
+    serverd: ServerdThread, edge: Edge
+) -> None:
+    """The job table read-only (as a full disk or a file made read-only leaves it): jobs
+    still run and are answered, a redelivery runs again, and the refusals are counted."""
+    table = serverd.app.jobs
+    assert table is not None
+    before = serverd.status()
+    serverd.call(lambda: table._db.execute("PRAGMA query_only=1"))
+    try:
+        request = edge.request("echo")
+        edge.send(request, JPEG, wait=False)
+        edge.send(request, JPEG)  # a duplicate while it runs: dropped, or run once it is done
+        replies = edge.collect(1) + edge.quiet(1.0)
+        edge.send(request, JPEG)  # unrecorded, so a redelivery runs again
+        replies += edge.collect(1)
+    finally:
+        serverd.call(lambda: table._db.execute("PRAGMA query_only=0"))
+    assert 2 <= len(replies) <= 3 and {type(r) for r, _ in replies} == {OffloadResult}
+    assert {r.job_id for r, _ in replies} == {request.job_id}
+    after = serverd.status()
+    assert after["job_table_failures"] > before["job_table_failures"]
+    assert after["counters"]["errors"] == before["counters"]["errors"]
+    assert serverd.job(request.device_id, request.job_id) is None
+    edge.send(recorded := edge.request("echo"), JPEG)  # writes work again
+    ((reply, _),) = edge.collect(1)
+    assert isinstance(reply, OffloadResult)
+    wait_until(
+        "the job recorded as done",
+        lambda: (
+            (row := serverd.job(recorded.device_id, recorded.job_id)) is not None
+            and row["status"] == "Exit"
+        ),
+    )
+
+
 def test_the_edge_offload_client_gets_its_results(
     serverd: ServerdThread, shared_broker: Broker, tmp_path: Path
 ) -> None:
