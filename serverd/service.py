@@ -399,16 +399,25 @@ class OffloadServer:
 
     async def _expire_loop(self, stop: asyncio.Event) -> None:
         """Answer queued jobs whose deadline passed or that waited too long (the edge's
-        local result stands)."""
+        local result stands); a fault in one pass never ends the loop."""
+        faults = Outage(log, "expiring queued jobs")
         while not await _stopped(stop, 0.05):
-            for job in self._scheduler.expire(float(self._clock_ms())):
-                held = self._held.get(job.job_id)
-                if held is None:
-                    continue
-                self.counters.expired += 1
-                healthy = self._scheduler.healthy_for(job.model)
-                code: ErrorCode = "overloaded" if healthy else "unavailable"
-                self._fail(held, code, "deadline passed while queued", status=Status.EXPIRED)
-            queued = {q: h.queued * 1000 for q, h in self._held.items()}
-            for job, reason in self._guard.aged(queued, time.perf_counter() * 1000):
-                self._shed_queued(job, reason)
+            try:
+                self._expire()
+            except Exception as exc:  # contained: a queue that never expires is worse
+                faults.failed(exc)
+            else:
+                faults.ok()
+
+    def _expire(self) -> None:
+        for job in self._scheduler.expire(float(self._clock_ms())):
+            held = self._held.get(job.job_id)
+            if held is None:
+                continue
+            self.counters.expired += 1
+            healthy = self._scheduler.healthy_for(job.model)
+            code: ErrorCode = "overloaded" if healthy else "unavailable"
+            self._fail(held, code, "deadline passed while queued", status=Status.EXPIRED)
+        queued = {q: h.queued * 1000 for q, h in self._held.items()}
+        for job, reason in self._guard.aged(queued, time.perf_counter() * 1000):
+            self._shed_queued(job, reason)
