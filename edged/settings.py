@@ -157,10 +157,18 @@ class RuntimeConfig:
     def _persist(self, settings: RuntimeSettings) -> None:
         if self._state_path is None:
             return
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings.model_dump()), encoding="utf-8")
-        os.replace(tmp, self._state_path)
+        try:
+            self._state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(settings.model_dump()), encoding="utf-8")
+            os.replace(tmp, self._state_path)
+        except OSError as exc:  # a full disk or read-only state dir: the change stands
+            log.warning(
+                "runtime settings are in effect but not saved to %s (%s): "
+                "a restart goes back to the last saved ones",
+                self._state_path,
+                exc,
+            )
 
     @staticmethod
     def load_persisted(path: Path | None) -> dict[str, Any]:

@@ -117,3 +117,25 @@ def test_target_fps_that_would_stop_processing_or_break_reports_is_refused(
     with pytest.raises(ConfigError, match=reason):
         rc.apply({"target_fps": value})
     assert applied == {} and rc.current().target_fps is None
+
+
+def test_a_state_dir_that_cannot_be_written_leaves_the_change_in_effect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk or an unusable state dir: the change still applies and listeners hear
+    of it (the twin reports it); the log says it will not survive a restart."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state dir should be")
+    heard: list[RuntimeSettings] = []
+    applied: dict[str, Any] = {}
+    rc = RuntimeConfig(
+        INITIAL,
+        {k: (lambda v, k=k: applied.__setitem__(k, v)) for k in RuntimeSettings.model_fields},
+        known_models={"person", "face"},
+        state_path=blocker / "runtime.json",
+    )
+    rc.on_change(heard.append)
+    new = rc.apply({"motion_threshold": 40})
+    assert applied == {"motion_threshold": 40} and rc.current() == new
+    assert [s.motion_threshold for s in heard] == [40]
+    assert "not saved to" in caplog.text and "a restart goes back" in caplog.text
