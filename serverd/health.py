@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from edgefed.errors import OffloadError
+from edgefed.outage import Outage
 from serverd.scheduler import Scheduler
 from serverd.triton.client import TritonEndpoint
 
@@ -46,8 +47,16 @@ class HealthWatch:
         self._interval_s = interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Probe every ``interval_s`` until ``stop``; a fault in one probe never ends it
+        (this loop is what brings an instance back)."""
+        faults = Outage(log, "probing the Triton instances")
         while True:
-            await self.probe()
+            try:
+                await self.probe()
+            except Exception as exc:  # contained: the next probe may well succeed
+                faults.failed(exc)
+            else:
+                faults.ok()
             if await stopped(stop, self._interval_s):
                 return
 

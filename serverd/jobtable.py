@@ -22,11 +22,12 @@ commits: ``checkpoint`` runs them on its own connection from a worker thread; on
 WAL is large, ``restart_wal`` starts it over (without that, a steady stream of jobs grew
 it by ~40 KB a job: 240 MB after 6,000 jobs of ``python -m bench offload-rtt``).
 
-The table is bookkeeping, not the path of a job: a write it refuses (a full disk, a file
-made read-only) is one outage in the log (``failures`` counts them) and jobs still run
-and are answered. While writes fail, a job ``admit`` could not record is run as ``NEW``
-(a redelivery runs again; its reply is the same) and a reply that could not be stored
-is not re-sent to duplicates.
+The table is bookkeeping, not the path of a job: a statement it refuses (a full disk, a
+file made read-only, storage gone bad) is one outage in the log (``failures`` counts
+them) and jobs still run and are answered. While writes fail, a job ``admit`` could not
+record is run as ``NEW`` (a redelivery runs again; its reply is the same) and a reply
+that could not be stored is not re-sent to duplicates; while reads fail, ``counts`` is
+empty.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class JobTable:
         self._clock = clock
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
-        self._writes = Outage(log, f"job table {path}: a write")
+        self._failures = Outage(log, f"job table {path}")
         self._checkpoints = Outage(log, f"job table {path}: the checkpoint")
         try:
             # No checkpoint (and its fsyncs, ~5 ms here) inside a commit on the event loop:
@@ -143,18 +144,18 @@ class JobTable:
 
     @property
     def failures(self) -> int:
-        """Writes and checkpoints the database refused since the start."""
-        return self._writes.failures + self._checkpoints.failures
+        """Statements and checkpoints the database refused since the start."""
+        return self._failures.failures + self._checkpoints.failures
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _contained(self) -> Iterator[None]:
         """One write: a refusal is logged as part of an outage, never raised."""
         try:
             yield
         except sqlite3.Error as exc:
-            self._writes.failed(exc)
+            self._failures.failed(exc)
         else:
-            self._writes.ok()
+            self._failures.ok()
 
     def close(self) -> None:
         self._db.close()
@@ -190,7 +191,7 @@ class JobTable:
     def admit(self, request: OffloadRequest) -> Admitted:
         """Record a delivery of ``request`` and say whether to run it (see module doc)."""
         admitted = Admitted(Admission.NEW)  # what an unrecorded delivery gets
-        with self._writing():
+        with self._contained():
             admitted = self._admit(request)
         return admitted
 
@@ -234,7 +235,7 @@ class JobTable:
 
         A no-op for a job that is no longer queued (it may already have been answered).
         """
-        with self._writing():
+        with self._contained():
             self._db.execute(
                 "UPDATE jobs SET status=?, instance=?, iteration=?, "
                 f"started=coalesce(started, ?) WHERE {_WHERE_KEY} AND status=?",
@@ -249,7 +250,7 @@ class JobTable:
             )
 
     def requeued(self, key: JobKey) -> None:
-        with self._writing():
+        with self._contained():
             self._db.execute(
                 f"UPDATE jobs SET status=?, instance=NULL WHERE {_WHERE_KEY}",
                 (Status.ENQUEUE.value, *key),
@@ -264,7 +265,7 @@ class JobTable:
         retryable: bool = False,
     ) -> None:
         """Close a job with its encoded reply (re-sent to duplicates unless retryable)."""
-        with self._writing():
+        with self._contained():
             self._db.execute(
                 "UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? "
                 f"WHERE {_WHERE_KEY}",
@@ -292,13 +293,16 @@ class JobTable:
         return None if row is None else dict(row)
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        """Jobs by status (none while the database fails: the status still answers)."""
+        rows: list[sqlite3.Row] = []
+        with self._contained():
+            rows = self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 
     def prune(self, older_than_ms: int) -> int:
         """Delete finished jobs that ended before ``older_than_ms``; returns how many."""
         pruned = 0
-        with self._writing():
+        with self._contained():
             pruned = self._db.execute(
                 f"DELETE FROM jobs WHERE ended < ? AND status NOT IN ({','.join('?' * len(OPEN))})",
                 (older_than_ms, *OPEN),

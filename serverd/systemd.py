@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
+from edgefed.outage import Outage
 from edgefed.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
 
 
 async def watchdog(
@@ -24,11 +28,17 @@ async def watchdog(
     """Pet the watchdog and refresh STATUS until ``stop`` is set, then say STOPPING."""
     tick = min(notifier.watchdog_s / 4, 1.0) if notifier.watchdog_s else 1.0
     last_status = time.monotonic()
+    faults = Outage(log, "the systemd status line")
     while not stop.is_set():
         notifier.watchdog()
         if time.monotonic() - last_status >= status_interval:
             last_status = time.monotonic()
-            notifier.status(status_line())
+            try:  # a status that fails is no reason for systemd to kill serverd
+                notifier.status(status_line())
+            except Exception as exc:
+                faults.failed(exc)
+            else:
+                faults.ok()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), tick)
     notifier.stopping("stopping: draining jobs")

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from edgefed.errors import OffloadError
 from edgefed.ports import free_ports
@@ -49,6 +50,12 @@ SETPRIV = "/usr/bin/setpriv"
 # Log lines Triton prints on every CPU-only machine; never the cause of a failure.
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
+MAX_BACKOFF_S = 30.0  # between starts that could not launch Triton
+
+
+class PrepareError(OffloadError):
+    """Triton was not launched: the files it needs could not be written (a full disk, a
+    read-only state dir). Not a crash of Triton's; worth trying again later."""
 
 
 @dataclass(frozen=True)
@@ -152,25 +159,27 @@ class TritonProcess:
             return
         if self._process is not None:  # it died: clear its orphans before a new start
             self._cleanup()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        command = self.command()
-        with self.log_path.open("ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
-            offset = out.tell()
-            self._stop_orphan()
-            try:
-                self._process = subprocess.Popen(
-                    [SETPRIV, "--pdeathsig", "TERM", "--", *command],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.workdir,
-                    env=self.install.environment(os.environ),
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            command = self.command()
+            with self.log_path.open("ab") as out:
+                out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
+                out.flush()
+                offset = out.tell()
+                self._stop_orphan()
+                self._process = self._spawn(command, out)
+        except OSError as exc:
+            raise PrepareError(f"Triton {self.name}: cannot prepare {self.workdir}: {exc}") from exc
+        try:
             self.pid_path.write_text(f"{self._process.pid}\n")
+        except OSError as exc:  # Triton runs; only a later start's clean-up needs the file
+            log.warning(
+                "Triton %s: cannot write %s (%s): if serverd is killed, the next start "
+                "will not find this Triton to stop it",
+                self.name,
+                self.pid_path,
+                exc,
+            )
         started = time.monotonic()
         while time.monotonic() - started < self.ready_timeout:
             code = self.poll()
@@ -189,6 +198,20 @@ class TritonProcess:
             f"Triton {self.name} was not ready within {self.ready_timeout:.0f} s; "
             f"Triton said: {self._said(offset)} (log: {self.log_path})"
         )
+
+    def _spawn(self, command: list[str], out: BinaryIO) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                [SETPRIV, "--pdeathsig", "TERM", "--", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.install.environment(os.environ),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
 
     def ready(self) -> bool:
         """True if the HTTP endpoint answers 200 on ``/v2/health/ready``."""
@@ -275,8 +298,10 @@ class TritonSupervisor:
         restarts: int = 3,
         window_s: float = 300.0,
         poll_s: float = 0.2,
+        backoff_s: float = 1.0,
     ) -> None:
         self.process = process
+        self._backoff_s = backoff_s
         self._on_state = on_state
         self._restarts = restarts
         self._window_s = window_s
@@ -312,7 +337,13 @@ class TritonSupervisor:
                 return
 
     def _restart(self) -> bool:
-        """Restart within the budget; False when the budget is spent (the watcher ends)."""
+        """Restart within the budget; False when the budget is spent (the watcher ends).
+
+        A start that could not even launch Triton (``PrepareError``: a full disk, a
+        read-only state dir) is no crash of Triton's and spends no budget: it is tried
+        again after a back-off (1 s, doubling up to 30 s) until the disk allows it.
+        """
+        unprepared = 0
         while not self._stop.is_set():
             now = time.monotonic()
             while self._history and now - self._history[0] > self._window_s:
@@ -326,16 +357,28 @@ class TritonSupervisor:
                     self._window_s,
                 )
                 return False
-            self._history.append(now)
-            self.restart_count += 1
             try:
                 self.process.start()
+            except PrepareError as exc:
+                wait_s = min(self._backoff_s * 2**unprepared, MAX_BACKOFF_S)
+                unprepared += 1
+                log.error(
+                    "restart of %s failed: %s (again in %.0f s)", self.process.name, exc, wait_s
+                )
+                self._stop.wait(wait_s)
+                continue
             except OffloadError as exc:
+                self._launched(now)
                 log.error("restart of %s failed: %s", self.process.name, exc)
                 continue
+            self._launched(now)
             self._report(True)
             return True
         return False
+
+    def _launched(self, at: float) -> None:
+        self._history.append(at)
+        self.restart_count += 1
 
     def _report(self, up: bool) -> None:
         try:

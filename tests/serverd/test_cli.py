@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -187,6 +189,34 @@ def test_a_blocked_event_loop_stops_the_watchdog(tmp_path: Path) -> None:
     assert [t for t in pets if blocked + 0.05 < t < resumed] == []
     assert any(t < blocked for t in pets) and any(t > resumed for t in pets)
     assert any(n.fields.get("STATUS") == "ok" for n in listener.snapshot())
+
+
+def test_a_status_line_that_fails_never_stops_the_watchdog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status comes from the job table; storage that fails its reads must not make
+    systemd kill a serverd that still serves (the watchdog task died here before)."""
+    listener = NotifyListener(tmp_path)
+    notifier = Notifier(listener.env(watchdog_s=0.4))
+
+    def failing() -> str:
+        raise sqlite3.DatabaseError("disk I/O error")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watchdog(notifier, stop, failing, status_interval=0.1))
+        await asyncio.sleep(1.5)
+        stop.set()
+        await task
+
+    started = time.monotonic()
+    asyncio.run(scenario())
+    listener.wait_for("STOPPING", 5)
+    listener.close()
+    pets = listener.times("WATCHDOG")
+    assert any(t > started + 1.2 for t in pets)  # petted to the end
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "disk I/O error" in errors[0].getMessage()
 
 
 def test_a_killed_serverd_is_announced_offline_by_its_last_will(

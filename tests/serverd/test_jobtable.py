@@ -256,3 +256,12 @@ def test_a_table_that_refuses_every_write_runs_every_delivery(table: JobTable) -
     table.finish(key, Status.EXIT, b"ok")
     assert table.prune(older_than_ms=10**12) == 0
     assert table.failures == 7 and table.get(key) is None
+
+
+def test_a_table_that_fails_its_reads_still_gives_counts(table: JobTable) -> None:
+    """Storage gone bad (here the connection itself): the status's counts come back empty
+    instead of failing the status API and the systemd status line."""
+    table.admit(request())
+    assert table.counts() == {"Enqueue": 1}
+    table._db.conn.close()
+    assert table.counts() == {} and table.failures == 1

@@ -1,6 +1,7 @@
 """Triton's life is tied to serverd's: a kill -9 of the process that started it takes it
 down (parent-death signal), and a Triton left by an earlier run is found by its pid file
-and stopped before a new one starts. Real ``tritonserver`` processes (the echo model)."""
+and stopped before a new one starts; a Triton that dies while the disk refuses its files
+comes back once they can be written. Real ``tritonserver`` processes (the echo model)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from edgefed.testing.wait import wait_until
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import TritonModelConfig, write_repository
-from serverd.triton.supervisor import TritonPorts, TritonProcess
+from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
 from tests.support.paths import IMAGES_DIR, REPO
 
 VENV = REPO / ".venv-triton"
@@ -86,6 +87,40 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Pa
         again.stop()
         earlier.stop()
     assert not (tmp_path / "local-0.pid").exists()
+
+
+def test_a_triton_that_dies_while_its_files_cannot_be_written_comes_back_when_they_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its log cannot be opened on restart (a directory stands in for a full disk): each
+    try launches nothing and spends none of the crash budget; once the log can be written
+    again, Triton is back and reported up. The watcher thread died here before."""
+    install = TritonInstall.locate(VENV)
+    echo = [TritonModelConfig(name="echo", backend="echo")]
+    repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
+    process = TritonProcess(install, repository, tmp_path / "work", "local-0", TritonPorts.free())
+    states: list[bool] = []
+    supervisor = TritonSupervisor(
+        process, lambda _, up: states.append(up), restarts=1, poll_s=0.05, backoff_s=0.2
+    )
+    supervisor.start()
+    try:
+        process.log_path.unlink()
+        process.log_path.mkdir()
+        pid = process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            "three restarts that could not prepare",
+            lambda: caplog.text.count("cannot prepare") >= 3,
+            20,
+        )
+        assert states == [False] and not supervisor.gave_up and supervisor.restart_count == 0
+        process.log_path.rmdir()
+        wait_until("Triton back and reported up", lambda: states == [False, True], 90)
+        assert process.ready() and process.pid != pid and supervisor.restart_count == 1
+    finally:
+        supervisor.stop()
 
 
 def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> None:
