@@ -152,9 +152,20 @@ class ServerdApp:
 
     def _on_triton_state(self, name: str, up: bool) -> None:
         """Called on a supervisor's watcher thread."""
-        service, loop = self.service, self._loop
-        if service is not None and loop is not None:
-            loop.call_soon_threadsafe(service.instance_state, name, up)
+        loop = self._loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self._triton_state(name, up), loop)
+
+    async def _triton_state(self, name: str, up: bool) -> None:
+        service = self.service
+        if service is None:
+            return
+        if up:  # restarted on the same port: the old channel may still be waiting out its
+            try:  # reconnect back-off, failing the first jobs; the next call opens anew
+                await self.endpoints[name].close()
+            except Exception:  # the instance is up either way
+                log.exception("closing the channel to Triton %s failed", name)
+        service.instance_state(name, up)
 
     async def _start_tritons(self) -> None:
         supervisors = self._tritons()

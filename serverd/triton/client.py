@@ -118,6 +118,7 @@ class TritonEndpoint:
         return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Close the channel; a later call opens a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -289,7 +289,12 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     wait_until(
         "local-0 healthy", lambda: serverd.status()["instances"]["local-0"]["healthy"], timeout=30
     )
-    after = edge.request("echo")
-    edge.send(after, JPEG)
-    ((reply, _),) = edge.collect(1)
-    assert isinstance(reply, OffloadResult)
+    # and it takes jobs at once: none fails on a channel left from the Triton that died
+    requeued = serverd.status()["counters"]["requeued"]
+    for _ in range(6):
+        edge.send(edge.request("echo"), JPEG)
+    replies = [reply for reply, _ in edge.collect(6)]
+    assert all(isinstance(r, OffloadResult) for r in replies)
+    assert any(r.served_by.endswith("/local-0") for r in replies if isinstance(r, OffloadResult))
+    status = serverd.status()
+    assert status["counters"]["requeued"] == requeued and status["instances"]["local-0"]["healthy"]
