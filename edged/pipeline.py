@@ -32,7 +32,7 @@ from edged.tracking import TrackerUpdate
 from edgefed.errors import ConfigError
 from edgefed.models.runner import ModelRunner, cascade_regions
 from edgefed.models.types import Box, Detection, Result
-from edgefed.outage import Sinks
+from edgefed.outage import Outage, Sinks
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class CameraStats:
     gated: int = 0
     skipped_static: int = 0
     skipped_rate: int = 0
+    skipped_failed: int = 0
     frames_in: RateMeter = field(default_factory=RateMeter)
     processed: RateMeter = field(default_factory=RateMeter)
     motion_ratio: float = 0.0
@@ -95,6 +96,7 @@ class CameraLoop:
         self._rate = RateLimiter()  # pipeline.target_fps
         self.finished = threading.Event()
         self.heartbeat = time.monotonic()  # set by the dispatcher on every turn of its loop
+        self._faults = Outage(log, f"camera {cfg.name}: dispatching a frame")
 
     def start(self) -> None:
         self.capture.start()
@@ -114,7 +116,13 @@ class CameraLoop:
                     if self.capture.stats().state.value in ("ended", "failed"):
                         break
                     continue
-                self._dispatch(frame)
+                try:
+                    self._dispatch(frame)
+                except Exception as exc:  # contained: one bad frame never stops the camera
+                    self.stats.skipped_failed += 1
+                    self._faults.failed(exc)
+                else:
+                    self._faults.ok()
         finally:
             self.finished.set()
 
@@ -371,6 +379,7 @@ class Pipeline:
                     "gated": st.gated,
                     "skipped_static": st.skipped_static,
                     "skipped_rate": st.skipped_rate,
+                    "skipped_failed": st.skipped_failed,
                     "gate_pass_ratio": round(st.gated / total, 4) if total else None,
                     "motion_ratio": round(st.motion_ratio, 5),
                     "objects": cam.perception.objects() if cam.perception is not None else [],

@@ -116,6 +116,7 @@ class StatusCollector(Collector):
             gated.add_metric([c.name], c.gated)
             skipped.add_metric([c.name, "static"], c.skipped_static)
             skipped.add_metric([c.name, "rate"], c.skipped_rate)
+            skipped.add_metric([c.name, "failed"], c.skipped_failed)
         yield from (up, cap, proc, motion, frames, drops, reconnects, gated, skipped)
 
     def _models(self, st: StatusBody) -> Iterator[Metric]:

@@ -61,6 +61,7 @@ class CameraStatus(_Out):
     gated: int = Field(description="Frames with motion, sent to the models")
     skipped_static: int = Field(description="Frames without motion, skipped by the gate")
     skipped_rate: int = Field(description="Frames skipped by pipeline.target_fps")
+    skipped_failed: int = Field(0, description="Frames whose dispatch failed (see the log)")
     gate_pass_ratio: float | None = Field(description="gated / (gated + skipped_static)")
     motion_ratio: float = Field(description="Changed share of the last gated frame, 0..1")
     objects: list[TrackOut] = Field(

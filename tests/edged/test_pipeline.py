@@ -179,6 +179,32 @@ def test_a_camera_back_at_another_size_keeps_finding_people(tmp_path: Path) -> N
     assert {d["track_id"] for d in people(after) if d.get("track_id")}.isdisjoint(before_ids)
 
 
+def test_a_frame_that_fails_is_counted_and_the_camera_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault injected into the gate on frames 5-7 (as a frame it cannot take would
+    raise): those frames are counted as failed, logged once, and the frames after them
+    reach the models. The dispatcher thread ended at the first one before, and with it
+    the camera's analysis, while capture and the daemon ran on."""
+    app = EdgedApp(parse_config(fast_config(tmp_path, 24), env={}))
+    camera = app.pipeline.cameras[0]
+    update, calls = camera.gate.update, [0]
+
+    def faulty(image: np.ndarray) -> Any:
+        calls[0] += 1
+        if 5 <= calls[0] <= 7:
+            raise ValueError("injected fault")
+        return update(image)
+
+    camera.gate.update = faulty  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING)
+    app.run(threading.Event())
+    (status,) = app.pipeline.status()["cameras"]
+    assert status["skipped_failed"] == 3 and app.pipeline.completed.total >= 24
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "dispatching a frame failed: injected fault" in errors[0]
+
+
 def test_a_full_disk_under_the_results_file_is_one_error_and_loses_no_frame(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -128,7 +128,7 @@ function render(st) {
   ]));
   fillRows("cameras", st.cameras.map((c) => [
     c.name, c.state, fmt(c.capture_fps), fmt(c.processed_fps), c.gated, c.skipped_static,
-    c.skipped_rate, (100 * c.motion_ratio).toFixed(2) + "%",
+    c.skipped_rate, c.skipped_failed, (100 * c.motion_ratio).toFixed(2) + "%",
   ]));
   fillRows("objects", st.cameras.flatMap((c) => (c.objects || [])
     .filter((o) => o.confirmed)

@@ -78,7 +78,11 @@ def test_metrics_parse_and_carry_the_expected_families(daemon: Daemon) -> None:
     slowest = samples[("edged_model_latency_seconds_bucket", (("le", "2.5"), ("model", "scene")))]
     assert slowest <= runs  # cumulative buckets never exceed the count
     skipped = {lab["reason"] for n, lab, _ in families["edged_camera_skipped_frames"][1]}
-    assert skipped == {"static", "rate"}
+    assert skipped == {"static", "rate", "failed"}
+    assert (
+        samples[("edged_camera_skipped_frames_total", (("camera", "vtest"), ("reason", "failed")))]
+        == 0
+    )
 
 
 def test_counters_grow_between_scrapes(daemon: Daemon) -> None:
