@@ -88,6 +88,10 @@ class ServerdApp:
         return {
             "server_id": self.config.server_id,
             "ready": self.serving(),
+            "mqtt": {
+                "connected": self.mqtt is not None and self.mqtt.connected,
+                "cert_expires": self.mqtt.cert_expires if self.mqtt is not None else None,
+            },
             "instances": {
                 i.name: {
                     "healthy": i.healthy,

@@ -53,9 +53,17 @@ class StatusCollector(Collector):
         yield from self._outbox(st)
         yield from self._federation(st)
         links = _gauge("edged_link_up", "1 while the link is connected", ["link"])
+        expiry = _gauge(
+            "edged_link_cert_expiry_timestamp_seconds",
+            "When the link's client certificate runs out (Unix time)",
+            ["link"],
+        )
         for link in st.links:
             links.add_metric([link.name], 1.0 if link.connected else 0.0)
+            if link.cert_expires is not None:
+                expiry.add_metric([link.name], link.cert_expires)
         yield links
+        yield expiry
         yield GaugeMetricFamily(
             "edged_preview_viewers", "Open MJPEG streams", value=st.preview.viewers
         )

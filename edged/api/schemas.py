@@ -191,6 +191,11 @@ class SampleStored(_Out):
 class LinkStatus(_Out):
     name: str = Field(description="Link name (e.g. mqtt)")
     connected: bool = Field(description="The connection is up")
+    cert_expires: float | None = Field(
+        None,
+        description="When the link's client certificate runs out (epoch seconds); edged "
+        "warns in its log from 30 days before. None without a client certificate",
+    )
 
 
 class PreviewStatus(_Out):

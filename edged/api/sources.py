@@ -26,6 +26,8 @@ class Link(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    cert_expires: float | None  # epoch s when its client certificate runs out; None: none
+
 
 class JobView(Protocol):
     """One outbox row (``edged.offload.outbox.JobRecord``)."""

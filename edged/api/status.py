@@ -65,7 +65,7 @@ class StatusViews:
                 "outbox": self.outbox_summary(),
                 "offload_results": self.offload_results(),
                 "links": [
-                    {"name": name, "connected": link.connected}
+                    {"name": name, "connected": link.connected, "cert_expires": link.cert_expires}
                     for name, link in self._src.links.items()
                 ],
                 "preview": PreviewStatus(

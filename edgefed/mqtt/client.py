@@ -9,9 +9,11 @@ disconnect callbacks with their counters and listeners, and start/stop in either
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +21,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefed.errors import OffloadError
-from edgefed.mqtt.config import MqttConfig, Presence, tls_context
+from edgefed.mqtt.config import MqttConfig, Presence, cert_expires, tls_context
 from edgefed.mqtt.loopdriver import LoopDriver
 from edgefed.mqtt.registry import (
     AckCallback,
@@ -45,6 +47,7 @@ paho_log = logging.getLogger("edgefed.mqtt.paho")
 paho_log.addFilter(_not_redundant)
 
 ConnectionListener = Callable[[bool], None]
+CERT_WARN_DAYS = 30  # a client certificate this close to its end is warned of
 
 
 class MqttClient:
@@ -61,6 +64,9 @@ class MqttClient:
         self._stopping = False
         self._resubscribe_mid: int | None = None
         self._client = self._make_client()
+        tls = config.tls
+        # when the client certificate runs out (epoch s): status, metrics, warnings
+        self.cert_expires = cert_expires(tls.cert) if tls and tls.cert else None
         self._registry = SubscriptionRegistry(self.counters, self._client.ack, self._lock)
         self._driver = LoopDriver(self._client, config, self._count_connect_failure)
 
@@ -123,6 +129,7 @@ class MqttClient:
         if self._started:
             return
         self._started = True
+        self._check_cert()
         try:
             self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
         except (OSError, ValueError) as exc:
@@ -226,7 +233,36 @@ class MqttClient:
             self.publish(self._presence.topic, self._presence.online, retain=True)
         self._connected.set()
         log.info("mqtt: connected to %s:%d", self.config.host, self.config.port)
+        self._check_cert()
         self._notify(listeners, True)
+
+    def _check_cert(self) -> None:
+        """On every start and connect: say so when the client certificate has run out
+        (the broker refuses it) or runs out within ``CERT_WARN_DAYS``."""
+        if self.cert_expires is None or self.config.tls is None:
+            return
+        left_s = self.cert_expires - time.time()
+        if left_s >= CERT_WARN_DAYS * 86400:
+            return
+        cert = self.config.tls.cert
+        end = datetime.datetime.fromtimestamp(self.cert_expires, datetime.UTC)
+        when = end.strftime("%Y-%m-%d %H:%M UTC")
+        fix = "issue a new one and restart (docs/security.md, Rotating a certificate)"
+        if left_s <= 0:
+            log.error(
+                "mqtt: client certificate %s expired on %s: the broker refuses it; %s",
+                cert,
+                when,
+                fix,
+            )
+        else:
+            log.warning(
+                "mqtt: client certificate %s expires on %s, in %.0f days: %s",
+                cert,
+                when,
+                left_s / 86400,
+                fix,
+            )
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._count_connect_failure()

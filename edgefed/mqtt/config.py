@@ -8,6 +8,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from edgefed.errors import ConfigError
@@ -62,6 +63,15 @@ def presence(topic: str, online: Availability) -> Presence:
     """Presence payloads from the ``online`` availability message and its offline twin."""
     offline = online.model_copy(update={"state": "offline"})
     return Presence(topic, encode_message(online), encode_message(offline))
+
+
+def cert_expires(path: Path) -> float:
+    """When the PEM certificate at ``path`` stops being valid (epoch seconds)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"mqtt tls: cannot read the certificate {path}: {exc}") from exc
+    return cert.not_valid_after_utc.timestamp()
 
 
 def tls_context(tls: MqttTls) -> ssl.SSLContext:

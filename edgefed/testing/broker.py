@@ -51,11 +51,14 @@ class TlsFiles:
     client_key: Path
 
 
+TLS_DAYS = 90  # outlives any run, and clients' expiry warning (30 days)
+
+
 def make_tls_files(directory: Path) -> TlsFiles:
     """Generate a CA, a server certificate (localhost, 127.0.0.1) and a client certificate."""
-    ca = certs.make_ca(directory, "edgefed test CA", days=1)
-    server = certs.issue(directory, "localhost", server=True, days=1)
-    client = certs.issue(directory, "edge-client", days=1)
+    ca = certs.make_ca(directory, "edgefed test CA", days=TLS_DAYS)
+    server = certs.issue(directory, "localhost", server=True, days=TLS_DAYS)
+    client = certs.issue(directory, "edge-client", days=TLS_DAYS)
     return TlsFiles(ca.cert, server.cert, server.key, client.cert, client.key)
 
 
@@ -87,7 +90,9 @@ class Broker:
     def _make_identities(self) -> None:
         if self.tls is not None:
             tls_dir = self.tls.ca.parent
-            self._certs = {name: certs.issue(tls_dir, name, days=1) for name in self.identities}
+            self._certs = {
+                name: certs.issue(tls_dir, name, days=TLS_DAYS) for name in self.identities
+            }
         else:
             passwd = self.directory / "passwd"
             passwd.write_text("")

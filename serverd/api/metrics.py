@@ -174,6 +174,14 @@ class _StatusCollector(Collector):
         for kind, count in status.get("edge_events", {}).items():
             events.add_metric([kind], count)
         yield events
+        expires = status.get("mqtt", {}).get("cert_expires")
+        if expires is not None:
+            expiry = GaugeMetricFamily(
+                "serverd_mqtt_cert_expiry_timestamp_seconds",
+                "When serverd's MQTT client certificate runs out (Unix time)",
+            )
+            expiry.add_metric([], expires)
+            yield expiry
         scrapes = CounterMetricFamily(
             "serverd_triton_scrape_failures", "Triton metrics fetches that failed"
         )

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from edged.netloop import NetLoop
+from edgefed import certs
 from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls, presence, tls_context
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import Availability, Topics, decode_availability
 from tests.support.paths import REPO
 
@@ -101,6 +103,40 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(
         finally:
             bad.stop()
             good.stop()
+
+
+def test_a_client_certificate_near_or_past_its_end_is_said_at_start_and_connect(
+    tmp_path: Path, loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """10 days left: a warning naming the file and the date, at start and on connecting;
+    run out (0 days: it ended as it was made): an error at start, and the broker refuses
+    it. ``cert_expires`` is what the daemons' status and metrics show."""
+    with Broker(tmp_path / "tls-broker", tls=True) as broker:
+        assert broker.tls is not None
+        ca, tls_dir = broker.tls.ca, broker.tls.ca.parent
+        soon, over = certs.issue(tls_dir, "soon", days=10), certs.issue(tls_dir, "over", days=0)
+        near = client(broker, "near", tls=MqttTls(ca=ca, cert=soon.cert, key=soon.key))
+        ended = client(
+            broker, "ended", tls=MqttTls(ca=ca, cert=over.cert, key=over.key), reconnect_max_s=1
+        )
+        assert near.cert_expires is not None and ended.cert_expires is not None
+        assert abs(near.cert_expires - (time.time() + 10 * 86400)) < 60
+        caplog.set_level(logging.INFO, logger="edgefed.mqtt")
+        near.start(loop)
+        ended.start(loop)
+        try:
+            assert near.wait_connected(10)
+            wait_until("a refused connect", lambda: ended.counters.connect_failures >= 1)
+            assert not ended.connected
+        finally:
+            ended.stop()
+            near.stop()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "edgefed.mqtt"]
+    warned = [m for level, m in lines if level == logging.WARNING and str(soon.cert) in m]
+    assert len(warned) == 2 and all("in 10 days" in m for m in warned)
+    (error,) = [m for level, m in lines if level == logging.ERROR and str(over.cert) in m]
+    assert "expired on" in error and "the broker refuses it" in error
+    assert client(broker, "plain").cert_expires is None
 
 
 def test_tls_files_that_cannot_be_read_are_a_config_error(tmp_path: Path) -> None:

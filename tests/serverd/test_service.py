@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
+from cryptography import x509
 
 from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
@@ -251,11 +253,20 @@ def test_serverd_over_mutual_tls_with_an_external_triton(
             request = edge.request("person")
             edge.send(request, JPEG)
             ((reply, _),) = edge.collect(1)
+            mqtt = second.call(second.app.status)["mqtt"]
+            metrics = second.call(second.app.metrics.own).decode()
         finally:
             edge.close()
             second.stop()
     assert isinstance(reply, OffloadResult) and reply.served_by == "tls-server/ext"
     assert reply.results
+    # the client certificate's end, for an alert before the broker refuses it
+    assert mqtt["connected"] and mqtt["cert_expires"] == pytest.approx(
+        x509.load_pem_x509_certificate(
+            files.client_cert.read_bytes()
+        ).not_valid_after_utc.timestamp()
+    )
+    assert "serverd_mqtt_cert_expiry_timestamp_seconds " in metrics
 
 
 def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge: Edge) -> None:

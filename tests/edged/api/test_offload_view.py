@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from edged.api.server import ApiServer
 from edged.api.sources import ApiSources
 from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
-from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.mqtt import MqttClient
 from edgefed.testing.broker import Broker
 from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadRequest
@@ -50,9 +51,11 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def test_outbox_and_link_show_in_status_readiness_metrics(
     daemon: Daemon, outbox: Outbox, tmp_path: Path
 ) -> None:
-    with Broker(tmp_path / "broker") as broker:
-        mqtt = MqttClient(MqttConfig(port=broker.port, client_id="api-test", clean_session=True))
+    with Broker(tmp_path / "broker", tls=True) as broker:  # as shipped: a client certificate
+        mqtt = MqttClient(broker.client_config("api-test", clean_session=True))
         mqtt.start()
+        expires = mqtt.cert_expires
+        assert expires is not None and expires > time.time() + 30 * 86400
         sources = ApiSources(
             pipeline=daemon.app.pipeline,
             events=daemon.app.events,
@@ -67,7 +70,7 @@ def test_outbox_and_link_show_in_status_readiness_metrics(
             assert mqtt.wait_connected(10)
             wait_until("readiness", lambda: call(server.url + "/readyz").status == 200)
             st = call(server.url + "/api/v1/status").json()
-            assert st["links"] == [{"name": "mqtt", "connected": True}]
+            assert st["links"] == [{"name": "mqtt", "connected": True, "cert_expires": expires}]
             assert st["outbox"]["available"] and st["outbox"]["depth"] == 3
             assert st["outbox"]["counts"]["Enqueue"] == 2
             assert st["outbox"]["counts"]["Preprocessing"] == 1
@@ -86,6 +89,9 @@ def test_outbox_and_link_show_in_status_readiness_metrics(
             metrics = call(server.url + "/metrics").body.decode()
             assert 'edged_outbox_jobs{status="Enqueue"} 2.0' in metrics
             assert 'edged_link_up{link="mqtt"} 1.0' in metrics
+            expiry = 'edged_link_cert_expiry_timestamp_seconds{link="mqtt"} '
+            (line,) = [ln for ln in metrics.splitlines() if ln.startswith(expiry)]
+            assert float(line.removeprefix(expiry)) == pytest.approx(expires)
 
             broker.stop()
             wait_until("the link to drop", lambda: not mqtt.connected)
