@@ -73,7 +73,6 @@ class CameraStats:
     gated: int = 0
     skipped_static: int = 0
     skipped_rate: int = 0
-    skipped_failed: int = 0
     frames_in: RateMeter = field(default_factory=RateMeter)
     processed: RateMeter = field(default_factory=RateMeter)
     motion_ratio: float = 0.0
@@ -96,7 +95,8 @@ class CameraLoop:
         self._rate = RateLimiter()  # pipeline.target_fps
         self.finished = threading.Event()
         self.heartbeat = time.monotonic()  # set by the dispatcher on every turn of its loop
-        self._faults = Outage(log, f"camera {cfg.name}: dispatching a frame")
+        # one frame that fails never stops the camera; ``failures`` counts them
+        self.faults = Outage(log, f"camera {cfg.name}: dispatching a frame")
 
     def start(self) -> None:
         self.capture.start()
@@ -116,13 +116,8 @@ class CameraLoop:
                     if self.capture.stats().state.value in ("ended", "failed"):
                         break
                     continue
-                try:
+                with self.faults.contained():
                     self._dispatch(frame)
-                except Exception as exc:  # contained: one bad frame never stops the camera
-                    self.stats.skipped_failed += 1
-                    self._faults.failed(exc)
-                else:
-                    self._faults.ok()
         finally:
             self.finished.set()
 
@@ -379,7 +374,7 @@ class Pipeline:
                     "gated": st.gated,
                     "skipped_static": st.skipped_static,
                     "skipped_rate": st.skipped_rate,
-                    "skipped_failed": st.skipped_failed,
+                    "skipped_failed": cam.faults.failures,
                     "gate_pass_ratio": round(st.gated / total, 4) if total else None,
                     "motion_ratio": round(st.motion_ratio, 5),
                     "objects": cam.perception.objects() if cam.perception is not None else [],

@@ -12,10 +12,11 @@ write that only some calls make, is one outage, not one per call). Thread-safe;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 REMIND_S = 300.0
@@ -80,6 +81,18 @@ class Outage:
                 "%s still failing: %d times in %.0f s, latest: %s", self.what, count, elapsed, exc
             )
 
+    @contextlib.contextmanager
+    def contained(self, *kinds: type[Exception]) -> Iterator[None]:
+        """The block is one try of the operation: an exception of ``kinds`` (any, by
+        default) is a failure, logged as this outage's and not raised; else ``ok``."""
+        catch = kinds or (Exception,)
+        try:
+            yield
+        except catch as exc:
+            self.failed(exc)
+        else:
+            self.ok()
+
     def ok(self) -> None:
         """Call after the operation succeeded; ends an outage ``settle_s`` after its last
         failure."""
@@ -110,12 +123,8 @@ class Sinks(Generic[T]):
 
     def __call__(self, item: T) -> None:
         for sink, outage in self._sinks:
-            try:
+            with outage.contained():
                 sink(item)
-            except Exception as exc:
-                outage.failed(exc)
-            else:
-                outage.ok()
 
     @property
     def failures(self) -> int:

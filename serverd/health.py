@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from edgefed.errors import OffloadError
 from edgefed.outage import Outage
@@ -27,6 +27,19 @@ async def stopped(stop: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def periodic(
+    stop: asyncio.Event, interval_s: float, step: Callable[[], Awaitable[None]], what: str
+) -> None:
+    """Run ``step`` now and every ``interval_s`` until ``stop``; a run that fails is part
+    of an outage in the log (``what`` names it), never the loop's end."""
+    faults = Outage(log, what)
+    while True:
+        with faults.contained():
+            await step()
+        if await stopped(stop, interval_s):
+            return
 
 
 class HealthWatch:
@@ -47,18 +60,9 @@ class HealthWatch:
         self._interval_s = interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Probe every ``interval_s`` until ``stop``; a fault in one probe never ends it
-        (this loop is what brings an instance back)."""
-        faults = Outage(log, "probing the Triton instances")
-        while True:
-            try:
-                await self.probe()
-            except Exception as exc:  # contained: the next probe may well succeed
-                faults.failed(exc)
-            else:
-                faults.ok()
-            if await stopped(stop, self._interval_s):
-                return
+        """Probe every ``interval_s`` until ``stop`` (a failed probe never ends it: this
+        loop is what brings an instance back)."""
+        await periodic(stop, self._interval_s, self.probe, "probing the Triton instances")
 
     async def probe(self) -> None:
         names = list(self._endpoints)

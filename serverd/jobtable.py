@@ -33,13 +33,12 @@ empty.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,16 +146,6 @@ class JobTable:
         """Statements and checkpoints the database refused since the start."""
         return self._failures.failures + self._checkpoints.failures
 
-    @contextlib.contextmanager
-    def _contained(self) -> Iterator[None]:
-        """One write: a refusal is logged as part of an outage, never raised."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            self._failures.failed(exc)
-        else:
-            self._failures.ok()
-
     def close(self) -> None:
         self._db.close()
         with self._checkpoint_lock:
@@ -191,7 +180,7 @@ class JobTable:
     def admit(self, request: OffloadRequest) -> Admitted:
         """Record a delivery of ``request`` and say whether to run it (see module doc)."""
         admitted = Admitted(Admission.NEW)  # what an unrecorded delivery gets
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             admitted = self._admit(request)
         return admitted
 
@@ -235,7 +224,7 @@ class JobTable:
 
         A no-op for a job that is no longer queued (it may already have been answered).
         """
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             self._db.execute(
                 "UPDATE jobs SET status=?, instance=?, iteration=?, "
                 f"started=coalesce(started, ?) WHERE {_WHERE_KEY} AND status=?",
@@ -250,7 +239,7 @@ class JobTable:
             )
 
     def requeued(self, key: JobKey) -> None:
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             self._db.execute(
                 f"UPDATE jobs SET status=?, instance=NULL WHERE {_WHERE_KEY}",
                 (Status.ENQUEUE.value, *key),
@@ -265,7 +254,7 @@ class JobTable:
         retryable: bool = False,
     ) -> None:
         """Close a job with its encoded reply (re-sent to duplicates unless retryable)."""
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             self._db.execute(
                 "UPDATE jobs SET status=?, reply=?, error=?, retryable=?, ended=? "
                 f"WHERE {_WHERE_KEY}",
@@ -280,13 +269,9 @@ class JobTable:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + 60.0
                 self.prune(self._clock() - int(retention_s * 1000))
-            try:
+            with self._checkpoints.contained(OffloadError):  # the auto-checkpoint bounds it
                 if await asyncio.to_thread(self.checkpoint):
                     self.restart_wal()
-            except OffloadError as exc:  # the auto-checkpoint still bounds the WAL
-                self._checkpoints.failed(exc)
-            else:
-                self._checkpoints.ok()
 
     def get(self, key: JobKey) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT * FROM jobs WHERE {_WHERE_KEY}", key).fetchone()
@@ -295,14 +280,14 @@ class JobTable:
     def counts(self) -> dict[str, int]:
         """Jobs by status (none while the database fails: the status still answers)."""
         rows: list[sqlite3.Row] = []
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             rows = self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 
     def prune(self, older_than_ms: int) -> int:
         """Delete finished jobs that ended before ``older_than_ms``; returns how many."""
         pruned = 0
-        with self._contained():
+        with self._failures.contained(sqlite3.Error):
             pruned = self._db.execute(
                 f"DELETE FROM jobs WHERE ended < ? AND status NOT IN ({','.join('?' * len(OPEN))})",
                 (older_than_ms, *OPEN),

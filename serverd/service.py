@@ -36,8 +36,7 @@ from edgefed.wire import (
     decode_request,
     encode_message,
 )
-from serverd.health import HealthWatch
-from serverd.health import stopped as _stopped
+from serverd.health import HealthWatch, periodic
 from serverd.jobtable import Admission, JobKey, JobTable
 from serverd.overload import OverloadConfig, OverloadGuard, Verdict
 from serverd.scheduler import Assignment, Job, Scheduler
@@ -172,15 +171,14 @@ class OffloadServer:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
         loops = [
-            asyncio.create_task(self._expire_loop(stop), name="serverd-expire"),
-            asyncio.create_task(self._health.run(stop), name="serverd-health"),
-            asyncio.create_task(
-                self._jobs.maintain(
-                    stop, self.settings.health_interval_s, self.settings.retention_s
-                ),
-                name="serverd-maintain",
-            ),
+            asyncio.create_task(loop, name=f"serverd-{name}")
+            for name, loop in (
+                ("expire", periodic(stop, 0.05, self._expire, "expiring queued jobs")),
+                ("health", self._health.run(stop)),
+                ("maintain", self._jobs.maintain(stop, s.health_interval_s, s.retention_s)),
+            )
         ]
         await stop.wait()
         self._closing = True
@@ -192,10 +190,6 @@ class OffloadServer:
         await asyncio.gather(*pending, return_exceptions=True)
         for endpoint in self._endpoints.values():
             await endpoint.close()
-
-    def job(self, device_id: str, job_id: str) -> dict[str, Any] | None:
-        """The job table's row of ``device_id``'s job ``job_id``."""
-        return self._jobs.get((device_id, job_id))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -397,19 +391,9 @@ class OffloadServer:
         self._jobs.finish(held.key, status, reply, error, retryable)
         self._held.pop(held.queue_id, None)
 
-    async def _expire_loop(self, stop: asyncio.Event) -> None:
+    async def _expire(self) -> None:
         """Answer queued jobs whose deadline passed or that waited too long (the edge's
-        local result stands); a fault in one pass never ends the loop."""
-        faults = Outage(log, "expiring queued jobs")
-        while not await _stopped(stop, 0.05):
-            try:
-                self._expire()
-            except Exception as exc:  # contained: a queue that never expires is worse
-                faults.failed(exc)
-            else:
-                faults.ok()
-
-    def _expire(self) -> None:
+        local result stands)."""
         for job in self._scheduler.expire(float(self._clock_ms())):
             held = self._held.get(job.job_id)
             if held is None:

@@ -33,12 +33,8 @@ async def watchdog(
         notifier.watchdog()
         if time.monotonic() - last_status >= status_interval:
             last_status = time.monotonic()
-            try:  # a status that fails is no reason for systemd to kill serverd
+            with faults.contained():  # a failing status is no reason for systemd to kill us
                 notifier.status(status_line())
-            except Exception as exc:
-                faults.failed(exc)
-            else:
-                faults.ok()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), tick)
     notifier.stopping("stopping: draining jobs")

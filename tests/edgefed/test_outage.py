@@ -79,3 +79,24 @@ def test_a_failing_sink_keeps_no_item_from_the_others(caplog: pytest.LogCaptureF
     assert len(errors) == 1 and errors[0].startswith(
         "result sink test_a_failing_sink_keeps_no_item_from_the_others.<locals>.full_disk failed"
     )
+
+
+def test_contained_takes_the_kinds_it_is_given_and_lets_others_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    outage = Outage(log, "a write", settle_s=0, clock=clock)
+    with outage.contained(OSError):
+        raise OSError(28, "No space left on device")
+    assert outage.active and outage.failures == 1
+    with pytest.raises(ValueError), outage.contained(OSError):
+        raise ValueError("a bug, not the disk")
+    assert outage.failures == 1
+    clock.t += 1
+    with outage.contained():  # any exception by default; none here: the outage ends
+        pass
+    assert not outage.active
+    with outage.contained():
+        raise RuntimeError("any")
+    assert outage.failures == 2
+    assert [m for _, m, _ in lines(caplog)][-1].startswith("a write failed: any")

@@ -125,9 +125,10 @@ class ServerdThread:
         return self.call(service.status)
 
     def job(self, device_id: str, job_id: str) -> dict[str, Any] | None:
-        service = self.app.service
-        assert service is not None
-        return self.call(lambda: service.job(device_id, job_id))
+        """The job table's row of ``device_id``'s job ``job_id``."""
+        jobs = self.app.jobs
+        assert jobs is not None
+        return self.call(lambda: jobs.get((device_id, job_id)))
 
     def stop(self) -> None:
         if self._thread.is_alive():
