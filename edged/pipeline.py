@@ -135,7 +135,6 @@ class CameraLoop:
             return
         st.skipped_static -= len(sent) - 1  # pre-roll frames were counted as skipped
         for early, verdict in sent:
-            st.gated += 1
             regions = motion_regions(verdict.boxes, early.image.shape)
             job = FrameJob(frame=early, gate=verdict, motion_regions=regions)
             planned = self._pipeline.planned_input
@@ -149,7 +148,8 @@ class CameraLoop:
                     )
                 job.perception = self.perception
                 job.plan = self.perception.plan(verdict.boxes, early.ts, early.image.shape)
-            self._pipeline.submit(job, st.gated)
+            self._pipeline.submit(job, st.gated + 1)
+            st.gated += 1  # once sent: a frame that failed before is counted as failed
 
 
 class Pipeline:

@@ -107,7 +107,7 @@ class ServerdApp:
                 "in_flight": current.get("in_flight", 0),
             },
             "jobs": current.get("jobs", {}),
-            "job_table_failures": current.get("job_table_failures", 0),
+            "job_table_failures": self.jobs.failures if self.jobs is not None else 0,
             "counters": current.get("counters", {}),
             "queued": current.get("queued", 0),
             "shed": current.get("shed", {}),
@@ -158,17 +158,14 @@ class ServerdApp:
         """Called on a supervisor's watcher thread."""
         loop = self._loop
         if loop is not None:
-            asyncio.run_coroutine_threadsafe(self._triton_state(name, up), loop)
+            loop.call_soon_threadsafe(self._triton_state, name, up)
 
-    async def _triton_state(self, name: str, up: bool) -> None:
+    def _triton_state(self, name: str, up: bool) -> None:
         service = self.service
         if service is None:
             return
-        if up:  # restarted on the same port: the old channel may still be waiting out its
-            try:  # reconnect back-off, failing the first jobs; the next call opens anew
-                await self.endpoints[name].close()
-            except Exception:  # the instance is up either way
-                log.exception("closing the channel to Triton %s failed", name)
+        if up:  # restarted on the same port: the old channel may still be backing off
+            self.endpoints[name].renew()
         service.instance_state(name, up)
 
     async def _start_tritons(self) -> None:

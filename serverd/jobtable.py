@@ -52,7 +52,7 @@ from edgefed.outage import Outage
 from edgefed.store import Migrations, migrate, open_database
 from edgefed.store.checkpoint import RESTART_FRAMES, checkpoint, restart
 from edgefed.wire import OffloadRequest
-from serverd.health import stopped
+from serverd.health import periodic
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class JobTable:
         self._checkpoint_lock = threading.Lock()
         self._failures = Outage(log, f"job table {path}")
         self._checkpoints = Outage(log, f"job table {path}: the checkpoint")
+        self._reads = Outage(log, f"job table {path}: counting jobs")
         try:
             # No checkpoint (and its fsyncs, ~5 ms here) inside a commit on the event loop:
             # ``checkpoint`` runs them on another connection, off the loop. The
@@ -144,7 +145,7 @@ class JobTable:
     @property
     def failures(self) -> int:
         """Statements and checkpoints the database refused since the start."""
-        return self._failures.failures + self._checkpoints.failures
+        return self._failures.failures + self._checkpoints.failures + self._reads.failures
 
     def close(self) -> None:
         self._db.close()
@@ -265,13 +266,17 @@ class JobTable:
         """Until ``stop``: prune jobs finished ``retention_s`` ago now and then; checkpoint
         the WAL off the loop every ``interval_s``."""
         next_prune = 0.0
-        while not await stopped(stop, interval_s):
+
+        async def step() -> None:
+            nonlocal next_prune
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + 60.0
                 self.prune(self._clock() - int(retention_s * 1000))
             with self._checkpoints.contained(OffloadError):  # the auto-checkpoint bounds it
                 if await asyncio.to_thread(self.checkpoint):
                     self.restart_wal()
+
+        await periodic(stop, interval_s, step, f"maintaining the job table {self.path}")
 
     def get(self, key: JobKey) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT * FROM jobs WHERE {_WHERE_KEY}", key).fetchone()
@@ -280,7 +285,7 @@ class JobTable:
     def counts(self) -> dict[str, int]:
         """Jobs by status (none while the database fails: the status still answers)."""
         rows: list[sqlite3.Row] = []
-        with self._failures.contained(sqlite3.Error):
+        with self._reads.contained(sqlite3.Error):
             rows = self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 

@@ -198,7 +198,6 @@ class OffloadServer:
             "in_flight": self._scheduler.inflight(),
             "instances": {i.name: i.summary() for i in self._scheduler.instances()},
             "jobs": self._jobs.counts(),
-            "job_table_failures": self._jobs.failures,
             **self._guard.status(),
         }
 
@@ -387,9 +386,11 @@ class OffloadServer:
         error: str | None = None,
         retryable: bool = False,
     ) -> None:
-        self._publish(held.reply_topic, reply)
-        self._jobs.finish(held.key, status, reply, error, retryable)
-        self._held.pop(held.queue_id, None)
+        try:
+            self._publish(held.reply_topic, reply)
+        finally:  # answered or not, the job is closed: a redelivery gets the stored reply
+            self._jobs.finish(held.key, status, reply, error, retryable)
+            self._held.pop(held.queue_id, None)
 
     async def _expire(self) -> None:
         """Answer queued jobs whose deadline passed or that waited too long (the edge's

@@ -9,6 +9,7 @@ model raised on it) raises ``ModelError`` and goes back to the device as an erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,9 @@ _CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # its own connection: with gRPC's global subchannel pool a new channel (``renew``)
+    # would share the old one's, still backing off after Triton died
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -75,6 +79,7 @@ class TritonEndpoint:
         self.url = url
         self.timeout_s = timeout_s
         self._client: aioclient.InferenceServerClient | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _connect(self) -> aioclient.InferenceServerClient:
         if self._client is None:
@@ -117,8 +122,27 @@ class TritonEndpoint:
             raise OffloadError(f"Triton {self.name} ({self.url}): {_one_line(exc)}") from exc
         return {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
 
+    def renew(self) -> None:
+        """Open a new channel for the next calls (on the loop). After Triton restarted on
+        the same port the old one may still be waiting out its reconnect back-off, failing
+        calls; it is closed once the calls already on it have had ``timeout_s``."""
+        old, self._client = self._client, None
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, client: aioclient.InferenceServerClient) -> None:
+        try:
+            await asyncio.sleep(self.timeout_s + 1.0)
+        finally:
+            await client.close()
+
     async def close(self) -> None:
-        """Close the channel; a later call opens a new one."""
+        """Close the channel (and any old one still retiring)."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.close()

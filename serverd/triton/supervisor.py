@@ -159,6 +159,7 @@ class TritonProcess:
             return
         if self._process is not None:  # it died: clear its orphans before a new start
             self._cleanup()
+            self._process = None  # once: a retry must not signal a pid reused since
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             command = self.command()
@@ -360,7 +361,7 @@ class TritonSupervisor:
             try:
                 self.process.start()
             except PrepareError as exc:
-                wait_s = min(self._backoff_s * 2**unprepared, MAX_BACKOFF_S)
+                wait_s = min(self._backoff_s * 2 ** min(unprepared, 16), MAX_BACKOFF_S)
                 unprepared += 1
                 log.error(
                     "restart of %s failed: %s (again in %.0f s)", self.process.name, exc, wait_s
