@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -94,11 +96,24 @@ def format_status(st: dict[str, Any]) -> str:
         out.append(f"outbox: {box['depth']} open" + (f" ({counts})" if counts else ""))
     else:
         out.append("outbox: not configured")
-    links = ", ".join(f"{ln['name']} {'up' if ln['connected'] else 'DOWN'}" for ln in st["links"])
+    links = ", ".join(_link(ln) for ln in st["links"])
     out.append(f"links: {links or 'none configured'}")
     pv = st["preview"]
     out.append(f"preview: {pv['viewers']} viewers, {pv['renders']} renders")
     return "\n".join(out)
+
+
+def _link(link: dict[str, Any]) -> str:
+    """``mqtt up``, and the client certificate's end when it has one."""
+    text = f"{link['name']} {'up' if link['connected'] else 'DOWN'}"
+    expires = link.get("cert_expires")
+    if expires is None:
+        return text
+    day = datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%Y-%m-%d")
+    ended = expires <= time.time()
+    return text + (
+        f" (client certificate EXPIRED {day})" if ended else f" (certificate until {day})"
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

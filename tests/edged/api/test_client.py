@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import socket
+import time
 
 import pytest
 
@@ -34,6 +36,20 @@ def test_status_prints_cameras_models_outbox_and_links(
     for model in ("person", "pose", "face", "scene"):
         assert any(line.split()[:2] == [model, "yes"] for line in lines), model
     assert "outbox: not configured" in lines and "links: none configured" in lines
+
+
+def test_status_prints_when_a_links_client_certificate_ends(daemon: Daemon) -> None:
+    status = fetch_status(daemon.url, 5.0)
+    soon, gone = time.time() + 12 * 86400, time.time() - 60
+    status["links"] = [
+        {"name": "mqtt", "connected": True, "cert_expires": soon},
+        {"name": "eventbus", "connected": False, "cert_expires": gone},
+        {"name": "plain", "connected": True, "cert_expires": None},
+    ]
+    (line,) = [ln for ln in format_status(status).splitlines() if ln.startswith("links: ")]
+    day = datetime.datetime.fromtimestamp(soon, datetime.UTC).strftime("%Y-%m-%d")
+    assert line.startswith(f"links: mqtt up (certificate until {day}), eventbus DOWN (client ")
+    assert "certificate EXPIRED" in line and line.endswith(", plain up")
 
 
 def test_status_json_is_the_api_document(
