@@ -186,7 +186,9 @@ class EdgedApp:
         self.models = load_models(config)
         if not self.models.runners:
             raise self.models.fatal()
-        self._jsonl = JsonlSink(config.output.results) if config.output.results else None
+        out = config.output
+        limit = out.results_max_mb * 2**20 if out.results_max_mb is not None else None
+        self._jsonl = JsonlSink(out.results, limit, out.results_keep) if out.results else None
         self.net = wiring.network(config)
         self.mqtt = self.net.mqtt if self.net is not None else None
         self.eventbus = wiring.eventbus(config, self.mqtt, self._stats)

@@ -107,6 +107,15 @@ class OutputConfig(Strict):
         default_factory=lambda: paths.state_dir("edged") / "results.jsonl",
         description="JSON-lines file of results (None: off; default: edgefed.paths' state root)",
     )
+    results_max_mb: int | None = Field(
+        64,
+        ge=1,
+        description="Rotate the results file before it passes this many MiB (None: never; "
+        "the demo's lines grow it ~2.7 GB a day at 10 frames/s)",
+    )
+    results_keep: int = Field(
+        4, ge=1, le=100, description="Rotated results files kept: results.jsonl.1 (newest) .. .N"
+    )
     summary_interval_s: float = Field(10.0, gt=0, description="Seconds between summary log lines")
     max_results: int | None = Field(
         None, ge=1, description="Stop after this many frames with results (None: run forever)"

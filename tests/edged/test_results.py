@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from edged.results import JsonlSink
 from tests.support.paths import REPO
 
 # A process whose files may grow to 1000 bytes (RLIMIT_FSIZE: the kernel writes what fits
@@ -53,3 +54,23 @@ def test_a_line_cut_by_a_full_disk_leaves_the_next_lines_whole(tmp_path: Path) -
     cut = lines[-3]  # the line the full disk cut short, then the next record on its own
     assert not cut.endswith(b"}") and json.loads(lines[-2]) == {"frame": "after"}
     assert lines[-1] == b""
+
+
+def test_the_results_file_rotates_and_keeps_a_bounded_history(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"frame":"from an earlier run"}\n')  # counted towards the first file
+    sink = JsonlSink(path, max_bytes=1000, keep=2)
+    for i in range(100):
+        sink.write({"frame": i, "pad": "x" * 60})  # 81-82 bytes a line: 12 to a file
+    sink.close()
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == ["results.jsonl", "results.jsonl.1", "results.jsonl.2"]
+    assert all(0 < f.stat().st_size <= 1000 for f in files)
+    frames = [
+        json.loads(line)["frame"]
+        for name in ("results.jsonl.2", "results.jsonl.1", "results.jsonl")
+        for line in (tmp_path / name).read_text().splitlines()
+    ]
+    assert frames == list(range(frames[0], 100))  # the newest kept, in order
+    # 11 lines in the first file (it held the earlier run's line), then 12 a file
+    assert sink.rotations == 8 and len(frames) == 12 + 12 + 5
