@@ -99,6 +99,7 @@ class ServerdApp:
                     "completed": i.completed,
                     "models": sorted(i.models),
                     "ema_ms": instances.get(i.name, {}).get("ema_ms", {}),
+                    **self._supervision(i.name),
                 }
                 for i in self.scheduler.instances()
             },
@@ -116,6 +117,13 @@ class ServerdApp:
             "devices": self.devices.status(),
             "federation": self.federation.status() if self.federation else {"enabled": False},
         }
+
+    def _supervision(self, name: str) -> dict[str, Any]:
+        """A supervised Triton's restarts, and whether it rests after a crash loop."""
+        supervisor = self.supervisors.get(name)
+        if supervisor is None:  # an external endpoint
+            return {}
+        return {"restarts": supervisor.restart_count, "resting": supervisor.gave_up}
 
     def triton_metrics_urls(self) -> dict[str, str]:
         """The metrics endpoint of every supervised Triton (loopback, free ports)."""

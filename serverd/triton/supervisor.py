@@ -290,7 +290,8 @@ StateListener = Callable[[str, bool], None]
 
 
 class TritonSupervisor:
-    """Keeps one TritonProcess alive: restart within a budget, report down and up."""
+    """Keeps one TritonProcess alive: restart within a budget (past it, rest one window
+    and try again), report down and up."""
 
     def __init__(
         self,
@@ -334,11 +335,14 @@ class TritonSupervisor:
                 continue
             log.error("Triton %s died (exit code %s)", self.process.name, code)
             self._report(False)
-            if not self._restart():
-                return
+            while not self._restart():  # a crash loop: rest one window, then try again
+                if self._stop.wait(self._window_s):
+                    return
+                log.warning("Triton %s: trying again after resting", self.process.name)
 
     def _restart(self) -> bool:
-        """Restart within the budget; False when the budget is spent (the watcher ends).
+        """Restart within the budget; False when the budget is spent (``gave_up``: the
+        watcher rests one window before it tries again).
 
         A start that could not even launch Triton (``PrepareError``: a full disk, a
         read-only state dir) is no crash of Triton's and spends no budget: it is tried
@@ -352,7 +356,7 @@ class TritonSupervisor:
             if len(self._history) >= self._restarts:
                 self.gave_up = True
                 log.error(
-                    "Triton %s: %d restarts within %.0f s, giving up",
+                    "Triton %s: %d restarts within %.0f s, resting as long before the next",
                     self.process.name,
                     self._restarts,
                     self._window_s,
@@ -373,6 +377,7 @@ class TritonSupervisor:
                 log.error("restart of %s failed: %s", self.process.name, exc)
                 continue
             self._launched(now)
+            self.gave_up = False
             self._report(True)
             return True
         return False

@@ -37,7 +37,7 @@ def test_health_readiness_and_status_show_instances_and_jobs(
     assert status["server_id"] == "test-server" and status["ready"] is True
     assert set(status["instances"]) == {"local-0", "local-1"}
     for instance in status["instances"].values():
-        assert instance["healthy"] is True
+        assert instance["healthy"] is True and instance["resting"] is False
         assert set(instance["models"]) == {"person", "echo"}
     done = sum(i["completed"] for i in status["instances"].values())
     assert done == sum(i["completed"] for i in before["instances"].values()) + 1

@@ -310,3 +310,5 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     assert any(r.served_by.endswith("/local-0") for r in replies if isinstance(r, OffloadResult))
     status = serverd.status()
     assert status["counters"]["requeued"] == requeued and status["instances"]["local-0"]["healthy"]
+    restarted = serverd.call(serverd.app.status)["instances"]["local-0"]
+    assert restarted["restarts"] == 1 and not restarted["resting"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edgefed.errors import ConfigError, ModelError, OffloadError
+from edgefed.testing.wait import wait_until
 from serverd.app import ServerdApp
 from serverd.config import ServerdConfig
 from serverd.triton.install import TritonInstall
@@ -173,11 +174,13 @@ def test_model_config_needs_an_image_for_npu_and_none_for_echo() -> None:
 
 
 class DyingProcess:
-    """Stands in for a TritonProcess that starts fine and dies at once, every time."""
+    """Stands in for a TritonProcess that starts fine and dies at once, every time (or
+    only on its first ``dies`` starts)."""
 
     name = "flaky"
 
-    def __init__(self) -> None:
+    def __init__(self, dies: int = 10**9) -> None:
+        self.dies = dies
         self.starts = 0
         self.stopped = False
 
@@ -185,13 +188,13 @@ class DyingProcess:
         self.starts += 1
 
     def poll(self) -> int | None:
-        return 137
+        return 137 if self.starts <= self.dies else None
 
     def stop(self) -> None:
         self.stopped = True
 
 
-def test_supervisor_restarts_within_its_budget_then_gives_up() -> None:
+def test_supervisor_restarts_within_its_budget_then_rests() -> None:
     process = DyingProcess()
     states: list[tuple[str, bool]] = []
     supervisor = TritonSupervisor(
@@ -209,3 +212,26 @@ def test_supervisor_restarts_within_its_budget_then_gives_up() -> None:
     assert supervisor.gave_up and supervisor.restart_count == 2
     assert process.starts == 3 and process.stopped
     assert states == [("flaky", False), ("flaky", True)] * 2 + [("flaky", False)]
+
+
+def test_after_resting_one_window_the_supervisor_tries_again() -> None:
+    """A crash loop that ends (a model fixed, the host calmer): once the budget's window
+    has passed, the instance comes back without a serverd restart."""
+    process = DyingProcess(dies=3)
+    states: list[bool] = []
+    supervisor = TritonSupervisor(
+        process,  # type: ignore[arg-type]
+        lambda _, up: states.append(up),
+        restarts=2,
+        window_s=0.5,
+        poll_s=0.01,
+    )
+    supervisor.start()
+    try:
+        wait_until("it gave up", lambda: supervisor.gave_up, 10)
+        assert process.starts == 3
+        wait_until("it is back", lambda: states[-1:] == [True] and process.poll() is None, 10)
+    finally:
+        supervisor.stop()
+    assert not supervisor.gave_up and process.starts == 4
+    assert states == [False, True, False, True, False, True]
