@@ -36,6 +36,8 @@ from edgefed.federation_wire import (
 )
 from edgefed.images.signing import load_private_key, load_public_key
 from edgefed.mqtt import MqttClient
+from edgefed.outage import Outage
+from serverd.federation.aggregate import Params
 from serverd.federation.config import FederationConfig
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.images import VersionImager
@@ -74,6 +76,9 @@ class FederationService:
         self._offers: dict[str, SampleOffer] = {}
         self._last_open: dict[str, int] = {}
         self._lock = threading.Lock()
+        # a closed round's version not yet on disk (a full disk): tried again every tick
+        self._unsaved: dict[str, tuple[int, Params]] = {}
+        self._saving = Outage(log, "federation: saving a new global version")
 
     def start(self) -> None:
         """Subscribe (before the connection comes up); every current version is published
@@ -121,7 +126,8 @@ class FederationService:
         for model, coordinator in self.coordinators.items():
             outcome = coordinator.poll()
             if outcome and outcome.version and outcome.params and self.versions is not None:
-                self.versions.save(model, outcome.version, outcome.params)
+                self._unsaved[model] = (outcome.version, outcome.params)
+            self._save(model)
             due = self._last_open.get(model, 0) + (self.interval_ms or 0)
             idle = coordinator.federation.phase is Phase.IDLE
             if self.interval_ms is not None and idle and now >= due:
@@ -132,6 +138,16 @@ class FederationService:
                     self.counters.rounds_not_opened += 1
                     log.info("federation %s: no round: %s", model, exc)
 
+    def _save(self, model: str) -> None:
+        """Put ``model``'s newest version on disk, if it is not yet: a restart goes on from
+        the saved one, and edges refuse a version not newer than the one they serve."""
+        pending = self._unsaved.get(model)
+        if pending is None or self.versions is None:
+            return
+        with self._saving.contained(OSError):
+            self.versions.save(model, *pending)
+            del self._unsaved[model]
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             offers = {d: o.model_dump(exclude={"type"}) for d, o in self._offers.items()}
@@ -140,6 +156,7 @@ class FederationService:
             "models": {m: c.status() for m, c in self.coordinators.items()},
             "edges": offers,
             "counters": self.counters.as_dict(),
+            "unsaved_versions": {m: v for m, (v, _) in self._unsaved.items()},
         }
 
     def history(self, model: str) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ reach its own coordinator, both rounds run at once, edges offer both models' cou
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from serverd.federation.coordinator import Coordinator
 from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundSettings
 from serverd.federation.service import FederationService
+from serverd.federation.versions import VersionFiles
 
 SHAPES = {"wide": (6, 2), "narrow": (3, 3)}  # model -> (features, classes)
 EDGES = ["edge-0", "edge-1", "edge-2"]
@@ -38,7 +40,7 @@ def _classes(model: str) -> list[str]:
 
 
 class Fleet:
-    def __init__(self, broker: Broker, root: Path) -> None:
+    def __init__(self, broker: Broker, root: Path, versions: VersionFiles | None = None) -> None:
         self.key = Ed25519PrivateKey.generate()
         self.topics = FederationTopics()
         self.clients = [self._client(broker, "serverd")]
@@ -55,7 +57,9 @@ class Fleet:
             )
             for model, shape in SHAPES.items()
         ]
-        self.service = FederationService(self.clients[0], self.topics, self.coordinators)
+        self.service = FederationService(
+            self.clients[0], self.topics, self.coordinators, versions=versions
+        )
         self.service.start()
         rng = np.random.default_rng(0)
         self.edges = []
@@ -160,3 +164,30 @@ def test_a_device_whose_twin_forbids_training_offers_nothing(fleet: Fleet) -> No
         "edge-1 out", lambda: sorted(fleet.service.available("narrow")) == ["edge-0", "edge-2"]
     )
     assert fleet.service.status()["edges"]["edge-1"]["samples"] == {"wide": 0, "narrow": 0}
+
+
+def test_a_new_version_the_disk_refuses_is_saved_once_it_has_room(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round closes while the versions cannot be written (a file stands where their
+    directory goes, as a full disk refuses them): the edges adopt it all the same, the
+    log says so once, and the next tick after the disk has room saves it, so a restarted
+    serverd goes on from it (its edges would refuse an older one)."""
+    blocked = tmp_path / "versions"
+    blocked.write_text("not a directory")
+    running = Fleet(broker, tmp_path / "fleet", versions=VersionFiles(blocked))
+    try:
+        wait_until("offers", lambda: len(running.service.available("wide")) == 3)
+        running.service.start_round("wide")
+        wait_until("wide v2 everywhere", lambda: running.on("wide", 2))
+        running.service.tick()
+        assert running.service.status()["unsaved_versions"] == {"wide": 2}
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "saving a new global version failed" in errors[0]
+        blocked.unlink()
+        running.service.tick()
+        assert running.service.status()["unsaved_versions"] == {}
+        saved = VersionFiles(blocked).load("wide")
+        assert saved is not None and saved[0] == 2
+    finally:
+        running.stop()
