@@ -70,12 +70,17 @@ class VersionImages:
         """The verified image of ``model`` v``version`` in ``body`` and its head;
         ``FederationError`` says why it is not one. The directory goes on exit."""
         incoming = self.root / INCOMING
-        incoming.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{model}-", dir=incoming))
+        try:
+            incoming.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f"{model}-", dir=incoming))
+        except OSError as exc:  # a full disk: the version is refused with the reason
+            raise FederationError(
+                f"{model} v{version}: cannot unpack in {incoming}: {exc}"
+            ) from exc
         try:
             image = work / model
-            image.mkdir()
             try:
+                image.mkdir()
                 unpack(body, image)
                 manifest = verify_image_with_keys(image, self.keys)
                 if manifest.name != model or manifest.version != str(version):
@@ -86,7 +91,7 @@ class VersionImages:
                 if trainable is None or trainable.tensors != HEAD_TENSORS:
                     raise FederationError("the image declares no federated head")
                 params = head_params(image, manifest)
-            except ImageError as exc:
+            except (ImageError, OSError) as exc:
                 raise FederationError(f"{model} v{version}: {exc}") from exc
             yield image, params
         finally:

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.federated import person_base, trust
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edged.federation.features import FeatureExtractor
+from edged.federation.versions import INCOMING, VersionImages
 from edged.framejob import FrameJob
+from edgefed.errors import FederationError
 from edgefed.federation_wire import (
     FederationTopics,
     GlobalModel,
@@ -203,3 +206,15 @@ def test_a_model_whose_first_version_arrives_while_running_starts_serving(
     summary = app.final_summary()
     assert summary["model_failures"] == {}
     assert summary["models"][MODEL]["version"] == "1"
+
+
+def test_a_version_with_no_room_to_unpack_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """A full disk (here a file where the unpacking directory goes): a FederationError,
+    which the participant reports to serverd as the refusal's reason, not a traceback."""
+    root = tmp_path / "federated"
+    root.mkdir()
+    (root / INCOMING).write_text("not a directory")
+    images = VersionImages(root, [])
+    refused = pytest.raises(FederationError, match=r"person v2: cannot unpack in .*\.incoming")
+    with refused, images.unpacked("person", 2, b"any body"):
+        pass
