@@ -83,7 +83,7 @@ class Coordinator:
     def announce(self) -> None:
         """Publish the current global version (retained), as at start-up."""
         with self._lock:
-            self._publish_version(max(1, len(self.federation.history)))
+            self._publish_version(max(1, self.federation.round_id))
 
     def holds(self, device: str, update_id: str) -> bool:
         """True while part of this update from ``device`` is held for reassembly."""

@@ -17,7 +17,9 @@ The adapter (MQTT, image signing) publishes what these calls return.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +29,10 @@ import numpy as np
 
 from edgefed.errors import FederationError
 from serverd.federation.aggregate import AggregationSettings, Params, Update, aggregate
+
+HISTORY_ROUNDS = 1000
+"""Closed rounds kept for ``history`` (at one round every 10 minutes, about a week): the
+global parameters live in ``Federation.params`` alone, never in the history."""
 
 
 class Phase(StrEnum):
@@ -123,7 +129,9 @@ class Federation:
         self.params = [np.asarray(p) for p in params]
         self.settings = settings
         self.phase = Phase.IDLE
-        self.history: list[RoundOutcome] = []
+        self.history: deque[RoundOutcome] = deque(maxlen=HISTORY_ROUNDS)  # without params
+        self.rounds_done = 0
+        self.rounds_failed = 0
         self._rng = rng
         self._round_id = 0
         self._plan: RoundPlan | None = None
@@ -134,6 +142,11 @@ class Federation:
     @property
     def plan(self) -> RoundPlan | None:
         return self._plan
+
+    @property
+    def round_id(self) -> int:
+        """The latest round opened (0 before the first)."""
+        return self._round_id
 
     def open_round(self, available: Mapping[str, int], now_ms: int) -> RoundPlan:
         """Open a round over the ``available`` devices (id -> samples held, only devices
@@ -197,8 +210,8 @@ class Federation:
             "received": sorted(self._updates) if collecting else [],
             "rejected": dict(self._rejected) if collecting else {},
             "deadline_ms": plan.deadline_ms if collecting and plan else None,
-            "rounds_done": sum(1 for o in self.history if o.version is not None),
-            "rounds_failed": sum(1 for o in self.history if o.version is None),
+            "rounds_done": self.rounds_done,
+            "rounds_failed": self.rounds_failed,
         }
 
     def _answers_this_round(self, device: str, round_id: int) -> bool:
@@ -274,7 +287,11 @@ class Federation:
             now_ms,
             failure,
         )
-        self.history.append(outcome)
+        self.history.append(dataclasses.replace(outcome, params=None))
+        if version is None:
+            self.rounds_failed += 1
+        else:
+            self.rounds_done += 1
         self.phase = Phase.IDLE
         self._plan = None
         self._updates = {}

@@ -11,6 +11,7 @@ from edged.federation.trainer import TrainSettings, accuracy, train
 from edgefed.errors import FederationError
 from edgefed.federation_wire import init_head
 from edgefed.testing.datasets import DIGIT_FEATURES, digits, non_iid_split, train_test_split
+from serverd.federation import rounds
 from serverd.federation.aggregate import AggregationSettings, Params
 from serverd.federation.rounds import Federation, Phase, RoundSettings
 
@@ -67,6 +68,26 @@ def test_an_update_refused_before_judging_is_the_devices_answer() -> None:
     assert fed.receive("b", 1, 7, _params(1.0), 1).accepted
     assert fed.status()["rejected"] == {"a": "malformed: sha256"}
     assert fed.poll(now_ms=1) is not None  # everyone answered, no need to wait
+
+
+def test_history_over_months_is_bounded_and_holds_no_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rounds every few minutes for months: the history keeps the latest records only and
+    no copy of the model (the global parameters live in ``params``), while the status
+    counts every round."""
+    monkeypatch.setattr(rounds, "HISTORY_ROUNDS", 5)
+    fed = _federation()
+    for n in range(8):
+        fed.open_round({"a": 10, "b": 10}, now_ms=n * 10_000)
+        if n % 4:  # every fourth round fails: nobody answers before the deadline
+            fed.receive("a", n + 1, fed.version, _params(1.0), 1)
+            fed.receive("b", n + 1, fed.version, _params(1.0), 1)
+        assert fed.poll(now_ms=n * 10_000 + 5_000) is not None
+    assert [o.round_id for o in fed.history] == [4, 5, 6, 7, 8]
+    assert all(o.params is None for o in fed.history)
+    assert (fed.status()["rounds_done"], fed.status()["rounds_failed"]) == (6, 2)
+    assert fed.round_id == 8 and fed.params[0].shape == (2, 3)
 
 
 def test_round_closes_when_everyone_answered_and_bumps_the_version() -> None:
