@@ -17,6 +17,7 @@ from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
+from edgefed.federation_wire import FederationTopics
 from edgefed.lifecycle import Status
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.mqtt.acl import render_acl
@@ -125,6 +126,37 @@ def test_only_edgecore_sets_twin_deltas(broker: Broker) -> None:
     finally:
         core.stop()
         cam.stop()
+
+
+def test_federation_a_device_answers_for_itself_and_only_serverd_runs_rounds(
+    broker: Broker,
+) -> None:
+    """Federated learning works on the shipped ACL (it granted none of its topics), and a
+    device can neither send updates, reports or offers as another, nor open a round,
+    publish a version or acknowledge an update, nor read another device's acks."""
+    fed = FederationTopics()
+    server, cam, evil = (connect(broker, i) for i in ("serverd", "site/cam-1", "evil"))
+    try:
+        to_server = {k: listen(server, fed.filter(k)) for k in ("update", "adoption", "samples")}
+        rounds, models = listen(cam, fed.filter("round")), listen(cam, fed.filter("model"))
+        acks, snooped = listen(cam, fed.filter("ack")), listen(evil, fed.filter("ack"))
+        for kind, got in to_server.items():
+            topic = getattr(fed, kind)
+            cam.publish(topic("site/cam-1"), b"mine").wait(5)
+            evil.publish(topic("site/cam-1"), b"posing as cam-1").wait(5)
+            assert delivered(got) == [b"mine"], kind
+        evil.publish(fed.round("digits"), b"1000 epochs").wait(5)
+        evil.publish(fed.model("digits"), b"a version").wait(5)
+        evil.publish(fed.ack("site/cam-1"), b"forged ack").wait(5)
+        server.publish(fed.round("digits"), b"round").wait(5)
+        server.publish(fed.model("digits"), b"version").wait(5)
+        server.publish(fed.ack("site/cam-1"), b"ack").wait(5)
+        assert (delivered(rounds), delivered(models)) == ([b"round"], [b"version"])
+        assert delivered(acks) == [b"ack"]
+        assert delivered(snooped, 0.2) == []
+    finally:
+        for c in (server, cam, evil):
+            c.stop()
 
 
 def test_forged_results_never_reach_the_edge(broker: Broker, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
-"""packaging/mosquitto: the shipped server and bridge configs carry the offload contract.
+"""packaging/mosquitto: the shipped server and bridge configs carry the offload and
+federation contracts.
 
 Two real mosquittos: the server broker runs ``edgefed-server.conf`` (mutual TLS) and
 the edge broker runs ``edgefed-bridge.conf`` with its commented TLS options switched
-on. edged's and serverd's MQTT adapters then exchange a real offload request and reply
-across the bridge, and twin traffic stays on the edge.
+on. edged's and serverd's MQTT adapters then exchange a real offload request and reply,
+and a federated round's messages, across the bridge; twin traffic stays on the edge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from edgefed import certs
 from edgefed.clock import now_ms
+from edgefed.federation_wire import FederationTopics
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.mqtt.acl import render_acl
 from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
@@ -176,6 +178,36 @@ def test_offload_request_and_reply_cross_the_bridge(sites: Sites) -> None:
         )
         serverd.publish(topics.reply(DEVICE), encode_message(result))
         assert decode_reply(replies.get(timeout=10)) == result
+    finally:
+        edged.stop()
+        serverd.stop()
+
+
+def test_a_federated_round_crosses_the_bridge(sites: Sites) -> None:
+    """The round (retained on the server broker) and this device's ack reach edged; its
+    update reaches serverd; another namespace's ack never leaves the server broker."""
+    fed = FederationTopics()
+    serverd = client(sites.server, "serverd", sites.tls, sites.serverd)
+    edged = client(sites.edge, "edged")
+    rounds: queue.Queue[bytes] = queue.Queue()
+    acks: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    updates: queue.Queue[bytes] = queue.Queue()
+    try:
+        serverd.subscribe(fed.filter("update"), lambda t, p: updates.put(p))
+        serverd.publish(fed.round("digits"), b"round 1", retain=True).wait(5)
+        edged.subscribe(fed.round("digits"), lambda t, p: rounds.put(p))
+        edged.subscribe(fed.filter("ack"), lambda t, p: acks.put((t, p)))
+        assert rounds.get(timeout=15) == b"round 1"
+        deadline = time.monotonic() + 15
+        while updates.empty() and time.monotonic() < deadline:
+            edged.publish(fed.update(DEVICE), b"update chunk")
+            time.sleep(0.5)
+        assert updates.get(timeout=1) == b"update chunk"
+        serverd.publish(fed.ack("other/edge-09"), b"not this node's")
+        serverd.publish(fed.ack(DEVICE), b"ack")
+        assert acks.get(timeout=10) == (fed.ack(DEVICE), b"ack")
+        time.sleep(0.5)
+        assert acks.empty()
     finally:
         edged.stop()
         serverd.stop()
