@@ -46,6 +46,7 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4096
 MAX_JPEG_PIXELS = 36_000_000  # an 8K frame (7680x4320, 33 Mpx) fits
+MAX_EPOCH_MS = 2**53  # what a JSON number holds exactly; SQLite's integers hold it too
 _SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC)}) | {
     0xCD,
     0xCE,
@@ -92,8 +93,12 @@ class OffloadRequest(_Message):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device that asks")
     model: str = Field(pattern=MODEL_PATTERN, description="Model the server should run")
     priority: int = Field(default=0, ge=0, le=255, description="Higher is served first")
-    deadline: int = Field(gt=0, description="Epoch ms after which the answer is useless")
-    created: int = Field(gt=0, description="Epoch ms when the job was made on the edge")
+    deadline: int = Field(
+        gt=0, le=MAX_EPOCH_MS, description="Epoch ms after which the answer is useless"
+    )
+    created: int = Field(
+        gt=0, le=MAX_EPOCH_MS, description="Epoch ms when the job was made on the edge"
+    )
     payload_kind: PayloadKind = Field(description="Body: raw JPEG bytes or an .npy tensor")
     attempt: int = Field(
         default=0, ge=0, description="Delivery attempt (0 first); the server dedupes"
@@ -420,6 +425,20 @@ def check_jpeg_pixels(body: bytes) -> tuple[int, int]:
 def _check_jpeg(body: bytes) -> None:
     if len(body) < 4 or body[:2] != b"\xff\xd8":
         raise ProtocolError("jpeg body does not start with a JPEG SOI marker")
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from the wire; ``ProtocolError`` says why not (not UTF-8, not JSON,
+    an integer of over 4300 digits, nested too deep for the parser, not an object)."""
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} is not JSON: nested too deep") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
 
 
 def summarise(exc: ValidationError) -> str:

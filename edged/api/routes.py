@@ -16,8 +16,9 @@ from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ValidationError
 
 from edged.settings import RuntimeConfig
-from edgefed.errors import ConfigError, FederationError
+from edgefed.errors import ConfigError, FederationError, ProtocolError
 from edgefed.httpapi import JSON, Handler, check_bearer, reject
+from edgefed.wire import json_object
 
 from . import mjpeg
 from .jsontypes import type_errors
@@ -152,13 +153,9 @@ class Routes:
         check_bearer(request.headers.get("Authorization"), self._token)
         runtime = self._runtime()
         try:
-            changes = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, > 4300 digits
-            raise reject(400, "bad_request", f"body is not JSON: {exc}") from None
-        except RecursionError:
-            raise reject(400, "bad_request", "body is not JSON: nested too deep") from None
-        if not isinstance(changes, dict):
-            raise reject(400, "bad_request", "body must be a JSON object of settings")
+            changes = json_object(await request.read(), "the body (settings)")
+        except ProtocolError as exc:
+            raise reject(400, "bad_request", str(exc)) from None
         errors = type_errors(self._config_schema, changes)
         if errors:
             raise reject(400, "invalid", "; ".join(errors))

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefed.errors import ConfigError, ProtocolError
+from edgefed.wire import json_object
 
 DEVICE_PREFIX = "$hw/events/device/"
 MAX_PAYLOAD = 256 * 1024
@@ -165,13 +166,7 @@ class ErrorResult(BaseMessage):
 def _load(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"twin message of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"twin message is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("twin message must be a JSON object")
-    return data
+    return json_object(payload, "twin message")
 
 
 def _validate(model: type[_M], data: dict[str, Any], what: str) -> _M:

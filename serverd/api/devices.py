@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgefed.clock import now_ms
 from edgefed.errors import ProtocolError
+from edgefed.wire import json_object
 
 EventKind = Literal["frame", "stats", "twin"]
 EVENT_KINDS: tuple[EventKind, ...] = ("frame", "stats", "twin")
@@ -34,12 +34,7 @@ class EdgeDevices:
 
         It is counted under the kind of the path it was posted to (the Rule's target).
         """
-        try:
-            event = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"not JSON: {exc}") from None
-        if not isinstance(event, dict):
-            raise ProtocolError("an edge event must be a JSON object")
+        event = json_object(body, "an edge event")
         device = event.get("device_id")
         if not isinstance(device, str) or not 0 < len(device) <= 128:
             raise ProtocolError("device_id must be a string of 1-128 characters")

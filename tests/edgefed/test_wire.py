@@ -146,12 +146,16 @@ def test_malformed_frames_give_one_line_reasons(frame: bytes, reason: str) -> No
     assert "\n" not in str(info.value)
 
 
-def test_bad_fields_name_the_field() -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("priority", 999), ("deadline", 10**30), ("created", 2**63)],  # past what SQLite holds
+)
+def test_bad_fields_name_the_field(field: str, value: int) -> None:
     header = json.loads(request().model_dump_json())
-    header["priority"] = 999
+    header[field] = value
     raw = json.dumps(header).encode()
     frame = struct.pack(">2sBI", b"EF", PROTOCOL_VERSION, len(raw)) + raw + JPEG
-    with pytest.raises(ProtocolError, match="priority"):
+    with pytest.raises(ProtocolError, match=field):
         decode(frame)
 
 

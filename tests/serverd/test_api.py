@@ -88,8 +88,9 @@ def test_edge_events_need_the_token_and_show_connected_devices(serverd: ServerdT
     devices = call(url(serverd, "/api/v1/status")).json()["devices"]
     seen = devices["devices"]["edgefed/edge-node-7"]
     assert seen["events"] == {"stats": 1} and seen["last_seen_ms"] > 0
-    bad = call(path, "POST", b"{not json", AUTH)
-    assert bad.status == 400 and bad.json()["error"] == "bad_event"
+    for bad_body in (b"{not json", b"[" * 100_000, b'{"device_id": "d", "n": ' + b"9" * 5000):
+        bad = call(path, "POST", bad_body, AUTH)
+        assert bad.status == 400 and bad.json()["error"] == "bad_event", bad_body[:30]
     bogus = json.dumps({**event, "type": "bogus"}).encode()
     assert call(path, "POST", bogus, AUTH).status == 400
     unknown = call(url(serverd, "/api/v1/edge-events/other"), "POST", body, AUTH)

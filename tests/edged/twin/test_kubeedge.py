@@ -97,6 +97,8 @@ def test_parse_delta_ignores_unknown_fields_like_edgecore() -> None:
         _json({"event_id": "e", "timestamp": 1, "delta": {"a": 5}}),
         _json({"event_id": "e", "timestamp": "yesterday", "delta": {}}),
         b"{" + b" " * (300 * 1024) + b"}",
+        b"[" * 100_000,  # deeper than the parser's recursion limit
+        b'{"event_id": "e", "timestamp": ' + b"9" * 5000 + b', "delta": {}}',  # > 4300 digits
     ],
 )
 def test_malformed_delta_is_a_protocol_error(payload: bytes) -> None:
