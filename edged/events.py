@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENDED_KEPT = 1024
+"""Ended tracks remembered per listener, so that a frame's update arriving after a later
+frame's (several workers on the tracked detector) cannot revive one."""
+
 
 class ObjectEvent(BaseModel):
     """One object event (the MQTT payload; the status API lists them without snapshot)."""
@@ -77,6 +81,7 @@ class ObjectEvents:
         self._log: deque[dict[str, Any]] = deque(maxlen=size)
         self._snapshots: dict[tuple[str, int], bytes] = {}
         self._last_update: dict[tuple[str, int], float] = {}
+        self._ended: dict[tuple[str, int], None] = {}  # the latest ENDED_KEPT, oldest first
         self._lock = threading.Lock()
         self.counts = {"new": 0, "update": 0, "end": 0}
 
@@ -87,26 +92,39 @@ class ObjectEvents:
 
     def __call__(self, job: FrameJob, update: TrackerUpdate) -> None:
         camera = job.frame.camera
-        for track in update.improved:
-            key = (camera, track.id)
-            self._snapshots[key] = crop_jpeg(job.frame.image, track.best_box)
+        crops = {t.id: crop_jpeg(job.frame.image, t.best_box) for t in update.improved}
         events: list[ObjectEvent] = []
-        for track in update.started:
-            events.append(self._event("new", job, track))
-            self._last_update[(camera, track.id)] = job.frame.ts
-        for track in update.updated:
-            key = (camera, track.id)
-            if track in update.improved and (
-                job.frame.ts - self._last_update.get(key, 0.0) >= self.update_interval_s
-            ):
-                events.append(self._event("update", job, track))
-                self._last_update[key] = job.frame.ts
-        for track in update.ended:
-            events.append(self._event("end", job, track))
-        for track in (*update.ended, *update.dropped):
-            key = (camera, track.id)
-            self._snapshots.pop(key, None)
-            self._last_update.pop(key, None)
+        with self._lock:
+            # with several workers on the tracked detector a frame's update can arrive
+            # after a later frame's: what comes for a track after its end is ignored
+            live = (*update.improved, *update.started, *update.updated)
+            gone = {t.id for t in live if (camera, t.id) in self._ended}
+            for track in update.improved:
+                if track.id not in gone:
+                    self._snapshots[(camera, track.id)] = crops[track.id]
+            for track in update.started:
+                if track.id not in gone:
+                    events.append(self._event("new", job, track))
+                    self._last_update[(camera, track.id)] = job.frame.ts
+            for track in update.updated:
+                key = (camera, track.id)
+                if (
+                    track.id not in gone
+                    and track in update.improved
+                    and job.frame.ts - self._last_update.get(key, 0.0) >= self.update_interval_s
+                ):
+                    events.append(self._event("update", job, track))
+                    self._last_update[key] = job.frame.ts
+            for track in update.ended:
+                if (camera, track.id) not in self._ended:
+                    events.append(self._event("end", job, track))
+            for track in (*update.ended, *update.dropped):
+                key = (camera, track.id)
+                self._snapshots.pop(key, None)
+                self._last_update.pop(key, None)
+                self._ended[key] = None
+                if len(self._ended) > ENDED_KEPT:
+                    del self._ended[next(iter(self._ended))]
         for event in events:
             self._emit(event)
 

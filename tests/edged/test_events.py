@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edged.eventbus import EventBus, EventBusConfig
-from edged.events import ObjectEvents
+from edged.events import ObjectEvent, ObjectEvents
 from edged.framejob import FrameJob
 from edged.motion import GateResult
 from edged.perception import CameraPerception, PerceptionConfig
@@ -114,3 +114,29 @@ def test_a_one_off_detection_makes_no_event_and_leaves_no_snapshot(image: np.nda
         held.append(events.snapshots_held)
     # its snapshot goes with the track (one JPEG per one-off detection grew edged's memory)
     assert sent == [] and held == [1, 0, 0]
+
+
+def test_updates_out_of_order_leave_no_snapshot_and_no_event_after_end(image: np.ndarray) -> None:
+    """With two workers on the tracked detector, a frame's update can reach the listener
+    after a later frame's: an ``end`` overtaking an ``improved`` kept that track's
+    snapshot for ever (one JPEG per person on a busy camera). Updates of an ended track
+    are ignored, so nothing is held and no event follows its ``end``."""
+    perception = CameraPerception(PerceptionConfig(), 224, image.shape)
+    everywhere = Plan([(0.0, 0.0, 768.0, 576.0)], [], [])
+    updates = []
+    for i in range(40):
+        box = (100.0 + 4 * i, 100.0, 160.0 + 4 * i, 220.0)
+        dets = [Detection("person", 0.8 + 0.01 * i, box)] if i < 8 else []
+        job = frame_job(i, image)
+        _, update = perception.observe(dets, job.frame.ts, everywhere, image)
+        updates.append((job, update))
+    end = next(i for i, (_, u) in enumerate(updates) if u.ended)
+    late = max(i for i, (_, u) in enumerate(updates[:end]) if u.improved)
+    order = [*range(late), *range(late + 1, end + 1), late, *range(end + 1, len(updates))]
+    sent: list[ObjectEvent] = []
+    events = ObjectEvents("edge-01", publish=sent.append, update_interval_s=0.0)
+    for i in order:
+        events(*updates[i])
+    assert events.snapshots_held == 0
+    kinds = [e.type for e in sent]
+    assert kinds[0] == "new" and kinds[-1] == "end" and kinds.count("end") == 1, kinds
