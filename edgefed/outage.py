@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Generic, TypeVar
 
 REMIND_S = 300.0
 SETTLE_S = 30.0
+REPEAT_S = 60.0
 
 T = TypeVar("T")
 
@@ -105,6 +107,37 @@ class Outage:
             count, elapsed = self._count, now - self._since
             self._since, self._count = None, 0
         self.log.warning("%s works again after %d failures in %.0f s", self.what, count, elapsed)
+
+
+class Repeats:
+    """A line that can come once per input (a dropped message, a job refused), logged
+    without flooding: the first of each ``key`` at once, then at most one line per
+    ``every_s``, which says how many were left out since the last. Thread-safe; keys are
+    meant to be few (an error code, a kind of input), never the input's own ids."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        level: int = logging.WARNING,
+        every_s: float = REPEAT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.level, self.every_s = log, level, every_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[float, int]] = {}  # key -> (last line, left out)
+
+    def __call__(self, key: str, text: str) -> None:
+        now = self._clock()
+        with self._lock:
+            last, left_out = self._state.get(key, (-math.inf, 0))
+            if now - last < self.every_s:
+                self._state[key] = (last, left_out + 1)
+                return
+            self._state[key] = (now, 0)
+        if left_out:
+            text += f" ({left_out} more like it in the last {now - last:.0f} s not logged)"
+        self.log.log(self.level, "%s", text)
 
 
 class Sinks(Generic[T]):

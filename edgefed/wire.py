@@ -427,20 +427,6 @@ def _check_jpeg(body: bytes) -> None:
         raise ProtocolError("jpeg body does not start with a JPEG SOI marker")
 
 
-def json_object(data: bytes, what: str) -> dict[str, Any]:
-    """A JSON object from the wire; ``ProtocolError`` says why not (not UTF-8, not JSON,
-    an integer of over 4300 digits, nested too deep for the parser, not an object)."""
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise ProtocolError(f"{what} is not JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError(f"{what} is not JSON: nested too deep") from None
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{what} must be a JSON object")
-    return value
-
-
 def summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:3]:

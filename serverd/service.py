@@ -25,7 +25,7 @@ from edgefed.clock import now_ms
 from edgefed.counters import Counters
 from edgefed.errors import ModelError, OffloadError, ProtocolError
 from edgefed.lifecycle import Status
-from edgefed.outage import Outage
+from edgefed.outage import Outage, Repeats
 from edgefed.wire import (
     ErrorCode,
     OffloadAccepted,
@@ -133,6 +133,7 @@ class OffloadServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._handling = Outage(log, "handling offload requests")
+        self._drops, self._closings = Repeats(log), Repeats(log, logging.INFO)  # per message
         self._guard = OverloadGuard(settings.overload, scheduler, settings.max_queue)
         self._health = HealthWatch(
             endpoints,
@@ -153,7 +154,7 @@ class OffloadServer:
         except ProtocolError as exc:
             self.counters.dropped += 1
             self.counters.last_drop = f"{topic}: {exc}"
-            log.warning("dropped a message on %s: %s", topic, exc)
+            self._drops("dropped", f"dropped a message on {topic}: {exc}")
         except Exception as exc:  # contained: a fault on one message never stops the service
             self.counters.errors += 1
             self._handling.failed(exc)
@@ -362,7 +363,7 @@ class OffloadServer:
             reason=" ".join(reason.split())[:1000],
             retryable=retryable,
         )
-        log.info("job %s %s (%s): %s", held.request.job_id, status, code, message.reason)
+        self._closings(code, f"job {held.request.job_id} {status} ({code}): {message.reason}")
         self._close(held, status, encode_message(message), message.reason, retryable)
         if status is Status.FAILED:
             self.counters.failed += 1
@@ -396,8 +397,7 @@ class OffloadServer:
         """Answer queued jobs whose deadline passed or that waited too long (the edge's
         local result stands)."""
         for job in self._scheduler.expire(float(self._clock_ms())):
-            held = self._held.get(job.job_id)
-            if held is None:
+            if (held := self._held.get(job.job_id)) is None:
                 continue
             self.counters.expired += 1
             healthy = self._scheduler.healthy_for(job.model)

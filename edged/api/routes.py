@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from edged.settings import RuntimeConfig
 from edgefed.errors import ConfigError, FederationError, ProtocolError
 from edgefed.httpapi import JSON, Handler, check_bearer, reject
-from edgefed.wire import json_object
+from edgefed.wirejson import json_object
 
 from . import mjpeg
 from .jsontypes import type_errors

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefed.errors import ConfigError, ProtocolError
-from edgefed.wire import json_object
+from edgefed.wirejson import json_object
 
 DEVICE_PREFIX = "$hw/events/device/"
 MAX_PAYLOAD = 256 * 1024

@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 
 from edgefed.counters import Counters
 from edgefed.errors import ProtocolError
+from edgefed.outage import Outage, Repeats
 
 log = logging.getLogger("edgefed.mqtt")
 
@@ -92,6 +93,9 @@ class SubscriptionRegistry:
         self._session = 0  # counts connections: an ack left from an earlier one is void
         self._pending: dict[int, Publish] = {}
         self._early: set[int] = set()
+        # a peer can send bad messages by the thousand: a line per message would flood the log
+        self._drops = Repeats(log)
+        self._faults: dict[str, Outage] = {}  # per filter: a failing handler is one outage
 
     # --- subscriptions and dispatch
 
@@ -99,6 +103,7 @@ class SubscriptionRegistry:
         """Register ``handler`` for ``topic_filter``; ``acked``: it takes an ``ack`` too."""
         with self._lock:
             self._handlers.setdefault(topic_filter, []).append((handler, acked))
+            self._faults.setdefault(topic_filter, Outage(log, f"mqtt: handler for {topic_filter}"))
 
     def new_session(self) -> list[str]:
         """A new connection: acks handed out before it are void. Returns every filter."""
@@ -121,15 +126,15 @@ class SubscriptionRegistry:
             return
         with self._lock:
             handlers = [
-                h
+                (*h, self._faults[f])
                 for f, hs in self._handlers.items()
                 if paho.topic_matches_sub(unshared(f), topic)
                 for h in hs
             ]
-        acked_handlers = sum(1 for _, acked in handlers if acked)
+        acked_handlers = sum(1 for _, acked, _ in handlers if acked)
         acks = self._acks(message.mid, message.qos, session, acked_handlers)
         payload = bytes(message.payload)
-        for handler, acked in handlers:
+        for handler, acked, faults in handlers:
             ack = acks.pop() if acked else None
             try:
                 if ack is None:
@@ -140,12 +145,13 @@ class SubscriptionRegistry:
                 with self._lock:
                     self.counters.dropped += 1
                     self.counters.last_drop = f"{topic}: {exc}"
-                log.warning("mqtt: dropped a message on %s: %s", topic, exc)
-            except Exception:
+                self._drops("dropped", f"mqtt: dropped a message on {topic}: {exc}")
+            except Exception as exc:
                 with self._lock:
                     self.counters.handler_errors += 1
-                log.exception("mqtt: handler for %s failed", topic)
+                faults.failed(exc)
             else:
+                faults.ok()
                 continue
             if ack is not None:
                 ack()

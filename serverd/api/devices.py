@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from edgefed.clock import now_ms
 from edgefed.errors import ProtocolError
-from edgefed.wire import json_object
+from edgefed.wirejson import json_object
 
 EventKind = Literal["frame", "stats", "twin"]
 EVENT_KINDS: tuple[EventKind, ...] = ("frame", "stats", "twin")

@@ -43,7 +43,17 @@ def loop(request: pytest.FixtureRequest) -> Iterator[Loop]:
     yield running
     running.call_soon_threadsafe(running.stop)
     thread.join(5)
+    # a client's task still cancelling would be destroyed pending when collected, and
+    # asyncio's error about it would land in a later test's log
+    running.run_until_complete(_settle())
     running.close()
+
+
+async def _settle() -> None:
+    """Let the tasks left on the loop finish (a cancelled one finishes cancelling)."""
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    if left:
+        await asyncio.wait(left, timeout=5)
 
 
 def client(broker: Broker, name: str, **changes: object) -> MqttClient:

@@ -3,6 +3,7 @@ messages are built by hand and the PUBACKs it sends are recorded."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import paho.mqtt.client as paho
@@ -221,3 +222,29 @@ def test_a_shared_subscription_matches_topics_with_the_filter_after_its_group() 
     assert unshared("$share/serverd/edgefed/offload/request/#") == "edgefed/offload/request/#"
     assert unshared("edgefed/offload/request/#") == "edgefed/offload/request/#"
     assert unshared("$share/only-group") == "$share/only-group"  # not a shared filter
+
+
+def test_a_flood_of_bad_messages_is_counted_in_full_and_logged_in_a_few_lines(
+    registry: SubscriptionRegistry, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer publishing bad messages by the thousand filled the log with a line (or a
+    traceback) per message; each is still counted, dropped and acknowledged."""
+
+    def bad_message(topic: str, payload: bytes) -> None:
+        raise ProtocolError("not a job")
+
+    def broken(topic: str, payload: bytes) -> None:
+        raise RuntimeError("bug")
+
+    registry.add("bad", bad_message, acked=False)
+    registry.add("broken", broken, acked=False)
+    caplog.set_level(logging.DEBUG, logger="edgefed.mqtt.registry")
+    for mid in range(1, 1001):
+        registry.dispatch(message(b"bad" if mid % 2 else b"broken", mid=mid))
+    counters = registry.counters
+    assert (counters.dropped, counters.handler_errors) == (500, 500)
+    assert len(broker.pubacks) == 1000
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert logged[0] == (logging.WARNING, "mqtt: dropped a message on bad: not a job")
+    assert logged[1][0] == logging.ERROR and "handler for broken failed: bug" in logged[1][1]
+    assert len(logged) == 2

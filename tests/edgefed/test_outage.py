@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from edgefed.outage import Outage, Sinks
+from edgefed.outage import Outage, Repeats, Sinks
 
 log = logging.getLogger("tests.outage")
 
@@ -100,3 +100,22 @@ def test_contained_takes_the_kinds_it_is_given_and_lets_others_through(
         raise RuntimeError("any")
     assert outage.failures == 2
     assert [m for _, m, _ in lines(caplog)][-1].startswith("a write failed: any")
+
+
+def test_repeats_log_the_first_of_each_kind_then_a_count_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tests.outage")
+    clock = Clock()
+    repeats = Repeats(log, logging.WARNING, every_s=60, clock=clock)
+    for n in range(1000):  # a peer sending 8 bad messages a second for 125 s
+        clock.t += 0.125
+        repeats("dropped", f"dropped message {n}: not a job")
+    repeats("shed", "job shed under overload")
+    left_out = " (479 more like it in the last 60 s not logged)"
+    assert lines(caplog) == [
+        (logging.WARNING, "dropped message 0: not a job", False),
+        (logging.WARNING, "dropped message 480: not a job" + left_out, False),
+        (logging.WARNING, "dropped message 960: not a job" + left_out, False),
+        (logging.WARNING, "job shed under overload", False),
+    ]
