@@ -31,6 +31,7 @@ from edgefed.errors import ConfigError, FederationError, ImageError
 from edgefed.federation_wire import FederationTopics, SampleOffer, encode
 from edgefed.images import image_dir
 from edgefed.mqtt import MqttClient
+from edgefed.outage import Outage
 
 log = logging.getLogger("edged.federation")
 
@@ -61,6 +62,7 @@ class EdgeFederation:
         self.hard_examples = dict(hard_examples or {})  # offload model -> listener, hook
         self._changed = threading.Event()
         self._stop = threading.Event()
+        self._offering = Outage(log, "federation: sample offer")
         self._thread = threading.Thread(target=self._run, name="federation-offer", daemon=True)
 
     def start(self) -> None:
@@ -174,12 +176,12 @@ class EdgeFederation:
             if self._stop.is_set():
                 return
             self._changed.clear()
-            try:
+            if not self.mqtt.connected:  # paho would queue it, and every later one, in memory
+                continue  # the next connection offers at once (_on_connection)
+            with self._offering.contained():  # the next interval offers again
                 data = encode(self.offer())
                 self.mqtt.publish(self.topics.samples(self.device_id), data, retain=True)
                 self.offers_sent += 1
-            except Exception:  # contained: the next interval offers again
-                log.exception("federation: sample offer failed")
 
 
 def build(

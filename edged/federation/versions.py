@@ -35,6 +35,9 @@ class VersionImages:
     def __init__(self, root: Path, trusted_keys: Sequence[Path]) -> None:
         self.root, self.key_paths = root, list(trusted_keys)
         self.keys = [load_public_key(p) for p in self.key_paths]
+        # what an unpacking cut short by a crash or a kill left (a whole image each)
+        for left in _entries(root / INCOMING):
+            shutil.rmtree(left, ignore_errors=True)
 
     def served(self, model: str) -> Served | None:
         """The installed version of ``model`` (None when there is none or it fails its
@@ -101,7 +104,7 @@ class VersionImages:
         """Install a verified version into the inactive slot; the path edged loads."""
         try:
             _, state = install_image(image, self.root, self.key_paths)
-        except ImageError as exc:
+        except (ImageError, OSError) as exc:  # OSError: a full disk past the copy
             raise FederationError(f"install failed: {exc}") from exc
         return state.path
 
@@ -109,8 +112,15 @@ class VersionImages:
         """Back to the previous slot (after a version that could not be served)."""
         try:
             rollback_image(self.root, model, self.key_paths)
-        except ImageError as exc:
+        except (ImageError, OSError) as exc:
             log.error("federation %s: rollback failed: %s", model, exc)
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:  # none yet (or not a directory: unpacking will say so)
+        return []
 
 
 def _version(text: str) -> int:

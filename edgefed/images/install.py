@@ -101,8 +101,12 @@ def _fsync_tree(top: Path) -> None:
 @contextmanager
 def _locked(root: Path, name: str) -> Iterator[None]:
     slot_dir = _slot_dir(root, name)
-    slot_dir.mkdir(parents=True, exist_ok=True)
-    with (slot_dir / ".lock").open("w") as fh:
+    try:  # a slot dir made by another user (root) or a full disk: ImageError says which
+        slot_dir.mkdir(parents=True, exist_ok=True)
+        fh = (slot_dir / ".lock").open("w")
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot use the slots in {slot_dir}: {exc}") from exc
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 

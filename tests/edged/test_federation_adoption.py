@@ -218,3 +218,25 @@ def test_a_version_with_no_room_to_unpack_is_refused_with_the_reason(tmp_path: P
     refused = pytest.raises(FederationError, match=r"person v2: cannot unpack in .*\.incoming")
     with refused, images.unpacked("person", 2, b"any body"):
         pass
+
+
+def test_what_a_crash_left_unpacking_is_swept_at_start(tmp_path: Path) -> None:
+    """edged killed while it unpacked or judged a version left a whole image under
+    ``.incoming`` for ever (nothing else ever looked there)."""
+    left = tmp_path / "federated" / INCOMING / "person-x1y2" / "person"
+    left.mkdir(parents=True)
+    (left / "model.onnx").write_bytes(b"\0" * 4096)
+    VersionImages(tmp_path / "federated", [])
+    assert list((tmp_path / "federated" / INCOMING).iterdir()) == []
+
+
+def test_slots_edged_cannot_write_refuse_the_version_with_the_reason(tmp_path: Path) -> None:
+    """``edged image install`` run by another user (root) made slot directories edged
+    cannot write: the install raised a bare OSError out of the participant, so the version
+    was neither adopted nor reported refused. Here a file stands where the slots go."""
+    root = tmp_path / "federated"
+    root.mkdir()
+    (root / "slots").write_text("not a directory")
+    images = VersionImages(root, [TRUST_DIR / "dev-signing.pub"])
+    with pytest.raises(FederationError, match=r"install failed: .*cannot use the slots in"):
+        images.install(IMAGES_DIR / "pose_detector")

@@ -1,0 +1,55 @@
+"""The sample offer edged publishes (retained) for serverd's round selection, on a real
+mosquitto that is down, then up."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from edged.federation.samples import SampleStore
+from edged.federation.service import EdgeFederation
+from edgefed.federation_wire import FederationTopics
+from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.testing.broker import Broker
+
+
+def test_no_offer_piles_up_while_the_broker_is_away(tmp_path: Path) -> None:
+    """Offers made while offline were queued in paho's memory without bound (one every
+    interval, for as long as the broker was away) and all sent, stale, on reconnect. Now
+    none is made offline and the first connection gets one at once."""
+    topics = FederationTopics()
+    broker = Broker(tmp_path / "broker")
+    mqtt = MqttClient(
+        MqttConfig(
+            host=broker.host,
+            port=broker.port,
+            client_id="edge-0",
+            reconnect_min_s=1,
+            reconnect_max_s=1,
+        )
+    )
+    store = SampleStore(tmp_path / "samples.db")
+    allowed = threading.Event()
+    fed = EdgeFederation(mqtt, topics, "edge-0", store, [], {}, allowed, offer_interval_s=0.02)
+    mqtt.start()
+    fed.start()
+    try:
+        time.sleep(1.0)  # ~50 intervals with the broker down
+        assert fed.offers_sent == 0
+        with broker:
+            assert mqtt.wait_connected(10)
+            offers: queue.Queue[bytes] = queue.Queue()
+            watcher = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="w"))
+            watcher.subscribe(topics.filter("samples"), lambda t, p: offers.put(p))
+            watcher.start()
+            try:
+                assert watcher.wait_connected(10)
+                assert offers.get(timeout=10)  # the retained offer, or a fresh one
+                assert fed.offers_sent >= 1
+            finally:
+                watcher.stop()
+    finally:
+        fed.stop()
+        mqtt.stop()
