@@ -43,6 +43,7 @@ from serverd.triton.install import TritonInstall
 log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
+LOG_MAX_BYTES = 16 * 1024 * 1024  # per Triton log, and as much again in <name>.log.1
 # util-linux (Essential in Debian): sets the parent-death signal, then execs Triton in its
 # place (same pid). Not a preexec_fn: a fork of serverd, whose gRPC threads hold locks,
 # must not run Python before exec (restarts from the watcher thread died of SIGABRT).
@@ -163,11 +164,13 @@ class TritonProcess:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             command = self.command()
+            self._rotate_log()
             with self.log_path.open("ab") as out:
                 out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
                 out.flush()
                 offset = out.tell()
                 self._stop_orphan()
+                self._sweep_shm()
                 self._process = self._spawn(command, out)
         except OSError as exc:
             raise PrepareError(f"Triton {self.name}: cannot prepare {self.workdir}: {exc}") from exc
@@ -267,6 +270,21 @@ class TritonProcess:
             if not Path(f"/proc/{pid}").exists() or _zombie(pid):
                 break
         self.pid_path.unlink(missing_ok=True)
+
+    def _rotate_log(self) -> None:
+        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1`` (the one before goes)."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+
+    def _sweep_shm(self) -> None:
+        """Remove this instance's shared memory left by an earlier serverd that is gone
+        (killed with its Triton: only a clean stop removes them)."""
+        left = re.compile(rf"edgefed_{re.escape(self.name)}_(\d+)_")
+        for region in SHM.glob(f"edgefed_{self.name}_*"):
+            match = left.match(region.name)
+            if match and not Path(f"/proc/{match[1]}").exists():
+                region.unlink(missing_ok=True)
 
     def _cleanup(self) -> None:
         """Kill what is left of the process group and remove its shared memory."""

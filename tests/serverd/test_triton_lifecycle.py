@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgefed.testing.wait import wait_until
+from serverd.triton import supervisor
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import TritonModelConfig, write_repository
 from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
@@ -65,7 +66,12 @@ def test_kill_9_of_its_parent_stops_triton(tmp_path: Path) -> None:
             child.wait(10)
 
 
-def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Path) -> None:
+def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """... and what that run left is cleared: the shared memory of a serverd that is
+    gone (not a live one's), and a log past its size moves aside (both grew for ever)."""
+    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 64 * 1024)
     install = TritonInstall.locate(VENV)
     echo = [TritonModelConfig(name="echo", backend="echo")]
     repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
@@ -74,6 +80,16 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Pa
     earlier.start()
     old_pid = earlier.pid
     assert old_pid is not None and (tmp_path / "local-0.pid").read_text().strip() == str(old_pid)
+    dead_pid = _dead_pid()
+    regions = {
+        "gone": supervisor.SHM / f"edgefed_local-0_{dead_pid}_input0",
+        "live": supervisor.SHM / f"edgefed_local-0_{os.getppid()}_input0",
+        "other instance": supervisor.SHM / f"edgefed_local-1_{dead_pid}_input0",
+    }
+    for region in regions.values():
+        region.write_bytes(b"\0" * 1024)
+    with (tmp_path / "local-0.log").open("ab") as log:
+        log.write(b"x" * 128 * 1024)
     # a new run with the same state dir and ports: the earlier Triton holds them
     again = TritonProcess(install, repository, tmp_path, "local-0", ports)
     try:
@@ -83,10 +99,23 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Pa
         assert again.pid != old_pid and again.ready()
         assert time.monotonic() - started < 30
         assert (tmp_path / "local-0.pid").read_text().strip() == str(again.pid)
+        left = {what for what, region in regions.items() if region.exists()}
+        assert left == {"live", "other instance"}
+        assert (tmp_path / "local-0.log.1").stat().st_size > 128 * 1024
+        assert (tmp_path / "local-0.log").stat().st_size < 64 * 1024
     finally:
         again.stop()
         earlier.stop()
+        for region in regions.values():
+            region.unlink(missing_ok=True)
     assert not (tmp_path / "local-0.pid").exists()
+
+
+def _dead_pid() -> int:
+    """A pid no process has now (a child's, once reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_a_triton_that_dies_while_its_files_cannot_be_written_comes_back_when_they_can(
