@@ -131,8 +131,9 @@ class EdgedConfig(Strict):
     log_level: LogLevel = Field("INFO", description="Log level")
     state_dir: Path = Field(
         default_factory=lambda: paths.state_dir("edged"),
-        description="Writable directory for the outbox database and twin-applied settings "
-        "(default: var/edged in a checkout, else /var/lib/edgefed/edged; edgefed.paths)",
+        description="Writable directory for the outbox database, the results file (unless "
+        "set on their own) and twin-applied settings (default: var/edged in a checkout, else "
+        "/var/lib/edgefed/edged; edgefed.paths)",
     )
     cameras: list[CameraConfig] = Field(min_length=1, description="Camera sources")
     motion: MotionConfig = Field(
@@ -200,6 +201,17 @@ class EdgedConfig(Strict):
             else:
                 raise ValueError("each driver config must be a mapping with a 'type'")
         return out
+
+    @model_validator(mode="after")
+    def _state_under_state_dir(self) -> EdgedConfig:
+        """A ``state_dir`` set (a bigger disk, say) holds the outbox and the results file
+        too, unless they are set on their own."""
+        if "state_dir" in self.model_fields_set:
+            if "path" not in self.offload.outbox.model_fields_set:
+                self.offload.outbox.path = self.state_dir / "outbox.sqlite"
+            if "results" not in self.output.model_fields_set:
+                self.output.results = self.state_dir / "results.jsonl"
+        return self
 
     @model_validator(mode="after")
     def _check_references(self) -> EdgedConfig:

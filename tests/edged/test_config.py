@@ -120,3 +120,19 @@ def test_a_file_that_is_not_utf8_and_bad_yaml_in_a_variable_are_config_errors(
     path = write_config(tmp_path, demo_config(tmp_path))
     with pytest.raises(ConfigError, match="EDGED__MOTION__THRESHOLD: not a valid YAML value"):
         load_config(path, env={"EDGED__MOTION__THRESHOLD": "[1, 2"})
+
+
+def test_state_dir_holds_the_outbox_and_results_unless_they_are_set(tmp_path: Path) -> None:
+    """A site moving ``state_dir`` to a bigger disk still had the outbox (up to 256 MB)
+    and the results file written to the fixed state root."""
+    raw = demo_config(tmp_path)
+    del raw["output"]["results"]
+    cfg = parse_config(raw, env={})
+    assert cfg.offload.outbox.path == tmp_path / "state" / "outbox.sqlite"
+    assert cfg.output.results == tmp_path / "state" / "results.jsonl"
+    raw["offload"] = {"outbox": {"path": str(tmp_path / "fast" / "outbox.sqlite")}}
+    raw["output"]["results"] = None
+    cfg = parse_config(raw, env={})
+    assert cfg.offload.outbox.path == tmp_path / "fast" / "outbox.sqlite"
+    assert cfg.output.results is None
+    assert parse_config(yaml.safe_load(dump_config(cfg)), env={}) == cfg
