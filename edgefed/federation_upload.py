@@ -3,12 +3,16 @@ protocol): ``Upload`` is the edge's side, ``Reassembler`` serverd's. Sans-io."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 from edgefed.errors import ProtocolError
 from edgefed.federation_wire import (
     MAX_MISSING_LISTED,
     MAX_UPDATE_BYTES,
+    MIN_CHUNK_BYTES,
     Received,
     UpdateAck,
     UpdateChunk,
@@ -17,11 +21,17 @@ from edgefed.federation_wire import (
     sha256_hex,
 )
 
+UPDATE_OVERHEAD_BYTES = 4096
+"""What holding an update costs serverd besides its bytes (its first chunk's header, the
+bookkeeping; measured at about 2.2 KiB), charged against the reassembly bound."""
+CHUNK_OVERHEAD_BYTES = 64
+"""And each chunk of it (a bytes object and its slot)."""
+
 
 def split(data: bytes, max_chunk_bytes: int) -> list[bytes]:
-    """``data`` cut into chunks of at most ``max_chunk_bytes``."""
-    if max_chunk_bytes < 1:
-        raise ProtocolError("max_chunk_bytes must be positive")
+    """``data`` cut into chunks of ``max_chunk_bytes`` (the last one holds the rest)."""
+    if max_chunk_bytes < MIN_CHUNK_BYTES:
+        raise ProtocolError(f"max_chunk_bytes must be at least {MIN_CHUNK_BYTES}")
     return [data[i : i + max_chunk_bytes] for i in range(0, len(data), max_chunk_bytes)]
 
 
@@ -93,8 +103,10 @@ class Upload:
 @dataclass
 class _Partial:
     first: UpdateChunk
+    cost: int
     parts: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
+    listed: set[int] | None = None  # what the last ack asked for and has not come yet
 
 
 @dataclass(frozen=True)
@@ -107,42 +119,69 @@ class Assembled:
 
 
 class Reassembler:
-    """serverd's side: chunks per (device, update id), bounded in bytes, until whole.
+    """serverd's side: each device's update, chunk by chunk, until whole.
 
-    ``add`` returns the ``Assembled`` update when its last chunk arrives; a chunk that
-    contradicts the update's first chunk, or a whole whose sha256 differs, raises
-    ``ProtocolError`` and drops what was held. ``ack`` answers an ``UpdateQuery``.
+    A device holds one update at a time (a newer update id replaces the one it held: the
+    device restarted and trained again). An update is charged its ``total_bytes`` plus
+    ``UPDATE_OVERHEAD_BYTES`` and ``CHUNK_OVERHEAD_BYTES`` a chunk (what holding it costs
+    besides the bytes) when its first chunk comes, against ``max_pending_bytes`` for all
+    devices; ``max_update_bytes`` bounds one update and ``max_chunk_bytes``, when set, one
+    chunk.
+
+    ``add`` returns the ``Assembled`` update when its last chunk arrives; a chunk outside
+    these bounds or contradicting the update's first chunk, or a whole whose sha256
+    differs, raises ``ProtocolError`` and drops what the device held. ``ack`` answers an
+    ``UpdateQuery`` (listing at most ``MAX_MISSING_LISTED`` chunks) and ``next_ack`` the
+    edge's resend of those, while chunks are still missing.
     """
 
-    def __init__(self, max_pending_bytes: int = 4 * MAX_UPDATE_BYTES) -> None:
+    def __init__(
+        self,
+        max_pending_bytes: int = 4 * MAX_UPDATE_BYTES,
+        max_update_bytes: int = MAX_UPDATE_BYTES,
+        max_chunk_bytes: int | None = None,
+    ) -> None:
         self.max_pending_bytes = max_pending_bytes
-        self._pending: dict[tuple[str, str], _Partial] = {}
+        self.max_update_bytes = max_update_bytes
+        self.max_chunk_bytes = max_chunk_bytes
+        self._pending: dict[str, _Partial] = {}  # by device
+        self._bytes = 0
 
     def pending_bytes(self) -> int:
-        return sum(p.size for p in self._pending.values())
+        """What the held updates are charged (whole sizes and overhead)."""
+        return self._bytes
+
+    def pending_updates(self) -> int:
+        return len(self._pending)
+
+    def holds(self, device: str, update_id: str) -> bool:
+        partial = self._pending.get(device)
+        return partial is not None and partial.first.update_id == update_id
 
     def add(self, device: str, received: Received) -> Assembled | None:
-        chunk, key = received.chunk, (device, received.chunk.update_id)
-        partial = self._pending.get(key)
-        if partial is not None and chunk.model_dump(exclude={"index"}) != partial.first.model_dump(
-            exclude={"index"}
-        ):
-            del self._pending[key]
-            raise ProtocolError(f"chunk {chunk.index} contradicts update {chunk.update_id}")
-        if partial is not None and chunk.index in partial.parts:
-            return None  # a redelivery
-        if self.pending_bytes() + len(received.body) > self.max_pending_bytes:
-            raise ProtocolError(f"reassembly holds {self.max_pending_bytes} bytes already")
-        if partial is None:
-            partial = self._pending[key] = _Partial(chunk)
+        chunk = received.chunk
+        partial = self._pending.get(device)
+        if partial is not None and partial.first.update_id != chunk.update_id:
+            self._drop(device)  # a newer update replaces the one held
+            partial = None
+        try:
+            if partial is None:
+                partial = self._start(device, chunk)
+            elif chunk.model_dump(exclude={"index"}) != partial.first.model_dump(exclude={"index"}):
+                raise ProtocolError(f"chunk {chunk.index} contradicts update {chunk.update_id}")
+            if chunk.index in partial.parts:
+                return None  # a redelivery
+            self._check_size(partial, chunk, len(received.body))
+        except ProtocolError:
+            self._drop(device)
+            raise
         partial.parts[chunk.index] = received.body
         partial.size += len(received.body)
-        if partial.size > chunk.total_bytes:
-            del self._pending[key]
-            raise ProtocolError(f"update {chunk.update_id} exceeds its {chunk.total_bytes} bytes")
+        if partial.listed is not None:
+            partial.listed.discard(chunk.index)
         if len(partial.parts) < chunk.count:
             return None
-        del self._pending[key]
+        self._drop(device)
         data = b"".join(partial.parts[i] for i in range(chunk.count))
         if len(data) != chunk.total_bytes or sha256_hex(data) != chunk.sha256:
             raise ProtocolError(f"update {chunk.update_id} does not match its sha256")
@@ -150,13 +189,66 @@ class Reassembler:
 
     def ack(self, device: str, update_id: str) -> UpdateAck:
         """What is still missing of an update (``unknown``: nothing held)."""
-        partial = self._pending.get((device, update_id))
-        if partial is None:
+        partial = self._pending.get(device)
+        if partial is None or partial.first.update_id != update_id:
             return UpdateAck(update_id=update_id, state="unknown")
-        missing = [i for i in range(partial.first.count) if i not in partial.parts]
-        return UpdateAck(update_id=update_id, state="partial", missing=missing[:MAX_MISSING_LISTED])
+        missing = list(islice(_missing(partial), MAX_MISSING_LISTED))
+        partial.listed = set(missing)
+        return UpdateAck(update_id=update_id, state="partial", missing=missing)
 
-    def forget(self, keep_round: int) -> None:
-        """Drop partial updates of rounds other than ``keep_round``."""
-        for key in [k for k, p in self._pending.items() if p.first.round != keep_round]:
-            del self._pending[key]
+    def next_ack(self, device: str, update_id: str) -> UpdateAck | None:
+        """The next chunks to ask for, once those the last ack listed are all in and the
+        update is not yet whole (an edge sends what an ack lists and nothing more)."""
+        partial = self._pending.get(device)
+        if partial is None or partial.first.update_id != update_id or partial.listed != set():
+            return None  # not asked, or not all in yet
+        if next(_missing(partial), None) is None:
+            return None
+        return self.ack(device, update_id)
+
+    def clear(self) -> None:
+        """Drop every partial update (a round opens or closes)."""
+        self._pending.clear()
+        self._bytes = 0
+
+    def _start(self, device: str, chunk: UpdateChunk) -> _Partial:
+        if chunk.total_bytes > self.max_update_bytes:
+            raise ProtocolError(
+                f"update of {chunk.total_bytes} bytes; one of this model is at most "
+                f"{self.max_update_bytes}"
+            )
+        cost = chunk.total_bytes + UPDATE_OVERHEAD_BYTES + chunk.count * CHUNK_OVERHEAD_BYTES
+        if self._bytes + cost > self.max_pending_bytes:
+            raise ProtocolError(
+                f"reassembly is full: {self._bytes} of {self.max_pending_bytes} bytes held, "
+                f"this update needs {cost}"
+            )
+        partial = self._pending[device] = _Partial(chunk, cost)
+        self._bytes += cost
+        return partial
+
+    def _check_size(self, partial: _Partial, chunk: UpdateChunk, body_bytes: int) -> None:
+        """The chunk fits what its update has left and, with ``max_chunk_bytes`` set, the
+        chunking: no chunk larger, no fewer chunks than the bytes need."""
+        if partial.size + body_bytes > chunk.total_bytes:
+            raise ProtocolError(f"update {chunk.update_id} exceeds its {chunk.total_bytes} bytes")
+        size = self.max_chunk_bytes
+        if size is None:
+            return
+        need = math.ceil(chunk.total_bytes / size)
+        if chunk.count < need:
+            raise ProtocolError(
+                f"{chunk.count} chunks for {chunk.total_bytes} bytes; "
+                f"chunks of at most {size} need {need}"
+            )
+        if body_bytes > size:
+            raise ProtocolError(f"chunk {chunk.index} holds {body_bytes} bytes, more than {size}")
+
+    def _drop(self, device: str) -> None:
+        partial = self._pending.pop(device, None)
+        if partial is not None:
+            self._bytes -= partial.cost
+
+
+def _missing(partial: _Partial) -> Iterator[int]:
+    return (i for i in range(partial.first.count) if i not in partial.parts)

@@ -16,12 +16,14 @@ Every message is one ``edgefed.wire`` frame (``EF`` | version | JSON header | bo
 An update's parameters are encoded as ``encode_params`` says: a 4-byte big-endian length,
 a JSON list of ``{"dtype", "shape"}`` and the arrays' raw little-endian C-order bytes,
 one after the other. Never pickle, never ``.npy`` object arrays; only the numeric dtypes
-of ``DTYPES``. The encoded bytes are cut into chunks of at most ``max_chunk_bytes``; each
-chunk's header carries its ``index``, the ``count`` of chunks, the ``total_bytes`` and
-the ``sha256`` of the whole. The server's ``Reassembler`` (``edgefed.federation_upload``)
-keeps what it has per ``update_id``; after a disconnect the edge sends an ``UpdateQuery``
-and the ``UpdateAck`` lists the chunks still ``missing``, which the edge's ``Upload``
-sends again. A whole whose
+of ``DTYPES``. The encoded bytes are cut into chunks of ``max_chunk_bytes`` (at least
+``MIN_CHUNK_BYTES``; the last one holds the rest); each chunk's header carries its
+``index``, the ``count`` of chunks, the ``total_bytes`` and the ``sha256`` of the whole,
+and a count no chunking of ``total_bytes`` can give is refused as the chunk is decoded.
+The server's ``Reassembler`` (``edgefed.federation_upload``) keeps what it has per
+device; after a disconnect the edge sends an ``UpdateQuery`` and the ``UpdateAck`` lists
+chunks still ``missing`` (at most ``MAX_MISSING_LISTED``: once those are in, the server
+lists the next ones), which the edge's ``Upload`` sends again. A whole whose
 sha256 differs is refused and dropped. No raw sample ever appears in these messages:
 only parameters, a sample count and training metrics. A global version is signed by
 serverd (Ed25519 over ``signed_text``); an edge verifies the hash and the signature.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ from edgefed.wire import (
 
 DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64")
 DEFAULT_CHUNK_BYTES = 256 * 1024
+MIN_CHUNK_BYTES = 1024
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 # a GlobalModel frame: its header and a packed version image (edgefed.images.federated)
 MAX_VERSION_FRAME_BYTES = 64 * 1024 * 1024 + 64 * 1024
@@ -84,7 +88,10 @@ class RoundOpen(_Message):
     deadline_ms: int = Field(gt=0, description="Epoch ms after which updates are late")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings")
     max_chunk_bytes: int = Field(
-        default=DEFAULT_CHUNK_BYTES, ge=1024, le=DEFAULT_MAX_BYTES // 2, description="Chunk bound"
+        default=DEFAULT_CHUNK_BYTES,
+        ge=MIN_CHUNK_BYTES,
+        le=DEFAULT_MAX_BYTES // 2,
+        description="Chunk bound",
     )
 
 
@@ -214,15 +221,29 @@ def decode(
             raise ProtocolError(f"{header.model} v{header.version}: image fails its sha256")
         return ReceivedModel(header, body)
     if isinstance(header, UpdateChunk):
-        if header.index >= header.count:
-            raise ProtocolError(f"chunk index {header.index} >= count {header.count}")
-        if not body:
-            raise ProtocolError("an update chunk carries no bytes")
+        _check_chunking(header, len(body))
         return Received(header, body)
     if body:
         raise ProtocolError(f"a {header.type} message carries no body, got {len(body)} bytes")
     message: FedMessage = header
     return message
+
+
+def _check_chunking(chunk: UpdateChunk, body_bytes: int) -> None:
+    """Refuse a chunk no chunking of its update can give (its holder would trust ``count``
+    for as long as it keeps the update)."""
+    if chunk.index >= chunk.count:
+        raise ProtocolError(f"chunk index {chunk.index} >= count {chunk.count}")
+    most = math.ceil(chunk.total_bytes / MIN_CHUNK_BYTES)
+    if chunk.count > most:
+        raise ProtocolError(
+            f"{chunk.count} chunks for {chunk.total_bytes} bytes: chunks of at least "
+            f"{MIN_CHUNK_BYTES} bytes make at most {most}"
+        )
+    if not 1 <= body_bytes <= chunk.total_bytes:
+        raise ProtocolError(
+            f"an update chunk carries 1 to {chunk.total_bytes} bytes, got {body_bytes}"
+        )
 
 
 @dataclass(frozen=True)
@@ -255,8 +276,19 @@ def encode_params(params: list[np.ndarray]) -> bytes:
     return data
 
 
+def max_encoded_bytes(shapes: list[tuple[int, ...]]) -> int:
+    """The most bytes ``encode_params`` gives for tensors of these ``shapes`` in any of
+    the ``DTYPES`` (all float64, whose name is as long as any): a bound on an update of a
+    model whose tensors have these shapes."""
+    specs = [{"dtype": "float64", "shape": list(shape)} for shape in shapes]
+    header = json.dumps(specs, separators=(",", ":")).encode()
+    return _LEN.size + len(header) + sum(8 * math.prod(shape) for shape in shapes)
+
+
 def decode_params(data: bytes) -> list[np.ndarray]:
-    """``encode_params`` reversed; every size is checked against the bytes present."""
+    """``encode_params`` reversed; every size is computed in Python integers (no numpy
+    overflow) and checked against the bytes present; anything wrong is a
+    ``ProtocolError`` saying what."""
     if len(data) < _LEN.size:
         raise ProtocolError("parameters are shorter than their length prefix")
     (header_len,) = _LEN.unpack_from(data)
@@ -265,21 +297,24 @@ def decode_params(data: bytes) -> list[np.ndarray]:
         raise ProtocolError(f"parameter header of {header_len} bytes does not fit")
     try:
         specs = json.loads(data[_LEN.size : end])
-    except ValueError as exc:
-        raise ProtocolError("parameter header is not JSON") from exc
+    except ValueError as exc:  # also not UTF-8, and an integer of over 4300 digits
+        raise ProtocolError(f"parameter header is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("parameter header is not JSON: nested too deep") from None
     if not isinstance(specs, list) or not 1 <= len(specs) <= MAX_TENSORS:
         raise ProtocolError(f"parameter header must list 1 to {MAX_TENSORS} tensors")
     out, offset = [], end
     for spec in specs:
         dtype, shape = _spec(spec)
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        count = math.prod(shape)
+        size = count * np.dtype(dtype).itemsize
         if offset + size > len(data):
-            raise ProtocolError(f"tensor {shape} {dtype} runs past the end of the parameters")
+            raise ProtocolError(
+                f"tensor {list(shape)} {dtype} of {size} bytes runs past the end of the "
+                f"{len(data)} bytes of parameters"
+            )
         raw = np.frombuffer(
-            data,
-            dtype=np.dtype(dtype).newbyteorder("<"),
-            count=size // np.dtype(dtype).itemsize,
-            offset=offset,
+            data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset
         )
         out.append(raw.astype(dtype).reshape(shape))
         offset += size

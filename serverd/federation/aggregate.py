@@ -140,7 +140,9 @@ def aggregate(
     rng: np.random.Generator | None = None,
 ) -> Params:
     """The new global parameters from ``base`` and the accepted ``updates``, cast back to
-    the base's dtypes. ``rng`` draws the privacy noise (a fresh generator if None)."""
+    the base's dtypes. ``rng`` draws the privacy noise (a fresh generator if None).
+    ``AggregationError`` if a value is not finite once cast (a version no edge could
+    use)."""
     _check(updates)
     for u in updates:
         _check_shapes(base, u.params)
@@ -159,7 +161,16 @@ def aggregate(
         gen = rng if rng is not None else np.random.default_rng()
         std = settings.noise_multiplier * settings.clip_norm / len(updates)
         result = [r + gen.normal(0.0, std, size=r.shape) for r in result]
-    return [r.astype(b.dtype) for r, b in zip(result, base, strict=True)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = [r.astype(b.dtype) for r, b in zip(result, base, strict=True)]
+    for i, tensor in enumerate(out):
+        if np.issubdtype(tensor.dtype, np.inexact) and not np.all(np.isfinite(tensor)):
+            bad = int(np.count_nonzero(~np.isfinite(tensor)))
+            raise AggregationError(
+                f"the aggregate is not finite as {tensor.dtype}: {bad} of the "
+                f"{tensor.size} values of tensor {i}"
+            )
+    return out
 
 
 def _check(updates: Sequence[Update]) -> None:

@@ -1,7 +1,9 @@
 """serverd's federation adapter of one model: the round state machine on MQTT.
 
-It publishes each round (retained ``RoundOpen``), reassembles the edges' chunked updates,
-hands each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
+It publishes each round (retained ``RoundOpen``), reassembles the chunked updates of the
+open round's participants that have not answered yet (any other chunk is counted and
+dropped unread; the last chunk of such an update is answered with the reason), hands
+each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
 (accepted, rejected with the reason, or the chunks still missing), and publishes every
 new global version as a model image signed with serverd's key (retained ``GlobalModel``
 with the packed image, ``serverd.federation.images``). Edges' adoption
@@ -35,6 +37,7 @@ from edgefed.federation_wire import (
     UpdateQuery,
     decode_params,
     encode,
+    max_encoded_bytes,
     sha256_hex,
     signed_text,
 )
@@ -50,6 +53,7 @@ log = logging.getLogger("serverd.federation")
 class CoordinatorCounters(Counters):
     rounds_opened: int = 0
     chunks: int = 0
+    chunks_dropped: int = 0
     updates_accepted: int = 0
     updates_rejected: int = 0
     versions_published: int = 0
@@ -78,7 +82,10 @@ class Coordinator:
         self.counters = CoordinatorCounters()
         self.adoptions: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._reassembler = Reassembler()
+        self._reassembler = Reassembler(
+            max_update_bytes=max_encoded_bytes([p.shape for p in federation.params]),
+            max_chunk_bytes=max_chunk_bytes,
+        )
 
     def announce(self) -> None:
         """Publish the current global version (retained), as at start-up."""
@@ -88,13 +95,13 @@ class Coordinator:
     def holds(self, device: str, update_id: str) -> bool:
         """True while part of this update from ``device`` is held for reassembly."""
         with self._lock:
-            return self._reassembler.ack(device, update_id).state == "partial"
+            return self._reassembler.holds(device, update_id)
 
     def open_round(self, available: Mapping[str, int]) -> RoundOpen:
         """Open a round over ``available`` devices (id -> samples) and publish it."""
         with self._lock:
             plan = self.federation.open_round(available, self.clock())
-            self._reassembler.forget(plan.round_id)
+            self._reassembler.clear()
             message = RoundOpen(
                 model=self.federation.model,
                 round=plan.round_id,
@@ -112,6 +119,8 @@ class Coordinator:
         """Close the round when it is due; a new version is signed and published."""
         with self._lock:
             outcome = self.federation.poll(self.clock())
+            if outcome is not None:
+                self._reassembler.clear()
             if outcome is not None and outcome.version is not None:
                 self._publish_version(outcome.round_id)
         if outcome is not None:
@@ -129,6 +138,11 @@ class Coordinator:
                 **self.federation.status(),
                 "counters": self.counters.as_dict(),
                 "adoptions": dict(self.adoptions),
+                "reassembly": {
+                    "updates": self._reassembler.pending_updates(),
+                    "bytes": self._reassembler.pending_bytes(),
+                    "max_bytes": self._reassembler.max_pending_bytes,
+                },
             }
 
     def history(self) -> list[dict[str, Any]]:
@@ -161,16 +175,27 @@ class Coordinator:
         chunk = received.chunk
         with self._lock:
             self.counters.chunks += 1
-            try:
-                whole = self._reassembler.add(device, received)
-            except ProtocolError as exc:
-                ack = self._rejected(chunk.update_id, f"malformed: {exc}")
-                self.federation.refuse(device, chunk.round, ack.reason)
+            if unexpected := self.federation.unexpected(device, chunk.round):
+                self.counters.chunks_dropped += 1  # never held: no device fills the bound
+                last = chunk.index == chunk.count - 1  # an update's last chunk hears why
+                ack = self._rejected(chunk.update_id, unexpected) if last else None
             else:
-                if whole is None:
-                    return
-                ack = self._judge(whole)
-        self._reply(device, ack)
+                ack = self._reassemble(device, received)
+        if ack is not None:
+            self._reply(device, ack)
+
+    def _reassemble(self, device: str, received: Received) -> UpdateAck | None:
+        """The verdict on the update once whole, the next chunks to send, or None."""
+        chunk = received.chunk
+        try:
+            whole = self._reassembler.add(device, received)
+        except ProtocolError as exc:
+            ack = self._rejected(chunk.update_id, f"malformed: {exc}")
+            self.federation.refuse(device, chunk.round, ack.reason)
+            return ack
+        if whole is None:
+            return self._reassembler.next_ack(device, chunk.update_id)
+        return self._judge(whole)
 
     def _judge(self, whole: Assembled) -> UpdateAck:
         head = whole.header

@@ -6,11 +6,14 @@ One ``Federation`` per model. A round goes ``idle -> collecting -> idle``:
   allowed to train and hold at least ``min_samples`` samples), fixes the base version
   and the deadline, and returns the ``RoundPlan`` serverd publishes;
 * ``receive(...)`` checks one update and accepts it or rejects it with a reason (not a
-  participant, stale base version, duplicate, malformed, out of bounds);
+  participant, stale base version, duplicate, malformed: shapes or values that do not
+  fit the model's tensors, out of bounds); ``unexpected`` says, before an update is
+  even reassembled, whether its device may still answer the round;
 * ``poll(now)`` closes the round once every participant answered, or at the deadline
   with at least ``quorum`` accepted updates: the accepted updates are aggregated
   (``serverd.federation.aggregate``) into version ``base + 1``. At the deadline without
-  a quorum the round fails and the global model stays as it was.
+  a quorum, or when the aggregate is not finite in the model's dtypes, the round fails
+  and the global model stays as it was.
 
 The adapter (MQTT, image signing) publishes what these calls return.
 """
@@ -28,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from edgefed.errors import FederationError
-from serverd.federation.aggregate import AggregationSettings, Params, Update, aggregate
+from serverd.federation.aggregate import (
+    AggregationError,
+    AggregationSettings,
+    Params,
+    Update,
+    aggregate,
+)
 
 HISTORY_ROUNDS = 1000
 """Closed rounds kept for ``history`` (at one round every 10 minutes, about a week): the
@@ -135,6 +144,7 @@ class Federation:
         self._rng = rng
         self._round_id = 0
         self._plan: RoundPlan | None = None
+        self._participants: frozenset[str] = frozenset()
         self._opened_ms = 0
         self._updates: dict[str, Update] = {}
         self._rejected: dict[str, str] = {}
@@ -164,6 +174,7 @@ class Federation:
         self._plan = RoundPlan(
             self._round_id, self.version, tuple(chosen), now_ms + self.settings.timeout_ms
         )
+        self._participants = frozenset(chosen)
         self._opened_ms = now_ms
         self._updates = {}
         self._rejected = {}
@@ -175,8 +186,9 @@ class Federation:
     ) -> Verdict:
         """Accept or refuse one device's update; a refusal says why."""
         verdict = self._judge(device, round_id, base_version, params, num_samples)
-        if verdict.accepted:
-            self._updates[device] = Update([np.asarray(p) for p in params], num_samples)
+        if verdict.accepted:  # kept in the model's dtypes, as judged
+            kept = [np.asarray(p).astype(b.dtype) for p, b in zip(params, self.params, strict=True)]
+            self._updates[device] = Update(kept, num_samples)
         elif self._answers_this_round(device, round_id):
             self._rejected[device] = verdict.reason  # its one answer to this round
         return verdict
@@ -214,26 +226,28 @@ class Federation:
             "rounds_failed": self.rounds_failed,
         }
 
-    def _answers_this_round(self, device: str, round_id: int) -> bool:
+    def unexpected(self, device: str, round_id: int) -> str:
+        """Why ``device`` cannot answer round ``round_id`` now ("" when it can: a
+        participant of the open round that has not answered yet)."""
         plan = self._plan
-        return (
-            plan is not None
-            and round_id == plan.round_id
-            and device in plan.participants
-            and device not in self._updates
-            and device not in self._rejected
-        )
+        if self.phase is not Phase.COLLECTING or plan is None or round_id != plan.round_id:
+            return f"round {round_id} is not open"
+        if device not in self._participants:
+            return f"{device} is not a participant of round {round_id}"
+        if device in self._updates or device in self._rejected:
+            return f"{device} already answered round {round_id}"
+        return ""
+
+    def _answers_this_round(self, device: str, round_id: int) -> bool:
+        return not self.unexpected(device, round_id)
 
     def _judge(
         self, device: str, round_id: int, base_version: int, params: Params, num_samples: int
     ) -> Verdict:
         plan = self._plan
-        if self.phase is not Phase.COLLECTING or plan is None or round_id != plan.round_id:
-            return Verdict(False, f"round {round_id} is not open")
-        if device not in plan.participants:
-            return Verdict(False, f"{device} is not a participant of round {round_id}")
-        if device in self._updates or device in self._rejected:
-            return Verdict(False, f"{device} already answered round {round_id}")
+        unexpected = self.unexpected(device, round_id)
+        if unexpected or plan is None:
+            return Verdict(False, unexpected)
         if base_version != plan.base_version:
             return Verdict(
                 False, f"stale base version {base_version}, round is on {plan.base_version}"
@@ -246,8 +260,10 @@ class Federation:
             p.shape != b.shape for p, b in zip(params, self.params, strict=False)
         ):
             return Verdict(False, "malformed: tensor count or shapes differ from the base")
-        if not all(np.all(np.isfinite(p)) for p in params):
-            return Verdict(False, "malformed: non-finite values")
+        for p, b in zip(params, self.params, strict=True):
+            unfit = _unfit(np.asarray(p), b.dtype)
+            if unfit:
+                return Verdict(False, f"malformed: {unfit}")
         bound = self.settings.max_delta_norm
         if bound is not None:
             norm = math.sqrt(
@@ -272,9 +288,13 @@ class Federation:
             failure = f"{len(accepted)} accepted update(s), quorum is {self.settings.quorum}"
         else:
             updates = [self._updates[d] for d in accepted]
-            params = aggregate(self.params, updates, self.settings.aggregation, self._rng)
-            version = self.version + 1
-            self.version, self.params = version, params
+            try:
+                params = aggregate(self.params, updates, self.settings.aggregation, self._rng)
+            except AggregationError as exc:
+                failure = f"aggregation failed: {exc}"
+            else:
+                version = self.version + 1
+                self.version, self.params = version, params
         outcome = RoundOutcome(
             plan.round_id,
             plan.base_version,
@@ -294,6 +314,20 @@ class Federation:
             self.rounds_done += 1
         self.phase = Phase.IDLE
         self._plan = None
+        self._participants = frozenset()
         self._updates = {}
         self._rejected = {}
         return outcome
+
+
+def _unfit(values: np.ndarray, dtype: np.dtype[Any]) -> str:
+    """Why ``values`` cannot be a tensor of the model, whose dtype is ``dtype`` ("" when
+    they can): in a floating model each value must be finite once cast to it (1e300 is
+    finite in float64, inf in float32); another model takes its own dtype only."""
+    if not np.issubdtype(dtype, np.floating):
+        return "" if values.dtype == dtype else f"dtype {values.dtype}, the model's is {dtype}"
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype)
+    if not np.all(np.isfinite(cast)):
+        return f"non-finite values as {dtype}, the model's dtype"
+    return ""

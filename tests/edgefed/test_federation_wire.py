@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from edgefed.errors import ProtocolError
-from edgefed.federation_upload import Reassembler, Upload
+from edgefed.federation_upload import (
+    CHUNK_OVERHEAD_BYTES,
+    UPDATE_OVERHEAD_BYTES,
+    Reassembler,
+    Upload,
+    split,
+)
 from edgefed.federation_wire import (
+    MAX_MISSING_LISTED,
     AdoptionReport,
     FederationTopics,
     GlobalModel,
@@ -24,6 +31,7 @@ from edgefed.federation_wire import (
     decode_params,
     encode,
     encode_params,
+    max_encoded_bytes,
     sha256_hex,
 )
 from edgefed.wire import new_job_id
@@ -71,6 +79,9 @@ def _header(specs: list[dict[str, object]]) -> bytes:
         (_header([{"dtype": "float32", "shape": [9]}]) + b"\0" * 35, "past"),
         (_header([{"dtype": "float32", "shape": [-1]}]), "invalid shape"),
         (_header([{"dtype": "float32", "shape": [1], "x": 1}]), "exactly dtype and shape"),
+        (_header([{"dtype": "float32", "shape": [65536] * 4}]), "past the end"),  # 2**64
+        (struct.pack(">I", 4000) + b"[" * 4000, "nested too deep"),
+        (struct.pack(">I", 3) + b"[\xff]", "not JSON"),
     ],
 )
 def test_malformed_params_are_refused(data: bytes, reason: str) -> None:
@@ -115,6 +126,25 @@ def test_chunk_index_beyond_count_is_refused() -> None:
     bad = upload.headers[0].model_copy(update={"index": 1})
     with pytest.raises(ProtocolError, match="index 1 >= count 1"):
         decode(encode(bad, b"x"))
+
+
+@pytest.mark.parametrize(
+    ("count", "total", "body", "reason"),
+    [
+        (10**15, 1, b"x", "make at most 1"),
+        (3, 2048, b"x", "make at most 2"),
+        (1, 2, b"xyz", "1 to 2 bytes"),
+    ],
+)
+def test_a_chunk_count_no_chunking_gives_is_refused(
+    count: int, total: int, body: bytes, reason: str
+) -> None:
+    header = _upload(b"x" * 100).headers[0]
+    bad = header.model_copy(update={"count": count, "total_bytes": total})
+    with pytest.raises(ProtocolError, match=reason):
+        decode(encode(bad, body))
+    with pytest.raises(ProtocolError, match="at least 1024"):
+        split(b"x" * 100, 512)
 
 
 def test_chunks_reassemble_in_any_order_with_redeliveries() -> None:
@@ -167,12 +197,69 @@ def test_corrupt_whole_and_contradicting_chunks_are_refused_and_dropped() -> Non
     assert assembler.pending_bytes() == 0
 
 
-def test_reassembly_is_bounded() -> None:
-    assembler = Reassembler(max_pending_bytes=5000)
-    frames = _upload(b"q" * 20_000).frames()
-    assembler.add("edge-1", _chunk(frames[0]))
-    with pytest.raises(ProtocolError, match="holds 5000 bytes"):
-        assembler.add("edge-1", _chunk(frames[1]))
+def test_reassembly_charges_each_update_its_size_and_overhead() -> None:
+    """An update is charged its whole size, a fixed overhead and one per chunk when its
+    first chunk comes (so 3 KiB of first chunks cannot hold 21 KiB of updates); the total
+    follows updates in and out; a device holds one update, an update is no larger than
+    ``max_update_bytes``."""
+    cost = 3000 + UPDATE_OVERHEAD_BYTES + 3 * CHUNK_OVERHEAD_BYTES
+    assembler = Reassembler(max_pending_bytes=2 * cost + 100, max_update_bytes=3000)
+    uploads = [_upload(b"q" * 3000, chunk=1024) for _ in range(3)]
+    for device, upload in zip(("a", "b"), uploads, strict=False):
+        assert assembler.add(device, _chunk(upload.frames()[0])) is None
+    assert assembler.pending_bytes() == 2 * cost
+    with pytest.raises(ProtocolError, match="reassembly is full"):
+        assembler.add("c", _chunk(uploads[2].frames()[0]))
+    for frame in uploads[0].frames()[1:]:
+        assembler.add("a", _chunk(frame))
+    assert assembler.pending_bytes() == cost and assembler.pending_updates() == 1
+    assembler.add("b", _chunk(uploads[2].frames()[0]))  # b's newer update replaces its first
+    assert not assembler.holds("b", uploads[1].update_id)
+    assert assembler.holds("b", uploads[2].update_id) and assembler.pending_bytes() == cost
+    with pytest.raises(ProtocolError, match="at most 3000"):
+        assembler.add("c", _chunk(_upload(b"q" * 3001).frames()[0]))
+    assembler.clear()
+    assert assembler.pending_bytes() == 0 and assembler.pending_updates() == 0
+
+
+def test_with_the_chunking_set_no_chunk_is_larger() -> None:
+    assembler = Reassembler(max_chunk_bytes=2048)
+    upload = _upload(b"z" * 5000, chunk=4096)
+    with pytest.raises(
+        ProtocolError, match="2 chunks for 5000 bytes; chunks of at most 2048 need 3"
+    ):
+        assembler.add("a", _chunk(upload.frames()[0]))
+    upload = _upload(b"z" * 5000, chunk=2048)
+    big = Received(upload.headers[1], upload.chunks[1] + b"z")
+    with pytest.raises(ProtocolError, match="chunk 1 holds 2049 bytes, more than 2048"):
+        assembler.add("a", big)
+    assert assembler.pending_bytes() == 0
+    upload = _upload(b"z" * 5000, chunk=1024)  # smaller chunks are fine
+    outcomes = [assembler.add("a", _chunk(f)) for f in upload.frames()]
+    assert outcomes[-1] is not None and outcomes[-1].data == b"z" * 5000
+
+
+def test_an_ack_lists_a_bounded_number_and_then_the_next() -> None:
+    upload = _upload(b"w" * (1024 * (MAX_MISSING_LISTED + 10)), chunk=1024)
+    assembler = Reassembler()
+    assembler.add("a", _chunk(upload.frames([0])[0]))
+    assert assembler.next_ack("a", upload.update_id) is None  # nothing asked yet
+    ack = assembler.ack("a", upload.update_id)
+    assert ack.missing == list(range(1, MAX_MISSING_LISTED + 1))
+    for frame in upload.on_ack(ack)[:-1]:
+        assembler.add("a", _chunk(frame))
+        assert assembler.next_ack("a", upload.update_id) is None  # not all in yet
+    assembler.add("a", _chunk(upload.on_ack(ack)[-1]))
+    following = assembler.next_ack("a", upload.update_id)
+    assert following is not None
+    assert following.missing == list(range(MAX_MISSING_LISTED + 1, MAX_MISSING_LISTED + 10))
+
+
+def test_the_bound_of_an_update_of_given_shapes_is_its_float64_encoding() -> None:
+    shapes = [(400, 10), (10,)]
+    wide = [np.zeros(shape, np.float64) for shape in shapes]
+    assert max_encoded_bytes(shapes) == len(encode_params(wide))
+    assert len(encode_params(_params())) < max_encoded_bytes(shapes)
 
 
 def test_topics() -> None:
