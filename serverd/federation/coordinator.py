@@ -43,6 +43,7 @@ from edgefed.federation_wire import (
 )
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient
+from edgefed.outage import Repeats
 from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundOutcome
 
@@ -82,6 +83,7 @@ class Coordinator:
         self.counters = CoordinatorCounters()
         self.adoptions: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._rejections = Repeats(log)  # a device can send rejected updates by the thousand
         self._reassembler = Reassembler(
             max_update_bytes=max_encoded_bytes([p.shape for p in federation.params]),
             max_chunk_bytes=max_chunk_bytes,
@@ -217,11 +219,17 @@ class Coordinator:
 
     def _rejected(self, update_id: str, reason: str) -> UpdateAck:
         self.counters.updates_rejected += 1
-        log.warning("federation: update %s rejected: %s", update_id, reason)
+        self._rejections("rejected", f"federation: update {update_id} rejected: {reason}")
         return UpdateAck(update_id=update_id, state="rejected", reason=reason[:500])
 
     def _reply(self, device: str, ack: UpdateAck) -> None:
         self.mqtt.publish(self.topics.ack(device), encode(ack))
+
+    def forget_all_but(self, devices: set[str]) -> None:
+        """Drop the adoption reports of devices not in ``devices`` (gone for good)."""
+        with self._lock:
+            for device in set(self.adoptions) - devices:
+                del self.adoptions[device]
 
     def on_adoption(self, device: str, report: AdoptionReport) -> None:
         with self._lock:

@@ -44,6 +44,9 @@ from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Phase
 from serverd.federation.versions import VersionFiles
 
+FORGET_MS = 7 * 24 * 3600 * 1000
+"""A device that has offered nothing for this long (a week) leaves the status."""
+
 log = logging.getLogger("serverd.federation")
 
 
@@ -121,8 +124,15 @@ class FederationService:
         return opened
 
     def tick(self) -> None:
-        """Close due rounds; open the next one of an idle model when ``interval_ms`` says."""
+        """Close due rounds; open the next one of an idle model when ``interval_ms`` says;
+        forget devices gone for ``FORGET_MS`` (their retained offers stay on the broker)."""
         now = self.clock()
+        with self._lock:
+            for device in [d for d, o in self._offers.items() if o.sent_ms < now - FORGET_MS]:
+                del self._offers[device]
+            known = set(self._offers)
+        for coordinator in self.coordinators.values():
+            coordinator.forget_all_but(known)
         for model, coordinator in self.coordinators.items():
             outcome = coordinator.poll()
             if outcome and outcome.version and outcome.params and self.versions is not None:

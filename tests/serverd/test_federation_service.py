@@ -18,8 +18,17 @@ from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
 from edged.federation.service import EdgeFederation
 from edged.federation.versions import VersionImages
+from edgefed.clock import now_ms
 from edgefed.federation_upload import Upload
-from edgefed.federation_wire import FederationTopics, TrainConfig, encode_params, init_head
+from edgefed.federation_wire import (
+    AdoptionReport,
+    FederationTopics,
+    SampleOffer,
+    TrainConfig,
+    encode,
+    encode_params,
+    init_head,
+)
 from edgefed.images.federated import Base
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
@@ -28,7 +37,7 @@ from edgefed.wire import new_job_id
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundSettings
-from serverd.federation.service import FederationService
+from serverd.federation.service import FORGET_MS, FederationService
 from serverd.federation.versions import VersionFiles
 
 SHAPES = {"wide": (6, 2), "narrow": (3, 3)}  # model -> (features, classes)
@@ -191,3 +200,22 @@ def test_a_new_version_the_disk_refuses_is_saved_once_it_has_room(
         assert saved is not None and saved[0] == 2
     finally:
         running.stop()
+
+
+def test_a_device_gone_for_a_week_leaves_the_status(fleet: Fleet) -> None:
+    """Every device ever seen stayed in serverd's offers and adoption reports for ever
+    (a fleet that churns grows them, and the status lists them all)."""
+    gone_since = now_ms() - FORGET_MS - 60_000
+    offer = SampleOffer(samples={"wide": 40}, training_allowed=True, sent_ms=gone_since)
+    report = AdoptionReport(model="wide", version=2, adopted=True)
+    server = fleet.clients[0]
+    server.publish(fleet.topics.samples("edge-9"), encode(offer), retain=True).wait(5)
+    server.publish(fleet.topics.adoption("edge-9"), encode(report)).wait(5)
+    server.publish(fleet.topics.adoption("edge-0"), encode(report)).wait(5)
+    wide = fleet.coordinators[0]
+    wait_until("reports", lambda: {"edge-0", "edge-9"} <= set(wide.adoptions))
+    wait_until("offers", lambda: len(fleet.service.status()["edges"]) == 4)
+    fleet.service.tick()
+    assert sorted(fleet.service.status()["edges"]) == EDGES
+    assert sorted(wide.adoptions) == ["edge-0"]
+    server.publish(fleet.topics.samples("edge-9"), b"", retain=True).wait(5)
