@@ -14,6 +14,8 @@ Policy:
   only when high priority alone exceeds capacity;
 - the queue is bounded by ``max_queue`` jobs held: a job arriving at a full queue takes
   the place of the newest queued job of the lowest priority below its own, or is shed;
+  one device holds at most ``max_held_per_device`` jobs, past which its jobs are shed
+  (the priority is the device's to say: unbounded, one device could take the queue);
 - a queued job older than ``max_wait_ms`` is shed if more than ``max_wait_ms`` of work
   is still ahead of it (jobs of higher priority kept overtaking it); after a stall of the
   host, the jobs at the head of the queue run instead of being shed with the rest;
@@ -46,6 +48,15 @@ class OverloadConfig(Strict):
         "longer is shed on arrival, one queued longer is shed (lowest priority first); "
         "the default stays under the edge's default 5 s job lifetime; set it from the "
         "round-trip target (docs/scaling.md)",
+    )
+
+    max_held_per_device: int | None = Field(
+        100,
+        ge=1,
+        description="Jobs one device may hold (queued + in flight) at once; past it its "
+        "jobs are shed, so that one device (the priority is its own to say) cannot take "
+        "the whole queue (None: no bound; a device at the documented 0.6 offloads/s holds "
+        "about 2)",
     )
 
 
@@ -89,8 +100,12 @@ class OverloadGuard:
         rate = self.rate_per_ms(job.model)
         return ahead / rate if rate > 0 else float("inf")
 
-    def on_arrival(self, job: Job, held: int) -> Arrival:
-        """Admit ``job`` (``held`` jobs are queued or in flight) or shed it."""
+    def on_arrival(self, job: Job, held: int, device_held: int = 0) -> Arrival:
+        """Admit ``job`` (``held`` jobs are queued or in flight, ``device_held`` of them
+        its device's) or shed it."""
+        cap = self._config.max_held_per_device
+        if cap is not None and device_held >= cap:
+            return Arrival(Verdict.SHED, f"its device holds {device_held} jobs (at most {cap})")
         wait = self.predicted_wait_ms(job)
         if wait > self._config.max_wait_ms:
             return Arrival(

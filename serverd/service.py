@@ -30,19 +30,33 @@ from edgefed.wire import (
     ErrorCode,
     OffloadAccepted,
     OffloadErrorMessage,
-    OffloadRequest,
     OffloadResult,
     Topics,
     decode_request,
     encode_message,
 )
 from serverd.health import HealthWatch, periodic
-from serverd.jobtable import Admission, JobKey, JobTable
+from serverd.held import Held, HeldJobs
+from serverd.jobtable import Admission, JobTable
 from serverd.overload import OverloadConfig, OverloadGuard, Verdict
 from serverd.scheduler import Assignment, Job, Scheduler
 from serverd.triton.client import TritonEndpoint
 
 log = logging.getLogger(__name__)
+
+
+def _held(topics: Topics, topic: str, payload: bytes, max_bytes: int) -> Held:
+    """The job in one request message; ``ProtocolError`` if it is none."""
+    match = topics.parse(topic)
+    if match is None or match.kind != "request":
+        raise ProtocolError("not an offload request topic")
+    message = decode_request(payload, max_bytes)
+    # The device is the topic's, which the broker's ACL grants to that device's identity
+    # alone; a payload that names another device is refused.
+    if message.request.device_id != match.id:
+        raise ProtocolError(f"device id {message.request.device_id!r} does not match the topic")
+    reply_topic = _topics(match.prefix).reply(match.id)
+    return Held(message.request, message.body, reply_topic, time.perf_counter())
 
 
 @functools.lru_cache(maxsize=1024)  # bounded: with a '+' prefix, devices choose prefixes
@@ -67,29 +81,6 @@ class ServiceCounters(Counters):
     stale: int = 0
     errors: int = 0
     last_drop: str = ""
-
-
-@dataclass
-class _Held:
-    """A job serverd holds until it is answered: its request, frame and reply topic."""
-
-    request: OffloadRequest
-    body: bytes
-    reply_topic: str
-    received: float  # perf_counter
-    queued: float = 0.0  # perf_counter when last put in the queue (arrival or re-placement)
-
-    def __post_init__(self) -> None:
-        self.queued = self.queued or self.received
-
-    @property
-    def key(self) -> JobKey:
-        return (self.request.device_id, self.request.job_id)
-
-    @property
-    def queue_id(self) -> str:
-        """The job's id in the scheduler: device and job id (neither holds a space)."""
-        return f"{self.request.device_id} {self.request.job_id}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +120,7 @@ class OffloadServer:
         self._scheduler = scheduler
         self._endpoints = endpoints
         self._clock_ms = clock_ms
-        self._held: dict[str, _Held] = {}  # by ``_Held.queue_id``
+        self._held = HeldJobs()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._handling = Outage(log, "handling offload requests")
@@ -204,17 +195,8 @@ class OffloadServer:
 
     # -- the flow -------------------------------------------------------------------------
     def _accept(self, topic: str, payload: bytes) -> None:
-        match = self._topics.parse(topic)
-        if match is None or match.kind != "request":
-            raise ProtocolError("not an offload request topic")
-        message = decode_request(payload, self.settings.max_message_bytes)
-        request = message.request
-        # The device is the topic's, which the broker's ACL grants to that device's
-        # identity alone; a payload that names another device is refused.
-        if request.device_id != match.id:
-            raise ProtocolError(f"device id {request.device_id!r} does not match the topic")
-        reply_topic = _topics(match.prefix).reply(match.id)
-        held = _Held(request, message.body, reply_topic, time.perf_counter())
+        held = _held(self._topics, topic, payload, self.settings.max_message_bytes)
+        request = held.request
         admitted = self._jobs.admit(request)
         # held: running, even if the table could not record it (it refused the write)
         if admitted.kind is Admission.RUNNING or held.queue_id in self._held:
@@ -235,19 +217,21 @@ class OffloadServer:
             self._fail(held, "overloaded", "deadline passed on arrival", status=Status.EXPIRED)
         else:
             job = Job(held.queue_id, model, request.priority, float(request.deadline))
-            arrival = self._guard.on_arrival(job, len(self._held))
+            arrival = self._guard.on_arrival(
+                job, len(self._held), self._held.of_device(request.device_id)
+            )
             if arrival.verdict is Verdict.SHED:
                 self._shed(held, arrival.reason)
                 return
             if arrival.evict is not None:
                 self._shed_queued(arrival.evict, arrival.reason)
-            self._held[held.queue_id] = held
+            self._held.add(held)
             self._scheduler.submit(job)
             self._pump()
             if self.settings.send_accepted:  # after the job's request has left for Triton
                 asyncio.get_running_loop().call_soon(self._accepted, held)
 
-    def _accepted(self, held: _Held) -> None:
+    def _accepted(self, held: Held) -> None:
         accepted = OffloadAccepted(
             job_id=held.request.job_id,
             device_id=held.request.device_id,
@@ -278,14 +262,14 @@ class OffloadServer:
                 assignment.attempt,
             )
 
-    async def _infer(self, assignment: Assignment, held: _Held) -> None:
+    async def _infer(self, assignment: Assignment, held: Held) -> None:
         try:
             await self._run_job(assignment, held)
         except Exception:  # contained, and never left as an unretrieved task exception
             self.counters.errors += 1
             log.exception("job %s on %s failed", held.request.job_id, assignment.instance)
 
-    async def _run_job(self, assignment: Assignment, held: _Held) -> None:
+    async def _run_job(self, assignment: Assignment, held: Held) -> None:
         instance = assignment.instance
         job_id, queue_id = held.request.job_id, held.queue_id
         started = time.perf_counter()
@@ -350,7 +334,7 @@ class OffloadServer:
 
     def _fail(
         self,
-        held: _Held,
+        held: Held,
         code: ErrorCode,
         reason: str,
         retryable: bool = False,
@@ -368,7 +352,7 @@ class OffloadServer:
         if status is Status.FAILED:
             self.counters.failed += 1
 
-    def _shed(self, held: _Held, reason: str) -> None:
+    def _shed(self, held: Held, reason: str) -> None:
         """Answer a job unrun because serverd is overloaded: the edge's result stands."""
         self._guard.count_shed(held.request.priority)
         why = f"shed under overload ({reason}); the local result stands"
@@ -381,7 +365,7 @@ class OffloadServer:
 
     def _close(
         self,
-        held: _Held,
+        held: Held,
         status: Status,
         reply: bytes,
         error: str | None = None,
@@ -391,7 +375,7 @@ class OffloadServer:
             self._publish(held.reply_topic, reply)
         finally:  # answered or not, the job is closed: a redelivery gets the stored reply
             self._jobs.finish(held.key, status, reply, error, retryable)
-            self._held.pop(held.queue_id, None)
+            self._held.pop(held.queue_id)
 
     async def _expire(self) -> None:
         """Answer queued jobs whose deadline passed or that waited too long (the edge's

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadErrorMessage, OffloadResult
 from tests.serverd.conftest import _require_triton
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
@@ -92,3 +93,40 @@ def test_overload_sheds_low_priority_first_tells_the_edge_and_recovers(
         assert small_serverd.status()["shed"] == {LOW: shed_low}
     finally:
         edge.close()
+
+
+def test_one_device_cannot_take_the_queue_from_the_others(broker: Broker, tmp_path: Path) -> None:
+    """A device says its own priority: sending jobs by the hundred at the top priority it
+    filled serverd's queue and every other device's job was shed. Past
+    ``max_held_per_device`` its own jobs are shed instead, and the others' still run."""
+    _require_triton()
+    config = serverd_config(
+        tmp_path / "serverd",
+        broker.port,
+        instances=1,
+        scheduler={"capacity": 1},
+        max_queue=20,
+        overload={"max_wait_ms": 60_000.0, "max_held_per_device": 5},
+    )
+    serverd = ServerdThread(config)
+    serverd.start()
+    rogue = Edge(broker.port, device_id="site/cam-rogue")
+    honest = Edge(broker.port, device_id="site/cam-honest")
+    try:
+        sent = [rogue.request("person", priority=255) for _ in range(60)]
+        for request in sent:
+            rogue.send(request, JPEG, wait=False)
+        wait_until("the rogue's jobs seen", lambda: serverd.status()["counters"]["received"] >= 60)
+        mine = [honest.request("person") for _ in range(3)]
+        for request in mine:
+            honest.send(request, JPEG)
+        answers = {reply.job_id: reply for reply, _ in honest.collect(3)}
+        assert all(isinstance(answers[r.job_id], OffloadResult) for r in mine), answers
+        rogue_answers = [reply for reply, _ in rogue.collect(60)]
+        shed = [r for r in rogue_answers if isinstance(r, OffloadErrorMessage)]
+        assert len(shed) >= 60 - 5 - 5  # it held 5 at a time; a few ran while it sent
+        assert all("its device holds 5 jobs (at most 5)" in r.reason for r in shed)
+    finally:
+        rogue.close()
+        honest.close()
+        serverd.stop()
