@@ -45,8 +45,8 @@ class ShippedBroker(Broker):
         for shipped, here in (
             ("listener 8883 0.0.0.0", f"listener {self.port} 127.0.0.1"),
             ("cafile /etc/edgefed/tls/ca.pem", f"cafile {self.tls.ca}"),
-            ("certfile /etc/edgefed/tls/server.pem", f"certfile {self.tls.server_cert}"),
-            ("keyfile /etc/edgefed/tls/server.key", f"keyfile {self.tls.server_key}"),
+            ("certfile /etc/edgefed/tls/broker.pem", f"certfile {self.tls.server_cert}"),
+            ("keyfile /etc/edgefed/tls/broker.key", f"keyfile {self.tls.server_key}"),
             ("acl_file /etc/mosquitto/edgefed.acl", f"acl_file {SHIPPED_ACL}"),
         ):
             if shipped not in text:

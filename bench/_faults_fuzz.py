@@ -105,7 +105,9 @@ class Hostile:
         message: dict[str, Any] = {"event_id": uuid.uuid4().hex, "timestamp": 1, "delta": delta}
         if r.random() < 0.2:
             message = {k: self.value() for k in message}  # wrong types everywhere
-        return json.dumps(message).encode() if r.random() < 0.95 else r.randbytes(40)
+        if r.random() < 0.05:
+            return r.choice([r.randbytes(40), b"[" * 100_000, b'{"delta": ' + b"9" * 5000])
+        return json.dumps(message).encode()
 
     def config_body(self) -> bytes:
         """A ``PUT /api/v1/config`` body: settings with hostile values, or not an object."""
@@ -121,7 +123,10 @@ class Hostile:
         r = self.rng
         body = {k: self.value() for k in r.sample(["device_id", "type", "ts", "data"], 3)}
         text = json.dumps(body).encode()
-        return r.choice([text, text[: r.randint(0, len(text))], r.randbytes(100), b"{" * 5000])
+        return r.choice(
+            [text, text[: r.randint(0, len(text))], r.randbytes(100), b"{" * 5000,
+             b"[" * 100_000, b'{"device_id": "d", "n": ' + b"9" * 5000 + b"}"]
+        )  # fmt: skip
 
 
 def deep(depth: int) -> Any:

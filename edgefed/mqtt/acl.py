@@ -31,7 +31,7 @@ EVENTS = "+/user/edgefed/events/+/%u"  # edged.eventbus topics, any namespace
 
 def render_acl(
     prefix: str = DEFAULT_PREFIX,
-    server: str = SERVER_IDENTITY,
+    server: str | None = SERVER_IDENTITY,
     kubeedge: str = KUBEEDGE_IDENTITY,
     bridges: Mapping[str, str] | None = None,
 ) -> str:
@@ -39,7 +39,10 @@ def render_acl(
 
     ``bridges`` maps the identity of an edge node's bridge (``edgefed-bridge.conf``) to
     the device namespace it carries: on the server cluster's broker it publishes the
-    requests and reads the replies of ``<namespace>/<name>`` devices only."""
+    requests and reads the replies of ``<namespace>/<name>`` devices only. ``server``
+    None: serverd connects without an identity, on a listener only it can reach (the
+    KubeEdge manifests' in-cluster listener), and its grants are the anonymous ones
+    (the lines before the first ``user``); every client with a certificate has a name."""
     every = Topics(prefix)
     fed = FederationTopics(prefix)
     reply_filter = every.requests_filter().replace("/request/", "/reply/")
@@ -50,7 +53,7 @@ def render_acl(
         "# mosquitto denies whatever is not granted here.",
         "",
         "# serverd: reads every request, answers on every reply topic, announces itself.",
-        f"user {server}",
+        *([] if server is None else [f"user {server}"]),
         f"topic read {every.requests_filter()}",
         f"topic write {reply_filter}",
         f"topic readwrite {every.server_availability_filter()}",

@@ -5,15 +5,17 @@ debootstrap (kept in ``artifacts/deb/chroot-base``, with python3, adduser and sy
 ``systemd-analyze``) is copied afresh; inside the copy, ``dpkg -i`` both packages, run
 ``edged --version``, ``edged check-config /etc/edgefed/edged.yaml``, ``serverd
 check-config /etc/edgefed/serverd.yaml`` and ``systemd-analyze verify`` on the installed
-units (no output allowed), then ``dpkg -P`` both and compare the file list with the one
-taken before the install. Left behind may only be the backups adduser makes of the
-account files (the ``edgefed`` system user stays, as Debian policy asks); gone may only be
-``/opt``, which no package of the chroot owns.
+units (no output allowed), check the owners and modes postinst gives (``MODES``), then
+``dpkg -P`` both and compare the file list with the one taken before the install. Left
+behind may only be the backups adduser makes of the account files (the ``edgefed`` system
+user stays, as Debian policy asks); gone may only be ``/opt``, which no package of the
+chroot owns.
 """
 
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,19 @@ ACCOUNT_BACKUPS = {"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "
 # that shipped it, as it should
 EMPTIED_DIRS = {"opt"}
 UNITS = ("edged.service", "edgefed-deviceplugin.service", "serverd.service")
+# what postinst sets up (docs/install.md): the services, user edgefed, read secrets in
+# keys/ and the configs; the state root is passable by the device plugin (root without
+# capabilities); each daemon's state is its own
+MODES = {
+    "etc/edgefed/edged.yaml": ("root", "edgefed", 0o640),
+    "etc/edgefed/serverd.yaml": ("root", "edgefed", 0o640),
+    "etc/edgefed/keys": ("root", "edgefed", 0o750),
+    "etc/edgefed/tls": ("root", "root", 0o755),
+    "var/lib/edgefed": ("edgefed", "edgefed", 0o755),
+    "var/lib/edgefed/edged": ("edgefed", "edgefed", 0o750),
+    "var/lib/edgefed/serverd": ("edgefed", "edgefed", 0o750),
+    "var/lib/edgefed/images": ("edgefed", "edgefed", 0o755),
+}
 
 
 class CheckError(Exception):
@@ -74,6 +89,25 @@ def files(root: Path) -> set[str]:
     return out
 
 
+def wrong_modes(root: Path) -> list[str]:
+    """Paths of ``MODES`` whose owner, group or mode in ``root`` differ, as messages."""
+
+    def names(table: str) -> dict[int, str]:
+        lines = (root / "etc" / table).read_text(encoding="utf-8").splitlines()
+        return {int(f[2]): f[0] for f in (line.split(":") for line in lines) if len(f) > 2}
+
+    users, groups = names("passwd"), names("group")
+    wrong = []
+    for rel, want in MODES.items():
+        info = (root / rel).stat()
+        got = (users.get(info.st_uid), groups.get(info.st_gid), stat.S_IMODE(info.st_mode))
+        if got != want:
+            wrong.append(
+                f"/{rel}: {got[0]}:{got[1]} {got[2]:04o}, not {want[0]}:{want[1]} {want[2]:04o}"
+            )
+    return wrong
+
+
 def install_check(debs: list[Path], work: Path, step: Callable[[str], None]) -> None:
     base = base_chroot(work / "chroot-base")
     step(f"clean chroot {base.relative_to(work.parent.parent)} ({SUITE} minbase)")
@@ -92,7 +126,10 @@ def install_check(debs: list[Path], work: Path, step: Callable[[str], None]) -> 
     said = _run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *units], "verify")
     if said.strip():
         raise CheckError(f"systemd-analyze verify warned:\n{said}")
-    step(f"dpkg -i, {version}, check-config of both, systemd-analyze verify: clean")
+    wrong = wrong_modes(root)
+    if wrong:
+        raise CheckError("postinst left wrong modes:\n" + "\n".join(wrong))
+    step(f"dpkg -i, {version}, check-config of both, systemd-analyze verify, modes: clean")
     _run([*chroot, "dpkg", "-P", "edgefed-edge", "edgefed-server"], "dpkg -P")
     for deb in debs:
         (root / "tmp" / deb.name).unlink()

@@ -59,6 +59,9 @@ VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian's op
 RUN_S = 20.0
 STOP_WITHIN_S = 5.0
 CONTAINER_UID = 10001  # the edgefed user of the images (and of the manifests)
+# /etc/edgefed/ of the images: the .debs' configs, but serverd's own (no Triton in its image,
+# the API on the port its HEALTHCHECK asks)
+IMAGE_CONFIGS = CONFIGS | {"serverd.yaml": PACKAGING / "oci" / "serverd.yaml"}
 
 
 def image_ref(name: str, tag: str) -> str:
@@ -123,7 +126,7 @@ def stage_context(out: Path) -> Path:
     context.mkdir()
     shutil.copytree(out / "wheels", context / "wheels", copy_function=os.link)
     shutil.copy(PACKAGING / "debian" / "make-venv", context / "make-venv")
-    for name, src in CONFIGS.items():
+    for name, src in IMAGE_CONFIGS.items():
         shutil.copy(src, context / name)
     built = REPO / "firmware-images" / "build"
     shutil.copy(built / "keys" / "dev-signing.pub", context / "image-signing.pub")
@@ -199,7 +202,7 @@ def check_layout(layout: Path, name: str, tag: str, labels: dict[str, str]) -> d
 
 def check_config() -> dict[str, Any]:
     """The image's own edged.yaml with the sample video as its camera and a results file."""
-    config: dict[str, Any] = yaml.safe_load(CONFIGS["edged.yaml"].read_text(encoding="utf-8"))
+    config: dict[str, Any] = yaml.safe_load(IMAGE_CONFIGS["edged.yaml"].read_text(encoding="utf-8"))
     config["cameras"] = [
         {"name": "vtest", "source": "/video/vtest.avi", "loop": True, "pace": "native"}
     ]

@@ -8,7 +8,8 @@ ROOT=$PWD
 # python3-opencv: OpenCV 4 for the HOG people reference of `python -m bench perception`
 # (OpenCV 5, the project's own, no longer ships HOGDescriptor)
 # systemd: systemd-analyze verifies the shipped units (tests/packaging/test_systemd_units.py)
-APT_PACKAGES=(opencv-doc mosquitto chromium python3-opencv systemd)
+# python3-venv: `python3 -m venv .venv` below (a fresh Debian 12 has python3 without it)
+APT_PACKAGES=(opencv-doc mosquitto chromium python3-opencv systemd python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

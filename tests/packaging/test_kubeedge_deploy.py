@@ -36,8 +36,9 @@ DAEMON_CONFIGS = {
 """ConfigMap entries a daemon reads, and the daemon whose check-config validates them."""
 DRIVER_CONFIGS = {("npu-driver", "npu-driver.yaml")}
 """Driver configs, read by the device plugin and parsed by the driver registry."""
-BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf")}
-"""mosquitto's own config (not a daemon of ours): listed so that nothing goes unchecked."""
+BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf"), ("edgefed-mqtt-config", "edgefed.acl")}
+"""mosquitto's own config and ACL (not a daemon of ours): listed so that nothing goes
+unchecked (both are run on a real mosquitto by tests/packaging/test_mosquitto_bridge.py)."""
 NPU = "skt.com/aix_v1"
 """The NPU resource of the original project, which the manifests keep."""
 NPU_USERS = {("DaemonSet", "edged"), ("Deployment", "triton")}

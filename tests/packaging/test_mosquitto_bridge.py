@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import queue
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +23,14 @@ import pytest
 
 from edgefed import certs
 from edgefed.clock import now_ms
-from edgefed.federation_wire import FederationTopics
+from edgefed.federation_wire import MAX_VERSION_FRAME_BYTES, FederationTopics
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.mqtt.acl import render_acl
+from edgefed.ports import free_port
 from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
 from edgefed.testing.edgecore import wait_until
 from edgefed.wire import (
+    DEFAULT_MAX_BYTES,
     OffloadRequest,
     OffloadResult,
     Topics,
@@ -36,9 +40,12 @@ from edgefed.wire import (
     encode_payload,
     encode_request,
 )
+from tests.packaging.test_kubeedge_manifests import the
 from tests.support.paths import REPO
 
 MOSQUITTO = REPO / "packaging" / "mosquitto"
+DOCS = REPO / "docs"
+TLS_FILES = ("cafile", "certfile", "keyfile")
 DEVICE = "demo/edge-01"
 BRIDGE = "edgefed-bridge-demo"
 
@@ -226,3 +233,130 @@ def _send_until_bridged(edged: MqttClient, request: bytes, inbox: queue.Queue[by
         except queue.Empty:
             continue
     raise AssertionError("the bridge did not carry the request within 15 s")
+
+
+def settings(config: str) -> dict[str, str]:
+    """The ``option value`` lines of a mosquitto config (the last of an option wins)."""
+    found = {}
+    for line in config.splitlines():
+        option, _, value = line.strip().partition(" ")
+        if option and not option.startswith("#"):
+            found[option] = value.strip()
+    return found
+
+
+def shipped() -> dict[str, str]:
+    return settings((MOSQUITTO / "edgefed-server.conf").read_text())
+
+
+def in_the_cluster() -> dict[str, str]:
+    """The KubeEdge manifests' broker (packaging/kubeedge/serverd.yaml)."""
+    return settings(the("ConfigMap", "edgefed-mqtt-config")["data"]["mosquitto.conf"])
+
+
+def test_the_server_broker_refuses_packets_only_above_the_largest_message() -> None:
+    limit = int(shipped()["max_packet_size"])
+    header = 5 + 2 + 65_535 + 2  # fixed header, the longest topic with its length, packet id
+    assert limit >= MAX_VERSION_FRAME_BYTES + header  # a federated global version
+    assert limit >= DEFAULT_MAX_BYTES + header  # an offload request
+    assert limit <= 2 * MAX_VERSION_FRAME_BYTES  # a bound, not the protocol's 256 MiB
+
+
+def test_the_kubeedge_broker_has_the_shipped_settings() -> None:
+    ours, cluster = shipped(), in_the_cluster()
+    for option in (
+        "set_tcp_nodelay",
+        "max_queued_messages",
+        "queue_qos0_messages",
+        "max_packet_size",
+        "require_certificate",
+        "use_identity_as_username",
+        "tls_version",
+    ):
+        assert cluster.get(option) == ours[option], option
+
+
+def test_the_brokers_and_the_docs_use_the_files_edged_certs_init_writes(tmp_path: Path) -> None:
+    init = subprocess.run(
+        [sys.executable, "-m", "edged", "certs", "init", str(tmp_path / "tls")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert init.returncode == 0, init.stderr
+    written = {path.name for path in (tmp_path / "tls").iterdir()}
+    files = [Path(shipped()[option]) for option in TLS_FILES]
+    directory = files[0].parent
+    assert {path.parent for path in files} == {directory} == {Path("/etc/edgefed/tls")}
+    names = [path.name for path in files]
+    assert set(names) <= written, f"edged certs init writes {sorted(written)}"
+    assert [Path(in_the_cluster()[option]).name for option in TLS_FILES] == names
+    kubeedge = (DOCS / "kubeedge.md").read_text()
+    assert all(f"--from-file={directory}/{name}" in kubeedge for name in names)
+    for doc in (DOCS / "security.md", DOCS / "kubeedge.md"):
+        text = doc.read_text()
+        for used in re.findall(r"edged certs (?:init|issue) (/\S*)", text):
+            assert Path(used) == directory, f"{doc.name}: edged certs ... {used}"
+        for option, used in re.findall(r"^(cafile|certfile|keyfile) (\S+)$", text, re.M):
+            assert used == shipped()[option], f"{doc.name}: {option} {used}"
+
+
+def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Path) -> None:
+    """The KubeEdge manifests' broker, as its ConfigMap configures it (ports and paths
+    substituted, a bridge block added as docs/kubeedge.md says): serverd, anonymous on
+    the in-cluster listener, reads the requests; a bridge with a certificate publishes
+    and reads its own namespace only, and one without a block nothing (with no ACL, any
+    certificate from the CA could read every reply and forge any)."""
+    config_map = the("ConfigMap", "edgefed-mqtt-config")["data"]
+    assert config_map["edgefed.acl"] == render_acl(server=None)
+    tls = make_tls_files(tmp_path / "tls")
+    broker = Broker(tmp_path / "broker")
+    inside = free_port()
+    acl = tmp_path / "edgefed.acl"
+    acl.write_text(config_map["edgefed.acl"] + f"user {BRIDGE}\n" + _bridge_lines("demo"))
+    text = config_map["mosquitto.conf"]
+    text = _sub(r"^\s*listener 1883 0\.0\.0\.0$", f"listener {inside} 127.0.0.1", text)
+    text = _sub(r"^\s*listener 8883 0\.0\.0\.0$", f"listener {broker.port} 127.0.0.1", text)
+    text = _sub(r"^\s*persistence true$", "persistence false", text)
+    text = _sub(r"^\s*persistence_location .*$", "", text)
+    text = _sub(r"^\s*cafile .*$", f"cafile {tls.ca}", text)
+    text = _sub(r"^\s*certfile .*$", f"certfile {tls.server_cert}", text)
+    text = _sub(r"^\s*keyfile .*$", f"keyfile {tls.server_key}", text)
+    text = _sub(r"^\s*acl_file .*$", f"acl_file {acl}", text)
+    broker.config_path.write_text(_without_listener(broker.config_path.read_text()) + text)
+    topics = Topics()
+    with broker:
+        serverd = MqttClient(MqttConfig(host="127.0.0.1", port=inside, client_id="serverd"))
+        serverd.start()
+        assert serverd.wait_connected(10)
+        bridges = {
+            name: client(broker, name, tls, certs.issue(tls.ca.parent, name, days=1))
+            for name in (BRIDGE, "edgefed-bridge-other")
+        }
+        try:
+            requests: queue.Queue[bytes] = queue.Queue()
+            replies: queue.Queue[tuple[str, bytes]] = queue.Queue()
+            serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
+            for name, bridge in bridges.items():
+                bridge.subscribe(
+                    "edgefed/offload/reply/#", lambda t, p, n=name: replies.put((n, p))
+                )
+            time.sleep(0.3)  # the SUBACKs
+            bridges[BRIDGE].publish(topics.request(DEVICE), b"demo's").wait(5)
+            bridges[BRIDGE].publish(topics.request("other/cam"), b"not demo's").wait(5)
+            bridges["edgefed-bridge-other"].publish(topics.request(DEVICE), b"forged").wait(5)
+            serverd.publish(topics.reply(DEVICE), b"answer").wait(5)
+            assert requests.get(timeout=5) == b"demo's"
+            assert replies.get(timeout=5) == (BRIDGE, b"answer")
+            time.sleep(0.5)
+            assert requests.empty() and replies.empty()
+        finally:
+            serverd.stop()
+            for bridge in bridges.values():
+                bridge.stop()
+
+
+def _bridge_lines(namespace: str) -> str:
+    """The lines ``render_acl`` gives one bridge (what a site adds per edge node)."""
+    text = render_acl(bridges={BRIDGE: namespace})
+    return text[text.index(f"user {BRIDGE}\n") + len(f"user {BRIDGE}\n") :]

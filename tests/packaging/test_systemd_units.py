@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from edgefed.errors import EXIT_CONFIG
 from tests.support.paths import REPO
 
 UNITS = REPO / "packaging" / "systemd"
@@ -57,6 +59,36 @@ def test_every_unit_is_hardened(name: str) -> None:
         assert unit.get(key) == [value], f"{name}: {key}"
     assert unit["ReadWritePaths"], name
     assert all(d.startswith("char-") for d in unit["DeviceAllow"]), name
+
+
+@pytest.mark.parametrize("name", ALL_UNITS)
+def test_a_config_error_is_not_restarted_for_ever(name: str) -> None:
+    """Restart= would start a daemon with a bad config again every 5 s, for ever."""
+    assert read_unit(name)["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["edged", "run", "-c", "{config}"],
+        ["serverd", "run", "-c", "{config}"],
+        ["drivers.deviceplugin", "--driver-config={config}"],
+        ["edged", "run", "--no-such-option"],
+    ],
+    ids=["edged", "serverd", "deviceplugin", "usage"],
+)
+def test_the_daemons_exit_with_the_status_the_units_keep_from_restarting(
+    argv: list[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("no_such_section: {}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", *(a.format(config=config) for a in argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
 
 
 def test_edged_may_open_cameras_and_npus() -> None:
