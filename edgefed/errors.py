@@ -19,6 +19,12 @@ class ConfigError(EdgeFedError):
     """A configuration file, environment override or twin value is invalid."""
 
 
+class StartError(EdgeFedError):
+    """A daemon could not start for a reason that may pass: its port in use, its address
+    not up yet. Not a ``ConfigError``: systemd restarts it (``RestartPreventExitStatus``
+    keeps only configuration errors from restarting)."""
+
+
 class CaptureError(EdgeFedError):
     """A camera source cannot be opened or read."""
 
@@ -68,6 +74,7 @@ _KINDS: tuple[tuple[type[EdgeFedError], str, int], ...] = (
     (ImageError, "model image error: ", EXIT_IMAGE),
     (DriverError, "driver error: ", EXIT_DRIVER),
     (CaptureError, "camera error: ", EXIT_RUNTIME),
+    (StartError, "cannot start: ", EXIT_RUNTIME),
     (EdgeFedError, "", EXIT_RUNTIME),
 )
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from edgefed.errors import ConfigError
+from edgefed.errors import StartError
 from edgefed.httpapi import json_errors
 
 from .config import ApiConfig, resolve_token
@@ -70,12 +70,12 @@ class ApiServer:
     def start(self) -> None:
         self._thread.start()
         if not self._bound.wait(START_TIMEOUT_S):
-            raise ConfigError(f"API did not start within {START_TIMEOUT_S:.0f} s")
+            raise StartError(f"API did not start within {START_TIMEOUT_S:.0f} s")
         if self._failure is not None or self.port is None:
             self._thread.join(START_TIMEOUT_S)
             where = f"{self.config.host}:{self.config.port}"
             why = self._failure or "start-up failed (see the log)"
-            raise ConfigError(f"API cannot listen on {where}: {why}") from self._failure
+            raise StartError(f"API cannot listen on {where}: {why}") from self._failure
         log.info("API listening on %s", self.url)
 
     def stop(self) -> None:

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from edgefed.errors import ConfigError, ProtocolError
+from edgefed.errors import ProtocolError, StartError
 from edgefed.httpapi import JSON, check_bearer, json_errors, reject
 from serverd.api.config import ServerdApiConfig
 from serverd.api.devices import EVENT_KINDS, EdgeDevices, EventKind
@@ -87,7 +87,7 @@ class ServerdApi:
             await runner.cleanup()
             await self._session.close()
             where = f"{self.config.host}:{self.config.port}"
-            raise ConfigError(f"API cannot listen on {where}: {exc}") from exc
+            raise StartError(f"API cannot listen on {where}: {exc}") from exc
         self._runner = runner
         self.port = runner.addresses[0][1]
         log.info("API listening on %s", self.url)

@@ -11,18 +11,21 @@ import pytest
 from edged.api.config import ApiConfig
 from edged.api.mjpeg import read_parts
 from edged.api.server import ApiServer
-from edgefed.errors import ConfigError
+from edgefed.errors import EXIT_RUNTIME, StartError, describe_fatal
 from edgefed.testing.wait import wait_until
 
 from .conftest import TOKEN, Daemon
 from .httpclient import put_json
 
 
-def test_a_busy_port_fails_start_with_a_config_error(daemon: Daemon) -> None:
+def test_a_busy_port_fails_start_with_an_error_systemd_restarts(daemon: Daemon) -> None:
+    """A port in use (or an address not up yet at boot) may pass: not a ConfigError,
+    whose exit status the units keep from restarting."""
     assert daemon.api.port is not None
     server = ApiServer(ApiConfig(port=daemon.api.port), daemon.sources, env={})
-    with pytest.raises(ConfigError, match="cannot listen"):
+    with pytest.raises(StartError, match="cannot listen") as raised:
         server.start()
+    assert describe_fatal(raised.value)[1] == EXIT_RUNTIME
     server.stop()
 
 
