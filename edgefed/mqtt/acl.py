@@ -88,7 +88,7 @@ def render_acl(
         "# user edgefed-bridge-<node>",
         f"# topic write {_under(every.requests_filter(), '<namespace>')}",
         f"# topic read {_under(reply_filter, '<namespace>')}",
-        "# (and the availability and federation lines below, for each bridge given)",
+        "# and the availability and federation lines: render_acl(bridges={identity: ns})",
     ]
     for bridge, namespace in (bridges or {}).items():
         lines += [

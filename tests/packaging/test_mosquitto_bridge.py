@@ -303,17 +303,21 @@ def test_the_brokers_and_the_docs_use_the_files_edged_certs_init_writes(tmp_path
 
 def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Path) -> None:
     """The KubeEdge manifests' broker, as its ConfigMap configures it (ports and paths
-    substituted, a bridge block added as docs/kubeedge.md says): serverd, anonymous on
-    the in-cluster listener, reads the requests; a bridge with a certificate publishes
-    and reads its own namespace only, and one without a block nothing (with no ACL, any
-    certificate from the CA could read every reply and forge any)."""
+    substituted, two nodes' bridge blocks added as docs/kubeedge.md says, their device ids
+    edgefed/<node>): serverd, anonymous on the in-cluster listener, reads the requests; a
+    bridge publishes and reads its own node's only, and one without a block nothing of
+    the offload (with no ACL, any certificate from the CA could read every reply and
+    forge any)."""
     config_map = the("ConfigMap", "edgefed-mqtt-config")["data"]
     assert config_map["edgefed.acl"] == render_acl(server=None)
+    nodes = {"edgefed-bridge-node1": "edgefed/node1", "edgefed-bridge-node2": "edgefed/node2"}
     tls = make_tls_files(tmp_path / "tls")
     broker = Broker(tmp_path / "broker")
     inside = free_port()
     acl = tmp_path / "edgefed.acl"
-    acl.write_text(config_map["edgefed.acl"] + f"user {BRIDGE}\n" + _bridge_lines("demo"))
+    acl.write_text(
+        config_map["edgefed.acl"] + "".join(_bridge_block(b, ns) for b, ns in nodes.items())
+    )
     text = config_map["mosquitto.conf"]
     text = _sub(r"^\s*listener 1883 0\.0\.0\.0$", f"listener {inside} 127.0.0.1", text)
     text = _sub(r"^\s*listener 8883 0\.0\.0\.0$", f"listener {broker.port} 127.0.0.1", text)
@@ -331,23 +335,24 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
         assert serverd.wait_connected(10)
         bridges = {
             name: client(broker, name, tls, certs.issue(tls.ca.parent, name, days=1))
-            for name in (BRIDGE, "edgefed-bridge-other")
+            for name in (*nodes, "edgefed-bridge-unlisted")
         }
         try:
             requests: queue.Queue[bytes] = queue.Queue()
             replies: queue.Queue[tuple[str, bytes]] = queue.Queue()
             serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
             for name, bridge in bridges.items():
-                bridge.subscribe(
-                    "edgefed/offload/reply/#", lambda t, p, n=name: replies.put((n, p))
-                )
+                bridge.subscribe("edgefed/offload/#", lambda t, p, n=name: replies.put((n, p)))
             time.sleep(0.3)  # the SUBACKs
-            bridges[BRIDGE].publish(topics.request(DEVICE), b"demo's").wait(5)
-            bridges[BRIDGE].publish(topics.request("other/cam"), b"not demo's").wait(5)
-            bridges["edgefed-bridge-other"].publish(topics.request(DEVICE), b"forged").wait(5)
-            serverd.publish(topics.reply(DEVICE), b"answer").wait(5)
-            assert requests.get(timeout=5) == b"demo's"
-            assert replies.get(timeout=5) == (BRIDGE, b"answer")
+            node1, node2 = bridges["edgefed-bridge-node1"], bridges["edgefed-bridge-node2"]
+            node1.publish(topics.request("edgefed/node1"), b"node1's").wait(5)
+            node1.publish(topics.request("edgefed/node2"), b"as node2").wait(5)
+            node2.publish(topics.request("edgefed/node1"), b"as node1").wait(5)
+            unlisted = bridges["edgefed-bridge-unlisted"]
+            unlisted.publish(topics.request("edgefed/node1"), b"forged").wait(5)
+            serverd.publish(topics.reply("edgefed/node1"), b"answer").wait(5)
+            assert requests.get(timeout=5) == b"node1's"
+            assert replies.get(timeout=5) == ("edgefed-bridge-node1", b"answer")
             time.sleep(0.5)
             assert requests.empty() and replies.empty()
         finally:
@@ -356,7 +361,7 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
                 bridge.stop()
 
 
-def _bridge_lines(namespace: str) -> str:
-    """The lines ``render_acl`` gives one bridge (what a site adds per edge node)."""
-    text = render_acl(bridges={BRIDGE: namespace})
-    return text[text.index(f"user {BRIDGE}\n") + len(f"user {BRIDGE}\n") :]
+def _bridge_block(bridge: str, namespace: str) -> str:
+    """What render_acl gives one bridge (the block a site adds per edge node)."""
+    text = render_acl(bridges={bridge: namespace})
+    return text[text.index(f"user {bridge}\n") :]
