@@ -14,8 +14,10 @@ Policy:
   only when high priority alone exceeds capacity;
 - the queue is bounded by ``max_queue`` jobs held: a job arriving at a full queue takes
   the place of the newest queued job of the lowest priority below its own, or is shed;
-  one device holds at most ``max_held_per_device`` jobs, past which its jobs are shed
-  (the priority is the device's to say: unbounded, one device could take the queue);
+  a device may hold more than ``max_held_per_device`` jobs only while nobody else's
+  wait: then its new jobs are shed, and at a full queue its newest queued job makes
+  room for another device's, whatever their priorities (the priority is the device's
+  to say: unbounded, one device could take the queue);
 - a queued job older than ``max_wait_ms`` is shed if more than ``max_wait_ms`` of work
   is still ahead of it (jobs of higher priority kept overtaking it); after a stall of the
   host, the jobs at the head of the queue run instead of being shed with the rest;
@@ -27,7 +29,7 @@ and keeps its local result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -53,11 +55,17 @@ class OverloadConfig(Strict):
     max_held_per_device: int | None = Field(
         100,
         ge=1,
-        description="Jobs one device may hold (queued + in flight) at once; past it its "
-        "jobs are shed, so that one device (the priority is its own to say) cannot take "
-        "the whole queue (None: no bound; a device at the documented 0.6 offloads/s holds "
-        "about 2)",
+        description="Jobs one device may hold (queued + in flight) while other devices' "
+        "jobs wait; past it its new jobs are shed and, at a full queue, its newest make "
+        "room for the others', so that one device (the priority is its own to say) cannot "
+        "take the queue; alone it may hold up to max_queue (None: no bound; a device at the "
+        "documented 0.6 offloads/s holds about 2)",
     )
+
+
+def device_of(job: Job) -> str:
+    """The device of a held job (its queue id is ``<device> <job id>``)."""
+    return job.job_id.split(" ", 1)[0]
 
 
 class Verdict(Enum):
@@ -100,12 +108,17 @@ class OverloadGuard:
         rate = self.rate_per_ms(job.model)
         return ahead / rate if rate > 0 else float("inf")
 
-    def on_arrival(self, job: Job, held: int, device_held: int = 0) -> Arrival:
-        """Admit ``job`` (``held`` jobs are queued or in flight, ``device_held`` of them
-        its device's) or shed it."""
+    def on_arrival(
+        self, job: Job, held: int, held_by: Callable[[str], int] = lambda device: 0
+    ) -> Arrival:
+        """Admit ``job`` (``held`` jobs are queued or in flight, ``held_by(device)`` of
+        them a device's) or shed it."""
         cap = self._config.max_held_per_device
-        if cap is not None and device_held >= cap:
-            return Arrival(Verdict.SHED, f"its device holds {device_held} jobs (at most {cap})")
+        mine = held_by(device_of(job))
+        if cap is not None and mine >= cap and held > mine:  # others' jobs are waiting
+            return Arrival(
+                Verdict.SHED, f"its device holds {mine} jobs (at most {cap} while others wait)"
+            )
         wait = self.predicted_wait_ms(job)
         if wait > self._config.max_wait_ms:
             return Arrival(
@@ -115,6 +128,13 @@ class OverloadGuard:
             )
         if held < self._max_queue:
             return Arrival(Verdict.ADMIT)
+        crowding = None if cap is None else self._crowding(job, cap, held_by)
+        if crowding is not None:
+            return Arrival(
+                Verdict.ADMIT,
+                f"{held} jobs held: made room, its device holding over {cap}",
+                evict=crowding,
+            )
         victim = self._scheduler.newest_below(job.priority)
         if victim is None:
             return Arrival(Verdict.SHED, f"{held} jobs held, none of lower priority")
@@ -123,6 +143,15 @@ class OverloadGuard:
             f"{held} jobs held: made room for priority {job.priority}",
             evict=victim,
         )
+
+    def _crowding(self, job: Job, cap: int, held_by: Callable[[str], int]) -> Job | None:
+        """The newest queued job of another device that holds ``cap`` jobs or more."""
+        device = device_of(job)
+        for queued in reversed(self._scheduler.queued_jobs()):
+            other = device_of(queued)
+            if other != device and held_by(other) >= cap:
+                return queued
+        return None
 
     def count_shed(self, priority: int) -> None:
         self._shed[priority] = self._shed.get(priority, 0) + 1

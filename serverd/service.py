@@ -217,9 +217,7 @@ class OffloadServer:
             self._fail(held, "overloaded", "deadline passed on arrival", status=Status.EXPIRED)
         else:
             job = Job(held.queue_id, model, request.priority, float(request.deadline))
-            arrival = self._guard.on_arrival(
-                job, len(self._held), self._held.of_device(request.device_id)
-            )
+            arrival = self._guard.on_arrival(job, len(self._held), self._held.of_device)
             if arrival.verdict is Verdict.SHED:
                 self._shed(held, arrival.reason)
                 return

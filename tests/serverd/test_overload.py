@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
-from serverd.overload import OverloadConfig, OverloadGuard, Verdict
+from serverd.overload import Arrival, OverloadConfig, OverloadGuard, Verdict, device_of
 from serverd.scheduler import Job, Scheduler
 
 
@@ -80,3 +82,33 @@ def test_with_no_healthy_instance_every_queued_job_would_wait_forever() -> None:
     scheduler.instance_down("a")
     guard = OverloadGuard(OverloadConfig(), scheduler, max_queue=100)
     assert guard.predicted_wait_ms(Job("next", "det")) == float("inf")
+
+
+def test_a_device_past_its_share_gives_way_to_the_others_whatever_its_priority() -> None:
+    """Alone, a device may fill the queue (a backlog after an outage); another device's
+    job then takes the place of its newest queued job, even at a lower priority, and
+    while others' jobs wait its own past ``max_held_per_device`` are shed."""
+    scheduler = busy_scheduler()
+    config = OverloadConfig(max_wait_ms=1e9, max_held_per_device=2)
+    guard = OverloadGuard(config, scheduler, max_queue=4)
+    held: Counter[str] = Counter()
+
+    def arrive(device: str, n: int, priority: int) -> Arrival:
+        job = Job(f"{device} job-{n}", "det", priority=priority, deadline=100.0 + n)
+        arrival = guard.on_arrival(job, sum(held.values()), held.__getitem__)
+        if arrival.verdict is Verdict.ADMIT:
+            scheduler.submit(job)
+            held[device] += 1
+        if arrival.evict is not None:
+            scheduler.cancel(arrival.evict.job_id)
+            held[device_of(arrival.evict)] -= 1
+        return arrival
+
+    alone = [arrive("rogue", n, 255).verdict for n in range(5)]
+    assert alone == [Verdict.ADMIT] * 4 + [Verdict.SHED]  # the queue, not its share, bounds it
+    other = arrive("honest", 0, 0)
+    assert other.verdict is Verdict.ADMIT and other.evict is not None
+    assert other.evict.job_id == "rogue job-3" and "holding over 2" in other.reason
+    more = arrive("rogue", 5, 255)
+    assert more.verdict is Verdict.SHED and "at most 2 while others wait" in more.reason
+    assert held == {"rogue": 3, "honest": 1}
