@@ -82,7 +82,8 @@ class ObjectEvents:
         self._snapshots: dict[tuple[str, int], bytes] = {}
         self._last_update: dict[tuple[str, int], float] = {}
         self._ended: dict[tuple[str, int], None] = {}  # the latest ENDED_KEPT, oldest first
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state the status API reads
+        self._order = threading.Lock()
         self.counts = {"new": 0, "update": 0, "end": 0}
 
     @property
@@ -91,6 +92,10 @@ class ObjectEvents:
         return len(self._snapshots)
 
     def __call__(self, job: FrameJob, update: TrackerUpdate) -> None:
+        with self._order:  # one update at a time, its events published before the next's
+            self._handle(job, update)
+
+    def _handle(self, job: FrameJob, update: TrackerUpdate) -> None:
         camera = job.frame.camera
         crops = {t.id: crop_jpeg(job.frame.image, t.best_box) for t in update.improved}
         events: list[ObjectEvent] = []

@@ -91,8 +91,10 @@ class Upload:
         return encode(UpdateQuery(update_id=self.update_id))
 
     def on_ack(self, ack: UpdateAck) -> list[bytes]:
-        """What to send after ``ack``: the missing chunks, all of them, or nothing."""
-        if ack.update_id != self.update_id:
+        """What to send after ``ack``: the missing chunks, all of them, or nothing. The
+        first verdict stands: an ack after it (the answer to a chunk delivered twice) is
+        ignored."""
+        if ack.update_id != self.update_id or self.done:
             return []
         if ack.state in ("accepted", "rejected"):
             self.done, self.verdict = True, ack

@@ -174,7 +174,7 @@ class Participant:
 
     def _acked(self, ack: UpdateAck) -> None:
         upload = self._upload
-        if upload is None:
+        if upload is None or upload.done:  # its verdict stands: a later ack is a late copy
             return
         self._send(upload.on_ack(ack))
         if upload.done and upload.verdict is not None:

@@ -276,3 +276,14 @@ def _chunk(data: bytes) -> Received:
     message = decode(data)
     assert isinstance(message, Received) and isinstance(message.chunk, UpdateChunk)
     return message
+
+
+def test_the_first_verdict_on_an_upload_stands() -> None:
+    """serverd answers a last chunk delivered twice (QoS 1) with "already answered":
+    that late ack turned an accepted update into a rejected one on the edge."""
+    upload = _upload(b"x" * 10_000)
+    assert upload.on_ack(UpdateAck(update_id=upload.update_id, state="accepted")) == []
+    late = UpdateAck(update_id=upload.update_id, state="rejected", reason="already answered")
+    assert upload.on_ack(late) == []
+    assert upload.on_ack(UpdateAck(update_id=upload.update_id, state="unknown")) == []
+    assert upload.done and upload.verdict is not None and upload.verdict.state == "accepted"
