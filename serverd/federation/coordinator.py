@@ -235,4 +235,5 @@ class Coordinator:
         with self._lock:
             self.adoptions[device] = report.model_dump(exclude={"type"})
         if not report.adopted:
-            log.warning("federation: %s refused v%d: %s", device, report.version, report.reason)
+            why = f"federation: {device} refused v{report.version}: {report.reason}"
+            self._rejections("refused", why)

@@ -36,7 +36,7 @@ from edgefed.federation_wire import (
 )
 from edgefed.images.signing import load_private_key, load_public_key
 from edgefed.mqtt import MqttClient
-from edgefed.outage import Outage
+from edgefed.outage import Outage, Repeats
 from serverd.federation.aggregate import Params
 from serverd.federation.config import FederationConfig
 from serverd.federation.coordinator import Coordinator
@@ -77,6 +77,7 @@ class FederationService:
         self.versions = versions
         self.counters = ServiceCounters()
         self._offers: dict[str, SampleOffer] = {}
+        self._repeats = Repeats(log)  # a device may send bad messages by the thousand
         self._last_open: dict[str, int] = {}
         self._lock = threading.Lock()
         # a closed round's version not yet on disk (a full disk): tried again every tick
@@ -177,7 +178,7 @@ class FederationService:
             return decode(payload)
         except ProtocolError as exc:
             self.counters.bad_messages += 1
-            log.warning("federation: bad message on %s: %s", topic, exc)
+            self._repeats("bad", f"federation: bad message on {topic}: {exc}")
             return None
 
     def _on_update(self, topic: str, payload: bytes) -> None:
@@ -189,7 +190,8 @@ class FederationService:
             target = self.coordinators.get(message.chunk.model)
             if target is None:
                 self.counters.unknown_model += 1
-                log.warning("federation: %s sent an update of %s", device, message.chunk.model)
+                model = message.chunk.model
+                self._repeats("unknown", f"federation: {device} sent an update of {model}")
                 return
             target.on_update(device, message, len(payload))
         elif isinstance(message, UpdateQuery) and self.coordinators:

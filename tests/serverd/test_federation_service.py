@@ -219,3 +219,15 @@ def test_a_device_gone_for_a_week_leaves_the_status(fleet: Fleet) -> None:
     assert sorted(fleet.service.status()["edges"]) == EDGES
     assert sorted(wide.adoptions) == ["edge-0"]
     server.publish(fleet.topics.samples("edge-9"), b"", retain=True).wait(5)
+
+
+def test_a_flood_of_bad_federation_messages_is_counted_and_logged_in_a_few_lines(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serverd.federation")
+    device = fleet.clients[1]  # edge-0's connection, on its own update topic
+    for _ in range(300):
+        device.publish(fleet.topics.update("edge-0"), b"not a frame")
+    wait_until("all counted", lambda: fleet.service.counters.bad_messages >= 300)
+    bad = [r for r in caplog.records if "bad message" in r.getMessage()]
+    assert 1 <= len(bad) <= 2, len(bad)
