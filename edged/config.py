@@ -22,6 +22,7 @@ from edged.eventbus import EventBusConfig
 from edged.federation.config import EdgeFederationConfig
 from edged.motion import MotionConfig
 from edged.offload.config import OffloadConfig
+from edged.offload.records import OUTBOX_FILE
 from edged.perception import PerceptionConfig
 from edged.twin.dmi_config import DmiConfig
 from edged.twin.service import TwinConfig
@@ -208,7 +209,7 @@ class EdgedConfig(Strict):
         too, unless they are set on their own."""
         if "state_dir" in self.model_fields_set:
             if "path" not in self.offload.outbox.model_fields_set:
-                self.offload.outbox.path = self.state_dir / "outbox.sqlite"
+                self.offload.outbox.path = self.state_dir / OUTBOX_FILE
             if "results" not in self.output.model_fields_set:
                 self.output.results = self.state_dir / "results.jsonl"
         return self

@@ -20,11 +20,13 @@ from edged.netloop import NetLoop
 from edged.offload.client import OffloadClient, OutcomeListener
 from edged.offload.dispatch import OffloadDispatcher, SubmitListener
 from edged.offload.outbox import Outbox
+from edged.offload.records import OUTBOX_FILE
 from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.dmi import DmiMapper
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
+from edgefed import paths
 from edgefed.clock import now_ms
 from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttClient, presence
@@ -82,10 +84,25 @@ def offload(
     frame to ``on_submit``."""
     if not config.offload.enabled or net is None:
         return None
+    _left_behind(config.offload.outbox.path)
     outbox = Outbox(config.offload.outbox)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)
     return EdgeOffload(outbox, client, dispatcher)
+
+
+def _left_behind(path: Path) -> None:
+    """Say so when the outbox moved (``state_dir`` set, so it is now under it) and the
+    one at the old default place still holds jobs that will not be sent from there."""
+    old = paths.state_dir("edged") / OUTBOX_FILE
+    if path.exists() or path == old or not old.exists():
+        return
+    log.warning(
+        "offload: the outbox is now %s (under state_dir); the one at %s is left as it was: "
+        "to send its jobs, stop edged and move it (with its -wal and -shm files) there",
+        path,
+        old,
+    )
 
 
 def federation(

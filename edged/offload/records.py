@@ -23,11 +23,14 @@ COLUMNS = (
 )
 
 
+OUTBOX_FILE = "outbox.sqlite"  # under edged's state dir unless offload.outbox.path says
+
+
 class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(
-        default_factory=lambda: paths.state_dir("edged") / "outbox.sqlite",
+        default_factory=lambda: paths.state_dir("edged") / OUTBOX_FILE,
         description="SQLite database file (default: under edgefed.paths' state root)",
     )
     max_jobs: int = Field(

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
+from edged import wiring
 from edged.config import dump_config, load_config, parse_config
+from edged.netloop import NetLoop
 from edgefed.errors import ConfigError
+from edgefed.mqtt import MqttClient
 from tests.support.configs import demo_config, write_config
 
 
@@ -136,3 +140,24 @@ def test_state_dir_holds_the_outbox_and_results_unless_they_are_set(tmp_path: Pa
     assert cfg.offload.outbox.path == tmp_path / "fast" / "outbox.sqlite"
     assert cfg.output.results is None
     assert parse_config(yaml.safe_load(dump_config(cfg)), env={}) == cfg
+
+
+def test_an_outbox_left_at_the_old_place_is_said_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site that had set ``state_dir`` before it held the outbox: the new outbox starts
+    empty under it, and the jobs at the old default place would be forgotten unsaid."""
+    monkeypatch.setenv("EDGEFED_STATE_DIR", str(tmp_path / "root"))
+    old = tmp_path / "root" / "edged" / "outbox.sqlite"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")
+    raw = demo_config(tmp_path, offload={"enabled": True})
+    raw["mqtt"] = {"host": "127.0.0.1", "port": 1, "client_id": "edge-01"}
+    cfg = parse_config(raw, env={})
+    assert cfg.mqtt is not None
+    net = NetLoop(MqttClient(cfg.mqtt))  # never started: nothing is sent here
+    offload = wiring.offload(cfg, net, lambda model: 0, lambda outcome: None)
+    assert offload is not None
+    offload.outbox.close()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(old) in line and "move it" in line for line in said), said
