@@ -21,6 +21,7 @@ reports the instance down, restarts it within a budget and reports it up when re
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
@@ -119,6 +120,7 @@ class TritonProcess:
         self.extra_args = tuple(extra_args)
         self.log_path = workdir / f"{name}.log"
         self.pid_path = workdir / f"{name}.pid"
+        self.shm_path = workdir / f"{name}.shm"  # the prefix of the run that wrote it
         self.shm_prefix = f"edgefed_{name}_{os.getpid()}_"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -278,13 +280,16 @@ class TritonProcess:
                 os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
 
     def _sweep_shm(self) -> None:
-        """Remove this instance's shared memory left by an earlier serverd that is gone
-        (killed with its Triton: only a clean stop removes them)."""
-        left = re.compile(rf"edgefed_{re.escape(self.name)}_(\d+)_")
-        for region in SHM.glob(f"edgefed_{self.name}_*"):
-            match = left.match(region.name)
-            if match and not Path(f"/proc/{match[1]}").exists():
-                region.unlink(missing_ok=True)
+        """Remove the shared memory an earlier serverd of this state dir left (killed with
+        its Triton: only a clean stop removes it), by the prefix it recorded; then record
+        ours. Not by pid: another serverd's pid may not be visible here (containers with
+        a shared /dev/shm), and a pid is reused."""
+        with contextlib.suppress(FileNotFoundError):
+            earlier = self.shm_path.read_text().strip()
+            if earlier.startswith("edgefed_") and earlier != self.shm_prefix:
+                for region in SHM.glob(f"{glob.escape(earlier)}*"):
+                    region.unlink(missing_ok=True)
+        self.shm_path.write_text(f"{self.shm_prefix}\n")
 
     def _cleanup(self) -> None:
         """Kill what is left of the process group and remove its shared memory."""

@@ -69,8 +69,9 @@ def test_kill_9_of_its_parent_stops_triton(tmp_path: Path) -> None:
 def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """... and what that run left is cleared: the shared memory of a serverd that is
-    gone (not a live one's), and a log past its size moves aside (both grew for ever)."""
+    """... and what that run left is cleared: the shared memory of the serverd of this
+    state dir that was killed (by the prefix it recorded, not by pid: another serverd's
+    may be invisible here), and a log past its size moves aside (both grew for ever)."""
     monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 64 * 1024)
     install = TritonInstall.locate(VENV)
     echo = [TritonModelConfig(name="echo", backend="echo")]
@@ -80,11 +81,13 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
     earlier.start()
     old_pid = earlier.pid
     assert old_pid is not None and (tmp_path / "local-0.pid").read_text().strip() == str(old_pid)
-    dead_pid = _dead_pid()
+    assert (tmp_path / "local-0.shm").read_text().strip() == earlier.shm_prefix
+    killed = "edgefed_local-0_4000001_"  # as a run in another pid namespace would have
+    (tmp_path / "local-0.shm").write_text(killed + "\n")
     regions = {
-        "gone": supervisor.SHM / f"edgefed_local-0_{dead_pid}_input0",
-        "live": supervisor.SHM / f"edgefed_local-0_{os.getppid()}_input0",
-        "other instance": supervisor.SHM / f"edgefed_local-1_{dead_pid}_input0",
+        "killed run's": supervisor.SHM / f"{killed}input0",
+        "another serverd's": supervisor.SHM / "edgefed_local-0_4000002_input0",
+        "another instance's": supervisor.SHM / "edgefed_local-1_4000001_input0",
     }
     for region in regions.values():
         region.write_bytes(b"\0" * 1024)
@@ -100,7 +103,8 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
         assert time.monotonic() - started < 30
         assert (tmp_path / "local-0.pid").read_text().strip() == str(again.pid)
         left = {what for what, region in regions.items() if region.exists()}
-        assert left == {"live", "other instance"}
+        assert left == {"another serverd's", "another instance's"}
+        assert (tmp_path / "local-0.shm").read_text().strip() == again.shm_prefix
         assert (tmp_path / "local-0.log.1").stat().st_size > 128 * 1024
         assert (tmp_path / "local-0.log").stat().st_size < 64 * 1024
     finally:
@@ -109,13 +113,6 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
         for region in regions.values():
             region.unlink(missing_ok=True)
     assert not (tmp_path / "local-0.pid").exists()
-
-
-def _dead_pid() -> int:
-    """A pid no process has now (a child's, once reaped)."""
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
 
 
 def test_a_triton_that_dies_while_its_files_cannot_be_written_comes_back_when_they_can(
