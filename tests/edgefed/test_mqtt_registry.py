@@ -43,6 +43,14 @@ def message(topic: bytes, payload: bytes = b"p", mid: int = 7) -> paho.MQTTMessa
     return msg
 
 
+def bad_message(topic: str, payload: bytes) -> None:
+    raise ProtocolError("not a job")
+
+
+def broken(topic: str, payload: bytes) -> None:
+    raise RuntimeError("bug")
+
+
 def recorder(calls: Calls) -> Handler:
     return lambda topic, payload: calls.append((topic, payload))
 
@@ -131,12 +139,6 @@ def test_protocol_error_counts_as_dropped_and_other_failures_as_handler_errors(
     registry: SubscriptionRegistry, broker: Broker
 ) -> None:
     calls: Calls = []
-
-    def bad_message(topic: str, payload: bytes) -> None:
-        raise ProtocolError("not a job")
-
-    def broken(topic: str, payload: bytes) -> None:
-        raise RuntimeError("bug")
 
     registry.add("t", bad_message, acked=False)
     registry.add("t", broken, acked=False)
@@ -229,12 +231,6 @@ def test_a_flood_of_bad_messages_is_counted_in_full_and_logged_in_a_few_lines(
 ) -> None:
     """A peer publishing bad messages by the thousand filled the log with a line (or a
     traceback) per message; each is still counted, dropped and acknowledged."""
-
-    def bad_message(topic: str, payload: bytes) -> None:
-        raise ProtocolError("not a job")
-
-    def broken(topic: str, payload: bytes) -> None:
-        raise RuntimeError("bug")
 
     registry.add("bad", bad_message, acked=False)
     registry.add("broken", broken, acked=False)

@@ -14,18 +14,15 @@ overrides in a file). ``/run/systemd/system`` exists in the sandbox: systemd "ru
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from tests.support.paths import REPO
+from tests.support.builder import builder_module
 
-BUILD = REPO / "packaging" / "build"
 PACKAGES = ("edgefed-edge", "edgefed-server")
 MOVED = ("/run/systemd/system", "/opt/edgefed", "/var/lib/edgefed", "/etc/edgefed")
 STAND_INS = {
@@ -50,16 +47,7 @@ def units() -> dict[str, tuple[str, ...]]:
 
 
 def _builder() -> ModuleType:
-    """packaging/build/__main__.py, imported as the builder runs (its folder on sys.path)."""
-    sys.path.insert(0, str(BUILD))
-    try:
-        spec = importlib.util.spec_from_file_location("edgefed_deb_builder", BUILD / "__main__.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BUILD))
+    return builder_module("edgefed_deb_builder", "__main__.py")
 
 
 def generate(out: Path) -> dict[str, Path]:

@@ -7,8 +7,6 @@ version cannot leave the manifests behind.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from collections.abc import Iterator
 from types import ModuleType
@@ -17,25 +15,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.builder import builder_module
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
-BUILD = REPO / "packaging" / "build"
 THIRD_PARTY = {"eclipse-mosquitto"}  # the broker's image is upstream's, not ours
 
 
 @pytest.fixture(scope="module")
-def oci() -> Iterator[ModuleType]:
-    """packaging/build/oci.py, imported as the builder imports it (its folder on sys.path)."""
-    sys.path.insert(0, str(BUILD))
-    try:
-        spec = importlib.util.spec_from_file_location("oci", BUILD / "oci.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BUILD))
+def oci() -> ModuleType:
+    """packaging/build/oci.py, imported as the builder imports it."""
+    return builder_module("oci", "oci.py")
 
 
 def containers(node: Any) -> Iterator[dict[str, Any]]:

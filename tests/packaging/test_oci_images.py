@@ -7,7 +7,6 @@ makes (owner, group, mode), USER, EXPOSE, HEALTHCHECK, ENTRYPOINT and CMD. No im
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,27 +24,13 @@ from edged.config import load_config as load_edged
 from edgefed.ports import free_port
 from serverd.config import load_config as load_serverd
 from tests.packaging.test_kubeedge_manifests import DOCS, device_plugin_args, pod_spec
-from tests.support.paths import REPO
+from tests.support.builder import builder_module
 
-BUILD = REPO / "packaging" / "build"
 NPU = "skt.com/aix_v1"
 Directory = tuple[int, int, int]  # uid, gid, mode
 
 
-def builder() -> ModuleType:
-    """packaging/build/oci.py, imported as the builder imports it (its folder on sys.path)."""
-    sys.path.insert(0, str(BUILD))
-    try:
-        spec = importlib.util.spec_from_file_location("oci", BUILD / "oci.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BUILD))
-
-
-OCI = builder()
+OCI = builder_module("oci", "oci.py")
 
 
 def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:

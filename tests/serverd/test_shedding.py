@@ -3,11 +3,13 @@ capacity 1) running the pose detector, offered a burst far above what it can run
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,20 +24,25 @@ OVERLOAD = 4.0  # low-priority load offered, as a multiple of the measured capac
 JPEG = frame_jpeg()
 
 
-@pytest.fixture
-def small_serverd(broker: Broker, tmp_path: Path) -> Iterator[ServerdThread]:
+@contextlib.contextmanager
+def one_slot(broker: Broker, tmp_path: Path, **overrides: Any) -> Iterator[ServerdThread]:
+    """serverd with one Triton running one job at a time (``overrides``: its settings)."""
     _require_triton()
     config = serverd_config(
-        tmp_path / "serverd",
-        broker.port,
-        instances=1,
-        scheduler={"capacity": 1},
-        overload={"max_wait_ms": 400.0},
+        tmp_path / "serverd", broker.port, instances=1, scheduler={"capacity": 1}, **overrides
     )
     running = ServerdThread(config)
     running.start()
-    yield running
-    running.stop()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def small_serverd(broker: Broker, tmp_path: Path) -> Iterator[ServerdThread]:
+    with one_slot(broker, tmp_path, overload={"max_wait_ms": 400.0}) as running:
+        yield running
 
 
 def test_overload_sheds_low_priority_first_tells_the_edge_and_recovers(
@@ -100,36 +107,30 @@ def test_one_device_cannot_take_the_queue_from_the_others(broker: Broker, tmp_pa
     filled serverd's queue and every other device's job was shed. Alone it still may (a
     backlog after an outage), but another device's job takes the place of its newest,
     and while others' jobs wait, its jobs past ``max_held_per_device`` are shed."""
-    _require_triton()
-    config = serverd_config(
-        tmp_path / "serverd",
-        broker.port,
-        instances=1,
-        scheduler={"capacity": 1},
-        max_queue=20,
-        overload={"max_wait_ms": 60_000.0, "max_held_per_device": 5},
-    )
-    serverd = ServerdThread(config)
-    serverd.start()
-    rogue = Edge(broker.port, device_id="site/cam-rogue")
-    honest = Edge(broker.port, device_id="site/cam-honest")
-    try:
-        for _ in range(60):
-            rogue.send(rogue.request("person", priority=255), JPEG, wait=False)
-        wait_until("the rogue's jobs seen", lambda: serverd.status()["counters"]["received"] >= 60)
-        mine = [honest.request("person") for _ in range(3)]
-        for request in mine:
-            honest.send(request, JPEG)
-        for _ in range(10):  # while the honest jobs wait behind its queue
-            rogue.send(rogue.request("person", priority=255), JPEG)
-        answers = {reply.job_id: reply for reply, _ in honest.collect(3)}
-        assert all(isinstance(answers[r.job_id], OffloadResult) for r in mine), answers
-        shed = [
-            reply.reason for reply, _ in rogue.collect(70) if isinstance(reply, OffloadErrorMessage)
-        ]
-        # the last 10 came while the honest jobs waited: each was shed for it
-        assert sum("(at most 5 while others wait)" in r for r in shed) >= 10, Counter(shed)
-    finally:
-        rogue.close()
-        honest.close()
-        serverd.stop()
+    overload = {"max_wait_ms": 60_000.0, "max_held_per_device": 5}
+    with one_slot(broker, tmp_path, max_queue=20, overload=overload) as serverd:
+        rogue = Edge(broker.port, device_id="site/cam-rogue")
+        honest = Edge(broker.port, device_id="site/cam-honest")
+        try:
+            for _ in range(60):
+                rogue.send(rogue.request("person", priority=255), JPEG, wait=False)
+            wait_until(
+                "the rogue's jobs seen", lambda: serverd.status()["counters"]["received"] >= 60
+            )
+            mine = [honest.request("person") for _ in range(3)]
+            for request in mine:
+                honest.send(request, JPEG)
+            for _ in range(10):  # while the honest jobs wait behind its queue
+                rogue.send(rogue.request("person", priority=255), JPEG)
+            answers = {reply.job_id: reply for reply, _ in honest.collect(3)}
+            assert all(isinstance(answers[r.job_id], OffloadResult) for r in mine), answers
+            shed = [
+                reply.reason
+                for reply, _ in rogue.collect(70)
+                if isinstance(reply, OffloadErrorMessage)
+            ]
+            # the last 10 came while the honest jobs waited: each was shed for it
+            assert sum("(at most 5 while others wait)" in r for r in shed) >= 10, Counter(shed)
+        finally:
+            rogue.close()
+            honest.close()
