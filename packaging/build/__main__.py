@@ -4,11 +4,11 @@
 the edgefed wheel and the pinned dependency wheels (``wheelhouse.py``), a debhelper source
 tree under ``artifacts/deb/`` made from ``packaging/debian``, ``packaging/systemd`` and the
 example configs, ``dpkg-buildpackage``, and ``lintian --fail-on error``; with
-``--install-check``, an install in a clean chroot (``debcheck.py``). ``oci``: the images
-edgefed-edged, edgefed-serverd and edgefed-serverd-triton, exported and checked
-(``oci.py``). ``all``: ``deb --install-check``, then ``oci``. Run it with the venv's Python
-(``.venv/bin/python``): it has the wheel's build requirements. Needs the Debian packages
-of packaging/dev/setup.d/60-deb-tools.sh and 61-oci-tools.sh.
+``--install-check``, an install in a clean chroot (``debcheck.py``) while lintian runs.
+``oci``: the images edgefed-edged, edgefed-serverd and edgefed-serverd-triton, exported
+and checked (``oci.py``). ``all``: ``deb --install-check``, then ``oci``. Run it with the
+venv's Python (``.venv/bin/python``): it has the wheel's build requirements. Needs the
+Debian packages of packaging/dev/setup.d/60-deb-tools.sh and 61-oci-tools.sh.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import email.utils
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # packaging/build/ is sys.path[0] when run as ``python3 packaging/build``
@@ -68,29 +69,35 @@ def stage_debian(out: Path, version: str) -> Path:
 
 
 def build_debs(out: Path, check: bool) -> list[Path]:
+    """The steps run one after another but for two that wait on nothing of theirs: the
+    install check's chroot is bootstrapped while the packages build, and lintian reads the
+    packages while the install check uses them (a cold run: ~4 min -> ~3)."""
     deb_version = version()
     if not re.fullmatch(r"[0-9][A-Za-z0-9.+~]*", deb_version):
         raise BuildError(f"version {deb_version!r} is not a Debian version")
     progress = Progress(8 if check else 5)
-    wheel = build_wheel(out)
-    progress.step(f"wheel {wheel.name}")
-    count = download_dependencies(out)
-    progress.step(f"dependency wheels of both roles ({count})")
-    tree = stage_debian(out, deb_version)
-    progress.step(f"debhelper tree {tree.relative_to(REPO)}")
-    for old in out.glob("*.deb"):
-        old.unlink()
-    run(["dpkg-buildpackage", "-us", "-uc", "-b"], tree)
-    debs = sorted(out.glob(f"edgefed-*_{deb_version}_*.deb"))
-    progress.step("dpkg-buildpackage: " + ", ".join(d.name for d in debs))
-    run(["lintian", "--fail-on", "error", *map(str, debs)])
-    progress.step("lintian --fail-on error: clean")
-    shutil.rmtree(tree)
-    if check:
-        try:
-            debcheck.install_check(debs, out, progress.step)
-        except debcheck.CheckError as exc:
-            raise BuildError(f"install check: {exc}") from exc
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        base = pool.submit(debcheck.base_chroot, out / "chroot-base") if check else None
+        wheel = build_wheel(out)
+        progress.step(f"wheel {wheel.name}")
+        count = download_dependencies(out)
+        progress.step(f"dependency wheels of both roles ({count})")
+        tree = stage_debian(out, deb_version)
+        progress.step(f"debhelper tree {tree.relative_to(REPO)}")
+        for old in out.glob("*.deb"):
+            old.unlink()
+        run(["dpkg-buildpackage", "-us", "-uc", "-b"], tree)
+        debs = sorted(out.glob(f"edgefed-*_{deb_version}_*.deb"))
+        progress.step("dpkg-buildpackage: " + ", ".join(d.name for d in debs))
+        shutil.rmtree(tree)
+        lint = pool.submit(run, ["lintian", "--fail-on", "error", *map(str, debs)])
+        if base is not None:
+            try:
+                debcheck.install_check(debs, base.result(), out, progress.step)
+            except debcheck.CheckError as exc:
+                raise BuildError(f"install check: {exc}") from exc
+        lint.result()
+        progress.step("lintian --fail-on error: clean")
     return debs
 
 

@@ -108,8 +108,9 @@ def wrong_modes(root: Path) -> list[str]:
     return wrong
 
 
-def install_check(debs: list[Path], work: Path, step: Callable[[str], None]) -> None:
-    base = base_chroot(work / "chroot-base")
+def install_check(debs: list[Path], base: Path, work: Path, step: Callable[[str], None]) -> None:
+    """``debs`` installed, used and purged in a copy of ``base`` (``base_chroot``) made in
+    ``work``."""
     step(f"clean chroot {base.relative_to(work.parent.parent)} ({SUITE} minbase)")
     root = work / "chroot"
     shutil.rmtree(root, ignore_errors=True)
