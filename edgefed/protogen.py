@@ -95,7 +95,8 @@ def generate(proto: Path, force: bool = False, private_pool: bool = False) -> li
             content = (generated / path.name).read_text(encoding="utf-8")
             if private_pool and path.name.endswith("_pb2.py"):
                 content = _to_private_pool(content, proto)
-            staged = path.with_name(f".{path.name}.tmp")
+            # per process: two generating at once (test workers) each move in a whole file
+            staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             staged.write_text(content, encoding="utf-8")
             os.replace(staged, path)
     return paths

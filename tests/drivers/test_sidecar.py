@@ -30,6 +30,8 @@ from tests.drivers.model_files import (
 
 FRAMES = (0, 300, 600)
 ONES = {"x": np.ones((1, 4), np.float32)}
+# the restart window: a cold restart, runs and a kill fit in it on a loaded machine
+WINDOW_S = 5.0
 
 
 @pytest.fixture
@@ -142,7 +144,9 @@ def test_a_hung_side_car_is_killed_at_the_deadline_and_restarted(make: Any, tmp_
 def test_past_the_restart_budget_calls_are_refused_until_the_window_has_room(
     make: Any, tmp_path: Path
 ) -> None:
-    driver = make(fake_npu(tmp_path), call_timeout_ms=200, max_restarts=1, restart_window_s=1.5)
+    driver = make(
+        fake_npu(tmp_path), call_timeout_ms=200, max_restarts=1, restart_window_s=WINDOW_S
+    )
     model = driver.load(doubling_onnx(tmp_path / "double.onnx"), "npu0")
     os.kill(pid_of(driver), signal.SIGKILL)
     with pytest.raises(DriverError, match="died during run"):
@@ -151,14 +155,16 @@ def test_past_the_restart_budget_calls_are_refused_until_the_window_has_room(
     os.kill(pid_of(driver), signal.SIGKILL)
     with pytest.raises(DriverError, match="died during run"):
         model.run(ONES)
-    with pytest.raises(DriverError, match=r"restart budget exhausted \(1 restarts in 1.5 s\)"):
+    with pytest.raises(
+        DriverError, match=rf"restart budget exhausted \(1 restarts in {WINDOW_S:g} s\)"
+    ):
         model.run(ONES)
     health = driver.health()
     assert not health.ok
     assert "restart budget exhausted" in health.detail
     status = driver.status()
     assert (status["state"], status["refused"], status["restarts"]) == ("failed", 2, 1)
-    time.sleep(1.6)
+    time.sleep(WINDOW_S + 0.1)
     assert driver.health().ok  # the window has room again: health restarts it
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
     assert driver.status()["state"] == "running"

@@ -16,7 +16,8 @@ from edged.config import parse_config
 from edgefed.testing.wait import wait_until
 from tests.support.configs import demo_config
 
-WINDOW_S = 3.0
+# long enough for a restart, three runs, a kill and two failed frames on a loaded machine
+WINDOW_S = 8.0
 
 
 def scene_status(app: EdgedApp) -> dict[str, Any]:

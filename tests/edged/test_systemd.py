@@ -19,7 +19,8 @@ from tests.support.configs import demo_config, write_config
 from tests.support.notify import NotifyListener
 from tests.support.paths import REPO
 
-WATCHDOG_S = 1.0
+# a pet every 1 s; edged withholds it while one model run takes over 1 s (a stall)
+WATCHDOG_S = 2.0
 
 
 @pytest.fixture
@@ -66,13 +67,13 @@ def test_ready_then_watchdog_at_half_the_interval_then_stopping(
     try:
         ready = listener.wait_for("READY", 60)
         assert ready.fields["STATUS"] == "running 1 models on 1 cameras"
-        time.sleep(4)
+        time.sleep(6)
     finally:
         code, err = stop(proc)
     assert code == EXIT_OK, err
-    pets = [t for t in listener.times("WATCHDOG") if ready.at <= t <= ready.at + 4]
+    pets = [t for t in listener.times("WATCHDOG") if ready.at <= t <= ready.at + 6]
     gaps = [b - a for a, b in itertools.pairwise(pets)]
-    assert len(pets) >= 6, pets  # every 0.5 s for 4 s, with slack for a loaded machine
+    assert len(pets) >= 4, pets  # every 1 s for 6 s, with slack for a loaded machine
     assert max(gaps) < WATCHDOG_S, gaps  # never late enough for systemd to kill edged
     statuses = [n.fields["STATUS"] for n in listener.snapshot() if "STATUS" in n.fields]
     assert any(s.startswith("frames=") for s in statuses), statuses

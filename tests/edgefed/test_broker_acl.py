@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -39,22 +39,45 @@ def connect(broker: Broker, identity: str) -> MqttClient:
     return client
 
 
-def listen(client: MqttClient, topic_filter: str) -> queue.Queue[tuple[str, bytes]]:
-    got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    client.subscribe(topic_filter, lambda t, p: got.put((t, p)))
-    time.sleep(0.2)  # the SUBACK
-    return got
+Listen = Callable[..., "queue.Queue[tuple[str, bytes]]"]
 
 
-def delivered(got: queue.Queue[tuple[str, bytes]], timeout: float = 0.5) -> list[bytes]:
+@pytest.fixture
+def listen() -> Iterator[Listen]:
+    """``listen(broker, identity, topic_filter)``: what ``identity`` receives on the
+    filter, through a connection of its own made with the subscription, so that it is in
+    place (the broker's SUBACK) when this returns; closed after the test."""
+    clients: list[MqttClient] = []
+
+    def listen(broker: Broker, identity: str, topic_filter: str) -> queue.Queue[tuple[str, bytes]]:
+        got: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        client = MqttClient(broker.client_config(identity))
+        clients.append(client)
+        client.subscribe(topic_filter, lambda t, p: got.put((t, p)))
+        client.start()
+        assert client.wait_connected(10), f"{identity} could not subscribe to {topic_filter}"
+        return got
+
+    yield listen
+    for client in clients:
+        client.stop()
+
+
+def delivered(got: queue.Queue[tuple[str, bytes]], count: int, quiet: float = 0.3) -> list[bytes]:
+    """The payloads received: ``count`` of them waited for (10 s at most), then any more
+    that come within ``quiet`` seconds (none is allowed to, where the ACL works)."""
     out = []
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
+    deadline = time.monotonic() + 10
+    while len(out) < count and (left := deadline - time.monotonic()) > 0:
         try:
             out.append(got.get(timeout=left)[1])
         except queue.Empty:
             break
-    return out
+    while True:
+        try:
+            out.append(got.get(timeout=quiet)[1])
+        except queue.Empty:
+            return out
 
 
 @pytest.fixture(scope="module")
@@ -87,49 +110,51 @@ def test_anonymous_and_wrong_password_clients_are_refused(broker: Broker) -> Non
     assert paho_connect_code(broker, username="site/cam-1", password=password) == 0
 
 
-def test_a_device_publishes_only_its_own_requests(broker: Broker) -> None:
-    server, cam, evil = (connect(broker, i) for i in ("serverd", "site/cam-1", "evil"))
+def test_a_device_publishes_only_its_own_requests(broker: Broker, listen: Listen) -> None:
+    cam, evil = connect(broker, "site/cam-1"), connect(broker, "evil")
     try:
-        requests = listen(server, TOPICS.requests_filter())
+        requests = listen(broker, "serverd", TOPICS.requests_filter())
         cam.publish(TOPICS.request("site/cam-1"), b"mine").wait(5)
         evil.publish(TOPICS.request("site/cam-1"), b"posing as cam-1").wait(5)
         evil.publish(TOPICS.request("evil"), b"evil's own").wait(5)
-        assert sorted(delivered(requests)) == [b"evil's own", b"mine"]
+        assert sorted(delivered(requests, 2)) == [b"evil's own", b"mine"]
     finally:
-        for c in (server, cam, evil):
-            c.stop()
+        cam.stop()
+        evil.stop()
 
 
-def test_only_serverd_answers_and_a_device_reads_only_its_own_replies(broker: Broker) -> None:
+def test_only_serverd_answers_and_a_device_reads_only_its_own_replies(
+    broker: Broker, listen: Listen
+) -> None:
     server, cam, evil = (connect(broker, i) for i in ("serverd", "site/cam-1", "evil"))
     try:
-        mine = listen(cam, TOPICS.reply("site/cam-1"))
-        snooped = listen(evil, "edgefed/offload/#")  # granted only where the ACL says
+        mine = listen(broker, "site/cam-1", TOPICS.reply("site/cam-1"))
+        snooped = listen(broker, "evil", "edgefed/offload/#")  # granted only where the ACL says
         evil.publish(TOPICS.reply("site/cam-1"), b"forged").wait(5)
         server.publish(TOPICS.reply("site/cam-1"), b"real").wait(5)
         cam.publish(TOPICS.request("site/cam-1"), b"request").wait(5)
-        assert delivered(mine) == [b"real"]
-        assert delivered(snooped, 0.2) == []
+        assert delivered(mine, 1) == [b"real"]
+        assert delivered(snooped, 0) == []
     finally:
         for c in (server, cam, evil):
             c.stop()
 
 
-def test_only_edgecore_sets_twin_deltas(broker: Broker) -> None:
+def test_only_edgecore_sets_twin_deltas(broker: Broker, listen: Listen) -> None:
     core, cam = connect(broker, "edgecore"), connect(broker, "site/cam-1")
     try:
-        deltas = listen(cam, DELTA)
+        deltas = listen(broker, "site/cam-1", DELTA)
         cam.publish(DELTA, b'{"delta": {"offload_policy": "always"}}').wait(5)
-        assert delivered(deltas) == []
+        assert delivered(deltas, 0) == []
         core.publish(DELTA, b'{"delta": {"log_level": "DEBUG"}}').wait(5)
-        assert delivered(deltas) == [b'{"delta": {"log_level": "DEBUG"}}']
+        assert delivered(deltas, 1) == [b'{"delta": {"log_level": "DEBUG"}}']
     finally:
         core.stop()
         cam.stop()
 
 
 def test_federation_a_device_answers_for_itself_and_only_serverd_runs_rounds(
-    broker: Broker,
+    broker: Broker, listen: Listen
 ) -> None:
     """Federated learning works on the shipped ACL (it granted none of its topics), and a
     device can neither send updates, reports or offers as another, nor open a round,
@@ -137,23 +162,27 @@ def test_federation_a_device_answers_for_itself_and_only_serverd_runs_rounds(
     fed = FederationTopics()
     server, cam, evil = (connect(broker, i) for i in ("serverd", "site/cam-1", "evil"))
     try:
-        to_server = {k: listen(server, fed.filter(k)) for k in ("update", "adoption", "samples")}
-        rounds, models = listen(cam, fed.filter("round")), listen(cam, fed.filter("model"))
-        acks, snooped = listen(cam, fed.filter("ack")), listen(evil, fed.filter("ack"))
+        to_server = {
+            k: listen(broker, "serverd", fed.filter(k)) for k in ("update", "adoption", "samples")
+        }
+        rounds = listen(broker, "site/cam-1", fed.filter("round"))
+        models = listen(broker, "site/cam-1", fed.filter("model"))
+        acks = listen(broker, "site/cam-1", fed.filter("ack"))
+        snooped = listen(broker, "evil", fed.filter("ack"))
         for kind, got in to_server.items():
             topic = getattr(fed, kind)
             cam.publish(topic("site/cam-1"), b"mine").wait(5)
             evil.publish(topic("site/cam-1"), b"posing as cam-1").wait(5)
-            assert delivered(got) == [b"mine"], kind
+            assert delivered(got, 1) == [b"mine"], kind
         evil.publish(fed.round("digits"), b"1000 epochs").wait(5)
         evil.publish(fed.model("digits"), b"a version").wait(5)
         evil.publish(fed.ack("site/cam-1"), b"forged ack").wait(5)
         server.publish(fed.round("digits"), b"round").wait(5)
         server.publish(fed.model("digits"), b"version").wait(5)
         server.publish(fed.ack("site/cam-1"), b"ack").wait(5)
-        assert (delivered(rounds), delivered(models)) == ([b"round"], [b"version"])
-        assert delivered(acks) == [b"ack"]
-        assert delivered(snooped, 0.2) == []
+        assert (delivered(rounds, 1), delivered(models, 1)) == ([b"round"], [b"version"])
+        assert delivered(acks, 1) == [b"ack"]
+        assert delivered(snooped, 0) == []
     finally:
         for c in (server, cam, evil):
             c.stop()
@@ -200,7 +229,7 @@ def test_forged_results_never_reach_the_edge(broker: Broker, tmp_path: Path) -> 
     assert client.counters.duplicate_results == 0
 
 
-def test_tls_clients_are_known_by_their_certificate(tmp_path: Path) -> None:
+def test_tls_clients_are_known_by_their_certificate(tmp_path: Path, listen: Listen) -> None:
     with Broker(tmp_path, tls=True, identities=IDENTITIES) as broker:
         assert broker.tls is not None
         no_cert = MqttClient(
@@ -218,14 +247,13 @@ def test_tls_clients_are_known_by_their_certificate(tmp_path: Path) -> None:
             assert not no_cert.wait_connected(2)
         finally:
             no_cert.stop()
-        server, cam = connect(broker, "serverd"), connect(broker, "site/cam-1")
+        requests = listen(broker, "serverd", TOPICS.requests_filter())
+        cam = connect(broker, "site/cam-1")
         try:
-            requests = listen(server, TOPICS.requests_filter())
             cam.publish(TOPICS.request("site/cam-1"), b"by certificate").wait(5)
             cam.publish(TOPICS.request("evil"), b"not cam-1's topic").wait(5)
-            assert delivered(requests) == [b"by certificate"]
+            assert delivered(requests, 1) == [b"by certificate"]
         finally:
-            server.stop()
             cam.stop()
 
 

@@ -24,9 +24,9 @@ import pytest
 from edgefed import certs
 from edgefed.clock import now_ms
 from edgefed.federation_wire import MAX_VERSION_FRAME_BYTES, FederationTopics
-from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
+from edgefed.mqtt import Handler, MqttClient, MqttConfig, MqttTls
 from edgefed.mqtt.acl import render_acl
-from edgefed.ports import free_port
+from edgefed.ports import free_ports
 from edgefed.testing.broker import Broker, TlsFiles, make_tls_files
 from edgefed.testing.edgecore import wait_until
 from edgefed.wire import (
@@ -112,8 +112,13 @@ def sites(tmp_path: Path) -> Iterator[Sites]:
 
 
 def client(
-    broker: Broker, client_id: str, tls: TlsFiles | None = None, cert: certs.Issued | None = None
+    broker: Broker,
+    client_id: str,
+    tls: TlsFiles | None = None,
+    cert: certs.Issued | None = None,
+    subscriptions: dict[str, Handler] | None = None,
 ) -> MqttClient:
+    """Connected, with ``subscriptions`` (filter: handler) confirmed by the broker."""
     config = MqttConfig(
         host=broker.host,
         port=broker.port,
@@ -123,6 +128,8 @@ def client(
         else MqttTls(ca=tls.ca, cert=cert.cert, key=cert.key),
     )
     c = MqttClient(config)
+    for topic_filter, handler in (subscriptions or {}).items():
+        c.subscribe(topic_filter, handler)
     c.start()
     assert c.wait_connected(10), f"{client_id} could not connect"
     return c
@@ -312,8 +319,8 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
     assert config_map["edgefed.acl"] == render_acl(server=None)
     nodes = {"edgefed-bridge-node1": "edgefed/node1", "edgefed-bridge-node2": "edgefed/node2"}
     tls = make_tls_files(tmp_path / "tls")
-    broker = Broker(tmp_path / "broker")
-    inside = free_port()
+    outside, inside = free_ports(2)
+    broker = Broker(tmp_path / "broker", port=outside)
     acl = tmp_path / "edgefed.acl"
     acl.write_text(
         config_map["edgefed.acl"] + "".join(_bridge_block(b, ns) for b, ns in nodes.items())
@@ -329,21 +336,24 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
     text = _sub(r"^\s*acl_file .*$", f"acl_file {acl}", text)
     broker.config_path.write_text(_without_listener(broker.config_path.read_text()) + text)
     topics = Topics()
+    requests: queue.Queue[bytes] = queue.Queue()
+    replies: queue.Queue[tuple[str, bytes]] = queue.Queue()
     with broker:
         serverd = MqttClient(MqttConfig(host="127.0.0.1", port=inside, client_id="serverd"))
+        serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
         serverd.start()
-        assert serverd.wait_connected(10)
+        assert serverd.wait_connected(10)  # with its subscription confirmed
         bridges = {
-            name: client(broker, name, tls, certs.issue(tls.ca.parent, name, days=1))
+            name: client(
+                broker,
+                name,
+                tls,
+                certs.issue(tls.ca.parent, name, days=1),
+                {"edgefed/offload/#": lambda t, p, n=name: replies.put((n, p))},
+            )
             for name in (*nodes, "edgefed-bridge-unlisted")
         }
         try:
-            requests: queue.Queue[bytes] = queue.Queue()
-            replies: queue.Queue[tuple[str, bytes]] = queue.Queue()
-            serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
-            for name, bridge in bridges.items():
-                bridge.subscribe("edgefed/offload/#", lambda t, p, n=name: replies.put((n, p)))
-            time.sleep(0.3)  # the SUBACKs
             node1, node2 = bridges["edgefed-bridge-node1"], bridges["edgefed-bridge-node2"]
             node1.publish(topics.request("edgefed/node1"), b"node1's").wait(5)
             node1.publish(topics.request("edgefed/node2"), b"as node2").wait(5)

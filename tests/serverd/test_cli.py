@@ -143,14 +143,14 @@ def test_run_notifies_systemd_ready_watchdog_status_and_stopping(
     process = subprocess.Popen(
         [sys.executable, "-m", "serverd", "run", "-c", str(cli_config)],
         cwd=REPO,
-        env=listener.env(watchdog_s=1.0) | {"PYTHONPATH": str(REPO)},
+        env=listener.env(watchdog_s=2.0) | {"PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
         presence.next("online")
         ready = listener.wait_for("READY", 30)
-        time.sleep(3)
+        time.sleep(4)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
@@ -161,8 +161,9 @@ def test_run_notifies_systemd_ready_watchdog_status_and_stopping(
         ready.fields["STATUS"].startswith("serving ")
         and "on 1 instance(s)" in ready.fields["STATUS"]
     )
-    pets = [t for t in listener.times("WATCHDOG") if ready.at <= t <= ready.at + 3]
-    assert len(pets) >= 4 and max(b - a for a, b in itertools.pairwise(pets)) < 1.0
+    # a pet every 1 s, none as late as the interval (systemd's limit), on a loaded machine too
+    pets = [t for t in listener.times("WATCHDOG") if ready.at <= t <= ready.at + 4]
+    assert len(pets) >= 3 and max(b - a for a, b in itertools.pairwise(pets)) < 2.0
     assert listener.snapshot()[-1].fields["STOPPING"] == "1"
 
 
@@ -186,7 +187,8 @@ def test_a_blocked_event_loop_stops_the_watchdog(tmp_path: Path) -> None:
     listener.wait_for("STOPPING", 5)
     listener.close()
     pets = listener.times("WATCHDOG")
-    assert [t for t in pets if blocked + 0.05 < t < resumed] == []
+    # (a pet sent just before the block may be read a little after it on a loaded machine)
+    assert [t for t in pets if blocked + 0.3 < t < resumed] == []
     assert any(t < blocked for t in pets) and any(t > resumed for t in pets)
     assert any(n.fields.get("STATUS") == "ok" for n in listener.snapshot())
 

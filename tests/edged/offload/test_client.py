@@ -50,13 +50,14 @@ class Edge:
         db: Path,
         max_jobs: int = 10_000,
         on_outcome: OutcomeListener | None = None,
+        result_timeout_s: float = 10.0,  # a reply slower than this sends the job again
         **client: object,
     ) -> None:
         self.outbox = Outbox(
             OutboxConfig(
                 path=db,
                 max_jobs=max_jobs,
-                result_timeout_s=1.0,
+                result_timeout_s=result_timeout_s,
                 retry_base_s=0.2,
                 retry_cap_s=1.0,
                 max_iterations=50,
@@ -206,7 +207,7 @@ def test_jobs_survive_kill_9_and_complete_exactly_once(broker: Broker, tmp_path:
         child.kill()
         child.wait()
     responder = Responder(broker.port).start()
-    edge = Edge(broker, db)
+    edge = Edge(broker, db, result_timeout_s=1.0)  # the jobs sent before the kill go again
     try:
         counts = edge.outbox.counts()
         assert counts["Preprocessing_complete"] == 20 and counts["Enqueue"] == 10
@@ -226,7 +227,9 @@ def test_jobs_survive_kill_9_and_complete_exactly_once(broker: Broker, tmp_path:
 def test_every_job_drains_after_the_broker_restarts(
     broker: Broker, responder: Responder, tmp_path: Path
 ) -> None:
-    edge = Edge(broker, tmp_path / "outbox.sqlite").start()
+    # a request that reaches the restarted broker before the responder has subscribed
+    # again is lost there: it goes again when its reply is this late
+    edge = Edge(broker, tmp_path / "outbox.sqlite", result_timeout_s=1.0).start()
     try:
         before = [edge.submit(n) for n in range(10)]
         edge.collect(10)
