@@ -71,7 +71,7 @@ def stage_debian(out: Path, version: str) -> Path:
 def build_debs(out: Path, check: bool) -> list[Path]:
     """The steps run one after another but for two that wait on nothing of theirs: the
     install check's chroot is bootstrapped while the packages build, and lintian reads the
-    packages while the install check uses them (a cold run: ~4 min -> ~3)."""
+    packages while the install check uses them (docs/install.md has the times)."""
     deb_version = version()
     if not re.fullmatch(r"[0-9][A-Za-z0-9.+~]*", deb_version):
         raise BuildError(f"version {deb_version!r} is not a Debian version")
@@ -95,7 +95,10 @@ def build_debs(out: Path, check: bool) -> list[Path]:
             try:
                 debcheck.install_check(debs, base.result(), out, progress.step)
             except debcheck.CheckError as exc:
-                raise BuildError(f"install check: {exc}") from exc
+                also = lint.exception()  # said too, not lost behind the first failure
+                raise BuildError(
+                    f"install check: {exc}" + (f"\nand {also}" if also else "")
+                ) from exc
         lint.result()
         progress.step("lintian --fail-on error: clean")
     return debs

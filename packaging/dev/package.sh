@@ -10,18 +10,24 @@ images=("$@")
 ((${#images[@]})) || images=(edgefed-edged)
 # The two builds share nothing but the checkout they read (each stages its own copy, wheels
 # and chroot under artifacts/deb or artifacts/oci): run side by side, each one's output is
-# printed whole when it ends, and the check fails if either does.
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-.venv/bin/python packaging/build deb --install-check > "$logs/deb" 2>&1 &
+# kept in artifacts/<name>-check.log and printed whole when it ends, and the check fails if
+# either does. Each runs in a process group of its own (setsid), so that stopped early
+# (Ctrl-C, a CI timeout) this stops both builds with every tool they started.
+mkdir -p artifacts
+deb="" oci=""
+trap 'for group in $deb $oci; do kill -- "-$group" 2>/dev/null || true; done' EXIT
+setsid --wait .venv/bin/python packaging/build deb --install-check > artifacts/deb-check.log 2>&1 &
 deb=$!
-.venv/bin/python packaging/build oci --images "${images[@]}" > "$logs/oci" 2>&1 &
+setsid --wait .venv/bin/python packaging/build oci --images "${images[@]}" \
+    > artifacts/oci-check.log 2>&1 &
 oci=$!
 failed=0
 wait "$deb" || failed=1
+deb=""
 echo "== packaging/build deb --install-check"
-cat "$logs/deb"
+cat artifacts/deb-check.log
 wait "$oci" || failed=1
+oci=""
 echo "== packaging/build oci --images ${images[*]}"
-cat "$logs/oci"
+cat artifacts/oci-check.log
 exit "$failed"
