@@ -73,7 +73,9 @@ def rig(sockets: Path, tmp_path: Path) -> Iterator[Rig]:
 def started(rig: Rig) -> FakeEdgeCoreDmi:
     edgecore = FakeEdgeCoreDmi(rig.config.edgecore_socket)
     rig.mapper.start()
-    wait_until("MapperRegister", lambda: edgecore.mappers)
+    # the mapper's own word: EdgeCore has the call before the mapper has its answer
+    wait_until("MapperRegister answered", lambda: rig.mapper.status()["registered"])
+    assert edgecore.mappers
     return edgecore
 
 
@@ -160,8 +162,8 @@ def test_registration_waits_for_edgecore_and_socket_is_private(rig: Rig) -> None
     mode = stat.S_IMODE(rig.config.socket.stat().st_mode)
     assert mode == 0o600
     edgecore = FakeEdgeCoreDmi(rig.config.edgecore_socket)
-    wait_until("MapperRegister", lambda: edgecore.mappers)
-    assert rig.mapper.status()["registered"] is True
+    wait_until("MapperRegister answered", lambda: rig.mapper.status()["registered"] is True)
+    assert edgecore.mappers
 
 
 def test_a_device_of_another_edged_is_refused(rig: Rig) -> None:
