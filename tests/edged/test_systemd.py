@@ -77,6 +77,7 @@ def test_ready_then_watchdog_at_half_the_interval_then_stopping(
     assert max(gaps) < WATCHDOG_S, gaps  # never late enough for systemd to kill edged
     statuses = [n.fields["STATUS"] for n in listener.snapshot() if "STATUS" in n.fields]
     assert any(s.startswith("frames=") for s in statuses), statuses
+    listener.wait_for("STOPPING", 5)  # sent before the exit, maybe not yet read
     assert listener.snapshot()[-1].fields["STOPPING"] == "1"
 
 

@@ -79,6 +79,7 @@ def test_publish_subscribe_round_trip_with_puback_and_nodelay(broker: Broker, lo
         ticket = pub.publish("t/a", b"\x00binary\xff", on_ack=lambda: acked.append(1))
         assert ticket.wait(5)
         assert inbox.get(timeout=5) == ("t/a", b"\x00binary\xff")
+        wait_until("the PUBACK callback", lambda: acked)  # called just after the ticket is set
         assert acked == [1]
         assert pub.counters.messages_out == 1 and pub.counters.acked == 1
         assert sub.counters.messages_in == 1

@@ -73,6 +73,7 @@ def test_ready_watchdog_at_its_interval_and_stopping(
     pets = [t for t in listener.times("WATCHDOG") if t >= ready.at]
     assert len(pets) >= 5
     assert max(b - a for a, b in itertools.pairwise(pets)) < WATCHDOG_S
+    listener.wait_for("STOPPING", 5)  # sent before the exit, maybe not yet read
     assert listener.snapshot()[-1].fields["STOPPING"] == "1"
 
 

@@ -132,8 +132,9 @@ def test_jobs_go_out_and_results_come_back(
         record = edge.outbox.get(ids[0])
         assert record is not None and record.started is not None and record.ended is not None
         assert all(n == 1 for n in responder.processed.values())
-        status = edge.client.status()
-        assert status["counters"]["completed"] == 21 and status["counters"]["accepted"] == 21
+        # counted after the closing commit (which edge.closed saw)
+        wait_until("21 completed", lambda: edge.client.status()["counters"]["completed"] == 21)
+        assert edge.client.status()["counters"]["accepted"] == 21
     finally:
         edge.stop()
 

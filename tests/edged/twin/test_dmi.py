@@ -208,8 +208,11 @@ def test_edgecore_restart_makes_the_mapper_register_again(rig: Rig) -> None:
     edgecore.wait_reported(NS, NAME, "motion_threshold", "90")
     edgecore.close()  # EdgeCore down: the next report fails and the mapper registers again
     wait_until("a failed report", lambda: rig.mapper.counters.report_failures >= 1)
-    restarted = FakeEdgeCoreDmi(rig.config.edgecore_socket)
-    restarted.devices[(NS, NAME)] = device(restarted, motion_threshold="91")
+    # serving with the device from its first answer on (a MapperRegister in between
+    # would list none)
+    restarted = FakeEdgeCoreDmi(
+        rig.config.edgecore_socket, devices=[device(edgecore, motion_threshold="91")]
+    )
     wait_until("a second registration", lambda: restarted.mappers)
     restarted.wait_reported(NS, NAME, "motion_threshold", "91", observed="91")
     assert rig.mapper.counters.registrations == 2

@@ -98,7 +98,9 @@ def test_a_retained_delta_is_applied_once_not_on_every_start(
     try:
         daemon = Daemon(state)
         first = start(broker, daemon, "demo/edge-01", ec, seen_path=seen)
-        wait_until(lambda: daemon.gate.config.threshold == 200)
+        # reported only once the twin's handler is done (applied, kept, the delta seen)
+        wait_until(lambda: ec.actual("motion_threshold") == "200")
+        assert daemon.gate.config.threshold == 200
         first.runtime.apply({"motion_threshold": 30})  # the operator puts it back
         first.stop()
 
