@@ -19,7 +19,7 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
 from edgefed.federation_wire import FederationTopics
 from edgefed.lifecycle import Status
-from edgefed.mqtt import MqttClient, MqttConfig
+from edgefed.mqtt import Handler, MqttClient, MqttConfig
 from edgefed.mqtt.acl import render_acl
 from edgefed.testing.broker import Broker
 from edgefed.wire import OffloadResult, Topics, decode_request, encode_message
@@ -32,8 +32,13 @@ TOPICS = Topics()
 DELTA = "$hw/events/device/site/cam-1/twin/update/delta"
 
 
-def connect(broker: Broker, identity: str) -> MqttClient:
+def connect(
+    broker: Broker, identity: str, subscriptions: dict[str, Handler] | None = None
+) -> MqttClient:
+    """Connected as ``identity``, with ``subscriptions`` (filter: handler) confirmed."""
     client = MqttClient(broker.client_config(identity))
+    for topic_filter, handler in (subscriptions or {}).items():
+        client.subscribe(topic_filter, handler)
     client.start()
     assert client.wait_connected(10), f"{identity} could not connect"
     return client
@@ -51,11 +56,7 @@ def listen() -> Iterator[Listen]:
 
     def listen(broker: Broker, identity: str, topic_filter: str) -> queue.Queue[tuple[str, bytes]]:
         got: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        client = MqttClient(broker.client_config(identity))
-        clients.append(client)
-        client.subscribe(topic_filter, lambda t, p: got.put((t, p)))
-        client.start()
-        assert client.wait_connected(10), f"{identity} could not subscribe to {topic_filter}"
+        clients.append(connect(broker, identity, {topic_filter: lambda t, p: got.put((t, p))}))
         return got
 
     yield listen
