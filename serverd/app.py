@@ -150,7 +150,13 @@ class ServerdApp:
             base = cfg.triton.base_port
             ports = TritonPorts.free() if base is None else TritonPorts.at(base + 3 * i)
             process = TritonProcess(
-                install, repository, work, f"local-{i}", ports, cfg.triton.ready_timeout_s
+                install,
+                repository,
+                work,
+                f"local-{i}",
+                ports,
+                cfg.triton.ready_timeout_s,
+                extra_args=[f"--log-verbose={cfg.triton.log_verbose}"],
             )
             out.append(
                 TritonSupervisor(

@@ -47,6 +47,13 @@ class TritonConfig(Strict):
     ready_timeout_s: float = Field(120.0, gt=0, description="Wait for /v2/health/ready")
     restarts: int = Field(3, ge=0, description="Restarts allowed within restart_window_s")
     restart_window_s: float = Field(300.0, gt=0, description="Window of the restart budget")
+    log_verbose: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="Triton's --log-verbose level (0: off; its log is kept within 16 MB "
+        "plus one old copy, docs/triton.md)",
+    )
     models: list[TritonModelConfig] = Field(
         default_factory=list, description="Models of the generated repository"
     )

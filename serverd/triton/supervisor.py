@@ -25,6 +25,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edgefed.errors import OffloadError
+from edgefed.outage import Repeats
 from edgefed.ports import free_ports
 from serverd.triton.install import TritonInstall
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
 LOG_MAX_BYTES = 16 * 1024 * 1024  # per Triton log, and as much again in <name>.log.1
+LOG_CHECK_S = 10.0  # how often a running Triton's log size is checked
 # util-linux (Essential in Debian): sets the parent-death signal, then execs Triton in its
 # place (same pid). Not a preexec_fn: a fork of serverd, whose gRPC threads hold locks,
 # must not run Python before exec (restarts from the watcher thread died of SIGABRT).
@@ -166,7 +169,7 @@ class TritonProcess:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             command = self.command()
-            self._rotate_log()
+            self.rotate_log()
             with self.log_path.open("ab") as out:
                 out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting\n".encode())
                 out.flush()
@@ -273,11 +276,30 @@ class TritonProcess:
                 break
         self.pid_path.unlink(missing_ok=True)
 
-    def _rotate_log(self) -> None:
-        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1`` (the one before goes)."""
-        with contextlib.suppress(FileNotFoundError):
-            if self.log_path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+    def rotate_log(self) -> bool:
+        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1`` (the one before goes);
+        True when it did. Before a start it is renamed. While Triton runs it is copied and
+        emptied in place instead: Triton and its stubs keep writing to the file they
+        opened, and as they opened it to append, their next line lands at the start of the
+        emptied file (a line written between the copy and the emptying is lost:
+        logrotate's ``copytruncate`` trade)."""
+        kept = self.log_path.with_suffix(".log.1")
+        try:
+            if self.log_path.stat().st_size <= LOG_MAX_BYTES:
+                return False
+            if self.poll() is not None:
+                os.replace(self.log_path, kept)
+                return True
+            partial = self.log_path.with_suffix(".log.1.partial")
+            try:
+                shutil.copyfile(self.log_path, partial)
+                os.replace(partial, kept)
+            finally:
+                partial.unlink(missing_ok=True)
+            os.truncate(self.log_path, 0)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _sweep_shm(self) -> None:
         """Remove the shared memory an earlier serverd of this state dir left (killed with
@@ -336,6 +358,8 @@ class TritonSupervisor:
         self._thread: threading.Thread | None = None
         self.gave_up = False
         self.restart_count = 0
+        self._next_log_check = 0.0
+        self._rotate_failures = Repeats(log)
 
     def start(self) -> None:
         """Start Triton (raises OffloadError quoting Triton) and begin watching it."""
@@ -355,6 +379,9 @@ class TritonSupervisor:
         while not self._stop.wait(self._poll_s):
             code = self.process.poll()
             if code is None:
+                if time.monotonic() >= self._next_log_check:
+                    self._next_log_check = time.monotonic() + LOG_CHECK_S
+                    self._rotate_log()
                 continue
             log.error("Triton %s died (exit code %s)", self.process.name, code)
             self._report(False)
@@ -404,6 +431,17 @@ class TritonSupervisor:
             self._report(True)
             return True
         return False
+
+    def _rotate_log(self) -> None:
+        """Keep a running Triton's log within its size (``--log-verbose`` fills it fast);
+        a disk that refuses the copy is logged, never the end of the watcher."""
+        try:
+            if self.process.rotate_log():
+                log.info("Triton %s: log past its size, kept in .log.1", self.process.name)
+        except OSError as exc:
+            self._rotate_failures(
+                "rotate", f"Triton {self.process.name}: cannot rotate its log: {exc}"
+            )
 
     def _launched(self, at: float) -> None:
         self._history.append(at)

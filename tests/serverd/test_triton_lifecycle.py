@@ -149,6 +149,44 @@ def test_a_triton_that_dies_while_its_files_cannot_be_written_comes_back_when_th
         supervisor.stop()
 
 
+def test_a_running_triton_s_log_is_kept_within_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Triton run with ``--log-verbose`` grew its log until its next start; now the
+    watcher moves it to ``.log.1`` and empties it in place while Triton runs on, whose
+    next lines land at the start of the emptied file (not after a hole of its old size)."""
+    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 64 * 1024)
+    monkeypatch.setattr(supervisor, "LOG_CHECK_S", 0.1)
+    install = TritonInstall.locate(VENV)
+    echo = [TritonModelConfig(name="echo", backend="echo")]
+    repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
+    ports = TritonPorts.free()
+    process = TritonProcess(
+        install, repository, tmp_path, "local-0", ports, extra_args=["--log-verbose=1"]
+    )
+    watcher = TritonSupervisor(process, lambda _, up: None, poll_s=0.05)
+    watcher.start()
+    kept = tmp_path / "local-0.log.1"
+    url = f"{process.http_url}/v2/health/ready"
+    try:
+        pid = process.pid
+        wait_until("the verbose log to pass its size", lambda: _ok(url) and kept.exists(), 60)
+        assert kept.stat().st_size > 64 * 1024
+        assert kept.read_bytes().startswith(b"--- ")  # the whole log, from its first line
+        before = process.log_path.stat().st_size
+        wait_until(
+            "Triton to log on after the move",
+            lambda: _ok(url) and process.log_path.stat().st_size > before + 1024,
+            30,
+        )
+        head = process.log_path.read_bytes()[:64]
+        assert head and b"\0" not in head and head[:1] in b"IWE"
+        assert process.log_path.stat().st_size < 64 * 1024 + 8192
+        assert process.pid == pid and process.ready() and watcher.restart_count == 0
+    finally:
+        watcher.stop()
+
+
 def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> None:
     """The entry point of the edgefed-serverd-triton image: Triton in serverd's place (same
     pid, so SIGTERM reaches it), serving the echo model of our python-based backends."""
