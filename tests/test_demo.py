@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.support.paths import REPO
 
 
-def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> None:
+def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
     proc = subprocess.run(
         [
             sys.executable,
@@ -19,6 +21,8 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
             "--no-browser",
             "--port",
             "0",
+            "--state-dir",
+            str(state),
         ],
         capture_output=True,
         text=True,
@@ -29,7 +33,7 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     assert "dashboard:  http://127.0.0.1:" in proc.stdout
     # the private broker runs TLS with per-client identities and refuses a certificate-less client
     assert "no certificate: refused" in proc.stdout
-    summary = json.loads((REPO / "var/demo/summary.json").read_text())
+    summary = json.loads((state / "summary.json").read_text())
     assert summary["frames_completed"] > 20
     assert {"person", "pose", "scene"} <= set(summary["detections"])
     decisions = summary["offload"]["decisions"]
@@ -40,7 +44,7 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     # edged starts once serverd is online: no job is lost to a broker without subscribers
     assert jobs["Expired"] == 0 and jobs["Failed"] == 0, jobs
     # the server's results reach the results file, one offload_result line per closed job
-    lines = (REPO / "var/demo/results.jsonl").read_text().splitlines()
+    lines = (state / "results.jsonl").read_text().splitlines()
     offloaded = [r for r in map(json.loads, lines) if r.get("type") == "offload_result"]
     answered = [r for r in offloaded if r["status"] == "Exit"]
     assert len(answered) == jobs["Exit"], (len(answered), jobs)
@@ -48,3 +52,18 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: object) -> No
     assert all(isinstance(r["result"], list) for r in answered)
     assert {r["model"] for r in answered} <= {"person", "text"}
     assert summary["offload_results"]["Exit"] == jobs["Exit"]
+
+
+def test_the_demo_empties_no_directory_it_did_not_make(tmp_path: Path) -> None:
+    """``--state-dir`` pointed at someone's files by mistake: one clear line, nothing gone."""
+    (tmp_path / "notes.txt").write_text("keep me")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "packaging/dev/demo.py"), "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert "not a demo state dir" in proc.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -6,8 +6,9 @@ server-only text detector to serverd, and serves its dashboard. The broker runs 
 (docs/security.md): TLS with a client certificate per identity (edged's common name is
 its device id, serverd's ``serverd``) and the EdgeFed ACL; a client without a certificate
 is refused, which the demo checks before it starts the daemons. Each server result is an
-``offload_result`` line of var/demo/results.jsonl. Ctrl-C (or --duration)
-stops everything and prints a summary. Logs and state go to var/demo/.
+``offload_result`` line of results.jsonl in the state dir. Ctrl-C (or --duration)
+stops everything and prints a summary. Logs and state go to the state dir (var/demo/ in
+the checkout unless ``--state-dir`` says otherwise), emptied at each start.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from edgefed.wire import Topics
 
 REPO = Path(__file__).resolve().parents[2]
 
-STATE = REPO / "var" / "demo"
+STATE = REPO / "var" / "demo"  # the default state dir
+MARK = ".edgefed-demo"  # in a state dir the demo made: the only kind it empties
 BIN = REPO / ".venv" / "bin"
 KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
 SERVER_ID = "demo-server"
@@ -83,11 +85,11 @@ def anonymous_refused(broker: Broker) -> bool:
         quiet.setLevel(level)
 
 
-def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
+def write_configs(state: Path, broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
     images = {"dir": str(REPO / "firmware-images/build"), "trusted_keys": [KEY]}
     serverd = {
         "server_id": SERVER_ID,
-        "state_dir": str(STATE / "serverd"),
+        "state_dir": str(state / "serverd"),
         "mqtt": mqtt_section(broker, "serverd", "demo-serverd"),
         "api": {"port": 0},  # serverd's API on a free loopback port (its log names it)
         "images": images,
@@ -102,7 +104,7 @@ def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path
     }
     edged: dict[str, Any] = yaml.safe_load((REPO / "packaging/dev/demo-edged.yaml").read_text())
     edged |= {
-        "state_dir": str(STATE / "edged"),
+        "state_dir": str(state / "edged"),
         "images": images,
         "mqtt": mqtt_section(broker, DEVICE_ID, "demo-edged"),
         "api": {"port": api_port, "token": token},
@@ -112,11 +114,11 @@ def write_configs(broker: Broker, api_port: int, token: str) -> tuple[Path, Path
             "policy": {"policy": "hard_example", "hard_example": {"threshold": 0.75}},
             "models": ["person"],
             "remote_models": [{"name": "text", "every_n": 20}],
-            "outbox": {"path": str(STATE / "edged" / "outbox.sqlite")},
+            "outbox": {"path": str(state / "edged" / "outbox.sqlite")},
         },
     }
-    edged["output"]["results"] = str(STATE / "results.jsonl")
-    paths = STATE / "serverd.yaml", STATE / "edged.yaml"
+    edged["output"]["results"] = str(state / "results.jsonl")
+    paths = state / "serverd.yaml", state / "edged.yaml"
     for path, data in zip(paths, (serverd, edged), strict=True):
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return paths
@@ -127,11 +129,11 @@ def get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+def wait_ready(state: Path, url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"edged exited with {proc.returncode}; see {STATE / 'edged.log'}")
+            raise SystemExit(f"edged exited with {proc.returncode}; see {state / 'edged.log'}")
         try:
             get_json(f"{url}/healthz")
             return
@@ -141,7 +143,11 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> N
 
 
 def wait_online(
-    broker: Broker, server_id: str, proc: subprocess.Popen[str], stopped: Callable[[], bool]
+    state: Path,
+    broker: Broker,
+    server_id: str,
+    proc: subprocess.Popen[str],
+    stopped: Callable[[], bool],
 ) -> None:
     """Until serverd announces itself online (its Triton up, its subscriptions in place):
     a request published before then would find no subscriber on this fresh broker."""
@@ -154,9 +160,9 @@ def wait_online(
                 watcher.next("online", timeout=0.5)
                 return
             if proc.poll() is not None:
-                raise SystemExit(f"serverd exited with {proc.returncode}; see {STATE}/serverd.log")
+                raise SystemExit(f"serverd exited with {proc.returncode}; see {state}/serverd.log")
             if time.monotonic() > deadline:
-                raise SystemExit(f"serverd did not come online; see {STATE}/serverd.log")
+                raise SystemExit(f"serverd did not come online; see {state}/serverd.log")
     finally:
         watcher.stop()
 
@@ -175,14 +181,34 @@ def status_line(url: str) -> str:
     )
 
 
+def fresh_state_dir(state: Path) -> None:
+    """Empty ``state`` for this run: the default, or a dir the demo made (its mark inside),
+    never a directory of someone else's that ``--state-dir`` was pointed at by mistake."""
+    ours = state == STATE or (state / MARK).exists()
+    if not ours and state.exists() and any(state.iterdir()):
+        raise SystemExit(
+            f"{state} is not empty and not a demo state dir (no {MARK} in it): "
+            "choose another --state-dir"
+        )
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    (state / MARK).touch()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=0, help="seconds to run (0: Ctrl-C)")
     parser.add_argument("--port", type=int, default=8080, help="dashboard port (if free)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=STATE,
+        help=f"logs, state and results (default {STATE}); emptied at start",
+    )
     args = parser.parse_args()
-    shutil.rmtree(STATE, ignore_errors=True)
-    STATE.mkdir(parents=True)
+    state = args.state_dir.resolve()
+    fresh_state_dir(state)
     token = secrets.token_urlsafe(16)
     stop = False
 
@@ -192,15 +218,15 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with Broker(STATE / "broker", tls=True, identities=IDENTITIES) as broker:
+    with Broker(state / "broker", tls=True, identities=IDENTITIES) as broker:
         if not anonymous_refused(broker):
             raise SystemExit("the demo broker accepted a client without a certificate")
         print("broker: TLS, one certificate per identity, EdgeFed ACL; no certificate: refused")
-        serverd_yaml, edged_yaml = write_configs(broker, free_port(args.port), token)
+        serverd_yaml, edged_yaml = write_configs(state, broker, free_port(args.port), token)
         port = yaml.safe_load(edged_yaml.read_text())["api"]["port"]
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with (STATE / "serverd.log").open("w") as slog, (STATE / "edged.log").open("w") as elog:
+        with (state / "serverd.log").open("w") as slog, (state / "edged.log").open("w") as elog:
             serverd = subprocess.Popen(
                 [str(BIN / "serverd"), "run", "-c", str(serverd_yaml)],
                 cwd=REPO,
@@ -212,7 +238,7 @@ def main() -> int:
             edged: subprocess.Popen[str] | None = None
             try:
                 print("starting serverd and its Triton ...", flush=True)
-                wait_online(broker, SERVER_ID, serverd, lambda: stop)
+                wait_online(state, broker, SERVER_ID, serverd, lambda: stop)
                 if stop:
                     raise SystemExit("stopped before edged started")
                 edged = subprocess.Popen(
@@ -223,13 +249,13 @@ def main() -> int:
                     text=True,
                     env=env,
                 )
-                wait_ready(url, edged)
+                wait_ready(state, url, edged)
                 print(f"EdgeFed demo running (broker 127.0.0.1:{broker.port})")
                 print(f"  dashboard:  {url}/")
                 print(f"  status:     {url}/api/v1/status   metrics: {url}/metrics")
                 print(f"  API token:  {token}   (PUT {url}/api/v1/config)")
                 print(
-                    f"  logs:       {STATE}/edged.log, serverd.log; results {STATE}/results.jsonl"
+                    f"  logs:       {state}/edged.log, serverd.log; results {state}/results.jsonl"
                 )
                 print("  stop with Ctrl-C", flush=True)
                 if not args.no_browser and os.environ.get("DISPLAY"):
@@ -250,7 +276,7 @@ def main() -> int:
                 out = edged.communicate(timeout=30)[0] if edged is not None else ""
                 serverd.wait(timeout=30)
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    (STATE / "summary.json").write_text(json.dumps(summary, indent=2))
+    (state / "summary.json").write_text(json.dumps(summary, indent=2))
     offload = summary.get("offload", {})
     print("\nsummary")
     print(f"  frames processed: {summary.get('frames_completed')}")
