@@ -146,17 +146,12 @@ class ServerdApp:
             cfg.images.allow_unsigned,
         )
         out = []
+        verbose = [f"--log-verbose={cfg.triton.log_verbose}"]
         for i in range(cfg.triton.instances):
             base = cfg.triton.base_port
             ports = TritonPorts.free() if base is None else TritonPorts.at(base + 3 * i)
             process = TritonProcess(
-                install,
-                repository,
-                work,
-                f"local-{i}",
-                ports,
-                cfg.triton.ready_timeout_s,
-                extra_args=[f"--log-verbose={cfg.triton.log_verbose}"],
+                install, repository, work, f"local-{i}", ports, cfg.triton.ready_timeout_s, verbose
             )
             out.append(
                 TritonSupervisor(

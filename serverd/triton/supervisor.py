@@ -277,12 +277,10 @@ class TritonProcess:
         self.pid_path.unlink(missing_ok=True)
 
     def rotate_log(self) -> bool:
-        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1`` (the one before goes);
-        True when it did. Before a start it is renamed. While Triton runs it is copied and
-        emptied in place instead: Triton and its stubs keep writing to the file they
-        opened, and as they opened it to append, their next line lands at the start of the
-        emptied file (a line written between the copy and the emptying is lost:
-        logrotate's ``copytruncate`` trade)."""
+        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1``; True when it did. Renamed
+        before a start; while Triton runs, copied and emptied in place (its writers append:
+        their next line lands at the start; one written in between is lost, as with
+        logrotate's ``copytruncate``)."""
         kept = self.log_path.with_suffix(".log.1")
         try:
             if self.log_path.stat().st_size <= LOG_MAX_BYTES:
@@ -290,12 +288,7 @@ class TritonProcess:
             if self.poll() is not None:
                 os.replace(self.log_path, kept)
                 return True
-            partial = self.log_path.with_suffix(".log.1.partial")
-            try:
-                shutil.copyfile(self.log_path, partial)
-                os.replace(partial, kept)
-            finally:
-                partial.unlink(missing_ok=True)
+            shutil.copyfile(self.log_path, kept)  # emptied only once the copy is whole
             os.truncate(self.log_path, 0)
         except FileNotFoundError:
             return False
@@ -433,8 +426,7 @@ class TritonSupervisor:
         return False
 
     def _rotate_log(self) -> None:
-        """Keep a running Triton's log within its size (``--log-verbose`` fills it fast);
-        a disk that refuses the copy is logged, never the end of the watcher."""
+        """A running Triton's log kept within its size; a refusing disk is logged."""
         try:
             if self.process.rotate_log():
                 log.info("Triton %s: log past its size, kept in .log.1", self.process.name)
