@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edgefed import certs
 from edgefed.clock import now_ms
@@ -308,23 +309,32 @@ def test_the_brokers_and_the_docs_use_the_files_edged_certs_init_writes(tmp_path
             assert used == shipped()[option], f"{doc.name}: {option} {used}"
 
 
-def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Path) -> None:
-    """The KubeEdge manifests' broker, as its ConfigMap configures it (ports and paths
-    substituted, two nodes' bridge blocks added as docs/kubeedge.md says, their device ids
-    edgefed/<node>): serverd, anonymous on the in-cluster listener, reads the requests; a
-    bridge publishes and reads its own node's only, and one without a block nothing of
-    the offload (with no ACL, any certificate from the CA could read every reply and
-    forge any)."""
-    config_map = the("ConfigMap", "edgefed-mqtt-config")["data"]
-    assert config_map["edgefed.acl"] == render_acl(server=None)
-    nodes = {"edgefed-bridge-node1": "edgefed/node1", "edgefed-bridge-node2": "edgefed/node2"}
-    tls = make_tls_files(tmp_path / "tls")
-    outside, inside = free_ports(2)
-    broker = Broker(tmp_path / "broker", port=outside)
-    acl = tmp_path / "edgefed.acl"
-    acl.write_text(
-        config_map["edgefed.acl"] + "".join(_bridge_block(b, ns) for b, ns in nodes.items())
+def generate_nodes(out: Path, nodes: list[str], broker: str, tls: Path) -> None:
+    """``packaging/kubeedge/nodes.py`` as a site runs it, its bridge certificates issued
+    from the test CA and read by the bridges from that directory."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "packaging/kubeedge/nodes.py"),
+            f"--out={out}",
+            f"--broker={broker}",
+            f"--tls={tls}",
+            f"--tls-dir={tls}",
+            *nodes,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
+
+
+def cluster_broker(tmp_path: Path, acl: str, tls: TlsFiles, outside: int, inside: int) -> Broker:
+    """The KubeEdge manifests' broker as its ConfigMap configures it (ports and paths
+    substituted) with ``acl``: bridges on ``outside``, in-cluster clients on ``inside``."""
+    config_map = the("ConfigMap", "edgefed-mqtt-config")["data"]
+    broker = Broker(tmp_path / "cluster-broker", port=outside)
+    acl_file = tmp_path / "edgefed.acl"
+    acl_file.write_text(acl)
     text = config_map["mosquitto.conf"]
     text = _sub(r"^\s*listener 1883 0\.0\.0\.0$", f"listener {inside} 127.0.0.1", text)
     text = _sub(r"^\s*listener 8883 0\.0\.0\.0$", f"listener {broker.port} 127.0.0.1", text)
@@ -333,8 +343,30 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
     text = _sub(r"^\s*cafile .*$", f"cafile {tls.ca}", text)
     text = _sub(r"^\s*certfile .*$", f"certfile {tls.server_cert}", text)
     text = _sub(r"^\s*keyfile .*$", f"keyfile {tls.server_key}", text)
-    text = _sub(r"^\s*acl_file .*$", f"acl_file {acl}", text)
+    text = _sub(r"^\s*acl_file .*$", f"acl_file {acl_file}", text)
     broker.config_path.write_text(_without_listener(broker.config_path.read_text()) + text)
+    return broker
+
+
+def generated_acl(out: Path) -> str:
+    """The ACL of the overlay's ConfigMap patch (what the cluster broker runs with)."""
+    (patch,) = yaml.safe_load_all((out / "broker-acl.yaml").read_text())
+    assert patch["kind"] == "ConfigMap" and patch["metadata"]["name"] == "edgefed-mqtt-config"
+    acl: str = patch["data"]["edgefed.acl"]
+    return acl
+
+
+def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Path) -> None:
+    """The KubeEdge manifests' broker with the ACL ``packaging/kubeedge/nodes.py`` writes
+    for two nodes (device ids edgefed/<node>): serverd, anonymous on the in-cluster
+    listener, reads the requests; a bridge publishes and reads its own node's only, and
+    one without a block nothing of the offload (with no ACL, any certificate from the CA
+    could read every reply and forge any)."""
+    assert the("ConfigMap", "edgefed-mqtt-config")["data"]["edgefed.acl"] == render_acl(server=None)
+    tls = make_tls_files(tmp_path / "tls")
+    generate_nodes(tmp_path / "site", ["node1", "node2"], "127.0.0.1:8883", tls.ca.parent)
+    outside, inside = free_ports(2)
+    broker = cluster_broker(tmp_path, generated_acl(tmp_path / "site"), tls, outside, inside)
     topics = Topics()
     requests: queue.Queue[bytes] = queue.Queue()
     replies: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -343,15 +375,19 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
         serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
         serverd.start()
         assert serverd.wait_connected(10)  # with its subscription confirmed
+        identities = ("edgefed-bridge-node1", "edgefed-bridge-node2", "edgefed-bridge-unlisted")
+        issued = {name: tls.ca.parent / name for name in identities[:2]}  # by nodes.py
         bridges = {
             name: client(
                 broker,
                 name,
                 tls,
-                certs.issue(tls.ca.parent, name, days=1),
+                certs.Issued(issued[name].with_suffix(".pem"), issued[name].with_suffix(".key"))
+                if name in issued
+                else certs.issue(tls.ca.parent, name, days=1),
                 {"edgefed/offload/#": lambda t, p, n=name: replies.put((n, p))},
             )
-            for name in (*nodes, "edgefed-bridge-unlisted")
+            for name in identities
         }
         try:
             node1, node2 = bridges["edgefed-bridge-node1"], bridges["edgefed-bridge-node2"]
@@ -371,7 +407,51 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
                 bridge.stop()
 
 
-def _bridge_block(bridge: str, namespace: str) -> str:
-    """What render_acl gives one bridge (the block a site adds per edge node)."""
-    text = render_acl(bridges={bridge: namespace})
-    return text[text.index(f"user {bridge}\n") :]
+def test_a_node_s_generated_bridge_carries_its_device_s_jobs_only(tmp_path: Path) -> None:
+    """The overlay's ``bridges/node1.conf`` on a node's own broker, the cluster broker with
+    the overlay's ACL: node1's device gets its reply across the bridge; a job published on
+    that node's broker under node2's device id, each time just before node1's on the same
+    connection, never reaches the cluster."""
+    tls = make_tls_files(tmp_path / "tls")
+    site = tmp_path / "site"
+    outside, inside = free_ports(2)
+    generate_nodes(site, ["node1", "node2"], f"127.0.0.1:{outside}", tls.ca.parent)
+    cluster = cluster_broker(tmp_path, generated_acl(site), tls, outside, inside)
+    edge = Broker(tmp_path / "edge")
+    edge.config_path.write_text(
+        edge.config_path.read_text() + (site / "bridges" / "node1.conf").read_text()
+    )
+    topics = Topics()
+    requests: queue.Queue[bytes] = queue.Queue()
+    replies: queue.Queue[bytes] = queue.Queue()
+    with cluster, edge:
+        serverd = MqttClient(MqttConfig(host="127.0.0.1", port=inside, client_id="serverd"))
+        serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
+        serverd.start()
+        reply_topic = topics.reply("edgefed/node1")
+        device = client(
+            edge, "node1-edged", subscriptions={reply_topic: lambda t, p: replies.put(p)}
+        )
+        try:
+            assert serverd.wait_connected(10)
+            deadline = time.monotonic() + 30
+            while requests.empty() and time.monotonic() < deadline:
+                device.publish(topics.request("edgefed/node2"), b"forged")
+                device.publish(topics.request("edgefed/node1"), b"job").wait(5)
+                time.sleep(0.2)
+            assert not requests.empty(), "the bridge did not carry node1's job in 30 s"
+            assert requests.get() == b"job"  # node2's, published just before, was refused
+            serverd.publish(reply_topic, b"answer").wait(5)
+            assert replies.get(timeout=10) == b"answer"
+            time.sleep(0.5)
+            assert set(_drain(requests)) <= {b"job"}
+        finally:
+            device.stop()
+            serverd.stop()
+
+
+def _drain(q: queue.Queue[bytes]) -> list[bytes]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out

@@ -1,0 +1,173 @@
+"""packaging/kubeedge/nodes.py: the per-node objects of a fleet from one command.
+
+The overlay it writes holds, per node, the Device and Rules the base holds for its example
+node (valid against the KubeEdge CRD schemas, routing the topics that node's edged
+publishes), the broker's ACL with every node's bridge, each node's bridge config and its
+certificate; ``kubectl kustomize`` (where kubectl is installed) builds it into the base's
+objects without the example node. The ACL and bridge configs on real brokers:
+tests/packaging/test_mosquitto_bridge.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edged.eventbus import DEFAULT_PREFIX, event_topics
+from edgefed import certs
+from edgefed.mqtt.acl import render_acl
+from edgefed.testing.broker import make_tls_files
+from tests.packaging.test_kubeedge_manifests import DOCS, NAMESPACE, all_of, the
+from tests.packaging.test_kubeedge_schemas import crd_errors
+from tests.support.paths import REPO
+
+SCRIPT = REPO / "packaging" / "kubeedge" / "nodes.py"
+EXAMPLE = "edge-node-1"
+NODES = ["cam-north", "cam-south.site-2"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("nodes")
+    make_tls_files(tmp / "tls")
+    out = tmp / "site"
+    done = run(f"--out={out}", "--broker=mqtt.example.com:8883", f"--tls={tmp / 'tls'}", *NODES)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_each_node_gets_the_example_s_device_and_rules(site: Path) -> None:
+    docs = load(site / "nodes.yaml")
+    assert [e for d in docs for e in crd_errors(d)] == []
+    example = the("Device", EXAMPLE)
+    for node in NODES:
+        (device,) = [d for d in docs if d["kind"] == "Device" and d["metadata"]["name"] == node]
+        assert device["spec"]["nodeName"] == node
+        assert device["spec"]["properties"] == example["spec"]["properties"]
+        topics = event_topics(DEFAULT_PREFIX, f"{NAMESPACE}/{node}")
+        rules = [
+            d
+            for d in docs
+            if d["kind"] == "Rule" and d["spec"]["sourceResource"]["node_name"] == node
+        ]
+        routed = {
+            f"{r['metadata']['namespace']}/{r['spec']['sourceResource']['topic']}" for r in rules
+        }
+        assert routed == {topics.frame, topics.stats, topics.twin}
+        assert all(r["metadata"]["labels"]["edgefed.io/node"] == node for r in rules)
+        for rule in rules:  # the same endpoints and targets as the example's
+            example_rule = the("Rule", rule["metadata"]["name"].replace(node, EXAMPLE))
+            assert rule["spec"]["targetResource"] == example_rule["spec"]["targetResource"]
+            assert (rule["spec"]["source"], rule["spec"]["target"]) == (
+                example_rule["spec"]["source"],
+                example_rule["spec"]["target"],
+            )
+    assert len(docs) == len(NODES) * (1 + len(all_of("Rule")))
+    assert all(EXAMPLE not in yaml.safe_dump(d) for d in docs)
+
+
+def test_the_broker_acl_has_every_node_s_bridge_and_each_bridge_its_node(site: Path) -> None:
+    (patch,) = load(site / "broker-acl.yaml")
+    bridges = {f"edgefed-bridge-{n}": f"edgefed/{n}" for n in NODES}
+    assert patch["data"] == {"edgefed.acl": render_acl(server=None, bridges=bridges)}
+    for node in NODES:
+        conf = (site / "bridges" / f"{node}.conf").read_text()
+        lines = set(conf.splitlines())
+        assert "address mqtt.example.com:8883" in lines
+        assert f"remote_clientid edgefed-bridge-{node}" in lines
+        assert f"bridge_certfile /etc/edgefed/tls/edgefed-bridge-{node}.pem" in lines
+        assert f"bridge_keyfile /etc/edgefed/tls/edgefed-bridge-{node}.key" in lines
+        assert "bridge_cafile /etc/edgefed/tls/ca.pem" in lines
+
+
+def test_bridge_certificates_are_issued_once(site: Path) -> None:
+    tls = site.parent / "tls"
+    for node in NODES:
+        assert certs.common_name(tls / f"edgefed-bridge-{node}.pem") == f"edgefed-bridge-{node}"
+    before = (tls / f"edgefed-bridge-{NODES[0]}.pem").read_bytes()
+    again = run(f"--out={site}", "--broker=mqtt.example.com:8883", f"--tls={tls}", *NODES)
+    assert again.returncode == 0, again.stderr
+    assert f"kept {tls}/edgefed-bridge-{NODES[0]}.pem" in again.stdout
+    assert (tls / f"edgefed-bridge-{NODES[0]}.pem").read_bytes() == before
+
+
+def test_nodes_that_go_leave_no_bridge_behind(tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    assert run(f"--out={out}", "--broker=h:8883", "a", "b").returncode == 0
+    assert run(f"--out={out}", "--broker=h:8883", "a").returncode == 0
+    assert sorted(p.name for p in (out / "bridges").iterdir()) == ["a.conf"]
+    assert "edgefed-bridge-b" not in (out / "broker-acl.yaml").read_text()
+    assert [d["metadata"]["name"] for d in load(out / "nodes.yaml") if d["kind"] == "Device"] == [
+        "a"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--broker=h:8883", "Node_1"], "node 'Node_1'"),
+        (["--broker=h:8883", "n" * 49], "at most 48 characters"),
+        (["--broker=h:8883", "a", "a"], "named twice"),
+        (["--broker=h", "a"], "expected HOST:PORT"),
+        (["--broker=h:99999", "a"], "expected HOST:PORT"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    done = run(f"--out={tmp_path / 'site'}", *args)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert said in line
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_base_itself_is_never_overwritten() -> None:
+    before = (SCRIPT.parent / "kustomization.yaml").read_bytes()
+    done = run(f"--out={SCRIPT.parent}", "--broker=h:8883", "a")
+    assert done.returncode == 2 and "the base itself" in done.stderr
+    assert (SCRIPT.parent / "kustomization.yaml").read_bytes() == before
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_base_with_the_fleet_s_nodes(site: Path) -> None:
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(site)], capture_output=True, text=True, timeout=60, check=True
+    )
+    objects = [d for d in yaml.safe_load_all(built.stdout) if d]
+    names = {(d["kind"], d["metadata"]["name"]) for d in objects}
+    example = {(d["kind"], d["metadata"]["name"]) for d in DOCS if EXAMPLE in d["metadata"]["name"]}
+    per_node = {(d["kind"], d["metadata"]["name"]) for d in load(site / "nodes.yaml")}
+    base = {(d["kind"], d["metadata"]["name"]) for d in DOCS}
+    assert names == (base - example) | per_node
+    config = next(d for d in objects if d["metadata"]["name"] == "edgefed-mqtt-config")
+    assert (
+        config["data"]["mosquitto.conf"]
+        == the("ConfigMap", "edgefed-mqtt-config")["data"]["mosquitto.conf"]
+    )
+    assert "user edgefed-bridge-cam-north" in config["data"]["edgefed.acl"]
+
+
+def test_an_overlay_that_keeps_the_example_node_builds_too(tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    assert run(f"--out={out}", "--broker=h:8883", EXAMPLE, "b").returncode == 0
+    kustomization = load(out / "kustomization.yaml")[0]
+    assert [p for p in kustomization["patches"] if "patch" in p] == []  # nothing removed
+    devices = [d["metadata"]["name"] for d in load(out / "nodes.yaml") if d["kind"] == "Device"]
+    assert devices == ["b"]  # the base's own Device is edge-node-1's
