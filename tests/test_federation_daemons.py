@@ -318,10 +318,14 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     rounds = json.loads(history.stdout)["rounds"]
     assert [r["version"] for r in rounds] == list(range(2, ROUNDS + 2))
     assert all(r["accepted"] == EDGES for r in rounds)
+    adopted = f"{EDGES[0]} v{ROUNDS + 1} adopted"  # the edge's report reaches serverd after
+    wait_until(
+        "serverd to hear the adoption", lambda: adopted in fleet.serverd_cli("status").stdout, 30
+    )
     status = fleet.serverd_cli("status")
     assert status.returncode == 0, status.stderr
     assert f"digits: v{ROUNDS + 1} idle, round {ROUNDS}, {ROUNDS} done, 0 failed" in status.stdout
-    assert f"{EDGES[0]} v{ROUNDS + 1} adopted" in status.stdout
+    assert adopted in status.stdout
     for data, rounds in ((fleet.data, ROUNDS), (fleet.person, PERSON_ROUNDS)):
         params = _published_params(fleet, rounds + 1, data.name)
         federated = accuracy(params, *data.test)
