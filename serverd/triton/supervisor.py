@@ -279,8 +279,7 @@ class TritonProcess:
     def rotate_log(self) -> bool:
         """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1``; True when it did. Renamed
         before a start; while Triton runs, copied and emptied in place (its writers append:
-        their next line lands at the start; one written in between is lost, as with
-        logrotate's ``copytruncate``)."""
+        their next line lands at the start; logrotate's ``copytruncate``)."""
         kept = self.log_path.with_suffix(".log.1")
         try:
             if self.log_path.stat().st_size <= LOG_MAX_BYTES:
@@ -288,8 +287,13 @@ class TritonProcess:
             if self.poll() is not None:
                 os.replace(self.log_path, kept)
                 return True
-            shutil.copyfile(self.log_path, kept)  # emptied only once the copy is whole
-            os.truncate(self.log_path, 0)
+            partial = kept.with_suffix(".1.partial")
+            try:  # the old .log.1 is kept until the new copy is whole
+                shutil.copyfile(self.log_path, partial)
+                os.replace(partial, kept)
+            finally:  # a full disk: the log is emptied all the same, the disk matters more
+                partial.unlink(missing_ok=True)
+                os.truncate(self.log_path, 0)
         except FileNotFoundError:
             return False
         return True

@@ -155,7 +155,7 @@ def test_a_running_triton_s_log_is_kept_within_its_size(
     """A Triton run with ``--log-verbose`` grew its log until its next start; now the
     watcher moves it to ``.log.1`` and empties it in place while Triton runs on, whose
     next lines land at the start of the emptied file (not after a hole of its old size)."""
-    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 64 * 1024)
+    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 16 * 1024)  # start-up alone logs ~19 KB
     monkeypatch.setattr(supervisor, "LOG_CHECK_S", 0.1)
     install = TritonInstall.locate(VENV)
     echo = [TritonModelConfig(name="echo", backend="echo")]
@@ -171,7 +171,7 @@ def test_a_running_triton_s_log_is_kept_within_its_size(
     try:
         pid = process.pid
         wait_until("the verbose log to pass its size", lambda: _ok(url) and kept.exists(), 60)
-        assert kept.stat().st_size > 64 * 1024
+        assert kept.stat().st_size > 16 * 1024
         assert kept.read_bytes().startswith(b"--- ")  # the whole log, from its first line
         before = process.log_path.stat().st_size
         wait_until(
@@ -181,10 +181,28 @@ def test_a_running_triton_s_log_is_kept_within_its_size(
         )
         head = process.log_path.read_bytes()[:64]
         assert head and b"\0" not in head and head[:1] in b"IWE"
-        assert process.log_path.stat().st_size < 64 * 1024 + 8192
+        assert process.log_path.stat().st_size < 16 * 1024 + 8192
         assert process.pid == pid and process.ready() and watcher.restart_count == 0
     finally:
         watcher.stop()
+
+
+def test_a_running_triton_s_log_that_cannot_be_kept_is_emptied_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``.log.1`` cannot be written (a full disk; here a directory in its place) the
+    log is still emptied: the disk matters more than the old lines."""
+    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 1024)
+    process = TritonProcess(
+        TritonInstall.locate(VENV), tmp_path / "models", tmp_path, "local-0", TritonPorts.free()
+    )
+    monkeypatch.setattr(process, "poll", lambda: None)  # as while Triton runs
+    process.log_path.write_bytes(b"x" * 4096)
+    (tmp_path / "local-0.log.1").mkdir()
+    with pytest.raises(OSError):
+        process.rotate_log()
+    assert process.log_path.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local-0.log", "local-0.log.1"]
 
 
 def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> None:
