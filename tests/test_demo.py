@@ -58,7 +58,14 @@ def test_the_demo_empties_no_directory_it_did_not_make(tmp_path: Path) -> None:
     """``--state-dir`` pointed at someone's files by mistake: one clear line, nothing gone."""
     (tmp_path / "notes.txt").write_text("keep me")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "packaging/dev/demo.py"), "--state-dir", str(tmp_path)],
+        [
+            sys.executable,
+            str(REPO / "packaging/dev/demo.py"),
+            "--duration=1",
+            "--no-browser",
+            "--port=0",
+            f"--state-dir={tmp_path}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

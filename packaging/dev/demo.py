@@ -182,16 +182,23 @@ def status_line(url: str) -> str:
 
 
 def fresh_state_dir(state: Path) -> None:
-    """Empty ``state`` for this run: the default, or a dir the demo made (its mark inside),
-    never a directory of someone else's that ``--state-dir`` was pointed at by mistake."""
+    """Empty ``state`` for this run: the default, a dir the demo made (its mark inside) or
+    an empty one; never a directory of someone else's that ``--state-dir`` was pointed at
+    by mistake. Its contents go, not the directory (it may be a mount point)."""
+    if state.exists() and not state.is_dir():
+        raise SystemExit(f"--state-dir {state} is not a directory")
     ours = state == STATE or (state / MARK).exists()
     if not ours and state.exists() and any(state.iterdir()):
         raise SystemExit(
             f"{state} is not empty and not a demo state dir (no {MARK} in it): "
             "choose another --state-dir"
         )
-    shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    state.mkdir(parents=True, exist_ok=True)
+    for entry in state.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     (state / MARK).touch()
 
 
