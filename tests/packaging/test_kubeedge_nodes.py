@@ -1,11 +1,12 @@
 """packaging/kubeedge/nodes.py: the per-node objects of a fleet from one command.
 
-The overlay it writes holds, per node, the Device and Rules the base holds for its example
-node (valid against the KubeEdge CRD schemas, routing the topics that node's edged
-publishes), the broker's ACL with every node's bridge, each node's bridge config and its
-certificate; ``kubectl kustomize`` (where kubectl is installed) builds it into the base's
-objects without the example node. The ACL and bridge configs on real brokers:
-tests/packaging/test_mosquitto_bridge.py.
+The overlay it writes (``site/generated``) holds, per node, the Device and Rules the base
+holds for its example node (valid against the KubeEdge CRD schemas, routing the topics that
+node's edged publishes), the broker's ACL with every node's bridge, each node's bridge
+config and its certificate; ``kubectl kustomize`` (where kubectl is installed) builds the
+site into the base's objects without the example node. The site's own kustomization is
+written once and kept; nothing outside the script's own output is ever replaced. The ACL
+and bridge configs on real brokers: tests/packaging/test_mosquitto_bridge.py.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def generated(site: Path, name: str) -> Path:
+    return site / "generated" / name
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("nodes")
@@ -53,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_each_node_gets_the_example_s_device_and_rules(site: Path) -> None:
-    docs = load(site / "nodes.yaml")
+    docs = load(generated(site, "nodes.yaml"))
     assert [e for d in docs for e in crd_errors(d)] == []
     example = the("Device", EXAMPLE)
     for node in NODES:
@@ -83,11 +88,11 @@ def test_each_node_gets_the_example_s_device_and_rules(site: Path) -> None:
 
 
 def test_the_broker_acl_has_every_node_s_bridge_and_each_bridge_its_node(site: Path) -> None:
-    (patch,) = load(site / "broker-acl.yaml")
+    (patch,) = load(generated(site, "broker-acl.yaml"))
     bridges = {f"edgefed-bridge-{n}": f"edgefed/{n}" for n in NODES}
     assert patch["data"] == {"edgefed.acl": render_acl(server=None, bridges=bridges)}
     for node in NODES:
-        conf = (site / "bridges" / f"{node}.conf").read_text()
+        conf = generated(site, f"bridges/{node}.conf").read_text()
         lines = set(conf.splitlines())
         assert "address mqtt.example.com:8883" in lines
         assert f"remote_clientid edgefed-bridge-{node}" in lines
@@ -111,11 +116,10 @@ def test_nodes_that_go_leave_no_bridge_behind(tmp_path: Path) -> None:
     out = tmp_path / "site"
     assert run(f"--out={out}", "--broker=h:8883", "a", "b").returncode == 0
     assert run(f"--out={out}", "--broker=h:8883", "a").returncode == 0
-    assert sorted(p.name for p in (out / "bridges").iterdir()) == ["a.conf"]
-    assert "edgefed-bridge-b" not in (out / "broker-acl.yaml").read_text()
-    assert [d["metadata"]["name"] for d in load(out / "nodes.yaml") if d["kind"] == "Device"] == [
-        "a"
-    ]
+    assert sorted(p.name for p in generated(out, "bridges").iterdir()) == ["a.conf"]
+    assert "edgefed-bridge-b" not in generated(out, "broker-acl.yaml").read_text()
+    devices = load(generated(out, "nodes.yaml"))
+    assert [d["metadata"]["name"] for d in devices if d["kind"] == "Device"] == ["a"]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +130,8 @@ def test_nodes_that_go_leave_no_bridge_behind(tmp_path: Path) -> None:
         (["--broker=h:8883", "a", "a"], "named twice"),
         (["--broker=h", "a"], "expected HOST:PORT"),
         (["--broker=h:99999", "a"], "expected HOST:PORT"),
+        (["--broker=a b:8883", "a"], "expected HOST:PORT"),
+        (["--broker=h:8883", "--tls-dir=etc/tls", "a"], "an absolute path"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(
@@ -138,11 +144,47 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     assert not (tmp_path / "site").exists()
 
 
-def test_the_base_itself_is_never_overwritten() -> None:
-    before = (SCRIPT.parent / "kustomization.yaml").read_bytes()
-    done = run(f"--out={SCRIPT.parent}", "--broker=h:8883", "a")
-    assert done.returncode == 2 and "the base itself" in done.stderr
-    assert (SCRIPT.parent / "kustomization.yaml").read_bytes() == before
+def test_the_site_s_own_kustomization_is_kept_and_nothing_else_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "kustomization.yaml").write_text("resources: [generated, camera-patch.yaml]\n")
+    (out / "notes.txt").write_text("mine")
+    done = run(f"--out={out}", "--broker=h:8883", "a")
+    assert done.returncode == 0, done.stderr
+    assert (out / "kustomization.yaml").read_text() == "resources: [generated, camera-patch.yaml]\n"
+    assert (out / "notes.txt").read_text() == "mine"
+    # a generated/ the script did not write is never replaced
+    other = tmp_path / "other"
+    (other / "generated").mkdir(parents=True)
+    (other / "generated" / "kustomization.yaml").write_text("resources: [x]\n")
+    refused = run(f"--out={other}", "--broker=h:8883", "a")
+    assert refused.returncode == 2 and "not this script's output" in refused.stderr
+    assert (other / "generated" / "kustomization.yaml").read_text() == "resources: [x]\n"
+
+
+def test_an_overlay_inside_the_base_is_refused(tmp_path: Path) -> None:
+    """On a copy of the script and its templates: were the guard broken, the checkout's
+    own manifests (which other tests read meanwhile) would be written."""
+    copy = tmp_path / "packaging"
+    shutil.copytree(SCRIPT.parent, copy / "kubeedge")
+    shutil.copytree(SCRIPT.parents[1] / "mosquitto", copy / "mosquitto")
+    before = {p.name: p.read_bytes() for p in (copy / "kubeedge").iterdir() if p.is_file()}
+    for out in (copy / "kubeedge", copy / "kubeedge" / "site"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(copy / "kubeedge" / "nodes.py"),
+                f"--out={out}",
+                "--broker=h:1",
+                "a",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and "is in the base" in done.stderr
+    after = {p.name: p.read_bytes() for p in (copy / "kubeedge").iterdir() if p.is_file()}
+    assert after == before and not (copy / "kubeedge" / "site").exists()
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -153,9 +195,14 @@ def test_kubectl_kustomize_builds_the_base_with_the_fleet_s_nodes(site: Path) ->
     objects = [d for d in yaml.safe_load_all(built.stdout) if d]
     names = {(d["kind"], d["metadata"]["name"]) for d in objects}
     example = {(d["kind"], d["metadata"]["name"]) for d in DOCS if EXAMPLE in d["metadata"]["name"]}
-    per_node = {(d["kind"], d["metadata"]["name"]) for d in load(site / "nodes.yaml")}
+    per_node = {(d["kind"], d["metadata"]["name"]) for d in load(generated(site, "nodes.yaml"))}
     base = {(d["kind"], d["metadata"]["name"]) for d in DOCS}
     assert names == (base - example) | per_node
+    assert all(
+        d["metadata"]["labels"]["edgefed.io/node"] in NODES
+        for d in objects
+        if d["kind"] in ("Device", "Rule")
+    )
     config = next(d for d in objects if d["metadata"]["name"] == "edgefed-mqtt-config")
     assert (
         config["data"]["mosquitto.conf"]
@@ -167,7 +214,33 @@ def test_kubectl_kustomize_builds_the_base_with_the_fleet_s_nodes(site: Path) ->
 def test_an_overlay_that_keeps_the_example_node_builds_too(tmp_path: Path) -> None:
     out = tmp_path / "site"
     assert run(f"--out={out}", "--broker=h:8883", EXAMPLE, "b").returncode == 0
-    kustomization = load(out / "kustomization.yaml")[0]
+    kustomization = load(generated(out, "kustomization.yaml"))[0]
     assert [p for p in kustomization["patches"] if "patch" in p] == []  # nothing removed
-    devices = [d["metadata"]["name"] for d in load(out / "nodes.yaml") if d["kind"] == "Device"]
+    nodes = load(generated(out, "nodes.yaml"))
+    devices = [d["metadata"]["name"] for d in nodes if d["kind"] == "Device"]
     assert devices == ["b"]  # the base's own Device is edge-node-1's
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_docs_per_node_patch_in_the_site_s_kustomization_applies(tmp_path: Path) -> None:
+    """docs/kubeedge.md's example: another target_fps on edge-node-2, in the site's own
+    kustomization, which re-runs of the command keep."""
+    docs = (REPO / "docs" / "kubeedge.md").read_text()
+    start = docs.index("```yaml\npatches:", docs.index("### 5. Per-node objects"))
+    example = docs[start + len("```yaml\n") : docs.index("```", start + 3)]
+    out = tmp_path / "site"
+    assert run(f"--out={out}", "--broker=h:8883", EXAMPLE, "edge-node-2").returncode == 0
+    with (out / "kustomization.yaml").open("a") as site:
+        site.write(example)
+    assert run(f"--out={out}", "--broker=h:8883", EXAMPLE, "edge-node-2").returncode == 0
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60, check=True
+    )
+    fps = {
+        d["metadata"]["name"]: next(
+            p["desired"]["value"] for p in d["spec"]["properties"] if p["name"] == "target_fps"
+        )
+        for d in yaml.safe_load_all(built.stdout)
+        if d and d["kind"] == "Device"
+    }
+    assert fps == {EXAMPLE: "10", "edge-node-2": "5"}

@@ -350,7 +350,7 @@ def cluster_broker(tmp_path: Path, acl: str, tls: TlsFiles, outside: int, inside
 
 def generated_acl(out: Path) -> str:
     """The ACL of the overlay's ConfigMap patch (what the cluster broker runs with)."""
-    (patch,) = yaml.safe_load_all((out / "broker-acl.yaml").read_text())
+    (patch,) = yaml.safe_load_all((out / "generated" / "broker-acl.yaml").read_text())
     assert patch["kind"] == "ConfigMap" and patch["metadata"]["name"] == "edgefed-mqtt-config"
     acl: str = patch["data"]["edgefed.acl"]
     return acl
@@ -408,10 +408,10 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
 
 
 def test_a_node_s_generated_bridge_carries_its_device_s_jobs_only(tmp_path: Path) -> None:
-    """The overlay's ``bridges/node1.conf`` on a node's own broker, the cluster broker with
-    the overlay's ACL: node1's device gets its reply across the bridge; a job published on
-    that node's broker under node2's device id, each time just before node1's on the same
-    connection, never reaches the cluster."""
+    """The overlay's ``generated/bridges/node1.conf`` on a node's own broker, the cluster
+    broker with the overlay's ACL: node1's device gets its reply across the bridge; a job
+    published on that node's broker under node2's device id, each time just before node1's
+    on the same connection, never reaches the cluster."""
     tls = make_tls_files(tmp_path / "tls")
     site = tmp_path / "site"
     outside, inside = free_ports(2)
@@ -419,7 +419,7 @@ def test_a_node_s_generated_bridge_carries_its_device_s_jobs_only(tmp_path: Path
     cluster = cluster_broker(tmp_path, generated_acl(site), tls, outside, inside)
     edge = Broker(tmp_path / "edge")
     edge.config_path.write_text(
-        edge.config_path.read_text() + (site / "bridges" / "node1.conf").read_text()
+        edge.config_path.read_text() + (site / "generated" / "bridges" / "node1.conf").read_text()
     )
     topics = Topics()
     requests: queue.Queue[bytes] = queue.Queue()
