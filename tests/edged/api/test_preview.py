@@ -61,7 +61,9 @@ def test_two_viewers_share_one_render_per_frame(daemon: Daemon) -> None:
     seen_a, seen_b = digests(a), digests(b)
     assert len(seen_a) == len(seen_b) == 8, "a viewer never gets the same frame twice"
     assert seen_a & seen_b, "both viewers were sent the same rendered frames"
-    assert renders <= len(seen_a | seen_b), "every render was for a frame some viewer received"
+    # every render was for a frame some viewer received, but for the one that may be under
+    # way as the viewers leave (the stream learns they left at its next write)
+    assert renders <= len(seen_a | seen_b) + 1
     # the cap: per camera and mask setting, renders are at least 1/fps apart
     assert renders <= elapsed * daemon.api.config.preview_fps + 1
     frame = decode(a[-1])
