@@ -77,6 +77,7 @@ def format_status(st: dict[str, Any]) -> str:
             for c in st["cameras"]
         ],
     )  # fmt: skip
+    out += [f"  {c['name']}: {c['last_error']}" for c in st["cameras"] if c.get("last_error")]
     out.append("")
     out += table(
         ["MODEL", "LOADED", "ENABLED", "DRIVER", "DEVICE", "P50ms", "P99ms", "RUNS", "ERR", "DROP"],

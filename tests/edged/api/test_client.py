@@ -52,6 +52,17 @@ def test_status_prints_when_a_links_client_certificate_ends(daemon: Daemon) -> N
     assert "certificate EXPIRED" in line and line.endswith(", plain up")
 
 
+def test_status_prints_why_a_camera_is_down(daemon: Daemon) -> None:
+    """As for models: the reason under the table, where the alerts' runbook sends a reader."""
+    status = fetch_status(daemon.url, 5.0)
+    camera = status["cameras"][0]
+    camera |= {"state": "reconnecting", "last_error": "RTSP 401 Unauthorized"}
+    lines = format_status(status).splitlines()
+    assert f"  {camera['name']}: RTSP 401 Unauthorized" in lines
+    camera["last_error"] = None
+    assert not any("Unauthorized" in line for line in format_status(status).splitlines())
+
+
 def test_status_json_is_the_api_document(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
