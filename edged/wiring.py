@@ -21,6 +21,7 @@ from edged.offload.client import OffloadClient, OutcomeListener
 from edged.offload.dispatch import OffloadDispatcher, SubmitListener
 from edged.offload.outbox import Outbox
 from edged.offload.records import OUTBOX_FILE
+from edged.offload.serverclock import ServerClock
 from edged.pipeline import Pipeline
 from edged.settings import RuntimeConfig, RuntimeSettings
 from edged.twin.dmi import DmiMapper
@@ -85,8 +86,9 @@ def offload(
     if not config.offload.enabled or net is None:
         return None
     _left_behind(config.offload.outbox.path)
-    outbox = Outbox(config.offload.outbox)
-    client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome)
+    clock = ServerClock()  # deadlines on serverd's clock, learnt from its replies
+    outbox = Outbox(config.offload.outbox, clock)
+    client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome, clock)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)
     return EdgeOffload(outbox, client, dispatcher)
 

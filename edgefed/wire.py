@@ -150,6 +150,12 @@ class OffloadErrorMessage(_Message):
     code: ErrorCode = Field(description="Machine-readable cause")
     reason: str = Field(max_length=1000, description="One-line human-readable cause")
     retryable: bool = Field(description="True if sending the job again may succeed")
+    at: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EPOCH_MS,
+        description="Epoch ms on the server's clock when it answered (edges learn its clock)",
+    )
 
 
 class Availability(_Message):

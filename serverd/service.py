@@ -344,6 +344,7 @@ class OffloadServer:
             code=code,
             reason=" ".join(reason.split())[:1000],
             retryable=retryable,
+            at=self._clock_ms(),
         )
         self._closings(code, f"job {held.request.job_id} {status} ({code}): {message.reason}")
         self._close(held, status, encode_message(message), message.reason, retryable)

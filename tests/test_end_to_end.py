@@ -25,6 +25,8 @@ from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig, Status
+from edged.offload.serverclock import ServerClock
+from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.testing.edgecore import Subscriber
@@ -250,6 +252,49 @@ def test_jobs_queued_while_the_broker_is_down_drain_when_it_returns(
     finally:
         if not broker.running:
             broker.start()
+        client.stop()
+        net.stop()
+        outbox.close()
+
+
+@pytest.mark.parametrize("skew_h", [-1, 1])
+def test_an_edge_whose_clock_is_an_hour_off_learns_serverds_and_is_served(
+    tmp_path: Path, system: tuple[Broker, ServerdThread], skew_h: int
+) -> None:
+    """An edge box without NTP, its clock an hour behind serverd's (every job refused as
+    late on arrival, before) or ahead: its first job's answer carries serverd's time, and
+    the jobs made after it carry deadlines serverd honours (a refused job, 5 s lifetime)."""
+    broker, _ = system
+    skew_ms = skew_h * 3_600_000
+    clock = ServerClock(local=lambda: now_ms() + skew_ms)
+    outcomes: queue.SimpleQueue[JobOutcome] = queue.SimpleQueue()
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.sqlite"), clock)
+    mqtt = MqttClient(MqttConfig(port=broker.port, client_id=f"edged-skew-{skew_h}"))
+    net = NetLoop(mqtt)
+    client = OffloadClient(f"cam-skew{skew_h}", net, outbox, on_outcome=outcomes.put, clock=clock)
+    client.start()
+    net.start()
+    jpeg = b"\xff\xd8" + bytes(2000) + b"\xff\xd9"
+    try:
+        assert net.mqtt.wait_connected(10)
+        first = client.make_request("echo", "jpeg", ttl_s=5.0)
+        client.submit(first, jpeg)
+        outcome = outcomes.get(timeout=30)
+        assert outcome.job_id == first.job_id
+        # an edge behind has its first job refused (its deadline passed an hour ago on
+        # serverd's clock); one ahead has it served
+        assert outcome.status == (Status.FAILED if skew_h < 0 else Status.EXIT), outcome
+        offset = client.status()["clock_offset_ms"]
+        assert abs(offset + skew_ms) < 2_000, offset  # serverd's clock minus the edge's
+        later = [client.make_request("echo", "jpeg", ttl_s=5.0) for _ in range(5)]
+        for request in later:
+            client.submit(request, jpeg)
+        served = [outcomes.get(timeout=30) for _ in later]
+        assert {o.job_id for o in served} == {r.job_id for r in later}
+        assert all(o.status == Status.EXIT for o in served), served
+        # and on the edge's own clock the jobs are made an hour off it, on serverd's
+        assert abs(later[0].created - now_ms()) < 2_000
+    finally:
         client.stop()
         net.stop()
         outbox.close()

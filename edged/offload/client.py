@@ -42,6 +42,7 @@ from edged.offload.core import (
 )
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob
+from edged.offload.serverclock import ServerClock
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError, ProtocolError
 from edgefed.mqtt import Ack
@@ -50,7 +51,9 @@ from edgefed.wire import (
     DEFAULT_PREFIX,
     LocalSummary,
     MetadataValue,
+    OffloadErrorMessage,
     OffloadRequest,
+    OffloadResult,
     PayloadKind,
     Topics,
     decode_reply,
@@ -105,7 +108,9 @@ class OffloadClient:
         clock: Clock = now_ms,
     ) -> None:
         self.device_id = device_id
-        self._clock = clock  # the outbox's: deadlines and timers read the same wall clock
+        # the outbox's: deadlines and timers read the same wall clock; a ServerClock (as
+        # edged runs) also learns serverd's clock from the replies
+        self._clock = clock
         self.config = config or OffloadClientConfig()
         self.topics = Topics(self.config.prefix)
         self._request_topic = self.topics.request(device_id)
@@ -210,6 +215,8 @@ class OffloadClient:
             "jobs": self._outbox.counts(),
             "outbox": self._outbox.stats(),
             "mqtt": self._mqtt.counters.as_dict(),
+            # serverd's clock minus this device's, as its replies tell (ServerClock)
+            "clock_offset_ms": getattr(self._clock, "offset_ms", 0),
         }
 
     # --- on the network loop (``_post`` and ``_call`` from any thread) ---
@@ -222,6 +229,11 @@ class OffloadClient:
         if reply.device_id != self.device_id:
             self.counters.foreign_replies += 1
             raise ProtocolError(f"reply for device {reply.device_id} on {topic}")
+        if isinstance(self._clock, ServerClock):  # serverd's time when it answered
+            answered = reply.completed if isinstance(reply, OffloadResult) else None
+            answered = reply.at if isinstance(reply, OffloadErrorMessage) else answered
+            if answered is not None:
+                self._clock.observe(answered)
         self._post(ReplyIn(reply, ack))
 
     def _post(self, event: Event) -> None:
