@@ -14,15 +14,19 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
 
 from edgefed.mqtt.config import MqttConfig
+from edgefed.outage import Repeats
 
 log = logging.getLogger("edgefed.mqtt")
+SANE_YEAR = 2025  # a clock before this year is unset (no real-time clock, no NTP yet)
 
 
 class LoopDriver:
@@ -45,6 +49,7 @@ class LoopDriver:
         self._reading = False  # in paho's loop_read (its handlers and callbacks run there)
         self._retry_delay = float(config.reconnect_min_s)
         self._last_attempt_failed = False
+        self._failures = Repeats(log)  # the first at once, then one line a minute
 
     @property
     def started(self) -> bool:
@@ -137,7 +142,11 @@ class LoopDriver:
                     await loop.run_in_executor(None, self._client.reconnect)
                 except Exception as exc:  # refused, unreachable, TLS: retried, never fatal
                     self._connect_failed()
-                    log.debug("mqtt: cannot connect to %s:%d: %s", cfg.host, cfg.port, exc)
+                    self._failures(
+                        "connect",
+                        f"mqtt: cannot connect to {cfg.host}:{cfg.port}: {exc}"
+                        f"{_clock_hint(exc)} (retrying)",
+                    )
                     continue
             else:
                 try:
@@ -145,6 +154,14 @@ class LoopDriver:
                 except Exception:
                     log.exception("mqtt: keep-alive check failed")
             await asyncio.sleep(1.0)
+
+
+def _clock_hint(exc: BaseException) -> str:
+    """Why a certificate may look invalid when nothing is wrong with it: the clock."""
+    year = time.gmtime().tm_year
+    if isinstance(exc, ssl.SSLCertVerificationError) and year < SANE_YEAR:
+        return f" (this device's clock says {year}: set it or let NTP do so)"
+    return ""
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

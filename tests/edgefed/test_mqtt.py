@@ -5,6 +5,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,8 @@ import pytest
 from edged.netloop import NetLoop
 from edgefed import certs
 from edgefed.errors import ConfigError, ProtocolError
-from edgefed.mqtt import MqttClient, MqttConfig, MqttTls, presence, tls_context
-from edgefed.testing.broker import Broker
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls, loopdriver, presence, tls_context
+from edgefed.testing.broker import Broker, make_tls_files
 from edgefed.testing.wait import wait_until
 from edgefed.wire import Availability, Topics, decode_availability
 from tests.support.paths import REPO
@@ -114,6 +115,39 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(
         finally:
             bad.stop()
             good.stop()
+
+
+@pytest.mark.parametrize("loop", ["asyncio-loop"], indirect=True)  # as both daemons run
+def test_a_broker_it_cannot_reach_is_said_once_a_minute_not_per_try(
+    tmp_path: Path, loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker whose certificate the client does not trust (another CA): the reason is a
+    warning, once, however often it retries (it was a debug line: a site saw only "link
+    down")."""
+    other = make_tls_files(tmp_path / "other-ca")
+    with (
+        Broker(tmp_path / "tls-broker", tls=True) as broker,
+        caplog.at_level(logging.WARNING, "edgefed.mqtt"),
+    ):
+        stranger = client(broker, "stranger", tls=MqttTls(ca=other.ca), reconnect_max_s=1)
+        stranger.start(loop)
+        try:
+            wait_until("three failed tries", lambda: stranger.counters.connect_failures >= 3)
+        finally:
+            stranger.stop()
+    lines = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{broker.port}" in lines[0] and "CERTIFICATE_VERIFY_FAILED" in lines[0]
+
+
+def test_a_certificate_refused_under_an_unset_clock_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused = ssl.SSLCertVerificationError("certificate is not yet valid")
+    assert loopdriver._clock_hint(refused) == ""  # this machine's clock is set
+    monkeypatch.setattr(loopdriver.time, "gmtime", lambda: time.struct_time((1970,) + (1,) * 8))
+    assert "this device's clock says 1970" in loopdriver._clock_hint(refused)
+    assert loopdriver._clock_hint(ConnectionRefusedError()) == ""
 
 
 def test_a_client_certificate_near_or_past_its_end_is_said_at_start_and_connect(
