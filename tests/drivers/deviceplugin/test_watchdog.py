@@ -87,7 +87,7 @@ def test_a_stuck_driver_stops_the_watchdog_until_it_answers(
         os.mkfifo(fifo)
         os.replace(fifo, tmp_path / "npu" / "npu1")  # the next devices() blocks reading it
         stuck = time.monotonic()
-        time.sleep(3 * WATCHDOG_S)
+        time.sleep(4 * WATCHDOG_S)
         # answer the blocked read, and put a plain state file back for the polls after it
         writer = threading.Thread(target=answer, args=(tmp_path / "npu" / "npu1",))
         writer.start()
@@ -99,7 +99,9 @@ def test_a_stuck_driver_stops_the_watchdog_until_it_answers(
         proc.kill()
     assert code == 0, output
     pets = listener.times("WATCHDOG")
-    assert [t for t in pets if stuck + WATCHDOG_S / 2 < t < answered] == []
+    # a round under way at the swap read the old file and may still pet: on a loaded
+    # host it (and the listener) can take longer than half an interval to get there
+    assert [t for t in pets if stuck + WATCHDOG_S < t < answered] == []
     assert any(t < stuck for t in pets) and any(t > answered for t in pets)
 
 
