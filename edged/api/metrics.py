@@ -160,6 +160,11 @@ class StatusCollector(Collector):
             jobs.add_metric([status], n)
         yield jobs
         yield GaugeMetricFamily("edged_outbox_depth", "Open outbox jobs", value=st.outbox.depth)
+        yield GaugeMetricFamily(
+            "edged_offload_clock_offset_seconds",
+            "serverd's clock minus this device's, as serverd's replies tell",
+            value=st.outbox.clock_offset_ms / 1000,
+        )
         results = _counter(
             "edged_offload_results", "Offloaded jobs closed since start, by status", ["status"]
         )

@@ -114,6 +114,9 @@ class OutboxSummary(_Out):
     available: bool = Field(description="An outbox is configured")
     depth: int = Field(description="Open (not yet closed) jobs")
     counts: dict[str, int] = Field(description="Jobs per status")
+    clock_offset_ms: int = Field(
+        0, description="serverd's clock minus this device's, as serverd's replies tell"
+    )
 
 
 class OffloadResultOut(_Out):

@@ -46,6 +46,9 @@ class OutboxView(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
+    @property
+    def clock_offset_ms(self) -> int: ...
+
     def page(
         self,
         statuses: Iterable[Status] | None = ...,

@@ -137,7 +137,9 @@ class StatusViews:
             return OutboxSummary(available=False, depth=0, counts={})
         counts = outbox.counts()
         depth = sum(n for status, n in counts.items() if status in OPEN)
-        return OutboxSummary(available=True, depth=depth, counts=counts)
+        return OutboxSummary(
+            available=True, depth=depth, counts=counts, clock_offset_ms=outbox.clock_offset_ms
+        )
 
     def outbox_page(self, query: OutboxQuery) -> OutboxPage:
         outbox = self._src.outbox

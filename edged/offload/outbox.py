@@ -220,7 +220,9 @@ class Outbox(OutboxStore):
                     reason = "no answer from the server in time"
                     status = self._fail_attempt(r["id"], r["iteration"], r["payload_bytes"], reason)
                     (failed if status == Status.FAILED else retried).append(r["id"])
-            if self._pruned_at is None or now - self._pruned_at >= PRUNE_INTERVAL_MS:
+            # abs: after the clock stepped back (or serverd's was learnt behind it), the
+            # next sweep prunes and starts over, rather than none until it caught up
+            if self._pruned_at is None or abs(now - self._pruned_at) >= PRUNE_INTERVAL_MS:
                 self._pruned_at = now
                 self._db.execute(
                     "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE ended IS NOT NULL "

@@ -8,15 +8,18 @@ as late on arrival, one ahead had its jobs kept past the point it gave up on the
 ``ServerClock`` is the edge's clock plus an offset learnt from serverd's replies: each
 carries serverd's time when it answered (a result's ``completed``, an error's ``at``),
 which came before the reply reached the edge, so ``server time - edge time at receipt``
-is a lower bound of the offset, short by the reply's transit. The largest bound of the
-last one to two ``window_s`` is the estimate (the reply that waited least, as NTP's clock
-filter takes the sample with the least delay): a reply the broker held while the edge was
-away, or one resent from serverd's store, only gives a looser bound. If the edge's clock
-steps back the bounds grow and the estimate follows at once; if it steps ahead they
-shrink and the estimate follows within two windows. Until the first reply the
-offset is 0: the first jobs of a skewed edge are refused (as before), and their refusals
-teach it serverd's clock. The outbox and the client read this clock, so deadlines and
-retries on the edge and serverd's verdicts agree.
+is a lower bound of the offset, short by the reply's transit. The bounds are kept against
+the edge's monotonic clock, so that the edge's wall clock may step (NTP reaching a box
+that booted in 1970) without moving serverd's time as the edge tells it. The largest bound
+of the last one to two ``window_s`` is the estimate (the reply that waited least, as NTP's
+clock filter takes the sample with the least delay): a reply the broker held while the
+edge was away, or one resent from serverd's store, gives a looser bound that loses to a
+tighter one of the same windows. If serverd's clock steps ahead the estimate follows at
+once; if it steps back, within two windows. Until the first reply this clock is the
+edge's own: the first jobs of a skewed edge are refused (as before), and their refusals
+teach it serverd's clock; the estimate is not kept across restarts, so the same happens
+after one. The outbox and the client read this clock, so deadlines and retries on the edge
+and serverd's verdicts agree.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from collections.abc import Callable
 
 from edgefed.clock import Clock, now_ms
 from edgefed.outage import Repeats
+from edgefed.wire import MAX_EPOCH_MS
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 SKEWED_MS = 1000  # an offset larger than this is logged (the site's clocks need NTP)
+MIN_SERVER_MS = 1_577_836_800_000  # 2020-01-01: no serverd runs before
+MAX_SERVER_MS = MAX_EPOCH_MS // 2  # far past any clock, with room for deadlines on the wire
 
 
 class ServerClock:
@@ -44,7 +50,9 @@ class ServerClock:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._local, self._monotonic, self.window_s = local, monotonic, window_s
-        self.offset_ms = 0
+        # serverd's clock minus the monotonic one (ms), once a reply told: the edge's wall
+        # clock may step (NTP reaching a box booted in 1970) without moving this clock
+        self._from_monotonic: int | None = None
         # the largest bound of the current window and of the one before (a sliding maximum
         # over one to two windows): one loose bound never drags the estimate down
         self._bounds: list[int | None] = [None, None]
@@ -52,20 +60,32 @@ class ServerClock:
         self._skew = Repeats(log)
 
     def __call__(self) -> int:
-        return self._local() + self.offset_ms
+        if self._from_monotonic is None:
+            return self._local()
+        return self._monotonic_ms() + self._from_monotonic
+
+    @property
+    def offset_ms(self) -> int:
+        """serverd's clock minus this device's wall clock, now (0 before any reply)."""
+        return self() - self._local()
 
     def observe(self, server_ms: int) -> None:
         """serverd said ``server_ms`` was its time when it answered a reply received now."""
-        bound = server_ms - self._local()
+        if not MIN_SERVER_MS <= server_ms <= MAX_SERVER_MS:
+            return  # no clock a serverd runs on: a bound would put the jobs' times off the wire
+        bound = server_ms - self._monotonic_ms()
         if (now := self._monotonic()) - self._window_at > self.window_s:
             self._bounds, self._window_at = [self._bounds[1], None], now
         current = self._bounds[1]
         self._bounds[1] = bound if current is None else max(current, bound)
-        self.offset_ms = max(b for b in self._bounds if b is not None)
-        if abs(self.offset_ms) > SKEWED_MS:
-            ahead = "ahead of" if self.offset_ms > 0 else "behind"
+        self._from_monotonic = max(b for b in self._bounds if b is not None)
+        if abs(offset := self.offset_ms) > SKEWED_MS:
+            ahead = "ahead of" if offset > 0 else "behind"
             self._skew(
                 "skew",
-                f"serverd's clock is {abs(self.offset_ms) / 1000:.1f} s {ahead} this device's: "
+                f"serverd's clock is {abs(offset) / 1000:.1f} s {ahead} this device's: "
                 "offload deadlines follow serverd's (set up NTP on the device)",
             )
+
+    def _monotonic_ms(self) -> int:
+        return int(self._monotonic() * 1000)

@@ -84,6 +84,12 @@ class OutboxStore:
             row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return to_record(row) if row is not None else None
 
+    @property
+    def clock_offset_ms(self) -> int:
+        """How far the clock the jobs are timed on is from this device's (a ServerClock
+        learns serverd's; 0 for any other)."""
+        return int(getattr(self._clock, "offset_ms", 0))
+
     def counts(self) -> dict[str, int]:
         """Jobs per status (every status listed, zeros included)."""
         out = {str(s): 0 for s in Status}

@@ -49,7 +49,7 @@ def test_status_reports_cameras_models_and_versions(daemon: Daemon) -> None:
         assert m["loaded"] and m["enabled"] and m["device"]
         assert 0 < m["p50_ms"] <= m["p99_ms"]
         assert m["errors"] == 0
-    assert st["outbox"] == {"available": False, "depth": 0, "counts": {}}
+    assert st["outbox"] == {"available": False, "depth": 0, "counts": {}, "clock_offset_ms": 0}
     assert st["links"] == []
 
 

@@ -39,6 +39,7 @@ EXPECTED = {
     "edged_model_latency_seconds": "histogram",
     "edged_outbox_jobs": "gauge",
     "edged_outbox_depth": "gauge",
+    "edged_offload_clock_offset_seconds": "gauge",
     "edged_link_up": "gauge",
     "edged_preview_viewers": "gauge",
     "edged_preview_renders": "counter",

@@ -1,4 +1,5 @@
-"""ServerClock: serverd's clock from the times its replies carry, by the tightest bound."""
+"""ServerClock: serverd's clock from the times its replies carry, by the tightest bound,
+kept against the edge's monotonic clock so that the edge's wall clock may step."""
 
 from __future__ import annotations
 
@@ -8,18 +9,30 @@ import pytest
 
 from edged.offload.serverclock import ServerClock
 
+HOUR, DAY = 3_600_000, 86_400_000
+
 
 class Clocks:
-    """The edge's wall clock (ms) and monotonic clock (s), moved by hand."""
+    """serverd's wall clock and the edge's wall and monotonic clocks, moved by hand."""
 
     def __init__(self) -> None:
-        self.wall, self.mono = 1_000_000, 0.0
+        self.server = 1_780_000_000_000  # ms, 2026
+        self.wall = self.server  # the edge's wall clock, in step to begin with
+        self.mono = 100.0  # s
+
+    def advance(self, seconds: float) -> None:
+        self.server += int(seconds * 1000)
+        self.wall += int(seconds * 1000)
+        self.mono += seconds
 
     def local(self) -> int:
         return self.wall
 
     def monotonic(self) -> float:
         return self.mono
+
+    def clock(self, window_s: float = 60.0) -> ServerClock:
+        return ServerClock(self.local, window_s=window_s, monotonic=self.monotonic)
 
 
 @pytest.fixture
@@ -28,63 +41,83 @@ def clocks() -> Clocks:
 
 
 def test_without_replies_it_is_the_edge_s_clock(clocks: Clocks) -> None:
-    clock = ServerClock(clocks.local, monotonic=clocks.monotonic)
+    clock = clocks.clock()
     assert clock() == clocks.wall and clock.offset_ms == 0
 
 
 def test_the_reply_that_waited_least_sets_the_offset(clocks: Clocks) -> None:
-    """serverd an hour ahead; replies reach the edge 5 ms, 2 s (held by the broker) and
-    30 s (resent from serverd's store) after serverd stamped them: the 5 ms one wins,
-    whatever the order."""
-    clock = ServerClock(clocks.local, monotonic=clocks.monotonic)
-    hour = 3_600_000
+    """The edge an hour behind; replies reach it 2 s (held by the broker), 5 ms and 30 s
+    (resent from serverd's store) after serverd stamped them: the 5 ms one wins."""
+    clocks.wall -= HOUR
+    clock = clocks.clock()
     for transit in (2_000, 5, 30_000):
-        clock.observe(clocks.wall + hour - transit)
-        clocks.mono += 1.0
-    assert clock.offset_ms == hour - 5
-    assert clock() == clocks.wall + hour - 5
+        clock.observe(clocks.server - transit)
+        clocks.advance(1.0)
+    assert clock.offset_ms == HOUR - 5
+    assert clock() == clocks.server - 5
 
 
-def test_it_follows_the_edge_s_clock_stepping_back_at_once_and_ahead_within_two_windows(
+def test_the_edge_s_wall_clock_stepping_does_not_move_serverd_s_time(clocks: Clocks) -> None:
+    """A box booted in 1970 learns serverd's clock, then NTP steps its own by 56 years:
+    the jobs it makes keep serverd's time throughout (before, they ran 56 years ahead for
+    two minutes, then jumped back)."""
+    clocks.wall = 1000  # 1970
+    clock = clocks.clock()
+    clock.observe(clocks.server - 10)
+    assert clock() == clocks.server - 10
+    clocks.advance(5.0)
+    clocks.wall = clocks.server  # NTP
+    assert clock() == clocks.server - 10 and clock.offset_ms == -10
+    for _ in range(10):  # and stays so as replies come, through several windows
+        clocks.advance(30.0)
+        clock.observe(clocks.server - 10)
+        assert clock() == clocks.server - 10
+
+
+def test_serverd_s_clock_stepping_ahead_is_followed_at_once_and_back_within_two_windows(
     clocks: Clocks,
 ) -> None:
-    clock = ServerClock(clocks.local, window_s=60.0, monotonic=clocks.monotonic)
-    clock.observe(clocks.wall - 10)  # in step with serverd, 10 ms transit
-    assert clock.offset_ms == -10
-    clocks.wall -= 86_400_000  # NTP steps the edge back a day: serverd is a day ahead
-    clock.observe(clocks.wall + 86_400_000 - 10)
-    assert clock.offset_ms == 86_400_000 - 10
-    clocks.wall += 86_400_000  # and ahead again
-    for _ in range(3):  # within the window the older, larger bound stands
-        clocks.mono += 20.0
-        clock.observe(clocks.wall - 10)
-        assert clock.offset_ms == 86_400_000 - 10
+    clock = clocks.clock(window_s=60.0)
+    clock.observe(clocks.server - 10)
+    clocks.server += DAY
+    clock.observe(clocks.server - 10)
+    assert clock() == clocks.server - 10
+    clocks.server -= DAY
+    for _ in range(3):  # within the window the larger bound stands
+        clocks.advance(20.0)
+        clock.observe(clocks.server - 10)
+        assert clock() == clocks.server + DAY - 10
     for _ in range(6):  # two windows on, it is gone
-        clocks.mono += 20.0
-        clock.observe(clocks.wall - 10)
-    assert clock.offset_ms == -10
+        clocks.advance(20.0)
+        clock.observe(clocks.server - 10)
+    assert clock() == clocks.server - 10
 
 
 def test_one_loose_bound_after_a_quiet_spell_does_not_drag_the_estimate_down(
     clocks: Clocks,
 ) -> None:
-    clock = ServerClock(clocks.local, window_s=60.0, monotonic=clocks.monotonic)
-    clock.observe(clocks.wall + 5_000 - 5)  # serverd 5 s ahead
-    clocks.mono += 90.0  # a quiet spell past one window
-    clock.observe(clocks.wall + 5_000 - 40_000)  # a reply the broker held for 40 s
-    assert clock.offset_ms == 5_000 - 5
+    clock = clocks.clock(window_s=60.0)
+    clock.observe(clocks.server - 5)
+    clocks.advance(90.0)  # a quiet spell past one window
+    clock.observe(clocks.server - 40_000)  # a reply the broker held for 40 s
+    assert clock() == clocks.server - 5
+
+
+def test_times_no_serverd_runs_on_are_ignored(clocks: Clocks) -> None:
+    clock = clocks.clock()
+    for impossible in (5, 2**53 - 1):  # 1970; a time whose deadlines would leave the wire's range
+        clock.observe(impossible)
+    assert clock() == clocks.wall and clock.offset_ms == 0
 
 
 def test_a_clock_off_by_over_a_second_is_said(
     clocks: Clocks, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = ServerClock(clocks.local, monotonic=clocks.monotonic)
+    clock = clocks.clock()
     with caplog.at_level(logging.WARNING, "edged.offload.serverclock"):
-        clock.observe(clocks.wall + 500)
+        clock.observe(clocks.server + 500)  # serverd 0.5 s ahead: not worth a line
         assert not caplog.records
-        clock.observe(clocks.wall - 7_200_000)  # loose: the 500 ms bound stands
-        assert not caplog.records
-        clocks.wall -= 7_200_000  # the edge's clock steps back two hours
-        clock.observe(clocks.wall + 7_200_000 + 500)
+        clocks.wall -= 2 * HOUR  # the edge's clock steps back two hours
+        clock.observe(clocks.server + 500)
     (record,) = caplog.records
     assert "serverd's clock is 7200.5 s ahead of this device's" in record.getMessage()
