@@ -86,7 +86,8 @@ def offload(
     if not config.offload.enabled or net is None:
         return None
     _left_behind(config.offload.outbox.path)
-    clock = ServerClock()  # deadlines on serverd's clock, learnt from its replies
+    path = config.offload.outbox.path  # deadlines on serverd's clock, learnt from replies
+    clock = ServerClock(state=path.with_name(f"{path.name}.serverclock"))
     outbox = Outbox(config.offload.outbox, clock)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome, clock)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)

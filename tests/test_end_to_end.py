@@ -284,6 +284,9 @@ def test_an_edge_whose_clock_is_an_hour_off_learns_serverds_and_is_served(
         # an edge behind has its first job refused (its deadline passed an hour ago on
         # serverd's clock); one ahead has it served
         assert outcome.status == (Status.FAILED if skew_h < 0 else Status.EXIT), outcome
+        # the job made on the edge's own clock moved with the clock when it was learnt
+        record = outbox.get(first.job_id)
+        assert record is not None and abs(record.created - now_ms()) < 10_000, record
         offset = client.status()["clock_offset_ms"]
         assert abs(offset + skew_ms) < 2_000, offset  # serverd's clock minus the edge's
         assert abs(outbox.clock_offset_ms - offset) < 1_000  # the status API's and metrics'

@@ -117,6 +117,7 @@ class OffloadClient:
         self._net = net
         self._mqtt = net.mqtt
         self._outbox = outbox
+        self._first_rowid = outbox.last_rowid()  # the jobs after it are this run's
         self._on_outcome = on_outcome
         self._events: deque[Event] = deque()
         self._scheduled = False  # a drain of ``_events`` is on the loop's ready queue
@@ -233,8 +234,19 @@ class OffloadClient:
             answered = reply.completed if isinstance(reply, OffloadResult) else None
             answered = reply.at if isinstance(reply, OffloadErrorMessage) else answered
             if answered is not None:
-                self._clock.observe(answered)
+                self._learn_clock(self._clock, answered)
         self._post(ReplyIn(reply, ack))
+
+    def _learn_clock(self, clock: ServerClock, answered: int) -> None:
+        """Follow serverd's clock; when it moves, so do the open jobs timed on it (before
+        the first reply, only the jobs this run made, on the device's own clock)."""
+        first = not clock.learnt
+        step = clock.observe(answered)
+        if step:
+            moved = self._outbox.shift_open(step, self._first_rowid if first else 0)
+            log.info(
+                "offload: serverd's clock moved %+.1f s: %d open jobs with it", step / 1000, moved
+            )
 
     def _post(self, event: Event) -> None:
         """Queue an event; the events queued before the loop gets to them make one burst."""

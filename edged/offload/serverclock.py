@@ -5,28 +5,34 @@ box that boots without a real-time clock, or a site without NTP, runs seconds to
 serverd's: an edge more than a job's lifetime (5 s by default) behind had every job refused
 as late on arrival, one ahead had its jobs kept past the point it gave up on them.
 
-``ServerClock`` is the edge's clock plus an offset learnt from serverd's replies: each
-carries serverd's time when it answered (a result's ``completed``, an error's ``at``),
-which came before the reply reached the edge, so ``server time - edge time at receipt``
-is a lower bound of the offset, short by the reply's transit. The bounds are kept against
-the edge's monotonic clock, so that the edge's wall clock may step (NTP reaching a box
-that booted in 1970) without moving serverd's time as the edge tells it. The largest bound
-of the last one to two ``window_s`` is the estimate (the reply that waited least, as NTP's
-clock filter takes the sample with the least delay): a reply the broker held while the
-edge was away, or one resent from serverd's store, gives a looser bound that loses to a
-tighter one of the same windows. If serverd's clock steps ahead the estimate follows at
-once; if it steps back, within two windows. Until the first reply this clock is the
-edge's own: the first jobs of a skewed edge are refused (as before), and their refusals
-teach it serverd's clock; the estimate is not kept across restarts, so the same happens
-after one. The outbox and the client read this clock, so deadlines and retries on the edge
-and serverd's verdicts agree.
+``ServerClock`` is serverd's time learnt from its replies: each carries serverd's time when
+it answered (a result's ``completed``, an error's ``at``), which came before the reply
+reached the edge, so ``server time - edge time at receipt`` is a lower bound of the offset,
+short by the reply's transit. The bounds are kept against the time since boot
+(``CLOCK_BOOTTIME``, which runs on while the box is suspended, unlike the monotonic clock),
+so that the edge's wall clock may step (NTP reaching a box that booted in 1970) without
+moving serverd's time as the edge tells it. The largest bound of the last one to two
+``window_s`` is the estimate (the reply that waited least, as NTP's clock filter takes the
+sample with the least delay): a reply the broker held while the edge was away, or one
+resent from serverd's store, gives a looser bound that loses to a tighter one of the same
+windows. If serverd's clock steps ahead the estimate follows at once; if it steps back,
+within two windows. ``observe`` returns how far a change moved the clock once it adds up
+to a second, so that the caller moves the jobs it timed on the clock before.
+
+Until the first reply this clock is the edge's own: the first jobs of an edge more than
+their lifetime behind are refused, and their refusals teach it serverd's clock. The
+estimate is kept in ``state`` (a small JSON file beside the outbox) with the boot's id, so
+a restart of edged within the same boot starts from it; after a reboot it is learnt again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from edgefed.clock import Clock, now_ms
 from edgefed.outage import Repeats
@@ -36,8 +42,24 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 SKEWED_MS = 1000  # an offset larger than this is logged (the site's clocks need NTP)
+STEP_MS = 1000  # a change of the estimate this large moves the jobs timed on it
 MIN_SERVER_MS = 1_577_836_800_000  # 2020-01-01: no serverd runs before
 MAX_SERVER_MS = MAX_EPOCH_MS // 2  # far past any clock, with room for deadlines on the wire
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def since_boot() -> float:
+    """Seconds since boot, suspended time included (Linux), else the monotonic clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.monotonic() if boottime is None else time.clock_gettime(boottime)
+
+
+def boot_id() -> str:
+    """This boot's id (Linux); '' where there is none, so nothing is ever reused."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 class ServerClock:
@@ -47,45 +69,84 @@ class ServerClock:
         self,
         local: Clock = now_ms,
         window_s: float = WINDOW_S,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = since_boot,
+        state: Path | None = None,
+        boot: Callable[[], str] = boot_id,
     ) -> None:
         self._local, self._monotonic, self.window_s = local, monotonic, window_s
-        # serverd's clock minus the monotonic one (ms), once a reply told: the edge's wall
-        # clock may step (NTP reaching a box booted in 1970) without moving this clock
-        self._from_monotonic: int | None = None
+        self._state, self._boot = state, boot()
+        # serverd's clock minus the time since boot (ms), once a reply told
+        self._from_boot: int | None = self._load()
         # the largest bound of the current window and of the one before (a sliding maximum
         # over one to two windows): one loose bound never drags the estimate down
         self._bounds: list[int | None] = [None, None]
         self._window_at = monotonic()
-        self._skew = Repeats(log)
+        self._unmoved = 0  # changes of the estimate too small to move the jobs, added up
+        self._skew, self._state_failures = Repeats(log), Repeats(log)
+
+    @property
+    def learnt(self) -> bool:
+        """Whether a reply (of this boot) told serverd's clock."""
+        return self._from_boot is not None
 
     def __call__(self) -> int:
-        if self._from_monotonic is None:
+        if self._from_boot is None:
             return self._local()
-        return self._monotonic_ms() + self._from_monotonic
+        return self._boot_ms() + self._from_boot
 
     @property
     def offset_ms(self) -> int:
         """serverd's clock minus this device's wall clock, now (0 before any reply)."""
         return self() - self._local()
 
-    def observe(self, server_ms: int) -> None:
-        """serverd said ``server_ms`` was its time when it answered a reply received now."""
+    def observe(self, server_ms: int) -> int:
+        """serverd said ``server_ms`` was its time when it answered a reply received now;
+        returns how far the clock moved (ms) if that, with the changes before it too small
+        to count, is over ``STEP_MS``, else 0."""
         if not MIN_SERVER_MS <= server_ms <= MAX_SERVER_MS:
-            return  # no clock a serverd runs on: a bound would put the jobs' times off the wire
-        bound = server_ms - self._monotonic_ms()
+            return 0  # no clock a serverd runs on: its jobs' times would leave the wire
+        before = self()
+        bound = server_ms - self._boot_ms()
         if (now := self._monotonic()) - self._window_at > self.window_s:
             self._bounds, self._window_at = [self._bounds[1], None], now
         current = self._bounds[1]
         self._bounds[1] = bound if current is None else max(current, bound)
-        self._from_monotonic = max(b for b in self._bounds if b is not None)
-        if abs(offset := self.offset_ms) > SKEWED_MS:
+        self._from_boot = max(b for b in self._bounds if b is not None)
+        if abs(offset := self.offset_ms) > SKEWED_MS:  # once a minute while so
             ahead = "ahead of" if offset > 0 else "behind"
             self._skew(
                 "skew",
                 f"serverd's clock is {abs(offset) / 1000:.1f} s {ahead} this device's: "
                 "offload deadlines follow serverd's (set up NTP on the device)",
             )
+        self._unmoved += self() - before
+        if abs(self._unmoved) <= STEP_MS:
+            return 0
+        step, self._unmoved = self._unmoved, 0
+        self._save()
+        return step
 
-    def _monotonic_ms(self) -> int:
+    def _boot_ms(self) -> int:
         return int(self._monotonic() * 1000)
+
+    def _load(self) -> int | None:
+        if self._state is None or not self._boot:
+            return None
+        try:
+            kept = json.loads(self._state.read_text())
+            if kept.get("boot_id") == self._boot and isinstance(kept.get("from_boot_ms"), int):
+                return int(kept["from_boot_ms"])
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or unreadable: learnt again from the next reply
+        return None
+
+    def _save(self) -> None:
+        if self._state is None or self._from_boot is None or not self._boot:
+            return
+        kept = {"boot_id": self._boot, "from_boot_ms": self._from_boot}
+        partial = self._state.with_name(self._state.name + ".partial")
+        try:
+            partial.write_text(json.dumps(kept))
+            os.replace(partial, self._state)
+        except OSError as exc:
+            self._state_failures("save", f"cannot keep serverd's clock in {self._state}: {exc}")

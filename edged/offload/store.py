@@ -84,6 +84,23 @@ class OutboxStore:
             row = self._db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return to_record(row) if row is not None else None
 
+    def last_rowid(self) -> int:
+        """The newest job's rowid (0 for none): the jobs stored after it are newer."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(max(rowid), 0) AS last FROM jobs").fetchone()
+        return int(row["last"])
+
+    def shift_open(self, step_ms: int, after_rowid: int = 0) -> int:
+        """Move the times of the open jobs stored after ``after_rowid`` by ``step_ms``: the
+        clock they were timed on moved (``ServerClock``). Returns how many moved."""
+        with self._lock, self._tx():
+            moved = self._db.conn.execute(
+                "UPDATE jobs SET created = created + ?, deadline = deadline + ?, "
+                "next_attempt = next_attempt + ? WHERE ended IS NULL AND rowid > ?",
+                (step_ms, step_ms, step_ms, after_rowid),
+            )
+        return moved.rowcount
+
     @property
     def clock_offset_ms(self) -> int:
         """How far the clock the jobs are timed on is from this device's (a ServerClock

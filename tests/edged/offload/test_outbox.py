@@ -324,6 +324,47 @@ def test_finished_jobs_are_pruned_to_the_retention(tmp_path: Path, clock: Clock)
     assert sum(box.counts().values()) == 2
 
 
+def test_a_clock_that_stepped_back_prunes_at_once_rather_than_never(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """After the clock the jobs are timed on stepped back an hour, pruning waited for it
+    to catch up (an hour with the database growing); now the next sweep prunes."""
+    box = make(tmp_path, clock, keep_finished=2)
+    for n in range(5):
+        box.enqueue(job(n, created=clock.now, ttl_ms=100))
+    clock.advance(1)
+    box.sweep(retry_timeouts=True)
+    assert sum(box.counts().values()) == 2
+    clock.now -= 3_600_000
+    for n in range(5, 8):
+        box.enqueue(job(n, created=clock.now, ttl_ms=100))
+    clock.advance(1)
+    box.sweep(retry_timeouts=True)
+    assert sum(box.counts().values()) == 2
+
+
+def test_open_jobs_move_with_the_clock_they_were_timed_on(tmp_path: Path, clock: Clock) -> None:
+    """``shift_open``: serverd's clock was learnt an hour ahead of the device's. The open
+    jobs stored after the given row move; closed ones and older ones stay."""
+    box = make(tmp_path, clock)
+    box.enqueue(job(0, created=clock.now))  # a job of an earlier run, on serverd's clock
+    first = box.last_rowid()
+    for n in (1, 2, 3):
+        box.enqueue(job(n, created=clock.now))
+    box.claim(4)
+    assert box.record_error("job-00000003", "bad_request: no", retryable=False) is not None
+    assert box.shift_open(3_600_000, first) == 2
+    moved = {n: box.get(f"job-{n:08d}") for n in range(4)}
+    assert all(r is not None for r in moved.values())
+    assert moved[0].created == clock.now  # type: ignore[union-attr]
+    assert moved[3].created == clock.now  # type: ignore[union-attr]  # closed
+    for n in (1, 2):
+        record = moved[n]
+        assert record is not None and record.created == clock.now + 3_600_000
+        assert record.deadline == clock.now + 3_600_000 + 60_000
+        assert record.request().created == record.created  # what goes on the wire
+
+
 def test_paging_newest_first_and_by_status(tmp_path: Path, clock: Clock) -> None:
     box = make(tmp_path, clock)
     for n in range(5):

@@ -4,10 +4,12 @@ kept against the edge's monotonic clock so that the edge's wall clock may step."
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import pytest
 
-from edged.offload.serverclock import ServerClock
+from edged.offload.serverclock import ServerClock, since_boot
 
 HOUR, DAY = 3_600_000, 86_400_000
 
@@ -31,8 +33,13 @@ class Clocks:
     def monotonic(self) -> float:
         return self.mono
 
-    def clock(self, window_s: float = 60.0) -> ServerClock:
-        return ServerClock(self.local, window_s=window_s, monotonic=self.monotonic)
+    def clock(
+        self, window_s: float = 60.0, state: Path | None = None, boot: str = "boot-1"
+    ) -> ServerClock:
+        return ServerClock(
+            self.local, window_s=window_s, monotonic=self.monotonic, state=state,
+            boot=lambda: boot,
+        )  # fmt: skip
 
 
 @pytest.fixture
@@ -121,3 +128,51 @@ def test_a_clock_off_by_over_a_second_is_said(
         clock.observe(clocks.server + 500)
     (record,) = caplog.records
     assert "serverd's clock is 7200.5 s ahead of this device's" in record.getMessage()
+
+
+def test_observe_returns_how_far_the_clock_moved_once_it_adds_up_to_a_second(
+    clocks: Clocks,
+) -> None:
+    """What the caller moves the jobs timed on the clock by."""
+    clocks.wall += HOUR  # the edge an hour ahead
+    clock = clocks.clock()
+    assert clock.observe(clocks.server - 20) == -HOUR - 20  # learnt: the jobs move back
+    assert clock.observe(clocks.server - 5) == 0  # refined by 15 ms: not worth a move
+    for _ in range(3):
+        clocks.server += 400  # serverd's clock slews ahead, 0.4 s a reply
+        moved = clock.observe(clocks.server - 5)
+    assert moved == 1215  # the 15 ms and 3 x 0.4 s, once over a second
+
+
+def test_a_restart_within_the_boot_starts_from_the_kept_clock(
+    clocks: Clocks, tmp_path: Path
+) -> None:
+    state = tmp_path / "outbox.sqlite.serverclock"
+    clocks.wall -= HOUR
+    clock = clocks.clock(state=state)
+    clock.observe(clocks.server - 10)
+    clocks.advance(30.0)
+    again = clocks.clock(state=state)  # edged restarted, same boot
+    assert again.learnt and again() == clocks.server - 10
+    rebooted = clocks.clock(state=state, boot="boot-2")  # the time since boot starts over
+    assert not rebooted.learnt and rebooted() == clocks.wall
+    state.write_text("{not json")
+    assert not clocks.clock(state=state).learnt
+
+
+def test_a_state_that_cannot_be_written_is_said_and_the_clock_still_works(
+    clocks: Clocks, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clocks.wall -= HOUR
+    clock = clocks.clock(state=tmp_path / "missing-dir" / "outbox.sqlite.serverclock")
+    with caplog.at_level(logging.WARNING, "edged.offload.serverclock"):
+        assert clock.observe(clocks.server - 10) == HOUR - 10
+    assert clock() == clocks.server - 10
+    assert any("cannot keep serverd's clock" in r.getMessage() for r in caplog.records)
+
+
+def test_the_clock_counts_suspended_time() -> None:
+    """A box that sleeps: the monotonic clock stops, the time since boot does not."""
+    before = since_boot()
+    assert 0 <= since_boot() - before < 1
+    assert since_boot() >= time.monotonic() - 0.01
