@@ -22,6 +22,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,14 @@ MAX_BATCH = 256  # events handled in one transaction
 LINK_UP, LINK_DOWN = Link(True), Link(False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A submission and the clock moves counted when its row was stored."""
+
+    event: Submitted
+    moves: int
+
+
 class OffloadClientConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,8 +127,9 @@ class OffloadClient:
         self._mqtt = net.mqtt
         self._outbox = outbox
         self._first_rowid = outbox.last_rowid()  # the jobs after it are this run's
+        self._clock_moves = 0  # times the jobs moved with their clock (ServerClock)
         self._on_outcome = on_outcome
-        self._events: deque[Event] = deque()
+        self._events: deque[Event | _Stored] = deque()
         self._scheduled = False  # a drain of ``_events`` is on the loop's ready queue
         # Jobs being submitted: in the outbox (or about to be) but not yet handed to the
         # core, so a send from the outbox leaves them to the fresh path (no double send).
@@ -179,12 +189,13 @@ class OffloadClient:
             )
         with self._submitting_lock:
             self._submitting.add(request.job_id)
+        moves = self._clock_moves  # read before the row is stored: a move after it moved it
         try:
             outcome = self._outbox.enqueue(NewJob(request, body, requester, reason, local_result))
         except BaseException:
             self._forget_submitting(request.job_id)
             raise
-        self._post(Submitted(outcome, request, frame))
+        self._post(_Stored(Submitted(outcome, request, frame), moves))
         return outcome
 
     def start(self) -> None:
@@ -244,11 +255,13 @@ class OffloadClient:
         step = clock.observe(answered)
         if step:
             moved = self._outbox.shift_open(step, self._first_rowid if first else 0)
+            self._clock_moves += 1  # the frames of the jobs submitted before it are stale
+            self._core.reframe()
             log.info(
                 "offload: serverd's clock moved %+.1f s: %d open jobs with it", step / 1000, moved
             )
 
-    def _post(self, event: Event) -> None:
+    def _post(self, event: Event | _Stored) -> None:
         """Queue an event; the events queued before the loop gets to them make one burst."""
         self._events.append(event)
         if not self._scheduled:
@@ -277,13 +290,23 @@ class OffloadClient:
         core = self._core
         if not core.ready:  # stopped, or backing off after a fault: the events wait
             return
-        events = [self._events.popleft() for _ in range(min(MAX_BATCH, len(self._events)))]
+        events = [
+            self._unstored(self._events.popleft()) for _ in range(min(MAX_BATCH, len(self._events)))
+        ]
         for event in events:  # handed to the core: a send from the outbox may take them
             if type(event) is Submitted:
                 self._forget_submitting(event.request.job_id)
         again = core.burst(events, self._mqtt.connected)
         if core.ready and (self._events or again):
             self._post(WAKE)
+
+    def _unstored(self, item: Event | _Stored) -> Event:
+        """A submission whose row moved with the clock since it was stored goes out
+        re-encoded from the outbox, not as the frame made before."""
+        if not isinstance(item, _Stored):
+            return item
+        event = item.event
+        return event if item.moves == self._clock_moves else replace(event, frame=None)
 
     def _submitting_now(self) -> list[str]:
         with self._submitting_lock:

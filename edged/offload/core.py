@@ -113,7 +113,7 @@ class Timer(enum.Enum):
 class Submitted:  # ``submit`` stored a job (or was refused, or shed others)
     outcome: Enqueued
     request: OffloadRequest
-    frame: bytes
+    frame: bytes | None  # None: its row moved since (its clock did): send it re-encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,10 +400,12 @@ class OffloadCore:
         if Timer.SETTLE not in self._armed and self._running and self._waiting:
             self._arm(Timer.SETTLE, SETTLE_DELAY_S)
 
-    def _submitted(self, outcome: Enqueued, request: OffloadRequest, frame: bytes) -> None:
+    def _submitted(self, outcome: Enqueued, request: OffloadRequest, frame: bytes | None) -> None:
         if outcome.accepted:
             self.counters.submitted += 1
-            self._fresh.append((request, frame))
+            if frame is not None:
+                self._fresh.append((request, frame))
+            self._more = self._more or frame is None  # its row moved: claimed, re-encoded
         else:
             self.counters.rejected += 1
         if outcome.shed:
@@ -411,6 +413,9 @@ class OffloadCore:
             self._fresh = [(r, f) for r, f in self._fresh if r.job_id not in shed]
         for job_id in outcome.shed:
             self._closed(job_id)
+
+    def reframe(self) -> None:  # the rows moved with their clock: claimed, re-encoded
+        self._fresh, self._more = [], self._more or bool(self._fresh)
 
     def _broker_has(self, job_id: str) -> None:
         """The broker acknowledged a request (PUBACK); its status is written later."""

@@ -78,8 +78,9 @@ class ServerClock:
         # serverd's clock minus the time since boot (ms), once a reply told
         self._from_boot: int | None = self._load()
         # the largest bound of the current window and of the one before (a sliding maximum
-        # over one to two windows): one loose bound never drags the estimate down
-        self._bounds: list[int | None] = [None, None]
+        # over one to two windows): one loose bound (a reply the broker held while edged
+        # restarted) never drags the estimate down, the one kept from before included
+        self._bounds: list[int | None] = [None, self._from_boot]
         self._window_at = monotonic()
         self._unmoved = 0  # changes of the estimate too small to move the jobs, added up
         self._skew, self._state_failures = Repeats(log), Repeats(log)
@@ -105,9 +106,11 @@ class ServerClock:
         to count, is over ``STEP_MS``, else 0."""
         if not MIN_SERVER_MS <= server_ms <= MAX_SERVER_MS:
             return 0  # no clock a serverd runs on: its jobs' times would leave the wire
-        before = self()
-        bound = server_ms - self._boot_ms()
-        if (now := self._monotonic()) - self._window_at > self.window_s:
+        now = self._monotonic()
+        boot_ms = int(now * 1000)  # one reading: the change below is the estimate's alone
+        before = self._local() - boot_ms if self._from_boot is None else self._from_boot
+        bound = server_ms - boot_ms
+        if now - self._window_at > self.window_s:
             self._bounds, self._window_at = [self._bounds[1], None], now
         current = self._bounds[1]
         self._bounds[1] = bound if current is None else max(current, bound)
@@ -119,7 +122,7 @@ class ServerClock:
                 f"serverd's clock is {abs(offset) / 1000:.1f} s {ahead} this device's: "
                 "offload deadlines follow serverd's (set up NTP on the device)",
             )
-        self._unmoved += self() - before
+        self._unmoved += self._from_boot - before
         if abs(self._unmoved) <= STEP_MS:
             return 0
         step, self._unmoved = self._unmoved, 0

@@ -335,6 +335,25 @@ def test_a_job_whose_submission_has_not_arrived_is_not_sent_from_the_outbox(rig:
     assert rig.effects.published == [job.request.job_id]
 
 
+def test_jobs_whose_rows_moved_with_the_clock_go_out_re_encoded(rig: Rig) -> None:
+    """serverd's clock was learnt an hour ahead and the open rows moved: a submission
+    posted before (its frame made on the old clock, ``frame=None`` from the client) and a
+    fresh frame still held in memory (``reframe``) both go out as their moved rows say."""
+    rig.burst(WAKE)
+    held = rig.submit()
+    rig.burst(held, connected=False)  # the link is down: its frame waits in memory
+    posted = rig.submit()
+    rig.now += 3_600_000  # the clock moved, and the rows with it
+    rig.outbox.shift_open(3_600_000)
+    rig.core.reframe()
+    rig.burst(Submitted(posted.outcome, posted.request, None))
+    assert sorted(rig.effects.published) == sorted([held.request.job_id, posted.request.job_id])
+    for job in (held, posted):
+        sent = decode_request(rig.effects.frames[job.request.job_id]).request
+        assert sent.deadline == job.request.deadline + 3_600_000
+        assert sent.created == job.request.created + 3_600_000
+
+
 def test_a_job_that_cannot_be_published_is_due_again(rig: Rig) -> None:
     rig.burst(WAKE)
     job = rig.submit()

@@ -3,6 +3,7 @@ kept against the edge's monotonic clock so that the edge's wall clock may step."
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -176,3 +177,37 @@ def test_the_clock_counts_suspended_time() -> None:
     before = since_boot()
     assert 0 <= since_boot() - before < 1
     assert since_boot() >= time.monotonic() - 0.01
+
+
+def test_replies_with_no_change_never_add_up_to_a_move(clocks: Clocks) -> None:
+    """Each reading of the time since boot moves on (here 1 ms a reading): the change of
+    the estimate is taken from one reading, so a million replies move nothing (before,
+    the time ``observe`` took added up to a 1 s move every ~400,000 replies)."""
+    ticks = [clocks.mono]
+
+    def ticking() -> float:
+        ticks[0] += 0.001
+        return ticks[0]
+
+    clock = ServerClock(clocks.local, monotonic=ticking, boot=lambda: "boot-1")
+    clock.observe(clocks.server - 5)
+    server_minus_boot = clocks.server - 5 - int(ticks[0] * 1000)
+    moved = [
+        clock.observe(server_minus_boot + int(ticks[0] * 1000) + 1) for _ in range(2_000)
+    ]  # each reply stamped as the estimate says, 1 ms before the reading
+    assert set(moved) == {0}
+
+
+def test_a_held_reply_after_a_restart_loses_to_the_kept_clock(
+    clocks: Clocks, tmp_path: Path
+) -> None:
+    state = tmp_path / "outbox.sqlite.serverclock"
+    clocks.wall -= HOUR
+    clocks.clock(state=state).observe(clocks.server - 10)
+    clocks.advance(30.0)
+    again = clocks.clock(state=state)  # edged restarted; the broker held a reply 20 s
+    assert again.observe(clocks.server - 20_000) == 0
+    assert again() == clocks.server - 10
+    assert json.loads(state.read_text())["from_boot_ms"] == clocks.server - 10 - int(
+        clocks.mono * 1000
+    )
