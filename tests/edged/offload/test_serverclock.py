@@ -174,9 +174,10 @@ def test_a_state_that_cannot_be_written_is_said_and_the_clock_still_works(
 
 def test_the_clock_counts_suspended_time() -> None:
     """A box that sleeps: the monotonic clock stops, the time since boot does not."""
-    before = since_boot()
-    assert 0 <= since_boot() - before < 1
-    assert since_boot() >= time.monotonic() - 0.01
+    monotonic = time.monotonic()
+    boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert boottime >= monotonic  # it counts at least what the monotonic clock does
+    assert 0 <= since_boot() - boottime < 5  # and it is the clock the estimate is kept on
 
 
 def test_replies_with_no_change_never_add_up_to_a_move(clocks: Clocks) -> None:
