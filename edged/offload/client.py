@@ -117,8 +117,8 @@ class OffloadClient:
         clock: Clock = now_ms,
     ) -> None:
         self.device_id = device_id
-        # the outbox's: deadlines and timers read the same wall clock; a ServerClock (as
-        # edged runs) also learns serverd's clock from the replies
+        # the outbox's: deadlines and timers read the same clock; a ServerClock (as edged
+        # runs) is serverd's, learnt from the replies
         self._clock = clock
         self.config = config or OffloadClientConfig()
         self.topics = Topics(self.config.prefix)
@@ -227,8 +227,7 @@ class OffloadClient:
             "jobs": self._outbox.counts(),
             "outbox": self._outbox.stats(),
             "mqtt": self._mqtt.counters.as_dict(),
-            # serverd's clock minus this device's, as its replies tell (ServerClock)
-            "clock_offset_ms": getattr(self._clock, "offset_ms", 0),
+            "clock_offset_ms": self._outbox.clock_offset_ms,  # serverd's minus the device's
         }
 
     # --- on the network loop (``_post`` and ``_call`` from any thread) ---

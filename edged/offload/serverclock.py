@@ -69,11 +69,11 @@ class ServerClock:
         self,
         local: Clock = now_ms,
         window_s: float = WINDOW_S,
-        monotonic: Callable[[], float] = since_boot,
+        since_boot: Callable[[], float] = since_boot,
         state: Path | None = None,
         boot: Callable[[], str] = boot_id,
     ) -> None:
-        self._local, self._monotonic, self.window_s = local, monotonic, window_s
+        self._local, self._since_boot, self.window_s = local, since_boot, window_s
         self._state, self._boot = state, boot()
         # serverd's clock minus the time since boot (ms), once a reply told
         self._from_boot: int | None = self._load()
@@ -81,7 +81,7 @@ class ServerClock:
         # over one to two windows): one loose bound (a reply the broker held while edged
         # restarted) never drags the estimate down, the one kept from before included
         self._bounds: list[int | None] = [None, self._from_boot]
-        self._window_at = monotonic()
+        self._window_at = since_boot()
         self._unmoved = 0  # changes of the estimate too small to move the jobs, added up
         self._skew, self._state_failures = Repeats(log), Repeats(log)
 
@@ -106,7 +106,7 @@ class ServerClock:
         to count, is over ``STEP_MS``, else 0."""
         if not MIN_SERVER_MS <= server_ms <= MAX_SERVER_MS:
             return 0  # no clock a serverd runs on: its jobs' times would leave the wire
-        now = self._monotonic()
+        now = self._since_boot()
         boot_ms = int(now * 1000)  # one reading: the change below is the estimate's alone
         before = self._local() - boot_ms if self._from_boot is None else self._from_boot
         bound = server_ms - boot_ms
@@ -130,7 +130,7 @@ class ServerClock:
         return step
 
     def _boot_ms(self) -> int:
-        return int(self._monotonic() * 1000)
+        return int(self._since_boot() * 1000)
 
     def _load(self) -> int | None:
         if self._state is None or not self._boot:

@@ -96,8 +96,9 @@ class OutboxStore:
         with self._lock, self._tx():
             moved = self._db.conn.execute(
                 "UPDATE jobs SET created = created + ?, deadline = deadline + ?, "
-                "next_attempt = next_attempt + ? WHERE ended IS NULL AND rowid > ?",
-                (step_ms, step_ms, step_ms, after_rowid),
+                "next_attempt = next_attempt + ?, started = started + ?, updated = updated + ? "
+                "WHERE ended IS NULL AND rowid > ?",
+                (step_ms, step_ms, step_ms, step_ms, step_ms, after_rowid),
             )
         return moved.rowcount
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from edgefed.testing.wait import wait_until
+from serverd.app import ServerdApp
 from serverd.triton import supervisor
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import TritonModelConfig, write_repository
 from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
+from tests.serverd.harness import serverd_config
 from tests.support.paths import IMAGES_DIR, REPO
 
 VENV = REPO / ".venv-triton"
@@ -185,6 +187,16 @@ def test_a_running_triton_s_log_is_kept_within_its_size(
         assert process.pid == pid and process.ready() and watcher.restart_count == 0
     finally:
         watcher.stop()
+
+
+def test_triton_log_verbose_reaches_each_triton_s_command_line(tmp_path: Path) -> None:
+    """serverd's ``triton.log_verbose`` as Triton's own flag, on every instance it starts."""
+    for level in (0, 2):
+        config = serverd_config(tmp_path / str(level), 1883, triton={"log_verbose": level})
+        supervisors = ServerdApp(config)._tritons()  # built, not started
+        assert len(supervisors) == 2
+        for watcher in supervisors:
+            assert f"--log-verbose={level}" in watcher.process.command()
 
 
 def test_a_running_triton_s_log_that_cannot_be_kept_is_emptied_all_the_same(
