@@ -198,13 +198,15 @@ class EdgedApp:
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
-        self.federation = wiring.federation(config, self.mqtt, self._serve_adopted)
+        clock = wiring.server_clock(config)  # offload and federation times, serverd's
+        self.federation = wiring.federation(config, self.mqtt, self._serve_adopted, clock)
         self.offload = wiring.offload(
             config,
             self.net,
             self._queue_depth,
             self._on_outcome,
             self.federation.on_offload if self.federation is not None else None,
+            clock,
         )
         sinks: list[FrameSink] = [self.events, self.preview, *extra_sinks]
         sinks += [s for s in (self._jsonl, self.eventbus) if s is not None]

@@ -28,7 +28,7 @@ from edged.twin.dmi import DmiMapper
 from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
 from edgefed import paths
-from edgefed.clock import now_ms
+from edgefed.clock import Clock, now_ms
 from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttClient, presence
 from edgefed.wire import Availability, Topics
@@ -74,20 +74,27 @@ class EdgeOffload:
         return {**self.client.status(), **self.dispatcher.status()}
 
 
+def server_clock(config: EdgedConfig) -> ServerClock:
+    """serverd's clock as the offload replies teach it (kept beside the outbox): what the
+    device's jobs and federation offers are timed on (docs/offload.md, "Whose clock")."""
+    path = config.offload.outbox.path
+    return ServerClock(state=path.with_name(f"{path.name}.serverclock"))
+
+
 def offload(
     config: EdgedConfig,
     net: NetLoop | None,
     queue_depth: Callable[[str], int],
     on_outcome: OutcomeListener,
     on_submit: SubmitListener | None = None,
+    clock: ServerClock | None = None,
 ) -> EdgeOffload | None:
     """The offload path; each closed job's outcome goes to ``on_outcome``, each submitted
-    frame to ``on_submit``."""
+    frame to ``on_submit``; its jobs timed on ``clock`` (default: a ``server_clock``)."""
     if not config.offload.enabled or net is None:
         return None
     _left_behind(config.offload.outbox.path)
-    path = config.offload.outbox.path  # deadlines on serverd's clock, learnt from replies
-    clock = ServerClock(state=path.with_name(f"{path.name}.serverclock"))
+    clock = clock or server_clock(config)
     outbox = Outbox(config.offload.outbox, clock)
     client = OffloadClient(config.device_id, net, outbox, config.offload.client, on_outcome, clock)
     dispatcher = OffloadDispatcher(config.offload, client, queue_depth, on_submit)
@@ -112,9 +119,10 @@ def federation(
     config: EdgedConfig,
     mqtt: MqttClient | None,
     on_adopted: Callable[[str, Path], None] | None = None,
+    clock: Clock = now_ms,
 ) -> EdgeFederation | None:
     """The device's federated models (docs/federated.md), if enabled; ``on_adopted``
-    serves a newly adopted version."""
+    serves a newly adopted version; offers are stamped on ``clock``."""
     if mqtt is None or not config.federation.enabled:
         return None
     return federation_service.build(
@@ -126,6 +134,7 @@ def federation(
         config.images.trusted_keys,
         config.images.dir,
         on_adopted,
+        clock,
     )
 
 

@@ -193,9 +193,11 @@ def build(
     trusted_keys: Sequence[Path],
     images_dir: Path,
     on_adopted: Callable[[str, Path], None] | None = None,
+    clock: Clock = now_ms,
 ) -> EdgeFederation:
     """The device's federation from its config section; an unreadable store or key is
-    a ``ConfigError``. ``on_adopted(model, image)`` runs when a version is adopted."""
+    a ``ConfigError``. ``on_adopted(model, image)`` runs when a version is adopted;
+    offers are stamped on ``clock`` (edged: serverd's, as its offload replies tell)."""
     key_paths = config.trusted_keys or trusted_keys
     try:
         images = VersionImages(config.images_dir or images_dir, key_paths)
@@ -243,6 +245,7 @@ def build(
         classes,
         allowed,
         config.offer_interval_s,
+        clock,
         hard_examples=hard,
     )
 

@@ -15,6 +15,7 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
+from edged.offload.serverclock import ServerClock
 from edgefed.clock import now_ms
 from edgefed.lifecycle import Status
 from edgefed.testing.broker import Broker
@@ -89,6 +90,28 @@ def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Brok
         again.models.close()
         if again.offload is not None:
             again.offload.outbox.close()
+
+
+def test_offload_and_federation_share_serverds_clock(tmp_path: Path, broker: Broker) -> None:
+    """What an offload reply teaches edged of serverd's clock times its jobs and its
+    federation offers alike (an offer stamped on the device's own clock, over 2 min off,
+    was never chosen for a round)."""
+    raw = full_config(tmp_path, broker)
+    raw["federation"] = {
+        "enabled": True,
+        "models": [{"name": "digits", "classes": list("0123456789")}],
+    }
+    app = EdgedApp(parse_config(raw, env={}))
+    try:
+        assert app.offload is not None and app.federation is not None
+        clock = app.federation.clock
+        assert isinstance(clock, ServerClock)
+        clock.observe(now_ms() + 3_600_000)  # serverd an hour ahead, as a reply says
+        assert abs(app.offload.outbox.clock_offset_ms - 3_600_000) < 5_000
+        assert abs(app.federation.offer().sent_ms - (now_ms() + 3_600_000)) < 5_000
+    finally:
+        app.models.close()
+        app.offload.outbox.close()  # type: ignore[union-attr]
 
 
 def test_a_result_kept_by_the_broker_while_edged_was_down_is_recorded_on_start(

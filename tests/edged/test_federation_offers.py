@@ -10,7 +10,9 @@ from pathlib import Path
 
 from edged.federation.samples import SampleStore
 from edged.federation.service import EdgeFederation
-from edgefed.federation_wire import FederationTopics
+from edged.offload.serverclock import ServerClock
+from edgefed.clock import now_ms
+from edgefed.federation_wire import FederationTopics, SampleOffer, decode
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.testing.wait import wait_until
@@ -54,3 +56,33 @@ def test_no_offer_piles_up_while_the_broker_is_away(tmp_path: Path) -> None:
     finally:
         fed.stop()
         mqtt.stop()
+
+
+def test_offers_are_stamped_on_serverds_clock_once_the_device_knows_it(tmp_path: Path) -> None:
+    """serverd counts an offer for ``offer_ttl_s`` (2 min) after its ``sent_ms``, on its
+    own clock: a device three hours behind, stamping its own time, was never chosen for
+    a round. edged stamps offers on the ServerClock its offload replies teach."""
+    topics = FederationTopics()
+    with Broker(tmp_path / "broker") as broker:
+        mqtt = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edge-0"))
+        clock = ServerClock(local=lambda: now_ms() - 3 * 3_600_000)
+        clock.observe(now_ms())  # an offload reply: serverd's time (the real clock here)
+        store = SampleStore(tmp_path / "samples.db")
+        allowed = threading.Event()
+        allowed.set()
+        fed = EdgeFederation(mqtt, topics, "edge-0", store, [], {}, allowed, clock=clock)
+        offers: queue.Queue[bytes] = queue.Queue()
+        watcher = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="w"))
+        watcher.subscribe(topics.filter("samples"), lambda t, p: offers.put(p))
+        watcher.start()
+        mqtt.start()
+        fed.start()
+        try:
+            assert watcher.wait_connected(10)
+            offer = decode(offers.get(timeout=10))
+            assert isinstance(offer, SampleOffer)
+            assert abs(offer.sent_ms - now_ms()) < 5_000  # serverd's time, not 3 h before
+        finally:
+            fed.stop()
+            mqtt.stop()
+            watcher.stop()
