@@ -240,11 +240,10 @@ class OffloadClient:
         if reply.device_id != self.device_id:
             self.counters.foreign_replies += 1
             raise ProtocolError(f"reply for device {reply.device_id} on {topic}")
-        if isinstance(self._clock, ServerClock):  # serverd's time when it answered
-            answered = reply.completed if isinstance(reply, OffloadResult) else None
-            answered = reply.at if isinstance(reply, OffloadErrorMessage) else answered
-            if answered is not None:
-                self._learn_clock(self._clock, answered)
+        if isinstance(self._clock, ServerClock):
+            match reply:  # serverd's time when it answered
+                case OffloadResult(completed=int(at)) | OffloadErrorMessage(at=int(at)):
+                    self._learn_clock(self._clock, at)
         self._post(ReplyIn(reply, ack))
 
     def _learn_clock(self, clock: ServerClock, answered: int) -> None:

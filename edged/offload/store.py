@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 from edged.offload.records import COLUMNS, JobRecord, OutboxConfig, sql_in, to_record
 from edged.offload.schema import MIGRATIONS
+from edged.offload.serverclock import ServerClock
 from edgefed import lifecycle
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError
@@ -106,7 +107,7 @@ class OutboxStore:
     def clock_offset_ms(self) -> int:
         """How far the clock the jobs are timed on is from this device's (a ServerClock
         learns serverd's; 0 for any other)."""
-        return int(getattr(self._clock, "offset_ms", 0))
+        return self._clock.offset_ms if isinstance(self._clock, ServerClock) else 0
 
     def counts(self) -> dict[str, int]:
         """Jobs per status (every status listed, zeros included)."""

@@ -203,18 +203,23 @@ def test_a_running_triton_s_log_that_cannot_be_kept_is_emptied_all_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where ``.log.1`` cannot be written (a full disk; here a directory in its place) the
-    log is still emptied: the disk matters more than the old lines."""
-    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 1024)
-    process = TritonProcess(
-        TritonInstall.locate(VENV), tmp_path / "models", tmp_path, "local-0", TritonPorts.free()
-    )
-    monkeypatch.setattr(process, "poll", lambda: None)  # as while Triton runs
-    process.log_path.write_bytes(b"x" * 4096)
-    (tmp_path / "local-0.log.1").mkdir()
-    with pytest.raises(OSError):
-        process.rotate_log()
-    assert process.log_path.stat().st_size == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local-0.log", "local-0.log.1"]
+    running Triton's log is still emptied: the disk matters more than the old lines."""
+    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 1024)  # start-up alone logs more
+    echo = [TritonModelConfig(name="echo", backend="echo")]
+    repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
+    install = TritonInstall.locate(VENV)
+    process = TritonProcess(install, repository, tmp_path, "local-0", TritonPorts.free())
+    process.start()
+    try:
+        (tmp_path / "local-0.log.1").mkdir()
+        assert process.log_path.stat().st_size > 1024
+        with pytest.raises(OSError):
+            process.rotate_log()
+        assert process.log_path.stat().st_size == 0
+        assert (tmp_path / "local-0.log.1").is_dir()
+        assert not list(tmp_path.glob("*.partial")) and process.ready()
+    finally:
+        process.stop()
 
 
 def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> None:

@@ -28,6 +28,11 @@ class Clocks:
         self.wall += int(seconds * 1000)
         self.boot += seconds
 
+    def reply(self, clock: ServerClock, after_s: float = 0.0, transit_ms: int = 10) -> int:
+        """``after_s`` on, a reply serverd stamped ``transit_ms`` before it arrives."""
+        self.advance(after_s)
+        return clock.observe(self.server - transit_ms)
+
     def local(self) -> int:
         return self.wall
 
@@ -77,8 +82,7 @@ def test_the_edge_s_wall_clock_stepping_does_not_move_serverd_s_time(clocks: Clo
     clocks.wall = clocks.server  # NTP
     assert clock() == clocks.server - 10 and clock.offset_ms == -10
     for _ in range(10):  # and stays so as replies come, through several windows
-        clocks.advance(30.0)
-        clock.observe(clocks.server - 10)
+        clocks.reply(clock, after_s=30.0)
         assert clock() == clocks.server - 10
 
 
@@ -86,18 +90,16 @@ def test_serverd_s_clock_stepping_ahead_is_followed_at_once_and_back_within_two_
     clocks: Clocks,
 ) -> None:
     clock = clocks.clock(window_s=60.0)
-    clock.observe(clocks.server - 10)
+    clocks.reply(clock)
     clocks.server += DAY
-    clock.observe(clocks.server - 10)
+    clocks.reply(clock)
     assert clock() == clocks.server - 10
     clocks.server -= DAY
     for _ in range(3):  # within the window the larger bound stands
-        clocks.advance(20.0)
-        clock.observe(clocks.server - 10)
+        clocks.reply(clock, after_s=20.0)
         assert clock() == clocks.server + DAY - 10
     for _ in range(6):  # two windows on, it is gone
-        clocks.advance(20.0)
-        clock.observe(clocks.server - 10)
+        clocks.reply(clock, after_s=20.0)
     assert clock() == clocks.server - 10
 
 
