@@ -88,11 +88,12 @@ def test_a_stuck_driver_stops_the_watchdog_until_it_answers(
         os.replace(fifo, tmp_path / "npu" / "npu1")  # the next devices() blocks reading it
         stuck = time.monotonic()
         time.sleep(4 * WATCHDOG_S)
-        # answer the blocked read, and put a plain state file back for the polls after it
+        # answer the blocked read, and put a plain state file back for the polls after it;
+        # timed before the writer starts: the round it unblocks may pet before join returns
+        answered = time.monotonic()
         writer = threading.Thread(target=answer, args=(tmp_path / "npu" / "npu1",))
         writer.start()
         writer.join(10)
-        answered = time.monotonic()
         time.sleep(2 * WATCHDOG_S)
         code, output = stop(proc)
     finally:
