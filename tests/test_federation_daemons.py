@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -326,6 +327,8 @@ def test_daemons_federate_to_centralised_accuracy_and_no_sample_leaves(fleet: Fl
     assert status.returncode == 0, status.stderr
     assert f"digits: v{ROUNDS + 1} idle, round {ROUNDS}, {ROUNDS} done, 0 failed" in status.stdout
     assert adopted in status.stdout
+    for device in EDGES:  # each offering, dated on serverd's clock
+        assert re.search(rf"^edge {device}: digits \d+.*, offered \d+ s ago$", status.stdout, re.M)
     for data, rounds in ((fleet.data, ROUNDS), (fleet.person, PERSON_ROUNDS)):
         params = _published_params(fleet, rounds + 1, data.name)
         federated = accuracy(params, *data.test)

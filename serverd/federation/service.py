@@ -6,8 +6,12 @@ each decoded message to its model's coordinator (a chunk and a report name their
 model; a query goes to the coordinator holding that update, else to any, which answers
 ``unknown``). Edges advertise how many samples they could train on (retained
 ``SampleOffer``); a round opens over the devices whose offer is fresher than
-``offer_ttl_ms`` and allows training. ``tick`` closes due rounds and, with
-``interval_ms`` set, opens the next round of an idle model when it is due.
+``offer_ttl_ms`` and allows training. An offer's age is told on serverd's clock: one
+published while serverd listens was sent when it arrived, whatever the edge's clock says
+(an edge box without NTP may be hours off); only a retained one, which the broker stored
+before serverd subscribed, is dated by its ``sent_ms`` (never later than its arrival).
+``tick`` closes due rounds and, with ``interval_ms`` set, opens the next round of an idle
+model when it is due.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ FORGET_MS = 7 * 24 * 3600 * 1000
 log = logging.getLogger("serverd.federation")
 
 
+@dataclass(frozen=True)
+class _Offer:
+    offer: SampleOffer
+    seen_ms: int  # when it was sent, on serverd's clock as far as serverd can tell
+
+
 @dataclass
 class ServiceCounters(Counters):
     bad_messages: int = 0
@@ -76,7 +86,7 @@ class FederationService:
         self.offer_ttl_ms, self.interval_ms, self.clock = offer_ttl_ms, interval_ms, clock
         self.versions = versions
         self.counters = ServiceCounters()
-        self._offers: dict[str, SampleOffer] = {}
+        self._offers: dict[str, _Offer] = {}
         self._repeats = Repeats(log)  # a device may send bad messages by the thousand
         self._last_open: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -90,7 +100,7 @@ class FederationService:
         restart too."""
         self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
         self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
-        self.mqtt.subscribe(self.topics.filter("samples"), self._on_offer)
+        self.mqtt.subscribe_retained(self.topics.filter("samples"), self._on_offer)
         self.mqtt.add_connection_listener(self._on_connection)
         if self.mqtt.connected:
             self._on_connection(True)
@@ -111,9 +121,9 @@ class FederationService:
         oldest = self.clock() - self.offer_ttl_ms
         with self._lock:
             return {
-                device: offer.samples[model]
-                for device, offer in self._offers.items()
-                if offer.training_allowed and offer.sent_ms >= oldest and model in offer.samples
+                device: o.offer.samples[model]
+                for device, o in self._offers.items()
+                if o.offer.training_allowed and o.seen_ms >= oldest and model in o.offer.samples
             }
 
     def start_round(self, model: str) -> RoundOpen:
@@ -129,7 +139,7 @@ class FederationService:
         forget devices gone for ``FORGET_MS`` (their retained offers stay on the broker)."""
         now = self.clock()
         with self._lock:
-            for device in [d for d, o in self._offers.items() if o.sent_ms < now - FORGET_MS]:
+            for device in [d for d, o in self._offers.items() if o.seen_ms < now - FORGET_MS]:
                 del self._offers[device]
             known = set(self._offers)
         for coordinator in self.coordinators.values():
@@ -160,8 +170,16 @@ class FederationService:
             del self._unsaved[model]
 
     def status(self) -> dict[str, Any]:
+        now = self.clock()
         with self._lock:
-            offers = {d: o.model_dump(exclude={"type"}) for d, o in self._offers.items()}
+            offers = {
+                d: {
+                    **o.offer.model_dump(exclude={"type"}),
+                    "seen_ms": o.seen_ms,
+                    "age_s": round((now - o.seen_ms) / 1000, 1),
+                }
+                for d, o in self._offers.items()
+            }
         return {
             "enabled": True,
             "models": {m: c.status() for m, c in self.coordinators.items()},
@@ -208,14 +226,15 @@ class FederationService:
         if target is not None:
             target.on_adoption(device, report)
 
-    def _on_offer(self, topic: str, payload: bytes) -> None:
+    def _on_offer(self, topic: str, payload: bytes, retained: bool) -> None:
         device = self.topics.device_of("samples", topic)
         offer = self._decode(topic, payload) if device is not None and payload else None
         if device is None:
             return
+        now = self.clock()
         with self._lock:
             if isinstance(offer, SampleOffer):
-                self._offers[device] = offer
+                self._offers[device] = _Offer(offer, min(offer.sent_ms, now) if retained else now)
                 self.counters.offers += 1
             elif not payload:  # a retained offer cleared: the device left
                 self._offers.pop(device, None)

@@ -205,8 +205,7 @@ def test_a_new_version_the_disk_refuses_is_saved_once_it_has_room(
 def test_a_device_gone_for_a_week_leaves_the_status(fleet: Fleet) -> None:
     """Every device ever seen stayed in serverd's offers and adoption reports for ever
     (a fleet that churns grows them, and the status lists them all)."""
-    gone_since = now_ms() - FORGET_MS - 60_000
-    offer = SampleOffer(samples={"wide": 40}, training_allowed=True, sent_ms=gone_since)
+    offer = SampleOffer(samples={"wide": 40}, training_allowed=True, sent_ms=now_ms())
     report = AdoptionReport(model="wide", version=2, adopted=True)
     server = fleet.clients[0]
     server.publish(fleet.topics.samples("edge-9"), encode(offer), retain=True).wait(5)
@@ -215,10 +214,60 @@ def test_a_device_gone_for_a_week_leaves_the_status(fleet: Fleet) -> None:
     wide = fleet.coordinators[0]
     wait_until("reports", lambda: {"edge-0", "edge-9"} <= set(wide.adoptions))
     wait_until("offers", lambda: len(fleet.service.status()["edges"]) == 4)
+    week_on = now_ms() + FORGET_MS + 60_000
+    fleet.service.clock = lambda: week_on  # a week later, the three edges still offering
+    for edge in fleet.edges:
+        edge.changed()
+    wait_until("offers again", lambda: _seen(fleet, EDGES) == [week_on] * len(EDGES))
     fleet.service.tick()
     assert sorted(fleet.service.status()["edges"]) == EDGES
     assert sorted(wide.adoptions) == ["edge-0"]
     server.publish(fleet.topics.samples("edge-9"), b"", retain=True).wait(5)
+
+
+def _seen(fleet: Fleet, devices: list[str]) -> list[int | None]:
+    edges = fleet.service.status()["edges"]
+    return [edges[d]["seen_ms"] if d in edges else None for d in devices]
+
+
+def test_offers_are_dated_on_serverds_clock_a_retained_one_by_its_sender(
+    tmp_path: Path,
+) -> None:
+    """A live offer was sent when it arrived, whatever the edge's clock: a device three
+    hours behind (no NTP) was never chosen. A retained one, stored before serverd
+    subscribed, is as old as its ``sent_ms`` says: a device gone for a week is not
+    counted as offering again when serverd restarts."""
+    topics = FederationTopics()
+    with Broker(tmp_path / "broker") as broker:
+        edge = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edge-9"))
+        server = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="serverd"))
+        service = FederationService(server, topics, [], offer_ttl_ms=120_000)
+        edge.start()
+        try:
+            assert edge.wait_connected(10)
+            gone = now_ms() - FORGET_MS - 60_000
+            stored = SampleOffer(samples={"wide": 40}, training_allowed=True, sent_ms=gone)
+            assert edge.publish(topics.samples("edge-9"), encode(stored), retain=True).wait(5)
+            service.start()
+            server.start()
+            wait_until("the stored offer", lambda: "edge-9" in service.status()["edges"])
+            assert service.status()["edges"]["edge-9"]["seen_ms"] == gone
+            assert service.available("wide") == {}
+            service.tick()
+            assert service.status()["edges"] == {}
+
+            behind = SampleOffer(
+                samples={"wide": 40}, training_allowed=True, sent_ms=now_ms() - 3 * 3_600_000
+            )
+            before = now_ms()
+            assert edge.publish(topics.samples("edge-9"), encode(behind), retain=True).wait(5)
+            wait_until("the live offer", lambda: "edge-9" in service.status()["edges"])
+            assert service.status()["edges"]["edge-9"]["seen_ms"] >= before
+            assert service.available("wide") == {"edge-9": 40}
+        finally:
+            edge.publish(topics.samples("edge-9"), b"", retain=True).wait(5)
+            edge.stop()
+            server.stop()
 
 
 def test_a_flood_of_bad_federation_messages_is_counted_and_logged_in_a_few_lines(
