@@ -82,8 +82,9 @@ def triton_kill9(s: System) -> None:
 
 
 def clock_jump(s: System) -> None:
-    """Forward 30 s, then back 60 s, then forward 30 s again (to true time)."""
-    for step in (30_000, -60_000, 30_000):
+    """The edge's wall clock forward an hour, then back two, then forward an hour again
+    (to true time); its jobs stay on serverd's clock, as its replies teach it."""
+    for step in (3_600_000, -7_200_000, 3_600_000):
         s.clock.offset_ms += step
         time.sleep(OUTAGE_S / 3)
 

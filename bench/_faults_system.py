@@ -3,8 +3,9 @@
 ``Serverd`` is ``serverd run`` as its own process (so that it can be killed with -9) with
 one supervised Triton serving the ``echo`` model, connected to the shipped broker as
 ``serverd``. ``Edge`` is edged's offload path in this process: ``OffloadClient`` on a
-``NetLoop`` with its SQLite outbox, connected as device A, on a wall clock the bench can
-jump (``JumpClock``). ``Ledger`` records every job the edge submits and every outcome
+``NetLoop`` with its SQLite outbox, connected as device A, its jobs timed on serverd's
+clock as the replies teach it (``ServerClock``, as edged runs) over a wall clock the bench
+can jump (``JumpClock``). ``Ledger`` records every job the edge submits and every outcome
 the client tells: a job is lost if it was stored and never told, duplicated if it was
 told twice.
 """
@@ -35,6 +36,7 @@ from edged.netloop import NetLoop
 from edged.offload.client import JobOutcome, OffloadClient, OffloadClientConfig
 from edged.offload.outbox import Outbox
 from edged.offload.records import OutboxConfig
+from edged.offload.serverclock import ServerClock
 from edgefed import paths
 from edgefed.clock import now_ms
 from edgefed.errors import OffloadError
@@ -212,7 +214,9 @@ class Edge:
             retry_cap_s=2.0,
             max_iterations=20,
         )
-        self.outbox = Outbox(config, clock=clock)
+        # as edged runs it: jobs timed on serverd's clock, as the replies teach it
+        self.server_clock = ServerClock(local=clock, state=directory / "outbox.sqlite.serverclock")
+        self.outbox = Outbox(config, clock=self.server_clock)
         self.net = NetLoop(MqttClient(broker.client_config(DEVICE_A, client_id="edge-faults")))
         self.client = OffloadClient(
             DEVICE_A,
@@ -220,7 +224,7 @@ class Edge:
             self.outbox,
             OffloadClientConfig(),
             on_outcome=ledger.tell,
-            clock=clock,
+            clock=self.server_clock,
         )
         self.server_online = threading.Event()
         self.net.mqtt.subscribe(Topics().server_availability(SERVER_ID), self._availability)
