@@ -84,7 +84,12 @@ class ObjectEvents:
         self._ended: dict[tuple[str, int], None] = {}  # the latest ENDED_KEPT, oldest first
         self._lock = threading.Lock()  # the state the status API reads
         self._order = threading.Lock()
-        self.counts = {"new": 0, "update": 0, "end": 0}
+        self._counts = {"new": 0, "update": 0, "end": 0}
+
+    def totals(self) -> dict[str, int]:
+        """Events since start, by type."""
+        with self._lock:
+            return dict(self._counts)
 
     @property
     def snapshots_held(self) -> int:
@@ -159,7 +164,7 @@ class ObjectEvents:
 
     def _emit(self, event: ObjectEvent) -> None:
         with self._lock:
-            self.counts[event.type] += 1
+            self._counts[event.type] += 1
             self._log.append(event.model_dump(exclude={"snapshot_jpeg"}))
         if self.publish is not None:
             try:

@@ -73,6 +73,10 @@ class StatusCollector(Collector):
         yield CounterMetricFamily(
             "edged_events", "Frame events recorded in the event log", value=st.events_last_seq
         )
+        kinds = _counter("edged_object_events", "Object events since start, by type", ["type"])
+        for kind, n in st.object_event_counts.items():
+            kinds.add_metric([kind], n)
+        yield kinds
 
     def _federation(self, st: StatusBody) -> Iterator[Metric]:
         fed = st.federation
@@ -113,6 +117,7 @@ class StatusCollector(Collector):
         skipped = _counter(
             "edged_camera_skipped_frames", "Frames not sent to models, by reason", [*cam, "reason"]
         )
+        objects = _gauge("edged_camera_objects", "Tracked people in view (confirmed tracks)", cam)
         for c in st.cameras:
             up.add_metric([c.name], 1.0 if c.state == "running" else 0.0)
             cap.add_metric([c.name], c.capture_fps)
@@ -125,7 +130,8 @@ class StatusCollector(Collector):
             skipped.add_metric([c.name, "static"], c.skipped_static)
             skipped.add_metric([c.name, "rate"], c.skipped_rate)
             skipped.add_metric([c.name, "failed"], c.skipped_failed)
-        yield from (up, cap, proc, motion, frames, drops, reconnects, gated, skipped)
+            objects.add_metric([c.name], sum(1 for t in c.objects if t.confirmed))
+        yield from (up, cap, proc, motion, frames, drops, reconnects, gated, skipped, objects)
 
     def _models(self, st: StatusBody) -> Iterator[Metric]:
         lab = ["model"]

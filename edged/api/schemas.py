@@ -227,6 +227,9 @@ class StatusBody(_Out):
         default_factory=list,
         description="Newest object events (new/update/end, without snapshots), oldest first",
     )
+    object_event_counts: dict[str, int] = Field(
+        default_factory=dict, description="Object events since start, by type (new/update/end)"
+    )
     federation: FederationStatus = Field(
         default_factory=lambda: FederationStatus(enabled=False),
         description="Federated learning on this device",

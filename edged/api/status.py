@@ -75,6 +75,7 @@ class StatusViews:
                 ),
                 "events_last_seq": self._src.events.last_seq,
                 "object_events": self._src.objects.recent(20) if self._src.objects else [],
+                "object_event_counts": self._src.objects.totals() if self._src.objects else {},
                 "federation": fed.status() if (fed := self._src.federation) else {"enabled": False},
             }
         )

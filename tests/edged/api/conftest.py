@@ -100,6 +100,7 @@ def start_daemon(tmp: Path, api: dict[str, Any] | None = None, **sections: Any) 
     sources = ApiSources(
         pipeline=app.pipeline,
         events=app.events,
+        objects=app.objects,
         preview=preview,
         device_id=config.device_id,
         model_failures=app.models.failures,

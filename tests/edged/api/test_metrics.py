@@ -30,6 +30,7 @@ EXPECTED = {
     "edged_camera_reconnects": "counter",
     "edged_camera_gated_frames": "counter",
     "edged_camera_skipped_frames": "counter",
+    "edged_camera_objects": "gauge",
     "edged_model_loaded": "gauge",
     "edged_model_enabled": "gauge",
     "edged_model_inferences": "counter",
@@ -44,6 +45,7 @@ EXPECTED = {
     "edged_preview_viewers": "gauge",
     "edged_preview_renders": "counter",
     "edged_events": "counter",
+    "edged_object_events": "counter",
     "process_cpu_seconds": "counter",
     "process_resident_memory_bytes": "gauge",
 }
@@ -84,6 +86,24 @@ def test_metrics_parse_and_carry_the_expected_families(daemon: Daemon) -> None:
         samples[("edged_camera_skipped_frames_total", (("camera", "vtest"), ("reason", "failed")))]
         == 0
     )
+
+
+def test_people_in_view_and_object_events_are_counted(daemon: Daemon) -> None:
+    """The tracker's confirmed people per camera and the object events by type, as a
+    fleet's Prometheus graphs them (vtest.avi always has someone walking)."""
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        values = [v for n, lab, v in scrape(daemon)[name][1] if lab == labels]
+        return values[0] if values else 0.0
+
+    wait_until(
+        "someone tracked", lambda: sample("edged_camera_objects", {"camera": "vtest"}) > 0, 60
+    )
+    wait_until("a new object", lambda: sample("edged_object_events", {"type": "new"}) > 0, 60)
+    ended = sample("edged_object_events", {"type": "end"})
+    counts = call(daemon.url + "/api/v1/status").json()["object_event_counts"]
+    assert set(counts) == {"new", "update", "end"} and counts["new"] > 0
+    assert ended <= counts["end"] <= counts["new"]  # a track ends after it began
 
 
 def test_counters_grow_between_scrapes(daemon: Daemon) -> None:
