@@ -43,6 +43,7 @@ from edgefed.errors import OffloadError
 from edgefed.lifecycle import Status
 from edgefed.mqtt import MqttClient
 from edgefed.ports import free_port
+from edgefed.testing.processes import terminate
 from edgefed.wire import Topics, decode_availability
 
 SERVER_ID = "faults-server"
@@ -361,17 +362,3 @@ def http_call(
         return exc.code, exc.read()
     except OSError:
         return 0, b""
-
-
-def terminate(process: subprocess.Popen[bytes] | None) -> int | None:
-    """SIGTERM, wait (SIGKILL after 30 s); the exit code, None if never started."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode

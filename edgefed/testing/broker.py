@@ -35,6 +35,7 @@ from edgefed import certs
 from edgefed.mqtt import MqttConfig, MqttTls
 from edgefed.mqtt.acl import render_acl
 from edgefed.ports import free_port
+from edgefed.testing.processes import terminate
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
@@ -190,13 +191,7 @@ class Broker:
     def stop(self) -> None:
         if self._process is None:
             return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
+        terminate(self._process, 5)
         self._process = None
 
     def __enter__(self) -> Broker:

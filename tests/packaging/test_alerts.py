@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.metricdocs import documented_metrics, metrics_read
 from tests.support.paths import REPO
 
 RULES = REPO / "packaging" / "prometheus" / "edgefed-alerts.yaml"
 UNIT_TESTS = Path(__file__).with_name("alerts-test.yaml")
 DOCS = REPO / "docs"
-METRIC = re.compile(r"\b((?:edged|serverd)_[a-z_]+)")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,13 +66,8 @@ def test_every_alert_has_a_unit_test_that_fires_it() -> None:
 
 
 def test_the_rules_read_only_metrics_the_daemons_export() -> None:
-    documented = set()
-    for doc in ("api.md", "serverd-api.md"):
-        for line in (DOCS / doc).read_text().splitlines():
-            if line.startswith("| `"):
-                documented |= set(re.findall(r"`((?:edged|serverd)_[a-z_]+)`", line.split("|")[1]))
-    used = {name.removesuffix("_bucket") for r in rules() for name in METRIC.findall(r["expr"])}
-    assert used and used <= documented, sorted(used - documented)
+    used = {name for r in rules() for name in metrics_read(r["expr"])}
+    assert used and used <= documented_metrics(), sorted(used - documented_metrics())
 
 
 def test_every_alert_has_its_section_in_the_docs() -> None:
