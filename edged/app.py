@@ -307,6 +307,7 @@ class EdgedApp:
             links={"mqtt": self.mqtt} if self.mqtt is not None else {},
             objects=self.objects,
             federation=self.federation,
+            twins={n: t for n, t in (("mqtt", self.twin), ("dmi", self.dmi)) if t is not None},
         )
         return ApiServer(self.config.api, sources)
 

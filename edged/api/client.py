@@ -99,9 +99,25 @@ def format_status(st: dict[str, Any]) -> str:
         out.append("outbox: not configured")
     links = ", ".join(_link(ln) for ln in st["links"])
     out.append(f"links: {links or 'none configured'}")
+    for name, way in st.get("twin", {}).items():
+        out += _twin(name, way)
     pv = st["preview"]
     out.append(f"preview: {pv['viewers']} viewers, {pv['renders']} renders")
     return "\n".join(out)
+
+
+def _twin(name: str, way: dict[str, Any]) -> list[str]:
+    """``twin (dmi): registered, 1 refused``, then each refused property and why."""
+    parts = []
+    if "registered" in way:
+        parts.append("registered" if way["registered"] else "NOT registered")
+    rejections = way.get("rejections", {})
+    parts.append(f"{len(rejections)} refused")
+    if way.get("last_error"):
+        parts.append(f"last error: {way['last_error']}")
+    lines = [f"twin ({name}): " + ", ".join(parts)]
+    lines += [f"  {prop} = {r['value']!r}: {r['reason']}" for prop, r in rejections.items()]
+    return lines
 
 
 def _link(link: dict[str, Any]) -> str:

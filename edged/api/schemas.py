@@ -172,6 +172,11 @@ class FederationStatus(_Out):
     models: dict[str, FederatedModelStatus] = Field(
         default_factory=dict, description="Per federated model"
     )
+    hard_examples: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per offloaded model whose answers label samples: remembered, forgotten, "
+        "stored, no_result, low_score, unknown_class, refused",
+    )
 
 
 class SampleIn(BaseModel):
@@ -233,6 +238,12 @@ class StatusBody(_Out):
     federation: FederationStatus = Field(
         default_factory=lambda: FederationStatus(enabled=False),
         description="Federated learning on this device",
+    )
+    twin: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The device twin's ways in, as configured: mqtt (EdgeCore's twin topics, "
+        "KubeEdge <= 1.14), dmi (the DMI mapper, 1.15+); each with its state, the properties "
+        "it refused and why (rejections), last_error and counters",
     )
 
 

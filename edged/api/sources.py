@@ -70,6 +70,12 @@ class FederationView(Protocol):
     def add_label(self, model: str, features: Any, label: str | int) -> int: ...
 
 
+class StatusView(Protocol):
+    """A service that says how it is (the MQTT twin, the DMI mapper)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class ApiSources:
     """Everything the API shows or changes."""
@@ -85,3 +91,4 @@ class ApiSources:
     links: Mapping[str, Link] = field(default_factory=dict)
     objects: ObjectEvents | None = None
     federation: FederationView | None = None
+    twins: Mapping[str, StatusView] = field(default_factory=dict)  # "mqtt", "dmi"

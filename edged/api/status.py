@@ -77,6 +77,7 @@ class StatusViews:
                 "object_events": self._src.objects.recent(20) if self._src.objects else [],
                 "object_event_counts": self._src.objects.totals() if self._src.objects else {},
                 "federation": fed.status() if (fed := self._src.federation) else {"enabled": False},
+                "twin": {name: way.status() for name, way in self._src.twins.items()},
             }
         )
 

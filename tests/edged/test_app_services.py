@@ -13,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from edged.api.client import format_status
 from edged.app import EdgedApp
 from edged.config import parse_config
 from edged.offload.serverclock import ServerClock
@@ -76,6 +77,18 @@ def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Brok
         pub.publish("$hw/events/device/demo/edge-01/twin/update/delta", json.dumps(delta), qos=1)
         wait_until("the twin value", lambda: app.runtime.current().motion_threshold == 60)
         assert app.pipeline.cameras[0].gate.config.threshold == 60
+        # one out of range is refused, and the status says which and why
+        delta |= {"event_id": "e2", "delta": {"motion_threshold": "999"}}
+        pub.publish("$hw/events/device/demo/edge-01/twin/update/delta", json.dumps(delta), qos=1)
+        twin = wait_until(
+            "the refusal",
+            lambda: api_get(app, "/api/v1/status")["twin"]["mqtt"]["rejections"],
+        )
+        assert twin["motion_threshold"]["value"] == "999"
+        assert app.runtime.current().motion_threshold == 60
+        lines = format_status(api_get(app, "/api/v1/status")).splitlines()
+        assert "twin (mqtt): 1 refused" in lines
+        assert any(ln.startswith("  motion_threshold = '999': ") for ln in lines)
         pub.loop_stop()
         pub.disconnect()
     finally:

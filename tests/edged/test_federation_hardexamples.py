@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edged.api.schemas import FederationStatus
 from edged.federation.features import FeatureExtractor
 from edged.federation.hardexamples import HardExamples
 from edged.federation.samples import SampleStore
@@ -85,6 +86,8 @@ def test_a_confident_server_answer_stores_the_offloaded_frames_features(
     hook = federation.hard_examples["scene"][1]
     np.testing.assert_allclose(x[0], hook(frame), rtol=1e-5)
     assert federation.status()["hard_examples"]["scene"]["stored"] == 1
+    shown = FederationStatus.model_validate(federation.status())  # as GET /api/v1/status has it
+    assert shown.hard_examples["scene"]["stored"] == 1
 
 
 def test_unsure_failed_unknown_or_unremembered_answers_store_nothing(
