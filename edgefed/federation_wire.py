@@ -182,6 +182,15 @@ class SampleOffer(_Message):
     )
     training_allowed: bool = Field(description="False while the device twin forbids training")
     sent_ms: int = Field(ge=0, description="Epoch ms when the edge sent it")
+    run: str = Field(
+        "", max_length=64, description="A random id of the edged run that sent it ('': unknown)"
+    )
+    seq: int = Field(
+        0,
+        ge=0,
+        description="Offers that run has sent, this one included: a copy a broker "
+        "or bridge delivers again repeats a number serverd has seen",
+    )
 
 
 FedMessage = (

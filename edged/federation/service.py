@@ -5,12 +5,15 @@ The offer (retained ``SampleOffer``: per model the samples it could train on, an
 whether the device twin allows training) is published at start, on every reconnect,
 every ``offer_interval_s`` and soon after the samples or the switch change; serverd
 counts an offer only for ``federation.offer_ttl_s`` after it was sent, so a device that
-stopped is no longer selected.
+stopped is no longer selected. Each carries this run's random id and its number in the
+run, by which serverd tells a new offer (sent when it arrives) from a copy a broker or a
+bridge delivers again.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +62,7 @@ class EdgeFederation:
         self.offer_interval_s = offer_interval_s
         self.clock = clock
         self.offers_sent = 0
+        self._run_id, self._seq = secrets.token_hex(8), 0  # serverd tells a copy from a new one
         self.hard_examples = dict(hard_examples or {})  # offload model -> listener, hook
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -140,10 +144,13 @@ class EdgeFederation:
 
     def offer(self) -> SampleOffer:
         allowed = self.allowed()
+        self._seq += 1
         return SampleOffer(
             samples={m: self.samples(m) if allowed else 0 for m in self.participants},
             training_allowed=allowed,
             sent_ms=self.clock(),
+            run=self._run_id,
+            seq=self._seq,
         )
 
     def status(self) -> dict[str, Any]:

@@ -10,9 +10,7 @@ exception counts as a handler error; the network loop never dies of either.
 
 A message is acknowledged to the broker (PUBACK) once its handlers have returned, or, for
 a ``subscribe_acked`` handler, once that handler calls its ``ack``: a message whose
-effect is not yet stored when the process dies is then delivered again. A
-``subscribe_retained`` handler is told whether a message is a retained one, stored by the
-broker before the subscription and of any age, or one published while subscribed.
+effect is not yet stored when the process dies is then delivered again.
 
 Handlers run on paho's network thread and must be quick; hand work to your own thread.
 Asyncio code passes its loop to ``start`` instead: the loop then drives the connection
@@ -39,7 +37,6 @@ from edgefed.mqtt.registry import (
     Handler,
     MqttCounters,
     Publish,
-    RetainedHandler,
 )
 
 __all__ = [
@@ -54,7 +51,6 @@ __all__ = [
     "MqttTls",
     "Presence",
     "Publish",
-    "RetainedHandler",
     "presence",
     "tls_context",
 ]

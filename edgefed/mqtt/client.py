@@ -29,9 +29,7 @@ from edgefed.mqtt.registry import (
     Handler,
     MqttCounters,
     Publish,
-    RetainedHandler,
     SubscriptionRegistry,
-    Takes,
 )
 
 log = logging.getLogger("edgefed.mqtt")
@@ -88,23 +86,17 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Register a QoS 1 subscription; applied now if connected and on every reconnect.
         The broker has its PUBACK once the handler returns."""
-        self._register(topic_filter, handler, Takes.NOTHING)
+        self._register(topic_filter, handler, acked=False)
 
     def subscribe_acked(self, topic_filter: str, handler: AckedHandler) -> None:
         """As ``subscribe``, but the handler gets an ``ack`` to call (from any thread) once
         the message has had its effect, such as a commit: only then does the broker have
         its PUBACK. A message whose effect dies with the process before that comes again
         on the next connection. A handler that raises has its message acknowledged."""
-        self._register(topic_filter, handler, Takes.ACK)
+        self._register(topic_filter, handler, acked=True)
 
-    def subscribe_retained(self, topic_filter: str, handler: RetainedHandler) -> None:
-        """As ``subscribe``, but the handler is told whether the message is a retained one
-        the broker stored before this subscription (of any age; serverd's restart brings
-        them all) rather than one published while subscribed."""
-        self._register(topic_filter, handler, Takes.RETAINED)
-
-    def _register(self, topic_filter: str, handler: Callable[..., None], takes: Takes) -> None:
-        self._registry.add(topic_filter, handler, takes)
+    def _register(self, topic_filter: str, handler: Callable[..., None], acked: bool) -> None:
+        self._registry.add(topic_filter, handler, acked)
         if self._client.is_connected():  # paho's state: set before on_connect runs
             self._client.subscribe(topic_filter, qos=1)
 

@@ -2,8 +2,7 @@
 own: the client hands it paho's messages and PUBACKs, and it answers through the ``ack``
 function it was given.
 
-- Handlers per topic filter, plain, acked, or told whether a message is retained; every
-  connection is a new session.
+- Handlers per topic filter, plain or acked; every connection is a new session.
 - Counted dispatch that contains failures: a handler raising ``ProtocolError`` counts the
   message as dropped, any other exception counts as a handler error; neither escapes.
 - A message is acknowledged to the broker (PUBACK) once its handlers have returned, or, if
@@ -21,7 +20,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 import paho.mqtt.client as paho
@@ -35,7 +33,6 @@ log = logging.getLogger("edgefed.mqtt")
 Handler = Callable[[str, bytes], None]
 Ack = Callable[[], None]
 AckedHandler = Callable[[str, bytes, Ack], None]
-RetainedHandler = Callable[[str, bytes, bool], None]  # True: a retained message
 AckCallback = Callable[[], None]
 SendAck = Callable[[int, int], object]  # (mid, qos): paho's ``Client.ack``
 
@@ -51,16 +48,6 @@ class Message(Protocol):
     def mid(self) -> int: ...
     @property
     def qos(self) -> int: ...
-    @property
-    def retain(self) -> bool: ...  # a stored message the broker sent a new subscription
-
-
-class Takes(Enum):
-    """What a handler takes after ``(topic, payload)``."""
-
-    NOTHING = "nothing"
-    ACK = "ack"  # a one-shot ``Ack``: the PUBACK waits for it
-    RETAINED = "retained"  # whether the broker stored the message before this subscription
 
 
 @dataclass
@@ -101,8 +88,8 @@ class SubscriptionRegistry:
         self.counters = counters
         self._send_ack = send_ack
         self._lock = lock if lock is not None else threading.Lock()
-        # per filter: (handler, what it takes); an ACK handler acknowledges the message itself
-        self._handlers: dict[str, list[tuple[Callable[..., None], Takes]]] = {}
+        # per filter: (handler, acked); an acked handler acknowledges the message itself
+        self._handlers: dict[str, list[tuple[Callable[..., None], bool]]] = {}
         self._session = 0  # counts connections: an ack left from an earlier one is void
         self._pending: dict[int, Publish] = {}
         self._early: set[int] = set()
@@ -112,10 +99,10 @@ class SubscriptionRegistry:
 
     # --- subscriptions and dispatch
 
-    def add(self, topic_filter: str, handler: Callable[..., None], takes: Takes) -> None:
-        """Register ``handler`` for ``topic_filter``; ``takes``: its third argument."""
+    def add(self, topic_filter: str, handler: Callable[..., None], acked: bool) -> None:
+        """Register ``handler`` for ``topic_filter``; ``acked``: it takes an ``ack`` too."""
         with self._lock:
-            self._handlers.setdefault(topic_filter, []).append((handler, takes))
+            self._handlers.setdefault(topic_filter, []).append((handler, acked))
             self._faults.setdefault(topic_filter, Outage(log, f"mqtt: handler for {topic_filter}"))
 
     def new_session(self) -> list[str]:
@@ -144,18 +131,16 @@ class SubscriptionRegistry:
                 if paho.topic_matches_sub(unshared(f), topic)
                 for h in hs
             ]
-        acked_handlers = sum(1 for _, takes, _ in handlers if takes is Takes.ACK)
+        acked_handlers = sum(1 for _, acked, _ in handlers if acked)
         acks = self._acks(message.mid, message.qos, session, acked_handlers)
         payload = bytes(message.payload)
-        for handler, takes, faults in handlers:
-            ack = acks.pop() if takes is Takes.ACK else None
+        for handler, acked, faults in handlers:
+            ack = acks.pop() if acked else None
             try:
-                if ack is not None:
-                    handler(topic, payload, ack)
-                elif takes is Takes.RETAINED:
-                    handler(topic, payload, bool(message.retain))
-                else:
+                if ack is None:
                     handler(topic, payload)
+                else:
+                    handler(topic, payload, ack)
             except ProtocolError as exc:
                 with self._lock:
                     self.counters.dropped += 1

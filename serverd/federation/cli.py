@@ -66,7 +66,8 @@ def format_status(status: dict[str, Any]) -> str:
     for device, offer in sorted(status["edges"].items()):
         allowed = "" if offer["training_allowed"] else " (training forbidden)"
         samples = ", ".join(f"{m} {n}" for m, n in offer["samples"].items())
-        lines.append(f"edge {device}: {samples}{allowed}, offered {offer['age_s']:.0f} s ago")
+        age = f", offered {offer['age_s']:.0f} s ago" if "age_s" in offer else ""
+        lines.append(f"edge {device}: {samples}{allowed}{age}")
     return "\n".join(lines)
 
 

@@ -6,10 +6,13 @@ each decoded message to its model's coordinator (a chunk and a report name their
 model; a query goes to the coordinator holding that update, else to any, which answers
 ``unknown``). Edges advertise how many samples they could train on (retained
 ``SampleOffer``); a round opens over the devices whose offer is fresher than
-``offer_ttl_ms`` and allows training. An offer's age is told on serverd's clock: one
-published while serverd listens was sent when it arrived, whatever the edge's clock says
-(an edge box without NTP may be hours off); only a retained one, which the broker stored
-before serverd subscribed, is dated by its ``sent_ms`` (never later than its arrival).
+``offer_ttl_ms`` and allows training. An offer's age is told on serverd's clock: one that
+follows an offer of the same edged run (its ``run`` id, a higher ``seq``) was sent when it
+arrived, whatever the edge's clock says (an edge box without NTP may be hours off). The
+first one heard of a run may be a copy the broker kept (retained) or a bridge sends again
+after a reconnect, of any age: it is dated by its ``sent_ms`` (never later than its
+arrival), as is every offer of an edged that sends no run; a copy of an offer already
+heard changes nothing.
 ``tick`` closes due rounds and, with ``interval_ms`` set, opens the next round of an idle
 model when it is due.
 """
@@ -65,6 +68,7 @@ class ServiceCounters(Counters):
     bad_messages: int = 0
     unknown_model: int = 0
     offers: int = 0
+    offers_repeated: int = 0
     rounds_not_opened: int = 0
 
 
@@ -100,7 +104,7 @@ class FederationService:
         restart too."""
         self.mqtt.subscribe(self.topics.filter("update"), self._on_update)
         self.mqtt.subscribe(self.topics.filter("adoption"), self._on_adoption)
-        self.mqtt.subscribe_retained(self.topics.filter("samples"), self._on_offer)
+        self.mqtt.subscribe(self.topics.filter("samples"), self._on_offer)
         self.mqtt.add_connection_listener(self._on_connection)
         if self.mqtt.connected:
             self._on_connection(True)
@@ -170,13 +174,13 @@ class FederationService:
             del self._unsaved[model]
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
         with self._lock:
+            now = self.clock()
             offers = {
                 d: {
                     **o.offer.model_dump(exclude={"type"}),
                     "seen_ms": o.seen_ms,
-                    "age_s": round((now - o.seen_ms) / 1000, 1),
+                    "age_s": round(max(0, now - o.seen_ms) / 1000, 1),
                 }
                 for d, o in self._offers.items()
             }
@@ -226,7 +230,7 @@ class FederationService:
         if target is not None:
             target.on_adoption(device, report)
 
-    def _on_offer(self, topic: str, payload: bytes, retained: bool) -> None:
+    def _on_offer(self, topic: str, payload: bytes) -> None:
         device = self.topics.device_of("samples", topic)
         offer = self._decode(topic, payload) if device is not None and payload else None
         if device is None:
@@ -234,7 +238,15 @@ class FederationService:
         now = self.clock()
         with self._lock:
             if isinstance(offer, SampleOffer):
-                self._offers[device] = _Offer(offer, min(offer.sent_ms, now) if retained else now)
+                known = self._offers.get(device)
+                if known is None or not offer.run or offer.run != known.offer.run:
+                    seen = min(offer.sent_ms, now)  # of any age: its sender's word for it
+                elif offer.seq > known.offer.seq:
+                    seen = now  # the run's next offer: sent just now
+                else:
+                    self.counters.offers_repeated += 1  # a copy delivered again
+                    return
+                self._offers[device] = _Offer(offer, seen)
                 self.counters.offers += 1
             elif not payload:  # a retained offer cleared: the device left
                 self._offers.pop(device, None)

@@ -59,9 +59,10 @@ def test_no_offer_piles_up_while_the_broker_is_away(tmp_path: Path) -> None:
 
 
 def test_offers_are_stamped_on_serverds_clock_once_the_device_knows_it(tmp_path: Path) -> None:
-    """serverd counts an offer for ``offer_ttl_s`` (2 min) after its ``sent_ms``, on its
-    own clock: a device three hours behind, stamping its own time, was never chosen for
-    a round. edged stamps offers on the ServerClock its offload replies teach."""
+    """serverd dates the first offer it hears of an edged run by its ``sent_ms`` (it may
+    be a retained copy of any age) and counts it for ``offer_ttl_s`` (2 min): a device
+    three hours behind, stamping its own time, waited for its next offer. edged stamps
+    offers on the ServerClock its offload replies teach, and numbers them in its run."""
     topics = FederationTopics()
     with Broker(tmp_path / "broker") as broker:
         mqtt = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edge-0"))
@@ -82,6 +83,10 @@ def test_offers_are_stamped_on_serverds_clock_once_the_device_knows_it(tmp_path:
             offer = decode(offers.get(timeout=10))
             assert isinstance(offer, SampleOffer)
             assert abs(offer.sent_ms - now_ms()) < 5_000  # serverd's time, not 3 h before
+            fed.changed()  # the next offer of the run: serverd dates it on its arrival
+            again = decode(offers.get(timeout=10))
+            assert isinstance(again, SampleOffer) and again.run == offer.run != ""
+            assert again.seq == offer.seq + 1
         finally:
             fed.stop()
             mqtt.stop()

@@ -11,7 +11,7 @@ import pytest
 
 from edgefed.errors import ProtocolError
 from edgefed.mqtt import Ack, Handler, MqttCounters
-from edgefed.mqtt.registry import SubscriptionRegistry, Takes, unshared
+from edgefed.mqtt.registry import SubscriptionRegistry, unshared
 
 Calls = list[tuple[str, bytes]]
 
@@ -65,9 +65,9 @@ def test_dispatch_runs_every_matching_handler_then_acknowledges(
         seen_pubacks.append(len(broker.pubacks))  # none yet: the PUBACK follows the handlers
         calls.append((f"plain {topic}", payload))
 
-    registry.add("jobs/+/reply", plain, Takes.NOTHING)
-    registry.add("jobs/#", lambda t, p: calls.append((f"all {t}", p)), Takes.NOTHING)
-    registry.add("other/#", lambda t, p: calls.append((f"other {t}", p)), Takes.NOTHING)
+    registry.add("jobs/+/reply", plain, acked=False)
+    registry.add("jobs/#", lambda t, p: calls.append((f"all {t}", p)), acked=False)
+    registry.add("other/#", lambda t, p: calls.append((f"other {t}", p)), acked=False)
 
     registry.dispatch(message(b"jobs/e1/reply", b"hello", mid=3))
 
@@ -80,7 +80,7 @@ def test_dispatch_runs_every_matching_handler_then_acknowledges(
 def test_a_message_no_filter_matches_is_acknowledged(
     registry: SubscriptionRegistry, broker: Broker
 ) -> None:
-    registry.add("a/b", lambda t, p: None, Takes.NOTHING)
+    registry.add("a/b", lambda t, p: None, acked=False)
     registry.dispatch(message(b"a/c", mid=4))
     assert broker.pubacks == [(4, 1)]
 
@@ -90,9 +90,9 @@ def test_acked_handlers_puback_only_once_every_ack_is_called(
 ) -> None:
     acks: list[Ack] = []
     calls: Calls = []
-    registry.add("t/#", lambda t, p, ack: acks.append(ack), Takes.ACK)
-    registry.add("t/x", lambda t, p, ack: acks.append(ack), Takes.ACK)
-    registry.add("t/#", lambda t, p: calls.append((t, p)), Takes.NOTHING)
+    registry.add("t/#", lambda t, p, ack: acks.append(ack), acked=True)
+    registry.add("t/x", lambda t, p, ack: acks.append(ack), acked=True)
+    registry.add("t/#", lambda t, p: calls.append((t, p)), acked=False)
 
     registry.dispatch(message(b"t/x", mid=9))
     assert calls == [("t/x", b"p")]
@@ -110,7 +110,7 @@ def test_acked_handlers_puback_only_once_every_ack_is_called(
 
 def test_acks_may_come_from_another_thread(registry: SubscriptionRegistry, broker: Broker) -> None:
     acks: list[Ack] = []
-    registry.add("t", lambda t, p, ack: acks.append(ack), Takes.ACK)
+    registry.add("t", lambda t, p, ack: acks.append(ack), acked=True)
     registry.dispatch(message(b"t", mid=2))
     thread = threading.Thread(target=acks[0])
     thread.start()
@@ -122,7 +122,7 @@ def test_an_ack_from_an_earlier_session_is_void(
     registry: SubscriptionRegistry, broker: Broker
 ) -> None:
     acks: list[Ack] = []
-    registry.add("t", lambda t, p, ack: acks.append(ack), Takes.ACK)
+    registry.add("t", lambda t, p, ack: acks.append(ack), acked=True)
     assert registry.new_session() == ["t"]
     registry.dispatch(message(b"t", mid=5))
 
@@ -140,9 +140,9 @@ def test_protocol_error_counts_as_dropped_and_other_failures_as_handler_errors(
 ) -> None:
     calls: Calls = []
 
-    registry.add("t", bad_message, Takes.NOTHING)
-    registry.add("t", broken, Takes.NOTHING)
-    registry.add("t", recorder(calls), Takes.NOTHING)
+    registry.add("t", bad_message, acked=False)
+    registry.add("t", broken, acked=False)
+    registry.add("t", recorder(calls), acked=False)
 
     registry.dispatch(message(b"t", mid=8))
 
@@ -159,30 +159,17 @@ def test_an_acked_handler_that_raises_has_its_ack_called_for_it(
     def bad_message(topic: str, payload: bytes, ack: Ack) -> None:
         raise ProtocolError("garbled")
 
-    registry.add("t", bad_message, Takes.ACK)
+    registry.add("t", bad_message, acked=True)
     registry.dispatch(message(b"t", mid=11))
     assert registry.counters.dropped == 1
     assert broker.pubacks == [(11, 1)]
-
-
-def test_a_retained_handler_is_told_which_messages_the_broker_stored(
-    registry: SubscriptionRegistry, broker: Broker
-) -> None:
-    seen: list[tuple[bytes, bool]] = []
-    registry.add("offers/+", lambda t, p, retained: seen.append((p, retained)), Takes.RETAINED)
-    stored = message(b"offers/a", b"old", mid=13)
-    stored.retain = True
-    registry.dispatch(stored)
-    registry.dispatch(message(b"offers/a", b"live", mid=14))
-    assert seen == [(b"old", True), (b"live", False)]
-    assert broker.pubacks == [(13, 1), (14, 1)]  # acknowledged as a plain handler's
 
 
 def test_a_topic_that_is_not_utf8_is_dropped_and_acknowledged(
     registry: SubscriptionRegistry, broker: Broker
 ) -> None:
     calls: Calls = []
-    registry.add("#", recorder(calls), Takes.NOTHING)
+    registry.add("#", recorder(calls), acked=False)
     registry.dispatch(message(b"\xff\xfe", mid=12))
     assert calls == []
     assert registry.counters.dropped == 1
@@ -245,8 +232,8 @@ def test_a_flood_of_bad_messages_is_counted_in_full_and_logged_in_a_few_lines(
     """A peer publishing bad messages by the thousand filled the log with a line (or a
     traceback) per message; each is still counted, dropped and acknowledged."""
 
-    registry.add("bad", bad_message, Takes.NOTHING)
-    registry.add("broken", broken, Takes.NOTHING)
+    registry.add("bad", bad_message, acked=False)
+    registry.add("broken", broken, acked=False)
     caplog.set_level(logging.DEBUG, logger="edgefed.mqtt.registry")
     for mid in range(1, 1001):
         registry.dispatch(message(b"bad" if mid % 2 else b"broken", mid=mid))
