@@ -129,11 +129,9 @@ class CameraLoop:
             return
         gate = self.gate.update(frame.image)
         st.motion_ratio = gate.ratio
+        decided = self.pre_roll.discarded
         sent = self.pre_roll.feed(frame, gate)
-        if not sent:
-            st.skipped_static += 1
-            return
-        st.skipped_static -= len(sent) - 1  # pre-roll frames were counted as skipped
+        st.skipped_static += self.pre_roll.discarded - decided  # a counter: never goes down
         for early, verdict in sent:
             regions = motion_regions(verdict.boxes, early.image.shape)
             job = FrameJob(frame=early, gate=verdict, motion_regions=regions)

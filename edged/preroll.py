@@ -7,7 +7,9 @@ not yet decide (``GateResult.fresh``: the newest difference alone changed), up t
 ``size`` of them, and hands them over, oldest first, with the first frame the gate
 passes; they carry that frame's motion boxes. A frame with no change at all empties
 the ring, so a static frame, or a one-frame flicker that brightness matching cancels,
-is never sent. Pure code.
+is never sent. ``discarded`` counts the frames decided not to send (a frame waiting in
+the ring is not yet either), so a count of static frames made from it never goes down.
+Pure code.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class PreRoll(Generic[T]):
         self.size = size
         self._ring: deque[tuple[T, GateResult]] = deque(maxlen=max(size, 1))
         self.sent = 0  # frames sent from the ring so far
+        self.discarded = 0  # frames fed and decided not to send
 
     def feed(self, item: T, result: GateResult) -> list[tuple[T, GateResult]]:
         """The frames to send now (empty, or the ring's frames and then ``item``)."""
@@ -39,10 +42,15 @@ class PreRoll(Generic[T]):
             self.sent += len(early)
             return [*early, (item, result)]
         if result.fresh and self.size > 0:
+            if len(self._ring) == self._ring.maxlen:
+                self.discarded += 1  # the oldest leaves unsent
             self._ring.append((item, result))
         else:
+            self.discarded += len(self._ring) + 1  # no change: they and this frame
             self._ring.clear()
         return []
 
-    def clear(self) -> None:
-        self._ring.clear()
+    @property
+    def pending(self) -> int:
+        """Frames in the ring, not yet decided."""
+        return len(self._ring)

@@ -188,6 +188,7 @@ class SampleOffer(_Message):
     seq: int = Field(
         0,
         ge=0,
+        le=2**53,
         description="Offers that run has sent, this one included: a copy a broker "
         "or bridge delivers again repeats a number serverd has seen",
     )

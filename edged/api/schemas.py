@@ -242,8 +242,9 @@ class StatusBody(_Out):
     twin: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="The device twin's ways in, as configured: mqtt (EdgeCore's twin topics, "
-        "KubeEdge <= 1.14), dmi (the DMI mapper, 1.15+); each with its state, the properties "
-        "it refused and why (rejections), last_error and counters",
+        "KubeEdge <= 1.14), dmi (the DMI mapper, 1.15+); each with what it reported (mqtt) or "
+        "whether it is registered (dmi), the properties it refused and why (rejections), "
+        "last_error and counters",
     )
 
 

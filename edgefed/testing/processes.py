@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 
-def terminate(process: subprocess.Popen[bytes] | None, wait_s: float = 30.0) -> int | None:
+def terminate(process: subprocess.Popen[Any] | None, wait_s: float = 30.0) -> int | None:
     """SIGTERM, wait ``wait_s`` (then SIGKILL); the exit code, None if never started."""
     if process is None:
         return None

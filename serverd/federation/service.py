@@ -12,7 +12,7 @@ arrived, whatever the edge's clock says (an edge box without NTP may be hours of
 first one heard of a run may be a copy the broker kept (retained) or a bridge sends again
 after a reconnect, of any age: it is dated by its ``sent_ms`` (never later than its
 arrival), as is every offer of an edged that sends no run; a copy of an offer already
-heard changes nothing.
+heard, or of a run a newer one replaced, changes nothing.
 ``tick`` closes due rounds and, with ``interval_ms`` set, opens the next round of an idle
 model when it is due.
 """
@@ -57,10 +57,14 @@ FORGET_MS = 7 * 24 * 3600 * 1000
 log = logging.getLogger("serverd.federation")
 
 
+REPLACED_RUNS = 8  # per device, the runs a newer one replaced: their copies are not news
+
+
 @dataclass(frozen=True)
 class _Offer:
     offer: SampleOffer
     seen_ms: int  # when it was sent, on serverd's clock as far as serverd can tell
+    replaced: tuple[str, ...] = ()  # earlier runs of the device's edged, newest last
 
 
 @dataclass
@@ -239,14 +243,19 @@ class FederationService:
         with self._lock:
             if isinstance(offer, SampleOffer):
                 known = self._offers.get(device)
-                if known is None or not offer.run or offer.run != known.offer.run:
+                replaced: tuple[str, ...] = ()
+                if known is None or not offer.run:
                     seen = min(offer.sent_ms, now)  # of any age: its sender's word for it
-                elif offer.seq > known.offer.seq:
+                elif offer.run == known.offer.run and offer.seq > known.offer.seq:
                     seen = now  # the run's next offer: sent just now
-                else:
+                elif offer.run == known.offer.run or offer.run in known.replaced:
                     self.counters.offers_repeated += 1  # a copy delivered again
                     return
-                self._offers[device] = _Offer(offer, seen)
+                else:  # a new run (edged restarted): this may be a copy of any age
+                    seen = min(offer.sent_ms, now)
+                    runs = (*known.replaced, known.offer.run) if known.offer.run else known.replaced
+                    replaced = runs[-REPLACED_RUNS:]
+                self._offers[device] = _Offer(offer, seen, replaced)
                 self.counters.offers += 1
             elif not payload:  # a retained offer cleared: the device left
                 self._offers.pop(device, None)

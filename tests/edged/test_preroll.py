@@ -65,3 +65,21 @@ def test_a_frame_without_change_empties_the_ring(background: np.ndarray) -> None
     assert ring.feed(1, results[-1]) == []  # static: the undecided frame is dropped
     motion = results[-1].__class__(**{**results[-1].__dict__, "motion": True})
     assert [k for k, _ in ring.feed(2, motion)] == [2]
+
+
+def test_every_frame_is_sent_or_discarded_once_and_the_discarded_never_go_down(
+    background: np.ndarray,
+) -> None:
+    """The pipeline's count of static frames comes from ``discarded``: it took the ring's
+    frames back out when motion started, so Prometheus saw a counter reset and the
+    dashboard's gate pass share dropped to zero at each motion start."""
+    gate = ThreeFrameGate(MotionConfig(pre_roll=2))
+    ring: PreRoll[int] = PreRoll(2)
+    sent: list[int] = []
+    discarded = 0
+    for i, (frame, _) in enumerate(clip(background)):
+        sent += [k for k, _ in ring.feed(i, gate.update(frame))]
+        assert ring.discarded >= discarded
+        discarded = ring.discarded
+        assert len(sent) + ring.discarded + ring.pending == i + 1
+    assert 0 < len(sent) < len(clip(background)) and ring.discarded > 0

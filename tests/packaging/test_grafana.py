@@ -35,6 +35,16 @@ def test_the_dashboard_is_importable_and_its_panels_tile_the_grid() -> None:
         assert len(refs) == len(set(refs)), panel["title"]
 
 
+def test_every_column_of_a_table_is_named() -> None:
+    """Grafana names a table's merged values ``Value #<refId>``, whatever the legend."""
+    tables = [p for p in panels() if p["type"] == "table"]
+    assert tables
+    for table in tables:
+        (organize,) = [t["options"] for t in table["transformations"] if t["id"] == "organize"]
+        named = set(organize["renameByName"]) | set(organize["excludeByName"])
+        assert {f"Value #{t['refId']}" for t in table["targets"]} <= named, table["title"]
+
+
 def test_the_dashboard_reads_only_metrics_the_daemons_export() -> None:
     used = {name for _, expr in queries() for name in metrics_read(expr)}
     assert {n.split("_")[0] for n in used} == {"edged", "serverd"}  # both daemons graphed

@@ -103,6 +103,8 @@ class Fleet:
             self.edges.append(edge)
         for client in self.clients:
             client.start()
+        for client in self.clients:  # subscribed: a message sent before would be lost
+            assert client.wait_connected(30), client.config.client_id
 
     def _client(self, broker: Broker, name: str) -> MqttClient:
         return MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id=name))
@@ -278,6 +280,14 @@ def test_offers_are_dated_on_serverds_clock_and_copies_delivered_again_change_no
             wait_until("the copy", lambda: service.counters.offers_repeated == 1)
             assert service.status()["edges"]["edge-9"]["seen_ms"] == seen
             assert service.available("wide") == {}  # as stale as the offer it copies
+
+            # edged restarts (run r3); a late copy of r2's offer then replaces nothing
+            assert edge.publish(topics.samples("edge-9"), offer(later, "r3", 1)).wait(5)
+            wait_until("the new run", lambda: service.status()["edges"]["edge-9"]["run"] == "r3")
+            assert edge.publish(topics.samples("edge-9"), offer(behind - 30_000, "r2", 2)).wait(5)
+            wait_until("the late copy", lambda: service.counters.offers_repeated == 2)
+            assert service.status()["edges"]["edge-9"]["run"] == "r3"
+            assert service.available("wide") == {"edge-9": 40}
         finally:
             edge.publish(topics.samples("edge-9"), b"", retain=True).wait(5)
             edge.stop()
