@@ -113,6 +113,34 @@ function renderOffload(off) {
   ]));
 }
 
+function renderTwin(twin) {
+  const ways = Object.entries(twin || {});
+  $("twin-box").hidden = !ways.length;
+  const refused = ways.flatMap(([way, t]) =>
+    Object.entries(t.rejections || {}).map(([name, r]) => [way, name, r.value, r.reason]));
+  const errors = ways.filter(([, t]) => t.last_error).map(([way, t]) => `${way}: ${t.last_error}`);
+  $("twin-state").textContent = [
+    ways.map(([way, t]) => (t.registered === false ? `${way} (not registered)` : way)).join(", "),
+    refused.length ? `${refused.length} refused` : "every desired value applied",
+    ...errors,
+  ].join(" · ");
+  $("twin").hidden = !refused.length;
+  fillRows("twin", refused);
+}
+
+function renderFederation(fed) {
+  $("federation-box").hidden = !fed || !fed.enabled;
+  if ($("federation-box").hidden) return;
+  $("federation-state").textContent =
+    (fed.training_allowed ? "training allowed" : "training forbidden by the twin") +
+    ` · ${fed.offers_sent} offers sent`;
+  fillRows("federation", Object.entries(fed.models).map(([name, m]) => [
+    name, m.version ?? "none yet", m.samples, m.rounds_trained,
+    `${m.updates_accepted} / ${m.updates_rejected}`,
+    `${m.versions_adopted} / ${m.versions_refused}`, m.last_reason || "–",
+  ]));
+}
+
 function render(st) {
   $("device").textContent = st.device_id;
   $("uptime").textContent = uptime(st.uptime_s);
@@ -142,6 +170,8 @@ function render(st) {
   $("outbox").hidden = $("jobs").hidden = !box.available;
   fillRows("outbox", Object.entries(box.counts).filter(([, n]) => n > 0));
   renderOffload(st.offload_results);
+  renderTwin(st.twin);
+  renderFederation(st.federation);
   $("links").replaceChildren(...(st.links.length ? st.links : [{ name: "none configured" }])
     .map((l) => {
       const li = document.createElement("li");

@@ -53,6 +53,24 @@ async def stream_box(page: Page) -> dict[str, float]:
     return box
 
 
+# the twin and federation panels: hidden on this edged (neither configured), then shown
+# for its real status with both sections as a device on KubeEdge with federation has them
+PANELS = """(async () => {
+  const hidden = [$("twin-box").hidden, $("federation-box").hidden];
+  const st = await getJson("/api/v1/status");
+  st.twin = {dmi: {registered: true, last_error: null, counters: {}, rejections: {
+    motion_threshold: {value: "300", reason: "motion_threshold: 300 is out of range"}}}};
+  st.federation = {enabled: true, training_allowed: false, offers_sent: 3, models: {digits: {
+    version: 5, samples: 40, rounds_trained: 2, updates_accepted: 2, updates_rejected: 0,
+    versions_adopted: 4, versions_refused: 1, last_reason: ""}}};
+  render(st);
+  return {hidden, shown: [$("twin-box").hidden, $("federation-box").hidden],
+          twin: $("twin").innerText, twinState: $("twin-state").textContent,
+          federation: $("federation").innerText,
+          federationState: $("federation-state").textContent};
+})()"""
+
+
 async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
     async with Browser(profile) as browser:
         page = await browser.open(url + "/")
@@ -93,6 +111,7 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
             "a few points in the gate chart", lambda: page.evaluate("gateHistory.length >= 3")
         )
         models_text = await page.evaluate("document.querySelector('#models tbody').innerText")
+        panels = await page.evaluate(PANELS)
         ready = await page.evaluate("document.getElementById('ready').textContent")
         await page.evaluate("document.getElementById('mask').click()")
         stream_src = await page.evaluate("document.getElementById('stream').src")
@@ -103,6 +122,7 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
         "second": second,
         "frames": (frames_before, frames_after),
         "models_text": models_text,
+        "panels": panels,
         "ready": ready,
         "mask_src": stream_src,
         "full": full,
@@ -123,4 +143,10 @@ def test_dashboard_shows_a_live_stream_and_updating_metrics(daemon: Daemon, tmp_
     for model in ("person", "pose", "face", "scene"):
         assert model in seen["models_text"]
     assert seen["ready"] == "ready"
+    panels = seen["panels"]
+    assert panels["hidden"] == [True, True] and panels["shown"] == [False, False]
+    assert "motion_threshold\t300\tmotion_threshold: 300 is out of range" in panels["twin"]
+    assert panels["twinState"] == "dmi · 1 refused"
+    assert "digits\t5\t40\t2\t2 / 0\t4 / 1\t–" in panels["federation"]
+    assert panels["federationState"].startswith("training forbidden by the twin")
     assert seen["mask_src"].endswith("/api/v1/preview.mjpg?camera=vtest&mask=1")
