@@ -291,11 +291,11 @@ class OffloadServer:
         if not self._scheduler.complete(queue_id, instance, (done - started) * 1000):
             self.counters.stale += 1
             return
-        timings = {
+        timings = {  # the backend's own stages, then serverd's, which a backend cannot change
+            **reply.timings_ms,
             "queue": round((started - held.received) * 1000, 3),
             "triton": round((done - started) * 1000, 3),
             "total": round((done - held.received) * 1000, 3),
-            **reply.timings_ms,
         }
         result = OffloadResult(
             job_id=job_id,

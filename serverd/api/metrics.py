@@ -151,11 +151,17 @@ class _StatusCollector(Collector):
         load = GaugeMetricFamily(
             "serverd_instance_jobs_in_flight", "Jobs sent to the instance", labels=["instance"]
         )
+        restarts = CounterMetricFamily(
+            "serverd_triton_restarts",
+            "Times the supervisor started its crashed Triton again (its nv_* counters restart)",
+            labels=["instance"],
+        )
         for name, inst in status.get("instances", {}).items():
             healthy.add_metric([name], 1 if inst["healthy"] else 0)
             load.add_metric([name], inst["in_flight"])
-        yield healthy
-        yield load
+            if "restarts" in inst:  # supervised, not an external endpoint
+                restarts.add_metric([name], inst["restarts"])
+        yield from (healthy, load, restarts)
         table = GaugeMetricFamily(
             "serverd_job_table_jobs", "Jobs in the job table by status", labels=["status"]
         )

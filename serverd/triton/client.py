@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,9 @@ def parse_reply(document: bytes) -> InferReply:
         raise ModelError(f"backend returned an unreadable result: {exc}") from exc
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise ModelError("backend returned results that are not a list of objects")
+    bad = sorted(k for k, v in timings.items() if not (math.isfinite(v) and v >= 0))
+    if bad:  # NaN is no JSON for the edge, and a negative time no duration
+        raise ModelError(f"backend returned timings that are not durations: {', '.join(bad)}")
     return InferReply(results, timings)
 
 

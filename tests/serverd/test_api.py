@@ -66,6 +66,8 @@ def test_metrics_are_serverds_own_histograms_and_tritons_proxied(
     assert set(counts) == {"queue", "triton", "total"} and counts["total"] >= 1
     healthy = {s.labels["instance"]: s.value for s in families["serverd_instance_healthy"].samples}
     assert healthy == {"local-0": 1.0, "local-1": 1.0}
+    restarts = {s.labels["instance"]: s.value for s in families["serverd_triton_restarts"].samples}
+    assert restarts == {"local-0": 0.0, "local-1": 0.0}
     # Triton's own metrics, fetched from each supervised instance's loopback port
     success = families["nv_inference_request_success"]
     instances = {s.labels["triton_instance"] for s in success.samples}

@@ -32,6 +32,7 @@ from edgefed.wire import (
     OffloadResult,
     encode_request,
 )
+from serverd.api.metrics import ServerdMetrics
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
 
 JPEG = frame_jpeg()
@@ -319,3 +320,5 @@ def test_killing_one_triton_under_load_loses_no_job(serverd: ServerdThread, edge
     assert status["counters"]["requeued"] == requeued and status["instances"]["local-0"]["healthy"]
     restarted = serverd.call(serverd.app.status)["instances"]["local-0"]
     assert restarted["restarts"] == 1 and not restarted["resting"]
+    exported = ServerdMetrics(lambda: serverd.call(serverd.app.status)).own().decode()
+    assert 'serverd_triton_restarts_total{instance="local-0"} 1.0' in exported.splitlines()
