@@ -24,7 +24,7 @@ from edgefed.errors import (
     EXIT_OK,
     run_command,
 )
-from serverd import __version__
+from serverd import __version__, statuscli
 from serverd.config import dump_config, load_config
 from serverd.federation import cli as federation_cli
 
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config and print it resolved")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_check_config)
+    statuscli.add_subparser(sub)
     federation_cli.add_subparser(sub)
     p = sub.add_parser(
         "tritonserver",

@@ -8,10 +8,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from typing import Any
 
 from edgefed.errors import EXIT_OK, EdgeFedError
+from edgefed.terminal import cell, duration, table
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -34,34 +34,11 @@ def fetch_status(url: str, timeout: float = 5.0) -> dict[str, Any]:
     return data
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
-    return str(value)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """Left-aligned columns separated by two spaces."""
-    cells = [list(headers), *[[_cell(v) for v in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-
-
-def _uptime(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    h, m = divmod(minutes, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def format_status(st: dict[str, Any]) -> str:
     """The status as the text ``edged status`` prints."""
     out = [
-        f"edged {st['device_id']}: up {_uptime(st['uptime_s'])}, "
-        f"{st['frames_completed']} frames completed, {_cell(st['pipeline_fps'])} frames/s",
+        f"edged {st['device_id']}: up {duration(st['uptime_s'])}, "
+        f"{st['frames_completed']} frames completed, {cell(st['pipeline_fps'])} frames/s",
         "versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
         "",
     ]

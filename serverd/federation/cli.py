@@ -10,43 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 from edgefed.errors import EXIT_OK, EdgeFedError
-from serverd.api.config import TOKEN_ENV
-
-DEFAULT_URL = "http://127.0.0.1:8081"
-
-
-def call(url: str, path: str, method: str = "GET", token: str | None = None) -> Any:
-    """The API's JSON answer; ``EdgeFedError`` with the API's reason otherwise."""
-    request = urllib.request.Request(url.rstrip("/") + path, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("reason", exc.reason)
-        except (ValueError, AttributeError):
-            reason = exc.reason
-        raise EdgeFedError(f"{method} {path}: HTTP {exc.code}: {reason}") from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise EdgeFedError(f"cannot reach serverd at {url}: {getattr(exc, 'reason', exc)}") from exc
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token_file is not None:
-        try:
-            return args.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise EdgeFedError(f"--token-file {args.token_file}: {exc.strerror}") from exc
-    return os.environ.get(TOKEN_ENV) or None
+from serverd.apiclient import add_api_options, call, token
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -78,7 +45,7 @@ def cmd_federation(args: argparse.Namespace) -> int:
     elif args.model is None:
         raise EdgeFedError(f"serverd federation {args.action} needs a MODEL")
     elif args.action == "start":
-        answer = call(args.url, f"/api/v1/federation/{args.model}/rounds", "POST", _token(args))
+        answer = call(args.url, f"/api/v1/federation/{args.model}/rounds", "POST", token(args))
         text = (
             f"{args.model}: round {answer['round']} open on v{answer['base_version']} "
             f"for {', '.join(answer['participants'])}"
@@ -100,9 +67,5 @@ def add_subparser(sub: Any) -> None:
     p = sub.add_parser("federation", help="start a round, show state or history (via the API)")
     p.add_argument("action", choices=("start", "status", "history"))
     p.add_argument("model", nargs="?", help="federated model (start, history)")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"serverd API (default {DEFAULT_URL})")
-    p.add_argument(
-        "--token-file", type=Path, help=f"file holding the API token (default: ${TOKEN_ENV})"
-    )
-    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    add_api_options(p)
     p.set_defaults(func=cmd_federation)

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serverd.api.openapi import build_openapi
+from serverd.cli import main
 from tests.edged.api.httpclient import call
 from tests.serverd.harness import API_TOKEN, Edge, ServerdThread, frame_jpeg
 from tests.support import promlint
@@ -44,6 +45,27 @@ def test_health_readiness_and_status_show_instances_and_jobs(
     assert status["jobs"].get("Exit", 0) >= 1
     assert status["scheduler"] == {"queued": 0, "in_flight": 0}
     assert status["counters"]["completed"] >= 1
+
+
+def test_serverd_status_prints_instances_queue_jobs_and_devices(
+    serverd: ServerdThread, edge: Edge, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edge.send(edge.request("person"), frame_jpeg())
+    edge.collect(1)
+    base = url(serverd, "")
+    assert main(["status", "--url", base]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "serverd test-server: ready, mqtt up"
+    header, *rows = lines[2:5]
+    assert header.split() == ["TRITON", "HEALTHY", "IN", "FLIGHT", "DONE", "RESTARTS", "MODELS"]
+    assert [r.split()[:2] for r in rows] == [["local-0", "yes"], ["local-1", "yes"]]
+    assert all(r.split()[4] == "0" and r.endswith("echo, person") for r in rows)
+    assert "queue: 0 queued, 0 in flight; shed: none" in lines
+    jobs = next(ln for ln in lines if ln.startswith("jobs: "))
+    assert "Exit " in jobs
+    assert any(ln.startswith("offload messages: ") and "completed " in ln for ln in lines)
+    assert main(["status", "--url", base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["server_id"] == "test-server"
 
 
 def test_metrics_are_serverds_own_histograms_and_tritons_proxied(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status, table
+from edged.api.client import add_subparsers, cmd_status, fetch_status, format_status
 from edgefed.errors import EdgeFedError
 from edgefed.testing.wait import wait_until
 
@@ -79,12 +79,3 @@ def test_status_of_an_unreachable_daemon_is_an_edgefed_error() -> None:
         port = sock.getsockname()[1]  # bound but not listening: connection refused
         with pytest.raises(EdgeFedError, match="cannot reach edged"):
             fetch_status(f"http://127.0.0.1:{port}", timeout=2)
-
-
-def test_table_aligns_columns_and_shows_missing_values() -> None:
-    assert table(["A", "BB"], [["x", None], ["long", 1.5], ["y", True]]) == [
-        "A     BB",
-        "x     -",
-        "long  1.5",
-        "y     yes",
-    ]
