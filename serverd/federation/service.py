@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefed.clock import Clock, now_ms
+from edgefed.clock import Clock, SteadyClock, now_ms
 from edgefed.config import ImagesConfig
 from edgefed.counters import Counters
 from edgefed.errors import ConfigError, FederationError, ImageError, ProtocolError
@@ -276,6 +276,7 @@ def build(
         raise ConfigError(f"federation: {exc}") from exc
     topics = FederationTopics(prefix)
     versions = VersionFiles(state_dir / "federation")
+    clock = SteadyClock()  # rounds, intervals and offers' ages: not moved by NTP's steps
     models = {m.name: m for m in config.models}
     coordinators = []
     for fed in config.federations(versions):
@@ -283,12 +284,21 @@ def build(
         imager = VersionImager(m.name, m.base(images.dir, trusted), m.classes, key)
         coordinators.append(
             Coordinator(
-                mqtt, topics, fed, key, imager, m.train or config.train, config.max_chunk_bytes
+                mqtt,
+                topics,
+                fed,
+                key,
+                imager,
+                m.train or config.train,
+                config.max_chunk_bytes,
+                clock=clock,
             )
         )
     interval = None if config.interval_s is None else int(config.interval_s * 1000)
     ttl = int(config.offer_ttl_s * 1000)
-    return FederationService(mqtt, topics, coordinators, ttl, interval, versions=versions)
+    return FederationService(
+        mqtt, topics, coordinators, ttl, interval, clock=clock, versions=versions
+    )
 
 
 async def run_ticks(service: FederationService, stop: asyncio.Event, period_s: float = 0.5) -> None:
