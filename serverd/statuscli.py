@@ -22,8 +22,11 @@ def _day(epoch_s: float) -> str:
     return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC).strftime("%Y-%m-%d")
 
 
-def _clock(epoch_ms: int) -> str:
-    return datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC).strftime("%H:%M:%S")
+def _when(epoch_ms: int) -> str:
+    """``14:02:11 UTC`` within the last day, else with the date."""
+    at = datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC)
+    recent = datetime.datetime.now(datetime.UTC) - at < datetime.timedelta(days=1)
+    return at.strftime("%H:%M:%S UTC" if recent else "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _counts(counts: dict[str, Any]) -> str:
@@ -39,22 +42,24 @@ def format_status(st: dict[str, Any]) -> str:
         link += f" (certificate until {_day(mqtt['cert_expires'])})"
     out = [f"serverd {st['server_id']}: {'ready' if st['ready'] else 'NOT READY'}, {link}", ""]
     instances = st["instances"]
-    out += table(
-        ["TRITON", "HEALTHY", "IN FLIGHT", "DONE", "RESTARTS", "MODELS"],
-        [
+    out += (
+        ["no Triton instance configured"]
+        if not instances
+        else table(
+            ["TRITON", "HEALTHY", "IN FLIGHT", "DONE", "RESTARTS", "MODELS"],
             [
-                name,
-                "no (resting after a crash loop)" if i.get("resting") else i["healthy"],
-                i["in_flight"],
-                i["completed"],
-                i.get("restarts", "-"),  # none for an external endpoint
-                ", ".join(i["models"]),
-            ]
-            for name, i in instances.items()
-        ],
+                [
+                    name,
+                    "no (resting after a crash loop)" if i.get("resting") else i["healthy"],
+                    i["in_flight"],
+                    i["completed"],
+                    i.get("restarts", "-"),  # none for an external endpoint
+                    ", ".join(i["models"]),
+                ]
+                for name, i in instances.items()
+            ],
+        )
     )
-    if not instances:
-        out.append("  no Triton instance configured")
     out.append("")
     queue = st["scheduler"]
     shed = {f"priority {p}": n for p, n in st.get("shed", {}).items()}
@@ -68,7 +73,7 @@ def format_status(st: dict[str, Any]) -> str:
     devices = st.get("devices", {}).get("devices", {})
     out.append(f"edge devices heard from (edge events): {len(devices) or 'none'}")
     out += [
-        f"  {name}: last {_clock(d['last_seen_ms'])} UTC, {_counts(d['events'])}"
+        f"  {name}: last {_when(d['last_seen_ms'])}, {_counts(d['events'])}"
         for name, d in sorted(devices.items())
     ]
     fed = st.get("federation", {})

@@ -59,7 +59,10 @@ class CameraStatus(_Out):
     reconnects: int = Field(description="Times frames flowed again after a loss")
     last_error: str | None = Field(description="Last capture error")
     gated: int = Field(description="Frames with motion, sent to the models")
-    skipped_static: int = Field(description="Frames without motion, skipped by the gate")
+    skipped_static: int = Field(
+        description="Frames the gate decided had no motion, skipped (the up to "
+        "motion.pre_roll frames it has not decided yet are neither this nor gated)",
+    )
     skipped_rate: int = Field(description="Frames skipped by pipeline.target_fps")
     skipped_failed: int = Field(0, description="Frames whose dispatch failed (see the log)")
     gate_pass_ratio: float | None = Field(description="gated / (gated + skipped_static)")

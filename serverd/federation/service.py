@@ -243,7 +243,7 @@ class FederationService:
         with self._lock:
             if isinstance(offer, SampleOffer):
                 known = self._offers.get(device)
-                replaced: tuple[str, ...] = ()
+                replaced = known.replaced if known is not None else ()
                 if known is None or not offer.run:
                     seen = min(offer.sent_ms, now)  # of any age: its sender's word for it
                 elif offer.run == known.offer.run and offer.seq > known.offer.seq:

@@ -282,8 +282,10 @@ def test_offers_are_dated_on_serverds_clock_and_copies_delivered_again_change_no
             assert service.available("wide") == {}  # as stale as the offer it copies
 
             # edged restarts (run r3); a late copy of r2's offer then replaces nothing
-            assert edge.publish(topics.samples("edge-9"), offer(later, "r3", 1)).wait(5)
-            wait_until("the new run", lambda: service.status()["edges"]["edge-9"]["run"] == "r3")
+            for seq in (1, 2):
+                assert edge.publish(topics.samples("edge-9"), offer(later, "r3", seq)).wait(5)
+                wait_until("r3's offer", lambda s=seq: _offer_seq(service, "edge-9") == s)
+            assert service.status()["edges"]["edge-9"]["run"] == "r3"
             assert edge.publish(topics.samples("edge-9"), offer(behind - 30_000, "r2", 2)).wait(5)
             wait_until("the late copy", lambda: service.counters.offers_repeated == 2)
             assert service.status()["edges"]["edge-9"]["run"] == "r3"

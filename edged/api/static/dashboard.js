@@ -120,7 +120,8 @@ function renderTwin(twin) {
     Object.entries(t.rejections || {}).map(([name, r]) => [way, name, r.value, r.reason]));
   const errors = ways.filter(([, t]) => t.last_error).map(([way, t]) => `${way}: ${t.last_error}`);
   $("twin-state").textContent = [
-    ways.map(([way, t]) => (t.registered === false ? `${way} (not registered)` : way)).join(", "),
+    ways.map(([way, t]) => (t.registered === undefined ? way
+      : `${way} (${t.registered ? "registered" : "not registered"})`)).join(", "),
     refused.length ? `${refused.length} refused` : "every desired value applied",
     ...errors,
   ].join(" · ");
@@ -132,7 +133,7 @@ function renderFederation(fed) {
   $("federation-box").hidden = !fed || !fed.enabled;
   if ($("federation-box").hidden) return;
   $("federation-state").textContent =
-    (fed.training_allowed ? "training allowed" : "training forbidden by the twin") +
+    (fed.training_allowed ? "training allowed" : "training forbidden (federated_training off)") +
     ` · ${fed.offers_sent} offers sent`;
   fillRows("federation", Object.entries(fed.models).map(([name, m]) => [
     name, m.version ?? "none yet", m.samples, m.rounds_trained,

@@ -146,7 +146,7 @@ def test_dashboard_shows_a_live_stream_and_updating_metrics(daemon: Daemon, tmp_
     panels = seen["panels"]
     assert panels["hidden"] == [True, True] and panels["shown"] == [False, False]
     assert "motion_threshold\t300\tmotion_threshold: 300 is out of range" in panels["twin"]
-    assert panels["twinState"] == "dmi · 1 refused"
+    assert panels["twinState"] == "dmi (registered) · 1 refused"
     assert "digits\t5\t40\t2\t2 / 0\t4 / 1\t\u2013" in panels["federation"]
-    assert panels["federationState"].startswith("training forbidden by the twin")
+    assert panels["federationState"].startswith("training forbidden (federated_training off)")
     assert seen["mask_src"].endswith("/api/v1/preview.mjpg?camera=vtest&mask=1")
