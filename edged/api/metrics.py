@@ -77,6 +77,12 @@ class StatusCollector(Collector):
         for kind, n in st.object_event_counts.items():
             kinds.add_metric([kind], n)
         yield kinds
+        refused = _gauge(
+            "edged_twin_refused_properties", "Desired twin values refused now, by way in", ["way"]
+        )
+        for way, twin in st.twin.items():
+            refused.add_metric([way], len(twin.get("rejections", {})))
+        yield refused
 
     def _federation(self, st: StatusBody) -> Iterator[Metric]:
         fed = st.federation

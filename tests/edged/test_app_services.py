@@ -43,10 +43,14 @@ def full_config(tmp_path: Path, broker: Broker) -> dict[str, Any]:
     )
 
 
-def api_get(app: EdgedApp, path: str) -> Any:
+def api_text(app: EdgedApp, path: str) -> str:
     server = next(s for s in app.services if type(s).__name__ == "ApiServer")
     with urllib.request.urlopen(f"{server.url}{path}", timeout=5) as resp:  # type: ignore[attr-defined]
-        return json.loads(resp.read())
+        return str(resp.read().decode())
+
+
+def api_get(app: EdgedApp, path: str) -> Any:
+    return json.loads(api_text(app, path))
 
 
 def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Broker) -> None:
@@ -88,6 +92,7 @@ def test_offload_twin_and_api_are_wired_from_config(tmp_path: Path, broker: Brok
         assert app.runtime.current().motion_threshold == 60
         lines = format_status(api_get(app, "/api/v1/status")).splitlines()
         assert "twin (mqtt): 1 refused" in lines
+        assert 'edged_twin_refused_properties{way="mqtt"} 1.0' in api_text(app, "/metrics")
         assert any(ln.startswith("  motion_threshold = '999': ") for ln in lines)
         pub.loop_stop()
         pub.disconnect()

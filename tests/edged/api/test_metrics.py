@@ -46,6 +46,7 @@ EXPECTED = {
     "edged_preview_renders": "counter",
     "edged_events": "counter",
     "edged_object_events": "counter",
+    "edged_twin_refused_properties": "gauge",
     "process_cpu_seconds": "counter",
     "process_resident_memory_bytes": "gauge",
 }
