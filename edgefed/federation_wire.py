@@ -85,7 +85,10 @@ class RoundOpen(_Message):
     round: int = Field(ge=1, description="Round number of this model")
     base_version: int = Field(ge=0, description="Global version every update must start from")
     participants: list[str] = Field(max_length=10000, description="Selected device ids")
-    deadline_ms: int = Field(gt=0, description="Epoch ms after which updates are late")
+    deadline_ms: int = Field(
+        gt=0,
+        description="When the round closes, on serverd's steady clock (epoch ms; informational)",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings")
     max_chunk_bytes: int = Field(
         default=DEFAULT_CHUNK_BYTES,

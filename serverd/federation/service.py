@@ -11,8 +11,9 @@ follows an offer of the same edged run (its ``run`` id, a higher ``seq``) was se
 arrived, whatever the edge's clock says (an edge box without NTP may be hours off). The
 first one heard of a run may be a copy the broker kept (retained) or a bridge sends again
 after a reconnect, of any age: it is dated by its ``sent_ms`` (never later than its
-arrival), as is every offer of an edged that sends no run; a copy of an offer already
-heard, or of a run a newer one replaced, changes nothing.
+arrival; the age is told on the wall clock edges stamp on, then kept on serverd's
+steady clock), as is every offer of an edged that sends no run; a copy of an offer
+already heard (a run's number not above the highest heard of it) changes nothing.
 ``tick`` closes due rounds and, with ``interval_ms`` set, opens the next round of an idle
 model when it is due.
 """
@@ -57,14 +58,14 @@ FORGET_MS = 7 * 24 * 3600 * 1000
 log = logging.getLogger("serverd.federation")
 
 
-REPLACED_RUNS = 8  # per device, the runs a newer one replaced: their copies are not news
+RUNS_KEPT = 8  # per device, the edged runs heard, with the highest number of each
 
 
 @dataclass(frozen=True)
 class _Offer:
     offer: SampleOffer
     seen_ms: int  # when it was sent, on serverd's clock as far as serverd can tell
-    replaced: tuple[str, ...] = ()  # earlier runs of the device's edged, newest last
+    runs: tuple[tuple[str, int], ...] = ()  # (run, highest seq heard), newest last
 
 
 @dataclass
@@ -88,10 +89,12 @@ class FederationService:
         interval_ms: int | None = None,
         clock: Clock = now_ms,
         versions: VersionFiles | None = None,
+        wall: Clock = now_ms,
     ) -> None:
         self.mqtt, self.topics = mqtt, topics
         self.coordinators = {c.federation.model: c for c in coordinators}
         self.offer_ttl_ms, self.interval_ms, self.clock = offer_ttl_ms, interval_ms, clock
+        self.wall = wall  # the clock edges stamp offers on (serverd's, as its replies tell)
         self.versions = versions
         self.counters = ServiceCounters()
         self._offers: dict[str, _Offer] = {}
@@ -243,19 +246,20 @@ class FederationService:
         with self._lock:
             if isinstance(offer, SampleOffer):
                 known = self._offers.get(device)
-                replaced = known.replaced if known is not None else ()
-                if known is None or not offer.run:
-                    seen = min(offer.sent_ms, now)  # of any age: its sender's word for it
-                elif offer.run == known.offer.run and offer.seq > known.offer.seq:
-                    seen = now  # the run's next offer: sent just now
-                elif offer.run == known.offer.run or offer.run in known.replaced:
+                runs = dict(known.runs) if known is not None else {}
+                heard = runs.get(offer.run) if offer.run else None
+                if heard is not None and offer.seq <= heard:
                     self.counters.offers_repeated += 1  # a copy delivered again
                     return
-                else:  # a new run (edged restarted): this may be a copy of any age
-                    seen = min(offer.sent_ms, now)
-                    runs = (*known.replaced, known.offer.run) if known.offer.run else known.replaced
-                    replaced = runs[-REPLACED_RUNS:]
-                self._offers[device] = _Offer(offer, seen, replaced)
+                # a later offer of a run heard before was sent just now; any other may be a
+                # copy of any age: its sender's word for it, the age told on the wall clock
+                age = 0 if heard is not None else max(0, self.wall() - offer.sent_ms)
+                seen = now - age
+                if offer.run:
+                    runs.pop(offer.run, None)
+                    runs[offer.run] = offer.seq
+                kept = tuple(runs.items())[-RUNS_KEPT:]
+                self._offers[device] = _Offer(offer, seen, kept)
                 self.counters.offers += 1
             elif not payload:  # a retained offer cleared: the device left
                 self._offers.pop(device, None)
@@ -297,7 +301,7 @@ def build(
     interval = None if config.interval_s is None else int(config.interval_s * 1000)
     ttl = int(config.offer_ttl_s * 1000)
     return FederationService(
-        mqtt, topics, coordinators, ttl, interval, clock=clock, versions=versions
+        mqtt, topics, coordinators, ttl, interval, clock=clock, versions=versions, wall=now_ms
     )
 
 
