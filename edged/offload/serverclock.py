@@ -30,11 +30,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefed.clock import Clock, now_ms
+from edgefed.clock import Clock, boot_ns, now_ms
 from edgefed.outage import Repeats
 from edgefed.wire import MAX_EPOCH_MS
 
@@ -50,8 +49,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 def since_boot() -> float:
     """Seconds since boot, suspended time included (Linux), else the monotonic clock."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    return time.monotonic() if boottime is None else time.clock_gettime(boottime)
+    return boot_ns() / 1e9
 
 
 def boot_id() -> str:
