@@ -166,7 +166,7 @@ class Outbox(OutboxStore):
     def begin_postprocess(self, job_id: str) -> JobRecord | None:
         """Inferencing_complete -> Postprocessing; returns the job with its result."""
         marks = sql_in(lifecycle.sources(Status.POSTPROCESSING))
-        with self._lock:
+        with self._write():
             row = self._db.conn.execute(
                 f"UPDATE jobs SET status = ?, updated = ? WHERE id = ? AND status IN {marks} "
                 f"RETURNING {COLUMNS}",
@@ -270,7 +270,7 @@ class Outbox(OutboxStore):
         """Move one job to ``new`` if its status allows it; takes the lock itself."""
         marks = sql_in(lifecycle.sources(new))
         sets = "status = ?, updated = ?" + (f", {extra}" if extra else "")
-        with self._lock:
+        with self._write():
             cursor = self._db.conn.execute(
                 f"UPDATE jobs SET {sets} WHERE id = ? AND status IN {marks}",
                 (str(new), self._clock(), *params, job_id),

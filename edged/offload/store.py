@@ -66,6 +66,7 @@ class OutboxStore:
         self.shed_total = 0
         self.duplicates = 0
         self.late = 0
+        self._batches = 0  # batches open (under the lock)
         self._open_rows = self._open_bytes = 0
         self._recount()
 
@@ -76,9 +77,41 @@ class OutboxStore:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Run several operations as one transaction (one commit): group commit for bursts."""
+        """Run several operations as one transaction (one commit): group commit for bursts.
+
+        A caller may go on after one operation of the batch failed (the offload core
+        contains each step). SQLite answers some errors (a full disk, I/O) by rolling the
+        whole transaction back; the operations after it would then each commit on their
+        own while the batch's commit fails, so that the caller discards what they did
+        (outcomes never told) although it was stored. Once that happened, every further
+        write of the batch and its commit raise ``OffloadError`` instead: the batch
+        changes nothing, as a failed commit should."""
         with self._lock, self._tx():
-            yield
+            self._batches += 1
+            try:
+                yield
+                self._still_in_batch()
+            finally:
+                self._batches -= 1
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """The lock, for one write statement outside ``_tx`` (it commits alone, or with
+        the batch around it); SQLite's errors leave as ``OffloadError``, as from ``_tx``."""
+        with self._lock:
+            self._still_in_batch()
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise OffloadError(f"outbox {self.config.path}: {exc}") from exc
+
+    def _still_in_batch(self) -> None:
+        """Raise if a batch is open and SQLite rolled its transaction back."""
+        if self._batches and not self._db.conn.in_transaction:
+            raise OffloadError(
+                f"outbox {self.config.path}: an error in this batch (logged before) made "
+                "SQLite roll its transaction back; nothing of it is stored"
+            )
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -140,6 +173,7 @@ class OutboxStore:
         """One transaction; if it rolls back, the in-memory totals are recounted. SQLite's
         own errors (locked by another process past the busy timeout, disk full) leave as
         ``OffloadError`` naming the file, so a caller's refusal path counts them."""
+        self._still_in_batch()
         try:
             with self._db.atomic():
                 yield

@@ -146,9 +146,13 @@ class Rig:
         del self.effects.timers[timer]
         return self.burst(self.core.fired(timer), connected=connected)
 
-    def result(self, job_id: str, log: list[tuple[str, str, str | None]] | None = None) -> ReplyIn:
+    def result(
+        self, job_id: str, log: list[tuple[str, str, str | None]] | None = None, size: int = 0
+    ) -> ReplyIn:
+        """The server's result for ``job_id``; ``size`` pads it with that many bytes."""
+        results: list[dict[str, Any]] = [{"ok": 1}] + ([{"pad": "x" * size}] if size else [])
         reply = OffloadResult(
-            job_id=job_id, device_id="cam-1", model="det", results=[{"ok": 1}], served_by="s",
+            job_id=job_id, device_id="cam-1", model="det", results=results, served_by="s",
             completed=self.now,
         )  # fmt: skip
         log = self.effects.log if log is None else log
@@ -464,45 +468,50 @@ def test_shed_jobs_are_told_as_failed(tmp_path: Path) -> None:
         rig.close()
 
 
-def test_a_failing_commit_backs_off_and_its_outcome_is_told_once_after_a_commit(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_full_disk_backs_off_and_the_burst_is_stored_whole_or_not_at_all(rig: Rig) -> None:
+    """A real SQLITE_FULL: the outbox may not grow (SQLite's page limit answers as a full
+    disk does) and a result needs new pages. SQLite rolls the burst's whole transaction
+    back on that error, the claim written before it included; the smaller result after
+    it is not stored on its own (it would have been, and never told). Both replies are
+    acknowledged to the broker: the jobs are still open, and their retries ask the
+    server again once there is room."""
     rig.burst(WAKE)
-    job = rig.submit()
-    job_id = job.request.job_id
-    rig.burst(job)
-    real = rig.outbox.batch
-
-    @contextlib.contextmanager
-    def full_disk() -> Iterator[None]:
-        with real():
-            yield
-            raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(rig.outbox, "batch", full_disk)
-    assert rig.burst(rig.result(job_id)) is False
+    job, other = rig.submit(), rig.submit()
+    job_id, other_id = job.request.job_id, other.request.job_id
+    rig.burst(job, other)
+    db = rig.outbox._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")
+    large = rig.result(job_id, size=200_000)
+    assert rig.burst(large, rig.result(other_id)) is False
     assert rig.effects.timers[Timer.BACKOFF] == FAULT_BACKOFF_S and not rig.core.ready
-    assert rig.core.counters.worker_errors == 1
-    assert rig.effects.told == []  # nothing told: the result was not stored
-    assert rig.committed(job_id) == "Enqueue"  # rolled back, claim included
-    assert rig.effects.log == [("ack", job_id, "Enqueue")]  # the server answers again
-    monkeypatch.setattr(rig.outbox, "batch", real)
+    assert rig.core.counters.worker_errors >= 2  # the result, then the batch's commit
+    assert rig.effects.told == []  # nothing told: nothing was stored
+    assert rig.committed(job_id) == rig.committed(other_id) == "Enqueue"  # claims included
+    assert rig.effects.log == [("ack", job_id, "Enqueue"), ("ack", other_id, "Enqueue")]
+    db.execute(f"PRAGMA max_page_count={pages * 100}")
     assert rig.core.fired(Timer.BACKOFF) == WAKE and rig.core.ready
     del rig.effects.timers[Timer.BACKOFF]
     later = rig.submit()
     rig.burst(WAKE, later)
-    assert rig.effects.told == []  # the rolled-back outcome is gone, not told late
+    assert rig.effects.told == []  # the rolled-back outcomes are gone, not told late
     assert rig.effects.published[-1] == later.request.job_id
     assert rig.committed(later.request.job_id) == "Enqueue"  # its claim deferred
-    assert rig.committed(job_id) == "Preprocessing"  # the rolled-back claim, written now
+    assert rig.committed(job_id) == "Preprocessing"  # the rolled-back claims, written now
+    assert rig.committed(other_id) == "Preprocessing"
     rig.burst(SWEEP)
     assert rig.effects.published.count(job_id) == 1  # not overdue: not sent again
     assert rig.committed(later.request.job_id) == "Preprocessing"
-    rig.burst(rig.result(job_id))  # the server's reply again, committed this time
-    assert [(o.job_id, o.status) for o in rig.effects.told] == [(job_id, Status.EXIT)]
-    assert rig.effects.log[-2:] == [
+    rig.burst(rig.result(job_id, size=200_000), rig.result(other_id))  # the server again
+    assert [(o.job_id, o.status) for o in rig.effects.told] == [
+        (job_id, Status.EXIT),
+        (other_id, Status.EXIT),
+    ]
+    assert rig.effects.log[-4:] == [
         ("tell", job_id, "Postprocessing"),  # told once, after its commit
+        ("tell", other_id, "Postprocessing"),
         ("ack", job_id, "Postprocessing"),
+        ("ack", other_id, "Postprocessing"),
     ]
 
 
