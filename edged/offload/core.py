@@ -24,7 +24,8 @@ is down. The events that arrive together are handled in one outbox transaction (
 commit), with the jobs they let out claimed and published in it; only after it commits
 is each closed job's outcome told (once; again only if edged dies between the two, as
 delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered,
-and the writes it carried wait for the next one), and only then is each reply in it
+and the writes it carried, with the claims of the jobs it published, wait for the next
+one), and only then is each reply in it
 acknowledged (a reply is never lost with the process).
 A failed burst (disk full) arms the fault-backoff timer.
 
@@ -167,13 +168,17 @@ class Effects(Protocol):
 class _Writes:
     """The writes left to the next transaction (see the module docstring): the claims of
     jobs published from memory (and when the first of them went out), the jobs the broker
-    acknowledged, the delivered jobs to close."""
+    acknowledged, the delivered jobs to close. A transaction's own also lists the jobs it
+    claimed from the outbox and published (``claimed``, at ``claimed_now``): if it rolls
+    back, their claims wait as those of jobs published from memory, since they are out."""
 
     unclaimed: list[str] = field(default_factory=list)
     unclaimed_at: int = 0
     acked: list[str] = field(default_factory=list)
     delivered: list[str] = field(default_factory=list)
     closed: int = 0  # delivered jobs a transaction closed, counted once it commits
+    claimed: list[str] = field(default_factory=list)
+    claimed_now: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.unclaimed or self.acked or self.delivered)
@@ -190,10 +195,13 @@ class _Writes:
         return taken
 
     def give_back(self, taken: _Writes) -> None:
-        """The transaction that took ``taken`` rolled back: its writes wait again."""
-        if taken.unclaimed:
-            self.unclaimed_at = taken.unclaimed_at
-        self.unclaimed = taken.unclaimed + self.unclaimed
+        """The transaction that took ``taken`` rolled back: its writes wait again, and the
+        claims of the jobs it published from the outbox with them."""
+        back = taken.unclaimed + taken.claimed
+        if back:
+            at = taken.unclaimed_at if taken.unclaimed else taken.claimed_now
+            self.unclaimed_at = min(at, self.unclaimed_at) if self.unclaimed else at
+        self.unclaimed = back + self.unclaimed
         self.acked = taken.acked + self.acked
         self.delivered = taken.delivered + self.delivered
 
@@ -236,10 +244,10 @@ class OffloadCore:
         self._outbox, self._effects, self._clock = outbox, effects, clock
         self._window, self._sweep_interval_s = window, sweep_interval_s
         self._submitting = submitting  # jobs in the outbox whose Submitted is still to come
-        self._running = False
-        self._armed: set[Timer] = set()
+        self._running, self._armed = False, set[Timer]()
         self._inflight: set[str] = set()  # published, awaiting their PUBACK
         self._outcomes: list[JobOutcome] = []  # told after the burst's commit
+        self._shed: list[JobOutcome] = []  # closed by their own commit: told come what may
         self._acks: list[Callable[[], None]] = []  # of the burst's replies, after the commit
         # ``_more``: the outbox may hold due jobs that are not in ``_fresh``, so the next
         # send claims from it (in priority order). ``_fresh``: jobs submitted since the
@@ -340,7 +348,7 @@ class OffloadCore:
                 for event in events:
                     self._contained(self._handle, event, connected)
                 if connected:
-                    sent.append(self._contained(self._send))
+                    sent.append(self._contained(self._send, writes))
                     self._more = self._more or not sent[-1]  # unsent jobs wait in the outbox
                 elif self._fresh:
                     self._fresh, self._more = [], True  # they wait in the outbox for the link
@@ -370,7 +378,7 @@ class OffloadCore:
 
     def _flush(self) -> None:
         """After the commit: tell the outcomes; the delivered jobs close with the next one."""
-        outcomes, self._outcomes = self._outcomes, []
+        outcomes, self._outcomes, self._shed = self._shed + self._outcomes, [], []
         for outcome in outcomes:
             self._effects.tell(outcome)
         self._waiting.delivered.extend(o.job_id for o in outcomes if o.status == Status.EXIT)
@@ -408,11 +416,10 @@ class OffloadCore:
             self._more = self._more or frame is None  # its row moved: claimed, re-encoded
         else:
             self.counters.rejected += 1
-        if outcome.shed:
-            shed = set(outcome.shed)
-            self._fresh = [(r, f) for r, f in self._fresh if r.job_id not in shed]
+        shed = set(outcome.shed)  # ``_fresh``: the few jobs since the last send
+        self._fresh = [(r, f) for r, f in self._fresh if r.job_id not in shed]
         for job_id in outcome.shed:
-            self._closed(job_id)
+            self._closed(job_id, self._shed)
 
     def reframe(self) -> None:  # the rows moved with their clock: claimed, re-encoded
         self._fresh, self._more = [], self._more or bool(self._fresh)
@@ -423,7 +430,7 @@ class OffloadCore:
         self._waiting.acked.append(job_id)
         self.counters.acked += 1
 
-    def _send(self) -> None:
+    def _send(self, writes: _Writes) -> None:
         """Publish due jobs: fresh ones from memory while there is no backlog, else claimed
         from the outbox in priority order. A send from the outbox skips the jobs whose
         submission has not reached the core yet, so no job is sent twice; the claim of a
@@ -436,9 +443,12 @@ class OffloadCore:
         if self._more:  # the fresh jobs are in the outbox too, in their place in the order
             claimed = self._outbox.claim(room, skip=self._submitting())
             self._more = len(claimed) == room
+            writes.claimed_now = self._clock()
             for job, body in claimed:
                 error = self._publish(job.id, encode_request(job.request(), body))
-                if error is not None:  # due again for the next send
+                if error is None:
+                    writes.claimed.append(job.id)
+                else:  # due again for the next send
                     self._outbox.release(job.id, error)
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
@@ -484,7 +494,7 @@ class OffloadCore:
             self.counters.shed_by_server += shed
             self._inflight.discard(reply.job_id)
             if status in (Status.FAILED, Status.EXPIRED):
-                self._closed(reply.job_id)
+                self._closed(reply.job_id, self._outcomes)
             else:
                 self.counters.retried += 1
                 self._more = True
@@ -492,10 +502,9 @@ class OffloadCore:
     def _sweep(self, connected: bool) -> None:
         report = self._outbox.sweep(retry_timeouts=connected)
         self.counters.retried += len(report.retried)
-        self._inflight.difference_update(report.retried)
+        self._inflight.difference_update(report.retried + report.expired + report.failed)
         for job_id in report.expired + report.failed:
-            self._inflight.discard(job_id)
-            self._closed(job_id)
+            self._closed(job_id, self._outcomes)
         self._more = True
 
     def _delivering(
@@ -510,12 +519,11 @@ class OffloadCore:
             result = OffloadResult.model_validate(job.result)
         self._outcomes.append(JobOutcome.of(job, Status.EXIT, result, job.reason))
 
-    def _closed(self, job_id: str) -> None:
+    def _closed(self, job_id: str, into: list[JobOutcome]) -> None:
+        """A job closed Expired or Failed: its outcome goes to ``into`` (to be told)."""
         job = self._outbox.get(job_id)
         if job is None:
             return
-        if job.status == Status.EXPIRED:
-            self.counters.expired += 1
-        elif job.status == Status.FAILED:
-            self.counters.failed += 1
-        self._outcomes.append(JobOutcome.of(job, job.status, None, job.last_error or ""))
+        self.counters.expired += job.status == Status.EXPIRED
+        self.counters.failed += job.status == Status.FAILED
+        into.append(JobOutcome.of(job, job.status, None, job.last_error or ""))

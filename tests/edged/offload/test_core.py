@@ -166,6 +166,34 @@ class Rig:
         return ReplyIn(reply, lambda: self.effects.log.append(("ack", job_id, None)))
 
 
+@contextlib.contextmanager
+def commits_failing(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every commit of the outbox fails as a full disk makes a WAL append fail (at the
+    commit, after the statements ran)."""
+    real = rig.outbox.batch
+
+    @contextlib.contextmanager
+    def full_disk() -> Iterator[None]:
+        with real():
+            yield
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(rig.outbox, "batch", full_disk)
+    yield
+    monkeypatch.setattr(rig.outbox, "batch", real)
+
+
+@contextlib.contextmanager
+def disk_full(rig: Rig) -> Iterator[None]:
+    """A real SQLITE_FULL: the outbox may not grow (SQLite's page limit answers a write
+    that needs a new page as a full disk does)."""
+    db = rig.outbox._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")
+    yield
+    db.execute(f"PRAGMA max_page_count={pages * 100}")
+
+
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     made = Rig(tmp_path)
@@ -468,28 +496,55 @@ def test_shed_jobs_are_told_as_failed(tmp_path: Path) -> None:
         rig.close()
 
 
+def test_a_failing_commit_backs_off_and_its_outcome_is_told_once_after_a_commit(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.burst(WAKE)
+    job = rig.submit()
+    job_id = job.request.job_id
+    rig.burst(job)
+    with commits_failing(rig, monkeypatch):
+        assert rig.burst(rig.result(job_id)) is False
+        assert rig.effects.timers[Timer.BACKOFF] == FAULT_BACKOFF_S and not rig.core.ready
+        assert rig.core.counters.worker_errors == 1
+        assert rig.effects.told == []  # nothing told: the result was not stored
+        assert rig.committed(job_id) == "Enqueue"  # rolled back, claim included
+        assert rig.effects.log == [("ack", job_id, "Enqueue")]  # the server answers again
+    assert rig.core.fired(Timer.BACKOFF) == WAKE and rig.core.ready
+    del rig.effects.timers[Timer.BACKOFF]
+    later = rig.submit()
+    rig.burst(WAKE, later)
+    assert rig.effects.told == []  # the rolled-back outcome is gone, not told late
+    assert rig.effects.published[-1] == later.request.job_id
+    assert rig.committed(later.request.job_id) == "Enqueue"  # its claim deferred
+    assert rig.committed(job_id) == "Preprocessing"  # the rolled-back claim, written now
+    rig.burst(SWEEP)
+    assert rig.effects.published.count(job_id) == 1  # not overdue: not sent again
+    assert rig.committed(later.request.job_id) == "Preprocessing"
+    rig.burst(rig.result(job_id))  # the server's reply again, committed this time
+    assert [(o.job_id, o.status) for o in rig.effects.told] == [(job_id, Status.EXIT)]
+    assert rig.effects.log[-2:] == [
+        ("tell", job_id, "Postprocessing"),  # told once, after its commit
+        ("ack", job_id, "Postprocessing"),
+    ]
+
+
 def test_a_full_disk_backs_off_and_the_burst_is_stored_whole_or_not_at_all(rig: Rig) -> None:
-    """A real SQLITE_FULL: the outbox may not grow (SQLite's page limit answers as a full
-    disk does) and a result needs new pages. SQLite rolls the burst's whole transaction
-    back on that error, the claim written before it included; the smaller result after
-    it is not stored on its own (it would have been, and never told). Both replies are
-    acknowledged to the broker: the jobs are still open, and their retries ask the
-    server again once there is room."""
+    """A result that needs new pages on a full disk: SQLite rolls the burst's whole
+    transaction back, the claims written before it included; the smaller result after it
+    is not stored on its own (it was, and never told). Both replies are acknowledged to
+    the broker: the jobs are still open, and their retries ask the server again."""
     rig.burst(WAKE)
     job, other = rig.submit(), rig.submit()
     job_id, other_id = job.request.job_id, other.request.job_id
     rig.burst(job, other)
-    db = rig.outbox._db
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count={pages}")
-    large = rig.result(job_id, size=200_000)
-    assert rig.burst(large, rig.result(other_id)) is False
+    with disk_full(rig):
+        assert rig.burst(rig.result(job_id, size=200_000), rig.result(other_id)) is False
     assert rig.effects.timers[Timer.BACKOFF] == FAULT_BACKOFF_S and not rig.core.ready
     assert rig.core.counters.worker_errors >= 2  # the result, then the batch's commit
     assert rig.effects.told == []  # nothing told: nothing was stored
     assert rig.committed(job_id) == rig.committed(other_id) == "Enqueue"  # claims included
     assert rig.effects.log == [("ack", job_id, "Enqueue"), ("ack", other_id, "Enqueue")]
-    db.execute(f"PRAGMA max_page_count={pages * 100}")
     assert rig.core.fired(Timer.BACKOFF) == WAKE and rig.core.ready
     del rig.effects.timers[Timer.BACKOFF]
     later = rig.submit()
@@ -525,18 +580,9 @@ def test_writes_carried_by_a_failing_commit_wait_for_the_next_one(
     rig.burst(delivered, acked)
     rig.burst(rig.result(delivered.request.job_id), Puback(acked.request.job_id))
     assert rig.committed(delivered.request.job_id) == "Postprocessing"  # its close waits
-    real = rig.outbox.batch
-
-    @contextlib.contextmanager
-    def full_disk() -> Iterator[None]:
-        with real():
-            yield
-            raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(rig.outbox, "batch", full_disk)
-    assert rig.burst(fresh) is False  # carries the close and the acknowledgement
-    assert rig.committed(delivered.request.job_id) == "Postprocessing"
-    monkeypatch.setattr(rig.outbox, "batch", real)
+    with commits_failing(rig, monkeypatch):
+        assert rig.burst(fresh) is False  # carries the close and the acknowledgement
+        assert rig.committed(delivered.request.job_id) == "Postprocessing"
     rig.core.fired(Timer.BACKOFF)
     del rig.effects.timers[Timer.BACKOFF]
     rig.burst(WAKE)
@@ -550,6 +596,63 @@ def test_writes_carried_by_a_failing_commit_wait_for_the_next_one(
         assert again.effects.told == []
     finally:
         again.close()
+
+
+def test_a_job_shed_to_store_another_is_told_even_if_that_burst_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """The shed job was closed by the store's own commit; a burst that rolls back (a
+    result on a full disk) must not take its outcome with it: it is told once, with the
+    next burst's outcomes."""
+    rig = Rig(tmp_path, max_jobs=2)
+    try:
+        rig.core.start()
+        rig.burst(WAKE)
+        sent = rig.submit(priority=5)
+        rig.burst(sent)
+        low = rig.submit(priority=0)
+        rig.burst(low, connected=False)
+        high = rig.submit(priority=5)
+        assert high.outcome.shed == [low.request.job_id]
+        assert rig.committed(low.request.job_id) == "Failed"
+        with disk_full(rig):
+            assert rig.burst(high, rig.result(sent.request.job_id, size=200_000)) is False
+        assert rig.effects.told == []
+        rig.fire(Timer.BACKOFF)
+        assert [(o.job_id, o.status) for o in rig.effects.told] == [
+            (low.request.job_id, Status.FAILED)
+        ]
+        rig.burst(rig.result(sent.request.job_id))
+        rig.burst(SWEEP)
+        told = [o.job_id for o in rig.effects.told]
+        assert told == [low.request.job_id, sent.request.job_id]  # each once
+    finally:
+        rig.close()
+
+
+def test_jobs_claimed_from_the_outbox_by_a_burst_that_rolls_back_are_not_sent_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs that waited in the outbox go out with a burst whose commit fails: they are
+    on their way, so their claims wait for the next transaction like those of jobs sent
+    from memory; neither the next send nor a sweep publishes them again, and their
+    PUBACKs move them on."""
+    rig.burst(WAKE)
+    jobs = [rig.submit() for _ in range(3)]
+    ids = [job.request.job_id for job in jobs]
+    rig.burst(*jobs, connected=False)  # the link is down: they wait in the outbox
+    with commits_failing(rig, monkeypatch):
+        assert rig.burst(Link(True)) is False
+    assert rig.effects.published == ids and rig.core.in_flight == 3
+    assert [rig.committed(job_id) for job_id in ids] == ["Enqueue"] * 3  # rolled back
+    rig.fire(Timer.BACKOFF)
+    assert [rig.committed(job_id) for job_id in ids] == ["Preprocessing"] * 3
+    rig.burst(*(Puback(job_id) for job_id in ids))
+    rig.now += 60
+    rig.fire(Timer.SETTLE)
+    rig.burst(SWEEP)
+    assert rig.effects.published == ids  # each once
+    assert [rig.committed(job_id) for job_id in ids] == ["Preprocessing_complete"] * 3
 
 
 def test_after_a_restart_stored_results_are_delivered_and_mid_publish_jobs_sent_again(
