@@ -11,6 +11,8 @@ store's list; never edit or reorder applied ones.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,21 +44,60 @@ def open_database(
     the store's own checkpoints cannot keep up); ``page_size`` applies to a new file only;
     ``shared``: the connection may be used from several threads (under the caller's lock).
     Raises ``sqlite3.Error`` or ``OSError``; the store translates them into its own error.
+    A ``sqlite3.Error`` says why when the cause is the file system's: SQLite's own words
+    for a read-only mount or a full disk are "unable to open database file" and "disk I/O
+    error" (the WAL's files cannot be created).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        str(path), check_same_thread=not shared, timeout=busy_timeout_s, isolation_level=None
-    )
-    conn.row_factory = sqlite3.Row
-    if page_size is not None:
-        conn.execute(f"PRAGMA page_size={int(page_size)}")
-    db = sqlite_utils.Database(conn, execute_plugins=False)
-    db.enable_wal()
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
-    for pragma in pragmas:
-        db.execute(f"PRAGMA {pragma}")
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            str(path), check_same_thread=not shared, timeout=busy_timeout_s, isolation_level=None
+        )
+        conn.row_factory = sqlite3.Row
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        db.enable_wal()
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+        for pragma in pragmas:
+            db.execute(f"PRAGMA {pragma}")
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        hint = _storage_hint(path)
+        if not hint:
+            raise
+        hinted = type(exc)(f"{exc} ({hint})")
+        for attr in ("sqlite_errorcode", "sqlite_errorname"):
+            if hasattr(exc, attr):
+                setattr(hinted, attr, getattr(exc, attr))
+        raise hinted from exc
     return db
+
+
+LOW_SPACE = 1 << 20
+"""Free bytes under which a failing open blames the file system's space."""
+
+
+def _storage_hint(path: Path) -> str:
+    """Why the file system may refuse ``path`` and its WAL files: its directory or the
+    file not writable (a read-only mount, permissions), or under ``LOW_SPACE`` free
+    (``shutil.disk_usage``: what an unprivileged process may use); "" when neither, or
+    when the file system cannot even be asked (the caller's error says enough then)."""
+    hints = []
+    try:
+        if not os.access(path.parent, os.W_OK):
+            hints.append(f"the directory {path.parent} is not writable")
+        elif path.exists() and not os.access(path, os.W_OK):
+            hints.append(f"the file {path} is not writable")
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return "; ".join(hints)
+    if free < LOW_SPACE:
+        hints.append(f"the file system has {free} bytes free")
+    return "; ".join(hints)
 
 
 def migrate(
