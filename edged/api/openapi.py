@@ -178,6 +178,7 @@ def build_openapi(models: list[str]) -> dict[str, Any]:
                     "401": _error("No bearer token"),
                     "403": _error("Wrong token, or no token configured on the device"),
                     "404": _error("The model is not federated here, or federation is off"),
+                    "503": _error("The sample store failed to write it (a full disk): send again"),
                 },
             }
         },

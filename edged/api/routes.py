@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ValidationError
 
+from edged.federation.samples import SampleStoreError
 from edged.settings import RuntimeConfig
 from edgefed.errors import ConfigError, FederationError, ProtocolError
 from edgefed.httpapi import JSON, Handler, check_bearer, reject
@@ -186,9 +187,14 @@ class Routes:
         features = np.asarray(sample.features, dtype=np.float32)
         try:
             stored = await asyncio.to_thread(federation.add_label, model, features, sample.label)
+        except SampleStoreError as exc:  # a good sample: the client may send it again
+            raise reject(503, "unavailable", str(exc)) from None
         except FederationError as exc:
             raise reject(400, "invalid", str(exc)) from None
-        count = await asyncio.to_thread(federation.samples, model)
+        try:
+            count = await asyncio.to_thread(federation.samples, model)
+        except SampleStoreError:  # stored all the same: a 503 would have it sent twice
+            count = 0
         return _ok(SampleStored(id=stored, model=model, samples=count), status=201)
 
     def _camera(self, q: PreviewQuery) -> str:

@@ -170,7 +170,10 @@ class FederationStatus(_Out):
     )
     offers_sent: int = Field(0, description="Sample offers sent to serverd")
     samples: dict[str, int] = Field(
-        default_factory=dict, description="Sample store counters: added, refused, dropped_oldest"
+        default_factory=dict,
+        description="Sample store counters: added, refused, dropped_oldest, write_failures "
+        "(good samples the store failed to write: a full disk), read_failures (a damaged "
+        "store: the models' samples then show 0)",
     )
     models: dict[str, FederatedModelStatus] = Field(
         default_factory=dict, description="Per federated model"
@@ -178,7 +181,8 @@ class FederationStatus(_Out):
     hard_examples: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description="Per offloaded model whose answers label samples: remembered, forgotten, "
-        "stored, no_result, low_score, unknown_class, refused",
+        "stored, no_result, low_score, unknown_class, refused, store_failures (the store "
+        "failed to write: a full disk)",
     )
 
 

@@ -6,7 +6,9 @@ feature vector under the job id. The offload client's outcome listener
 a classification result stores the features with the server's top class as the label,
 if the server was confident enough (``min_score``) and the class is one the edge's head
 knows. Failed or expired jobs, unknown classes and unremembered jobs store nothing and
-are counted. This is how an edge model learns from the big model on the server.
+are counted, and so is a sample the store failed to write (``store_failures``: a full
+disk) apart from one it refused (``refused``). This is how an edge model learns from the
+big model on the server.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edged.federation.samples import SampleStore
+from edged.federation.samples import SampleStore, SampleStoreError
 from edged.offload.core import JobOutcome
 from edgefed.counters import Counters
 from edgefed.errors import FederationError
@@ -34,6 +36,7 @@ class HardExampleCounters(Counters):
     low_score: int = 0
     unknown_class: int = 0
     refused: int = 0
+    store_failures: int = 0
 
 
 class HardExamples:
@@ -75,6 +78,9 @@ class HardExamples:
             return
         try:
             self.store.add(self.model, features, label, "server", ref=outcome.job_id)
+        except SampleStoreError:
+            self.counters.store_failures += 1
+            raise
         except FederationError:
             self.counters.refused += 1
             raise

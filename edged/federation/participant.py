@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.federation.adoption import HeadSlot, Served, check, judge
-from edged.federation.samples import SampleStore
+from edged.federation.samples import SampleStore, SampleStoreError
 from edged.federation.trainer import TrainSettings, train
 from edged.federation.versions import VersionImages
 from edgefed.counters import Counters
@@ -101,13 +101,19 @@ class Participant:
         self._thread.join(timeout=30)
 
     def status(self) -> dict[str, object]:
+        """What the status API and the metrics show; a sample store that cannot be read
+        shows 0 samples (its ``read_failures`` say why) instead of failing them."""
         served = self.slot.current
+        try:
+            samples = self.store.count(self.model)
+        except SampleStoreError:  # counted and logged as one outage by the store
+            samples = 0
         return {
             "model": self.model,
             "version": served.version if served else None,
             "image": str(served.image) if served and served.image else None,
             "rolled_back_from": self.rolled_back_from,
-            "samples": self.store.count(self.model),
+            "samples": samples,
             "training_allowed": self.allowed(),
             **self.counters.as_dict(),
         }
@@ -148,7 +154,12 @@ class Participant:
         if not self.allowed() or served is None or served.version != plan.base_version:
             self.counters.rounds_skipped += 1
             return
-        x, y = self.store.training_set(self.model)
+        try:
+            x, y = self.store.training_set(self.model)
+        except SampleStoreError as exc:  # logged by the store, once for the outage
+            self.counters.rounds_skipped += 1
+            self.counters.last_reason = str(exc)
+            return
         if len(y) == 0:
             self.counters.rounds_skipped += 1
             return

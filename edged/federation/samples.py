@@ -9,15 +9,22 @@ kept in the database so the count survives a restart).
 
 Every ``holdout_every``-th sample (by id) is held back: it is never trained on and is the
 local slice a new global version is evaluated on before it is adopted.
+
+A bad sample is a ``FederationError``; a store that fails (a full disk, a corrupt file:
+it opens and migrates, then a read or write fails) is a ``SampleStoreError``, its subclass,
+so a caller can tell "this sample is wrong" from "try again later". Its failures are
+counted (``write_failures``, ``read_failures``) and logged as one outage each, not a line
+per call.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import sqlite_utils
@@ -25,11 +32,19 @@ import sqlite_utils
 from edgefed.clock import Clock, now_ms
 from edgefed.counters import Counters
 from edgefed.errors import FederationError
+from edgefed.outage import Outage
 from edgefed.store import migrate, open_database
 
 Source = Literal["operator", "server"]
 SOURCES: tuple[Source, ...] = ("operator", "server")
 MAX_FEATURES = 65536
+
+log = logging.getLogger("edged.federation")
+
+
+class SampleStoreError(FederationError):
+    """The store failed to read or write (a full disk, a corrupt file), not the sample:
+    the same call may work later (the API answers 503, not 400)."""
 
 
 def _create(db: sqlite_utils.Database) -> None:
@@ -51,6 +66,8 @@ class SampleCounters(Counters):
     added: int = 0
     refused: int = 0
     dropped_oldest: int = 0
+    write_failures: int = 0  # good samples the store failed to write (a full disk)
+    read_failures: int = 0  # reads the store failed (a corrupt file): counts, training sets
 
 
 class SampleStore:
@@ -69,12 +86,16 @@ class SampleStore:
         self.holdout_every = holdout_every
         self._clock = clock
         self._lock = threading.Lock()
+        self._name = f"sample store {path}"
+        self._writes = Outage(log, f"{self._name}: storing a sample")
+        self._reads = Outage(log, f"{self._name}: reading samples")
         try:
             self._db = open_database(path, autocheckpoint=1000, shared=True)
-            migrate(self._db, MIGRATIONS, FederationError, f"sample store {path}")
+            migrate(self._db, MIGRATIONS, FederationError, self._name)
+            dropped = self._total("dropped_oldest")
         except (sqlite3.Error, OSError) as exc:
-            raise FederationError(f"sample store {path}: {exc}") from exc
-        self.counters = SampleCounters(dropped_oldest=self._total("dropped_oldest"))
+            raise FederationError(f"{self._name}: {exc}") from exc
+        self.counters = SampleCounters(dropped_oldest=dropped)
 
     def add(
         self,
@@ -85,10 +106,17 @@ class SampleStore:
         ref: str | None = None,
     ) -> int:
         """Store one sample; returns its id. A bad sample raises ``FederationError`` with
-        the reason and changes nothing."""
-        vector = self._check(model, features, label, source)
+        the reason, a failing store ``SampleStoreError``; either changes nothing."""
+        vector = self._check(features, label, source)
+        # the feature count's check and the insert are one step: two concurrent first
+        # samples of different lengths would both be stored and break every training set
         with self._lock:
             try:
+                dim = self._dim(model)
+                if dim is not None and dim != vector.size:
+                    self.counters.refused += 1
+                    reason = f"{model} samples have {dim} features, got {vector.size}"
+                    raise FederationError(f"sample refused: {reason}")
                 with self._db.atomic():
                     cur = self._db.execute(
                         "INSERT INTO samples (model, source, label, dim, features, ref, created) "
@@ -105,19 +133,20 @@ class SampleStore:
                     )
                     dropped = self._drop_oldest()
             except sqlite3.Error as exc:
-                raise FederationError(f"sample store: {exc}") from exc
+                self.counters.write_failures += 1
+                raise self._failure(self._writes, exc) from exc
             self.counters.added += 1
             self.counters.dropped_oldest += dropped
+        self._writes.ok()
         return int(cur.lastrowid or 0)
 
     def count(self, model: str) -> int:
         """Samples of ``model`` available for training (the held-back slice excluded)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM samples WHERE model = ? AND id % ? != 0",
-                (model, self.holdout_every),
-            ).fetchone()
-        return int(row[0])
+        rows = self._read(
+            "SELECT COUNT(*) FROM samples WHERE model = ? AND id % ? != 0",
+            (model, self.holdout_every),
+        )
+        return int(rows[0][0])
 
     def training_set(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of ``model`` to train on (the held-back slice excluded)."""
@@ -131,9 +160,8 @@ class SampleStore:
         with self._lock:
             self._db.close()
 
-    def _check(
-        self, model: str, features: np.ndarray, label: int | np.integer, source: str
-    ) -> np.ndarray:
+    def _check(self, features: np.ndarray, label: int | np.integer, source: str) -> np.ndarray:
+        """The checks that need no database (the feature count is checked in ``add``)."""
         reason = ""
         vector = np.asarray(features)
         if source not in SOURCES:
@@ -144,10 +172,6 @@ class SampleStore:
             reason = "features must be finite numbers"
         elif not isinstance(label, int | np.integer) or label < 0:
             reason = f"label must be a class index >= 0, got {label!r}"
-        else:
-            dim = self._dim(model)
-            if dim is not None and dim != vector.size:
-                reason = f"{model} samples have {dim} features, got {vector.size}"
         if reason:
             with self._lock:
                 self.counters.refused += 1
@@ -155,11 +179,25 @@ class SampleStore:
         return vector.astype("<f4")
 
     def _dim(self, model: str) -> int | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT dim FROM samples WHERE model = ? LIMIT 1", (model,)
-            ).fetchone()
+        """The feature count of ``model``'s samples (None: none yet); call under the lock."""
+        row = self._db.execute(
+            "SELECT dim FROM samples WHERE model = ? LIMIT 1", (model,)
+        ).fetchone()
         return None if row is None else int(row[0])
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                self.counters.read_failures += 1
+                raise self._failure(self._reads, exc) from exc
+        self._reads.ok()
+        return rows
+
+    def _failure(self, outage: Outage, exc: sqlite3.Error) -> SampleStoreError:
+        outage.failed(exc)  # the first with its traceback, then a line every few minutes
+        return SampleStoreError(f"{self._name}: {exc}")
 
     def _drop_oldest(self) -> int:
         total = int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
@@ -180,11 +218,10 @@ class SampleStore:
         return int(row[0])
 
     def _select(self, model: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT label, features FROM samples WHERE model = ? AND {where} ORDER BY id",
-                (model, self.holdout_every),
-            ).fetchall()
+        rows = self._read(
+            f"SELECT label, features FROM samples WHERE model = ? AND {where} ORDER BY id",
+            (model, self.holdout_every),
+        )
         if not rows:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         x = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)

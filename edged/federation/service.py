@@ -26,7 +26,7 @@ from edged.federation.config import EdgeFederationConfig
 from edged.federation.features import FeatureExtractor
 from edged.federation.hardexamples import HardExamples
 from edged.federation.participant import Participant
-from edged.federation.samples import SampleStore, Source
+from edged.federation.samples import SampleStore, SampleStoreError, Source
 from edged.federation.versions import VersionImages
 from edged.offload.core import JobOutcome
 from edgefed.clock import Clock, now_ms
@@ -121,6 +121,8 @@ class EdgeFederation:
         before = hook[0].counters.stored
         try:
             hook[0](outcome)
+        except SampleStoreError:
+            pass  # counted, and logged by the store as one outage (not a line per outcome)
         except FederationError as exc:
             log.warning("federation: hard example %s not stored: %s", outcome.job_id, exc)
         if hook[0].counters.stored != before:
@@ -146,7 +148,7 @@ class EdgeFederation:
         allowed = self.allowed()
         self._seq += 1
         return SampleOffer(
-            samples={m: self.samples(m) if allowed else 0 for m in self.participants},
+            samples={m: self._offered(m) if allowed else 0 for m in self.participants},
             training_allowed=allowed,
             sent_ms=self.clock(),
             run=self._run_id,
@@ -154,14 +156,24 @@ class EdgeFederation:
         )
 
     def status(self) -> dict[str, Any]:
+        # the models first: a sample count they fail to read shows in the store's counters
+        models = {m: p.status() for m, p in self.participants.items()}
         return {
             "enabled": True,
             "training_allowed": self.allowed(),
             "offers_sent": self.offers_sent,
             "samples": self.store.counters.as_dict(),
             "hard_examples": {m: h.counters.as_dict() for m, (h, _) in self.hard_examples.items()},
-            "models": {m: p.status() for m, p in self.participants.items()},
+            "models": models,
         }
+
+    def _offered(self, model: str) -> int:
+        """0 while the store cannot be read (it logs that once): serverd had better not
+        select a device that cannot train."""
+        try:
+            return self.samples(model)
+        except SampleStoreError:
+            return 0
 
     def _index(self, model: str, label: str | int) -> int:
         names = self.classes.get(model, [])

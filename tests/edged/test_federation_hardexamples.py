@@ -5,6 +5,7 @@ with it, anything else stores nothing."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,35 @@ def test_unsure_failed_unknown_or_unremembered_answers_store_nothing(
     assert federation.store.count("crowd") == 0
     counters = federation.status()["hard_examples"]["scene"]
     assert (counters["low_score"], counters["unknown_class"], counters["no_result"]) == (1, 1, 1)
+
+
+def test_a_full_sample_store_costs_the_answers_counted_and_logged_once_not_once_each(
+    federation: EdgeFederation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's page limit answers a write that needs new pages as a full disk does
+    (SQLITE_FULL). Each confident answer then logged a warning of its own and was counted
+    as ``refused``, as a bad sample is; now it is a ``store_failures`` (and the store's
+    ``write_failures``), the log says so once, and answers are stored again once there
+    is room."""
+    store = federation.store
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")
+    caplog.set_level(logging.WARNING, logger="edged.federation")
+    frame = _frame()
+
+    def answered() -> None:
+        job = new_job_id()
+        federation.on_offload("scene", job, frame)
+        federation.on_outcome(_answer(job, [["person", 0.9]]))  # the offload client's listener
+
+    for _ in range(4):
+        answered()
+    status = federation.status()
+    counters = status["hard_examples"]["scene"]
+    assert (counters["store_failures"], counters["refused"], counters["stored"]) == (4, 0, 0)
+    assert status["samples"]["write_failures"] == 4
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "database or disk is full" in lines[0]
+    store._db.execute(f"PRAGMA max_page_count={pages * 100}")
+    answered()
+    assert federation.store.training_set("crowd")[1].tolist() == [1]
