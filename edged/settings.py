@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edged.offload.policy import OffloadPolicyName
 from edgefed.config import LogLevel
 from edgefed.errors import ConfigError
+from edgefed.files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,7 @@ class RuntimeConfig:
             return
         try:
             self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(settings.model_dump()), encoding="utf-8")
-            os.replace(tmp, self._state_path)
+            write_durably(self._state_path, json.dumps(settings.model_dump()).encode())
         except OSError as exc:  # a full disk or read-only state dir: the change stands
             log.warning(
                 "runtime settings are in effect but not saved to %s (%s): "

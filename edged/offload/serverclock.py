@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from edgefed.clock import Clock, boot_ns, now_ms
+from edgefed.files import write_durably
 from edgefed.outage import Repeats
 from edgefed.wire import MAX_EPOCH_MS
 
@@ -145,9 +145,7 @@ class ServerClock:
         if self._state is None or self._from_boot is None or not self._boot:
             return
         kept = {"boot_id": self._boot, "from_boot_ms": self._from_boot}
-        partial = self._state.with_name(self._state.name + ".partial")
         try:
-            partial.write_text(json.dumps(kept))
-            os.replace(partial, self._state)
+            write_durably(self._state, json.dumps(kept).encode())
         except OSError as exc:
             self._state_failures("save", f"cannot keep serverd's clock in {self._state}: {exc}")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import deque
 from pathlib import Path
+
+from edgefed.files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ class SeenDeltas:
             return
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"applied": list(self._keys)}), encoding="utf-8")
-            os.replace(tmp, self._path)
+            write_durably(self._path, json.dumps({"applied": list(self._keys)}).encode())
         except OSError as exc:  # the delta stays applied; a restart may apply it again
             log.warning("twin: cannot record applied delta in %s: %s", self._path, exc)

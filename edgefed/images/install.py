@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefed.errors import EdgeFedError, ImageError
+from edgefed.files import fsync_path
 
 from .manifest import Manifest
 from .verify import read_manifest, verify_image
@@ -83,19 +84,11 @@ def _refuse_downgrade(new: Manifest, installed: Manifest) -> None:
         )
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(top: Path) -> None:
     for folder, _, files in os.walk(top):
         for name in files:
-            _fsync_path(Path(folder) / name)
-        _fsync_path(Path(folder))
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
 
 
 @contextmanager
@@ -118,7 +111,7 @@ def _point(root: Path, name: str, slot: str) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(slot)
     os.replace(tmp, slot_dir / "current")
-    _fsync_path(slot_dir)
+    fsync_path(slot_dir)
     entry = root / name
     want = os.path.join("slots", name, "current")
     if entry.is_symlink() and os.readlink(entry) == want:
@@ -129,15 +122,15 @@ def _point(root: Path, name: str, slot: str) -> None:
     tmp_entry.unlink(missing_ok=True)
     tmp_entry.symlink_to(want)
     os.replace(tmp_entry, entry)
-    _fsync_path(root)
+    fsync_path(root)
 
 
 def _unpoint(root: Path, name: str) -> None:
     """Undo a first install: nothing is installed under ``<root>/<name>`` afterwards."""
     (_slot_dir(root, name) / "current").unlink(missing_ok=True)
     (root / name).unlink(missing_ok=True)
-    _fsync_path(_slot_dir(root, name))
-    _fsync_path(root)
+    fsync_path(_slot_dir(root, name))
+    fsync_path(root)
 
 
 def install_image(
@@ -179,7 +172,7 @@ def install_image(
             raise ImageError(f"{manifest.name}: image changed while it was being installed")
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
-        _fsync_path(slot_dir)
+        fsync_path(slot_dir)
         _point(root, manifest.name, target)
         if health is not None:
             _check_health(health, installed, root, active)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 from edgefed.errors import ProtocolError
 from edgefed.federation_wire import decode_params, encode_params, sha256_hex
+from edgefed.files import write_durably
 from serverd.federation.aggregate import Params
 
 log = logging.getLogger("serverd.federation")
@@ -44,8 +44,8 @@ class VersionFiles:
         name = f"{model}.params.{int(version)}"
         meta = {"version": version, "sha256": sha256_hex(data), "params": name}
         try:
-            _write_durably(self.directory / name, data)
-            _write_durably(self._meta_path(model), json.dumps(meta).encode())
+            write_durably(self.directory / name, data)
+            write_durably(self._meta_path(model), json.dumps(meta).encode())
         except OSError:
             if self._saved_params(model) != name:  # not what a JSON names: an orphan
                 _remove(self.directory / name)
@@ -96,25 +96,6 @@ def _params_name(model: str, meta: object) -> str:
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         raise ValueError(f"bad params file name {name!r}")
     return name
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` whole, on disk, or is as it was (its temp file removed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        _remove(tmp)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)  # the rename itself survives a power loss
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
