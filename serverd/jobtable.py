@@ -9,7 +9,10 @@ Delivery from the edge is at-least-once, so the same job may arrive several time
 
 - ``NEW``: first sight (or a retry of a job that failed in a way worth retrying, or
   that a serverd restart interrupted): run it;
-- ``RUNNING``: the job is queued or on Triton now: drop the duplicate;
+- ``RUNNING``: the job is open (queued or on Triton, as far as the table knows): the
+  runner drops the duplicate of a job it holds; a close the table could not store
+  leaves the row open too, so serverd runs again a job it is told is RUNNING but no
+  longer holds;
 - ``DONE``: the job finished: re-send the stored reply (result or final error) as is.
 
 Statuses are the job-table names shared with the edge (``edgefed.lifecycle.Status``);
@@ -26,7 +29,8 @@ The table is bookkeeping, not the path of a job: a statement it refuses (a full 
 file made read-only, storage gone bad) is one outage in the log (``failures`` counts
 them) and jobs still run and are answered. While writes fail, a job ``admit`` could not
 record is run as ``NEW`` (a redelivery runs again; its reply is the same) and a reply
-that could not be stored is not re-sent to duplicates; while reads fail, ``counts`` is
+that could not be stored is not re-sent to duplicates (the row stays open: the job's
+redelivery is ``RUNNING``, which serverd runs again); while reads fail, ``counts`` is
 empty.
 """
 

@@ -8,7 +8,9 @@ no instance serves, a tensor payload, or an overloaded queue gets an
 ``serverd.overload`` (lowest priority first), each answered with the ``shed`` code: the
 edge closes it Expired and keeps its local result. A job whose instance fails is
 re-placed by the scheduler; every job is answered once (duplicates of finished jobs
-get the stored reply again).
+get the stored reply again), a result too large for the wire with a final ``internal``
+error. serverd holds every job it runs: a duplicate of one it does not hold runs again
+even if the job table has it open (its close could not be stored: a full disk).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class OffloadServer:
         self._closing = False
         self._handling = Outage(log, "handling offload requests")
         self._drops, self._closings = Repeats(log), Repeats(log, logging.INFO)  # per message
+        self._faults = Repeats(log)  # jobs closed by a fault of serverd's ("internal")
         self._guard = OverloadGuard(settings.overload, scheduler, settings.max_queue)
         self._health = HealthWatch(
             endpoints,
@@ -199,9 +202,13 @@ class OffloadServer:
         request = held.request
         admitted = self._jobs.admit(request)
         # held: running, even if the table could not record it (it refused the write)
-        if admitted.kind is Admission.RUNNING or held.queue_id in self._held:
+        if held.queue_id in self._held:
             self.counters.duplicates += 1
             return
+        if admitted.kind is Admission.RUNNING:
+            # answered, but the table refused its close (a full disk): serverd holds every
+            # job it runs (a restart marks the others interrupted), so it runs again
+            self._jobs.requeued(held.key)
         if admitted.kind is Admission.DONE and admitted.reply is not None:
             self.counters.resent += 1
             self._publish(held.reply_topic, admitted.reply)
@@ -291,25 +298,27 @@ class OffloadServer:
         if not self._scheduler.complete(queue_id, instance, (done - started) * 1000):
             self.counters.stale += 1
             return
-        timings = {  # the backend's own stages, then serverd's, which a backend cannot change
-            **reply.timings_ms,
-            "queue": round((started - held.received) * 1000, 3),
-            "triton": round((done - started) * 1000, 3),
-            "total": round((done - held.received) * 1000, 3),
-        }
-        result = OffloadResult(
-            job_id=job_id,
-            device_id=held.request.device_id,
-            model=held.request.model,
-            results=reply.results,
-            timings_ms=timings,
-            served_by=f"{self.settings.server_id}/{instance}",
-            completed=self._clock_ms(),
-        )
-        self._close(held, Status.EXIT, encode_message(result))
-        self.counters.completed += 1
-        if self._on_done is not None:
-            self._on_done(held.request.model, timings)
+        timings = _timings(reply.timings_ms, held.received, started, done)
+        try:
+            answer = encode_message(
+                OffloadResult(
+                    job_id=job_id,
+                    device_id=held.request.device_id,
+                    model=held.request.model,
+                    results=reply.results,
+                    timings_ms=timings,
+                    served_by=f"{self.settings.server_id}/{instance}",
+                    completed=self._clock_ms(),
+                )
+            )
+        except Exception as exc:  # ProtocolError: past the wire's header limit, run after run
+            why = f"its result ({len(reply.results)} items) cannot be sent: {exc}"
+            self._fail(held, "internal", why, retryable=False)  # the edge keeps its own
+        else:
+            self._close(held, Status.EXIT, answer)
+            self.counters.completed += 1
+            if self._on_done is not None:
+                self._on_done(held.request.model, timings)
         self._pump()
 
     def _instance_failed(self, name: str, reason: str) -> None:
@@ -346,7 +355,8 @@ class OffloadServer:
             retryable=retryable,
             at=self._clock_ms(),
         )
-        self._closings(code, f"job {held.request.job_id} {status} ({code}): {message.reason}")
+        notes = self._faults if code == "internal" else self._closings
+        notes(code, f"job {held.request.job_id} {status} ({code}): {message.reason}")
         self._close(held, status, encode_message(message), message.reason, retryable)
         if status is Status.FAILED:
             self.counters.failed += 1
@@ -389,3 +399,15 @@ class OffloadServer:
         queued = {q: h.queued * 1000 for q, h in self._held.items()}
         for job, reason in self._guard.aged(queued, time.perf_counter() * 1000):
             self._shed_queued(job, reason)
+
+
+def _timings(
+    backend: dict[str, float], received: float, started: float, done: float
+) -> dict[str, float]:
+    """The backend's own stages, then serverd's, which a backend cannot change (ms)."""
+    return {
+        **backend,
+        "queue": round((started - received) * 1000, 3),
+        "triton": round((done - started) * 1000, 3),
+        "total": round((done - received) * 1000, 3),
+    }

@@ -225,7 +225,9 @@ def test_a_full_disk_keeps_the_table_working_and_is_one_outage_in_the_log(
 ) -> None:
     """SQLite's page limit answers a write that needs a new page as a full disk does
     (SQLITE_FULL): the job stays open and the table keeps answering; once there is room,
-    the next write stores the reply."""
+    the next write stores the reply. Meanwhile the table says RUNNING: it cannot know the
+    job was answered; serverd, which no longer holds it, runs its redelivery again
+    (``test_service_faults.py``)."""
     key = ("site/cam-1", "job-0001")
     table.admit(request())
     pages = table._db.execute("PRAGMA page_count").fetchone()[0]
@@ -240,6 +242,8 @@ def test_a_full_disk_keeps_the_table_working_and_is_one_outage_in_the_log(
     row = table.get(key)
     assert row is not None and row["status"] == "Enqueue" and row["reply"] is None
     assert table.admit(request()).kind is Admission.RUNNING  # reads and small writes go on
+    row = table.get(key)
+    assert row is not None and row["deliveries"] == 2
     table._db.execute(f"PRAGMA max_page_count={pages * 100}")
     table.finish(key, Status.EXIT, reply)
     assert table.admit(request()).reply == reply and table.failures == 5
