@@ -1,10 +1,11 @@
 """The jobs serverd holds (queued or in flight) until it answers them, by queue id, with
-how many each device holds (``overload.max_held_per_device`` bounds it)."""
+how many each device holds (``overload.max_held_per_device`` bounds it) and the bytes
+their frames take together (``overload.max_held_mb``)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import ItemsView
+from collections.abc import Callable, ItemsView
 from dataclasses import dataclass
 
 from edgefed.wire import OffloadRequest
@@ -40,14 +41,17 @@ class HeldJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, Held] = {}
         self._per_device: Counter[str] = Counter()
+        self.bytes = 0  # of the held jobs' frames
 
     def add(self, held: Held) -> None:
         self._jobs[held.queue_id] = held
         self._per_device[held.request.device_id] += 1
+        self.bytes += len(held.body)
 
     def pop(self, queue_id: str) -> Held | None:
         held = self._jobs.pop(queue_id, None)
         if held is not None:
+            self.bytes -= len(held.body)
             device = held.request.device_id
             self._per_device[device] -= 1
             if not self._per_device[device]:
@@ -68,6 +72,11 @@ class HeldJobs:
 
     def items(self) -> ItemsView[str, Held]:
         return self._jobs.items()
+
+    def load(self) -> tuple[int, Callable[[str], int], int]:
+        """What the overload guard weighs an arrival against: the jobs held, the count of
+        a device's, the bytes of their frames."""
+        return len(self._jobs), self.of_device, self.bytes
 
     def of_device(self, device: str) -> int:
         """Jobs ``device`` holds now."""

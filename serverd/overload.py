@@ -12,8 +12,9 @@ Policy:
   higher: lower ones never delay it) over that rate; a job whose predicted wait exceeds
   ``max_wait_ms`` is shed on arrival, so low priority is shed first and high priority
   only when high priority alone exceeds capacity;
-- the queue is bounded by ``max_queue`` jobs held: a job arriving at a full queue takes
-  the place of the newest queued job of the lowest priority below its own, or is shed;
+- the queue is bounded by ``max_queue`` jobs held and by ``max_held_mb`` of their frames:
+  a job arriving at a full queue takes the place of the newest queued job of the lowest
+  priority below its own (if that makes room for its bytes), or is shed;
   a device may hold more than ``max_held_per_device`` jobs only while nobody else's
   wait: then its new jobs are shed, and at a full queue its newest queued job makes
   room for another device's, whatever their priorities (the priority is the device's
@@ -60,6 +61,15 @@ class OverloadConfig(Strict):
         "room for the others', so that one device (the priority is its own to say) cannot "
         "take the queue; alone it may hold up to max_queue (None: no bound; a device at the "
         "documented 0.6 offloads/s holds about 2)",
+    )
+
+    max_held_mb: float | None = Field(
+        1024.0,
+        gt=0,
+        description="Megabytes of frames serverd may hold (queued + in flight); past it a "
+        "job is queued as at a full queue (max_queue), so that large frames cannot take "
+        "the server's memory before latencies are measured (None: no bound; 1000 queued "
+        "8 MiB requests would be 8 GiB)",
     )
 
 
@@ -109,10 +119,14 @@ class OverloadGuard:
         return ahead / rate if rate > 0 else float("inf")
 
     def on_arrival(
-        self, job: Job, held: int, held_by: Callable[[str], int] = lambda device: 0
+        self,
+        job: Job,
+        held: int,
+        held_by: Callable[[str], int] = lambda device: 0,
+        held_bytes: int = 0,
     ) -> Arrival:
         """Admit ``job`` (``held`` jobs are queued or in flight, ``held_by(device)`` of
-        them a device's) or shed it."""
+        them a device's, their frames ``held_bytes``) or shed it."""
         cap = self._config.max_held_per_device
         mine = held_by(device_of(job))
         if cap is not None and mine >= cap and held > mine:  # others' jobs are waiting
@@ -126,23 +140,19 @@ class OverloadGuard:
                 f"predicted wait {wait:.0f} ms > {self._config.max_wait_ms:.0f} ms "
                 f"at priority {job.priority}",
             )
-        if held < self._max_queue:
+        bound = self._config.max_held_mb
+        room = None if bound is None else int(bound * 2**20) - held_bytes - job.size
+        if held < self._max_queue and (room is None or room >= 0):
             return Arrival(Verdict.ADMIT)
+        full = f"{held} jobs held" if room is None or room >= 0 else f"{held_bytes >> 20} MB held"
         crowding = None if cap is None else self._crowding(job, cap, held_by)
-        if crowding is not None:
-            return Arrival(
-                Verdict.ADMIT,
-                f"{held} jobs held: made room, its device holding over {cap}",
-                evict=crowding,
-            )
-        victim = self._scheduler.newest_below(job.priority)
+        victim = crowding or self._scheduler.newest_below(job.priority)
         if victim is None:
-            return Arrival(Verdict.SHED, f"{held} jobs held, none of lower priority")
-        return Arrival(
-            Verdict.ADMIT,
-            f"{held} jobs held: made room for priority {job.priority}",
-            evict=victim,
-        )
+            return Arrival(Verdict.SHED, f"{full}, none of lower priority")
+        if room is not None and room + victim.size < 0:
+            return Arrival(Verdict.SHED, f"{full}, no queued job it may replace frees enough")
+        why = f", its device holding over {cap}" if crowding else f" for priority {job.priority}"
+        return Arrival(Verdict.ADMIT, f"{full}: made room{why}", evict=victim)
 
     def _crowding(self, job: Job, cap: int, held_by: Callable[[str], int]) -> Job | None:
         """The newest queued job of another device that holds ``cap`` jobs or more."""

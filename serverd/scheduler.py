@@ -34,6 +34,7 @@ class Job:
     model: str
     priority: int = 0
     deadline: float = math.inf
+    size: int = 0  # bytes held for it (its frame): the overload guard bounds the total
 
 
 @dataclass(frozen=True)

@@ -223,8 +223,8 @@ class OffloadServer:
             self.counters.expired += 1
             self._fail(held, "overloaded", "deadline passed on arrival", status=Status.EXPIRED)
         else:
-            job = Job(held.queue_id, model, request.priority, float(request.deadline))
-            arrival = self._guard.on_arrival(job, len(self._held), self._held.of_device)
+            job = Job(held.queue_id, model, request.priority, request.deadline, len(held.body))
+            arrival = self._guard.on_arrival(job, *self._held.load())
             if arrival.verdict is Verdict.SHED:
                 self._shed(held, arrival.reason)
                 return

@@ -112,3 +112,35 @@ def test_a_device_past_its_share_gives_way_to_the_others_whatever_its_priority()
     more = arrive("rogue", 5, 255)
     assert more.verdict is Verdict.SHED and "at most 2 while others wait" in more.reason
     assert held == {"rogue": 3, "honest": 1}
+
+
+def test_frames_past_the_held_megabytes_are_queued_as_at_a_full_queue() -> None:
+    """Few jobs but large frames (before latencies are measured nothing else sheds them):
+    past ``max_held_mb`` a job takes the place of a lower-priority one if that frees room
+    for its frame, and is shed otherwise; the held jobs' count does not matter."""
+    mb = 2**20
+    scheduler = busy_scheduler()
+    guard = OverloadGuard(
+        OverloadConfig(max_wait_ms=1e9, max_held_mb=10.0), scheduler, max_queue=100
+    )
+    held_bytes = 0
+    for n in range(3):
+        job = Job(f"low-{n}", "det", priority=1, deadline=100.0 + n, size=3 * mb)
+        assert guard.on_arrival(job, 2 + n, held_bytes=held_bytes).verdict is Verdict.ADMIT
+        scheduler.submit(job)
+        held_bytes += job.size
+    small = Job("small", "det", priority=1, size=mb)
+    assert guard.on_arrival(small, 5, held_bytes=held_bytes).verdict is Verdict.ADMIT
+    big = guard.on_arrival(Job("big", "det", priority=1, size=2 * mb), 5, held_bytes=held_bytes)
+    assert big.verdict is Verdict.SHED and big.reason == "9 MB held, none of lower priority"
+    high = guard.on_arrival(Job("high", "det", priority=3, size=4 * mb), 5, held_bytes=held_bytes)
+    assert high.verdict is Verdict.ADMIT and high.evict is not None
+    assert high.evict.job_id == "low-2" and high.reason == "9 MB held: made room for priority 3"
+    huge = guard.on_arrival(Job("huge", "det", priority=3, size=5 * mb), 5, held_bytes=held_bytes)
+    assert huge.verdict is Verdict.SHED  # one 3 MB job's room is not enough for 5 MB
+    assert huge.reason == "9 MB held, no queued job it may replace frees enough"
+    unbounded = OverloadGuard(OverloadConfig(max_held_mb=None), scheduler, max_queue=100)
+    assert (
+        unbounded.on_arrival(Job("huge", "det", size=5 * mb), 5, held_bytes=held_bytes).verdict
+        is Verdict.ADMIT
+    )
