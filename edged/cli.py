@@ -20,6 +20,7 @@ from edgefed.errors import (
     run_command,
 )
 from edgefed.images import cli as image_cli
+from edgefed.signals import SIGNALS, StopSignals
 
 log = logging.getLogger("edged")
 
@@ -42,13 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _setup_logging(config.log_level)
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = StopSignals(log, "edged", stop.set)
+    for signum in SIGNALS:
+        signal.signal(signum, lambda n, _frame: signals.handle(n))
     app = EdgedApp(config)
     for name, reason in app.models.failures.items():
         log.error("model %s unavailable: %s", name, reason)

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from edgefed.errors import (
     EXIT_OK,
     run_command,
 )
+from edgefed.signals import SIGNALS, StopSignals
 from serverd import __version__, statuscli
 from serverd.config import dump_config, load_config
 from serverd.federation import cli as federation_cli
@@ -46,14 +46,10 @@ async def _serve(config_path: Path) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    signals = StopSignals(log, "serverd", stop.set)
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, signals.handle, signum)
     await ServerdApp(config).run(stop)
-
-
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("received %s, stopping", signal.Signals(signum).name)
-    stop.set()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ def test_check_config_lists_each_error_with_its_path(tmp_path: Path) -> None:
     assert "motion.threshold:" in proc.stderr and "motion.downscale_width:" in proc.stderr
 
 
-def test_run_stops_cleanly_on_sigterm_within_five_seconds(tmp_path: Path) -> None:
+def running(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``edged run`` on the demo's config, once its first results are written."""
     cfg = write_config(tmp_path, demo_config(tmp_path))
     proc = subprocess.Popen(
         [*EDGED, "run", "-c", str(cfg), "--compact"],
@@ -56,6 +57,11 @@ def test_run_stops_cleanly_on_sigterm_within_five_seconds(tmp_path: Path) -> Non
     while time.monotonic() < deadline and not (results.exists() and results.stat().st_size):
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.2)
+    return proc, results
+
+
+def test_run_stops_cleanly_on_sigterm_within_five_seconds(tmp_path: Path) -> None:
+    proc, _ = running(tmp_path)
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     out, err = proc.communicate(timeout=30)
@@ -64,6 +70,27 @@ def test_run_stops_cleanly_on_sigterm_within_five_seconds(tmp_path: Path) -> Non
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["frames_completed"] >= 1
     assert "received SIGTERM" in err
+
+
+def test_sighup_is_logged_and_edged_runs_on(tmp_path: Path) -> None:
+    """SIGHUP's default action killed edged, and systemd takes a death by SIGHUP for a
+    clean stop: a log-rotation script left the device without edged. It is now logged
+    and edged runs on, and stops cleanly on SIGTERM as before (a second stop signal is
+    ``tests/edgefed/test_signals.py``'s)."""
+    proc, results = running(tmp_path)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        size = results.stat().st_size
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and results.stat().st_size == size:
+            time.sleep(0.2)
+        assert proc.poll() is None and results.stat().st_size > size  # still at work
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_OK, err
+    assert "received SIGHUP: edged does not reload its configuration" in err
 
 
 def test_missing_video_is_one_clear_line(tmp_path: Path) -> None:

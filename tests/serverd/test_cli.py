@@ -121,6 +121,7 @@ def test_run_serves_an_external_triton_and_stops_cleanly_on_sigterm(
     try:
         online = presence.next("online")
         assert {"echo", "person"} <= set(online.models) and online.role == "server"
+        process.send_signal(signal.SIGHUP)  # logged, no stop: it serves the request below
         edge = Edge(shared_broker.port, device_id="cli-cam", prefix="cli")
         request = edge.request("echo")
         edge.send(request, frame_jpeg())
@@ -133,6 +134,7 @@ def test_run_serves_an_external_triton_and_stops_cleanly_on_sigterm(
         process.kill()
     assert process.returncode == 0, output.decode(errors="replace")
     assert b"received SIGTERM" in output
+    assert b"received SIGHUP: serverd does not reload its configuration" in output
     assert presence.next("offline").id == "cli-server"
 
 
