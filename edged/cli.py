@@ -20,6 +20,7 @@ from edgefed.errors import (
     run_command,
 )
 from edgefed.images import cli as image_cli
+from edgefed.mqtt.config import check_files
 from edgefed.signals import SIGNALS, StopSignals
 
 log = logging.getLogger("edged")
@@ -34,7 +35,9 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    return check_config_command(args.file, load_config, dump_config)
+    return check_config_command(
+        args.file, load_config, dump_config, lambda config: check_files(config.mqtt)
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

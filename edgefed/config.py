@@ -135,14 +135,21 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 
 def check_config_command(
-    path: Path, load: Callable[[Path], Any], dump: Callable[[Any], str]
+    path: Path,
+    load: Callable[[Path], Any],
+    dump: Callable[[Any], str],
+    check: Callable[[Any], list[str]] = lambda config: [],
 ) -> int:
-    """``check-config`` of either daemon: print the resolved config, or each error with its path."""
+    """``check-config`` of either daemon: print the resolved config, or each error with its
+    path; ``check`` finds what a valid config names that a start would stop at (files)."""
     try:
         config = load(path)
+        problems = check(config)
     except ConfigError as exc:
+        problems = str(exc).splitlines()
+    if problems:
         print(f"{path}: invalid configuration", file=sys.stderr)
-        for line in str(exc).splitlines():
+        for line in problems:
             print(f"  {line}", file=sys.stderr)
         return EXIT_CONFIG
     print(dump(config), end="")

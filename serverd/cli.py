@@ -23,6 +23,7 @@ from edgefed.errors import (
     EXIT_OK,
     run_command,
 )
+from edgefed.mqtt.config import check_files
 from edgefed.signals import SIGNALS, StopSignals
 from serverd import __version__, statuscli
 from serverd.config import dump_config, load_config
@@ -32,7 +33,9 @@ log = logging.getLogger("serverd")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    return check_config_command(args.file, load_config, dump_config)
+    return check_config_command(
+        args.file, load_config, dump_config, lambda config: check_files(config.mqtt)
+    )
 
 
 async def _serve(config_path: Path) -> None:

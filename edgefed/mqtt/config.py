@@ -75,14 +75,36 @@ def cert_expires(path: Path) -> float:
 
 
 def tls_context(tls: MqttTls) -> ssl.SSLContext:
-    """Build the client TLS context; unreadable files raise ``ConfigError``."""
+    """Build the client TLS context; a file that is missing, unreadable or not what it
+    should be raises ``ConfigError`` naming it (``ssl``'s own errors name none)."""
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError("mqtt tls: give both cert and key, or neither")
+    for what, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"mqtt tls: {what} {path} is not a file")
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-        if tls.cert is not None and tls.key is not None:
-            context.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"mqtt tls: cannot load certificates: {exc}") from exc
+        raise ConfigError(f"mqtt tls: cannot load the CA certificates {tls.ca}: {exc}") from exc
+    if tls.cert is not None and tls.key is not None:
+        try:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"mqtt tls: cannot load the client certificate {tls.cert} with the key "
+                f"{tls.key}: {exc}"
+            ) from exc
     context.check_hostname = not tls.insecure
     return context
+
+
+def check_files(mqtt: MqttConfig | None) -> list[str]:
+    """What ``check-config`` finds wrong with the files the broker settings name (the
+    errors a start would stop at)."""
+    if mqtt is None or mqtt.tls is None:
+        return []
+    try:
+        tls_context(mqtt.tls)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []

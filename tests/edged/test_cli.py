@@ -43,6 +43,16 @@ def test_check_config_lists_each_error_with_its_path(tmp_path: Path) -> None:
     assert "motion.threshold:" in proc.stderr and "motion.downscale_width:" in proc.stderr
 
 
+def test_check_config_finds_the_tls_files_a_start_would_stop_at(tmp_path: Path) -> None:
+    """The config is valid as YAML and as settings, but the client key it names is not
+    there: ``run`` stops with exit 2, so ``check-config`` says so too (it said OK)."""
+    tls = {"ca": str(VTEST), "cert": str(VTEST), "key": str(tmp_path / "edge.key")}
+    raw = demo_config(tmp_path) | {"mqtt": {"client_id": "edge-1", "tls": tls}}
+    proc = edged("check-config", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_CONFIG
+    assert f"mqtt tls: key {tmp_path / 'edge.key'} is not a file" in proc.stderr
+
+
 def running(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """``edged run`` on the demo's config, once its first results are written."""
     cfg = write_config(tmp_path, demo_config(tmp_path))

@@ -184,11 +184,30 @@ def test_a_client_certificate_near_or_past_its_end_is_said_at_start_and_connect(
     assert client(broker, "plain").cert_expires is None
 
 
-def test_tls_files_that_cannot_be_read_are_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot load certificates"):
-        tls_context(MqttTls(ca=tmp_path / "missing.pem"))
+def test_tls_files_that_cannot_be_read_are_a_config_error_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    """ssl's own errors name no file ("[Errno 2] No such file or directory"): each
+    message says which of the three it is."""
     with pytest.raises(ConfigError, match="both cert and key"):
         tls_context(MqttTls(ca=tmp_path / "ca.pem", cert=tmp_path / "c.pem"))
+    with pytest.raises(ConfigError) as missing:
+        tls_context(MqttTls(ca=tmp_path / "missing.pem"))
+    assert str(missing.value) == f"mqtt tls: ca {tmp_path / 'missing.pem'} is not a file"
+    with Broker(tmp_path / "tls-broker", tls=True) as broker:
+        tls = broker.client_config("names").tls
+    assert tls is not None and tls.cert is not None and tls.key is not None
+    with pytest.raises(ConfigError) as no_key:
+        tls_context(tls.model_copy(update={"key": tmp_path / "gone.key"}))
+    assert str(no_key.value) == f"mqtt tls: key {tmp_path / 'gone.key'} is not a file"
+    with pytest.raises(ConfigError) as not_pem:
+        tls_context(tls.model_copy(update={"ca": tls.key}))  # a key where the CA should be
+    assert str(not_pem.value).startswith(f"mqtt tls: cannot load the CA certificates {tls.key}:")
+    with pytest.raises(ConfigError) as mismatched:
+        tls_context(tls.model_copy(update={"key": tls.ca}))
+    assert f"cannot load the client certificate {tls.cert} with the key {tls.ca}" in str(
+        mismatched.value
+    )
 
 
 def test_failing_handlers_are_counted_and_the_loop_keeps_going(broker: Broker, loop: Loop) -> None:
