@@ -109,6 +109,7 @@ class ServerdApp:
             },
             "jobs": current.get("jobs", {}),
             "job_table_failures": self.jobs.failures if self.jobs is not None else 0,
+            "job_table_pruned_over_cap": self.jobs.pruned_over_cap if self.jobs is not None else 0,
             "counters": current.get("counters", {}),
             "queued": current.get("queued", 0),
             "shed": current.get("shed", {}),
@@ -227,7 +228,7 @@ class ServerdApp:
     async def _serve(self, stop: asyncio.Event) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        self.jobs = jobs = JobTable(cfg.jobs_path)
+        self.jobs = jobs = JobTable(cfg.jobs_path, max_bytes=cfg.job_table_max_mb * 2**20)
         if jobs.interrupted:
             log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
         try:

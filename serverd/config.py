@@ -153,6 +153,12 @@ class ServerdConfig(Strict):
     health_interval_s: float = Field(1.0, gt=0, description="Readiness probe period")
     drain_s: float = Field(5.0, ge=0, description="On stop, wait this long for jobs in flight")
     retention_s: float = Field(86400.0, gt=0, description="Finished jobs kept in the job table")
+    job_table_max_mb: int = Field(
+        256,
+        ge=8,
+        description="The job table's pages in use at most (MB); past it the oldest finished "
+        "jobs are deleted before retention_s, to 90% of it (open jobs never are)",
+    )
 
     @field_validator("prefix")
     @classmethod

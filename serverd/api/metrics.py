@@ -174,6 +174,12 @@ class _StatusCollector(Collector):
         )
         refused.add_metric([], status.get("job_table_failures", 0))
         yield refused
+        capped = CounterMetricFamily(
+            "serverd_job_table_pruned_over_cap",
+            "Finished jobs deleted before retention_s to keep the job table under its cap",
+        )
+        capped.add_metric([], status.get("job_table_pruned_over_cap", 0))
+        yield capped
         events = CounterMetricFamily(
             "serverd_edge_events", "Edge events received from KubeEdge Rules", labels=["kind"]
         )
