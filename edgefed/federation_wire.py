@@ -60,6 +60,7 @@ MAX_UPDATE_BYTES = 64 * 1024 * 1024
 MAX_VERSION_FRAME_BYTES = 64 * 1024 * 1024 + 64 * 1024
 MAX_TENSORS = 64
 MAX_MISSING_LISTED = 4096
+MAX_PARTICIPANTS = 10_000  # a RoundOpen's list (its 64 KiB header holds fewer long ids)
 _LEN = struct.Struct(">I")
 UPDATE_ID_PATTERN = r"^[0-9a-f]{32}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -84,7 +85,7 @@ class RoundOpen(_Message):
     model: str = Field(pattern=MODEL_PATTERN, description="Model the round trains")
     round: int = Field(ge=1, description="Round number of this model")
     base_version: int = Field(ge=0, description="Global version every update must start from")
-    participants: list[str] = Field(max_length=10000, description="Selected device ids")
+    participants: list[str] = Field(max_length=MAX_PARTICIPANTS, description="Selected device ids")
     deadline_ms: int = Field(
         gt=0,
         description="When the round closes, on serverd's steady clock (epoch ms; informational)",

@@ -2,8 +2,8 @@
 
 ``start MODEL`` opens a round (``POST /api/v1/federation/{model}/rounds``, with the API
 token from ``--token-file`` or ``SERVERD_API_TOKEN``); ``status`` prints
-``GET /api/v1/federation``; ``history MODEL`` the model's closed rounds. ``--json``
-prints the API's answer as it is.
+``GET /api/v1/federation``; ``history MODEL`` the model's closed rounds (the latest
+name their devices, older ones count them). ``--json`` prints the API's answer as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +38,20 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_round(r: dict[str, Any]) -> str:
+    """One history row: its devices, or their counts once serverd keeps only those."""
+    outcome = f"v{r['version']}" if r["version"] else f"failed: {r['failure']}"
+    head = f"round {r['round']}: v{r['base_version']} -> {outcome} in {r['round_s']:.1f}s"
+    if not r.get("devices_listed", True):
+        return (
+            f"{head}, accepted {r['accepted_count']}, rejected {r['rejected_count']}, "
+            f"missing {r['missing_count']} (devices no longer listed)"
+        )
+    return f"{head}, accepted {', '.join(r['accepted']) or '-'}" + "".join(
+        f"; {d} rejected: {why}" for d, why in r["rejected"].items()
+    )
+
+
 def cmd_federation(args: argparse.Namespace) -> int:
     if args.action == "status":
         answer = call(args.url, "/api/v1/federation")
@@ -52,13 +66,7 @@ def cmd_federation(args: argparse.Namespace) -> int:
         )
     else:
         answer = call(args.url, f"/api/v1/federation/{args.model}/history")
-        text = "\n".join(
-            f"round {r['round']}: v{r['base_version']} -> "
-            f"{'v' + str(r['version']) if r['version'] else 'failed: ' + r['failure']} "
-            f"in {r['round_s']:.1f}s, accepted {', '.join(r['accepted']) or '-'}"
-            + "".join(f"; {d} rejected: {why}" for d, why in r["rejected"].items())
-            for r in answer["rounds"]
-        )
+        text = "\n".join(format_round(r) for r in answer["rounds"])
     print(json.dumps(answer, indent=2) if args.json else text)
     return EXIT_OK
 

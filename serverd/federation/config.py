@@ -10,12 +10,13 @@ from pydantic import Field, model_validator
 
 from edgefed.config import Strict
 from edgefed.errors import ConfigError, ImageError
-from edgefed.federation_wire import TrainConfig, init_head
+from edgefed.federation_wire import MAX_PARTICIPANTS, TrainConfig, init_head
 from edgefed.images import image_dir
 from edgefed.images.federated import Base
 from edgefed.wire import MODEL_PATTERN
 from serverd.federation.aggregate import AggregationSettings, StrategyName
-from serverd.federation.rounds import Federation, RoundSettings
+from serverd.federation.offers import MAX_DEVICES
+from serverd.federation.rounds import HISTORY_ROUNDS, Federation, RoundSettings
 from serverd.federation.versions import VersionFiles
 
 
@@ -121,12 +122,35 @@ class FederationConfig(Strict):
         120.0, gt=0, description="A device's sample offer counts for this long after it is sent"
     )
     max_chunk_bytes: int = Field(262_144, ge=1024, le=4_194_304, description="Update chunk bound")
+    max_participants: int = Field(
+        1000,
+        ge=1,
+        le=MAX_PARTICIPANTS,
+        description="The most devices a round names; when more qualify, a uniform random "
+        "sample of them (also no more than the round message's 64 KiB header holds)",
+    )
+    max_devices: int = Field(
+        MAX_DEVICES,
+        ge=1,
+        le=1_000_000,
+        description="Devices whose sample offers serverd remembers; one more evicts the one "
+        "heard least recently (counted: devices_evicted)",
+    )
+    history_listed_rounds: int = Field(
+        20,
+        ge=0,
+        le=HISTORY_ROUNDS,
+        description="Latest closed rounds whose history keeps the device lists; older "
+        "rounds keep their counts",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Edges' training settings")
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         if self.quorum > self.min_clients:
             raise ValueError("quorum must be <= min_clients")
+        if self.min_clients > self.max_participants:
+            raise ValueError("min_clients must be <= max_participants")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("federated model names must be unique")
@@ -141,6 +165,7 @@ class FederationConfig(Strict):
             min_samples=self.min_samples,
             timeout_ms=int(self.timeout_s * 1000),
             max_delta_norm=self.max_delta_norm,
+            max_participants=self.max_participants,
             aggregation=self.strategy.settings(),
         )
 
@@ -153,5 +178,7 @@ class FederationConfig(Strict):
             version, params = versions.load(m.name) or (1, head)
             if [p.shape for p in params] != [p.shape for p in head]:
                 version, params = 1, head
-            out.append(Federation(m.name, version, params, self.round_settings()))
+            settings = self.round_settings()
+            listed = self.history_listed_rounds
+            out.append(Federation(m.name, version, params, settings, listed_rounds=listed))
         return out

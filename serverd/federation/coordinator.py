@@ -1,6 +1,8 @@
 """serverd's federation adapter of one model: the round state machine on MQTT.
 
-It publishes each round (retained ``RoundOpen``), reassembles the chunked updates of the
+It publishes each round (retained ``RoundOpen``: built and encoded before the round
+opens, with no more participants than its 64 KiB header holds, so a round that cannot be
+published never opens), reassembles the chunked updates of the
 open round's participants that have not answered yet (any other chunk is counted and
 dropped unread; the last chunk of such an update is answered with the reason), hands
 each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
@@ -21,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from edgefed.clock import Clock, now_ms
 from edgefed.counters import Counters
-from edgefed.errors import ProtocolError
+from edgefed.errors import FederationError, ProtocolError
 from edgefed.federation_upload import Assembled, Reassembler
 from edgefed.federation_wire import (
     AdoptionReport,
@@ -44,8 +47,9 @@ from edgefed.federation_wire import (
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient
 from edgefed.outage import Repeats
+from edgefed.wire import MAX_EPOCH_MS, MAX_HEADER_BYTES
 from serverd.federation.images import VersionImager
-from serverd.federation.rounds import Federation, RoundOutcome
+from serverd.federation.rounds import Federation, RoundOutcome, RoundPlan
 
 log = logging.getLogger("serverd.federation")
 
@@ -88,6 +92,11 @@ class Coordinator:
             max_update_bytes=max_encoded_bytes([p.shape for p in federation.params]),
             max_chunk_bytes=max_chunk_bytes,
         )
+        # the round message's room for its participants' ids: its header bound, less the
+        # rest of a header whose numbers are as long as they can be
+        widest = RoundPlan(MAX_EPOCH_MS, MAX_EPOCH_MS, (), MAX_EPOCH_MS)
+        rest = len(self._round_message(widest)[0].model_dump_json()) - len("[]")
+        self.list_bytes = MAX_HEADER_BYTES - rest
 
     def announce(self) -> None:
         """Publish the current global version (retained), as at start-up."""
@@ -100,12 +109,23 @@ class Coordinator:
             return self._reassembler.holds(device, update_id)
 
     def open_round(self, available: Mapping[str, int]) -> RoundOpen:
-        """Open a round over ``available`` devices (id -> samples) and publish it."""
+        """Open a round over ``available`` devices (id -> samples) and publish it; its
+        message is built and encoded first, and one that cannot be is a
+        ``FederationError`` with the federation still idle."""
         with self._lock:
-            plan = self.federation.open_round(available, self.clock())
+            plan = self.federation.draft(available, self.clock(), self.list_bytes)
+            message, data = self._round_message(plan)
+            self.federation.begin(plan)
             self._reassembler.clear()
+            self.counters.rounds_opened += 1
+        self.mqtt.publish(self.topics.round(self.federation.model), data, retain=True)
+        return message
+
+    def _round_message(self, plan: RoundPlan) -> tuple[RoundOpen, bytes]:
+        model = self.federation.model
+        try:
             message = RoundOpen(
-                model=self.federation.model,
+                model=model,
                 round=plan.round_id,
                 base_version=plan.base_version,
                 participants=list(plan.participants),
@@ -113,9 +133,12 @@ class Coordinator:
                 train=self.train,
                 max_chunk_bytes=self.max_chunk_bytes,
             )
-            self.counters.rounds_opened += 1
-        self.mqtt.publish(self.topics.round(self.federation.model), encode(message), retain=True)
-        return message
+            return message, encode(message)
+        except (ValidationError, ProtocolError) as exc:
+            why = " ".join(str(exc).split())[:300]
+            raise FederationError(
+                f"round {plan.round_id} of {model} cannot be sent: {why}"
+            ) from exc
 
     def poll(self) -> RoundOutcome | None:
         """Close the round when it is due; a new version is signed and published."""
@@ -125,12 +148,16 @@ class Coordinator:
                 self._reassembler.clear()
             if outcome is not None and outcome.version is not None:
                 self._publish_version(outcome.round_id)
-        if outcome is not None:
+        if outcome is not None:  # the device lists are in the history, not the log
+            accepted, rejected, missing = outcome.tally()
             log.info(
-                "federation %s: round %d closed: %s",
+                "federation %s: round %d closed: %s, %d accepted, %d rejected, %d missing",
                 self.federation.model,
                 outcome.round_id,
-                outcome.record(),
+                f"v{outcome.version}" if outcome.version else f"failed: {outcome.failure}",
+                accepted,
+                rejected,
+                missing,
             )
         return outcome
 

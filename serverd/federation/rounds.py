@@ -3,8 +3,11 @@
 One ``Federation`` per model. A round goes ``idle -> collecting -> idle``:
 
 * ``open_round(available, now)`` selects the participants (devices that are available,
-  allowed to train and hold at least ``min_samples`` samples), fixes the base version
-  and the deadline, and returns the ``RoundPlan`` serverd publishes;
+  allowed to train and hold at least ``min_samples`` samples; at most
+  ``max_participants`` of them, drawn at random when more qualify), fixes the base
+  version and the deadline, and returns the ``RoundPlan`` serverd publishes; ``draft``
+  makes the same plan and changes nothing, ``begin`` opens it (the adapter builds the
+  round's message in between, so a round it cannot publish never opens);
 * ``receive(...)`` checks one update and accepts it or rejects it with a reason (not a
   participant, stale base version, duplicate, malformed: shapes or values that do not
   fit the model's tensors, out of bounds); ``unexpected`` says, before an update is
@@ -15,13 +18,18 @@ One ``Federation`` per model. A round goes ``idle -> collecting -> idle``:
   a quorum, or when the aggregate is not finite in the model's dtypes, the round fails
   and the global model stays as it was.
 
-The adapter (MQTT, image signing) publishes what these calls return.
+The adapter (MQTT, image signing) publishes what these calls return. The history keeps
+``HISTORY_ROUNDS`` closed rounds; only the latest ``listed_rounds`` keep their device
+lists (accepted, rejected with the reason, missing), older ones the counts: memory is
+``listed_rounds x max_participants`` device entries, not ``HISTORY_ROUNDS x`` the fleet.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgefed.errors import FederationError
+from edgefed.federation_wire import MAX_PARTICIPANTS
 from serverd.federation.aggregate import (
     AggregationError,
     AggregationSettings,
@@ -42,6 +51,8 @@ from serverd.federation.aggregate import (
 HISTORY_ROUNDS = 1000
 """Closed rounds kept for ``history`` (at one round every 10 minutes, about a week): the
 global parameters live in ``Federation.params`` alone, never in the history."""
+HISTORY_LISTED_ROUNDS = 20
+"""Of those, the latest rounds that keep their device lists (older ones keep counts)."""
 
 
 class Phase(StrEnum):
@@ -57,7 +68,8 @@ class RoundSettings:
     needed to aggregate at the deadline; ``min_samples``: samples a device must hold to be
     selected; ``timeout_ms``: how long a round collects; ``max_delta_norm``: an update whose
     L2 distance from the base exceeds this is refused as out of bounds (None: no bound);
-    ``max_samples``: the largest sample count an update may claim.
+    ``max_samples``: the largest sample count an update may claim; ``max_participants``:
+    the most devices a round names (a uniform random sample of those that qualify).
     """
 
     min_clients: int = 3
@@ -66,6 +78,7 @@ class RoundSettings:
     timeout_ms: int = 120_000
     max_delta_norm: float | None = None
     max_samples: int = 1_000_000
+    max_participants: int = 1000
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
 
     def __post_init__(self) -> None:
@@ -73,6 +86,8 @@ class RoundSettings:
             raise FederationError("need 1 <= quorum <= min_clients")
         if self.timeout_ms <= 0 or self.min_samples < 1 or self.max_samples < 1:
             raise FederationError("timeout_ms, min_samples and max_samples must be positive")
+        if not self.min_clients <= self.max_participants <= MAX_PARTICIPANTS:
+            raise FederationError(f"need min_clients <= max_participants <= {MAX_PARTICIPANTS}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class RoundPlan:
     base_version: int
     participants: tuple[str, ...]
     deadline_ms: int
+    opened_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,9 +121,25 @@ class RoundOutcome:
     opened_ms: int
     closed_ms: int
     failure: str = ""
+    counts: tuple[int, int, int] | None = None  # (accepted, rejected, missing), lists dropped
+
+    def tally(self) -> tuple[int, int, int]:
+        """How many devices were accepted, rejected and missing."""
+        if self.counts is not None:
+            return self.counts
+        return len(self.accepted), len(self.rejected), len(self.missing)
+
+    def summary(self) -> RoundOutcome:
+        """This outcome without parameters and device lists, their counts kept: what the
+        history holds of an older round."""
+        return dataclasses.replace(
+            self, params=None, accepted=(), rejected={}, missing=(), counts=self.tally()
+        )
 
     def record(self) -> dict[str, Any]:
-        """The JSON-able history row (no parameters)."""
+        """The JSON-able history row (no parameters; the device lists are empty once
+        ``devices_listed`` is false, the counts are always there)."""
+        accepted, rejected, missing = self.tally()
         return {
             "round": self.round_id,
             "base_version": self.base_version,
@@ -119,11 +151,20 @@ class RoundOutcome:
             "closed_ms": self.closed_ms,
             "round_s": (self.closed_ms - self.opened_ms) / 1000,
             "failure": self.failure,
+            "accepted_count": accepted,
+            "rejected_count": rejected,
+            "missing_count": missing,
+            "devices_listed": self.counts is None,
         }
 
 
 class Federation:
-    """The rounds of one model, from its current global version and parameters."""
+    """The rounds of one model, from its current global version and parameters.
+
+    ``rng`` draws the aggregation's noise; ``sampler`` draws a round's participants when
+    more than ``max_participants`` qualify (seed it for the same choice from the same
+    offers; by default it is seeded by the OS, so no edge can predict its turn);
+    ``listed_rounds``: how many of the latest closed rounds keep their device lists."""
 
     def __init__(
         self,
@@ -132,6 +173,8 @@ class Federation:
         params: Params,
         settings: RoundSettings,
         rng: np.random.Generator | None = None,
+        sampler: random.Random | None = None,
+        listed_rounds: int = HISTORY_LISTED_ROUNDS,
     ) -> None:
         self.model = model
         self.version = version
@@ -142,6 +185,8 @@ class Federation:
         self.rounds_done = 0
         self.rounds_failed = 0
         self._rng = rng
+        self._sampler = sampler or random.Random()
+        self.listed_rounds = listed_rounds
         self._round_id = 0
         self._plan: RoundPlan | None = None
         self._participants: frozenset[str] = frozenset()
@@ -158,28 +203,70 @@ class Federation:
         """The latest round opened (0 before the first)."""
         return self._round_id
 
-    def open_round(self, available: Mapping[str, int], now_ms: int) -> RoundPlan:
+    def open_round(
+        self, available: Mapping[str, int], now_ms: int, list_bytes: int | None = None
+    ) -> RoundPlan:
         """Open a round over the ``available`` devices (id -> samples held, only devices
-        online and allowed to train). Raises ``FederationError`` if one is already open or
-        too few devices qualify."""
+        online and allowed to train): ``begin(draft(...))``."""
+        plan = self.draft(available, now_ms, list_bytes)
+        self.begin(plan)
+        return plan
+
+    def draft(
+        self, available: Mapping[str, int], now_ms: int, list_bytes: int | None = None
+    ) -> RoundPlan:
+        """The round that would open now over the ``available`` devices; nothing changes.
+        The devices holding ``min_samples`` take part, all of them when they are at most
+        ``max_participants`` and their ids, as a JSON list, fit in ``list_bytes`` (the room
+        the round's message has for them); else a uniform random sample within both
+        bounds. Raises ``FederationError`` if a round is open or too few devices qualify."""
         if self.phase is not Phase.IDLE:
             raise FederationError(f"round {self._round_id} of {self.model} is still collecting")
-        chosen = sorted(d for d, n in available.items() if n >= self.settings.min_samples)
-        if len(chosen) < self.settings.min_clients:
+        eligible = sorted(d for d, n in available.items() if n >= self.settings.min_samples)
+        if len(eligible) < self.settings.min_clients:
             raise FederationError(
-                f"{len(chosen)} device(s) hold >= {self.settings.min_samples} samples, "
+                f"{len(eligible)} device(s) hold >= {self.settings.min_samples} samples, "
                 f"need {self.settings.min_clients}"
             )
-        self._round_id += 1
-        self._plan = RoundPlan(
-            self._round_id, self.version, tuple(chosen), now_ms + self.settings.timeout_ms
-        )
-        self._participants = frozenset(chosen)
-        self._opened_ms = now_ms
+        chosen = self._choose(eligible, math.inf if list_bytes is None else list_bytes)
+        if len(chosen) < self.settings.min_clients:
+            raise FederationError(
+                f"the ids of {len(chosen)} of {len(eligible)} devices fit in a round message "
+                f"({list_bytes} bytes), need {self.settings.min_clients}"
+            )
+        deadline = now_ms + self.settings.timeout_ms
+        return RoundPlan(self._round_id + 1, self.version, chosen, deadline, now_ms)
+
+    def begin(self, plan: RoundPlan) -> None:
+        """Open the round ``draft`` planned, if nothing opened or closed since."""
+        if self.phase is not Phase.IDLE:
+            raise FederationError(f"round {self._round_id} of {self.model} is still collecting")
+        if plan.round_id != self._round_id + 1 or plan.base_version != self.version:
+            raise FederationError(f"round {plan.round_id} of {self.model}: the plan is stale")
+        self._round_id = plan.round_id
+        self._plan = plan
+        self._participants = frozenset(plan.participants)
+        self._opened_ms = plan.opened_ms
         self._updates = {}
         self._rejected = {}
         self.phase = Phase.COLLECTING
-        return self._plan
+
+    def _choose(self, eligible: list[str], room: float) -> tuple[str, ...]:
+        """``eligible`` (sorted) if it fits ``max_participants`` and ``room`` bytes, else a
+        uniform random sample that does, sorted. Uniform, not the most samples first: an
+        offer's count is the edge's word (one claiming a million would always be chosen),
+        and every device gets its turn, as FedAvg samples its clients."""
+        limit = self.settings.max_participants
+        if len(eligible) <= limit and _list_bytes(eligible) <= room:
+            return tuple(eligible)
+        chosen: list[str] = []
+        used = 1  # "[" and "]", less the comma the first id does not need
+        for device in self._sampler.sample(eligible, min(limit, len(eligible))):
+            used += len(json.dumps(device)) + 1
+            if used > room:  # stop, not skip: skipping would favour short ids
+                break
+            chosen.append(device)
+        return tuple(sorted(chosen))
 
     def receive(
         self, device: str, round_id: int, base_version: int, params: Params, num_samples: int
@@ -307,7 +394,7 @@ class Federation:
             now_ms,
             failure,
         )
-        self.history.append(dataclasses.replace(outcome, params=None))
+        self._remember(outcome)
         if version is None:
             self.rounds_failed += 1
         else:
@@ -318,6 +405,19 @@ class Federation:
         self._updates = {}
         self._rejected = {}
         return outcome
+
+    def _remember(self, outcome: RoundOutcome) -> None:
+        """Keep ``outcome`` in the history without parameters; the round that falls out
+        of the latest ``listed_rounds`` keeps the counts of its device lists only."""
+        self.history.append(dataclasses.replace(outcome, params=None))
+        older = len(self.history) - 1 - self.listed_rounds
+        if older >= 0:
+            self.history[older] = self.history[older].summary()
+
+
+def _list_bytes(devices: list[str]) -> int:
+    """Bytes of ``devices`` as a compact JSON list."""
+    return 1 + sum(len(json.dumps(d)) + 1 for d in devices) if devices else 2
 
 
 def _unfit(values: np.ndarray, dtype: np.dtype[Any]) -> str:

@@ -14,8 +14,10 @@ after a reconnect, of any age: it is dated by its ``sent_ms`` (never later than 
 arrival; the age is told on the wall clock edges stamp on, then kept on serverd's
 steady clock), as is every offer of an edged that sends no run; a copy of an offer
 already heard (a run's number not above the highest heard of it) changes nothing.
-``tick`` closes due rounds and, with ``interval_ms`` set, opens the next round of an idle
-model when it is due.
+serverd keeps at most ``max_devices`` offers, each with the counts of the models it
+federates only (``serverd.federation.offers``). ``tick`` closes due rounds and, with
+``interval_ms`` set, opens the next round of an idle model when it is due; a model whose
+tick fails is logged as one outage and counted, and the other models' ticks go on.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import Any
 
 from edgefed.clock import Clock, SteadyClock, now_ms
 from edgefed.config import ImagesConfig
-from edgefed.counters import Counters
 from edgefed.errors import ConfigError, FederationError, ImageError, ProtocolError
 from edgefed.federation_wire import (
     AdoptionReport,
@@ -49,32 +50,19 @@ from serverd.federation.aggregate import Params
 from serverd.federation.config import FederationConfig
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.images import VersionImager
+from serverd.federation.offers import MAX_DEVICES, OfferBook, OfferCounters
 from serverd.federation.rounds import Phase
 from serverd.federation.versions import VersionFiles
-
-FORGET_MS = 7 * 24 * 3600 * 1000
-"""A device that has offered nothing for this long (a week) leaves the status."""
 
 log = logging.getLogger("serverd.federation")
 
 
-RUNS_KEPT = 8  # per device, the edged runs heard, with the highest number of each
-
-
-@dataclass(frozen=True)
-class _Offer:
-    offer: SampleOffer
-    seen_ms: int  # when it was sent, on serverd's clock as far as serverd can tell
-    runs: tuple[tuple[str, int], ...] = ()  # (run, highest seq heard), newest last
-
-
 @dataclass
-class ServiceCounters(Counters):
+class ServiceCounters(OfferCounters):
     bad_messages: int = 0
     unknown_model: int = 0
-    offers: int = 0
-    offers_repeated: int = 0
     rounds_not_opened: int = 0
+    tick_failures: int = 0  # a model's tick that raised (logged as that model's outage)
 
 
 class FederationService:
@@ -90,6 +78,7 @@ class FederationService:
         clock: Clock = now_ms,
         versions: VersionFiles | None = None,
         wall: Clock = now_ms,
+        max_devices: int = MAX_DEVICES,
     ) -> None:
         self.mqtt, self.topics = mqtt, topics
         self.coordinators = {c.federation.model: c for c in coordinators}
@@ -97,13 +86,14 @@ class FederationService:
         self.wall = wall  # the clock edges stamp offers on (serverd's, as its replies tell)
         self.versions = versions
         self.counters = ServiceCounters()
-        self._offers: dict[str, _Offer] = {}
+        self._offers = OfferBook(self.coordinators, max_devices, self.counters)
         self._repeats = Repeats(log)  # a device may send bad messages by the thousand
         self._last_open: dict[str, int] = {}
         self._lock = threading.Lock()
         # a closed round's version not yet on disk (a full disk): tried again every tick
         self._unsaved: dict[str, tuple[int, Params]] = {}
         self._saving = Outage(log, "federation: saving a new global version")
+        self._faults = {m: Outage(log, f"federation {m}: a tick") for m in self.coordinators}
 
     def start(self) -> None:
         """Subscribe (before the connection comes up); every current version is published
@@ -132,9 +122,9 @@ class FederationService:
         oldest = self.clock() - self.offer_ttl_ms
         with self._lock:
             return {
-                device: o.offer.samples[model]
+                device: o.samples[model]
                 for device, o in self._offers.items()
-                if o.offer.training_allowed and o.seen_ms >= oldest and model in o.offer.samples
+                if o.training_allowed and o.seen_ms >= oldest and model in o.samples
             }
 
     def start_round(self, model: str) -> RoundOpen:
@@ -147,28 +137,37 @@ class FederationService:
 
     def tick(self) -> None:
         """Close due rounds; open the next one of an idle model when ``interval_ms`` says;
-        forget devices gone for ``FORGET_MS`` (their retained offers stay on the broker)."""
+        forget devices gone for ``offers.FORGET_MS`` (their retained offers stay on the broker).
+        Each model's part is contained: one failing never stops another's."""
         now = self.clock()
         with self._lock:
-            for device in [d for d, o in self._offers.items() if o.seen_ms < now - FORGET_MS]:
-                del self._offers[device]
+            self._offers.forget(now)
             known = set(self._offers)
-        for coordinator in self.coordinators.values():
-            coordinator.forget_all_but(known)
         for model, coordinator in self.coordinators.items():
-            outcome = coordinator.poll()
-            if outcome and outcome.version and outcome.params and self.versions is not None:
-                self._unsaved[model] = (outcome.version, outcome.params)
-            self._save(model)
-            due = self._last_open.get(model, 0) + (self.interval_ms or 0)
-            idle = coordinator.federation.phase is Phase.IDLE
-            if self.interval_ms is not None and idle and now >= due:
-                try:
-                    self.start_round(model)
-                except FederationError as exc:
-                    self._last_open[model] = now  # try again after another interval
-                    self.counters.rounds_not_opened += 1
-                    log.info("federation %s: no round: %s", model, exc)
+            fault = self._faults[model]
+            try:
+                coordinator.forget_all_but(known)
+                self._tick(model, coordinator, now)
+            except Exception as exc:  # this model's fault: one outage in the log
+                self.counters.tick_failures += 1
+                fault.failed(exc)
+            else:
+                fault.ok()
+
+    def _tick(self, model: str, coordinator: Coordinator, now: int) -> None:
+        outcome = coordinator.poll()
+        if outcome and outcome.version and outcome.params and self.versions is not None:
+            self._unsaved[model] = (outcome.version, outcome.params)
+        self._save(model)
+        due = self._last_open.get(model, 0) + (self.interval_ms or 0)
+        idle = coordinator.federation.phase is Phase.IDLE
+        if self.interval_ms is not None and idle and now >= due:
+            self._last_open[model] = now  # whatever happens, the next try is an interval on
+            try:
+                self.start_round(model)
+            except FederationError as exc:
+                self.counters.rounds_not_opened += 1
+                log.info("federation %s: no round: %s", model, exc)
 
     def _save(self, model: str) -> None:
         """Put ``model``'s newest version on disk, if it is not yet: a restart goes on from
@@ -183,14 +182,7 @@ class FederationService:
     def status(self) -> dict[str, Any]:
         with self._lock:
             now = self.clock()
-            offers = {
-                d: {
-                    **o.offer.model_dump(exclude={"type"}),
-                    "seen_ms": o.seen_ms,
-                    "age_s": round(max(0, now - o.seen_ms) / 1000, 1),
-                }
-                for d, o in self._offers.items()
-            }
+            offers = {d: o.status(now) for d, o in self._offers.items()}
         return {
             "enabled": True,
             "models": {m: c.status() for m, c in self.coordinators.items()},
@@ -245,24 +237,9 @@ class FederationService:
         now = self.clock()
         with self._lock:
             if isinstance(offer, SampleOffer):
-                known = self._offers.get(device)
-                runs = dict(known.runs) if known is not None else {}
-                heard = runs.get(offer.run) if offer.run else None
-                if heard is not None and offer.seq <= heard:
-                    self.counters.offers_repeated += 1  # a copy delivered again
-                    return
-                # a later offer of a run heard before was sent just now; any other may be a
-                # copy of any age: its sender's word for it, the age told on the wall clock
-                age = 0 if heard is not None else max(0, self.wall() - offer.sent_ms)
-                seen = now - age
-                if offer.run:
-                    runs.pop(offer.run, None)
-                    runs[offer.run] = offer.seq
-                kept = tuple(runs.items())[-RUNS_KEPT:]
-                self._offers[device] = _Offer(offer, seen, kept)
-                self.counters.offers += 1
+                self._offers.hear(device, offer, now, self.wall())
             elif not payload:  # a retained offer cleared: the device left
-                self._offers.pop(device, None)
+                self._offers.drop(device)
 
 
 def build(
@@ -301,7 +278,15 @@ def build(
     interval = None if config.interval_s is None else int(config.interval_s * 1000)
     ttl = int(config.offer_ttl_s * 1000)
     return FederationService(
-        mqtt, topics, coordinators, ttl, interval, clock=clock, versions=versions, wall=now_ms
+        mqtt,
+        topics,
+        coordinators,
+        ttl,
+        interval,
+        clock=clock,
+        versions=versions,
+        wall=now_ms,
+        max_devices=config.max_devices,
     )
 
 

@@ -33,6 +33,7 @@ from edgefed.testing.datasets import DIGIT_FEATURES
 from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 from serverd.federation.images import VersionImager
+from serverd.federation.rounds import HISTORY_LISTED_ROUNDS
 
 ROUNDS = 30
 
@@ -65,7 +66,10 @@ def test_rounds_over_mqtt_reach_centralised_accuracy_and_no_sample_leaves(
     assert federated > best_local, (federated, best_local)
     history = site.coordinator.history()
     assert len(history) == ROUNDS
-    assert all(h["accepted"] == ["edge-0", "edge-1", "edge-2"] for h in history)
+    assert all(h["accepted_count"] == 3 and h["rejected_count"] == 0 for h in history)
+    listed = [h for h in history if h["devices_listed"]]  # the latest rounds name them
+    assert len(listed) == HISTORY_LISTED_ROUNDS and listed == history[-HISTORY_LISTED_ROUNDS:]
+    assert all(h["accepted"] == ["edge-0", "edge-1", "edge-2"] for h in listed)
     _no_raw_sample_was_published(site, seen)
 
 

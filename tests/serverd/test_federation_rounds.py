@@ -4,6 +4,9 @@ is the edge's, the rounds are serverd's)."""
 
 from __future__ import annotations
 
+import json
+import random
+
 import numpy as np
 import pytest
 
@@ -88,6 +91,81 @@ def test_history_over_months_is_bounded_and_holds_no_parameters(
     assert all(o.params is None for o in fed.history)
     assert (fed.status()["rounds_done"], fed.status()["rounds_failed"]) == (6, 2)
     assert fed.round_id == 8 and fed.params[0].shape == (2, 3)
+
+
+def test_history_keeps_device_lists_for_the_latest_rounds_and_counts_for_older_ones() -> None:
+    """Every kept round held its accepted, missing and rejected devices: 59 B per device
+    and round, 118 MB for 2,000 devices over the 1,000 rounds kept. Only the latest
+    ``listed_rounds`` name their devices now; every round keeps the counts, and the
+    history rows keep their keys."""
+    devices = {f"ns/device-{i:04d}": 100 for i in range(500)}
+    fed = Federation("head", 7, _params(), RoundSettings(1, 1, 5, 1000), listed_rounds=3)
+    for n in range(30):
+        plan = fed.open_round(devices, now_ms=n * 10_000)
+        for i, device in enumerate(plan.participants[:300]):
+            base = fed.version if i % 3 else fed.version - 1  # a third stale: rejected
+            fed.receive(device, plan.round_id, base, _params(1.0), 10)
+        assert fed.poll(now_ms=n * 10_000 + 5_000) is not None
+    rows = [o.record() for o in fed.history]
+    listed = sum(len(r["accepted"]) + len(r["rejected"]) + len(r["missing"]) for r in rows)
+    assert listed == 3 * 500
+    assert [r["devices_listed"] for r in rows] == [False] * 27 + [True] * 3
+    assert all(
+        (r["accepted_count"], r["rejected_count"], r["missing_count"]) == (200, 100, 200)
+        for r in rows
+    )
+    assert all(r["version"] == 8 + n for n, r in enumerate(rows))
+    last = rows[-1]
+    assert len(last["accepted"]) == 200 and len(last["missing"]) == 200
+    assert all(why.startswith("stale base version") for why in last["rejected"].values())
+    assert set(rows[0]) == set(last)
+
+
+def test_a_round_names_at_most_max_participants_drawn_uniformly_at_random() -> None:
+    """With more devices qualifying than a round may name, each round takes
+    ``max_participants`` of them at random: the same draw for the same seed, every device
+    in turn, and a device claiming a million samples no likelier than the others (an
+    offer's count is the device's word). Before, a round named every device: over
+    10,000 it could not be sent and failed at its deadline, again and again."""
+    devices = {f"edge-{i:03d}": 20 for i in range(100)} | {"boaster": 1_000_000, "few": 4}
+    settings = RoundSettings(2, 2, min_samples=5, timeout_ms=1000, max_participants=10)
+    chosen: list[tuple[str, ...]] = []
+    for seed in (1, 1, 2):
+        fed = Federation("head", 7, _params(), settings, sampler=random.Random(seed))
+        chosen.append(fed.open_round(devices, now_ms=0).participants)
+    assert chosen[0] == chosen[1] != chosen[2]
+    assert all(len(c) == 10 and list(c) == sorted(c) and "few" not in c for c in chosen)
+    fed = Federation("head", 7, _params(), settings, sampler=random.Random(3))
+    times = dict.fromkeys(devices, 0)
+    for n in range(200):
+        for device in fed.open_round(devices, now_ms=n * 10_000).participants:
+            times[device] += 1
+        fed.poll(now_ms=n * 10_000 + 1000)  # nobody answers: failed, the next one opens
+    assert times.pop("few") == 0
+    assert min(times.values()) >= 5 and times["boaster"] <= 45  # 200 x 10 / 101 = 19.8 each
+
+
+def test_a_round_names_no_more_devices_than_its_message_has_room_for() -> None:
+    """``list_bytes`` bounds the participants' ids as a JSON list; too few fitting is a
+    refusal with the reason, and drafting a round changes nothing until it begins."""
+    long = {f"edge-{i:03d}-" + "x" * 100: 10 for i in range(50)}  # 113 bytes each in JSON
+    fed = _federation()
+    plan = fed.draft(long, now_ms=0, list_bytes=1000)
+    assert len(plan.participants) == 8 and len(json.dumps(list(plan.participants))) <= 1000
+    assert fed.phase is Phase.IDLE and fed.round_id == 0 and fed.plan is None
+    with pytest.raises(FederationError, match="the ids of 1 of 50 devices fit"):
+        fed.draft(long, now_ms=0, list_bytes=200)
+    fed.begin(plan)
+    assert fed.phase is Phase.COLLECTING and fed.round_id == 1
+    with pytest.raises(FederationError, match="still collecting"):
+        fed.begin(plan)
+
+
+def test_settings_refuse_more_participants_than_a_round_message_carries() -> None:
+    with pytest.raises(FederationError, match="max_participants <= 10000"):
+        RoundSettings(max_participants=10_001)
+    with pytest.raises(FederationError, match="min_clients <= max_participants"):
+        RoundSettings(min_clients=5, quorum=3, max_participants=4)
 
 
 def test_round_closes_when_everyone_answered_and_bumps_the_version() -> None:

@@ -36,8 +36,9 @@ from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 from serverd.federation.coordinator import Coordinator
 from serverd.federation.images import VersionImager
+from serverd.federation.offers import FORGET_MS
 from serverd.federation.rounds import Federation, RoundSettings
-from serverd.federation.service import FORGET_MS, FederationService
+from serverd.federation.service import FederationService
 from serverd.federation.versions import VersionFiles
 
 SHAPES = {"wide": (6, 2), "narrow": (3, 3)}  # model -> (features, classes)
@@ -48,23 +49,30 @@ def _classes(model: str) -> list[str]:
     return [str(c) for c in range(SHAPES[model][1])]
 
 
+def _coordinator(
+    client: MqttClient, topics: FederationTopics, key: Ed25519PrivateKey, model: str
+) -> Coordinator:
+    """serverd's coordinator of ``model``, as the fleet's rounds need it."""
+    settings = RoundSettings(min_clients=3, quorum=3, min_samples=10, timeout_ms=30_000)
+    features, classes = SHAPES[model]
+    return Coordinator(
+        client,
+        topics,
+        Federation(model, 1, init_head(features, classes), settings),
+        key,
+        VersionImager(model, Base.pixels(features, 1, 255.0), _classes(model), key),
+        TrainConfig(epochs=2, learning_rate=0.5),
+        max_chunk_bytes=1024,
+    )
+
+
 class Fleet:
     def __init__(self, broker: Broker, root: Path, versions: VersionFiles | None = None) -> None:
         self.key = Ed25519PrivateKey.generate()
         self.topics = FederationTopics()
         self.clients = [self._client(broker, "serverd")]
-        settings = RoundSettings(min_clients=3, quorum=3, min_samples=10, timeout_ms=30_000)
         self.coordinators = [
-            Coordinator(
-                self.clients[0],
-                self.topics,
-                Federation(model, 1, init_head(*shape), settings),
-                self.key,
-                VersionImager(model, Base.pixels(shape[0], 1, 255.0), _classes(model), self.key),
-                TrainConfig(epochs=2, learning_rate=0.5),
-                max_chunk_bytes=1024,
-            )
-            for model, shape in SHAPES.items()
+            _coordinator(self.clients[0], self.topics, self.key, model) for model in SHAPES
         ]
         self.service = FederationService(
             self.clients[0], self.topics, self.coordinators, versions=versions
@@ -251,7 +259,8 @@ def test_offers_are_dated_on_serverds_clock_and_copies_delivered_again_change_no
     with Broker(tmp_path / "broker") as broker:
         edge = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edge-9"))
         server = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="serverd"))
-        service = FederationService(server, topics, [], offer_ttl_ms=120_000)
+        wide = _coordinator(server, topics, Ed25519PrivateKey.generate(), "wide")
+        service = FederationService(server, topics, [wide], offer_ttl_ms=120_000)
         edge.start()
         try:
             assert edge.wait_connected(10)
