@@ -33,7 +33,7 @@ from serverd.systemd import watchdog
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import write_repository
-from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
+from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor, start_all
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +178,12 @@ class ServerdApp:
             self.endpoints[name].renew()
         service.instance_state(name, up)
 
-    async def _start_tritons(self) -> None:
+    async def _start_tritons(self, stop: asyncio.Event) -> None:
+        """Start the own Tritons; a stop while they load their models (which may take
+        longer than the unit's stop timeout) abandons the starts and returns."""
         supervisors = self._tritons()
-        results = await asyncio.gather(
-            *(asyncio.to_thread(s.start) for s in supervisors), return_exceptions=True
-        )
-        for supervisor, result in zip(supervisors, results, strict=True):
-            if isinstance(result, BaseException):
-                await asyncio.gather(*(asyncio.to_thread(s.stop) for s in supervisors))
-                if isinstance(result, OffloadError):
-                    raise result
-                raise OffloadError(f"Triton {supervisor.process.name}: {result}") from result
+        if not await start_all(supervisors, stop):
+            return
         capacity = self.config.scheduler.capacity
         models = [m.name for m in self.config.triton.models]
         for supervisor in supervisors:
@@ -232,7 +227,9 @@ class ServerdApp:
         if jobs.interrupted:
             log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
         try:
-            await self._start_tritons()
+            await self._start_tritons(stop)
+            if stop.is_set():  # while Triton loaded: nothing to drain, no READY to send
+                return
             await self._add_external()
             topics = Topics(cfg.prefix)
             online = Availability(

@@ -4,7 +4,10 @@
 pipe would keep the python backend's stubs, which inherit it, from ever seeing EOF).
 It runs in its own process group so that stubs orphaned by a crash are killed with
 it, and with its own shared-memory prefix so that a crash's leftovers are removed.
-A start that fails raises ``OffloadError`` quoting Triton's own last error lines.
+A start that fails raises ``OffloadError`` quoting Triton's own last error lines; one
+that a stopping serverd abandons (``abandon_start``: large models may load for minutes)
+stops the Triton it launched. (The module is long because a Triton's start, stop,
+leftovers and log are one lifecycle, which ``TritonSupervisor`` and ``start_all`` drive.)
 
 Triton dies with serverd: it is started through ``setpriv --pdeathsig TERM`` (the Linux
 parent-death signal: SIGTERM when the thread that started it ends, which for serverd is
@@ -20,6 +23,7 @@ reports the instance down, restarts it within a budget and reports it up when re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import logging
@@ -36,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgefed.errors import OffloadError
 from edgefed.outage import Repeats
@@ -56,6 +60,10 @@ SETPRIV = "/usr/bin/setpriv"
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
 MAX_BACKOFF_S = 30.0  # between starts that could not launch Triton
+
+
+class StartAbandoned(OffloadError):
+    """``abandon_start`` was called while ``start`` waited for Triton (serverd stops)."""
 
 
 class PrepareError(OffloadError):
@@ -120,6 +128,7 @@ class TritonProcess:
         self.name = name
         self.ports = ports
         self.ready_timeout = ready_timeout
+        self._abandon = threading.Event()  # serverd stops: a start under way gives up
         self.extra_args = tuple(extra_args)
         self.log_path = workdir / f"{name}.log"
         self.pid_path = workdir / f"{name}.pid"
@@ -201,12 +210,19 @@ class TritonProcess:
             if self.ready():
                 log.info("Triton %s ready on %s (pid %s)", self.name, self.grpc_url, self.pid)
                 return
-            time.sleep(0.1)
+            if self._abandon.wait(0.1):
+                self.stop()
+                raise StartAbandoned(f"Triton {self.name}: start abandoned, serverd stops")
         self.stop()
         raise OffloadError(
             f"Triton {self.name} was not ready within {self.ready_timeout:.0f} s; "
             f"Triton said: {self._said(offset)} (log: {self.log_path})"
         )
+
+    def abandon_start(self) -> None:
+        """From another thread: a ``start`` waiting for Triton (which may take minutes to
+        load its models) stops it and raises ``StartAbandoned``; so do later starts."""
+        self._abandon.set()
 
     def _spawn(self, command: list[str], out: BinaryIO) -> subprocess.Popen[bytes]:
         try:
@@ -448,3 +464,30 @@ class TritonSupervisor:
             self._on_state(self.process.name, up)
         except Exception:
             log.exception("Triton %s state listener failed", self.process.name)
+
+
+async def start_all(supervisors: list[TritonSupervisor], stop: asyncio.Event) -> bool:
+    """Start ``supervisors`` together (each waits for its Triton in a thread). False if
+    ``stop`` came first: the starts are abandoned and every Triton stopped. A start that
+    fails stops them all and raises ``OffloadError``."""
+    starting = asyncio.gather(
+        *(asyncio.to_thread(s.start) for s in supervisors), return_exceptions=True
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    either: set[asyncio.Future[Any]] = {starting, stopping}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stop.is_set():
+        for supervisor in supervisors:
+            supervisor.process.abandon_start()
+    results = await starting
+    failed = [(s, r) for s, r in zip(supervisors, results, strict=True) if r is not None]
+    if not failed and not stop.is_set():
+        return True
+    await asyncio.gather(*(asyncio.to_thread(s.stop) for s in supervisors))
+    if stop.is_set():
+        return False
+    supervisor, error = failed[0]
+    if isinstance(error, OffloadError):
+        raise error
+    raise OffloadError(f"Triton {supervisor.process.name}: {error}") from error

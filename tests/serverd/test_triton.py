@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -26,6 +26,7 @@ from tests.serverd.harness import frame_jpeg, serverd_config
 from tests.support.paths import IMAGES_DIR, REPO
 
 KEY = IMAGES_DIR / "keys" / "dev-signing.pub"
+ECHO = {"name": "echo", "backend": "echo"}
 
 
 @pytest.fixture
@@ -36,10 +37,39 @@ def taken_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-def run_app(config: ServerdConfig) -> None:
-    stop = asyncio.Event()
-    stop.set()
-    asyncio.run(ServerdApp(config).run(stop))
+def run_app(
+    config: ServerdConfig, stop_when: Callable[[ServerdApp], bool] | None = None
+) -> ServerdApp:
+    """Run serverd until ``stop_when`` (default: it is ready), then stop it; a failed
+    start raises. Returns the app, stopped."""
+    until = stop_when or (lambda app: app.ready.is_set())
+
+    async def main() -> ServerdApp:
+        stop = asyncio.Event()
+        app = ServerdApp(config)
+        running = asyncio.create_task(app.run(stop))
+        while not running.done() and not until(app):
+            await asyncio.sleep(0.02)
+        stop.set()
+        await running
+        return app
+
+    return asyncio.run(main())
+
+
+def test_a_stop_while_triton_loads_abandons_its_start_and_stops_it(tmp_path: Path) -> None:
+    """serverd looked at a stop only once its Tritons were ready, which may take up to
+    ``triton.ready_timeout_s`` (120 s) with large models: longer than the unit's
+    ``TimeoutStopSec`` and a pod's grace period, so systemd or the kubelet killed it. A
+    stop now abandons the start: the Triton launched is stopped and serverd returns at
+    once, never having said READY."""
+    config = serverd_config(tmp_path, mqtt_port=1, instances=1, triton={"models": [ECHO]})
+    pid_file = tmp_path / "triton" / "local-0.pid"
+    started = time.monotonic()
+    app = run_app(config, stop_when=lambda app: pid_file.exists())
+    assert time.monotonic() - started < 10
+    assert not app.ready.is_set() and not app.supervisors
+    assert not pid_file.exists()  # stopped: its pid file goes with it
 
 
 def test_a_triton_that_cannot_bind_its_port_fails_quoting_triton(
