@@ -35,6 +35,11 @@ from edgefed.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
+# With no systemd watchdog (a pod, a container, a shell): how long a pipeline thread may
+# make no progress before edged counts as stalled and /healthz fails. Half the units'
+# WatchdogSec=30s, the limit PipelineWatch sets under systemd, so both supervisors agree.
+STALL_AFTER_S = 15.0
+
 
 class Service(Protocol):
     def start(self) -> None: ...
@@ -244,6 +249,7 @@ class EdgedApp:
         self.services += [s for s in optional if s is not None]
         self._started: list[Service] = []
         self._final: dict[str, Any] | None = None
+        self.stall_after_s = STALL_AFTER_S  # half the watchdog interval once run() has one
 
     def _serve_adopted(self, federated: str, image: Path) -> None:
         """A federated version was installed at ``image``: every pipeline model loaded
@@ -308,8 +314,14 @@ class EdgedApp:
             objects=self.objects,
             federation=self.federation,
             twins={n: t for n, t in (("mqtt", self.twin), ("dmi", self.dmi)) if t is not None},
+            stalled=self.stalled,
         )
         return ApiServer(self.config.api, sources)
+
+    def stalled(self) -> list[str]:
+        """The pipeline threads that made no progress for ``stall_after_s`` (empty: it
+        moves): what withholds systemd's watchdog and what /healthz answers 503 for."""
+        return self.pipeline.stalled(self.stall_after_s)
 
     def add_service(self, service: Service) -> None:
         self.services.append(service)
@@ -337,11 +349,15 @@ class EdgedApp:
         """Run until ``stop`` is set, the sources end, or ``output.max_results`` is reached.
 
         ``notifier`` (systemd's, by default from the environment) hears READY once every
-        service has started, WATCHDOG from this loop while the pipeline moves, STOPPING.
+        service has started, WATCHDOG from this loop while the pipeline moves, STOPPING;
+        its watchdog interval, halved, is also the stall limit of ``stalled`` (/healthz).
         """
         limit = self.config.output.max_results
+        notifier = notifier if notifier is not None else Notifier()
+        if notifier.watchdog_s is not None:  # the limit PipelineWatch withholds it at
+            self.stall_after_s = notifier.watchdog_s / 2
         watch = PipelineWatch(
-            notifier if notifier is not None else Notifier(),
+            notifier,
             self.pipeline,
             lambda: summary_line(self.pipeline.status()),
             self.config.output.summary_interval_s,

@@ -3,7 +3,9 @@
 Frames go into a ``FrameRing`` (bounded; newest wins, or lossless for benchmarks).
 A file that cannot be opened or decoded fails ``start()`` with a ``CaptureError``;
 a stream or device that is unreachable or disappears is reopened with capped
-exponential backoff (with jitter) and the capture resumes. ``stop()`` returns within
+exponential backoff (with jitter) and the capture resumes; its failed opens are one
+outage in the log (the first with its cause, then one line every few minutes, and the
+recovery), the cause also in ``last_error`` (and /readyz). ``stop()`` returns within
 its timeout even while the thread backs off; a read blocked inside OpenCV ends by
 the stream's own timeout (``io_timeout_s``) and the daemon thread exits then.
 """
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edged.ring import Frame, FrameRing  # re-exported: callers import the ring from here
 from edgefed.errors import CaptureError
+from edgefed.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +219,8 @@ class CaptureSource:
         self._last_ts: float | None = None
         self._last_error: str | None = None
         self._errors = 0
+        # a stream or device that cannot be opened: settle_s=0, the first frame ends it
+        self._opening = Outage(log, f"camera {config.name}: opening the {self._kind}", settle_s=0)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -291,6 +296,8 @@ class CaptureSource:
                 return reader
             with self._lock:
                 self._retries += 1
+                error = self._last_error
+            self._opening.failed(CaptureError(error))
             if self._stop.wait(self._backoff.next()):
                 break
         return None
@@ -336,6 +343,7 @@ class CaptureSource:
                 reader = self._open()
                 if reader is None:
                     self._set_state(CaptureState.FAILED, "cannot reopen the file to loop")
+                    log.error("camera %s: cannot reopen the file to loop", self.config.name)
                     return
                 continue
             self._lost = True
@@ -375,6 +383,7 @@ class CaptureSource:
     def _deliver(self, image: np.ndarray) -> bool:
         """Put one frame in the ring; False when the ring is closed or stop() was called."""
         now = time.monotonic()
+        self._opening.ok()  # frames flow: an outage of failed opens ends (cheap when none)
         with self._lock:
             if self._state is not CaptureState.RUNNING:
                 if self._lost:

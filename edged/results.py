@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edged.framejob import FrameJob
+from edgefed.errors import StartError
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,21 @@ class JsonlSink:
     """
 
     def __init__(self, path: Path, max_bytes: int | None = None, keep: int = 1) -> None:
+        """Open ``path`` for appending; a path edged cannot write (its directory's mode,
+        a directory in its place) is a ``StartError`` naming it: exit 5, one line."""
         if keep < 1:
             raise ValueError("keep must be >= 1")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
         self.rotations = 0
         self._lock = threading.Lock()
         self._closed = False  # by close(): later writes are dropped
-        self._file: IO[bytes] = self._open()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[bytes] = self._open()
+        except OSError as exc:
+            raise StartError(f"results file {path}: {exc.strerror or exc}") from exc
         self._partial = False  # a failed write may have left part of a line
 
     def __call__(self, job: FrameJob) -> None:

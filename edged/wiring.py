@@ -29,7 +29,7 @@ from edged.twin.properties import load_property_table
 from edged.twin.service import TwinService
 from edgefed import paths
 from edgefed.clock import Clock, now_ms
-from edgefed.errors import ConfigError
+from edgefed.errors import ConfigError, OffloadError, StartError
 from edgefed.mqtt import MqttClient, presence
 from edgefed.wire import Availability, Topics
 
@@ -103,9 +103,23 @@ def offload(
 
 def _left_behind(path: Path) -> None:
     """Say so when the outbox moved (``state_dir`` set, so it is now under it) and the
-    one at the old default place still holds jobs that will not be sent from there."""
+    one at the old default place still holds jobs that will not be sent from there.
+
+    An outbox path edged cannot look at (a ``state_dir`` it may not search, a name too
+    long) stops the start as the outbox itself would (exit 5, one line naming the path);
+    an old place it cannot look at (another user's state) has nothing to say."""
     old = paths.state_dir("edged") / OUTBOX_FILE
-    if path.exists() or path == old or not old.exists():
+    if path == old:
+        return
+    try:
+        here = path.exists()
+    except OSError as exc:
+        raise OffloadError(f"outbox {path}: {exc.strerror or exc}") from exc
+    try:
+        there = old.exists()
+    except OSError:
+        return
+    if here or not there:
         return
     log.warning(
         "offload: the outbox is now %s (under state_dir); the one at %s is left as it was: "
@@ -187,7 +201,10 @@ def runtime_config(
         known_models=set(pipeline.workers),
         state_path=state_path,
     )
-    persisted = RuntimeConfig.load_persisted(state_path)
+    try:
+        persisted = RuntimeConfig.load_persisted(state_path)
+    except OSError as exc:  # a state_dir edged may not search: stop as the outbox would
+        raise StartError(f"state_dir {config.state_dir}: {exc.strerror or exc}") from exc
     if persisted:
         try:
             runtime.apply(persisted)

@@ -140,7 +140,16 @@ def build_openapi(models: list[str]) -> dict[str, Any]:
         },
     }
     paths: dict[str, Any] = {
-        "/healthz": _get("Liveness", {"200": _json(_ref(Health), "The process serves HTTP")}),
+        "/healthz": _get(
+            "Liveness: the process serves HTTP and its pipeline moves",
+            {
+                "200": _json(_ref(Health), "Alive"),
+                "503": _error(
+                    "The pipeline is stalled (a model run or a camera's dispatcher made no "
+                    "progress; the reason names them): systemd's watchdog is withheld too"
+                ),
+            },
+        ),
         "/readyz": _get(
             "Readiness: capture running, models loaded, links up",
             {"200": _json(_ref(Readiness), "Ready"), "503": _json(_ref(Readiness), "Not ready")},

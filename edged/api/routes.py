@@ -107,6 +107,12 @@ class Routes:
         return page
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 503 while a pipeline thread is stuck, the condition that withholds
+        systemd's watchdog, so a pod's liveness probe (or a container's HEALTHCHECK)
+        restarts a hung edged as systemd does."""
+        stalled = self._src.stalled()
+        if stalled:
+            raise reject(503, "stalled", f"pipeline stalled: {', '.join(stalled)}")
         return _ok(Health(status="ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:

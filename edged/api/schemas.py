@@ -26,13 +26,17 @@ class ErrorBody(_Out):
 
 
 class Health(_Out):
-    status: Literal["ok"] = Field(description="Always 'ok' while the process serves HTTP")
+    status: Literal["ok"] = Field(
+        description="'ok': the process serves HTTP and no pipeline thread is stuck"
+    )
 
 
 class Check(_Out):
     name: str = Field(description="capture:<camera>, models or link:<name>")
     ok: bool = Field(description="Whether this part is ready")
-    detail: str = Field(description="State or reason")
+    detail: str = Field(
+        description="State or reason; a camera that is not running adds its last error"
+    )
 
 
 class Readiness(_Out):

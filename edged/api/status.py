@@ -46,6 +46,13 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _capture(camera: dict[str, Any]) -> str:
+    """A camera's readiness detail: its state, and why while it is not running (an
+    unreachable stream says ``connecting: cannot open stream rtsp://...``)."""
+    state, error = camera["state"], camera.get("last_error")
+    return state if state == "running" or not error else f"{state}: {error}"
+
+
 class StatusViews:
     """Read-only views over ``ApiSources``; every call reads the live state."""
 
@@ -115,7 +122,7 @@ class StatusViews:
 
     def readiness(self) -> Readiness:
         checks = [
-            Check(name=f"capture:{c['name']}", ok=c["state"] == "running", detail=c["state"])
+            Check(name=f"capture:{c['name']}", ok=c["state"] == "running", detail=_capture(c))
             for c in self._src.pipeline.status()["cameras"]
         ]
         loaded = set(self._src.pipeline.workers)

@@ -299,6 +299,37 @@ def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) 
     assert src.stats().state is CaptureState.STOPPED
 
 
+def test_an_unreachable_camera_is_named_with_its_cause_once_and_again_when_it_is_back(
+    jpegs: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """On main a camera that could not be opened was never named in edged's log: the
+    journal showed only OpenCV's own lines and a capture rate of 0.0 fps."""
+    with socket.socket() as s:  # the camera's address, with nothing listening yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/video.mjpg"
+    cfg = CameraConfig(name="door", source=url, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    src = CaptureSource(cfg, FrameRing(2))
+    caplog.set_level(logging.INFO, logger="edged.capture")
+    src.start()
+    camera: MjpegCamera | None = None
+    try:
+        wait_until("many failed opens", lambda: src.stats().retries >= 5, WAIT_S)
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert lines == [
+            f"camera door: opening the stream failed: cannot open stream {url} "
+            "(while it keeps failing, one line every 300 s)"
+        ]
+        camera = MjpegCamera(jpegs, port=port)  # the camera comes up
+        wait_until("frames", lambda: src.stats().state is CaptureState.RUNNING, WAIT_S)
+        back = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+        assert len(back) == 1 and back[0].startswith("camera door: opening the stream works")
+    finally:
+        src.stop()
+        if camera is not None:
+            camera.stop()
+
+
 def test_stop_returns_while_backing_off() -> None:
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))

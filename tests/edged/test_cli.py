@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edged.app import LoadedModels
 from edgefed.errors import (
     EXIT_CONFIG,
@@ -138,6 +140,47 @@ def test_a_video_with_corrupt_chunks_does_not_flood_stderr(tmp_path: Path) -> No
     assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
     assert "msmpeg4 @" not in proc.stderr and len(proc.stderr) < 20_000, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["frames_completed"] >= 60
+
+
+def last_line_of_a_failed_start(raw: dict[str, object], tmp_path: Path) -> str:
+    """Run edged on ``raw``; it must exit 5 with no traceback. Its last stderr line."""
+    proc = edged("run", "-c", str(write_config(tmp_path, raw)))
+    assert proc.returncode == EXIT_RUNTIME, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_results_file_edged_cannot_open_is_one_clear_line(tmp_path: Path) -> None:
+    """On main a results file edged may not write ended in a traceback and exit 1
+    (restarted every 5 s for ever). A directory in its place fails the open for root too."""
+    results = tmp_path / "results.jsonl"
+    results.mkdir()
+    last = last_line_of_a_failed_start(demo_config(tmp_path), tmp_path)
+    assert last == f"edged: cannot start: results file {results}: Is a directory"
+
+
+# A state_dir edged may not search (its mode, as user nobody) fails the stat of every path
+# in it; root may search them all, but a name longer than NAME_MAX fails that stat too.
+LOOKS_INTO_STATE = {
+    "the outbox": (
+        {"mqtt": {"host": "127.0.0.1", "port": 1, "client_id": "t"}, "offload": {"enabled": True}},
+        "edged: outbox {state}/outbox.sqlite: File name too long",
+    ),
+    "the runtime settings": ({}, "edged: cannot start: state_dir {state}: File name too long"),
+}
+
+
+@pytest.mark.parametrize("first_look", LOOKS_INTO_STATE)
+def test_a_state_dir_edged_cannot_look_into_is_one_clear_line(
+    tmp_path: Path, first_look: str
+) -> None:
+    """On main the outbox's look for an older outbox, and the runtime settings' look
+    for saved values, ended in a traceback and exit 1."""
+    sections, expected = LOOKS_INTO_STATE[first_look]
+    state = tmp_path / ("s" * 300)
+    raw = demo_config(tmp_path, **sections)
+    raw["state_dir"] = str(state)
+    assert last_line_of_a_failed_start(raw, tmp_path) == expected.format(state=state)
 
 
 def test_unknown_driver_is_a_config_error(tmp_path: Path) -> None:

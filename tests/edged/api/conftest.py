@@ -105,6 +105,7 @@ def start_daemon(tmp: Path, api: dict[str, Any] | None = None, **sections: Any) 
         device_id=config.device_id,
         model_failures=app.models.failures,
         runtime=runtime,
+        stalled=app.stalled,
     )
     server = ApiServer(ApiConfig(port=0, token=TOKEN, **(api or {})), sources, env={})
     app.add_service(server)
