@@ -10,8 +10,11 @@ target and fsyncs the directory (so that the rename itself survives); if any ste
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def fsync_path(path: Path) -> None:
@@ -25,7 +28,8 @@ def fsync_path(path: Path) -> None:
 
 def write_durably(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` whole, on disk; or raise ``OSError`` with ``path`` as it was
-    and no temp file left (``<name>.tmp`` beside it)."""
+    and no temp file left (``<name>.tmp`` beside it). A directory that cannot be synced
+    after the rename is a warning: the new content is in place."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -37,4 +41,7 @@ def write_durably(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
-    fsync_path(path.parent)
+    try:
+        fsync_path(path.parent)
+    except OSError as exc:  # the file is replaced: only a power cut now may undo it
+        log.warning("%s is written, but its directory could not be synced: %s", path, exc)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -42,10 +41,10 @@ class StopSignals:
             return
         self.received += 1
         if self.received == 1:
+            self._stop()  # first: the log line below may fail (a write it interrupted)
             self._log.info("received %s, stopping", name)
-            self._stop()
             return
-        self._log.warning("received %s again: stopping now, without draining", name)
-        logging.shutdown()
-        sys.stderr.flush()
+        # Straight to the file descriptor: edged's handler runs in its main thread
+        # wherever that is, perhaps inside a write to stderr (logging's would fail there)
+        os.write(2, f"received {name} again: stopping now, without draining\n".encode())
         os._exit(128 + signum)

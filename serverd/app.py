@@ -228,7 +228,8 @@ class ServerdApp:
             log.warning("%d jobs were interrupted by the last stop", jobs.interrupted)
         try:
             await self._start_tritons(stop)
-            if stop.is_set():  # while Triton loaded: nothing to drain, no READY to send
+            if stop.is_set():  # while Triton loaded: nothing to drain, no READY was sent
+                self.notifier.stopping("stopped while starting")
                 return
             await self._add_external()
             topics = Topics(cfg.prefix)

@@ -303,8 +303,6 @@ class OffloadCore:
             return False
         return self._more and connected and len(self._inflight) < self._window
 
-    # --- internals ---
-
     def _arm(self, timer: Timer, delay_s: float) -> None:
         self._armed.add(timer)
         self._effects.start_timer(timer, delay_s)
@@ -402,6 +400,7 @@ class OffloadCore:
             with _transaction(self._outbox, self._outcomes, self._waiting, self.counters) as writes:
                 self._settle(writes)
                 self._close_delivered(writes)
+        self._flush()  # shed jobs not told yet: their close was committed when it was made
 
     def _settle_soon(self) -> None:
         """Make sure a transaction comes within ``SETTLE_DELAY_S`` to write what waits."""

@@ -80,8 +80,11 @@ def tls_context(tls: MqttTls) -> ssl.SSLContext:
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError("mqtt tls: give both cert and key, or neither")
     for what, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"mqtt tls: {what} {path} is not a file")
+        try:
+            if path is not None and not path.is_file():
+                raise ConfigError(f"mqtt tls: {what} {path} is not a file")
+        except OSError as exc:  # a directory it may not search, a name too long
+            raise ConfigError(f"mqtt tls: {what} {path}: {exc.strerror or exc}") from exc
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
     except (OSError, ssl.SSLError) as exc:

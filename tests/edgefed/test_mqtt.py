@@ -194,6 +194,9 @@ def test_tls_files_that_cannot_be_read_are_a_config_error_naming_the_file(
     with pytest.raises(ConfigError) as missing:
         tls_context(MqttTls(ca=tmp_path / "missing.pem"))
     assert str(missing.value) == f"mqtt tls: ca {tmp_path / 'missing.pem'} is not a file"
+    too_long = tmp_path / ("x" * 300) / "ca.pem"  # the check itself fails: still one line
+    with pytest.raises(ConfigError, match="File name too long"):
+        tls_context(MqttTls(ca=too_long))
     with Broker(tmp_path / "tls-broker", tls=True) as broker:
         tls = broker.client_config("names").tls
     assert tls is not None and tls.cert is not None and tls.key is not None

@@ -71,6 +71,9 @@ def crowded(
         images={"dir": str(images), "trusted_keys": [str(root / "test.pub")]},
         prefix=PREFIX,
         max_queue=1,
+        # the session's serverd is on the same broker: a client id of its own, or each
+        # connect would take the other's session away
+        mqtt={"host": "127.0.0.1", "port": shared_broker.port, "client_id": "serverd-faults"},
     )
     running = ServerdThread(config)
     running.start()
