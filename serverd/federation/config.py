@@ -16,7 +16,12 @@ from edgefed.images.federated import Base
 from edgefed.wire import MODEL_PATTERN
 from serverd.federation.aggregate import AggregationSettings, StrategyName
 from serverd.federation.offers import MAX_DEVICES
-from serverd.federation.rounds import HISTORY_ROUNDS, Federation, RoundSettings
+from serverd.federation.rounds import (
+    HISTORY_LISTED_ROUNDS,
+    HISTORY_ROUNDS,
+    Federation,
+    RoundSettings,
+)
 from serverd.federation.versions import VersionFiles
 
 
@@ -137,7 +142,7 @@ class FederationConfig(Strict):
         "heard least recently (counted: devices_evicted)",
     )
     history_listed_rounds: int = Field(
-        20,
+        HISTORY_LISTED_ROUNDS,
         ge=0,
         le=HISTORY_ROUNDS,
         description="Latest closed rounds whose history keeps the device lists; older "
