@@ -44,14 +44,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, S
         pytest.fail("Triton's environment is missing: run packaging/dev/setup.sh")
     assert (IMAGES_DIR / "pose_detector").is_dir(), "run packaging/dev/setup.sh"
     with Broker(tmp_path_factory.mktemp("broker")) as broker:
-        server = ServerdThread(
-            serverd_config(tmp_path_factory.mktemp("serverd"), broker.port, instances=1)
-        )
-        server.start()
-        try:
+        config = serverd_config(tmp_path_factory.mktemp("serverd"), broker.port, instances=1)
+        with ServerdThread(config) as server:
             yield broker, server
-        finally:
-            server.stop()
 
 
 def edged_config(tmp_path: Path, broker: Broker, **offload: Any) -> dict[str, Any]:

@@ -30,10 +30,8 @@ def serverd(
     _require_triton()
     state = tmp_path_factory.mktemp("serverd")
     config = serverd_config(state, shared_broker.port, send_accepted=True)
-    running = ServerdThread(config)
-    running.start()
-    yield running
-    running.stop()
+    with ServerdThread(config) as running:
+        yield running
 
 
 @pytest.fixture

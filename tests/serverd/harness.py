@@ -135,6 +135,13 @@ class ServerdThread:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(60)
 
+    def __enter__(self) -> ServerdThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 class Edge:
     """One device: publishes requests and collects the replies on its reply topic."""

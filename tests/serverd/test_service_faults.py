@@ -75,10 +75,8 @@ def crowded(
         # connect would take the other's session away
         mqtt={"host": "127.0.0.1", "port": shared_broker.port, "client_id": "serverd-faults"},
     )
-    running = ServerdThread(config)
-    running.start()
-    yield running
-    running.stop()
+    with ServerdThread(config) as running:
+        yield running
 
 
 @pytest.fixture

@@ -31,12 +31,8 @@ def one_slot(broker: Broker, tmp_path: Path, **overrides: Any) -> Iterator[Serve
     config = serverd_config(
         tmp_path / "serverd", broker.port, instances=1, scheduler={"capacity": 1}, **overrides
     )
-    running = ServerdThread(config)
-    running.start()
-    try:
+    with ServerdThread(config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
