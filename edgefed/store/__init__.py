@@ -22,6 +22,7 @@ import sqlite_utils
 
 from edgefed.clock import now_ms
 from edgefed.errors import EdgeFedError
+from edgefed.store.checkpoint import RESTART_FRAMES
 
 Migration = Callable[[sqlite_utils.Database], None]
 Migrations = Sequence[tuple[str, Migration]]
@@ -41,8 +42,10 @@ def open_database(
     commits alone; ``db.atomic()`` groups several), rows as ``sqlite3.Row``.
 
     ``autocheckpoint``: WAL pages at which a commit checkpoints by itself (a bound for when
-    the store's own checkpoints cannot keep up); ``page_size`` applies to a new file only;
-    ``shared``: the connection may be used from several threads (under the caller's lock).
+    the store's own checkpoints cannot keep up); a WAL grown past the smaller of that and
+    ``RESTART_FRAMES`` pages is cut back to it when it is next started over; ``page_size``
+    applies to a new file only; ``shared``: the connection may be used from several
+    threads (under the caller's lock).
     Raises ``sqlite3.Error`` or ``OSError``; the store translates them into its own error.
     A ``sqlite3.Error`` says why when the cause is the file system's: SQLite's own words
     for a read-only mount or a full disk are "unable to open database file" and "disk I/O
@@ -61,6 +64,11 @@ def open_database(
         db.enable_wal()
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+        # SQLite reuses the WAL file from its start after a checkpoint and never shrinks it:
+        # one burst (thousands of jobs between two checkpoints) would leave it at the
+        # auto-checkpoint's size for good. Past this limit a reset truncates it.
+        kept = min(int(autocheckpoint), RESTART_FRAMES)
+        db.execute(f"PRAGMA journal_size_limit={kept * _page_size(conn)}")
         for pragma in pragmas:
             db.execute(f"PRAGMA {pragma}")
     except sqlite3.Error as exc:
@@ -75,6 +83,10 @@ def open_database(
                 setattr(hinted, attr, getattr(exc, attr))
         raise hinted from exc
     return db
+
+
+def _page_size(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 LOW_SPACE = 1 << 20
