@@ -46,6 +46,7 @@ from edgefed.errors import OffloadError
 from edgefed.outage import Repeats
 from edgefed.ports import free_ports
 from serverd.triton.install import TritonInstall
+from serverd.triton.reaper import adopts_orphans, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,7 @@ class TritonSupervisor:
         self.restart_count = 0
         self._next_log_check = 0.0
         self._rotate_failures = Repeats(log)
+        self._adopts_orphans = adopts_orphans()  # serverd as PID 1: see reaper.py
 
     def start(self) -> None:
         """Start Triton (raises OffloadError quoting Triton) and begin watching it."""
@@ -395,6 +397,8 @@ class TritonSupervisor:
                 if time.monotonic() >= self._next_log_check:
                     self._next_log_check = time.monotonic() + LOG_CHECK_S
                     self._rotate_log()
+                    if self._adopts_orphans:  # the stubs of a Triton that died since
+                        reap_orphans()
                 continue
             log.error("Triton %s died (exit code %s)", self.process.name, code)
             self._report(False)

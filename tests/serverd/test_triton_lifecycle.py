@@ -5,6 +5,7 @@ comes back once they can be written. Real ``tritonserver`` processes (the echo m
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,26 @@ def test_kill_9_of_its_parent_stops_triton(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait(10)
+
+
+def test_the_stubs_of_a_crashed_triton_are_reaped_where_serverd_adopts_them(
+    tmp_path: Path,
+) -> None:
+    """serverd as a container's PID 1 (``--entrypoint serverd``, no init): each crash of
+    Triton left its python backend stubs as zombies, until the pid limit stopped forks."""
+    child = Path(__file__).with_name("reaper_child.py")
+    out = subprocess.run(
+        [sys.executable, str(child), str(VENV), str(tmp_path), str(IMAGES_DIR)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+        check=True,
+    ).stdout
+    said = json.loads(out.strip().splitlines()[-1])
+    assert said["stubs"] >= 2 and said["restarts"] == 2
+    assert said["zombies"] == 0
+    assert said["helper_exit"] == 3  # serverd's own short-lived children are not taken
 
 
 def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
