@@ -20,6 +20,7 @@ from typing import Any
 from edged.framejob import FrameJob
 from edged.stats import LatencyWindow
 from edgefed.models.types import Box, Result
+from edgefed.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class ModelWorker:
         self._in_use: dict[int, int] = {}  # id(runner) -> runs started on it, not finished
         self._retired: dict[int, Any] = {}  # swapped-out runners still in use
         self.progress = time.monotonic()  # when a run last started or finished
+        # a device that keeps failing (a dead NPU, no fallback) fails every frame: one
+        # outage in the log, not a line per run (12 a second at 10 frames a second)
+        self._failures = Outage(log, f"model {name}")
 
     def start(self) -> None:
         for i in range(self._threads_wanted):
@@ -146,10 +150,11 @@ class ModelWorker:
             except Exception as exc:  # contained: one model's fault never stops the others
                 error = exc
                 self.latency.error()
-                log.warning("model %s failed on frame %s: %s", self.name, task.job.key, exc)
+                self._failures.failed(exc)
             ms = (time.perf_counter() - start) * 1000.0
             if error is None:
                 self.latency.add(ms)
+                self._failures.ok()
             try:
                 self._on_done(self.name, task, results, ms, error)
             except Exception:
