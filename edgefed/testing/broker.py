@@ -166,6 +166,7 @@ class Broker:
             [str(MOSQUITTO), "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C at the terminal is for its owner to act on
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -46,6 +46,7 @@ MARK = ".edgefed-demo"  # in a state dir the demo made: the only kind it empties
 BIN = REPO / ".venv" / "bin"
 KEY = str(REPO / "firmware-images/build/keys/dev-signing.pub")
 SERVER_ID = "demo-server"
+SERVERD_PORT = 8081  # serverd's API where `serverd status` looks first
 DEVICE_ID = "demo/edge-01"  # packaging/dev/demo-edged.yaml
 WATCHER = "demo-watch"  # the demo's own presence watcher: a device-like identity
 IDENTITIES = ("serverd", DEVICE_ID, WATCHER)
@@ -85,13 +86,15 @@ def anonymous_refused(broker: Broker) -> bool:
         quiet.setLevel(level)
 
 
-def write_configs(state: Path, broker: Broker, api_port: int, token: str) -> tuple[Path, Path]:
+def write_configs(
+    state: Path, broker: Broker, api_port: int, serverd_port: int, token: str
+) -> tuple[Path, Path]:
     images = {"dir": str(REPO / "firmware-images/build"), "trusted_keys": [KEY]}
     serverd = {
         "server_id": SERVER_ID,
         "state_dir": str(state / "serverd"),
         "mqtt": mqtt_section(broker, "serverd", "demo-serverd"),
-        "api": {"port": 0},  # serverd's API on a free loopback port (its log names it)
+        "api": {"port": serverd_port},  # 8081, `serverd status`'s default, if free
         "images": images,
         "triton": {
             "venv": str(REPO / ".venv-triton"),
@@ -122,6 +125,14 @@ def write_configs(state: Path, broker: Broker, api_port: int, token: str) -> tup
     for path, data in zip(paths, (serverd, edged), strict=True):
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return paths
+
+
+def open_browser(url: str) -> bool:
+    """Open ``url`` in the desktop's browser; False when there is no desktop, or as root,
+    where Chromium refuses to start without its sandbox (and should not run without it)."""
+    if os.geteuid() == 0 or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    return webbrowser.open(url)
 
 
 def get_json(url: str) -> Any:
@@ -229,9 +240,12 @@ def main() -> int:
         if not anonymous_refused(broker):
             raise SystemExit("the demo broker accepted a client without a certificate")
         print("broker: TLS, one certificate per identity, EdgeFed ACL; no certificate: refused")
-        serverd_yaml, edged_yaml = write_configs(state, broker, free_port(args.port), token)
-        port = yaml.safe_load(edged_yaml.read_text())["api"]["port"]
+        port, serverd_port = free_port(args.port), free_port(SERVERD_PORT)
+        if port != args.port and args.port:
+            print(f"port {args.port} is taken: the dashboard is on {port}")
+        serverd_yaml, edged_yaml = write_configs(state, broker, port, serverd_port, token)
         url = f"http://127.0.0.1:{port}"
+        serverd_url = f"http://127.0.0.1:{serverd_port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with (state / "serverd.log").open("w") as slog, (state / "edged.log").open("w") as elog:
             serverd = subprocess.Popen(
@@ -241,6 +255,7 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
                 text=True,
                 env=env,
+                start_new_session=True,  # Ctrl-C is the demo's: it stops the daemons in turn
             )
             edged: subprocess.Popen[str] | None = None
             try:
@@ -255,24 +270,27 @@ def main() -> int:
                     stderr=elog,
                     text=True,
                     env=env,
+                    start_new_session=True,
                 )
                 wait_ready(state, url, edged)
                 print(f"EdgeFed demo running (broker 127.0.0.1:{broker.port})")
                 print(f"  dashboard:  {url}/")
                 print(f"  status:     {url}/api/v1/status   metrics: {url}/metrics")
                 print(f"  API token:  {token}   (PUT {url}/api/v1/config)")
+                status = "" if serverd_port == SERVERD_PORT else f" --url {serverd_url}"
+                print(f"  serverd:    {serverd_url}/api/v1/status   (serverd status{status})")
                 print(
                     f"  logs:       {state}/edged.log, serverd.log; results {state}/results.jsonl"
                 )
                 print("  stop with Ctrl-C", flush=True)
-                if not args.no_browser and os.environ.get("DISPLAY"):
-                    webbrowser.open(f"{url}/")
+                if args.no_browser or not open_browser(f"{url}/"):
+                    print(f"  open {url}/ in a browser (over SSH: ssh -L {port}:127.0.0.1:{port})")
                 started = time.monotonic()
                 while not stop and (
                     not args.duration or time.monotonic() - started < args.duration
                 ):
                     time.sleep(5)
-                    if edged.poll() is not None or serverd.poll() is not None:
+                    if not stop and (edged.poll() is not None or serverd.poll() is not None):
                         print("a daemon exited early; see the logs", file=sys.stderr)
                         break
                     print(status_line(url), flush=True)
