@@ -20,7 +20,7 @@ import numpy as np
 from edged.framejob import FrameJob
 from edged.offload.client import OffloadClient
 from edged.offload.config import OffloadConfig
-from edged.offload.policy import OffloadPolicyName, decide
+from edged.offload.policy import Decision, HardExampleBudget, OffloadPolicyName, decide
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection, Result, result_to_dict
 from edgefed.outage import Outage
@@ -61,6 +61,7 @@ class OffloadDispatcher:
         self.decisions: dict[str, int] = {}
         self.submit_errors = 0
         self._refused = Outage(log, "offload: the outbox taking a job")
+        self._budget = HardExampleBudget()
 
     @property
     def policy(self) -> OffloadPolicyName:
@@ -83,6 +84,10 @@ class OffloadDispatcher:
             queue_depth=self._queue_depth(model),
             local=local,
         )
+        per_minute = self._policy.hard_example.max_per_minute
+        if decision.rule == "hard_example" and not self._budget.take(model, per_minute):
+            reason = f"{decision.reason}, over hard_example.max_per_minute {per_minute:g}"
+            decision = Decision(False, "hard_example_over_budget", reason)
         self._count(decision.rule)
         if decision.offload:
             local_result = [result_to_dict(r) for r in results]

@@ -12,13 +12,16 @@ Policies, by name (the device twin's ``offload_policy`` property takes these):
   IBT, the share of boxes scoring ``<= threshold_box`` at least ``1 - threshold_img``.
 
 Otherwise the local result stands. As in Sedna, an empty or out-of-range input is
-never a hard example.
+never a hard example. ``HardExampleBudget`` spaces the hard examples of a model out to
+``hard_example.max_per_minute``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +33,14 @@ OffloadPolicyName = Literal["never", "hard_example", "priority", "always"]
 POLICY_NAMES: tuple[OffloadPolicyName, ...] = ("never", "hard_example", "priority", "always")
 HardExampleMethod = Literal["threshold", "cross_entropy", "ibt"]
 Rule = Literal[
-    "never", "always", "unregistered_model", "high_priority", "overloaded", "hard_example", "local"
+    "never",
+    "always",
+    "unregistered_model",
+    "high_priority",
+    "overloaded",
+    "hard_example",
+    "hard_example_over_budget",
+    "local",
 ]
 
 
@@ -53,6 +63,13 @@ class HardExampleConfig(BaseModel):
     )
     threshold_box: float = Field(
         default=0.5, ge=0, le=1, description="ibt: a box is low-score at <= this"
+    )
+    max_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="At most this many hard examples a minute per model, evenly spaced (a "
+        "busy scene is hard on every frame: the uplink and the server are asked for no more); "
+        "the others keep their local result; None: no limit",
     )
 
 
@@ -150,3 +167,26 @@ def decide(
         if method is not None:
             return Decision(True, "hard_example", f"hard example by {method}")
     return Decision(False, "local", "local result stands")
+
+
+class HardExampleBudget:
+    """Hard examples of each model at most ``per_minute`` a minute, at least ``60 /
+    per_minute`` seconds apart (no burst: a scene that is hard is hard on every frame).
+    Thread-safe: the models' workers ask at once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}  # model -> when its last hard example went
+
+    def take(self, model: str, per_minute: float | None) -> bool:
+        """Whether a hard example of ``model`` may go now (and it is counted as gone)."""
+        if per_minute is None:
+            return True
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(model)
+            if last is not None and now - last < 60.0 / per_minute:
+                return False
+            self._last[model] = now
+            return True

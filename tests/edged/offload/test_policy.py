@@ -3,9 +3,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from edged.offload.policy import (
     POLICY_NAMES,
+    HardExampleBudget,
     HardExampleConfig,
     OffloadPolicyConfig,
     cross_entropy_confidence,
@@ -104,3 +106,23 @@ def test_policy_names_are_the_twin_values() -> None:
         OffloadPolicyConfig(policy=name)
     with pytest.raises(ValueError):
         OffloadPolicyConfig.model_validate({"policy": "sometimes"})
+
+
+def test_hard_examples_are_spaced_out_to_their_budget_per_model() -> None:
+    now = [100.0]
+    budget = HardExampleBudget(clock=lambda: now[0])
+    assert budget.take("person", 12)  # one every 5 s
+    assert not budget.take("person", 12)
+    assert budget.take("scene", 12)  # each model has its own
+    now[0] += 4.9
+    assert not budget.take("person", 12)
+    now[0] += 0.1
+    assert budget.take("person", 12)
+    assert not budget.take("person", 12)
+    assert all(budget.take("person", None) for _ in range(3))  # no limit
+
+
+def test_a_budget_of_zero_or_less_is_refused() -> None:
+    for bad in (0, -1):
+        with pytest.raises(ValidationError, match="max_per_minute"):
+            HardExampleConfig(max_per_minute=bad)
