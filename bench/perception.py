@@ -69,11 +69,12 @@ from bench._perception_score import (
 from bench.gating import _noise_bank
 from drivers import registry
 from edged.motion import MotionConfig, ThreeFrameGate
-from edged.perception import CameraPerception, PerceptionConfig, dedupe, lower_threshold
+from edged.perception import CameraPerception, PerceptionConfig, lower_threshold
 from edged.preroll import PreRoll
 from edged.regionplan import Plan
 from edgefed.models.preprocess import resize
 from edgefed.models.runner import ModelRunner, open_runner
+from edgefed.models.scan import MERGE_IOU, scan, scan_regions
 from edgefed.models.types import Box, Detection
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -82,7 +83,6 @@ CACHE = Path("var/bench")
 TARGETS = {"recall_vs_oracle": 0.85, "detector_runs_per_frame": 5.0}
 FPS = 10.0
 HOG_PYTHON = "/usr/bin/python3"
-ORACLE_MERGE_IOU = PerceptionConfig().merge_iou  # the oracle's suppression, fixed
 SHIFT = 0.5  # --shifted-oracle: the second scan's grids, moved by this share of a stride
 LOOSE_LINK_IOU, LOOSE_LINK_FRAMES = 0.3, 3  # the identities of missed_after_found_loose
 
@@ -156,38 +156,6 @@ def clip(
         cap.release()
 
 
-def tiles(w: int, h: int, side: float, shift: float = 0.0) -> list[Box]:
-    """Tiles of ``side`` with 50% overlap covering a w x h frame (last ones on the edge).
-    ``shift`` moves the grid by that fraction of its stride (tiles kept inside the frame,
-    and one at each top and left edge so the frame stays covered)."""
-    side = min(side, w, h)
-
-    def starts(length: int) -> list[float]:
-        n = max(1, math.ceil((length - side) / (side / 2)) + 1)
-        step = (length - side) / (n - 1) if n > 1 else 0.0
-        grid = [i * step for i in range(n)]
-        if not shift:
-            return grid
-        return sorted({0.0} | {min(s + shift * step, length - side) for s in grid})
-
-    return [(x, y, x + side, y + side) for y in starts(h) for x in starts(w)]
-
-
-def oracle_regions(size: int, w: int, h: int, shift: float = 0.0) -> list[Box | None]:
-    """The oracle's looks at a w x h frame: the whole frame, then tiles at the detector's
-    input ``size`` and at 1.5x (side ``size`` / 1.5), their grids moved by ``shift``."""
-    return [None, *tiles(w, h, size, shift), *tiles(w, h, size / 1.5, shift)]
-
-
-def oracle_boxes(runner: ModelRunner, image: np.ndarray, shift: float = 0.0) -> list[Detection]:
-    h, w = image.shape[:2]
-    found: list[Detection] = []
-    for region in oracle_regions(runner.manifest.input.width, w, h, shift):
-        # one region a call: the runner's own merge is not used
-        found += [r for r in runner.infer(image, [region]) if isinstance(r, Detection)]
-    return dedupe(found, ORACLE_MERGE_IOU)
-
-
 def hog_boxes(video: Path, frames: list[int], scale: float = 1.0) -> list[list[list[float]]]:
     """HOG people on ``frames`` resized by ``scale`` (bench/_hog_reference.py under the
     system's OpenCV 4)."""
@@ -219,7 +187,7 @@ def references(
     # the keys of the unshifted, unscaled clip are the ones caches were made with
     extra = ([shift] if shift else []) + ([["scale", args.scale]] if args.scale != 1.0 else [])
     key = hashlib.sha256(
-        json.dumps([str(args.video), segs, ORACLE_MERGE_IOU, 2, *extra]).encode() + model
+        json.dumps([str(args.video), segs, MERGE_IOU, 2, *extra]).encode() + model
     ).hexdigest()[:16]
     path = CACHE / f"perception-refs-{key}.json"
     if path.exists():
@@ -231,7 +199,7 @@ def references(
         f for f in clip(args.video, segs, 0, args.seed, args.scale) if f.motion
     ):
         t0 = time.perf_counter()
-        found = oracle_boxes(runner, frame.image, shift)
+        found = scan(runner, frame.image, MERGE_IOU, shift)
         oracle.append([list(d.box) for d in found])
         ms.append((time.perf_counter() - t0) * 1e3)
         if not args.quiet and n % 25 == 0:
@@ -306,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if n >= args.oracle_timing_frames:
             break
         t0 = time.perf_counter()
-        oracle_boxes(runner, frame.image)
+        scan(runner, frame.image, MERGE_IOU)
         timed.append((time.perf_counter() - t0) * 1e3)
     refs = {**refs, "oracle_ms": timed or refs["oracle_ms"]}
     rids = reference_ids(refs["oracle"], segs)
@@ -316,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     misses["missed_after_found_loose"] = missed_after_found(refs["oracle"], loose, reported)
     out = score(refs, reported, runs, model_ms, motion_index + 1, rids) | misses
     if second is not None:
-        looks = [len(oracle_regions(runner.manifest.input.width, *size, s)) for s in (0.0, SHIFT)]
+        looks = [len(scan_regions(runner.manifest.input.width, *size, s)) for s in (0.0, SHIFT)]
         out["shifted_oracle"] = shifted_oracle(refs["oracle"], second["oracle"], rids, reported)
         out["shifted_oracle"] |= {"oracle_looks_per_frame": looks[0], "looks_per_frame": looks[1]}
     return out

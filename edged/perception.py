@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edged.regionplan import Plan, PlannerConfig, RegionPlanner, TrackHint
 from edged.tracking import Track, Tracker, TrackerConfig, TrackerUpdate, appearance
+from edgefed.models.scan import MERGE_IOU, dedupe
 from edgefed.models.types import Box, Detection, Landmarks, Result
 
 log = logging.getLogger(__name__)
@@ -48,38 +49,12 @@ class PerceptionConfig(BaseModel):
         "low-score association), they never start or report a person on their own",
     )
     merge_iou: float = Field(
-        0.5,
+        MERGE_IOU,
         gt=0,
         le=1,
         description="Detections of one person from overlapping regions: body boxes overlapping "
         "more than this, or with hip centres within a quarter of the box, are one",
     )
-
-
-def same_person(a: Detection, b: Detection, iou_threshold: float) -> bool:
-    """Two detections from overlapping regions that show one person."""
-    ax1, ay1, ax2, ay2 = a.box
-    bx1, by1, bx2, by2 = b.box
-    ix = max(0.0, min(ax2, bx2) - max(ax1, bx1))
-    iy = max(0.0, min(ay2, by2) - max(ay1, by1))
-    inter = ix * iy
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    if union > 0 and inter / union > iou_threshold:
-        return True
-    if a.keypoints and b.keypoints:
-        size = min(ax2 - ax1, bx2 - bx1)
-        ratio = (ay2 - ay1) / max(by2 - by1, 1e-6)
-        return math.dist(a.keypoints[0], b.keypoints[0]) < 0.25 * size and 0.6 < ratio < 1.67
-    return False
-
-
-def dedupe(dets: Sequence[Detection], iou_threshold: float) -> list[Detection]:
-    """Best first; a detection that shows the same person as a better one is dropped."""
-    kept: list[Detection] = []
-    for d in sorted(dets, key=lambda d: -d.score):
-        if not any(same_person(d, k, iou_threshold) for k in kept if k.label == d.label):
-            kept.append(d)
-    return kept
 
 
 class CameraPerception:

@@ -51,6 +51,7 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: Path) -> None
     decisions = summary["offload"]["decisions"]
     assert decisions.get("unregistered_model", 0) >= 1
     assert decisions.get("hard_example", 0) >= 1
+    assert decisions.get("hard_example_over_budget", 0) >= 1  # at most one every 6 s
     jobs = summary["offload"]["jobs"]
     assert jobs["Exit"] >= 1
     # edged starts once serverd is online: no job is lost to a broker without subscribers
@@ -63,6 +64,10 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: Path) -> None
     assert all(r["served_by"].startswith("demo-server/") for r in answered)
     assert all(isinstance(r["result"], list) for r in answered)
     assert {r["model"] for r in answered} <= {"person", "text"}
+    # serverd scans a hard example's whole frame (regions: scan): run once on the whole
+    # 768x576 frame, the detector found at most one of vtest.avi's walkers
+    people = [len(r["result"]) for r in answered if r["model"] == "person"]
+    assert people and max(people) >= 3, people
     assert summary["offload_results"]["Exit"] == jobs["Exit"]
 
 

@@ -100,7 +100,7 @@ def write_configs(
             "venv": str(REPO / ".venv-triton"),
             "instances": 1,
             "models": [
-                {"name": "person", "image": "pose_detector"},
+                {"name": "person", "image": "pose_detector", "regions": "scan"},
                 {"name": "text", "image": "text_detector"},
             ],
         },
@@ -113,8 +113,13 @@ def write_configs(
         "api": {"port": api_port, "token": token},
         "offload": {
             "enabled": True,
-            # person boxes scoring under 0.75 on average are hard examples for the server
-            "policy": {"policy": "hard_example", "hard_example": {"threshold": 0.75}},
+            # person boxes scoring under 0.75 on average are hard examples for the server,
+            # which scans the whole frame for people (~100 detector runs: regions scan);
+            # a busy scene is hard on most frames: one every 6 s at most
+            "policy": {
+                "policy": "hard_example",
+                "hard_example": {"threshold": 0.75, "max_per_minute": 10},
+            },
             "models": ["person"],
             "remote_models": [{"name": "text", "every_n": 20}],
             "outbox": {"path": str(state / "edged" / "outbox.sqlite")},

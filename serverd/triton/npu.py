@@ -22,9 +22,10 @@ from edgefed.driver import Driver
 from edgefed.errors import ModelError, ProtocolError
 from edgefed.images.verify import read_manifest
 from edgefed.models.runner import ModelRunner, open_runner
+from edgefed.models.scan import scan
 from edgefed.models.types import result_to_dict
 from edgefed.wire import check_jpeg_pixels
-from serverd.triton.settings import NpuSettings
+from serverd.triton.settings import NpuSettings, Regions
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
@@ -44,9 +45,10 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 class NpuModel:
     """One model image on one driver, answering ``run(jpeg) -> JSON``."""
 
-    def __init__(self, runner: ModelRunner, driver: Driver) -> None:
+    def __init__(self, runner: ModelRunner, driver: Driver, regions: Regions = "full") -> None:
         self.runner = runner
         self._driver = driver
+        self._scan = regions == "scan" and runner.manifest.task == "detection"
 
     @classmethod
     def open(cls, name: str, settings: NpuSettings) -> NpuModel:
@@ -66,14 +68,14 @@ class NpuModel:
         except Exception:
             driver.close()
             raise
-        return cls(runner, driver)
+        return cls(runner, driver, settings.regions)
 
     def run(self, data: bytes) -> bytes:
         """JSON ``{"results": [...], "timings_ms": {...}}`` for one encoded frame or crop."""
         t0 = time.perf_counter()
         frame = decode_jpeg(data)
         t1 = time.perf_counter()
-        results = self.runner.infer(frame, [None])
+        results = scan(self.runner, frame) if self._scan else self.runner.infer(frame, [None])
         t2 = time.perf_counter()
         reply = {
             "results": [result_to_dict(r) for r in results],

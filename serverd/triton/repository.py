@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefed.errors import ConfigError
-from serverd.triton.settings import NpuSettings
+from serverd.triton.settings import REGIONS_HELP, NpuSettings, Regions
 
 INPUT = "IMAGE"
 OUTPUT = "RESULT"
@@ -45,6 +45,7 @@ class TritonModelConfig(BaseModel):
         "empty: the image's own driver with defaults",
     )
     device: str | None = Field(None, description="Driver device id; None: the driver's first")
+    regions: Regions = Field("full", description=REGIONS_HELP)
     instances: int = Field(1, ge=1, le=64, description="Triton model instances (KIND_CPU count)")
     max_batch_size: int = Field(8, ge=1, le=1024, description="Largest dynamic batch")
     max_queue_delay_us: int = Field(
@@ -100,6 +101,7 @@ def npu_settings(
         device=model.device,
         trusted_keys=[k.resolve() for k in trusted_keys],
         allow_unsigned=allow_unsigned,
+        regions=model.regions,
     )
 
 

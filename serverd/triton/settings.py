@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefed.errors import ConfigError
 
 _PLAIN = frozenset({"image_dir", "device"})  # plain strings; every other parameter is JSON
+
+Regions = Literal["full", "scan"]
+REGIONS_HELP = (
+    "Where a detection model looks: full, the whole frame in one run; scan, the whole frame "
+    "and overlapping tiles at native resolution and 1.5x (~100 runs on a 768x576 frame: "
+    "the people a detector of a small input misses in a whole CCTV frame; "
+    "edgefed/models/scan.py)"
+)
 
 
 class NpuSettings(BaseModel):
@@ -34,6 +42,7 @@ class NpuSettings(BaseModel):
         default_factory=list, description="Ed25519 public keys that may sign the image"
     )
     allow_unsigned: bool = Field(False, description="Accept an unsigned image (development)")
+    regions: Regions = Field("full", description=REGIONS_HELP)
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, Any]) -> NpuSettings:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from bench._perception_score import (
@@ -21,7 +19,6 @@ from bench.perception import (
     hog_boxes,
     parse_args,
     segments_for,
-    tiles,
 )
 from tests.support.paths import VTEST
 
@@ -47,29 +44,6 @@ def test_a_video_too_short_for_a_stretch_is_a_clear_error() -> None:
     assert len(segments_for("gating", 270, 8)) == 8
     with pytest.raises(SystemExit, match="needs at least 25"):
         segments_for("gating", 10, 8)
-
-
-def test_oracle_tiles_cover_the_frame_with_half_overlap() -> None:
-    for side in (224.0, 224 / 1.5):
-        grid = tiles(768, 576, side)
-        for y in range(0, 576, 8):
-            for x in range(0, 768, 8):
-                assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in grid)
-        xs = sorted({t[0] for t in grid})
-        assert all(b - a <= side / 2 + 1e-6 for a, b in itertools.pairwise(xs))
-
-
-def test_a_shifted_grid_moves_the_tiles_by_half_a_stride_and_still_covers_the_frame() -> None:
-    for side in (224.0, 224 / 1.5):
-        grid, moved = tiles(768, 576, side), tiles(768, 576, side, 0.5)
-        xs, moved_xs = sorted({t[0] for t in grid}), sorted({t[0] for t in moved})
-        step = xs[1] - xs[0]
-        assert moved_xs[0] == 0.0 and moved_xs[1] == step / 2  # the edge tile, then the shift
-        assert moved_xs[-1] == xs[-1]  # the last one kept inside the frame
-        assert len(moved) > len(grid)
-        for y in range(0, 576, 8):
-            for x in range(0, 768, 8):
-                assert any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in moved)
 
 
 def test_the_shifted_scan_is_scored_against_the_oracle_like_the_pipeline() -> None:

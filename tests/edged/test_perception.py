@@ -8,7 +8,7 @@ import numpy as np
 
 from edged.app import load_models
 from edged.config import parse_config
-from edged.perception import CameraPerception, PerceptionConfig, assign_tracks, dedupe
+from edged.perception import CameraPerception, PerceptionConfig, assign_tracks
 from edgefed.models.types import Detection, Landmarks
 from tests.support.configs import demo_config
 
@@ -19,18 +19,6 @@ def person(cx: float, cy: float, side: float, score: float = 0.9) -> Detection:
     """A BlazePose-style body square with its hip keypoint at the centre."""
     h = side / 2
     return Detection("person", score, (cx - h, cy - h, cx + h, cy + h), ((cx, cy), (cx, cy - h)))
-
-
-def test_one_person_seen_from_two_regions_is_one() -> None:
-    a = person(300, 250, 100, 0.9)
-    b = person(306, 247, 86, 0.8)  # the same hips, a smaller square from another crop
-    assert dedupe([b, a], 0.5) == [a]
-
-
-def test_two_people_side_by_side_stay_two() -> None:
-    """Body squares of neighbours overlap a lot (IoU ~0.43); their hips are apart."""
-    a, b = person(300, 250, 100), person(340, 250, 100, 0.8)
-    assert len(dedupe([a, b], 0.5)) == 2
 
 
 def test_cascade_results_take_the_track_of_the_parent_holding_them() -> None:

@@ -23,7 +23,7 @@ from serverd.triton.repository import TritonModelConfig, config_pbtxt, write_rep
 from serverd.triton.settings import NpuSettings
 from serverd.triton.supervisor import TritonSupervisor, quote_errors
 from tests.serverd.harness import frame_jpeg, serverd_config
-from tests.support.paths import IMAGES_DIR, REPO
+from tests.support.paths import IMAGES_DIR, REPO, VTEST
 
 KEY = IMAGES_DIR / "keys" / "dev-signing.pub"
 ECHO = {"name": "echo", "backend": "echo"}
@@ -160,6 +160,32 @@ def test_npu_core_runs_the_real_pose_detector_and_rejects_non_images() -> None:
         model.close()
 
 
+def test_npu_core_with_regions_scan_finds_the_people_of_a_cctv_frame() -> None:
+    """An offloaded hard example is a whole 768x576 frame of vtest.avi: the detector run on
+    it once (``regions: full``) found no one in it, the scan finds the walkers."""
+    cap = cv2.VideoCapture(str(VTEST))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 200)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    found = {}
+    for regions in ("full", "scan"):
+        settings = NpuSettings(
+            image_dir=IMAGES_DIR / "pose_detector",
+            driver={"type": "litert", "num_threads": 1},
+            trusted_keys=[KEY],
+            regions=regions,
+        )
+        model = NpuModel.open("person", settings)
+        try:
+            found[regions] = json.loads(model.run(jpeg))["results"]
+        finally:
+            model.close()
+    assert len(found["scan"]) >= len(found["full"]) + 4
+    assert {r["label"] for r in found["scan"]} == {"person"}
+
+
 def test_npu_parameters_round_trip_and_bad_ones_are_config_errors() -> None:
     settings = NpuSettings(image_dir=Path("/images/x"), driver={"type": "litert"}, device=None)
     params = {k: {"string_value": v} for k, v in settings.to_parameters().items()}
@@ -173,7 +199,7 @@ def test_npu_parameters_round_trip_and_bad_ones_are_config_errors() -> None:
 
 def test_repository_has_one_config_per_model_with_dynamic_batching(tmp_path: Path) -> None:
     models = [
-        TritonModelConfig(name="person", image=Path("pose_detector"), instances=2),
+        TritonModelConfig(name="person", image=Path("pose_detector"), instances=2, regions="scan"),
         TritonModelConfig(name="echo", backend="echo", max_batch_size=16),
     ]
     root = write_repository(tmp_path / "repo", models, IMAGES_DIR, [KEY])
@@ -184,6 +210,7 @@ def test_repository_has_one_config_per_model_with_dynamic_batching(tmp_path: Pat
     assert "kind: KIND_CPU count: 2" in person and "dynamic_batching" in person
     image = str((IMAGES_DIR / "pose_detector").resolve())
     assert f'key: "image_dir" value: {{ string_value: "{image}" }}' in person
+    assert 'key: "regions" value: { string_value: "\\"scan\\"" }' in person
     echo = (root / "echo" / "config.pbtxt").read_text()
     assert 'backend: "echo"' in echo and "parameters" not in echo
     # rewriting drops models no longer listed
