@@ -6,11 +6,18 @@ unhealthy with the reason. OpenVINO reads the ONNX file itself, so the same mode
 as the onnxruntime driver load here. ``performance_hint`` sets OpenVINO's latency or
 throughput mode; ``precision: f32`` (the default) keeps fp32 arithmetic so outputs agree
 with onnxruntime's, where the CPU plug-in would otherwise pick bf16 on CPUs that have it.
+``cache_dir`` holds one compiled blob per model file and device, not one per version.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import re
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,6 +34,8 @@ from edgefed.driver import (
     one_line,
 )
 from edgefed.errors import DriverError
+
+log = logging.getLogger(__name__)
 
 AUTO = "AUTO"
 
@@ -51,7 +60,9 @@ class OpenVinoConfig(DriverConfig):
         1, ge=0, description="CPU inference threads of one model (0 lets OpenVINO decide)"
     )
     cache_dir: Path | None = Field(
-        None, description="Where OpenVINO caches compiled models (NPU/GPU compile is slow)"
+        None,
+        description="Where OpenVINO caches compiled models (NPU/GPU compile is slow); "
+        "one per model file and device, a new version's replaces the old one's",
     )
 
 
@@ -65,6 +76,103 @@ def _spec(port: Any) -> TensorSpec:
     names = port.get_names()
     name = port.get_any_name() if names else f"output{port.get_index()}"
     return TensorSpec(name, shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+
+def _cache_key(model_file: Path, device: str) -> str:
+    """The cache directory name of a model file on a device. The same for every version
+    edged loads at ``<images>/<name>/model.onnx``, since the A/B slot link is not resolved;
+    another for any other path or device (a fallback chain compiles one file for NPU and
+    CPU, and neither compile may prune the other's blob). Readable, and a hash of both."""
+    path = os.path.abspath(model_file)
+    digest = hashlib.sha256(os.fsencode(path) + b"\0" + device.upper().encode()).hexdigest()
+    readable = f"{Path(path).parent.name}-{model_file.stem}-{device.upper()}"
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', readable)[-64:]}-{digest[:16]}"
+
+
+_Stamps = dict[str, tuple[int, int]]
+
+
+def _stamps(directory: Path) -> _Stamps | None:
+    """The files in ``directory`` by name, with inode and mtime (a rewrite changes them);
+    None, logged, when it cannot be listed: then nothing is pruned."""
+    out = {}
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    out[entry.name] = (st.st_ino, st.st_mtime_ns)
+    except OSError as exc:
+        log.warning("openvino: cannot list %s, not pruning it: %s", directory, exc)
+        return None
+    return out
+
+
+class CompileCache:
+    """OpenVINO's ``CACHE_DIR``, kept to the blobs the loaded models need.
+
+    OpenVINO names a blob after the model's contents and deletes none, so each federated
+    version would leave one more (18 MB each for efficientnet_lite0). Each model file (on
+    each device) gets a directory of its own; a compile that adds a file there was a miss,
+    i.e. a new version, and the files there before it (older versions) are deleted. A hit
+    writes nothing and prunes nothing, so a restart with the same models reads the cache.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        """One lock per directory: loads of one model file take turns, so a prune never
+        deletes a blob a concurrent compile is writing; other models load in parallel."""
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _directory(self, key: str, model_file: Path) -> Path | None:
+        """The directory ``key`` names, made if need be; None (logged) when it cannot be,
+        since OpenVINO refuses to compile with a CACHE_DIR it cannot create."""
+        directory = self.root / key
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning(
+                "openvino: %s runs without the compiled-model cache: cannot make %s: %s",
+                model_file,
+                directory,
+                exc,
+            )
+            return None
+        return directory
+
+    @contextmanager
+    def compiling(self, model_file: Path, device: str) -> Iterator[Path | None]:
+        """Yields the CACHE_DIR to compile ``model_file`` with (None: compile uncached);
+        once the compile has succeeded, drops the blobs of older versions if it wrote one."""
+        key = _cache_key(model_file, device)
+        with self._lock(key):
+            directory = self._directory(key, model_file)
+            before = None if directory is None else _stamps(directory)
+            yield directory
+            if directory is not None and before is not None:
+                _prune(directory, before)
+
+
+def _prune(directory: Path, before: _Stamps) -> None:
+    """Delete the files ``before`` lists that a compile left as they were, if it added one
+    (a miss); a failure is logged, never raised: the model is loaded either way."""
+    after = _stamps(directory)
+    if after is None or after.keys() <= before.keys():  # a hit, or the blob was not written
+        return
+    for name, stamp in before.items():
+        if after.get(name) != stamp:  # rewritten by this compile, or gone already
+            continue
+        try:
+            (directory / name).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("openvino: cannot drop an older compiled blob: %s", exc)
+        else:
+            log.info("openvino: dropped %s, compiled from an older version", directory / name)
 
 
 class OpenVinoModel(LoadedModel):
@@ -116,6 +224,8 @@ class OpenVinoDriver(Driver[OpenVinoConfig]):
             self._core = self._ov.Core()
         except Exception as exc:  # plug-in discovery failed inside the runtime
             raise DriverError(f"openvino: runtime failed to start: {one_line(exc)}") from exc
+        root = self.config.cache_dir
+        self._cache = CompileCache(root) if root is not None else None
 
     def _present(self) -> list[str]:
         try:
@@ -160,10 +270,10 @@ class OpenVinoDriver(Driver[OpenVinoConfig]):
         known = ", ".join(d.id for d in devs)
         raise DriverError(f"openvino: unknown device {device!r} (configured: {known})")
 
-    def _properties(self, device: str) -> dict[str, str]:
+    def _properties(self, device: str, cache_dir: Path | None) -> dict[str, str]:
         props = {"PERFORMANCE_HINT": self.config.performance_hint.upper()}
-        if self.config.cache_dir is not None:
-            props["CACHE_DIR"] = str(self.config.cache_dir)
+        if cache_dir is not None:
+            props["CACHE_DIR"] = str(cache_dir)
         if self.config.precision == "f32":  # AUTO hands it on to the device it picks
             props["INFERENCE_PRECISION_HINT"] = "f32"
         if _family(device) == "CPU":  # the other plug-ins reject this CPU-only property
@@ -176,9 +286,15 @@ class OpenVinoDriver(Driver[OpenVinoConfig]):
             raise DriverError(f"cannot load {model_file}: no such file")
         if model_file.suffix not in self.file_suffixes:
             raise DriverError(f"openvino: cannot load {model_file.name}: only .onnx files")
-        try:
-            model = self._core.read_model(str(model_file))
-            compiled = self._core.compile_model(model, name, self._properties(name))
-        except Exception as exc:  # OpenVINO raises RuntimeError with C++ messages
-            raise DriverError(f"cannot load {model_file}: {one_line(exc)}") from exc
+        with self._cache_for(model_file, name) as cache_dir:
+            try:
+                model = self._core.read_model(str(model_file))
+                compiled = self._core.compile_model(model, name, self._properties(name, cache_dir))
+            except Exception as exc:  # OpenVINO raises RuntimeError with C++ messages
+                raise DriverError(f"cannot load {model_file}: {one_line(exc)}") from exc
         return OpenVinoModel(compiled, model_file, name)
+
+    def _cache_for(self, model_file: Path, device: str) -> AbstractContextManager[Path | None]:
+        if self._cache is None:
+            return nullcontext()
+        return self._cache.compiling(model_file, device)

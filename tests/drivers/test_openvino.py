@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from drivers import registry
-from drivers.openvino import OpenVinoConfig, OpenVinoDriver
+from drivers.openvino import OpenVinoConfig, OpenVinoDriver, _cache_key
 from edgefed.errors import ConfigError, DriverError
 from tests.drivers.model_files import (
     built_model_file,
@@ -133,3 +136,134 @@ def test_config_is_strict() -> None:
         "latency",
         "f32",
     )
+
+
+# --- cache_dir: one compiled blob per model file, whatever the number of versions ---
+
+
+def versioned_onnx(path: Path, version: int) -> Path:
+    """y = version * x at ``path``: each version a new weight, as a federated round makes."""
+    doubling_onnx(path)
+    model = onnx.load(path)
+    model.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.array(float(version), np.float32), "two")
+    )
+    onnx.save(model, path)
+    return path
+
+
+def cached_files(cache: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under ``cache`` with its inode and mtime: a rewrite changes them."""
+    return {
+        p.relative_to(cache): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in cache.rglob("*")
+        if p.is_file()
+    }
+
+
+def load_and_check(driver: OpenVinoDriver, model_file: Path, version: int) -> None:
+    """Load ``model_file`` and check it runs ``version`` (not a stale cached one)."""
+    model = driver.load(model_file)
+    try:
+        y = model.run({"x": np.ones((1, 4), np.float32)})["y"]
+        np.testing.assert_array_equal(y, float(version))
+    finally:
+        model.close()
+
+
+def test_cache_dir_keeps_one_blob_per_model_file_and_a_restart_hits_it(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    model_file = tmp_path / "images" / "classifier" / "model.onnx"
+    model_file.parent.mkdir(parents=True)
+    driver = make_driver(cache_dir=str(cache))
+    for version in (1, 2, 3):
+        load_and_check(driver, versioned_onnx(model_file, version), version)
+        files = cached_files(cache)
+        assert len(files) == 1, f"version {version}: {sorted(map(str, files))}"
+    [blob] = files
+    assert blob.suffix == ".blob" and len(blob.parts) == 2  # in the model file's own dir
+    # edged restarted with the same model: read from the cache, nothing compiled or pruned
+    load_and_check(make_driver(cache_dir=str(cache)), model_file, 3)
+    assert cached_files(cache) == files
+
+
+def test_cache_dir_follows_the_path_through_a_slot_flip(tmp_path: Path) -> None:
+    """edged loads ``<images>/<name>/model.onnx`` where ``<name>`` links to slot a or b:
+    a new version in the other slot replaces the blob of the one before it."""
+    cache, link = tmp_path / "cache", tmp_path / "images" / "classifier"
+    link.parent.mkdir()
+    driver = make_driver(cache_dir=str(cache))
+    for version, slot in ((1, "a"), (2, "b"), (3, "a")):
+        (tmp_path / "slots" / slot).mkdir(parents=True, exist_ok=True)
+        versioned_onnx(tmp_path / "slots" / slot / "model.onnx", version)
+        link.unlink(missing_ok=True)
+        link.symlink_to(tmp_path / "slots" / slot)
+        load_and_check(driver, link / "model.onnx", version)
+        assert len(cached_files(cache)) == 1
+
+
+def test_two_model_files_keep_a_blob_each(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "one" / "model.onnx", tmp_path / "two words é" / "model.onnx"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    driver = make_driver(cache_dir=str(cache))
+    load_and_check(driver, versioned_onnx(second, 7), 7)
+    kept = cached_files(cache)
+    for version in (1, 2, 3):
+        load_and_check(driver, versioned_onnx(first, version), version)
+        files = cached_files(cache)
+        assert len(files) == 2
+        assert kept.items() <= files.items()  # the other model's blob is untouched
+    assert len({p.parent for p in files}) == 2
+
+
+def test_cache_key_is_one_per_path_and_device_and_a_safe_directory_name(tmp_path: Path) -> None:
+    model_file = tmp_path / "images" / "class ifier é" / "model.onnx"
+    key = _cache_key(model_file, "CPU")
+    assert key == _cache_key(Path(os.path.relpath(model_file)), "cpu")  # stable across restarts
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", key) and key.startswith("class_ifier_-model-CPU-")
+    others = {
+        _cache_key(model_file, "NPU"),  # a fallback chain loads one file on two devices
+        _cache_key(model_file.with_name("fp32.onnx"), "CPU"),
+        _cache_key(tmp_path / "images" / "other" / "model.onnx", "CPU"),
+    }
+    assert key not in others and len(others) == 3
+
+
+def test_loads_of_many_models_at_once_share_the_cache_dir(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    files = []
+    for i in range(4):
+        (tmp_path / f"m{i}").mkdir()
+        files.append(versioned_onnx(tmp_path / f"m{i}" / "model.onnx", i + 1))
+    driver = make_driver(cache_dir=str(cache))
+    with ThreadPoolExecutor(8) as pool:  # each model file twice: the same file at once too
+        list(pool.map(lambda i: load_and_check(driver, files[i % 4], i % 4 + 1), range(8)))
+    assert len(cached_files(cache)) == 4
+
+
+def test_an_unusable_cache_dir_is_logged_and_the_model_still_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("a file where the cache should be")
+    driver = make_driver(cache_dir=str(in_the_way))
+    load_and_check(driver, versioned_onnx(tmp_path / "model.onnx", 5), 5)
+    assert "runs without the compiled-model cache" in caplog.text
+
+
+def test_a_failed_prune_is_logged_and_the_model_still_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, model_file = tmp_path / "cache", tmp_path / "model.onnx"
+    driver = make_driver(cache_dir=str(cache))
+    load_and_check(driver, versioned_onnx(model_file, 1), 1)
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)  # the filesystem refuses; OpenVINO is real
+    load_and_check(driver, versioned_onnx(model_file, 2), 2)
+    assert "cannot drop" in caplog.text and "Permission denied" in caplog.text
+    assert len(cached_files(cache)) == 2
