@@ -25,6 +25,8 @@ from serverd.overload import OverloadConfig
 from serverd.triton.repository import TritonModelConfig
 
 ENV_PREFIX = "SERVERD__"
+# an update chunk's header, topic and MQTT framing (about 500 bytes), with room to spare
+CHUNK_HEADROOM = 4096
 
 
 class TritonConfig(Strict):
@@ -183,6 +185,19 @@ class ServerdConfig(Strict):
         names = [e.name for e in self.endpoints]
         if len(set(names)) != len(names):
             raise ValueError("endpoint names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> ServerdConfig:
+        """The edges' update chunks must fit the broker's packet limit: the edge's adapter
+        would refuse every one (or, not told of the limit, wedge its link on it)."""
+        limit, fed = self.mqtt.max_packet_bytes, self.federation
+        if fed.enabled and limit is not None and fed.max_chunk_bytes + CHUNK_HEADROOM > limit:
+            raise ValueError(
+                f"federation.max_chunk_bytes ({fed.max_chunk_bytes}) and a chunk's header "
+                f"({CHUNK_HEADROOM} bytes at most) exceed mqtt.max_packet_bytes ({limit}): "
+                f"set max_chunk_bytes to at most {limit - CHUNK_HEADROOM}"
+            )
         return self
 
     @property

@@ -8,9 +8,10 @@ no instance serves, a tensor payload, or an overloaded queue gets an
 ``serverd.overload`` (lowest priority first), each answered with the ``shed`` code: the
 edge closes it Expired and keeps its local result. A job whose instance fails is
 re-placed by the scheduler; every job is answered once (duplicates of finished jobs
-get the stored reply again), a result too large for the wire with a final ``internal``
-error. serverd holds every job it runs: a duplicate of one it does not hold runs again
-even if the job table has it open (its close could not be stored: a full disk).
+get the stored reply again), a result too large for the wire, or larger than the broker
+takes (``mqtt.max_packet_bytes``), with a final ``internal`` error. serverd holds every
+job it runs: a duplicate of one it does not hold runs again even if the job table has it
+open (its close could not be stored: a full disk).
 """
 
 from __future__ import annotations
@@ -311,11 +312,11 @@ class OffloadServer:
                     completed=self._clock_ms(),
                 )
             )
-        except Exception as exc:  # ProtocolError: past the wire's header limit, run after run
+            self._close(held, Status.EXIT, answer)  # PacketTooLarge: not sent, closed again
+        except Exception as exc:  # past the wire's header limit, or the broker's: run after run
             why = f"its result ({len(reply.results)} items) cannot be sent: {exc}"
             self._fail(held, "internal", why, retryable=False)  # the edge keeps its own
         else:
-            self._close(held, Status.EXIT, answer)
             self.counters.completed += 1
             if self._on_done is not None:
                 self._on_done(held.request.model, timings)

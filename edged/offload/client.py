@@ -40,13 +40,15 @@ from edged.offload.core import (
     ReplyIn,
     Submitted,
     Timer,
+    Unsent,
 )
 from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob
 from edged.offload.serverclock import ServerClock
 from edgefed.clock import Clock, now_ms
 from edgefed.errors import OffloadError, ProtocolError
-from edgefed.mqtt import Ack
+from edgefed.mqtt import Ack, PacketTooLarge
+from edgefed.outage import Repeats
 from edgefed.wire import (
     DEFAULT_MAX_BYTES,
     DEFAULT_PREFIX,
@@ -347,14 +349,21 @@ class _LoopEffects:
         self._fired = fired
         self._tell = tell
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._too_large = Repeats(log)  # a camera's every frame may be: not a line per job
 
-    def publish(self, job_id: str, frame: bytes) -> str | None:
+    def publish(self, job_id: str, frame: bytes) -> Unsent | None:
+        """A request larger than the broker takes (``PacketTooLarge``) is final: its job
+        fails (a 4K camera's frames can be; the others go on)."""
         try:
             on_ack = functools.partial(self._post, Puback(job_id))
             self._mqtt_publish(self._topic, frame, on_ack=on_ack)
+        except PacketTooLarge as exc:
+            why = f"request not sent: {exc}"
+            self._too_large("too large", f"offload: job {job_id} failed: {why}")
+            return Unsent(why, final=True)
         except OffloadError as exc:
             log.warning("offload: job %s not published: %s", job_id, exc)
-            return str(exc)
+            return Unsent(str(exc))
         return None
 
     def start_timer(self, timer: Timer, delay_s: float) -> None:

@@ -18,10 +18,13 @@ decisions, each would take a round trip through the adapter, and every burst a l
 decisions built and walked on the round trip's path.
 
 Jobs are claimed in priority order and published, with at most ``window`` awaiting their
-PUBACK; replies are matched by job id. A sweep expires jobs at their deadline (the local
-result stands) and retries overdue ones with backoff; retry timers pause while the link
-is down. The events that arrive together are handled in one outbox transaction (group
-commit), with the jobs they let out claimed and published in it; only after it commits
+PUBACK; replies are matched by job id. A request the adapter could not publish waits for
+the next send, unless it never can be (``Unsent.final``: larger than the broker takes):
+its job then fails at once, with the reason, and the others go on. A sweep expires jobs
+at their deadline (the local result stands) and retries overdue ones with backoff; retry
+timers pause while the link is down. The events that arrive together are handled in one
+outbox transaction (group commit), with the jobs they let out claimed and published in
+it; only after it commits
 is each closed job's outcome told (once; again only if edged dies between the two, as
 delivery is at-least-once; a burst whose commit fails tells nothing of what it gathered,
 and the writes it carried, with the claims of the jobs it published, wait for the next
@@ -91,6 +94,7 @@ class ClientCounters(Counters):
     expired: int = 0
     shed_by_server: int = 0  # of ``expired``: the server shed them under overload
     failed: int = 0
+    too_large: int = 0  # of ``failed``: never sent, larger than the broker takes
     completed: int = 0
     duplicate_results: int = 0
     late_results: int = 0
@@ -148,10 +152,19 @@ SWEEP = Sweep()
 WAKE = Wake()
 
 
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """Why a request was not published. ``final``: it never can be as it is (larger than
+    the broker's packet limit), so its job fails now rather than being tried forever."""
+
+    reason: str
+    final: bool = False
+
+
 class Effects(Protocol):
     """The decisions the core hands out, carried out by its adapter."""
 
-    def publish(self, job_id: str, frame: bytes) -> str | None:
+    def publish(self, job_id: str, frame: bytes) -> Unsent | None:
         """Publish a job's request; None once it is on its way (its PUBACK comes back as
         ``Puback``), else why it is not."""
 
@@ -423,8 +436,7 @@ class OffloadCore:
     def reframe(self) -> None:  # the rows moved with their clock: claimed, re-encoded
         self._fresh, self._more = [], self._more or bool(self._fresh)
 
-    def _broker_has(self, job_id: str) -> None:
-        """The broker acknowledged a request (PUBACK); its status is written later."""
+    def _broker_has(self, job_id: str) -> None:  # the broker's PUBACK; the status comes later
         self._inflight.discard(job_id)
         self._waiting.acked.append(job_id)
         self.counters.acked += 1
@@ -444,28 +456,30 @@ class OffloadCore:
             self._more = len(claimed) == room
             writes.claimed_now = self._clock()
             for job, body in claimed:
-                error = self._publish(job.id, encode_request(job.request(), body))
-                if error is None:
+                if (unsent := self._publish(job.id, encode_request(job.request(), body))) is None:
                     writes.claimed.append(job.id)
-                else:  # due again for the next send
-                    self._outbox.release(job.id, error)
+                elif not unsent.final:  # due again for the next send
+                    self._outbox.release(job.id, unsent.reason)
             return
         fresh.sort(key=lambda rf: (-rf[0].priority, rf[0].created))
         self._more = len(fresh) > room  # the rest wait in the outbox (still Enqueue)
         self._waiting.claimed_at(self._clock())
         for request, frame in fresh[:room]:
-            if self._publish(request.job_id, frame) is None:
+            if (unsent := self._publish(request.job_id, frame)) is None:
                 self._waiting.unclaimed.append(request.job_id)
-            else:
+            elif not unsent.final:
                 self._more = True  # still Enqueue: the next send from the outbox takes it
         self._settle_soon()
 
-    def _publish(self, job_id: str, frame: bytes) -> str | None:
-        error = self._effects.publish(job_id, frame)
-        if error is None:
+    def _publish(self, job_id: str, frame: bytes) -> Unsent | None:
+        unsent = self._effects.publish(job_id, frame)
+        if unsent is None:
             self._inflight.add(job_id)
             self.counters.sent += 1
-        return error
+        elif unsent.final and self._outbox.record_error(job_id, unsent.reason, retryable=False):
+            self.counters.too_large += 1  # never sendable: failed now, not tried forever
+            self._closed(job_id, self._outcomes)
+        return unsent
 
     def _reply(self, reply: Reply) -> None:
         if isinstance(reply, OffloadAccepted):

@@ -21,6 +21,10 @@ A publish on the loop's thread (outside a handler) is written to the socket at o
 The parts:
 
 - ``config``: ``MqttConfig``, ``MqttTls`` and ``tls_context``, ``Presence`` and ``presence``;
+- ``packet``: the size of a PUBLISH packet, ``PacketTooLarge`` for one over the broker's
+  limit (``MqttConfig.max_packet_bytes``, refused unsent: a broker closes the link for it,
+  and paho would resend it on every reconnect), and the warning that names that cause
+  when the limit is not set;
 - ``registry``: subscriptions, counted dispatch, acks per session, publish tickets; no
   network of its own, so unit-testable without a broker;
 - ``loopdriver``: the asyncio drive mode (readers, writers, the immediate write,
@@ -30,6 +34,7 @@ The parts:
 
 from edgefed.mqtt.client import ConnectionListener, MqttClient
 from edgefed.mqtt.config import MqttConfig, MqttTls, Presence, presence, tls_context
+from edgefed.mqtt.packet import PacketTooLarge, publish_packet_bytes
 from edgefed.mqtt.registry import (
     Ack,
     AckCallback,
@@ -49,8 +54,10 @@ __all__ = [
     "MqttConfig",
     "MqttCounters",
     "MqttTls",
+    "PacketTooLarge",
     "Presence",
     "Publish",
     "presence",
+    "publish_packet_bytes",
     "tls_context",
 ]

@@ -4,6 +4,9 @@
 This module holds what only a connection has: TCP_NODELAY on every socket, TLS and
 credentials from config, the presence message and its Last Will, the (re)connect and
 disconnect callbacks with their counters and listeners, and start/stop in either mode.
+A publish larger than the broker's packet limit is refused before paho has it, and a
+broker that keeps closing the link over one it was not told of is named as the likely
+cause (``packet``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgefed.errors import OffloadError
 from edgefed.mqtt.config import MqttConfig, Presence, cert_expires, tls_context
 from edgefed.mqtt.loopdriver import LoopDriver
+from edgefed.mqtt.packet import DropWatch, PacketTooLarge, checked_size
 from edgefed.mqtt.registry import (
     AckCallback,
     AckedHandler,
@@ -63,12 +67,14 @@ class MqttClient:
         self._started = False
         self._stopping = False
         self._resubscribe_mid: int | None = None
+        self._accepted = False  # the broker accepted the current connection (CONNACK)
         self._client = self._make_client()
         tls = config.tls
         # when the client certificate runs out (epoch s): status, metrics, warnings
         self.cert_expires = cert_expires(tls.cert) if tls and tls.cert else None
         self._registry = SubscriptionRegistry(self.counters, self._client.ack, self._lock)
         self._driver = LoopDriver(self._client, config, self._count_connect_failure)
+        self._drop_watch = DropWatch(config.max_packet_bytes)
 
     @property
     def connected(self) -> bool:
@@ -103,14 +109,22 @@ class MqttClient:
     def publish(
         self, topic: str, payload: bytes, retain: bool = False, on_ack: AckCallback | None = None
     ) -> Publish:
-        """Publish at QoS 1. While offline paho queues it and sends it on reconnect."""
+        """Publish at QoS 1. While offline paho queues it and sends it on reconnect. A
+        packet larger than ``max_packet_bytes`` is refused unsent (``PacketTooLarge``):
+        the broker would close the connection for it, and again each time paho resent it."""
+        size = self.check_packet(topic, payload)
         try:
             info = self._client.publish(topic, payload, qos=1, retain=retain)
         except ValueError as exc:
             raise OffloadError(f"cannot publish to {topic!r}: {exc}") from exc
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise OffloadError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
-        return self._registry.published(info.mid, topic, on_ack)
+        return self._registry.published(info.mid, topic, on_ack, size)
+
+    def check_packet(self, topic: str, payload: bytes) -> int:
+        """The MQTT packet size of publishing ``payload`` to ``topic``; ``PacketTooLarge``
+        if the broker's limit (``max_packet_bytes``) would refuse it."""
+        return checked_size(topic, len(payload), self.config.max_packet_bytes)
 
     def socket_nodelay(self) -> bool:
         """Whether the current socket has TCP_NODELAY (False when not connected)."""
@@ -148,7 +162,9 @@ class MqttClient:
         self._started = False
         self._stopping = True
         if self._presence is not None and self.connected:
-            self.publish(self._presence.topic, self._presence.offline, retain=True).wait(timeout)
+            offline = self._publish_presence(self._presence.offline)
+            if offline is not None:
+                offline.wait(timeout)
         if not self._driver.started:
             self._client.disconnect()
             self._client.loop_stop()
@@ -204,6 +220,7 @@ class MqttClient:
             log.warning("mqtt: broker %s refused the connection: %s", self.config.host, reason)
             return
         self._driver.connected()
+        self._accepted = True
         filters = self._registry.new_session()
         with self._lock:
             if self.counters.connects:
@@ -230,11 +247,20 @@ class MqttClient:
     def _ready(self, listeners: list[ConnectionListener]) -> None:
         """Connected with every subscription in place: announce presence, tell listeners."""
         if self._presence is not None:
-            self.publish(self._presence.topic, self._presence.online, retain=True)
+            self._publish_presence(self._presence.online)
         self._connected.set()
         log.info("mqtt: connected to %s:%d", self.config.host, self.config.port)
         self._check_cert()
         self._notify(listeners, True)
+
+    def _publish_presence(self, payload: bytes) -> Publish | None:
+        """Presence, unless the packet limit refuses it: said, never raised into paho."""
+        assert self._presence is not None
+        try:
+            return self.publish(self._presence.topic, payload, retain=True)
+        except PacketTooLarge as exc:
+            log.error("mqtt: presence not published: %s", exc)
+            return None
 
     def _check_cert(self) -> None:
         """On every start and connect: say so when the client certificate has run out
@@ -275,12 +301,17 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         was_connected = self._connected.is_set()
+        accepted, self._accepted = self._accepted, False
         self._connected.clear()
         with self._lock:
             listeners = list(self._listeners)
             self.counters.last_disconnect = str(reason)
             if not was_connected:
                 self.counters.connect_failures += 1
+        # A connection the broker accepted, ready or not: the message paho resends on a
+        # reconnect goes out before the subscriptions are confirmed.
+        if accepted and not self._stopping:
+            self._drop_watch.dropped(self._registry.largest_pending())
         if was_connected:
             if not self._stopping:
                 log.warning("mqtt: disconnected from %s: %s", self.config.host, reason)

@@ -12,7 +12,10 @@ from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from edgefed.errors import ConfigError
+from edgefed.mqtt.packet import MQTT_MAX_PACKET
 from edgefed.wire import Availability, encode_message
+
+MIN_PACKET_BYTES = 1024  # below it even the presence message would not fit
 
 
 class MqttTls(BaseModel):
@@ -47,6 +50,14 @@ class MqttConfig(BaseModel):
     reconnect_max_s: int = Field(default=30, ge=1, description="Reconnect delay cap in seconds")
     max_inflight: int = Field(
         default=64, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK before paho queues"
+    )
+    max_packet_bytes: int | None = Field(
+        default=None,
+        ge=MIN_PACKET_BYTES,
+        le=MQTT_MAX_PACKET,
+        description="The broker's packet size limit (mosquitto max_packet_size; EMQX 1 MB, "
+        "AWS IoT Core 128 KB): a larger publish is refused unsent, as the broker would drop "
+        "the connection for it, again on every reconnect; None: MQTT's own 256 MB",
     )
 
 

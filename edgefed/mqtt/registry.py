@@ -72,6 +72,7 @@ class Publish:
     topic: str
     acked: threading.Event = field(default_factory=threading.Event)
     on_ack: AckCallback | None = None
+    size: int = 0  # bytes of its MQTT packet
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.acked.wait(timeout)
@@ -174,9 +175,12 @@ class SubscriptionRegistry:
 
     # --- publish tickets
 
-    def published(self, mid: int, topic: str, on_ack: AckCallback | None = None) -> Publish:
-        """The ticket of a publish paho took as ``mid``; complete already if its PUBACK came."""
-        ticket = Publish(mid, topic, on_ack=on_ack)
+    def published(
+        self, mid: int, topic: str, on_ack: AckCallback | None = None, size: int = 0
+    ) -> Publish:
+        """The ticket of a publish paho took as ``mid`` (a ``size``-byte packet); complete
+        already if its PUBACK came."""
+        ticket = Publish(mid, topic, on_ack=on_ack, size=size)
         with self._lock:
             self.counters.messages_out += 1
             if mid in self._early:
@@ -198,6 +202,11 @@ class SubscriptionRegistry:
                 self._early.add(mid)
                 return
         self._complete(ticket)
+
+    def largest_pending(self) -> Publish | None:
+        """The largest publish still awaiting its PUBACK (None: none is)."""
+        with self._lock:
+            return max(self._pending.values(), key=lambda t: t.size, default=None)
 
     def forget_publishes(self) -> None:
         """Stopped: tickets still waiting never complete; mids start over."""

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from edgefed import certs
-from edgefed.mqtt import MqttConfig, MqttTls
+from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.mqtt.acl import render_acl
 from edgefed.ports import free_port
 from edgefed.testing.processes import terminate
@@ -72,8 +72,10 @@ class Broker:
         tls: bool = False,
         port: int | None = None,
         identities: Sequence[str] = (),
+        max_packet_size: int | None = None,
     ) -> None:
         self.directory = directory
+        self.max_packet_size = max_packet_size  # bytes; past it mosquitto drops the client
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -118,6 +120,8 @@ class Broker:
             "set_tcp_nodelay true",
             "max_queued_messages 10000",
         ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.ca}",
@@ -153,6 +157,15 @@ class Broker:
             fields["username"] = identity
             fields["password"] = self._passwords[identity]
         return MqttConfig.model_validate(fields)
+
+    def started_client(self, identity: str, **extra: Any) -> MqttClient:
+        """A client of ``identity`` (its client id too) on its own thread, connected."""
+        client = MqttClient(self.client_config(identity, client_id=identity, **extra))
+        client.start()
+        if not client.wait_connected(10):
+            client.stop()
+            raise RuntimeError(f"{identity} could not connect to the broker on {self.port}")
+        return client
 
     @property
     def running(self) -> bool:

@@ -8,7 +8,10 @@ dropped unread; the last chunk of such an update is answered with the reason), h
 each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
 (accepted, rejected with the reason, or the chunks still missing), and publishes every
 new global version as a model image signed with serverd's key (retained ``GlobalModel``
-with the packed image, ``serverd.federation.images``). Edges' adoption
+with the packed image, ``serverd.federation.images``). A version whose frame is larger
+than the broker takes (``mqtt.max_packet_bytes``) is not sent: it is logged as an error
+and counted (``versions_unsent``), and kept on disk; a round message that would be is
+not opened. Edges' adoption
 reports are kept per device for the status. ``FederationService`` subscribes once for
 every model and hands each decoded message to its model's coordinator. Calls come from
 the MQTT thread and from the caller's timer, so one lock guards the state machine.
@@ -45,7 +48,8 @@ from edgefed.federation_wire import (
     signed_text,
 )
 from edgefed.images.signing import sign
-from edgefed.mqtt import MqttClient
+from edgefed.mqtt import MqttClient, PacketTooLarge
+from edgefed.mqtt.packet import SETTING
 from edgefed.outage import Repeats
 from edgefed.wire import MAX_EPOCH_MS, MAX_HEADER_BYTES
 from serverd.federation.images import VersionImager
@@ -62,6 +66,7 @@ class CoordinatorCounters(Counters):
     updates_accepted: int = 0
     updates_rejected: int = 0
     versions_published: int = 0
+    versions_unsent: int = 0  # larger than the broker's packet limit
     bytes_received: int = 0
 
 
@@ -115,6 +120,7 @@ class Coordinator:
         with self._lock:
             plan = self.federation.draft(available, self.clock(), self.list_bytes)
             message, data = self._round_message(plan)
+            self._sendable(self.topics.round(self.federation.model), data, plan.round_id)
             self.federation.begin(plan)
             self._reassembler.clear()
             self.counters.rounds_opened += 1
@@ -139,6 +145,15 @@ class Coordinator:
             raise FederationError(
                 f"round {plan.round_id} of {model} cannot be sent: {why}"
             ) from exc
+
+    def _sendable(self, topic: str, data: bytes, round_id: int) -> None:
+        """A round message the broker would not take is a ``FederationError``: the
+        round does not open."""
+        try:
+            self.mqtt.check_packet(topic, data)
+        except PacketTooLarge as exc:
+            model = self.federation.model
+            raise FederationError(f"round {round_id} of {model} cannot be sent: {exc}") from exc
 
     def poll(self) -> RoundOutcome | None:
         """Close the round when it is due; a new version is signed and published."""
@@ -186,7 +201,20 @@ class Coordinator:
         header = GlobalModel(
             model=fed.model, version=fed.version, round=round_id, sha256=digest, signature=signature
         )
-        self.mqtt.publish(self.topics.model(fed.model), encode(header, body), retain=True)
+        try:
+            self.mqtt.publish(self.topics.model(fed.model), encode(header, body), retain=True)
+        except PacketTooLarge as exc:  # no version is chunked: the edges keep theirs
+            self.counters.versions_unsent += 1
+            log.error(
+                "federation %s: v%d not sent to the edges (they keep the version they "
+                "serve): %s; it needs a broker limit and %s of at least %d bytes",
+                fed.model,
+                fed.version,
+                exc,
+                SETTING,
+                exc.size,
+            )
+            return
         self.counters.versions_published += 1
 
     def on_update(self, device: str, message: Received | UpdateQuery, size: int) -> None:

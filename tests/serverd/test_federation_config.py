@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from edgefed.errors import ConfigError
+from serverd.config import parse_config
 from serverd.federation.config import FederationConfig
 from serverd.federation.versions import VersionFiles
 
@@ -54,3 +56,19 @@ def test_bounds_a_round_or_the_history_cannot_keep_are_refused_at_load(
 ) -> None:
     with pytest.raises(ValidationError, match=reason):
         _config(**fields)
+
+
+def test_update_chunks_larger_than_the_brokers_packet_limit_are_refused_at_load() -> None:
+    """An edge's chunk over the broker's limit would be refused by its adapter every time
+    (or, not told of the limit, wedge its link): AWS IoT Core takes 128 KB, the default
+    chunk is 256 KiB."""
+    raw: dict[str, Any] = {
+        "mqtt": {"client_id": "serverd", "max_packet_bytes": 131_072},
+        "triton": {"instances": 0},
+        "endpoints": [{"name": "npu", "url": "127.0.0.1:8001"}],
+        "federation": {"enabled": True, "signing_key": "/etc/keys/fed.key", "models": [MODEL]},
+    }
+    with pytest.raises(ConfigError, match=r"max_chunk_bytes \(262144\) .* at most 126976"):
+        parse_config(raw)
+    raw["federation"]["max_chunk_bytes"] = 126_976
+    assert parse_config(raw).federation.max_chunk_bytes == 126_976

@@ -21,6 +21,7 @@ from edged.offload.core import (
     ReplyIn,
     Submitted,
     Timer,
+    Unsent,
 )
 from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
@@ -47,10 +48,13 @@ class Effects:
         self.told: list[JobOutcome] = []
         self.log: list[tuple[str, str, str | None]] = []
         self.refuse: set[str] = set()  # job ids whose publish fails
+        self.too_large: set[str] = set()  # job ids whose publish never can succeed
 
-    def publish(self, job_id: str, frame: bytes) -> str | None:
+    def publish(self, job_id: str, frame: bytes) -> Unsent | None:
         if job_id in self.refuse:
-            return "not connected"
+            return Unsent("not connected")
+        if job_id in self.too_large:
+            return Unsent("larger than the broker takes", final=True)
         self.published.append(job_id)
         self.frames[job_id] = frame
         return None

@@ -225,6 +225,28 @@ def test_a_job_that_cannot_be_published_is_due_again(rig: Rig) -> None:
     assert rig.effects.published == [job_id] and Timer.BACKOFF not in rig.effects.timers
 
 
+def test_a_job_that_never_can_be_published_fails_at_once_and_the_others_go(rig: Rig) -> None:
+    """A request larger than the broker takes fails its job in the burst that tried it,
+    sent fresh or claimed from the outbox (after a restart, say); the reason is stored
+    and told, and the jobs beside it are published."""
+    rig.burst(WAKE)
+    fresh, small = rig.submit(), rig.submit()
+    rig.effects.too_large.add(fresh.request.job_id)
+    rig.burst(fresh, small)
+    stored, later = rig.submit(), rig.submit()
+    rig.effects.too_large.add(stored.request.job_id)
+    rig.burst(Submitted(stored.outcome, stored.request, None), later)  # from the outbox
+    failed = [fresh.request.job_id, stored.request.job_id]
+    assert rig.effects.published == [small.request.job_id, later.request.job_id]
+    assert [(o.job_id, o.status) for o in rig.effects.told] == [(j, Status.FAILED) for j in failed]
+    for job_id in failed:
+        assert rig.committed(job_id) == "Failed"
+        assert rig.row(job_id, "last_error") == "larger than the broker takes"
+    assert rig.effects.told[0].reason == "larger than the broker takes"
+    assert (rig.core.counters.failed, rig.core.counters.too_large) == (2, 2)
+    assert Timer.BACKOFF not in rig.effects.timers
+
+
 def test_no_answer_is_retried_with_backoff_and_the_deadline_expires_the_job(rig: Rig) -> None:
     rig.burst(WAKE)
     job = rig.submit(ttl_ms=5_000, n=3)
