@@ -51,7 +51,7 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: Path) -> None
     decisions = summary["offload"]["decisions"]
     assert decisions.get("unregistered_model", 0) >= 1
     assert decisions.get("hard_example", 0) >= 1
-    assert decisions.get("hard_example_over_budget", 0) >= 1  # at most one every 6 s
+    assert decisions.get("hard_example_over_budget", 0) >= 1  # at most one every 10 s
     jobs = summary["offload"]["jobs"]
     assert jobs["Exit"] >= 1
     # edged starts once serverd is online: no job is lost to a broker without subscribers

@@ -115,10 +115,10 @@ def write_configs(
             "enabled": True,
             # person boxes scoring under 0.75 on average are hard examples for the server,
             # which scans the whole frame for people (~100 detector runs: regions scan);
-            # a busy scene is hard on most frames: one every 6 s at most
+            # a busy scene is hard on most frames: one every 10 s at most
             "policy": {
                 "policy": "hard_example",
-                "hard_example": {"threshold": 0.75, "max_per_minute": 10},
+                "hard_example": {"threshold": 0.75, "max_per_minute": 6},
             },
             "models": ["person"],
             "remote_models": [{"name": "text", "every_n": 20}],
