@@ -120,14 +120,11 @@ class CompileCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def _lock(self, key: str) -> threading.Lock:
-        """One lock per directory: loads of one model file take turns, so a prune never
-        deletes a blob a concurrent compile is writing; other models load in parallel."""
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        # Compiles with the cache take turns: a prune never deletes a blob a concurrent
+        # compile is writing, and OpenVINO's cache I/O sets the process locale to "C" and
+        # back, which is not thread-safe: 8 loads at once left the whole process in the
+        # "C" locale (its text I/O ASCII; tests/drivers/test_openvino.py).
+        self._turns = threading.Lock()
 
     def _directory(self, key: str, model_file: Path) -> Path | None:
         """The directory ``key`` names, made if need be; None (logged) when it cannot be,
@@ -150,7 +147,7 @@ class CompileCache:
         """Yields the CACHE_DIR to compile ``model_file`` with (None: compile uncached);
         once the compile has succeeded, drops the blobs of older versions if it wrote one."""
         key = _cache_key(model_file, device)
-        with self._lock(key):
+        with self._turns:
             directory = self._directory(key, model_file)
             before = None if directory is None else _stamps(directory)
             yield directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _locale
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -238,9 +239,13 @@ def test_loads_of_many_models_at_once_share_the_cache_dir(tmp_path: Path) -> Non
         (tmp_path / f"m{i}").mkdir()
         files.append(versioned_onnx(tmp_path / f"m{i}" / "model.onnx", i + 1))
     driver = make_driver(cache_dir=str(cache))
+    encoding = _locale.getencoding()
     with ThreadPoolExecutor(8) as pool:  # each model file twice: the same file at once too
         list(pool.map(lambda i: load_and_check(driver, files[i % 4], i % 4 + 1), range(8)))
     assert len(cached_files(cache)) == 4
+    # OpenVINO's cache I/O sets the process locale to "C" and back: at once, they left the
+    # process in "C" (ASCII), and later tests failed to read UTF-8 text
+    assert _locale.getencoding() == encoding
 
 
 def test_an_unusable_cache_dir_is_logged_and_the_model_still_loads(
