@@ -73,8 +73,12 @@ class Broker:
         port: int | None = None,
         identities: Sequence[str] = (),
         max_packet_size: int | None = None,
+        own_session: bool = False,
     ) -> None:
         self.directory = directory
+        # its own session: a Ctrl-C at the terminal is for its owner to act on (the demo);
+        # else it dies with the test run's process group
+        self.own_session = own_session
         self.max_packet_size = max_packet_size  # bytes; past it mosquitto drops the client
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -179,7 +183,7 @@ class Broker:
             [str(MOSQUITTO), "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C at the terminal is for its owner to act on
+            start_new_session=self.own_session,
         )
         log.close()
         deadline = time.monotonic() + timeout

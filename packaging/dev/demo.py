@@ -241,7 +241,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with Broker(state / "broker", tls=True, identities=IDENTITIES) as broker:
+    with Broker(state / "broker", tls=True, identities=IDENTITIES, own_session=True) as broker:
         if not anonymous_refused(broker):
             raise SystemExit("the demo broker accepted a client without a certificate")
         print("broker: TLS, one certificate per identity, EdgeFed ACL; no certificate: refused")
