@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,42 @@ def adopts_orphans() -> bool:
     return bool(flag.value)
 
 
+class ProcStat(NamedTuple):
+    """What ``/proc/<pid>/stat`` says of a process that this module needs."""
+
+    pid: int
+    state: str  # "Z": exited, waiting for its parent to reap it
+    ppid: int
+    session: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``pid``'s entry, None if it is gone (the name in parentheses may hold anything)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return ProcStat(pid, fields[0], int(fields[1]), int(fields[3]))
+
+
+def children(parent: int) -> list[ProcStat]:
+    """The processes whose parent is ``parent`` now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := proc_stat(int(entry.name))) and st.ppid == parent:
+            found.append(st)
+    return found
+
+
 def reap_orphans() -> int:
     """Wait for the adopted, exited stubs of dead Tritons; returns how many."""
-    me, own_session = os.getpid(), os.getsid(0)
+    own_session = os.getsid(0)
     reaped = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        pid = int(entry.name)
-        state, ppid, session = fields[0], int(fields[1]), int(fields[3])
-        if state != "Z" or ppid != me or session in (own_session, pid):
+    for child in children(os.getpid()):
+        if child.state != "Z" or child.session in (own_session, child.pid):
             continue
         with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            if os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:
                 reaped += 1
     if reaped:
         log.info("reaped %d exited process(es) left by a dead Triton", reaped)

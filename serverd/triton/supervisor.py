@@ -46,7 +46,7 @@ from edgefed.errors import OffloadError
 from edgefed.outage import Repeats
 from edgefed.ports import free_ports
 from serverd.triton.install import TritonInstall
-from serverd.triton.reaper import adopts_orphans, reap_orphans
+from serverd.triton.reaper import adopts_orphans, proc_stat, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,8 @@ def quote_errors(log_text: str, limit: int = 3) -> str:
 
 def _zombie(pid: int) -> bool:
     """A process that exited and waits for its parent to reap it (it holds no ports)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    st = proc_stat(pid)
+    return st is None or st.state == "Z"
 
 
 class TritonProcess:

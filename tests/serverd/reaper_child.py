@@ -20,23 +20,11 @@ from pathlib import Path
 from edgefed.testing.wait import wait_until
 from serverd.triton import supervisor
 from serverd.triton.install import TritonInstall
+from serverd.triton.reaper import children
 from serverd.triton.repository import TritonModelConfig, write_repository
 from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
 
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def children(parent: int, state: str | None = None) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == parent and state in (None, fields[0]):
-                found.append(int(entry.name))
-    return found
 
 
 def main(venv: str, work: str, images: str) -> None:
@@ -59,7 +47,7 @@ def main(venv: str, work: str, images: str) -> None:
             wait_until("Triton to come back", lambda n=crash: ups.count(True) == n, 120)
 
         def zombies() -> set[int]:
-            return set(children(os.getpid(), "Z")) - {helper.pid}
+            return {c.pid for c in children(os.getpid()) if c.state == "Z"} - {helper.pid}
 
         deadline = time.monotonic() + 10
         while zombies() and time.monotonic() < deadline:

@@ -20,6 +20,7 @@ from edgefed.testing.wait import wait_until
 from serverd.app import ServerdApp
 from serverd.triton import supervisor
 from serverd.triton.install import TritonInstall
+from serverd.triton.reaper import proc_stat
 from serverd.triton.repository import TritonModelConfig, write_repository
 from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
 from tests.serverd.harness import serverd_config
@@ -29,11 +30,8 @@ VENV = REPO / ".venv-triton"
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    st = proc_stat(pid)
+    return st is not None and st.state != "Z"
 
 
 @pytest.fixture(autouse=True)
