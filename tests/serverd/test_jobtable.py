@@ -129,7 +129,8 @@ def test_migrations_are_recorded_and_a_newer_schema_is_refused(tmp_path: Path) -
     JobTable(path).close()
     with sqlite3.connect(path) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
-        assert names == ["0001_create_jobs", "0002_key_on_device_and_job"]
+        assert names == [name for name, _ in MIGRATIONS]
+        assert names[-1] == "0003_tally_statuses"
         conn.execute("INSERT INTO _migrations VALUES ('0099_future', 0)")
     with pytest.raises(OffloadError, match=r"job table .* was migrated by a newer release"):
         JobTable(path)
@@ -280,6 +281,69 @@ def test_a_table_that_fails_its_reads_still_gives_counts(table: JobTable) -> Non
     assert table.counts() == {} and table.failures == 1
 
 
+def _recount(path: Path) -> dict[str, int]:
+    """Jobs by status the slow way, on a connection of its own."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+    return dict(rows)
+
+
+def test_counts_are_a_tally_kept_exact_through_every_kind_of_change(tmp_path: Path) -> None:
+    """``counts`` reads the triggers' tally (a handful of rows, whatever the table's size),
+    not the table: admissions, redeliveries, placements, requeues, closes, retries,
+    deletions by age and by cap, and a restart's interruptions all move it as they move
+    the rows, and a statement the database refuses moves neither."""
+    path = tmp_path / "jobs.sqlite"
+    table = JobTable(path, clock=Clock())
+    for n in range(6):
+        table.admit(request(f"job-{n:04d}"))
+    table.admit(request("job-0000"))  # a redelivery of an open job: no new row
+    table.started(("site/cam-1", "job-0001"), "local-0", 0)
+    table.started(("site/cam-1", "job-0002"), "local-0", 0)
+    table.requeued(("site/cam-1", "job-0002"))
+    table.finish(("site/cam-1", "job-0003"), Status.EXIT, b"ok")
+    table.finish(("site/cam-1", "job-0004"), Status.FAILED, None, "busy", retryable=True)
+    table.finish(("site/cam-1", "job-0005"), Status.EXPIRED, b"late")
+    assert (
+        table.counts()
+        == _recount(path)
+        == {"Enqueue": 2, "Inferencing": 1, "Exit": 1, "Failed": 1, "Expired": 1}
+    )
+    table.admit(request("job-0004"))  # a retryable failure runs again
+    assert table.prune(older_than_ms=10**12) == 2  # the Exit and the Expired
+    assert table.counts() == _recount(path) == {"Enqueue": 3, "Inferencing": 1}
+    table._db.conn.execute("PRAGMA query_only = 1")  # every write refused from here
+    table.finish(("site/cam-1", "job-0000"), Status.EXIT, b"ok")
+    table._db.conn.execute("PRAGMA query_only = 0")
+    assert table.counts() == _recount(path) == {"Enqueue": 3, "Inferencing": 1}
+    table.close()
+    restarted = JobTable(path, clock=Clock())  # the open jobs are interrupted
+    assert restarted.counts() == _recount(path) == {"Failed": 4}
+    _finished_rows(restarted, 2_000)
+    restarted.max_bytes = restarted.used_bytes() // 2
+    assert restarted.cut_to_cap(limit=1_500) == 1_500
+    assert restarted.counts() == _recount(path) == {"Failed": 4, "Exit": 500}
+    plans = _plans(restarted, restarted.counts, "SELECT")
+    assert plans and not [p for p in plans if "jobs" in p.split()], plans
+
+
+def test_a_table_of_an_earlier_release_gets_its_tally_from_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    db = sqlite_utils.Database(path)
+    migrate(db, MIGRATIONS[:2], OffloadError, "old table")
+    db.conn.executemany(
+        "INSERT INTO jobs (job_id, device_id, model, status, received) "
+        "VALUES (?, 'edge-01', 'person', ?, 1)",
+        [("job-0001", "Exit"), ("job-0002", "Exit"), ("job-0003", "Failed")],
+    )
+    db.conn.commit()
+    db.close()
+    table = JobTable(path, clock=Clock())
+    assert table.counts() == {"Exit": 2, "Failed": 1}
+    table.admit(request("job-0004", "edge-01"))
+    assert table.counts() == _recount(path) == {"Exit": 2, "Failed": 1, "Enqueue": 1}
+
+
 def _finished_rows(table: JobTable, count: int, received: int = 1, name: str = "bulk") -> None:
     """``count`` finished jobs received from ``received`` on, one a millisecond, written in
     one transaction (a flood's worth without a flood's time)."""
@@ -291,8 +355,8 @@ def _finished_rows(table: JobTable, count: int, received: int = 1, name: str = "
         )
 
 
-def _plans(table: JobTable, call: Callable[[], object]) -> list[str]:
-    """The query plans of the statements ``call`` runs on the table."""
+def _plans(table: JobTable, call: Callable[[], object], verb: str = "DELETE") -> list[str]:
+    """The query plans of the ``verb`` statements ``call`` runs on the table."""
     statements: list[str] = []
     table._db.conn.set_trace_callback(statements.append)
     try:
@@ -302,7 +366,7 @@ def _plans(table: JobTable, call: Callable[[], object]) -> list[str]:
     return [
         str(row[3])
         for sql in statements
-        if sql.lstrip().upper().startswith("DELETE")
+        if sql.lstrip().upper().startswith(verb)
         for row in table._db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
     ]
 
