@@ -215,12 +215,16 @@ class CaptureSource:
         self._reconnects = 0
         self._retries = 0
         self._lost = False
+        self._flowing_since = 0.0  # the first frame of the current connection
         self._ema_dt: float | None = None
         self._last_ts: float | None = None
         self._last_error: str | None = None
         self._errors = 0
         # a stream or device that cannot be opened: settle_s=0, the first frame ends it
         self._opening = Outage(log, f"camera {config.name}: opening the {self._kind}", settle_s=0)
+        # a stream that drops, however often it opens again (a camera closing each session
+        # after a frame): one outage until frames have flowed for reconnect_max_s
+        self._streaming = Outage(log, f"camera {config.name}: reading the {self._kind}", settle_s=0)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -348,7 +352,9 @@ class CaptureSource:
                 continue
             self._lost = True
             self._set_state(CaptureState.RECONNECTING, f"{self._describe_source()} lost")
-            log.warning("camera %s: source lost, reconnecting", self.config.name)
+            self._streaming.failed(CaptureError(f"{self._describe_source()} lost"))
+            if self._stop.wait(self._backoff.next()):
+                break
             reader = self._connect()
         if reader is not None:
             reader.release()
@@ -389,8 +395,8 @@ class CaptureSource:
                 if self._lost:
                     self._reconnects += 1
                     self._lost = False
-                    log.info("camera %s: frames flow again", self.config.name)
                 self._state = CaptureState.RUNNING
+                self._flowing_since = now
                 self._ema_dt = self._last_ts = None  # the gap is not a frame interval
             if self._last_ts is not None:
                 dt = max(now - self._last_ts, 1e-6)
@@ -399,7 +405,9 @@ class CaptureSource:
             self._last_ts = now
             frame = Frame(self.config.name, self._frames, now, time.time(), image)
             self._frames += 1
-        self._backoff.reset()
+        if now - self._flowing_since >= self.config.reconnect_max_s:  # steady again
+            self._backoff.reset()  # a drop now waits reconnect_initial_s
+            self._streaming.ok()
         while not self._stop.is_set():
             if self._ring.put(frame, timeout=_PUT_POLL_S):
                 return True

@@ -11,6 +11,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,7 +255,10 @@ def test_a_whole_file_is_no_camera_error(short_clip: Path) -> None:
 
 
 # -- live sources -----------------------------------------------------------------------
-def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) -> None:
+def test_vanishing_camera_reconnects_and_frames_flow_again(
+    camera: MjpegCamera, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edged.capture")
     ring = FrameRing(4)
     cfg = CameraConfig(
         name="ipcam",
@@ -287,6 +291,11 @@ def test_vanishing_camera_reconnects_and_frames_flow_again(camera: MjpegCamera) 
             )
             st = src.stats()
             assert st.state is CaptureState.RUNNING and st.reconnects == 1
+            wait_until(  # frames flowed for reconnect_max_s: the outage is over
+                "the end of the outage in the log",
+                lambda: any("reading the stream works again" in r.message for r in caplog.records),
+                WAIT_S,
+            )
             indexes = [f.index for f in seen]
             assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
         finally:
@@ -328,6 +337,40 @@ def test_an_unreachable_camera_is_named_with_its_cause_once_and_again_when_it_is
         src.stop()
         if camera is not None:
             camera.stop()
+
+
+def test_a_camera_that_drops_each_session_is_reopened_with_backoff_as_one_outage(
+    jpegs: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """On main a stream that opened and then ended was reopened at once, whatever the
+    backoff said, and each cycle logged two lines: a camera closing every session after a
+    frame or two got ~190 new connections a second and 33 M log lines a day."""
+    camera = MjpegCamera(jpegs, frames_per_session=2)
+    cfg = CameraConfig(
+        name="flappy", source=camera.url, reconnect_initial_s=0.2, reconnect_max_s=0.8
+    )
+    ring = FrameRing(4)
+    seen: list[Frame] = []
+    stop = threading.Event()
+    consumer = drain(ring, stop, seen)
+    caplog.set_level(logging.INFO, logger="edged.capture")
+    src = CaptureSource(cfg, ring, rng=random.Random(1))
+    src.start()
+    try:
+        wait_until("three reconnects", lambda: src.stats().reconnects >= 3, WAIT_S)
+        time.sleep(2.0)  # the waits have grown to reconnect_max_s: ~2 more sessions
+        sessions, stats = camera.sessions, src.stats()
+    finally:
+        src.stop()
+        stop.set()
+        consumer.join(WAIT_S)
+        camera.stop()
+    assert seen and stats.reconnects >= 3
+    assert sessions <= 10, f"{sessions} sessions: reopened without waiting"
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"camera flappy: reading the stream failed: stream {camera.url} lost"
+    ), lines
 
 
 def test_stop_returns_while_backing_off() -> None:

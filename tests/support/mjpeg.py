@@ -7,21 +7,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class MjpegCamera:
-    """An IP camera serving MJPEG over HTTP; ``stop()`` cuts every client like a power loss."""
+    """An IP camera serving MJPEG over HTTP; ``stop()`` cuts every client like a power loss.
+    ``frames_per_session``: the camera closes each session after that many frames (a
+    flapping camera); ``sessions`` counts the sessions it served."""
 
-    def __init__(self, jpegs: list[bytes], port: int = 0) -> None:
+    def __init__(
+        self, jpegs: list[bytes], port: int = 0, frames_per_session: int | None = None
+    ) -> None:
         self.jpegs = jpegs
+        self.sessions = 0
         self.halt = threading.Event()
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                camera.sessions += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
                 i = 0
                 try:
-                    while not camera.halt.is_set():
+                    while not camera.halt.is_set() and i != frames_per_session:
                         jpg = camera.jpegs[i % len(camera.jpegs)]
                         head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpg)}"
                         self.wfile.write(head.encode() + b"\r\n\r\n" + jpg + b"\r\n")
