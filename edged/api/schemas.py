@@ -160,6 +160,11 @@ class FederatedModelStatus(_Out):
     updates_rejected: int = Field(description="Updates serverd rejected")
     versions_adopted: int = Field(description="Global versions adopted")
     versions_refused: int = Field(description="Global versions refused")
+    rounds_repeated: int = Field(0, description="Copies of a round trained already (reconnects)")
+    versions_repeated: int = Field(0, description="Copies of a version refused already")
+    superseded: int = Field(
+        0, description="Rounds, versions or acks a later one replaced before the worker took them"
+    )
     last_reason: str = Field(
         description="Why the last update or version was refused, or the last round failed"
     )

@@ -3,7 +3,12 @@ the head slot and the installed version images. Only parameters, a sample count 
 metrics are ever published.
 
 Handlers run on the MQTT thread and only queue work; one named worker thread trains,
-uploads and judges new versions, so a long training never blocks the connection.
+uploads and judges new versions, so a long training never blocks the connection. The
+round and the version are retained and come again at every reconnect (and a persistent
+session brings every version published while the edge was away, each a whole model
+image): the worker's ``Inbox`` keeps only the latest of each, and a round already trained
+or a version already refused is not taken up again, so a flapping link never piles up
+copies of a version in memory or trains a round twice.
 Training is skipped while ``allowed()`` is False (the device twin's switch). An adopted
 version is installed into its A/B slots and handed to ``on_adopted`` (edged swaps the
 model it serves); if that fails, the install is rolled back and the version refused.
@@ -13,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +43,13 @@ from edgefed.federation_wire import (
     encode_params,
 )
 from edgefed.mqtt import MqttClient
+from edgefed.outage import Repeats
 from edgefed.wire import new_job_id
 
 log = logging.getLogger("edged.federation")
+MAX_ACKS = 16  # acks waiting for the worker; an older one is superseded by the later ones
+
+Work = RoundOpen | ReceivedModel | UpdateAck
 
 
 @dataclass
@@ -54,9 +63,43 @@ class ParticipantCounters(Counters):
     versions_adopted: int = 0
     versions_refused: int = 0
     bad_messages: int = 0
+    rounds_repeated: int = 0  # a round trained already, delivered again (a reconnect)
+    versions_repeated: int = 0  # a version refused already, delivered again
+    superseded: int = 0  # a round, version or ack replaced by a later one before its turn
     last_reason: str = ""  # the latest of the two below, or a failed round
     last_update_rejection: str = ""
     last_version_refusal: str = ""
+
+
+class Inbox:
+    """The worker's queue: the latest round, the latest version and up to ``MAX_ACKS``
+    acks, in order of arrival; a later round or version replaces the one waiting."""
+
+    def __init__(self, counters: ParticipantCounters) -> None:
+        self._counters = counters
+        self._items: deque[Work] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Work) -> None:
+        with self._ready:
+            same = [i for i in self._items if type(i) is type(item)]
+            if same and (not isinstance(item, UpdateAck) or len(same) >= MAX_ACKS):
+                self._items.remove(same[0])
+                self._counters.superseded += 1
+            self._items.append(item)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def get(self) -> Work | None:
+        """The next item; None once closed."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._items or self._closed)
+            return None if self._closed else self._items.popleft()
 
 
 class Participant:
@@ -80,8 +123,11 @@ class Participant:
         self.allowed, self.on_adopted = allowed, on_adopted
         self.rolled_back_from: int | None = None
         self.counters = ParticipantCounters()
-        self._work: queue.Queue[RoundOpen | ReceivedModel | UpdateAck | None] = queue.Queue()
+        self._work = Inbox(self.counters)
         self._upload: Upload | None = None
+        self._trained: tuple[int, int] | None = None  # (round, base version) last trained
+        self._refused: tuple[int, str] | None = None  # (version, sha256) last refused
+        self._bad = Repeats(log)
         self._thread = threading.Thread(target=self._run, name=f"federation-{model}", daemon=True)
 
     def start(self) -> None:
@@ -97,7 +143,7 @@ class Participant:
         self._thread.start()
 
     def stop(self) -> None:
-        self._work.put(None)
+        self._work.close()
         self._thread.join(timeout=30)
 
     def status(self) -> dict[str, object]:
@@ -123,7 +169,7 @@ class Participant:
             message = decode(payload, MAX_VERSION_FRAME_BYTES)  # a version is a whole image
         except ProtocolError as exc:
             self.counters.bad_messages += 1
-            log.warning("federation: bad message on %s: %s", topic, exc)
+            self._bad("bad", f"federation: bad message on {topic}: {exc}")
             return
         if isinstance(message, RoundOpen | ReceivedModel | UpdateAck):
             self._work.put(message)
@@ -150,6 +196,9 @@ class Participant:
         self.counters.rounds_seen += 1
         served = self.slot.current
         if self.device_id not in plan.participants or plan.model != self.model:
+            return
+        if (plan.round, plan.base_version) == self._trained:
+            self.counters.rounds_repeated += 1  # its upload goes on (``_on_connection``)
             return
         if not self.allowed() or served is None or served.version != plan.base_version:
             self.counters.rounds_skipped += 1
@@ -180,6 +229,7 @@ class Participant:
             metrics={"loss": result.loss, "accuracy": result.accuracy},
             max_chunk_bytes=plan.max_chunk_bytes,
         )
+        self._trained = (plan.round, plan.base_version)
         self.counters.rounds_trained += 1
         self._send(self._upload.frames())
 
@@ -204,6 +254,9 @@ class Participant:
     def _consider(self, received: ReceivedModel) -> None:
         head, served = received.model, self.slot.current
         if head.model != self.model or (served is not None and head.version == served.version):
+            return
+        if (head.version, head.sha256) == self._refused:
+            self.counters.versions_repeated += 1  # its report was sent: the refusal stands
             return
         report = AdoptionReport(model=head.model, version=head.version, adopted=False)
         try:
@@ -230,6 +283,7 @@ class Participant:
             self.counters.versions_adopted += 1
         else:
             self.counters.versions_refused += 1
+            self._refused = (head.version, head.sha256)
             self.counters.last_version_refusal = report.reason
             self.counters.last_reason = report.reason
             log.warning("federation: refused %s v%d: %s", head.model, head.version, report.reason)

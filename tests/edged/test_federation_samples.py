@@ -258,12 +258,12 @@ def test_a_round_on_a_damaged_store_is_skipped_with_its_reason_and_no_traceback(
     participant.start()
     try:
         caplog.set_level(logging.INFO)
-        for n in (1, 2):
+        for n in (1, 2):  # one after the other: a round waiting is replaced by a later one
             plan = RoundOpen(
                 model="digits", round=n, base_version=1, participants=["edge-0"], deadline_ms=1
             )
             participant._on_message(topics.round("digits"), encode(plan))
-        wait_until("both rounds skipped", lambda: participant.counters.rounds_skipped == 2)
+            wait_until(f"round {n} skipped", lambda n=n: participant.counters.rounds_skipped == n)
     finally:
         participant.stop()
         store.close()
