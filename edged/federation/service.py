@@ -34,7 +34,7 @@ from edgefed.errors import ConfigError, FederationError, ImageError
 from edgefed.federation_wire import FederationTopics, SampleOffer, encode
 from edgefed.images import image_dir
 from edgefed.mqtt import MqttClient
-from edgefed.outage import Outage
+from edgefed.outage import Outage, Repeats
 
 log = logging.getLogger("edged.federation")
 
@@ -67,6 +67,9 @@ class EdgeFederation:
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._offering = Outage(log, "federation: sample offer")
+        # per offloaded frame or answer: one outage, not a line (and a traceback) each
+        self._features = Outage(log, "federation: the features of an offloaded frame")
+        self._refusals = Repeats(log)
         self._thread = threading.Thread(target=self._run, name="federation-offer", daemon=True)
 
     def start(self) -> None:
@@ -108,10 +111,8 @@ class EdgeFederation:
         hook = self.hard_examples.get(model)
         if hook is None:
             return
-        try:
+        with self._features.contained():  # a frame the hook cannot read costs one sample
             hook[0].remember(job_id, hook[1](frame))
-        except Exception:  # contained: a frame the hook cannot read costs one sample
-            log.exception("federation: no features for offloaded job %s", job_id)
 
     def on_outcome(self, outcome: JobOutcome) -> None:
         """An offload job closed: a confident answer of the server becomes a sample."""
@@ -124,7 +125,9 @@ class EdgeFederation:
         except SampleStoreError:
             pass  # counted, and logged by the store as one outage (not a line per outcome)
         except FederationError as exc:
-            log.warning("federation: hard example %s not stored: %s", outcome.job_id, exc)
+            self._refusals(
+                "refused", f"federation: hard example {outcome.job_id} not stored: {exc}"
+            )
         if hook[0].counters.stored != before:
             self.changed()
 

@@ -138,3 +138,21 @@ def test_a_full_sample_store_costs_the_answers_counted_and_logged_once_not_once_
     store._db.execute(f"PRAGMA max_page_count={pages * 100}")
     answered()
     assert federation.store.training_set("crowd")[1].tolist() == [1]
+
+
+def test_frames_the_features_hook_cannot_read_are_one_outage_in_the_log(
+    federation: EdgeFederation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each offloaded frame the hook failed on logged a line and a traceback of its own;
+    now the failures are one outage (and each costs only its sample)."""
+    caplog.set_level(logging.WARNING, logger="edged.federation")
+    jobs = [new_job_id() for _ in range(5)]
+    for job in jobs:
+        federation.on_offload("scene", job, np.zeros((0, 0, 3), np.uint8))
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("federation: the features of an offloaded frame failed")
+    job = new_job_id()
+    federation.on_offload("scene", job, _frame())  # a readable frame is remembered again
+    federation.on_outcome(_answer(job, [["person", 0.9]]))
+    assert federation.store.training_set("crowd")[1].tolist() == [1]
