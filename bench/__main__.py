@@ -9,11 +9,12 @@ from pathlib import Path
 
 
 def available() -> list[str]:
+    """The modules with a ``main`` (a helper module such as crops.py has none)."""
     here = Path(__file__).parent
     return sorted(
         m.name.replace("_", "-")
         for m in pkgutil.iter_modules([str(here)])
-        if not m.name.startswith("_") and m.name != "common"
+        if not m.name.startswith("_") and "\ndef main(" in (here / f"{m.name}.py").read_text()
     )
 
 
