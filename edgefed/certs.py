@@ -3,10 +3,12 @@ certificate per identity (common name = device id, ``serverd`` or ``edgecore``).
 
 ``edged certs init DIR`` makes the CA (``ca.pem``, ``ca.key``) and the broker's
 certificate; ``edged certs issue DIR NAME`` a client certificate ``NAME`` can connect
-with; issuing again for the same name replaces it (rotation, docs/security.md). Keys are
-ECDSA P-256, written with mode 0600; a certificate is valid for ``days`` (default 825
-for clients, 3650 for the CA). The broker takes the common name as the user name
-(``use_identity_as_username``) that its ACL (``edgefed.mqtt.acl``) grants topics to.
+with; issuing again for the same name replaces it (rotation, docs/security.md), while
+``ca``, ``broker`` and a name whose files hold another identity (``demo_edge-01`` after
+``demo/edge-01``) are refused. Keys are ECDSA P-256, written with mode 0600; a
+certificate is valid for ``days`` (default 825 for clients, 3650 for the CA). The broker
+takes the common name as the user name (``use_identity_as_username``) that its ACL
+(``edgefed.mqtt.acl``) grants topics to.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from edgefed.wire import DEVICE_ID_PATTERN
 CA_DAYS = 3650
 CERT_DAYS = 825
 _IDENTITY = re.compile(DEVICE_ID_PATTERN)
+_RESERVED = {"ca": "the CA's", "broker": "the broker's"}  # the files of 'certs init'
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _file_name(identity: str) -> str:
-    return identity.replace("/", "_")  # demo/edge-01 -> demo_edge-01
+def file_name(identity: str) -> str:
+    """The stem of an identity's files: demo/edge-01 -> demo_edge-01."""
+    return identity.replace("/", "_")
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -104,11 +108,17 @@ def issue(
     server: bool = False,
     hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
     days: int = CERT_DAYS,
+    name: str = "broker",
 ) -> Issued:
     """A certificate signed by the CA in ``directory``: a client one whose common name is
-    ``identity``, or (``server``) the broker's for ``hosts``."""
-    if not server and not _IDENTITY.match(identity):
+    ``identity``, or (``server``) a broker's for ``hosts``, in ``name``.pem and .key (the
+    cluster broker's ``broker``, an edge node's own ``node-broker-<node>``)."""
+    if not server and not _IDENTITY.fullmatch(identity):
         raise ConfigError(f"identity {identity!r} is not a device id, 'serverd' or 'edgecore'")
+    stem = name if server else file_name(identity)
+    out = Issued(directory / f"{stem}.pem", directory / f"{stem}.key")
+    if not server:
+        _check_files_free(out.cert, identity)
     try:
         ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
         ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
@@ -136,11 +146,26 @@ def issue(
                 names.append(x509.DNSName(host))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    stem = "broker" if server else _file_name(identity)
-    out = Issued(directory / f"{stem}.pem", directory / f"{stem}.key")
     _write_key(key, out.key)
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+def _check_files_free(cert: Path, identity: str) -> None:
+    """Refuse a client identity whose files are the CA's or the broker's, or another
+    identity's (demo/edge-01 and demo_edge-01 share demo_edge-01.pem); the same identity
+    may replace its own (rotation)."""
+    reserved = _RESERVED.get(cert.stem.lower())  # lower: a case-insensitive file system
+    if reserved:
+        raise ConfigError(f"identity {identity!r} is refused: {cert.stem}.pem/.key are {reserved}")
+    if not cert.exists():
+        return
+    try:
+        owner = common_name(cert)
+    except (OSError, ValueError, IndexError) as exc:
+        raise ConfigError(f"cannot read the common name of {cert}: {exc}") from exc
+    if owner != identity:
+        raise ConfigError(f"identity {identity!r}: {cert} is the certificate of {owner!r}")
 
 
 def common_name(cert: Path) -> str:

@@ -37,6 +37,32 @@ def test_a_second_ca_and_a_bad_identity_are_refused(tmp_path: Path) -> None:
     assert main(["certs", "issue", str(tmp_path / "nowhere"), "edge-01"]) == EXIT_CONFIG
 
 
+def test_issue_never_replaces_the_ca_the_broker_or_another_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On main 'certs issue DIR ca' overwrote the CA's key and certificate, 'broker' the
+    broker's, and demo_edge-01 the files of demo/edge-01."""
+    assert main(["certs", "init", str(tmp_path)]) == EXIT_OK
+    assert main(["certs", "issue", str(tmp_path), "demo/edge-01"]) == EXIT_OK
+    files = ("ca", "broker", "demo_edge-01")
+    before = {p: p.read_bytes() for f in files for p in tmp_path.glob(f"{f}.*")}
+    assert len(before) == 6
+    capsys.readouterr()
+    for identity in ("ca", "broker", "CA", "demo_edge-01"):
+        assert main(["certs", "issue", str(tmp_path), identity]) == EXIT_CONFIG
+    assert {p: p.read_bytes() for p in before} == before
+    err = [
+        line.removeprefix("edged: invalid configuration: ")
+        for line in capsys.readouterr().err.splitlines()
+    ]
+    assert err[0] == "identity 'ca' is refused: ca.pem/.key are the CA's"
+    assert err[1] == "identity 'broker' is refused: broker.pem/.key are the broker's"
+    pem = tmp_path / "demo_edge-01.pem"
+    assert err[3] == f"identity 'demo_edge-01': {pem} is the certificate of 'demo/edge-01'"
+    assert main(["certs", "issue", str(tmp_path), "demo/edge-01"]) == EXIT_OK  # rotation
+    assert pem.read_bytes() != before[pem]
+
+
 def test_a_rotated_certificate_connects_with_the_same_identity(tmp_path: Path) -> None:
     """Issue, connect; issue again (rotation), connect with the new files, same ACL grants."""
     with Broker(tmp_path / "broker", tls=True, identities=["serverd", "edge-01"]) as broker:
