@@ -19,6 +19,7 @@ import yaml
 from drivers import registry
 from drivers.deviceplugin import cli, core
 from edged.config import EdgedConfig, parse_config
+from edgefed import certs
 from serverd.api.devices import EVENT_KINDS
 from serverd.config import ServerdConfig
 from tests.packaging.test_kubeedge_manifests import (
@@ -39,6 +40,8 @@ DRIVER_CONFIGS = {("npu-driver", "npu-driver.yaml")}
 BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf"), ("edgefed-mqtt-config", "edgefed.acl")}
 """mosquitto's own config and ACL (not a daemon of ours): listed so that nothing goes
 unchecked (both are run on a real mosquitto by tests/packaging/test_mosquitto_bridge.py)."""
+NODE_TLS = "/etc/edgefed/tls/"
+"""Where the edge node keeps its broker certificates (a hostPath of the edged DaemonSet)."""
 NPU = "skt.com/aix_v1"
 """The NPU resource of the original project, which the manifests keep."""
 NPU_USERS = {("DaemonSet", "edged"), ("Deployment", "triton")}
@@ -61,7 +64,7 @@ def test_daemon_configmaps_pass_check_config(
 ) -> None:
     name, key = entry
     path = tmp_path / key
-    path.write_text(the("ConfigMap", name)["data"][key])
+    path.write_text(_with_node_tls(the("ConfigMap", name)["data"][key], tmp_path / "tls"))
     run = subprocess.run(
         [sys.executable, "-m", daemon, "check-config", str(path)],
         capture_output=True,
@@ -69,6 +72,18 @@ def test_daemon_configmaps_pass_check_config(
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
+
+
+def _with_node_tls(text: str, directory: Path) -> str:
+    """``text`` with the node's TLS files (NODE_TLS) made real in ``directory`` as step 3.1
+    of docs/kubeedge.md installs them: check-config reads them."""
+    if NODE_TLS not in text:
+        return text
+    certs.make_ca(directory, "edgefed test CA", days=1)
+    issued = certs.issue(directory, f"{NAMESPACE}/{the('Device')['metadata']['name']}", days=1)
+    issued.cert.rename(directory / "edged.pem")
+    issued.key.rename(directory / "edged.key")
+    return text.replace(NODE_TLS, f"{directory}/")
 
 
 @pytest.mark.parametrize("entry", sorted(DRIVER_CONFIGS), ids=str)

@@ -11,6 +11,7 @@ and bridge configs on real brokers: tests/packaging/test_mosquitto_bridge.py.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from edged.eventbus import DEFAULT_PREFIX, event_topics
 from edgefed import certs
@@ -101,15 +103,28 @@ def test_the_broker_acl_has_every_node_s_bridge_and_each_bridge_its_node(site: P
         assert "bridge_cafile /etc/edgefed/tls/ca.pem" in lines
 
 
-def test_bridge_certificates_are_issued_once(site: Path) -> None:
+def test_each_node_s_certificates_are_issued_once(site: Path) -> None:
+    """Its bridge's, its edged's (common name its device id) and its own broker's (for
+    127.0.0.1, where edged and EdgeCore connect), and EdgeCore's once for all."""
     tls = site.parent / "tls"
+    names = {"edgecore.pem": "edgecore"}
     for node in NODES:
-        assert certs.common_name(tls / f"edgefed-bridge-{node}.pem") == f"edgefed-bridge-{node}"
-    before = (tls / f"edgefed-bridge-{NODES[0]}.pem").read_bytes()
+        names |= {
+            f"edgefed-bridge-{node}.pem": f"edgefed-bridge-{node}",
+            f"edgefed_{node}.pem": f"edgefed/{node}",
+            f"node-broker-{node}.pem": f"node-broker-{node}",
+        }
+    for file, name in names.items():
+        assert certs.common_name(tls / file) == name
+        assert (tls / file).with_suffix(".key").stat().st_mode & 0o777 == 0o600
+    broker = x509.load_pem_x509_certificate((tls / f"node-broker-{NODES[0]}.pem").read_bytes())
+    hosts = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in hosts.get_values_for_type(x509.IPAddress)
+    before = {file: (tls / file).read_bytes() for file in names}
     again = run(f"--out={site}", "--broker=mqtt.example.com:8883", f"--tls={tls}", *NODES)
     assert again.returncode == 0, again.stderr
     assert f"kept {tls}/edgefed-bridge-{NODES[0]}.pem" in again.stdout
-    assert (tls / f"edgefed-bridge-{NODES[0]}.pem").read_bytes() == before
+    assert {file: (tls / file).read_bytes() for file in names} == before
 
 
 def test_nodes_that_go_leave_no_bridge_behind(tmp_path: Path) -> None:
