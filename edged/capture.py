@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ _DEFAULT_FPS = 25.0
 _FPS_EMA_ALPHA = 0.1
 _PUT_POLL_S = 0.2
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+# scheme:// then a user (and password) up to the last "@" before the path, as FFmpeg splits it
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
 
 class SourceKind(StrEnum):
@@ -54,6 +57,12 @@ def source_kind(source: str | int) -> SourceKind:
     if sep and scheme.lower() in _STREAM_SCHEMES:
         return SourceKind.STREAM
     return SourceKind.FILE
+
+
+def redact_source(source: str | int) -> str:
+    """The source as our messages show it: a URL without its user and password
+    (rtsp://admin:pw@cam:554/x -> rtsp://cam:554/x); paths and devices as they are."""
+    return _URL_USERINFO.sub(r"\1", str(source), count=1)
 
 
 class CameraConfig(BaseModel):
@@ -307,7 +316,7 @@ class CaptureSource:
         return None
 
     def _describe_source(self) -> str:
-        return f"{self._kind.value} {self.config.source}"
+        return f"{self._kind.value} {redact_source(self.config.source)}"
 
     # -- the thread ------------------------------------------------------------------
     def _run(self, reader: VideoReader | None, first: np.ndarray | None) -> None:

@@ -28,6 +28,7 @@ from edged.capture import (
     Frame,
     FrameRing,
     SourceKind,
+    redact_source,
     source_kind,
 )
 from edgefed.errors import CaptureError
@@ -142,6 +143,16 @@ def test_source_kinds_and_config() -> None:
         CameraConfig.model_validate({"name": "c", "source": "a.mp4", "fps": 3})
     with pytest.raises(ValidationError, match="device index"):
         CameraConfig(name="c", source=-1)
+
+
+def test_redact_source_drops_the_user_and_password_of_a_url_only() -> None:
+    assert redact_source("rtsp://admin:S3cret@10.0.0.5:554/h264") == "rtsp://10.0.0.5:554/h264"
+    assert redact_source("rtsp://admin@cam/stream") == "rtsp://cam/stream"
+    assert redact_source("http://u:p@ss@cam:80/v.mjpg?x=1") == "http://cam:80/v.mjpg?x=1"
+    assert redact_source("rtsp://cam:554/a@b") == "rtsp://cam:554/a@b"  # "@" in the path
+    assert redact_source("clips/me@home.mp4") == "clips/me@home.mp4"
+    assert redact_source("/dev/video0") == "/dev/video0"
+    assert redact_source(2) == "2"
 
 
 def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:
@@ -371,6 +382,53 @@ def test_a_camera_that_drops_each_session_is_reopened_with_backoff_as_one_outage
     assert len(lines) == 1 and lines[0].startswith(
         f"camera flappy: reading the stream failed: stream {camera.url} lost"
     ), lines
+
+
+def test_an_unreachable_camera_never_shows_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On main the camera URL went as given into last_error (/readyz, the status API) and
+    the journal, the camera's user and password with it."""
+    cfg = CameraConfig(
+        name="gate",
+        source="rtsp://admin:S3cret@127.0.0.1:1/stream",  # nothing listens on port 1
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.1,
+    )
+    src = CaptureSource(cfg, FrameRing(2))
+    caplog.set_level(logging.DEBUG, logger="edged.capture")
+    src.start()
+    try:
+        wait_until("failed opens", lambda: src.stats().retries >= 2, WAIT_S)
+    finally:
+        src.stop()
+    assert src.stats().last_error == "cannot open stream rtsp://127.0.0.1:1/stream"
+    assert caplog.records and "S3cret" not in caplog.text
+
+
+def test_a_lost_camera_never_shows_its_password(
+    jpegs: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    camera = MjpegCamera(jpegs, frames_per_session=2)  # ends each session: "lost"
+    url = camera.url.replace("http://", "http://admin:S3cret@")
+    cfg = CameraConfig(name="yard", source=url, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    ring = FrameRing(4)
+    seen: list[Frame] = []
+    stop = threading.Event()
+    consumer = drain(ring, stop, seen)
+    caplog.set_level(logging.DEBUG, logger="edged.capture")
+    src = CaptureSource(cfg, ring)
+    src.start()
+    try:
+        wait_until("a lost stream", lambda: "lost" in (src.stats().last_error or ""), WAIT_S)
+        error = src.stats().last_error
+    finally:
+        src.stop()
+        stop.set()
+        consumer.join(WAIT_S)
+        camera.stop()
+    assert error == f"stream {camera.url} lost"
+    assert "stream failed" in caplog.text and "S3cret" not in caplog.text
 
 
 def test_stop_returns_while_backing_off() -> None:
