@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ def test_demo_runs_broker_serverd_and_edged_and_offloads(tmp_path: Path) -> None
     assert "dashboard:  http://127.0.0.1:" in out and "serverd:    http://127.0.0.1:" in out
     # the private broker runs TLS with per-client identities and refuses a certificate-less client
     assert "no certificate: refused" in out
+    # edged.yaml holds the API token: only the demo's user reads what the demo writes
+    for written in ("edged.yaml", "serverd.yaml"):
+        assert stat.S_IMODE((state / written).stat().st_mode) == 0o600, written
     summary = json.loads((state / "summary.json").read_text())
     assert summary["frames_completed"] > 20
     assert {"person", "pose", "scene"} <= set(summary["detections"])

@@ -219,6 +219,7 @@ def fresh_state_dir(state: Path) -> None:
 
 
 def main() -> int:
+    os.umask(0o077)  # edged.yaml holds the API token: what the demo writes is its user's only
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=0, help="seconds to run (0: Ctrl-C)")
     parser.add_argument("--port", type=int, default=8080, help="dashboard port (if free)")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgefed.clock import now_ms
 from edgefed.errors import ProtocolError
+from edgefed.wire import DEVICE_ID_PATTERN
 from edgefed.wirejson import json_object
 
 EventKind = Literal["frame", "stats", "twin"]
 EVENT_KINDS: tuple[EventKind, ...] = ("frame", "stats", "twin")
 """What edged publishes on ``<ns>/user/edgefed/events/<kind>/<id>`` (edged/eventbus.py)."""
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 @dataclass
@@ -30,14 +33,14 @@ class EdgeDevices:
         self.counts: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
 
     def record(self, kind: EventKind, body: bytes) -> str:
-        """Check one event (a JSON object with a string ``device_id``); its device id.
+        """Check one event (a JSON object whose ``device_id`` is a device id); its device id.
 
         It is counted under the kind of the path it was posted to (the Rule's target).
         """
         event = json_object(body, "an edge event")
         device = event.get("device_id")
-        if not isinstance(device, str) or not 0 < len(device) <= 128:
-            raise ProtocolError("device_id must be a string of 1-128 characters")
+        if not isinstance(device, str) or not _DEVICE_ID.fullmatch(device):
+            raise ProtocolError(f"device_id must match {DEVICE_ID_PATTERN}")
         stamp = event.get("timestamp", 0)
         if not isinstance(stamp, int) or isinstance(stamp, bool):
             raise ProtocolError("timestamp must be an integer (ms since the epoch)")

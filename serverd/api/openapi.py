@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefed.wire import MODEL_PATTERN
+from edgefed.wire import DEVICE_ID_PATTERN, MODEL_PATTERN
 from serverd.api.devices import EVENT_KINDS
 
 _ERROR = {
@@ -159,7 +159,7 @@ def build_openapi() -> dict[str, Any]:
         "type": "object",
         "required": ["device_id"],
         "properties": {
-            "device_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
             "type": {"type": "string", "enum": list(EVENT_KINDS)},
             "timestamp": {"type": "integer"},
         },

@@ -128,6 +128,22 @@ def test_edge_events_need_the_token_and_show_connected_devices(serverd: ServerdT
     assert 'serverd_edge_events_total{kind="stats"}' in metrics
 
 
+def test_an_edge_event_whose_device_id_is_not_a_device_id_is_refused(
+    serverd: ServerdThread,
+) -> None:
+    """On main any 1-128 characters were a device: 'serverd status' printed a terminal
+    escape sequence posted as one to the operator's terminal."""
+    path = url(serverd, "/api/v1/edge-events/stats")
+    bad_ids = ["\x1b]0;owned\x07\x1b[2J", "edge-01\n", "a/b/c", "-edge", "x" * 64, ""]
+    for bad_id in [*bad_ids, 7]:
+        body = json.dumps({"type": "stats", "device_id": bad_id, "timestamp": 1}).encode()
+        bad = call(path, "POST", body, AUTH)
+        assert bad.status == 400 and bad.json()["error"] == "bad_event", bad_id
+        assert bad.json()["reason"].startswith("device_id must match"), bad_id
+    devices = call(url(serverd, "/api/v1/status")).json()["devices"]["devices"]
+    assert not set(bad_ids) & set(devices)
+
+
 def test_openapi_document_is_served(serverd: ServerdThread) -> None:
     served = call(url(serverd, "/api/v1/openapi.json")).json()
     assert served == build_openapi()
