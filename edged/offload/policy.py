@@ -81,9 +81,11 @@ class OffloadPolicyConfig(BaseModel):
         default=5, ge=0, le=255, description="Requests with at least this priority are offloaded"
     )
     max_local_queue: int | None = Field(
-        default=8,
+        default=None,
         ge=0,
-        description="Offload when the local queue is deeper than this (None: never)",
+        description="Offload when the model's local queue is deeper than this (None: never); "
+        "it holds at most the model's queue_size frames (default 2), so a value of queue_size "
+        "or more never fires",
     )
     hard_example: HardExampleConfig = Field(
         default_factory=HardExampleConfig, description="Hard-example mining criteria"
