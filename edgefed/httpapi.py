@@ -3,12 +3,16 @@
 Both edged's operator API and serverd's API follow the same conventions: loopback by
 default, mutating calls behind ``Authorization: Bearer <token>`` (from config, a file or
 an environment variable; at least ``MIN_TOKEN_CHARS`` characters; with none, mutating
-calls are refused), and every error as JSON ``{"error", "reason"}``.
+calls are refused), and every error as JSON ``{"error", "reason"}``. An API bound to
+loopback answers only requests addressed to loopback (``middlewares``): a web page in
+the operator's browser whose name was rebound to 127.0.0.1 (DNS rebinding) cannot read it
+through the ssh tunnel the docs open to the dashboard.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -104,6 +108,36 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("API handler for %s %s failed", request.method, request.path)
         raise reject(500, "internal", "unexpected failure; see the daemon log") from None
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.1``, ``::1``, with or without [])."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """421 for a request whose ``Host`` names anything but loopback (the port aside)."""
+    host = request.headers.get("Host")
+    if host is not None:
+        name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+        if not is_loopback(name):
+            raise reject(
+                421, "misdirected", f"this API answers requests to localhost only, not {name!r}"
+            )
+    return await handler(request)
+
+
+def middlewares(bind_host: str) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The middlewares of an API bound to ``bind_host``: JSON errors, and on loopback
+    the ``Host`` check (an API exposed on purpose is reached by other names)."""
+    return [json_errors, loopback_only] if is_loopback(bind_host) else [json_errors]
 
 
 def check_bearer(header: str | None, token: str | None) -> None:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from edgefed.errors import StartError
-from edgefed.httpapi import json_errors
+from edgefed.httpapi import middlewares
 
 from .config import ApiConfig, resolve_token
 from .metrics import make_registry
@@ -105,7 +105,7 @@ class ApiServer:
             build_openapi(list(self._sources.pipeline.workers)),
             self._token,
         )
-        app = web.Application(middlewares=[json_errors])
+        app = web.Application(middlewares=middlewares(self.config.host))
         routes.add_to(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()

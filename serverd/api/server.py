@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from edgefed.errors import ProtocolError, StartError
-from edgefed.httpapi import JSON, check_bearer, json_errors, reject
+from edgefed.httpapi import JSON, check_bearer, middlewares, reject
 from serverd.api.config import ServerdApiConfig
 from serverd.api.devices import EVENT_KINDS, EdgeDevices, EventKind
 from serverd.api.federation import Federation, FederationRoutes
@@ -65,7 +65,7 @@ class ServerdApi:
 
     async def start(self) -> None:
         app = web.Application(
-            middlewares=[json_errors], client_max_size=self.config.max_event_bytes
+            middlewares=middlewares(self.config.host), client_max_size=self.config.max_event_bytes
         )
         app.add_routes(
             [

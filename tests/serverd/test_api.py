@@ -144,6 +144,14 @@ def test_an_edge_event_whose_device_id_is_not_a_device_id_is_refused(
     assert not set(bad_ids) & set(devices)
 
 
+def test_on_loopback_a_request_to_another_host_name_is_refused(serverd: ServerdThread) -> None:
+    """DNS rebinding: a page of another name, resolved to 127.0.0.1, is refused (421)."""
+    port = serverd.app.api.port
+    rebound = call(url(serverd, "/api/v1/status"), headers={"Host": f"rebind.example:{port}"})
+    assert rebound.status == 421 and rebound.json()["error"] == "misdirected"
+    assert call(url(serverd, "/healthz"), headers={"Host": f"localhost:{port}"}).status == 200
+
+
 def test_openapi_document_is_served(serverd: ServerdThread) -> None:
     served = call(url(serverd, "/api/v1/openapi.json")).json()
     assert served == build_openapi()

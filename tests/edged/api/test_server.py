@@ -15,7 +15,7 @@ from edgefed.errors import EXIT_RUNTIME, StartError, describe_fatal
 from edgefed.testing.wait import wait_until
 
 from .conftest import TOKEN, Daemon
-from .httpclient import put_json
+from .httpclient import call, put_json
 
 
 def test_a_busy_port_fails_start_with_an_error_systemd_restarts(daemon: Daemon) -> None:
@@ -68,3 +68,25 @@ def test_stop_ends_open_preview_streams(daemon: Daemon) -> None:
     server.stop()
     viewer.join(30)
     assert not viewer.is_alive() and result and result[0] >= 1
+
+
+def test_on_loopback_only_requests_to_localhost_are_answered(daemon: Daemon) -> None:
+    """A page whose name an attacker rebinds to 127.0.0.1 (DNS rebinding), opened in the
+    browser of an operator with the ssh tunnel the docs give, read the status and the
+    preview: its requests carry the page's own name as Host. An API exposed on purpose
+    (host 0.0.0.0) is reached by other names and answers them."""
+    assert daemon.api.port is not None
+    status = f"http://127.0.0.1:{daemon.api.port}/api/v1/status"
+    for host in ("127.0.0.1", "localhost", "[::1]"):
+        assert call(status, headers={"Host": f"{host}:{daemon.api.port}"}).status == 200, host
+    rebound = call(status, headers={"Host": f"rebind.attacker.example:{daemon.api.port}"})
+    assert rebound.status == 421 and rebound.json()["error"] == "misdirected"
+    exposed = ApiServer(ApiConfig(host="0.0.0.0", port=0), daemon.sources, env={})
+    exposed.start()
+    try:
+        named = call(
+            f"http://127.0.0.1:{exposed.port}/healthz", headers={"Host": "edge-01.site.example"}
+        )
+        assert named.status == 200
+    finally:
+        exposed.stop()
