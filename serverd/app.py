@@ -30,6 +30,7 @@ from serverd.jobtable import JobTable
 from serverd.scheduler import Scheduler
 from serverd.service import OffloadServer, ServiceSettings
 from serverd.systemd import watchdog
+from serverd.triton import access
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import write_repository
@@ -187,16 +188,17 @@ class ServerdApp:
         capacity = self.config.scheduler.capacity
         models = [m.name for m in self.config.triton.models]
         for supervisor in supervisors:
-            name = supervisor.process.name
-            self.supervisors[name] = supervisor
-            self.endpoints[name] = TritonEndpoint(
-                name, supervisor.process.grpc_url, self.config.infer_timeout_s
+            process = supervisor.process
+            self.supervisors[process.name] = supervisor
+            self.endpoints[process.name] = TritonEndpoint(
+                process.name, process.grpc_url, self.config.infer_timeout_s, process.grpc_headers
             )
-            self.scheduler.add_instance(name, models, capacity)
+            self.scheduler.add_instance(process.name, models, capacity)
 
     async def _add_external(self) -> None:
         for ext in self.config.endpoints:
-            endpoint = TritonEndpoint(ext.name, ext.url, self.config.infer_timeout_s)
+            headers = dict if ext.key_file is None else access.key_file_headers(ext.key_file)
+            endpoint = TritonEndpoint(ext.name, ext.url, self.config.infer_timeout_s, headers)
             models = set(ext.models)
             healthy = True
             if not models:

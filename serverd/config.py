@@ -85,6 +85,12 @@ class EndpointConfig(Strict):
     models: list[str] = Field(
         default_factory=list, description="Models it serves; empty: ask its repository index"
     )
+    key_file: Path | None = Field(
+        None,
+        description="File holding the key of a Triton whose APIs need the header "
+        "edgefed-triton-key, as serverd starts its own (another serverd's "
+        "state_dir/triton/local-<i>.key); read again when it changes",
+    )
 
 
 class SchedulerConfig(Strict):

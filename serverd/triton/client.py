@@ -5,6 +5,9 @@ decoded JSON. Errors are translated once, here: a failure of the endpoint (canno
 connect, timed out, model not loaded there) raises ``OffloadError`` and the job is
 re-placed elsewhere; a failure of the job itself (the image cannot be decoded, the
 model raised on it) raises ``ModelError`` and goes back to the device as an error.
+
+Every call to a Triton that serverd supervises carries the key of its current start
+(``headers``, ``serverd.triton.access``): without it that Triton refuses every API.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +82,19 @@ def parse_reply(document: bytes) -> InferReply:
 class TritonEndpoint:
     """A gRPC connection to one Triton; create and use it inside one event loop."""
 
-    def __init__(self, name: str, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 10.0,
+        headers: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
+        """``headers``: what each call sends, read at the call (a supervised Triton's
+        key is new after each restart); none for an external endpoint."""
         self.name = name
         self.url = url
         self.timeout_s = timeout_s
+        self._headers = headers
         self._client: aioclient.InferenceServerClient | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -98,6 +111,7 @@ class TritonEndpoint:
                 model,
                 [tensor],
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT)],
+                headers=dict(self._headers()),
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -112,7 +126,11 @@ class TritonEndpoint:
     async def ready(self) -> bool:
         """True if the server answers ready within the timeout."""
         try:
-            return bool(await self._connect().is_server_ready(client_timeout=2.0))
+            return bool(
+                await self._connect().is_server_ready(
+                    headers=dict(self._headers()), client_timeout=2.0
+                )
+            )
         except InferenceServerException:
             return False
 
@@ -120,7 +138,7 @@ class TritonEndpoint:
         """Names of the models that are READY on this endpoint (OffloadError if unreachable)."""
         try:
             index = await self._connect().get_model_repository_index(
-                as_json=True, client_timeout=5.0
+                headers=dict(self._headers()), as_json=True, client_timeout=5.0
             )
         except InferenceServerException as exc:
             raise OffloadError(f"Triton {self.name} ({self.url}): {_one_line(exc)}") from exc

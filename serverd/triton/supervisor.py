@@ -2,6 +2,9 @@
 
 ``TritonProcess`` is one process on explicit 127.0.0.1 ports with its log in a file (a
 pipe would keep the python backend's stubs, which inherit it, from ever seeing EOF).
+Every API of its HTTP and gRPC ports needs the random key of its start (``access``):
+serverd's calls send it, a local user's call without it gets 403; ``<name>.key`` (mode
+0600) holds it for tools of serverd's user.
 It runs in its own process group so that stubs orphaned by a crash are killed with
 it, and with its own shared-memory prefix so that a crash's leftovers are removed.
 A start that fails raises ``OffloadError`` quoting Triton's own last error lines; one
@@ -45,6 +48,7 @@ from typing import Any, BinaryIO
 from edgefed.errors import OffloadError
 from edgefed.outage import Repeats
 from edgefed.ports import free_ports
+from serverd.triton import access
 from serverd.triton.install import TritonInstall
 from serverd.triton.reaper import adopts_orphans, proc_stat, reap_orphans
 
@@ -88,6 +92,17 @@ class TritonPorts:
         """HTTP on ``base``, gRPC on ``base + 1``, metrics on ``base + 2``."""
         return cls(base, base + 1, base + 2)
 
+    def args(self) -> list[str]:
+        """``tritonserver`` flags: the three endpoints on these ports of 127.0.0.1."""
+        return [
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics}",
+        ]
+
 
 def quote_errors(log_text: str, limit: int = 3) -> str:
     """Triton's own last error lines (noise removed), for an error message."""
@@ -119,7 +134,10 @@ class TritonProcess:
         ports: TritonPorts,
         ready_timeout: float = 60.0,
         extra_args: Sequence[str] = (),
+        restrict: bool = True,
     ) -> None:
+        """``restrict=False`` leaves every API open to whoever reaches its ports: only for
+        tests and tools that call Triton without the key (serverd never does)."""
         self.install = install
         self.repository = repository
         self.workdir = workdir
@@ -128,6 +146,9 @@ class TritonProcess:
         self.ready_timeout = ready_timeout
         self._abandon = threading.Event()  # serverd stops: a start under way gives up
         self.extra_args = tuple(extra_args)
+        self.restrict = restrict
+        self.key = access.new_key()  # a new one for each start
+        self.key_path = workdir / f"{name}.key"  # for tools of serverd's user (mode 0600)
         self.log_path = workdir / f"{name}.log"
         self.pid_path = workdir / f"{name}.pid"
         self.shm_path = workdir / f"{name}.shm"  # the prefix of the run that wrote it
@@ -143,6 +164,15 @@ class TritonProcess:
         return f"http://127.0.0.1:{self.ports.http}"
 
     @property
+    def http_headers(self) -> dict[str, str]:
+        """What an HTTP call to this Triton's API must send (its current start's key)."""
+        return {access.HEADER: self.key} if self.restrict else {}
+
+    def grpc_headers(self) -> dict[str, str]:
+        """What a gRPC call to this Triton's API must send (its current start's key)."""
+        return {access.GRPC_HEADER: self.key} if self.restrict else {}
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -153,16 +183,12 @@ class TritonProcess:
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--cache-directory={self.install.cache_dir}",
-            "--http-address=127.0.0.1",
-            f"--http-port={self.ports.http}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={self.ports.grpc}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={self.ports.metrics}",
+            *self.ports.args(),
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *(access.restriction_args(self.key) if self.restrict else ()),
             *self.extra_args,
         ]
 
@@ -175,6 +201,7 @@ class TritonProcess:
             self._process = None  # once: a retry must not signal a pid reused since
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            self.key = access.new_key()
             command = self.command()
             self.rotate_log()
             with self.log_path.open("ab") as out:
@@ -196,6 +223,7 @@ class TritonProcess:
                 self.pid_path,
                 exc,
             )
+        self._write_key()
         started = time.monotonic()
         while time.monotonic() - started < self.ready_timeout:
             code = self.poll()
@@ -237,9 +265,12 @@ class TritonProcess:
             raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
 
     def ready(self) -> bool:
-        """True if the HTTP endpoint answers 200 on ``/v2/health/ready``."""
+        """True if the HTTP endpoint answers 200 on ``/v2/health/ready`` (with the key)."""
+        request = urllib.request.Request(
+            f"{self.http_url}/v2/health/ready", headers=self.http_headers
+        )
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as reply:
+            with urllib.request.urlopen(request, timeout=1) as reply:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -266,6 +297,23 @@ class TritonProcess:
         self._cleanup()
         self._process = None
         self.pid_path.unlink(missing_ok=True)
+        self.key_path.unlink(missing_ok=True)
+
+    def _write_key(self) -> None:
+        """This start's key into ``<name>.key`` (mode 0600) for tools of serverd's user
+        (``curl -H``, benchmarks); serverd's own client calls ``grpc_headers``."""
+        if not self.restrict:
+            self.key_path.unlink(missing_ok=True)
+            return
+        partial = self.key_path.with_suffix(".key.partial")
+        try:
+            partial.unlink(missing_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{self.key}\n")
+            os.replace(partial, self.key_path)
+        except OSError as exc:  # serverd has the key; only tools would read the file
+            log.warning("Triton %s: cannot write %s (%s)", self.name, self.key_path, exc)
 
     def _stop_orphan(self) -> None:
         """Stop the Triton an earlier run left behind (its pid file names a live process

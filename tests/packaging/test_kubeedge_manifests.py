@@ -18,9 +18,12 @@ from edged.config import parse_config
 from edged.eventbus import DEFAULT_PREFIX, event_topics
 from edged.settings import RuntimeSettings
 from edged.twin.kubeedge import KEY_RE, VALUE_RE
+from serverd.triton import access
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
+KUBERNETES = REPO / "packaging" / "kubernetes"  # serverd replicas, using the same Triton
+CONTAINERFILE = REPO / "packaging" / "oci" / "Containerfile"
 NOT_MANIFESTS = {"kustomization.yaml"}
 TWIN_TABLE = files("edged.twin") / "properties.yaml"  # the source of truth, package data
 NAMESPACE = "edgefed"
@@ -265,6 +268,110 @@ def test_serverd_talks_to_triton_grpc_on_8001() -> None:
     (triton,) = pod_spec(the("Deployment", "triton"))["containers"]
     assert "--grpc-port=8001" in triton["args"]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector selects ``labels``."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        held = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }
+        if not held[operator]:
+            return False
+    return True
+
+
+def serverd_endpoints(workload: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """The Triton URLs of the serverd config a workload mounts (none: not a serverd)."""
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    urls: list[str] = []
+    for volume in pod_spec(workload).get("volumes", []):
+        configmap = maps.get(volume.get("configMap", {}).get("name"))
+        if configmap is not None and "serverd.yaml" in configmap["data"]:
+            config = yaml.safe_load(configmap["data"]["serverd.yaml"])
+            urls += [e["url"] for e in config.get("endpoints", [])]
+    return urls
+
+
+def test_only_serverds_pods_reach_triton_and_only_its_grpc_port() -> None:
+    """Triton listened on every address of its pod with no NetworkPolicy: any pod of the
+    cluster could call every API of it. Now only the pods of serverd (and of the serverd
+    replicas of packaging/kubernetes) reach its gRPC port, which is all they call."""
+    triton = the("Deployment", "triton")
+    labels = triton["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [p for p in all_of("NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    service = {p["name"]: p for p in the("Service", "triton")["spec"]["ports"]}
+    (container,) = pod_spec(triton)["containers"]
+    grpc = {p["name"]: p["containerPort"] for p in container["ports"]}[
+        service["grpc"]["targetPort"]
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": grpc}]
+    assert all(set(peer) == {"podSelector"} for peer in rule["from"])  # no namespace, no IP
+    others = [
+        d
+        for f in sorted(KUBERNETES.glob("*.yaml"))
+        if f.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(f.read_text())
+        if d is not None
+    ]
+    docs = DOCS + others
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    users = {
+        w["metadata"]["name"]
+        for w in workloads
+        if f"triton.{NAMESPACE}.svc.cluster.local:{service['grpc']['port']}"
+        in serverd_endpoints(w, docs)
+    }
+    assert users == {"serverd", "serverd-replicas"}
+    admitted = {
+        w["metadata"]["name"]
+        for w in workloads
+        if any(
+            selects(peer["podSelector"], w["spec"]["template"]["metadata"]["labels"])
+            for peer in rule["from"]
+        )
+    }
+    assert admitted == users
+
+
+def test_triton_refuses_the_apis_serverd_never_calls() -> None:
+    """serverd's config cannot carry a header, so the Deployment restricts, with a random
+    key made at each start and held by nobody, the API groups serverd never calls; what it
+    calls (inference, health, the repository index) stays open behind the NetworkPolicy.
+    The command is the image's entry point run through sh (run for real:
+    tests/serverd/test_triton_access.py)."""
+    (container,) = pod_spec(the("Deployment", "triton"))["containers"]
+    tini, dashes, shell, flags, script, name = container["command"]
+    entrypoint = next(
+        line
+        for line in CONTAINERFILE.read_text()
+        .split("FROM serverd AS serverd-triton")[1]
+        .splitlines()
+        if line.startswith("ENTRYPOINT ")
+    )
+    image = yaml.safe_load(entrypoint.removeprefix("ENTRYPOINT "))
+    assert [tini, dashes] == image[:2] and (shell, flags, name) == ("sh", "-ec", "tritonserver")
+    assert f'exec {" ".join(image[2:])} "$@"' in script
+    assert "key=$(python3 -c 'import secrets; print(secrets.token_hex(32))')" in script
+    (apis,) = [line.split("=", 1)[1] for line in script.splitlines() if line.startswith("apis=")]
+    restricted = apis.split(",")
+    assert set(restricted) <= set(access.APIS) and len(restricted) == len(set(restricted))
+    serverd_calls = {"inference", "health", "model-repository"}  # serverd/triton/client.py
+    assert set(restricted) == set(access.APIS) - serverd_calls
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        assert f'"{flag}=$apis:{access.HEADER}=$key"' in script
+    assert not any("restricted" in arg for arg in container["args"])
+    assert "--model-control-mode=poll" in container["args"]  # no load/unload through the API
 
 
 def test_workloads_are_bounded_and_unprivileged() -> None:

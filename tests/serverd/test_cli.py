@@ -31,9 +31,14 @@ from edgefed.wire import OffloadResult, Topics
 from serverd.cli import main
 from serverd.config import parse_config
 from serverd.systemd import watchdog
-from tests.serverd.harness import Edge, ServerdThread, frame_jpeg
+from serverd.triton.install import TritonInstall
+from serverd.triton.repository import TritonModelConfig, write_repository
+from serverd.triton.supervisor import TritonPorts, TritonProcess
+from tests.serverd.harness import Edge, frame_jpeg
 from tests.support.notify import NotifyListener
-from tests.support.paths import REPO
+from tests.support.paths import IMAGES_DIR, REPO
+
+TRUSTED_KEY = IMAGES_DIR / "keys" / "dev-signing.pub"
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
@@ -80,9 +85,30 @@ def test_a_config_without_any_triton_is_refused(tmp_path: Path) -> None:
     assert main(["check-config", str(config)]) == EXIT_CONFIG
 
 
+@pytest.fixture(scope="module")
+def external_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gRPC address of a Triton serving "person" and "echo" with its APIs open: an
+    external endpoint's Triton (`serverd run`, another process, has no key to send to
+    one that serverd supervises)."""
+    if not (REPO / ".venv-triton" / ".edgefed-installed").exists():
+        pytest.fail("Triton's environment is missing: run bash serverd/triton/setup_env.sh")
+    work = tmp_path_factory.mktemp("external-triton")
+    models = [
+        TritonModelConfig(
+            name="person", image=Path("pose_detector"), driver={"type": "litert", "num_threads": 1}
+        ),
+        TritonModelConfig(name="echo", backend="echo"),
+    ]
+    repository = write_repository(work / "models", models, IMAGES_DIR, [TRUSTED_KEY])
+    install = TritonInstall.locate(REPO / ".venv-triton")
+    process = TritonProcess(install, repository, work, "ext", TritonPorts.free(), restrict=False)
+    process.start()
+    yield process.grpc_url
+    process.stop()
+
+
 @pytest.fixture
-def cli_config(tmp_path: Path, serverd: ServerdThread, shared_broker: Broker) -> Path:
-    external = serverd.app.supervisors["local-1"].process.grpc_url
+def cli_config(tmp_path: Path, external_triton: str, shared_broker: Broker) -> Path:
     return write_config(
         tmp_path / "serverd.yaml",
         {
@@ -92,7 +118,7 @@ def cli_config(tmp_path: Path, serverd: ServerdThread, shared_broker: Broker) ->
             "mqtt": {"port": shared_broker.port, "client_id": "serverd-cli"},
             "api": {"port": 0},
             "triton": {"instances": 0},
-            "endpoints": [{"name": "ext", "url": external}],
+            "endpoints": [{"name": "ext", "url": external_triton}],
         },
     )
 

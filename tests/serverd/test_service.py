@@ -43,7 +43,8 @@ def triton_successes(serverd: ServerdThread, model: str) -> int:
     total = 0
     for supervisor in serverd.app.supervisors.values():
         url = f"{supervisor.process.http_url}/v2/models/{model}/stats"
-        with urllib.request.urlopen(url, timeout=5) as reply:
+        request = urllib.request.Request(url, headers=supervisor.process.http_headers)
+        with urllib.request.urlopen(request, timeout=5) as reply:
             stats = json.load(reply)
         total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
     return total
@@ -241,7 +242,7 @@ def test_the_edge_offload_client_gets_its_results(
 def test_serverd_over_mutual_tls_with_an_external_triton(
     serverd: ServerdThread, tmp_path: Path
 ) -> None:
-    external = serverd.app.supervisors["local-1"].process.grpc_url
+    process = serverd.app.supervisors["local-1"].process  # another serverd's Triton
     with Broker(tmp_path / "tls-broker", tls=True) as broker:
         assert broker.tls is not None
         files = broker.tls
@@ -252,7 +253,7 @@ def test_serverd_over_mutual_tls_with_an_external_triton(
             instances=0,
             prefix="tls",
             server_id="tls-server",
-            endpoints=[{"name": "ext", "url": external}],
+            endpoints=[{"name": "ext", "url": process.grpc_url, "key_file": process.key_path}],
         )
         config.mqtt.tls = tls
         second = ServerdThread(config)

@@ -188,16 +188,17 @@ def test_a_running_triton_s_log_is_kept_within_its_size(
     watcher = TritonSupervisor(process, lambda _, up: None, poll_s=0.05)
     watcher.start()
     kept = tmp_path / "local-0.log.1"
-    url = f"{process.http_url}/v2/health/ready"
     try:
         pid = process.pid
-        wait_until("the verbose log to pass its size", lambda: _ok(url) and kept.exists(), 60)
+        wait_until(
+            "the verbose log to pass its size", lambda: process.ready() and kept.exists(), 60
+        )
         assert kept.stat().st_size > 16 * 1024
         assert kept.read_bytes().startswith(b"--- ")  # the whole log, from its first line
         before = process.log_path.stat().st_size
         wait_until(
             "Triton to log on after the move",
-            lambda: _ok(url) and process.log_path.stat().st_size > before + 1024,
+            lambda: process.ready() and process.log_path.stat().st_size > before + 1024,
             30,
         )
         head = process.log_path.read_bytes()[:64]
@@ -256,12 +257,7 @@ def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> 
             f"--venv={VENV}",
             f"--workdir={tmp_path / 'work'}",
             f"--model-repository={repository}",
-            "--http-address=127.0.0.1",
-            f"--http-port={ports.http}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={ports.grpc}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={ports.metrics}",
+            *ports.args(),
             "--exit-timeout-secs=5",
         ],
         cwd=REPO,
