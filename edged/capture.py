@@ -39,8 +39,7 @@ _DEFAULT_FPS = 25.0
 _FPS_EMA_ALPHA = 0.1
 _PUT_POLL_S = 0.2
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-# scheme:// then a user (and password) up to the last "@" before the path, as FFmpeg splits it
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")  # to the last @, as FFmpeg
 
 
 class SourceKind(StrEnum):
@@ -60,8 +59,7 @@ def source_kind(source: str | int) -> SourceKind:
 
 
 def redact_source(source: str | int) -> str:
-    """The source as our messages show it: a URL without its user and password
-    (rtsp://admin:pw@cam:554/x -> rtsp://cam:554/x); paths and devices as they are."""
+    """As our messages show it: rtsp://admin:pw@cam:554/x -> rtsp://cam:554/x (no user)."""
     return _URL_USERINFO.sub(r"\1", str(source), count=1)
 
 
@@ -229,10 +227,9 @@ class CaptureSource:
         self._last_ts: float | None = None
         self._last_error: str | None = None
         self._errors = 0
-        # a stream or device that cannot be opened: settle_s=0, the first frame ends it
+        # failed opens end with the first frame; drops, however often the stream opens
+        # again, once frames have flowed for reconnect_max_s (``_deliver``)
         self._opening = Outage(log, f"camera {config.name}: opening the {self._kind}", settle_s=0)
-        # a stream that drops, however often it opens again (a camera closing each session
-        # after a frame): one outage until frames have flowed for reconnect_max_s
         self._streaming = Outage(log, f"camera {config.name}: reading the {self._kind}", settle_s=0)
 
     # -- lifecycle -------------------------------------------------------------------
