@@ -259,14 +259,24 @@ class Participant:
             self.counters.versions_repeated += 1  # its report was sent: the refusal stands
             return
         report = AdoptionReport(model=head.model, version=head.version, adopted=False)
+        # a refusal about the version itself (its signature, its shapes, the held-back
+        # judgement) stands; one for a passing fault (a full disk, the sample store, a
+        # failed swap) is judged again when the version comes again
+        stands = False
         try:
-            check(received, self.images.keys, served, self.rolled_back_from)
+            try:
+                check(received, self.images.keys, served, self.rolled_back_from)
+            except FederationError:
+                stands = True
+                raise
             with self.images.unpacked(self.model, head.version, received.body) as (image, params):
                 if served is not None and [p.shape for p in params] != [
                     p.shape for p in served.params
                 ]:
+                    stands = True
                     raise FederationError(f"{head.model} v{head.version}: tensor shapes differ")
                 decision = judge(params, served, self.store.holdout(self.model), self.margin)
+                stands = not decision.adopt
                 report = report.model_copy(
                     update={
                         "adopted": decision.adopt,
@@ -283,7 +293,8 @@ class Participant:
             self.counters.versions_adopted += 1
         else:
             self.counters.versions_refused += 1
-            self._refused = (head.version, head.sha256)
+            if stands:
+                self._refused = (head.version, head.sha256)
             self.counters.last_version_refusal = report.reason
             self.counters.last_reason = report.reason
             log.warning("federation: refused %s v%d: %s", head.model, head.version, report.reason)

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.federated import trust
 from edged.federation.adoption import HeadSlot, Served
 from edged.federation.participant import Participant
 from edged.federation.samples import SampleStore
-from edged.federation.versions import VersionImages
+from edged.federation.versions import INCOMING, VersionImages
 from edgefed.federation_wire import (
     FederationTopics,
     GlobalModel,
@@ -25,10 +27,14 @@ from edgefed.federation_wire import (
     encode,
     init_head,
     sha256_hex,
+    signed_text,
 )
+from edgefed.images.federated import Base
+from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
 from edgefed.testing.wait import wait_until
+from serverd.federation.images import VersionImager
 
 TOPICS = FederationTopics()
 
@@ -138,3 +144,34 @@ def test_copies_that_come_while_the_worker_trains_wait_as_the_latest_of_each(
         participant.stop()
     assert "v11" in participant.counters.last_version_refusal
     assert participant.counters.rounds_seen == 2
+
+
+def test_a_version_refused_for_a_passing_fault_is_judged_again_when_it_comes_again(
+    tmp_path: Path,
+) -> None:
+    """No room to unpack (here a file where the unpacking directory goes) is the edge's
+    fault, not the version's: the copy a reconnect brings once it is mended is judged."""
+    key = Ed25519PrivateKey.generate()
+    imager = VersionImager("digits", Base.pixels(8, 1, 255.0), ["0", "1"], key)
+    body = imager.packed(2, init_head(8, 2))
+    digest = sha256_hex(body)
+    signature = sign(key, signed_text("digits", 2, digest)).hex()
+    header = GlobalModel(model="digits", version=2, round=1, sha256=digest, signature=signature)
+    participant = _participant(tmp_path, MqttClient(MqttConfig(client_id="edge-0")))
+    participant.images = VersionImages(tmp_path / "images", [trust(key, tmp_path / "trust")])
+    blocker = tmp_path / "images" / INCOMING
+    blocker.parent.mkdir(exist_ok=True)
+    blocker.write_text("not a directory")
+    participant.start()
+    try:
+        participant._on_message(TOPICS.model("digits"), encode(header, body))
+        wait_until("refused", lambda: participant.counters.versions_refused == 1)
+        assert "cannot unpack" in participant.counters.last_version_refusal
+        blocker.unlink()
+        participant._on_message(TOPICS.model("digits"), encode(header, body))  # a reconnect
+        wait_until("judged again", lambda: participant.counters.versions_adopted == 1)
+    finally:
+        participant.stop()
+    assert participant.counters.versions_repeated == 0
+    served = participant.slot.current
+    assert served is not None and served.version == 2  # the same head: nothing worse
