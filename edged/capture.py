@@ -39,7 +39,7 @@ _DEFAULT_FPS = 25.0
 _FPS_EMA_ALPHA = 0.1
 _PUT_POLL_S = 0.2
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")  # to the last @, as FFmpeg
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://).*@")  # to the last "@" anywhere
 
 
 class SourceKind(StrEnum):
@@ -59,7 +59,7 @@ def source_kind(source: str | int) -> SourceKind:
 
 
 def redact_source(source: str | int) -> str:
-    """As our messages show it: rtsp://admin:pw@cam:554/x -> rtsp://cam:554/x (no user)."""
+    """rtsp://admin:pw@cam/x -> rtsp://cam/x: an "@" in a path costs the host, not a leak."""
     return _URL_USERINFO.sub(r"\1", str(source), count=1)
 
 

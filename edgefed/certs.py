@@ -117,6 +117,8 @@ def issue(
         raise ConfigError(f"identity {identity!r} is not a device id, 'serverd' or 'edgecore'")
     stem = name if server else file_name(identity)
     out = Issued(directory / f"{stem}.pem", directory / f"{stem}.key")
+    if server and name.lower() == "ca":
+        raise ConfigError("a broker certificate cannot be named 'ca': those are the CA's files")
     if not server:
         _check_files_free(out.cert, identity)
     try:
@@ -152,9 +154,9 @@ def issue(
 
 
 def _check_files_free(cert: Path, identity: str) -> None:
-    """Refuse a client identity whose files are the CA's or the broker's, or another
-    identity's (demo/edge-01 and demo_edge-01 share demo_edge-01.pem); the same identity
-    may replace its own (rotation)."""
+    """Refuse a client identity whose files are the CA's or the broker's, a broker's (an
+    edge node's node-broker-<node>), or another identity's (demo/edge-01 and demo_edge-01
+    share demo_edge-01.pem); the same identity may replace its own (rotation)."""
     reserved = _RESERVED.get(cert.stem.lower())  # lower: a case-insensitive file system
     if reserved:
         raise ConfigError(f"identity {identity!r} is refused: {cert.stem}.pem/.key are {reserved}")
@@ -162,10 +164,14 @@ def _check_files_free(cert: Path, identity: str) -> None:
         return
     try:
         owner = common_name(cert)
-    except (OSError, ValueError, IndexError) as exc:
-        raise ConfigError(f"cannot read the common name of {cert}: {exc}") from exc
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        usage = loaded.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (OSError, ValueError, IndexError, x509.ExtensionNotFound) as exc:
+        raise ConfigError(f"cannot read the common name and usage of {cert}: {exc}") from exc
     if owner != identity:
         raise ConfigError(f"identity {identity!r}: {cert} is the certificate of {owner!r}")
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise ConfigError(f"identity {identity!r}: {cert} is a broker's certificate")
 
 
 def common_name(cert: Path) -> str:

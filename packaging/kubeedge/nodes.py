@@ -293,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         help="HOST:PORT of the cluster broker's edge listener (the edgefed-mqtt-edge address)",
     )
     parser.add_argument(
-        "--tls", type=Path, help="the 'edged certs init' directory: issue missing bridge certs"
+        "--tls",
+        type=Path,
+        help="the 'edged certs init' directory: issue each node's missing certificates",
     )
     parser.add_argument(
         "--tls-dir",

@@ -149,7 +149,9 @@ def test_redact_source_drops_the_user_and_password_of_a_url_only() -> None:
     assert redact_source("rtsp://admin:S3cret@10.0.0.5:554/h264") == "rtsp://10.0.0.5:554/h264"
     assert redact_source("rtsp://admin@cam/stream") == "rtsp://cam/stream"
     assert redact_source("http://u:p@ss@cam:80/v.mjpg?x=1") == "http://cam:80/v.mjpg?x=1"
-    assert redact_source("rtsp://cam:554/a@b") == "rtsp://cam:554/a@b"  # "@" in the path
+    for password in ("Pa#ss", "pa/ss", "pa?ss", "p@ss"):  # unencoded, as people write them
+        assert redact_source(f"rtsp://admin:{password}@10.0.0.5/x") == "rtsp://10.0.0.5/x"
+    assert redact_source("rtsp://cam:554/a@b") == "rtsp://b"  # an "@" in a path: more goes
     assert redact_source("clips/me@home.mp4") == "clips/me@home.mp4"
     assert redact_source("/dev/video0") == "/dev/video0"
     assert redact_source(2) == "2"

@@ -12,7 +12,7 @@ import pytest
 
 from edged.cli import main
 from edgefed import certs
-from edgefed.errors import EXIT_CONFIG, EXIT_OK
+from edgefed.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
 from edgefed.testing.broker import Broker
 from edgefed.wire import Topics
@@ -61,6 +61,13 @@ def test_issue_never_replaces_the_ca_the_broker_or_another_identity(
     assert err[3] == f"identity 'demo_edge-01': {pem} is the certificate of 'demo/edge-01'"
     assert main(["certs", "issue", str(tmp_path), "demo/edge-01"]) == EXIT_OK  # rotation
     assert pem.read_bytes() != before[pem]
+    node_broker = certs.issue(tmp_path, "node-broker-a", server=True, name="node-broker-a")
+    kept = node_broker.cert.read_bytes()
+    assert main(["certs", "issue", str(tmp_path), "node-broker-a"]) == EXIT_CONFIG
+    assert node_broker.cert.read_bytes() == kept  # an edge node's broker keeps its own
+    assert "is a broker's certificate" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="cannot be named 'ca'"):
+        certs.issue(tmp_path, "ca", server=True, name="ca")
 
 
 def test_a_rotated_certificate_connects_with_the_same_identity(tmp_path: Path) -> None:

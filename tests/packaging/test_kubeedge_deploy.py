@@ -40,8 +40,8 @@ DRIVER_CONFIGS = {("npu-driver", "npu-driver.yaml")}
 BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf"), ("edgefed-mqtt-config", "edgefed.acl")}
 """mosquitto's own config and ACL (not a daemon of ours): listed so that nothing goes
 unchecked (both are run on a real mosquitto by tests/packaging/test_mosquitto_bridge.py)."""
-NODE_TLS = "/etc/edgefed/tls/"
-"""Where the edge node keeps its broker certificates (a hostPath of the edged DaemonSet)."""
+NODE_TLS = "/etc/edgefed/tls/edged/"
+"""Where the edge node keeps edged's broker certificate (a hostPath of the edged DaemonSet)."""
 NPU = "skt.com/aix_v1"
 """The NPU resource of the original project, which the manifests keep."""
 NPU_USERS = {("DaemonSet", "edged"), ("Deployment", "triton")}
