@@ -14,7 +14,9 @@ def available() -> list[str]:
     return sorted(
         m.name.replace("_", "-")
         for m in pkgutil.iter_modules([str(here)])
-        if not m.name.startswith("_") and "\ndef main(" in (here / f"{m.name}.py").read_text()
+        if not m.name.startswith("_")
+        and not m.ispkg
+        and "\ndef main(" in (here / f"{m.name}.py").read_text()
     )
 
 

@@ -65,11 +65,12 @@ def key_file_headers(path: Path) -> Callable[[], dict[str, str]]:
     ``local-<i>.key``, a mounted Secret), read again when the file changes (a restart
     writes a new key); a file that cannot be read sends none, and that Triton refuses
     the call as it would any other."""
-    seen: list[tuple[int, dict[str, str]]] = []
+    seen: list[tuple[tuple[int, int], dict[str, str]]] = []
 
     def headers() -> dict[str, str]:
         try:
-            stamp = path.stat().st_mtime_ns
+            found = path.stat()
+            stamp = (found.st_ino, found.st_mtime_ns)  # a replaced file is a new inode
             if not seen or seen[0][0] != stamp:
                 seen[:] = [(stamp, {GRPC_HEADER: path.read_text().strip()})]
         except OSError:

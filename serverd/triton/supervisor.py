@@ -163,7 +163,6 @@ class TritonProcess:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.http}"
 
-    @property
     def http_headers(self) -> dict[str, str]:
         """What an HTTP call to this Triton's API must send (its current start's key)."""
         return {access.HEADER: self.key} if self.restrict else {}
@@ -267,7 +266,7 @@ class TritonProcess:
     def ready(self) -> bool:
         """True if the HTTP endpoint answers 200 on ``/v2/health/ready`` (with the key)."""
         request = urllib.request.Request(
-            f"{self.http_url}/v2/health/ready", headers=self.http_headers
+            f"{self.http_url}/v2/health/ready", headers=self.http_headers()
         )
         try:
             with urllib.request.urlopen(request, timeout=1) as reply:

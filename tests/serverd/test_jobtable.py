@@ -323,6 +323,8 @@ def test_counts_are_a_tally_kept_exact_through_every_kind_of_change(tmp_path: Pa
     restarted.max_bytes = restarted.used_bytes() // 2
     assert restarted.cut_to_cap(limit=1_500) == 1_500
     assert restarted.counts() == _recount(path) == {"Failed": 4, "Exit": 500}
+    triggers = {r[0] for r in restarted._db.execute("SELECT name FROM sqlite_master")}
+    assert {"jobs_tally_insert", "jobs_tally_delete", "jobs_tally_update"} <= triggers
     plans = _plans(restarted, restarted.counts, "SELECT")
     assert plans and not [p for p in plans if "jobs" in p.split()], plans
 

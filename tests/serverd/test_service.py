@@ -43,7 +43,7 @@ def triton_successes(serverd: ServerdThread, model: str) -> int:
     total = 0
     for supervisor in serverd.app.supervisors.values():
         url = f"{supervisor.process.http_url}/v2/models/{model}/stats"
-        request = urllib.request.Request(url, headers=supervisor.process.http_headers)
+        request = urllib.request.Request(url, headers=supervisor.process.http_headers())
         with urllib.request.urlopen(request, timeout=5) as reply:
             stats = json.load(reply)
         total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])

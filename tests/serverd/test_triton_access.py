@@ -128,7 +128,7 @@ def test_a_direct_call_to_a_supervised_triton_without_its_key_is_refused(
             assert client.is_server_ready(headers=process.grpc_headers())
         finally:
             client.close()
-        keyed = process.http_headers
+        keyed = process.http_headers()
         index = http("POST", f"{process.http_url}/v2/repository/index", {}, keyed)
         assert index[0] == 200 and {m["name"] for m in json.loads(index[1])} == {"echo", "person"}
         region = f"{process.http_url}/v2/systemsharedmemory/region/access-test"
@@ -145,7 +145,7 @@ def test_serverds_own_jobs_health_and_metrics_carry_on(serverd: ServerdThread, e
         total = 0.0
         for process in processes:
             code, text = http(
-                "GET", f"{process.http_url}/v2/models/echo/stats", headers=process.http_headers
+                "GET", f"{process.http_url}/v2/models/echo/stats", headers=process.http_headers()
             )
             assert code == 200, text
             stats = json.loads(text)["model_stats"]

@@ -16,12 +16,14 @@ class MjpegCamera:
     ) -> None:
         self.jpegs = jpegs
         self.sessions = 0
+        sessions = threading.Lock()  # the handlers run on threads of their own
         self.halt = threading.Event()
         camera = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                camera.sessions += 1
+                with sessions:
+                    camera.sessions += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
