@@ -76,6 +76,8 @@ class EdgeFederation:
         for participant in self.participants.values():
             participant.start()
         self.mqtt.add_connection_listener(self._on_connection)
+        if self.mqtt.connected:  # up before the listener was: no call for this connection
+            self._on_connection(True)
         self._thread.start()
 
     def stop(self) -> None:

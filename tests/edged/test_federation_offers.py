@@ -91,3 +91,28 @@ def test_offers_are_stamped_on_serverds_clock_once_the_device_knows_it(tmp_path:
             fed.stop()
             mqtt.stop()
             watcher.stop()
+
+
+def test_a_link_up_before_the_federation_starts_offers_at_once(tmp_path: Path) -> None:
+    """The connection came up before ``start`` listened for it: the first offer waited
+    a whole ``offer_interval_s`` (30 s), and serverd's rounds went without the device."""
+    topics = FederationTopics()
+    with Broker(tmp_path / "broker") as broker:
+        offers: queue.Queue[bytes] = queue.Queue()
+        watcher = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="w"))
+        watcher.subscribe(topics.filter("samples"), lambda t, p: offers.put(p))
+        watcher.start()
+        mqtt = MqttClient(MqttConfig(host=broker.host, port=broker.port, client_id="edge-0"))
+        mqtt.start()
+        allowed = threading.Event()
+        allowed.set()
+        store = SampleStore(tmp_path / "samples.db")
+        fed = EdgeFederation(mqtt, topics, "edge-0", store, [], {}, allowed)
+        try:
+            assert watcher.wait_connected(10) and mqtt.wait_connected(10)
+            fed.start()
+            assert isinstance(decode(offers.get(timeout=10)), SampleOffer)
+        finally:
+            fed.stop()
+            mqtt.stop()
+            watcher.stop()
