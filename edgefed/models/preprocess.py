@@ -108,10 +108,12 @@ class Preprocessor:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         # OpenCV scalars (4 doubles): per-channel arithmetic on HWC images is vectorised
-        # there, while numpy broadcasting over a last axis of 3 is ~6x slower
-        self._mean = np.array([*spec.mean, 0.0], dtype=np.float64)
+        # there, while numpy broadcasting over a last axis of 3 is ~6x slower. A 4x1
+        # column, not a 1-D array: OpenCV 4.11 (.venv-triton, Triton's stub) leaks four
+        # Python floats (128 B) per call converting a 1-D array (opencv/opencv#27171)
+        self._mean = np.array([*spec.mean, 0.0], dtype=np.float64).reshape(4, 1)
         inv_std = (1.0 / np.array(spec.std, dtype=np.float64)).astype(np.float32)
-        self._inv_std = np.array([*inv_std, 0.0], dtype=np.float64)
+        self._inv_std = np.array([*inv_std, 0.0], dtype=np.float64).reshape(4, 1)
 
     def __call__(
         self, frame: np.ndarray, region: Box | None = None
