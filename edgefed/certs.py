@@ -163,8 +163,8 @@ def _check_files_free(cert: Path, identity: str) -> None:
     if not cert.exists():
         return
     try:
-        owner = common_name(cert)
         loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        owner = _subject(loaded)
         usage = loaded.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (OSError, ValueError, IndexError, x509.ExtensionNotFound) as exc:
         raise ConfigError(f"cannot read the common name and usage of {cert}: {exc}") from exc
@@ -176,8 +176,11 @@ def _check_files_free(cert: Path, identity: str) -> None:
 
 def common_name(cert: Path) -> str:
     """The common name of a PEM certificate (the identity the broker sees)."""
-    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
-    value = loaded.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return _subject(x509.load_pem_x509_certificate(cert.read_bytes()))
+
+
+def _subject(cert: x509.Certificate) -> str:
+    value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     return value if isinstance(value, str) else value.decode()
 
 

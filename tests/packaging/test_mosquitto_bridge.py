@@ -62,17 +62,21 @@ def _without_listener(config: str) -> str:
     return "".join(line + "\n" for line in config.splitlines() if line.startswith(keep))
 
 
+def localised(shipped: str, broker: Broker, ca: Path, cert: Path, key: Path, acl_text: str) -> str:
+    """The shipped broker config ``shipped`` on this test's port, files and ACL."""
+    acl = broker.directory / "edgefed.acl"
+    acl.write_text(acl_text)
+    text = (MOSQUITTO / shipped).read_text()
+    text = _sub(r"^listener 8883 \S+$", f"listener {broker.port} 127.0.0.1", text)
+    for option, path in (("cafile", ca), ("certfile", cert), ("keyfile", key), ("acl_file", acl)):
+        text = _sub(rf"^{option} .*$", f"{option} {path}", text)
+    return _without_listener(broker.config_path.read_text()) + text
+
+
 def server_config(broker: Broker, tls: TlsFiles) -> str:
     """The shipped config, its ACL with this test's bridge (namespace "demo") added."""
-    acl = broker.directory / "edgefed.acl"
-    acl.write_text(render_acl(bridges={BRIDGE: "demo"}))
-    text = (MOSQUITTO / "edgefed-server.conf").read_text()
-    text = _sub(r"^listener 8883 0\.0\.0\.0$", f"listener {broker.port} 127.0.0.1", text)
-    text = _sub(r"^cafile .*$", f"cafile {tls.ca}", text)
-    text = _sub(r"^certfile .*$", f"certfile {tls.server_cert}", text)
-    text = _sub(r"^keyfile .*$", f"keyfile {tls.server_key}", text)
-    text = _sub(r"^acl_file .*$", f"acl_file {acl}", text)
-    return _without_listener(broker.config_path.read_text()) + text
+    acl = render_acl(bridges={BRIDGE: "demo"})
+    return localised("edgefed-server.conf", broker, tls.ca, tls.server_cert, tls.server_key, acl)
 
 
 def bridge_config(edge: Broker, server: Broker, tls: TlsFiles) -> str:

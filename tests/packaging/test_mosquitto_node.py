@@ -21,7 +21,7 @@ from edgefed.testing.edgecore import wait_until
 from edgefed.wire import Topics
 from tests.edgefed.test_broker_acl import delivered
 from tests.packaging.test_kubeedge_nodes import run
-from tests.packaging.test_mosquitto_bridge import MOSQUITTO, _sub, _without_listener
+from tests.packaging.test_mosquitto_bridge import MOSQUITTO, _sub, localised
 
 DEVICE, OTHER = "edgefed/edge-node-1", "edgefed/edge-node-2"
 DELTA = f"$hw/events/device/{DEVICE}/twin/update/delta"
@@ -36,15 +36,8 @@ def node_config(broker: Broker) -> str:
     out = broker.directory / "site"
     issued = run(f"--out={out}", "--broker=127.0.0.1:8883", f"--tls={tls}", "edge-node-1")
     assert issued.returncode == 0, issued.stderr
-    acl = broker.directory / "edgefed.acl"
-    acl.write_text(render_acl())
-    text = (MOSQUITTO / "edgefed-node.conf").read_text()
-    text = _sub(r"^listener 8883 127\.0\.0\.1$", f"listener {broker.port} 127.0.0.1", text)
-    text = _sub(r"^cafile .*$", f"cafile {broker.tls.ca}", text)
-    text = _sub(r"^certfile .*$", f"certfile {tls / 'node-broker-edge-node-1.pem'}", text)
-    text = _sub(r"^keyfile .*$", f"keyfile {tls / 'node-broker-edge-node-1.key'}", text)
-    text = _sub(r"^acl_file .*$", f"acl_file {acl}", text)
-    return _without_listener(broker.config_path.read_text()) + text
+    cert, key = tls / "node-broker-edge-node-1.pem", tls / "node-broker-edge-node-1.key"
+    return localised("edgefed-node.conf", broker, broker.tls.ca, cert, key, render_acl())
 
 
 @pytest.fixture
