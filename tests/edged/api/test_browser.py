@@ -113,10 +113,16 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
         models_text = await page.evaluate("document.querySelector('#models tbody').innerText")
         panels = await page.evaluate(PANELS)
         ready = await page.evaluate("document.getElementById('ready').textContent")
-        # every table fits its column: the page itself never scrolls sideways (1280 px)
-        widths = await page.evaluate(
-            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        # every table fits its column: the page itself never scrolls sideways, on a desktop
+        # (1280 px) or a phone (one column, 420 px)
+        width_js = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        widths = [await page.evaluate(width_js)]
+        await page.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 420, "height": 900, "deviceScaleFactor": 1, "mobile": False},
         )
+        widths.append(await page.evaluate(width_js))
+        await page.send("Emulation.clearDeviceMetricsOverride")
         await page.evaluate("document.getElementById('mask').click()")
         stream_src = await page.evaluate("document.getElementById('stream').src")
         full = await page.screenshot()
@@ -148,8 +154,8 @@ def test_dashboard_shows_a_live_stream_and_updating_metrics(daemon: Daemon, tmp_
     for model in ("person", "pose", "face", "scene"):
         assert model in seen["models_text"]
     assert seen["ready"] == "ready"
-    page_width, window_width = seen["widths"]
-    assert page_width <= window_width, seen["widths"]
+    for page_width, window_width in seen["widths"]:
+        assert page_width <= window_width, seen["widths"]
     panels = seen["panels"]
     assert panels["hidden"] == [True, True] and panels["shown"] == [False, False]
     assert "motion_threshold\t300\tmotion_threshold: 300 is out of range" in panels["twin"]
