@@ -28,7 +28,8 @@ from pathlib import Path
 from bench._faults_broker import ShippedBroker
 from bench._faults_system import MAX_JOBS, Edge, JumpClock, Ledger, Serverd, wait_for
 from bench.gating import VTEST
-from edged.capture import CameraConfig, CaptureSource, CaptureState
+from edged.cameraconfig import CameraConfig
+from edged.capture import CaptureSource, CaptureState
 from edged.offload.outbox import Outbox
 from edged.offload.records import NewJob, OutboxConfig
 from edged.ring import FrameRing

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from drivers import registry
 from drivers.fallback import ChainEntry
 from edged.api.config import ApiConfig
-from edged.capture import CameraConfig
+from edged.cameraconfig import CameraConfig
 from edged.eventbus import EventBusConfig
 from edged.federation.config import EdgeFederationConfig
 from edged.motion import MotionConfig

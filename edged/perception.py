@@ -66,8 +66,11 @@ class CameraPerception:
         input_size: int,
         frame_shape: Sequence[int],
         report_score: float = 0.0,
+        masks: Sequence[Sequence[tuple[float, float]]] = (),
     ) -> None:
         self.config = config
+        # the camera's object_masks: detections whose foot point lies inside are dropped
+        self.masks = [np.asarray(m, np.float32) for m in masks]
         self.report_score = report_score  # below it, a detection shows only as a track's
         self.planner = RegionPlanner(config.planner, input_size, frame_shape)
         self.tracker = Tracker(config.tracker)
@@ -118,7 +121,12 @@ class CameraPerception:
     ) -> tuple[list[Detection], TrackerUpdate]:
         """Merge, track and label this frame's detections with their ``track_id``
         (``image``: the frame, for the appearance that keeps crossing people apart)."""
-        merged = dedupe(detections, self.config.merge_iou)
+        shape = self.planner.shape
+        merged = [
+            d
+            for d in dedupe(detections, self.config.merge_iou)
+            if not masked(d.box, self.masks, shape)
+        ]
         strong = [d for d in merged if d.score >= self.report_score]
         searched = None if plan is None else plan.crops
         features = None if image is None else [appearance(image, d.box) for d in merged]
@@ -189,6 +197,15 @@ def assign_tracks(results: Sequence[Result], parents: Sequence[tuple[Box, int]])
         ]
         out.append(replace(r, track_id=min(holding)[1]) if holding else r)
     return out
+
+
+def masked(box: Box, masks: Sequence[np.ndarray], shape: Sequence[int]) -> bool:
+    """Whether ``box``'s foot point (the middle of its bottom edge) lies in one of
+    ``masks``: polygons in shares of the width and height of a frame of ``shape``."""
+    import cv2
+
+    foot = ((box[0] + box[2]) / 2 / shape[1], box[3] / shape[0])
+    return any(cv2.pointPolygonTest(m, foot, False) >= 0 for m in masks)
 
 
 def _found_in(box: Box, crops: Sequence[Box]) -> Box | None:

@@ -84,6 +84,7 @@ class CameraLoop:
     def __init__(self, pipeline: Pipeline, index: int) -> None:
         cfg = pipeline.config.cameras[index]
         self.name = cfg.name
+        self._object_masks = cfg.object_masks
         self._pipeline = pipeline
         self.ring = FrameRing(cfg.ring_size, lossless=pipeline.config.pipeline.lossless)
         self.capture = CaptureSource(cfg, self.ring)
@@ -143,6 +144,7 @@ class CameraLoop:
                         planned,
                         early.image.shape,
                         self._pipeline.planned_report_score,
+                        self._object_masks,
                     )
                 job.perception = self.perception
                 job.plan = self.perception.plan(verdict.boxes, early.ts, early.image.shape)

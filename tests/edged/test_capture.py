@@ -20,17 +20,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edged.capture import (
-    Backoff,
-    CameraConfig,
-    CaptureSource,
-    CaptureState,
-    Frame,
-    FrameRing,
-    SourceKind,
-    redact_source,
-    source_kind,
-)
+from edged.cameraconfig import CameraConfig, SourceKind, redact_source, source_kind
+from edged.capture import Backoff, CaptureSource, CaptureState, Frame, FrameRing
 from edgefed.errors import CaptureError
 from edgefed.testing.wait import wait_until
 from tests.support.mjpeg import MjpegCamera
@@ -143,6 +134,17 @@ def test_source_kinds_and_config() -> None:
         CameraConfig.model_validate({"name": "c", "source": "a.mp4", "fps": 3})
     with pytest.raises(ValidationError, match="device index"):
         CameraConfig(name="c", source=-1)
+
+
+def test_object_masks_are_polygons_in_shares_of_the_frame() -> None:
+    lawn = [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]]
+    masks = CameraConfig(name="c", source="a.mp4", object_masks=[lawn]).object_masks
+    assert masks == [[(0, 0.5), (0.5, 0.5), (0.5, 1), (0, 1)]]
+    assert CameraConfig(name="c", source="a.mp4").object_masks == []
+    with pytest.raises(ValidationError, match=r"object_masks\.0\n.*at least 3 items"):
+        CameraConfig(name="c", source="a.mp4", object_masks=[[[0, 0], [1, 1]]])
+    with pytest.raises(ValidationError, match=r"object_masks\.0\.1\.0\n.*less than or equal to 1"):
+        CameraConfig(name="c", source="a.mp4", object_masks=[[[0, 0], [320, 0], [0, 1]]])
 
 
 def test_redact_source_drops_the_user_and_password_of_a_url_only() -> None:

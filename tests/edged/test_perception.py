@@ -71,3 +71,23 @@ def test_a_planned_model_that_is_no_detector_is_not_loaded_and_says_why(tmp_path
         "scene": "regions: planned plans and tracks a detector's objects; image "
         "'efficientnet_lite0' is a classification model (use motion, full or motion+full)"
     }
+
+
+def test_object_masks_drop_detections_standing_in_them_at_any_frame_size() -> None:
+    # the lower-left quarter of the picture, in shares of the frame
+    lawn = [(0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (0.0, 1.0)]
+    perception = CameraPerception(PerceptionConfig(), 224, FRAME, masks=[lawn])
+    plan = perception.plan([(100, 400, 200, 500)], 0.0, FRAME)
+    on_lawn = person(150, 450, 100)  # feet at (150, 500): inside
+    reaching_in = person(420, 280, 120)  # box reaches into the mask, feet at (420, 340): outside
+    for i in range(2):
+        found, _ = perception.observe([on_lawn, reaching_in], 0.1 * i, plan)
+        assert [d.box for d in found] == [reaching_in.box]
+    assert [t.box for t in perception.tracker.tracks] == [reaching_in.box]
+    # the same share of a smaller picture (the stream's profile changed)
+    small = (288, 384, 3)
+    plan = perception.plan([(50, 200, 100, 250)], 0.3, small)
+    found, _ = perception.observe(
+        [person(75, 225, 50), person(300, 100, 60)], 0.3, plan, np.zeros(small, np.uint8)
+    )
+    assert [d.box for d in found] == [person(300, 100, 60).box]
