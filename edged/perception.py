@@ -121,7 +121,7 @@ class CameraPerception:
     ) -> tuple[list[Detection], TrackerUpdate]:
         """Merge, track and label this frame's detections with their ``track_id``
         (``image``: the frame, for the appearance that keeps crossing people apart)."""
-        shape = self.planner.shape
+        shape = self.planner.shape if image is None else image.shape[:2]  # the frame's own
         merged = [
             d
             for d in dedupe(detections, self.config.merge_iou)
