@@ -83,6 +83,7 @@ def test_a_stuck_driver_stops_the_watchdog_until_it_answers(
     proc = start(tmp_path, socket_dir, listener.env(watchdog_s=WATCHDOG_S))
     try:
         listener.wait_for("READY", 30)
+        listener.wait_for("WATCHDOG", 30)  # it pets while its driver answers
         fifo = tmp_path / "npu" / ".npu1.fifo"
         os.mkfifo(fifo)
         os.replace(fifo, tmp_path / "npu" / "npu1")  # the next devices() blocks reading it
@@ -94,7 +95,10 @@ def test_a_stuck_driver_stops_the_watchdog_until_it_answers(
         writer = threading.Thread(target=answer, args=(tmp_path / "npu" / "npu1",))
         writer.start()
         writer.join(10)
-        time.sleep(2 * WATCHDOG_S)
+        deadline = time.monotonic() + 30  # and again once it answers (a loaded host: late)
+        while not any(t > answered for t in listener.times("WATCHDOG")):
+            assert time.monotonic() < deadline, "no WATCHDOG after the driver answered"
+            time.sleep(0.1)
         code, output = stop(proc)
     finally:
         proc.kill()
