@@ -1,4 +1,5 @@
-"""Annotate a completed frame for the live preview: boxes, labels, pose skeletons, motion.
+"""Annotate a completed frame for the live preview: boxes, labels, pose skeletons, motion,
+the camera's object masks.
 
 Pure OpenCV drawing on a copy of the frame (scaled down to ``max_width``); the caller
 encodes it. Colours are fixed per model name so a model keeps its colour across frames.
@@ -38,6 +39,7 @@ _PALETTE: tuple[Colour, ...] = (
 )  # fmt: skip
 _MOTION: Colour = (0, 215, 255)
 _MASK: Colour = (0, 0, 255)
+_OBJECT_MASK: Colour = (128, 128, 128)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -110,14 +112,29 @@ def _tracks(img: np.ndarray, objects: Sequence[dict[str, Any]], s: float) -> Non
         _label(img, f"#{obj['track_id']}", (int(pts[-1][0]) + 4, int(pts[-1][1])), colour)
 
 
+def _tint(img: np.ndarray, where: np.ndarray, colour: Colour) -> None:
+    """Blend ``colour`` half into the pixels where ``where`` (an HxW array) is non-zero."""
+    blend = cv2.addWeighted(img, 0.5, np.full_like(img, colour), 0.5, 0.0)
+    np.copyto(img, blend, where=(where > 0)[..., None])
+
+
 def _overlay_mask(img: np.ndarray, mask: np.ndarray) -> None:
     if mask.size == 0:
         return
     big = cv2.resize(mask, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-    tint = np.empty_like(img)
-    tint[:] = _MASK
-    blend = cv2.addWeighted(img, 0.5, tint, 0.5, 0.0)
-    np.copyto(img, blend, where=(big > 0)[..., None])
+    _tint(img, big, _MASK)
+
+
+def _object_masks(img: np.ndarray, masks: Sequence[np.ndarray]) -> None:
+    """The camera's object masks (polygons in shares of the frame): greyed and outlined."""
+    if not masks:
+        return
+    h, w = img.shape[:2]
+    polys = [np.round(m * (w, h)).astype(np.int32) for m in masks]
+    area = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(area, polys, 255)
+    _tint(img, area, _OBJECT_MASK)
+    cv2.polylines(img, polys, True, _OBJECT_MASK, 1, cv2.LINE_AA)
 
 
 def _header(job: FrameJob) -> str:
@@ -135,6 +152,8 @@ def annotate(job: FrameJob, *, mask: bool, max_width: int) -> np.ndarray:
         img = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
     else:
         img = src.copy()
+    if job.perception is not None:
+        _object_masks(img, job.perception.masks)
     if mask:
         _overlay_mask(img, job.gate.mask)
     for box in job.gate.boxes:

@@ -16,6 +16,7 @@ from edged.api.draw import POSE_CONNECTIONS, VISIBLE, annotate
 from edged.api.mjpeg import CONTENT_TYPE, read_parts
 from edged.api.preview import PreviewRenderer, PreviewSink, Rendered
 from edged.framejob import FrameJob
+from edged.perception import CameraPerception, PerceptionConfig
 from edgefed.models.types import Detection, Landmarks
 from edgefed.testing.wait import wait_until
 
@@ -119,6 +120,26 @@ def test_annotation_draws_skeletons_boxes_and_the_mask(daemon: Daemon) -> None:
     # scaled down for narrow previews
     small = annotate(job, mask=True, max_width=384)
     assert small.shape == (288, 384, 3)
+
+
+def test_annotation_greys_the_cameras_object_masks(daemon: Daemon) -> None:
+    job = latest_job_with_pose(daemon)
+    # a quadrilateral over the lower left (shares of the frame), as in docs/perception.md
+    shape = [(0.05, 0.6), (0.4, 0.65), (0.35, 0.95), (0.1, 0.9)]
+    masked = CameraPerception(PerceptionConfig(), 320, job.frame.image.shape, masks=[shape])
+    for max_width in (2000, 384):  # full size and a scaled-down preview
+        plain = annotate(replace(job, perception=None), mask=False, max_width=max_width)
+        drawn = annotate(replace(job, perception=masked), mask=False, max_width=max_width)
+        h, w = drawn.shape[:2]
+        poly = np.array([(x * w, y * h) for x, y in shape], np.float32)
+        changed = np.any(drawn != plain, axis=2)
+        area = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(area, [np.round(poly).astype(np.int32)], 1)
+        near = cv2.dilate(area, np.ones((5, 5), np.uint8))  # the outline's 2 px
+        assert not changed[near == 0].any(), "nothing outside the polygon is drawn on"
+        assert changed[area > 0].mean() > 0.8, "the masked area is greyed"
+        grey = np.abs(drawn[area > 0].astype(int) - 128).mean()
+        assert grey < np.abs(plain[area > 0].astype(int) - 128).mean()
 
 
 async def render_twice(
