@@ -176,7 +176,7 @@ def broker_acl(nodes: list[str]) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": BROKER_CONFIG, "namespace": NAMESPACE},
-        "data": {"edgefed.acl": render_acl(server=None, bridges=bridges)},
+        "data": {"edgefed.acl": render_acl(servers=(), bridges=bridges)},
     }
 
 

@@ -58,6 +58,7 @@ def test_the_refusal_probes_see_a_broker_that_lets_them_through(
     for strict, loose in (
         ("require_certificate true", "require_certificate false"),
         ("use_identity_as_username true", "use_identity_as_username false"),
+        ("use_username_as_clientid true", "use_username_as_clientid false"),  # no name
         ("allow_anonymous false", "allow_anonymous true"),
     ):
         shipped = shipped.replace(strict, loose)

@@ -92,7 +92,7 @@ def test_each_node_gets_the_example_s_device_and_rules(site: Path) -> None:
 def test_the_broker_acl_has_every_node_s_bridge_and_each_bridge_its_node(site: Path) -> None:
     (patch,) = load(generated(site, "broker-acl.yaml"))
     bridges = {f"edgefed-bridge-{n}": f"edgefed/{n}" for n in NODES}
-    assert patch["data"] == {"edgefed.acl": render_acl(server=None, bridges=bridges)}
+    assert patch["data"] == {"edgefed.acl": render_acl(servers=(), bridges=bridges)}
     for node in NODES:
         conf = generated(site, f"bridges/{node}.conf").read_text()
         lines = set(conf.splitlines())

@@ -158,6 +158,58 @@ def test_server_config_requires_a_client_certificate(sites: Sites, tmp_path: Pat
         bad.stop()
 
 
+def test_a_certificate_holder_cannot_take_serverd_s_client_id_over(sites: Sites) -> None:
+    """Any client with a certificate from the CA connecting under serverd's client id
+    would disconnect serverd (and take its session over, each reconnecting in turn) if
+    the broker kept the id a client asks for: it uses the certificate's name instead."""
+    serverd = client(sites.server, "serverd-01", sites.tls, sites.serverd)
+    device = certs.issue(sites.tls.ca.parent, "edge-07", days=1)
+    intruder = client(sites.server, "serverd-01", sites.tls, device)
+    try:
+        time.sleep(1.0)  # a takeover would have closed serverd's link by now
+        assert serverd.connected and intruder.connected
+        assert serverd.counters.connects == 1 and not serverd.counters.last_disconnect
+        assert intruder.counters.connects == 1
+    finally:
+        intruder.stop()
+        serverd.stop()
+
+
+def test_serverd_replicas_on_the_tls_listener_each_have_an_identity(tmp_path: Path) -> None:
+    """Replicas that all ask for client id "serverd" stay connected side by side, each
+    under its own certificate's name, and the ACL grants each listed one the requests."""
+    tls = make_tls_files(tmp_path / "tls")
+    broker = Broker(tmp_path / "server")
+    acl = render_acl(servers=("serverd-1", "serverd-2"))
+    config = localised("edgefed-server.conf", broker, tls.ca, tls.server_cert, tls.server_key, acl)
+    broker.config_path.write_text(config)
+    topics = Topics()
+    names = ("serverd-1", "serverd-2", "serverd-unlisted")
+    got: dict[str, queue.Queue[bytes]] = {name: queue.Queue() for name in names}
+    with broker:
+        replicas = [
+            client(
+                broker,
+                "serverd",
+                tls,
+                certs.issue(tls.ca.parent, name, days=1),
+                {topics.requests_filter(): lambda t, p, n=name: got[n].put(p)},
+            )
+            for name in names
+        ]
+        device = client(broker, "edged", tls, certs.issue(tls.ca.parent, "edge-01", days=1))
+        try:
+            device.publish(topics.request("edge-01"), b"job").wait(5)
+            assert got["serverd-1"].get(timeout=5) == got["serverd-2"].get(timeout=5) == b"job"
+            time.sleep(0.5)
+            assert got["serverd-unlisted"].empty()
+            assert all(r.connected and r.counters.connects == 1 for r in replicas)
+        finally:
+            device.stop()
+            for replica in replicas:
+                replica.stop()
+
+
 def test_offload_request_and_reply_cross_the_bridge(sites: Sites) -> None:
     topics = Topics()
     requests: queue.Queue[bytes] = queue.Queue()
@@ -283,6 +335,7 @@ def test_the_kubeedge_broker_has_the_shipped_settings() -> None:
         "max_packet_size",
         "require_certificate",
         "use_identity_as_username",
+        "use_username_as_clientid",
         "tls_version",
     ):
         assert cluster.get(option) == ours[option], option
@@ -347,7 +400,8 @@ def cluster_broker(tmp_path: Path, acl: str, tls: TlsFiles, outside: int, inside
     text = _sub(r"^\s*cafile .*$", f"cafile {tls.ca}", text)
     text = _sub(r"^\s*certfile .*$", f"certfile {tls.server_cert}", text)
     text = _sub(r"^\s*keyfile .*$", f"keyfile {tls.server_key}", text)
-    text = _sub(r"^\s*acl_file .*$", f"acl_file {acl_file}", text)
+    text, n = re.subn(r"^\s*acl_file .*$", f"acl_file {acl_file}", text, flags=re.M)
+    assert n == 2, "one acl_file per listener (per_listener_settings)"
     broker.config_path.write_text(_without_listener(broker.config_path.read_text()) + text)
     return broker
 
@@ -366,7 +420,7 @@ def test_the_cluster_broker_lets_each_bridge_use_its_namespace_only(tmp_path: Pa
     listener, reads the requests; a bridge publishes and reads its own node's only, and
     one without a block nothing of the offload (with no ACL, any certificate from the CA
     could read every reply and forge any)."""
-    assert the("ConfigMap", "edgefed-mqtt-config")["data"]["edgefed.acl"] == render_acl(server=None)
+    assert the("ConfigMap", "edgefed-mqtt-config")["data"]["edgefed.acl"] == render_acl(servers=())
     tls = make_tls_files(tmp_path / "tls")
     generate_nodes(tmp_path / "site", ["node1", "node2"], "127.0.0.1:8883", tls.ca.parent)
     outside, inside = free_ports(2)
