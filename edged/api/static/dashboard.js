@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const gateHistory = []; // {sent, skipped} frames/s per poll interval
 let previous = null; // {t, gated, skipped} of the last poll
 let cameraNames = [];
+const drawn = []; // corners of the object mask being drawn: [x, y], shares of the frame
 
 function fmt(value, digits = 1) {
   if (value === null || value === undefined) return "–";
@@ -46,6 +47,27 @@ function setCameras(names) {
   cameraNames = names;
   $("camera").replaceChildren(...names.map((n) => new Option(n, n)));
   $("stream").src = streamUrl();
+}
+
+// a share of the frame, to 3 decimals (a pixel of a 1000-pixel-wide frame)
+function share(offset, size) {
+  return Math.min(1, Math.max(0, Math.round((1000 * offset) / size) / 1000));
+}
+
+// the mask being drawn: its polygon over the preview and the config line for it
+function renderDrawing() {
+  const on = $("draw").checked;
+  $("draw-layer").hidden = $("draw-box").hidden = !on;
+  $("draw-shape").setAttribute("points", drawn.map(([x, y]) => `${x},${y}`).join(" "));
+  $("draw-yaml").textContent = drawn.length >= 3
+    ? "- [" + drawn.map(([x, y]) => `[${x}, ${y}]`).join(", ") + "]"
+    : `${drawn.length} corner${drawn.length === 1 ? "" : "s"} (a mask needs at least 3)`;
+}
+
+function addCorner(ev) {
+  const box = $("draw-layer").getBoundingClientRect();
+  drawn.push([share(ev.clientX - box.left, box.width), share(ev.clientY - box.top, box.height)]);
+  renderDrawing();
 }
 
 function recordGate(cameras, uptimeS) {
@@ -212,7 +234,15 @@ async function pollOutbox() {
 }
 
 $("mask").addEventListener("change", () => { $("stream").src = streamUrl(); });
-$("camera").addEventListener("change", () => { $("stream").src = streamUrl(); });
+$("camera").addEventListener("change", () => {
+  $("stream").src = streamUrl();
+  drawn.length = 0; // a mask is one camera's
+  renderDrawing();
+});
+$("draw").addEventListener("change", renderDrawing);
+$("draw-layer").addEventListener("click", addCorner);
+$("draw-undo").addEventListener("click", () => { drawn.pop(); renderDrawing(); });
+$("draw-clear").addEventListener("click", () => { drawn.length = 0; renderDrawing(); });
 pollStatus();
 pollOutbox();
 setInterval(pollStatus, POLL_MS);

@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from edgefed.testing.wait import wait_until
 from tests.support.paths import REPO
@@ -51,6 +52,32 @@ async def stream_box(page: Page) -> dict[str, float]:
         " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
     )
     return box
+
+
+async def click(page: Page, x: float, y: float) -> None:
+    """A left click at (x, y), CSS pixels of the viewport, as a mouse makes it."""
+    for kind in ("mousePressed", "mouseReleased"):
+        event = {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
+        await page.send("Input.dispatchMouseEvent", event)
+
+
+CORNERS = [(0.25, 0.5), (0.75, 0.5), (0.5, 0.9)]  # shares of the preview
+
+
+async def draw_a_mask(page: Page) -> dict[str, Any]:
+    """Four clicks on the preview with drawing on, the last one undone."""
+    await page.evaluate("document.getElementById('draw').click()")
+    box = await stream_box(page)
+    for fx, fy in [*CORNERS, (0.1, 0.1)]:
+        await click(page, box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    await page.evaluate("document.getElementById('draw-undo').click()")
+    drawn: dict[str, Any] = await page.evaluate(
+        "(() => { const r = document.getElementById('draw-shape').getBoundingClientRect();"
+        " return {line: document.getElementById('draw-yaml').textContent,"
+        " shape: [r.x, r.y, r.width, r.height]}; })()"
+    )
+    drawn["box"] = box
+    return drawn
 
 
 # the twin and federation panels: hidden on this edged (neither configured), then shown
@@ -113,6 +140,7 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
         models_text = await page.evaluate("document.querySelector('#models tbody').innerText")
         panels = await page.evaluate(PANELS)
         ready = await page.evaluate("document.getElementById('ready').textContent")
+        drawing = await draw_a_mask(page)  # before the page is resized below
         # every table fits its column: the page itself never scrolls sideways, on a desktop
         # (1280 px) or a phone (one column, 420 px)
         width_js = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
@@ -136,6 +164,7 @@ async def drive_dashboard(url: str, profile: Path) -> dict[str, Any]:
         "ready": ready,
         "widths": widths,
         "mask_src": stream_src,
+        "drawing": drawing,
         "full": full,
     }
 
@@ -163,3 +192,10 @@ def test_dashboard_shows_a_live_stream_and_updating_metrics(daemon: Daemon, tmp_
     assert "digits\t5\t40\t2\t2 / 0\t4 / 1\t\u2013" in panels["federation"]
     assert panels["federationState"].startswith("training forbidden (federated_training off)")
     assert seen["mask_src"].endswith("/api/v1/preview.mjpg?camera=vtest&mask=1")
+    # the mask drawn with the mouse: its config line in shares, its polygon on the preview
+    drawing = seen["drawing"]
+    (polygon,) = yaml.safe_load(drawing["line"])
+    assert np.allclose(polygon, CORNERS, atol=0.005), drawing["line"]
+    box, (x, y, w, h) = drawing["box"], drawing["shape"]
+    expected = (0.25 * box["width"], 0.5 * box["height"], 0.5 * box["width"], 0.4 * box["height"])
+    assert np.allclose((x - box["x"], y - box["y"], w, h), expected, atol=2), drawing
