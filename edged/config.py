@@ -245,6 +245,12 @@ class EdgedConfig(Strict):
         cams = [c.name for c in self.cameras]
         if len(set(cams)) != len(cams):
             raise ValueError("camera names must be unique")
+        masked = [c.name for c in self.cameras if c.object_masks]
+        if masked and not planned:
+            raise ValueError(
+                f"object_masks (camera {', '.join(masked)}) apply to the detector with "
+                "regions: planned, and no model has it"
+            )
         return self
 
     def driver_config(self, type_name: str) -> DriverConfig:

@@ -59,6 +59,17 @@ def test_unknown_keys_drivers_and_cascades_are_refused(tmp_path: Path) -> None:
         parse_config(raw, env={})
 
 
+def test_object_masks_need_the_planned_detector(tmp_path: Path) -> None:
+    raw = demo_config(tmp_path)
+    raw["cameras"][0]["object_masks"] = [[[0, 0.8], [0.3, 0.8], [0.3, 1]]]
+    planned = [m for m in raw["models"] if m.get("regions") == "planned"]
+    assert planned, "the demo's person detector plans its regions"
+    assert parse_config(raw, env={}).cameras[0].object_masks
+    planned[0]["regions"] = "motion"
+    with pytest.raises(ConfigError, match="apply to the detector with regions: planned"):
+        parse_config(raw, env={})
+
+
 def test_bad_driver_option_names_the_driver(tmp_path: Path) -> None:
     raw = demo_config(tmp_path, drivers=[{"type": "litert", "num_threads": "many"}])
     with pytest.raises(ConfigError, match="litert"):
