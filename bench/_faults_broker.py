@@ -7,8 +7,9 @@ listener moves to 127.0.0.1 on a free port, the TLS files are a throw-away CA's 
 ``log_dest`` lines so that it runs as the current user and logs to its own file). A
 change to the shipped file that these substitutions no longer find fails the bench.
 
-``probe_refusals`` connects to it as an attacker would: without a certificate, and with
-a valid certificate for device A that publishes on topics that are not A's.
+The probes connect to it as an attacker would: without a certificate, and with a valid
+certificate for device A that publishes on topics that are not A's or connects under
+serverd's client id.
 """
 
 from __future__ import annotations
@@ -86,6 +87,26 @@ def anonymous_refused(broker: ShippedBroker) -> bool:
             client.stop()
             return False
     return True
+
+
+def takeover_refused(broker: ShippedBroker) -> bool:
+    """Device A, with a valid certificate, connects under the client id serverd is
+    connected with: true if both stay connected, each on its first connection (the broker
+    gave A its own name as its id), false if A took serverd's place."""
+    victim = _connect(broker.client_config("serverd", client_id="serverd-01"))
+    if victim is None:
+        raise SystemExit("serverd cannot connect to the shipped broker")
+    try:
+        intruder = _connect(broker.client_config(DEVICE_A, client_id="serverd-01"))
+        if intruder is None:
+            raise SystemExit(f"{DEVICE_A} cannot connect to the shipped broker")
+        try:
+            time.sleep(1.0)  # a takeover closes serverd's link at once, and it reconnects
+            return victim.connected and victim.counters.connects == 1 and intruder.connected
+        finally:
+            intruder.stop()
+    finally:
+        victim.stop()
 
 
 def foreign_publish_refused(broker: ShippedBroker) -> bool:

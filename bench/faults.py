@@ -20,7 +20,8 @@ A's certificate. Then:
 
 Prints one JSON line: ``faults_tried``, ``faults_survived``, ``jobs_lost``,
 ``jobs_duplicated``, ``fuzz_cases``, ``crashes``, ``anonymous_refused``,
-``foreign_publish_refused``, then ``faults`` (per fault) and ``fuzz`` (per class).
+``foreign_publish_refused``, ``takeover_refused``, then ``faults`` (per fault) and
+``fuzz`` (per class).
 ``tests/bench/test_faults.py`` runs the same code with small counts in the suite.
 """
 
@@ -36,7 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import _faults_fuzz as fuzz
-from bench._faults_broker import ShippedBroker, anonymous_refused, foreign_publish_refused
+from bench._faults_broker import (
+    ShippedBroker,
+    anonymous_refused,
+    foreign_publish_refused,
+    takeover_refused,
+)
 from bench._faults_inject import SYSTEM_FAULTS, System, camera_loss, corrupt_sqlite
 from bench._faults_system import REPO, Edge, Edged, Feeder, JumpClock, Ledger, Serverd, wait_for
 from edgefed import paths
@@ -69,6 +75,7 @@ def run(
         out: dict[str, Any] = {
             "anonymous_refused": anonymous_refused(broker),
             "foreign_publish_refused": foreign_publish_refused(broker),
+            "takeover_refused": takeover_refused(broker),
         }
         serverd = Serverd(directory / "serverd", broker)
         serverd.start()

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from bench import _faults_broker as broker_module
-from bench._faults_broker import ShippedBroker, anonymous_refused, foreign_publish_refused
+from bench._faults_broker import (
+    ShippedBroker,
+    anonymous_refused,
+    foreign_publish_refused,
+    takeover_refused,
+)
 from bench.faults import run
 
 # broker restart, a locked outbox and Triton killed under load run elsewhere in the suite
@@ -32,6 +37,7 @@ def test_faults_and_fuzz_lose_nothing_duplicate_nothing_and_crash_nothing(
     out = run(tmp_path, CI_FAULTS, fuzz_cases=600, rate_hz=10.0, settle_s=0.5)
     assert out["anonymous_refused"] is True
     assert out["foreign_publish_refused"] is True
+    assert out["takeover_refused"] is True
     assert (out["jobs_lost"], out["jobs_duplicated"], out["crashes"]) == (0, 0, 0), out
     assert out["faults_tried"] == len(CI_FAULTS)
     assert out["faults_survived"] == len(CI_FAULTS), out["faults"]
@@ -47,8 +53,8 @@ def test_faults_and_fuzz_lose_nothing_duplicate_nothing_and_crash_nothing(
 def test_the_refusal_probes_see_a_broker_that_lets_them_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same probes against the shipped config loosened two ways answer false: the
-    checks can fail."""
+    """The same probes against the shipped config loosened (no certificate needed, the
+    client ids as asked, an open ACL) answer false: the checks can fail."""
     acl = tmp_path / "open.acl"
     acl.write_text(
         "".join(f"{k} readwrite {t}\n" for k in ("topic", "pattern") for t in ("#", "$hw/#"))
@@ -70,5 +76,6 @@ def test_the_refusal_probes_see_a_broker_that_lets_them_through(
     try:
         assert anonymous_refused(broker) is False
         assert foreign_publish_refused(broker) is False
+        assert takeover_refused(broker) is False
     finally:
         broker.stop()
