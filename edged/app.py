@@ -22,7 +22,7 @@ from edged.api.sources import ApiSources
 from edged.config import EdgedConfig, ModelConfig
 from edged.events import ObjectEvents
 from edged.offload.core import JobOutcome
-from edged.offload.outcomes import OffloadResults, RecordSink
+from edged.offload.outcomes import ObjectMasks, OffloadResults, RecordSink
 from edged.pipeline import FrameSink, Pipeline
 from edged.results import EventLog, JsonlSink
 from edged.systemd import PipelineWatch
@@ -203,6 +203,10 @@ class EdgedApp:
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
+        planned = [m.name for m in config.models if m.regions == "planned"]
+        self._server_masks = ObjectMasks(
+            planned[0] if planned else None, {c.name: c.object_masks for c in config.cameras}
+        )
         clock = wiring.server_clock(config)  # offload and federation times, serverd's
         self.federation = wiring.federation(config, self.mqtt, self._serve_adopted, clock)
         self.offload = wiring.offload(
@@ -271,6 +275,7 @@ class EdgedApp:
 
     def _on_outcome(self, outcome: JobOutcome) -> None:
         """A closed offload job: recorded, and a hard example for the federation."""
+        outcome = self._server_masks(outcome)
         self.offload_results(outcome)
         if self.federation is not None:
             self.federation.on_outcome(outcome)

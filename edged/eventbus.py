@@ -165,6 +165,9 @@ class OffloadResultEvent(_Event):
     status: str = Field(description="Exit (answered), Failed or Expired")
     served_by: str | None = Field(description="Server instance that answered (Exit only)")
     result: list[dict[str, Any]] | None = Field(description="The server's results (Exit only)")
+    masked: int = Field(
+        0, ge=0, description="The server's detections the camera's object masks dropped from result"
+    )
 
 
 class StatsEvent(_Event):

@@ -75,6 +75,7 @@ class JobOutcome:
     reason: str
     model: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # the request's (camera, frame)
+    masked: int = 0  # the server's detections dropped by the camera's object masks
 
     @classmethod
     def of(cls, job: JobRecord, status: Status, result: OffloadResult | None, reason: str) -> Self:

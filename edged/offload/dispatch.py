@@ -137,7 +137,12 @@ class OffloadDispatcher:
             "jpeg",
             priority=priority,
             ttl_s=self._config.ttl_s,
-            metadata={"camera": job.frame.camera, "frame": job.frame.index},
+            metadata={  # the frame's size: the camera's object masks over the answer
+                "camera": job.frame.camera,
+                "frame": job.frame.index,
+                "width": job.frame.image.shape[1],
+                "height": job.frame.image.shape[0],
+            },
             local=local,
         )
         try:

@@ -50,6 +50,8 @@ SERVERD_PORT = 8081  # serverd's API where `serverd status` looks first
 DEVICE_ID = "demo/edge-01"  # packaging/dev/demo-edged.yaml
 WATCHER = "demo-watch"  # the demo's own presence watcher: a device-like identity
 IDENTITIES = ("serverd", DEVICE_ID, WATCHER)
+# vtest.avi's lower-left lawn, in shares of the frame: a camera's object_masks polygon
+JACKET = [[0.0, 0.75], [0.3, 0.75], [0.3, 1.0], [0.0, 1.0]]
 
 
 def mqtt_section(broker: Broker, identity: str, client_id: str) -> dict[str, Any]:
@@ -126,6 +128,8 @@ def write_configs(
         },
     }
     edged["output"]["results"] = str(state / "results.jsonl")
+    # the jacket lying on the lawn (lower left), which the detector takes for a person
+    edged["cameras"][0]["object_masks"] = [JACKET]
     paths = state / "serverd.yaml", state / "edged.yaml"
     for path, data in zip(paths, (serverd, edged), strict=True):
         path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -186,10 +186,13 @@ def test_offload_results_are_published(broker: Broker, client: MqttClient) -> No
         "result": [{"type": "detection", "label": "person", "score": 0.9}],
     }
     bus.publish_offload_result(record)
+    bus.publish_offload_result({**record, "job_id": "job-0000002", "masked": 2})
     try:
-        topic, event = listener.get()
+        (topic, event), (_, masked) = listener.get(), listener.get()
     finally:
         listener.close()
     assert topic == "demo/user/edgefed/events/offload/demo/edge-01"
-    assert event == {**record, "device_id": "demo/edge-01", "timestamp": event["timestamp"]}
-    assert bus.status()["offload_published"] == 1
+    stamped = {"device_id": "demo/edge-01", "timestamp": event["timestamp"]}
+    assert event == {**record, **stamped, "masked": 0}  # masked: always there, 0 when none
+    assert (masked["job_id"], masked["masked"]) == ("job-0000002", 2)
+    assert bus.status()["offload_published"] == 2

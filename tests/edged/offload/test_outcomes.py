@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.offload.core import JobOutcome
-from edged.offload.outcomes import OffloadResults, offload_record
+from edged.offload.outcomes import ObjectMasks, OffloadResults, offload_record
 from edged.results import JsonlSink
 from edgefed.lifecycle import Status
 from edgefed.wire import OffloadResult
@@ -94,3 +94,52 @@ def test_an_outcome_told_after_the_results_file_closed_is_not_an_error(tmp_path:
     jsonl.close()
     results(answered())
     assert results.status()["sink_errors"] == 0
+
+
+LAWN = [(0.0, 0.58), (0.31, 0.58), (0.31, 1.0), (0.0, 1.0)]  # vtest.avi's lower left
+
+
+def scanned(model: str = "person", **meta: Any) -> JobOutcome:
+    """The server's answer to a 768x576 frame: a walker, and a jacket on the lawn."""
+    walker = {"type": "detection", "label": "person", "score": 0.93, "box": [500, 250, 540, 350]}
+    jacket = {"type": "detection", "label": "person", "score": 0.78, "box": [60, 480, 160, 530]}
+    odd = [
+        {"type": "detection", "label": "person", "score": 0.5, "box": [1, 2, "x", 4]},
+        {"type": "classification", "top": [["lawn", 0.9]], "box": [0, 400, 200, 576]},
+    ]
+    result = OffloadResult(
+        job_id="job-0000003",
+        device_id="edge-01",
+        model=model,
+        results=[walker, jacket, *odd],
+        served_by="serverd/triton-0",
+        completed=1_700_000_000_000,
+    )
+    meta = {"camera": "cam1", "frame": 7, "width": 768, "height": 576} | meta
+    return JobOutcome("job-0000003", Status.EXIT, result, None, "hard example", model, meta)
+
+
+def test_the_cameras_object_masks_hold_for_the_servers_answers_too() -> None:
+    masks = ObjectMasks("person", {"cam1": [LAWN], "cam2": []})
+    kept = masks(scanned())
+    assert kept.result is not None
+    boxes = [r["box"] for r in kept.result.results]
+    assert [60, 480, 160, 530] not in boxes, "the jacket's feet stand in the mask"
+    assert [500, 250, 540, 350] in boxes and len(boxes) == 3, "the rest is kept as sent"
+    record = offload_record(kept)
+    assert record["result"] == kept.result.results and record["masked"] == 1
+    assert "masked" not in offload_record(scanned()), "said only when something was dropped"
+    untouched = [
+        scanned(model="scene"),  # another model: the masks are the planned detector's
+        scanned(camera="cam2"),  # a camera without masks
+        scanned(width=None),  # queued before jobs carried their frame's size
+    ]
+    for outcome in untouched:
+        assert masks(outcome) is outcome
+    assert ObjectMasks(None, {"cam1": [LAWN]})(scanned()).result == scanned().result
+    # the same foot point in shares: a frame sent at half the size loses the same jacket
+    small = scanned(width=384, height=288)
+    assert small.result is not None
+    small.result.results[1]["box"] = [30, 240, 80, 265]
+    half = masks(small).result
+    assert half is not None and [30, 240, 80, 265] not in [r["box"] for r in half.results]
