@@ -3,7 +3,8 @@
 Every MQTT client has an identity, its broker user name: the common name of its TLS
 client certificate (mosquitto ``use_identity_as_username``) or, where TLS is off, a user
 of the broker's password file. A device's identity is its device id; serverd's is
-``serverd``; the KubeEdge side (EdgeCore's EventBus and DeviceTwin) is ``edgecore``.
+``serverd`` (or one per replica: ``render_acl(servers=...)``); the KubeEdge side
+(EdgeCore's EventBus and DeviceTwin) is ``edgecore``.
 
 ``render_acl`` writes the mosquitto ``acl_file`` (``packaging/mosquitto/edgefed.acl`` is
 its output for the defaults; a test holds them equal). A device may publish only its
@@ -46,6 +47,8 @@ def render_acl(
     bridge (``edgefed-bridge.conf``) to the device namespace it carries: on the server
     cluster's broker it publishes the requests and reads the replies of
     ``<namespace>/<name>`` devices only."""
+    if isinstance(servers, str):  # one name would be read as one identity per letter
+        raise TypeError(f"servers: a sequence of identities, not the string {servers!r}")
     every = Topics(prefix)
     fed = FederationTopics(prefix)
     reply_filter = every.requests_filter().replace("/request/", "/reply/")

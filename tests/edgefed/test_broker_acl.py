@@ -261,3 +261,5 @@ def test_tls_clients_are_known_by_their_certificate(tmp_path: Path, listen: List
 def test_the_shipped_acl_is_the_generated_one() -> None:
     shipped = (REPO / "packaging" / "mosquitto" / "edgefed.acl").read_text()
     assert shipped == render_acl()
+    with pytest.raises(TypeError, match="not the string 'serverd'"):
+        render_acl(servers="serverd")
