@@ -203,9 +203,8 @@ class EdgedApp:
         if self.eventbus is not None:
             record_sinks.append(self.eventbus.publish_offload_result)
         self.offload_results = OffloadResults(record_sinks)
-        planned = [m.name for m in config.models if m.regions == "planned"]
         self._server_masks = ObjectMasks(
-            planned[0] if planned else None, {c.name: c.object_masks for c in config.cameras}
+            config.planned_model, {c.name: c.object_masks for c in config.cameras}
         )
         clock = wiring.server_clock(config)  # offload and federation times, serverd's
         self.federation = wiring.federation(config, self.mqtt, self._serve_adopted, clock)

@@ -253,6 +253,11 @@ class EdgedConfig(Strict):
             )
         return self
 
+    @property
+    def planned_model(self) -> str | None:
+        """The model with ``regions: planned`` (at most one: validated), if any."""
+        return next((m.name for m in self.models if m.regions == "planned"), None)
+
     def driver_config(self, type_name: str) -> DriverConfig:
         """The configured driver of ``type_name``, or its defaults if not configured."""
         for d in self.drivers:
