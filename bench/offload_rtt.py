@@ -65,7 +65,6 @@ from edgefed.wire import (
     decode_reply,
     encode_request,
 )
-from serverd.triton import access
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / paths.images_dir()  # $EDGEFED_IMAGES_DIR or the checkout's build dir
@@ -246,19 +245,16 @@ class Edge:
         self.outbox.close()
 
 
-def direct_call(url: str, key_file: Path) -> Callable[[str, bytes], float]:
-    """Calls of serverd's Triton at ``url`` with the key of its start (``key_file``, which
-    serverd writes once Triton is up: read at the first call)."""
+def direct_call(url: str) -> Callable[[str, bytes], float]:
+    """Calls of serverd's Triton at ``url``: its unix socket, which this benchmark may open
+    as serverd's own user."""
     client = grpcclient.InferenceServerClient(url)
-    headers: dict[str, str] = {}
 
     def call(model: str, jpeg: bytes) -> float:
-        if not headers:
-            headers[access.GRPC_HEADER] = key_file.read_text().strip()
         tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[jpeg]], dtype=np.object_))
         start = time.perf_counter()
-        client.infer(model, [tensor], headers=headers)
+        client.infer(model, [tensor])
         return (time.perf_counter() - start) * 1000
 
     return call
@@ -396,9 +392,8 @@ def main(argv: list[str]) -> int:
                 if responder.stdout is None or responder.stdout.readline().strip() != "ready":
                     raise SystemExit("the MQTT floor responder did not start")
                 edge = Edge(broker.port, directory)
-                direct = direct_call(
-                    f"127.0.0.1:{base + 1}", directory / "serverd" / "triton" / "local-0.key"
-                )
+                socket = directory / "serverd" / "triton" / "sockets" / "local-0.sock:0"
+                direct = direct_call(f"unix:{socket}")
                 pids = processes(process.pid, broker.pid)
                 report = measure(edge, direct, jpegs, small, args.requests, pids)
             finally:

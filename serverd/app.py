@@ -129,10 +129,7 @@ class ServerdApp:
 
     def triton_metrics_urls(self) -> dict[str, str]:
         """The metrics endpoint of every supervised Triton (loopback, free ports)."""
-        return {
-            name: f"http://127.0.0.1:{s.process.ports.metrics}/metrics"
-            for name, s in self.supervisors.items()
-        }
+        return {name: s.process.metrics_url for name, s in self.supervisors.items()}
 
     def _tritons(self) -> list[TritonSupervisor]:
         cfg = self.config
@@ -191,7 +188,7 @@ class ServerdApp:
             process = supervisor.process
             self.supervisors[process.name] = supervisor
             self.endpoints[process.name] = TritonEndpoint(
-                process.name, process.grpc_url, self.config.infer_timeout_s, process.grpc_headers
+                process.name, process.grpc_url, self.config.infer_timeout_s
             )
             self.scheduler.add_instance(process.name, models, capacity)
 

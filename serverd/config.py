@@ -43,10 +43,11 @@ class TritonConfig(Strict):
         None,
         ge=1,
         le=65000,
-        description="Instance i uses ports base+3i (HTTP), +1 (gRPC), +2 (metrics) on "
-        "127.0.0.1; None: free ports",
+        description="Instance i's metrics port on 127.0.0.1 is base+3i+2 (base+3i and "
+        "+1 stay free: serverd reaches its Tritons over a private unix socket, "
+        "state_dir/triton/sockets); None: a free port",
     )
-    ready_timeout_s: float = Field(120.0, gt=0, description="Wait for /v2/health/ready")
+    ready_timeout_s: float = Field(120.0, gt=0, description="Wait for Triton's health: ready")
     restarts: int = Field(3, ge=0, description="Restarts allowed within restart_window_s")
     restart_window_s: float = Field(300.0, gt=0, description="Window of the restart budget")
     log_verbose: int = Field(
@@ -81,15 +82,19 @@ class EndpointConfig(Strict):
     """An external Triton (e.g. a Kubernetes Service) serving npu/echo models over gRPC."""
 
     name: str = Field(pattern=ID_PATTERN, description="Instance name in logs and results")
-    url: str = Field(min_length=3, description="gRPC address host:port")
+    url: str = Field(
+        min_length=3,
+        description="gRPC address host:port, or unix:<path> (another serverd's own Triton "
+        "of this host: its state_dir/triton/sockets/local-<i>.sock:0, for serverd's user)",
+    )
     models: list[str] = Field(
         default_factory=list, description="Models it serves; empty: ask its repository index"
     )
     key_file: Path | None = Field(
         None,
-        description="File holding the key of a Triton whose APIs need the header "
-        "edgefed-triton-key, as serverd starts its own (another serverd's "
-        "state_dir/triton/local-<i>.key); read again when it changes",
+        description="File holding the key of a Triton started with "
+        "--grpc-restricted-protocol=<apis>:edgefed-triton-key=<key> (a mounted Secret, "
+        "say); read again when it changes",
     )
 
 

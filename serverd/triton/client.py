@@ -6,8 +6,8 @@ connect, timed out, model not loaded there) raises ``OffloadError`` and the job 
 re-placed elsewhere; a failure of the job itself (the image cannot be decoded, the
 model raised on it) raises ``ModelError`` and goes back to the device as an error.
 
-Every call to a Triton that serverd supervises carries the key of its current start
-(``headers``, ``serverd.triton.access``): without it that Triton refuses every API.
+Every call to an external Triton whose config names a ``key_file`` carries its key
+(``headers``, ``serverd.triton.access``).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class TritonEndpoint:
         timeout_s: float = 10.0,
         headers: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
-        """``headers``: what each call sends, read at the call (a supervised Triton's
-        key is new after each restart); none for an external endpoint."""
+        """``headers``: what each call sends, read at the call (an external Triton's
+        ``key_file`` may change); none for serverd's own Tritons."""
         self.name = name
         self.url = url
         self.timeout_s = timeout_s

@@ -1,10 +1,14 @@
 """Run the bundled ``tritonserver`` binary: start, wait for ready, restart, stop.
 
-``TritonProcess`` is one process on explicit 127.0.0.1 ports with its log in a file (a
-pipe would keep the python backend's stubs, which inherit it, from ever seeing EOF).
-Every API of its HTTP and gRPC ports needs the random key of its start (``access``):
-serverd's calls send it, a local user's call without it gets 403; ``<name>.key`` (mode
-0600) holds it for tools of serverd's user.
+``TritonProcess`` is one process with its log in a file (a pipe would keep the python
+backend's stubs, which inherit it, from ever seeing EOF). serverd's own Tritons are
+*private*: gRPC on a unix socket in ``<workdir>/sockets`` (mode 0700, so only serverd's
+user and root connect), no HTTP, and only the read-only metrics endpoint on a 127.0.0.1
+port for serverd's scraper. On loopback every local user, pod or browser on the host
+would reach every API (``docs/security.md``: shared memory over any /dev/shm object
+Triton opens, model unloads, logging and trace settings, inference past serverd), and
+Triton's own per-API key sits on its command line where ``ps`` shows it. A Triton made
+with ``private=False`` listens on loopback TCP with every API open: for tests and tools.
 It runs in its own process group so that stubs orphaned by a crash are killed with
 it, and with its own shared-memory prefix so that a crash's leftovers are removed.
 A start that fails raises ``OffloadError`` quoting Triton's own last error lines; one
@@ -45,10 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edgefed.errors import OffloadError
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from edgefed.errors import ConfigError, OffloadError
 from edgefed.outage import Repeats
 from edgefed.ports import free_ports
-from serverd.triton import access
 from serverd.triton.install import TritonInstall
 from serverd.triton.reaper import adopts_orphans, proc_stat, reap_orphans
 
@@ -65,6 +71,9 @@ SETPRIV = "/usr/bin/setpriv"
 _NOISE = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA|cuda|GPU|pinned memory")
 _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
 MAX_BACKOFF_S = 30.0  # between starts that could not launch Triton
+# Triton appends ":<grpc-port>" to its gRPC address, a unix socket's path included
+SOCKET_PORT = 0
+SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (sun_path, 108 with its NUL)
 
 
 class StartAbandoned(OffloadError):
@@ -99,9 +108,12 @@ class TritonPorts:
             f"--http-port={self.http}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={self.metrics}",
+            *self.metrics_args(),
         ]
+
+    def metrics_args(self) -> list[str]:
+        """``tritonserver`` flags: the metrics endpoint on its port of 127.0.0.1."""
+        return ["--metrics-address=127.0.0.1", f"--metrics-port={self.metrics}"]
 
 
 def quote_errors(log_text: str, limit: int = 3) -> str:
@@ -123,7 +135,8 @@ def _zombie(pid: int) -> bool:
 
 
 class TritonProcess:
-    """One ``tritonserver`` process serving ``repository`` on 127.0.0.1."""
+    """One ``tritonserver`` process serving ``repository``: over a private unix socket,
+    or (``private=False``) on 127.0.0.1 ports."""
 
     def __init__(
         self,
@@ -134,10 +147,12 @@ class TritonProcess:
         ports: TritonPorts,
         ready_timeout: float = 60.0,
         extra_args: Sequence[str] = (),
-        restrict: bool = True,
+        private: bool = True,
     ) -> None:
-        """``restrict=False`` leaves every API open to whoever reaches its ports: only for
-        tests and tools that call Triton without the key (serverd never does)."""
+        """``private``: gRPC on ``socket_path`` only (of ``ports`` only ``metrics`` is
+        used); False: HTTP and gRPC on ``ports`` of 127.0.0.1, every API open to whoever
+        reaches them (tests and tools; serverd's own Tritons are private). ConfigError if
+        ``workdir`` is too long a path for a unix socket."""
         self.install = install
         self.repository = repository
         self.workdir = workdir
@@ -146,9 +161,14 @@ class TritonProcess:
         self.ready_timeout = ready_timeout
         self._abandon = threading.Event()  # serverd stops: a start under way gives up
         self.extra_args = tuple(extra_args)
-        self.restrict = restrict
-        self.key = access.new_key()  # a new one for each start
-        self.key_path = workdir / f"{name}.key"  # for tools of serverd's user (mode 0600)
+        self.private = private
+        self.socket_dir = workdir / "sockets"  # mode 0700: serverd's user (and root) only
+        self.socket_path = self.socket_dir / f"{name}.sock:{SOCKET_PORT}"
+        if private and len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
+            raise ConfigError(
+                f"Triton {name}: its socket path {self.socket_path} is longer than the "
+                f"{SOCKET_PATH_MAX} bytes a unix socket allows: choose a shorter state_dir"
+            )
         self.log_path = workdir / f"{name}.log"
         self.pid_path = workdir / f"{name}.pid"
         self.shm_path = workdir / f"{name}.shm"  # the prefix of the run that wrote it
@@ -157,19 +177,20 @@ class TritonProcess:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        """Its gRPC address as gRPC clients take it (``unix:<path>`` when private)."""
+        return f"unix:{self.socket_path}" if self.private else f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Its Prometheus metrics (read-only, on 127.0.0.1 whether private or not)."""
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
 
     @property
     def http_url(self) -> str:
+        """Its HTTP address; ``OffloadError`` for a private Triton, which has none."""
+        if self.private:
+            raise OffloadError(f"Triton {self.name} is private: no HTTP, gRPC on {self.grpc_url}")
         return f"http://127.0.0.1:{self.ports.http}"
-
-    def http_headers(self) -> dict[str, str]:
-        """What an HTTP call to this Triton's API must send (its current start's key)."""
-        return {access.HEADER: self.key} if self.restrict else {}
-
-    def grpc_headers(self) -> dict[str, str]:
-        """What a gRPC call to this Triton's API must send (its current start's key)."""
-        return {access.GRPC_HEADER: self.key} if self.restrict else {}
 
     @property
     def pid(self) -> int | None:
@@ -182,17 +203,25 @@ class TritonProcess:
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--cache-directory={self.install.cache_dir}",
-            *self.ports.args(),
+            *(self._private_args() if self.private else self.ports.args()),
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            *(access.restriction_args(self.key) if self.restrict else ()),
             *self.extra_args,
         ]
 
+    def _private_args(self) -> list[str]:
+        """gRPC on the unix socket (Triton appends ``:<port>`` to it), no HTTP."""
+        return [
+            "--allow-http=false",
+            f"--grpc-address=unix:{self.socket_dir / self.name}.sock",
+            f"--grpc-port={SOCKET_PORT}",
+            *self.ports.metrics_args(),
+        ]
+
     def start(self) -> None:
-        """Start and wait until ``/v2/health/ready``; OffloadError quoting Triton if not."""
+        """Start and wait until gRPC health says ready; OffloadError quoting Triton if not."""
         if self.poll() is None:
             return
         if self._process is not None:  # it died: clear its orphans before a new start
@@ -200,7 +229,9 @@ class TritonProcess:
             self._process = None  # once: a retry must not signal a pid reused since
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self.key = access.new_key()
+            if self.private:  # chmod too: an existing directory keeps its mode on mkdir
+                self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+                self.socket_dir.chmod(0o700)
             command = self.command()
             self.rotate_log()
             with self.log_path.open("ab") as out:
@@ -222,7 +253,6 @@ class TritonProcess:
                 self.pid_path,
                 exc,
             )
-        self._write_key()
         started = time.monotonic()
         while time.monotonic() - started < self.ready_timeout:
             code = self.poll()
@@ -264,15 +294,21 @@ class TritonProcess:
             raise OffloadError(f"Triton {self.name}: cannot run {command[0]}: {exc}") from exc
 
     def ready(self) -> bool:
-        """True if the HTTP endpoint answers 200 on ``/v2/health/ready`` (with the key)."""
-        request = urllib.request.Request(
-            f"{self.http_url}/v2/health/ready", headers=self.http_headers()
-        )
+        """True if its gRPC health check answers ready and its metrics endpoint, the last
+        it starts (Triton exits when that port is taken), answers; within a second each."""
         try:
-            with urllib.request.urlopen(request, timeout=1) as reply:
-                return bool(reply.status == 200)
+            with urllib.request.urlopen(self.metrics_url, timeout=1) as reply:
+                if reply.status != 200:
+                    return False
         except (urllib.error.URLError, OSError):
             return False
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            return bool(client.is_server_ready(client_timeout=1.0))
+        except InferenceServerException:
+            return False
+        finally:
+            client.close()
 
     def poll(self) -> int | None:
         """The exit code, or None while running (and after ``stop``: -1 if never started)."""
@@ -296,23 +332,6 @@ class TritonProcess:
         self._cleanup()
         self._process = None
         self.pid_path.unlink(missing_ok=True)
-        self.key_path.unlink(missing_ok=True)
-
-    def _write_key(self) -> None:
-        """This start's key into ``<name>.key`` (mode 0600) for tools of serverd's user
-        (``curl -H``, benchmarks); serverd's own client calls ``grpc_headers``."""
-        if not self.restrict:
-            self.key_path.unlink(missing_ok=True)
-            return
-        partial = self.key_path.with_suffix(".key.partial")
-        try:
-            partial.unlink(missing_ok=True)
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{self.key}\n")
-            os.replace(partial, self.key_path)
-        except OSError as exc:  # serverd has the key; only tools would read the file
-            log.warning("Triton %s: cannot write %s (%s)", self.name, self.key_path, exc)
 
     def _stop_orphan(self) -> None:
         """Stop the Triton an earlier run left behind (its pid file names a live process

@@ -45,7 +45,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
         (work / "repo" / name / "config.pbtxt").write_text(text)
     install = TritonInstall.locate(REPO / ".venv-triton")
     process = TritonProcess(  # a Triton of another team's: open to the driver
-        install, work / "repo", work, "remote", TritonPorts.free(), restrict=False
+        install, work / "repo", work, "remote", TritonPorts.free(), private=False
     )
     process.start()
     yield process

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import cv2
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from edgefed.clock import now_ms
 from edgefed.mqtt import MqttClient, MqttConfig, MqttTls
@@ -45,6 +46,22 @@ def frame_jpeg(width: int = 640, height: int = 480) -> bytes:
     ok, data = cv2.imencode(".jpg", cv2.resize(image, (width, height)))
     assert ok
     return bytes(data.tobytes())
+
+
+def triton_successes(serverd: ServerdThread, model: str) -> int:
+    """Inferences Triton itself counts for ``model``, summed over serverd's own instances
+    (asked over their sockets)."""
+    total = 0
+    for supervisor in serverd.app.supervisors.values():
+        client = grpcclient.InferenceServerClient(supervisor.process.grpc_url)
+        try:
+            stats = client.get_inference_statistics(model, as_json=True)
+        finally:
+            client.close()
+        total += sum(
+            int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"]
+        )
+    return total
 
 
 def serverd_config(

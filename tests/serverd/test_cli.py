@@ -101,7 +101,7 @@ def external_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]
     repository = write_repository(work / "models", models, IMAGES_DIR, [TRUSTED_KEY])
     install = TritonInstall.locate(REPO / ".venv-triton")
-    process = TritonProcess(install, repository, work, "ext", TritonPorts.free(), restrict=False)
+    process = TritonProcess(install, repository, work, "ext", TritonPorts.free(), private=False)
     process.start()
     yield process.grpc_url
     process.stop()

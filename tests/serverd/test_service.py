@@ -6,12 +6,10 @@ test that kills a Triton runs last and checks that the supervisor brings it back
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import struct
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -33,21 +31,15 @@ from edgefed.wire import (
     encode_request,
 )
 from serverd.api.metrics import ServerdMetrics
-from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, serverd_config
+from tests.serverd.harness import (
+    Edge,
+    ServerdThread,
+    frame_jpeg,
+    serverd_config,
+    triton_successes,
+)
 
 JPEG = frame_jpeg()
-
-
-def triton_successes(serverd: ServerdThread, model: str) -> int:
-    """Inferences Triton itself counts for ``model``, summed over the supervised instances."""
-    total = 0
-    for supervisor in serverd.app.supervisors.values():
-        url = f"{supervisor.process.http_url}/v2/models/{model}/stats"
-        request = urllib.request.Request(url, headers=supervisor.process.http_headers())
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            stats = json.load(reply)
-        total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
-    return total
 
 
 def test_detector_jobs_are_answered_with_real_detections(
@@ -242,7 +234,7 @@ def test_the_edge_offload_client_gets_its_results(
 def test_serverd_over_mutual_tls_with_an_external_triton(
     serverd: ServerdThread, tmp_path: Path
 ) -> None:
-    process = serverd.app.supervisors["local-1"].process  # another serverd's Triton
+    process = serverd.app.supervisors["local-1"].process  # another serverd's, on its socket
     with Broker(tmp_path / "tls-broker", tls=True) as broker:
         assert broker.tls is not None
         files = broker.tls
@@ -253,7 +245,7 @@ def test_serverd_over_mutual_tls_with_an_external_triton(
             instances=0,
             prefix="tls",
             server_id="tls-server",
-            endpoints=[{"name": "ext", "url": process.grpc_url, "key_file": process.key_path}],
+            endpoints=[{"name": "ext", "url": process.grpc_url}],
         )
         config.mqtt.tls = tls
         second = ServerdThread(config)

@@ -76,9 +76,9 @@ def test_a_stop_while_triton_loads_abandons_its_start_and_stops_it(tmp_path: Pat
 def test_a_triton_that_cannot_bind_its_port_fails_quoting_triton(
     tmp_path: Path, taken_port: int
 ) -> None:
-    # HTTP on base, gRPC on base + 1: take the gRPC port
+    # metrics on base + 2, its only port (gRPC goes through a unix socket): take it
     echo = {"name": "echo", "backend": "echo"}
-    triton = {"base_port": taken_port - 1, "models": [echo]}
+    triton = {"base_port": taken_port - 2, "models": [echo]}
     config = serverd_config(tmp_path, mqtt_port=1, instances=1, triton=triton)
     with pytest.raises(OffloadError) as caught:
         run_app(config)

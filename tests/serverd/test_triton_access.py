@@ -1,42 +1,46 @@
-"""Who may call Triton: a supervised Triton refuses every API to a call without the key of
-its start, serverd's own traffic carries it; the Kubernetes Triton refuses the APIs serverd
-never calls. Real ``tritonserver`` processes; a refused HTTP call is a 403."""
+"""Who may call Triton: a supervised Triton is reached over a unix socket only serverd's
+user opens and listens on no API port; an external Triton restricted by its operator is
+called with its key file; the Kubernetes Triton refuses the APIs serverd never calls.
+Real ``tritonserver`` processes; a refused HTTP call is a 403."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tritonclient.utils import InferenceServerException
 
+from edgefed.errors import ConfigError, OffloadError
 from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadResult
 from serverd.triton import access
 from serverd.triton.client import TritonEndpoint
 from serverd.triton.install import TritonInstall
 from serverd.triton.repository import INPUT, TritonModelConfig, write_repository
-from serverd.triton.supervisor import TritonPorts, TritonProcess, TritonSupervisor
-from tests.serverd.harness import Edge, ServerdThread, frame_jpeg
+from serverd.triton.supervisor import SETPRIV, TritonPorts, TritonProcess, TritonSupervisor
+from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, triton_successes
 from tests.support.paths import IMAGES_DIR, REPO
 
 VENV = REPO / ".venv-triton"
 KUBEEDGE = REPO / "packaging" / "kubeedge" / "serverd.yaml"
 ECHO = [TritonModelConfig(name="echo", backend="echo")]
+NOBODY = 65534
 SHM_BODY = {"key": "", "offset": 0, "byte_size": 64}  # key: a real /dev/shm object
 INFER_BODY = {"inputs": [{"name": INPUT, "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]}
 # method, path, body: one call or more of every API group, those a local user abused first
@@ -71,20 +75,6 @@ def http(
         return 0, str(exc).encode()
 
 
-def refused_over_grpc(call: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
-    """The message of a gRPC call Triton refused as restricted."""
-    with pytest.raises(InferenceServerException) as refused:
-        call(*args, **kwargs)
-    assert "This protocol is restricted" in str(refused.value.message()), refused.value
-    return str(refused.value.message())
-
-
-def echo_input() -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(INPUT, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
-    return tensor
-
-
 @pytest.fixture
 def shm_object() -> Iterator[str]:
     """A /dev/shm object Triton's user can open: what a local user would name."""
@@ -96,61 +86,97 @@ def shm_object() -> Iterator[str]:
 
 def supervised(serverd: ServerdThread) -> list[TritonProcess]:
     processes = [s.process for s in serverd.app.supervisors.values()]
-    for process in processes:  # an earlier test may have killed one: back with a new key
+    for process in processes:  # an earlier test may have killed one: back once ready
         wait_until(f"Triton {process.name} ready", process.ready, 60)
     return processes
 
 
-def test_a_direct_call_to_a_supervised_triton_without_its_key_is_refused(
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+CONNECT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(type(exc).__name__)
+else:
+    print("connected")
+"""
+
+
+def connect_as(uid: int, path: Path) -> str:
+    """What a process of user ``uid`` gets connecting to the unix socket ``path``."""
+    done = subprocess.run(
+        [
+            SETPRIV,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            CONNECT,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_supervised_triton_opens_no_api_port_and_only_serverds_user_reaches_it(
     serverd: ServerdThread, shm_object: str
 ) -> None:
     """Any local user reached every API of serverd's Tritons on loopback: register a
     shared-memory region over any /dev/shm object Triton can open (and have outputs
-    written into it), unload models, change logging and trace, infer past serverd."""
-    body = SHM_BODY | {"key": shm_object}
+    written into it), unload models, change logging and trace, infer past serverd; and
+    Triton's own per-API key would sit on its command line for ``ps`` to show. Now
+    Triton listens on no TCP port but its read-only metrics one, and its gRPC socket
+    lies in a directory only serverd's user opens (another user tried below)."""
     for process in supervised(serverd):
-        for method, path, call_body in CALLS:
-            sent = body if call_body is SHM_BODY else call_body
-            for headers in ({}, {access.HEADER: "0" * 64}, {"edgefed-triton-key-x": process.key}):
-                code, text = http(method, process.http_url + path, sent, headers)
-                assert code == 403, (process.name, method, path, headers, code, text)
-                assert f"expecting header '{access.HEADER}'" in text.decode()
+        assert process.pid is not None
+        assert listening_ports(process.pid) == {process.ports.metrics}
+        assert stat.S_IMODE(process.socket_dir.stat().st_mode) == 0o700
+        assert stat.S_ISSOCK(process.socket_path.stat().st_mode)
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert not [a for a in argv if b"restricted" in a or b"--http-port" in a]
+        # serverd's user reaches every API through it (as serverd's own client does)
         client = grpcclient.InferenceServerClient(process.grpc_url)
         try:
-            refused_over_grpc(client.register_system_shared_memory, "x", shm_object, 64)
-            refused_over_grpc(client.get_model_repository_index)
-            refused_over_grpc(client.unload_model, "echo")
-            refused_over_grpc(client.update_log_settings, {"log_verbose_level": 0})
-            refused_over_grpc(client.infer, "echo", [echo_input()])
-            wrong = {access.GRPC_HEADER: "0" * 64}
-            refused_over_grpc(client.is_server_ready, headers=wrong)
-            # the key is the difference: its holder reaches the same APIs
-            assert client.is_server_ready(headers=process.grpc_headers())
+            assert client.is_server_ready()
+            index = client.get_model_repository_index(as_json=True)
+            assert {m["name"] for m in index["models"]} == {"echo", "person"}
+            client.register_system_shared_memory("access-test", shm_object, 64)
+            client.unregister_system_shared_memory("access-test")
         finally:
             client.close()
-        keyed = process.http_headers()
-        index = http("POST", f"{process.http_url}/v2/repository/index", {}, keyed)
-        assert index[0] == 200 and {m["name"] for m in json.loads(index[1])} == {"echo", "person"}
-        region = f"{process.http_url}/v2/systemsharedmemory/region/access-test"
-        assert http("POST", f"{region}/register", body, keyed)[0] == 200
-        assert http("POST", f"{region}/unregister", {}, keyed)[0] == 200
 
 
 def test_serverds_own_jobs_health_and_metrics_carry_on(serverd: ServerdThread, edge: Edge) -> None:
-    """serverd's client sends the key on inference and health; its scraper reads the
-    metrics port, which has no restriction (read-only, loopback)."""
+    """serverd's client reaches inference and health over the socket; its scraper reads
+    the metrics port (read-only, loopback)."""
     processes = supervised(serverd)
 
-    def successes() -> float:
-        total = 0.0
-        for process in processes:
-            code, text = http(
-                "GET", f"{process.http_url}/v2/models/echo/stats", headers=process.http_headers()
-            )
-            assert code == 200, text
-            stats = json.loads(text)["model_stats"]
-            total += sum(s["inference_stats"]["success"]["count"] for s in stats)
-        return total
+    def successes() -> int:
+        return triton_successes(serverd, "echo")
 
     before = successes()
     requests = [edge.request("echo") for _ in range(4)]
@@ -162,17 +188,12 @@ def test_serverds_own_jobs_health_and_metrics_carry_on(serverd: ServerdThread, e
     wait_until("Triton to count 4 more inferences", lambda: successes() >= before + 4, 10)
     status = serverd.call(serverd.app.status)
     assert status["ready"] is True
-    assert all(i["healthy"] for i in status["instances"].values())  # gRPC health, keyed
+    assert all(i["healthy"] for i in status["instances"].values())  # gRPC health
     for process in processes:
-        assert process.ready()  # the supervisor's HTTP health check, keyed
-        assert http("GET", f"{process.http_url}/v2/health/ready")[0] == 403
-        client = grpcclient.InferenceServerClient(process.grpc_url)
-        try:
-            refused_over_grpc(client.infer, "echo", [echo_input()])
-        finally:
-            client.close()
-        code, text = http("GET", f"http://127.0.0.1:{process.ports.metrics}/metrics")
+        code, text = http("GET", process.metrics_url)
         assert code == 200 and b"nv_inference_request_success" in text
+        with pytest.raises(OffloadError, match="private: no HTTP"):
+            process.http_url  # noqa: B018 (the property is the check)
     assert serverd.app.api is not None
     code, text = http("GET", f"{serverd.app.api.url}/metrics")
     assert code == 200
@@ -183,49 +204,84 @@ def test_serverds_own_jobs_health_and_metrics_carry_on(serverd: ServerdThread, e
     assert scraped == set(serverd.app.supervisors)
 
 
-def test_each_start_takes_a_new_key_that_serverds_client_follows(tmp_path: Path) -> None:
-    """A restart (Triton killed) takes a fresh key: the old one is refused, serverd's
-    gRPC client sends the new one; ``<name>.key`` holds it for serverd's user only."""
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter (pytest's own are its user's only)."""
+    path = Path(tempfile.mkdtemp(prefix="edgefed-access-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_another_user_cannot_reach_the_socket(open_dir: Path) -> None:
+    """In a state dir every user may enter, another user's connect is refused by the
+    socket directory's mode alone (the socket itself made writable for all here)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to try the socket as another user")
+    repository = write_repository(open_dir / "models", ECHO, IMAGES_DIR, [])
+    process = TritonProcess(
+        TritonInstall.locate(VENV), repository, open_dir, "local-0", TritonPorts.free()
+    )
+    process.start()
+    try:
+        assert connect_as(NOBODY, process.socket_path) == "PermissionError"
+        process.socket_path.chmod(0o777)
+        assert connect_as(NOBODY, process.socket_path) == "PermissionError"
+        process.socket_dir.chmod(0o755)  # opened up: the same user connects
+        assert connect_as(NOBODY, process.socket_path) == "connected"
+        process.socket_dir.chmod(0o700)
+    finally:
+        process.stop()
+
+
+def test_a_triton_killed_comes_back_on_its_socket_and_serverds_client_follows(
+    tmp_path: Path,
+) -> None:
+    """A kill -9 leaves the socket file behind: the restart binds it again, and the
+    endpoint serverd keeps (renewed on the instance's return, as serverd does) infers;
+    the socket directory's mode is set again at each start."""
     repository = write_repository(tmp_path / "models", ECHO, IMAGES_DIR, [])
     process = TritonProcess(
-        TritonInstall.locate(VENV),
-        repository,
-        tmp_path,
-        "local-0",
-        TritonPorts.free(),
-        extra_args=["--log-verbose=2"],  # logs every request: never its key
+        TritonInstall.locate(VENV), repository, tmp_path, "local-0", TritonPorts.free()
     )
+    process.socket_dir.mkdir(mode=0o755)  # as an older state dir might hold it
     states: list[bool] = []
     supervisor = TritonSupervisor(process, lambda _, up: states.append(up), poll_s=0.05)
 
-    async def infer() -> list[dict[str, Any]]:
-        endpoint = TritonEndpoint("local-0", process.grpc_url, headers=process.grpc_headers)
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        endpoint = TritonEndpoint("local-0", process.grpc_url)
         try:
             assert await endpoint.ready()
             assert await endpoint.models() == {"echo"}
-            return (await endpoint.infer("echo", b"abc")).results
+            first = (await endpoint.infer("echo", b"abc")).results
+            pid = process.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert process.socket_path.exists()  # left behind
+            await asyncio.to_thread(
+                wait_until, "Triton restarted", lambda: states == [False, True], 90
+            )
+            endpoint.renew()
+            return first, (await endpoint.infer("echo", b"abcd")).results
         finally:
             await endpoint.close()
 
     supervisor.start()
     try:
-        first = process.key
-        assert process.key_path.read_text().strip() == first and len(first) == 64
-        assert stat.S_IMODE(process.key_path.stat().st_mode) == 0o600
-        assert asyncio.run(infer()) == [{"type": "echo", "bytes": 3}]
-        pid = process.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        wait_until("Triton restarted", lambda: states == [False, True], 90)
-        assert process.key != first and process.key_path.read_text().strip() == process.key
-        old = {access.HEADER: first}
-        assert http("GET", f"{process.http_url}/v2/health/ready", headers=old)[0] == 403
-        assert asyncio.run(infer()) == [{"type": "echo", "bytes": 3}]
+        assert process.grpc_url == f"unix:{tmp_path}/sockets/local-0.sock:0"
+        first, second = asyncio.run(scenario())
+        assert first == [{"type": "echo", "bytes": 3}]
+        assert second == [{"type": "echo", "bytes": 4}]
+        assert stat.S_IMODE(process.socket_dir.stat().st_mode) == 0o700
     finally:
         supervisor.stop()
-    assert not process.key_path.exists()
-    logged = process.log_path.read_text()
-    assert "HTTP request" in logged and first not in logged and process.key not in logged
+    assert not process.socket_path.exists()  # a clean stop removes it
+
+
+def test_a_state_dir_too_long_for_a_socket_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(ConfigError, match="longer than the 107 bytes a unix socket allows"):
+        TritonProcess(TritonInstall.locate(VENV), deep, deep, "local-0", TritonPorts.free())
 
 
 def kubeedge_triton_command() -> list[str]:
@@ -352,3 +408,44 @@ def test_an_external_tritons_key_file_is_read_again_when_it_changes(tmp_path: Pa
     key.write_text("second\n")
     os.utime(key, ns=(1, 2))  # a different stamp whatever the file system's resolution
     assert headers() == {access.GRPC_HEADER: "second"}
+
+
+def test_an_external_triton_restricted_by_its_operator_is_called_with_its_key_file(
+    tmp_path: Path,
+) -> None:
+    """An external Triton started with the restriction flag refuses inference and its
+    index without the key; an endpoint with the key file (serverd's ``key_file``) gets
+    both. Health stays open here, as serverd's ready check of a Triton it starts needs."""
+    key = tmp_path / "triton.key"
+    key.write_text(f"{'ab' * 32}\n")
+    restricted = (
+        f"--grpc-restricted-protocol=inference,model-repository:{access.HEADER}={'ab' * 32}"
+    )
+    repository = write_repository(tmp_path / "models", ECHO, IMAGES_DIR, [])
+    process = TritonProcess(
+        TritonInstall.locate(VENV),
+        repository,
+        tmp_path,
+        "ext",
+        TritonPorts.free(),
+        extra_args=[restricted],
+        private=False,
+    )
+
+    async def calls(headers: Callable[[], dict[str, str]]) -> tuple[set[str], list[Any]]:
+        endpoint = TritonEndpoint("ext", process.grpc_url, headers=headers)
+        try:
+            return await endpoint.models(), (await endpoint.infer("echo", b"ab")).results
+        finally:
+            await endpoint.close()
+
+    process.start()
+    try:
+        with pytest.raises(OffloadError, match="This protocol is restricted"):
+            asyncio.run(calls(dict))
+        assert asyncio.run(calls(access.key_file_headers(key))) == (
+            {"echo"},
+            [{"type": "echo", "bytes": 2}],
+        )
+    finally:
+        process.stop()
