@@ -4,7 +4,8 @@
 validates a config and prints it resolved; ``serverd tritonserver [TRITON OPTIONS]`` execs
 the bundled ``tritonserver`` of a Triton environment with EdgeFed's backends (the entry
 point of the edgefed-serverd-triton image: Triton on its own, e.g. one Deployment per
-replica, where serverd otherwise starts it). Exit codes are those of ``edgefed.errors``.
+replica, where serverd otherwise starts it), its API groups restricted to a key
+(``serverd.triton.access``). Exit codes are those of ``edgefed.errors``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_tritonserver(args: argparse.Namespace, triton_args: list[str]) -> int:
     """Replace this process with ``tritonserver`` (same pid: it gets the signals)."""
+    from serverd.triton import access
     from serverd.triton.install import TritonInstall
 
+    restriction = access.entry_point_restriction(args.key_file)
     install = TritonInstall.locate(args.venv)
     argv = [
         str(install.binary),
@@ -71,6 +74,7 @@ def cmd_tritonserver(args: argparse.Namespace, triton_args: list[str]) -> int:
         f"--cache-directory={install.cache_dir}",
         "--allow-gpu-metrics=false",
         "--pinned-memory-pool-byte-size=0",
+        *restriction,
         *triton_args,
     ]
     os.execve(argv[0], argv, install.environment(os.environ))
@@ -105,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(tempfile.gettempdir()) / "edgefed-triton",
         help="where the backend directory is laid out (default %(default)s)",
+    )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        help="every API but health then needs this file's key in the header "
+        "edgefed-triton-key (serverd's endpoint key_file); without it, only the APIs "
+        "serverd never calls are refused (docs/triton.md)",
     )
     p.set_defaults(func=cmd_tritonserver)
     return parser

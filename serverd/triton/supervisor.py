@@ -52,7 +52,7 @@ from typing import Any, BinaryIO
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from edgefed.errors import ConfigError, OffloadError
+from edgefed.errors import OffloadError
 from edgefed.outage import Repeats
 from edgefed.ports import free_ports
 from serverd.triton.install import TritonInstall
@@ -73,7 +73,7 @@ _PREFIX = re.compile(r"^[EWI]\d{4} [\d:.]+\s+\d+\s+")
 MAX_BACKOFF_S = 30.0  # between starts that could not launch Triton
 # Triton appends ":<grpc-port>" to its gRPC address, a unix socket's path included
 SOCKET_PORT = 0
-SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (sun_path, 108 with its NUL)
+SOCKETS = "sockets"  # under the workdir, Triton's working directory
 
 
 class StartAbandoned(OffloadError):
@@ -151,8 +151,7 @@ class TritonProcess:
     ) -> None:
         """``private``: gRPC on ``socket_path`` only (of ``ports`` only ``metrics`` is
         used); False: HTTP and gRPC on ``ports`` of 127.0.0.1, every API open to whoever
-        reaches them (tests and tools; serverd's own Tritons are private). ConfigError if
-        ``workdir`` is too long a path for a unix socket."""
+        reaches them (tests and tools; serverd's own Tritons are private)."""
         self.install = install
         self.repository = repository
         self.workdir = workdir
@@ -162,13 +161,9 @@ class TritonProcess:
         self._abandon = threading.Event()  # serverd stops: a start under way gives up
         self.extra_args = tuple(extra_args)
         self.private = private
-        self.socket_dir = workdir / "sockets"  # mode 0700: serverd's user (and root) only
+        self.socket_dir = workdir / SOCKETS  # mode 0700: serverd's user (and root) only
         self.socket_path = self.socket_dir / f"{name}.sock:{SOCKET_PORT}"
-        if private and len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
-            raise ConfigError(
-                f"Triton {name}: its socket path {self.socket_path} is longer than the "
-                f"{SOCKET_PATH_MAX} bytes a unix socket allows: choose a shorter state_dir"
-            )
+        self._socket_dir_fd: int | None = None
         self.log_path = workdir / f"{name}.log"
         self.pid_path = workdir / f"{name}.pid"
         self.shm_path = workdir / f"{name}.shm"  # the prefix of the run that wrote it
@@ -177,8 +172,33 @@ class TritonProcess:
 
     @property
     def grpc_url(self) -> str:
-        """Its gRPC address as gRPC clients take it (``unix:<path>`` when private)."""
-        return f"unix:{self.socket_path}" if self.private else f"127.0.0.1:{self.ports.grpc}"
+        """Its gRPC address for a client in this process. Private: the socket through a
+        descriptor of its directory (``/proc/self/fd/<fd>/<name>``), as a unix socket's
+        address holds 107 bytes and a state dir's path may be longer; other processes of
+        serverd's user connect to ``unix:<socket_path>``."""
+        if not self.private:
+            return f"127.0.0.1:{self.ports.grpc}"
+        if self._socket_dir_fd is None:
+            self._socket_dir_fd = self._open_socket_dir()
+        return f"unix:/proc/self/fd/{self._socket_dir_fd}/{self.socket_path.name}"
+
+    def _open_socket_dir(self) -> int:
+        """``socket_dir`` made if missing and set to mode 0700 (an existing directory
+        keeps its mode on mkdir), opened as a path descriptor."""
+        self.socket_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+        self.socket_dir.chmod(0o700)
+        return os.open(self.socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _reopen_socket_dir(self) -> None:
+        """At each start: the directory checked again and, if it was replaced (removed by
+        hand), its descriptor pointed at the new one under the same number, so that the
+        ``grpc_url`` clients hold stays right."""
+        fresh = self._open_socket_dir()
+        if self._socket_dir_fd is None:
+            self._socket_dir_fd = fresh
+            return
+        os.dup2(fresh, self._socket_dir_fd, inheritable=False)
+        os.close(fresh)
 
     @property
     def metrics_url(self) -> str:
@@ -212,10 +232,11 @@ class TritonProcess:
         ]
 
     def _private_args(self) -> list[str]:
-        """gRPC on the unix socket (Triton appends ``:<port>`` to it), no HTTP."""
+        """gRPC on the unix socket (Triton appends ``:<port>`` to it; relative to its
+        working directory, the workdir, so a long state dir does not matter), no HTTP."""
         return [
             "--allow-http=false",
-            f"--grpc-address=unix:{self.socket_dir / self.name}.sock",
+            f"--grpc-address=unix:{SOCKETS}/{self.name}.sock",
             f"--grpc-port={SOCKET_PORT}",
             *self.ports.metrics_args(),
         ]
@@ -229,9 +250,8 @@ class TritonProcess:
             self._process = None  # once: a retry must not signal a pid reused since
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            if self.private:  # chmod too: an existing directory keeps its mode on mkdir
-                self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-                self.socket_dir.chmod(0o700)
+            if self.private:
+                self._reopen_socket_dir()
             command = self.command()
             self.rotate_log()
             with self.log_path.open("ab") as out:
@@ -263,7 +283,8 @@ class TritonProcess:
                     f"{time.monotonic() - started:.1f} s); Triton said: {self._said(offset)}"
                 )
             if self.ready():
-                log.info("Triton %s ready on %s (pid %s)", self.name, self.grpc_url, self.pid)
+                where = self.socket_path if self.private else self.grpc_url
+                log.info("Triton %s ready on %s (pid %s)", self.name, where, self.pid)
                 return
             if self._abandon.wait(0.1):
                 self.stop()

@@ -19,6 +19,7 @@ from edged.eventbus import DEFAULT_PREFIX, event_topics
 from edged.settings import RuntimeSettings
 from edged.twin.kubeedge import KEY_RE, VALUE_RE
 from serverd.triton import access
+from tests.support.kube import secret_of
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
@@ -40,7 +41,8 @@ API_VERSIONS = {
     "Rule": "rules.kubeedge.io/v1",
     "RuleEndpoint": "rules.kubeedge.io/v1",
 }
-OPERATOR_PROVIDED = {"edgefed-trust", "edgefed-mqtt-tls"}  # created from site keys (docs)
+# created from site keys (docs/kubeedge.md)
+OPERATOR_PROVIDED = {"edgefed-trust", "edgefed-mqtt-tls", "edgefed-triton-key"}
 RULE_PAIRS = {("rest", "eventbus"), ("rest", "servicebus"), ("eventbus", "rest")}
 
 
@@ -344,34 +346,26 @@ def test_only_serverds_pods_reach_triton_and_only_its_grpc_port() -> None:
     assert admitted == users
 
 
-def test_triton_refuses_the_apis_serverd_never_calls() -> None:
-    """serverd's config cannot carry a header, so the Deployment restricts, with a random
-    key made at each start and held by nobody, the API groups serverd never calls; what it
-    calls (inference, health, the repository index) stays open behind the NetworkPolicy.
-    The command is the image's entry point run through sh (run for real:
-    tests/serverd/test_triton_access.py)."""
-    (container,) = pod_spec(the("Deployment", "triton"))["containers"]
-    tini, dashes, shell, flags, script, name = container["command"]
-    entrypoint = next(
-        line
-        for line in CONTAINERFILE.read_text()
-        .split("FROM serverd AS serverd-triton")[1]
-        .splitlines()
-        if line.startswith("ENTRYPOINT ")
-    )
-    image = yaml.safe_load(entrypoint.removeprefix("ENTRYPOINT "))
-    assert [tini, dashes] == image[:2] and (shell, flags, name) == ("sh", "-ec", "tritonserver")
-    assert f'exec {" ".join(image[2:])} "$@"' in script
-    assert "key=$(python3 -c 'import secrets; print(secrets.token_hex(32))')" in script
-    (apis,) = [line.split("=", 1)[1] for line in script.splitlines() if line.startswith("apis=")]
-    restricted = apis.split(",")
-    assert set(restricted) <= set(access.APIS) and len(restricted) == len(set(restricted))
-    serverd_calls = {"inference", "health", "model-repository"}  # serverd/triton/client.py
-    assert set(restricted) == set(access.APIS) - serverd_calls
-    for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
-        assert f'"{flag}=$apis:{access.HEADER}=$key"' in script
+def test_triton_needs_the_key_of_a_secret_that_serverd_sends() -> None:
+    """The Triton Deployment runs the image's entry point with ``--key-file`` from the
+    edgefed-triton-key Secret (every API group but health then needs the key; run for
+    real: tests/serverd/test_triton_access.py); serverd's endpoint sends the same
+    Secret's key (``key_file``), mounted whole so that a new key reaches it."""
+    triton = pod_spec(the("Deployment", "triton"))
+    (container,) = triton["containers"]
+    assert "command" not in container  # the image's ENTRYPOINT: serverd tritonserver
+    (key_file,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--key-file=")]
+    assert secret_of(triton, container, key_file) == "edgefed-triton-key"
     assert not any("restricted" in arg for arg in container["args"])
     assert "--model-control-mode=poll" in container["args"]  # no load/unload through the API
+    serverd = pod_spec(the("Deployment", "serverd"))
+    (endpoint,) = config_file("serverd-config", "serverd.yaml")["endpoints"]
+    assert endpoint["key_file"] == key_file
+    assert secret_of(serverd, serverd["containers"][0], key_file) == "edgefed-triton-key"
+    assert triton["securityContext"]["fsGroup"] == serverd["securityContext"]["fsGroup"]
+    assert "health" in access.OPEN  # the kubelet's probes carry no key
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"].startswith("/v2/health/")
 
 
 def test_workloads_are_bounded_and_unprivileged() -> None:
@@ -391,6 +385,8 @@ def test_workloads_are_bounded_and_unprivileged() -> None:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in OPERATOR_PROVIDED
 
 
 @pytest.mark.parametrize("rule", all_of("Rule"), ids=lambda r: r["metadata"]["name"])

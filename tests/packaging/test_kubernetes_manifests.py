@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serverd.api.metrics import ServerdMetrics
 from serverd.config import parse_config
+from tests.support.kube import secret_of
 from tests.support.paths import REPO
 
 KUBERNETES = REPO / "packaging" / "kubernetes"
@@ -81,3 +82,13 @@ def test_the_replicas_may_reach_the_broker() -> None:
     labels = rule["from"][0]["podSelector"]["matchLabels"]
     pod_labels = by_kind()[("Deployment", "serverd-replicas")]["spec"]["template"]["metadata"]
     assert labels.items() <= pod_labels["labels"].items()
+
+
+def test_the_replicas_send_the_key_of_the_tritons_secret() -> None:
+    """The replicas call the same Triton as the single serverd: with the key of its
+    Secret (packaging/kubeedge: tests/packaging/test_kubeedge_manifests.py)."""
+    docs = by_kind()
+    config = yaml.safe_load(docs[("ConfigMap", "serverd-replicas-config")]["data"]["serverd.yaml"])
+    (endpoint,) = config["endpoints"]
+    pod = docs[("Deployment", "serverd-replicas")]["spec"]["template"]["spec"]
+    assert secret_of(pod, pod["containers"][0], endpoint["key_file"]) == "edgefed-triton-key"

@@ -1,6 +1,6 @@
 """Who may call Triton: a supervised Triton is reached over a unix socket only serverd's
-user opens and listens on no API port; an external Triton restricted by its operator is
-called with its key file; the Kubernetes Triton refuses the APIs serverd never calls.
+user opens and listens on no API port; the Kubernetes Triton refuses every API but
+health without the key of its Secret, which serverd sends from its ``key_file``.
 Real ``tritonserver`` processes; a refused HTTP call is a 403."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefed.errors import ConfigError, OffloadError
+from edgefed.errors import EXIT_CONFIG, OffloadError
 from edgefed.testing.wait import wait_until
 from edgefed.wire import OffloadResult
 from serverd.triton import access
@@ -39,6 +39,7 @@ from tests.support.paths import IMAGES_DIR, REPO
 
 VENV = REPO / ".venv-triton"
 KUBEEDGE = REPO / "packaging" / "kubeedge" / "serverd.yaml"
+CONTAINERFILE = REPO / "packaging" / "oci" / "Containerfile"
 ECHO = [TritonModelConfig(name="echo", backend="echo")]
 NOBODY = 65534
 SHM_BODY = {"key": "", "offset": 0, "byte_size": 64}  # key: a real /dev/shm object
@@ -237,14 +238,17 @@ def test_another_user_cannot_reach_the_socket(open_dir: Path) -> None:
 def test_a_triton_killed_comes_back_on_its_socket_and_serverds_client_follows(
     tmp_path: Path,
 ) -> None:
-    """A kill -9 leaves the socket file behind: the restart binds it again, and the
-    endpoint serverd keeps (renewed on the instance's return, as serverd does) infers;
-    the socket directory's mode is set again at each start."""
+    """A kill -9 leaves the socket behind (here, its whole directory removed by hand as
+    well): the restart binds it again in a new directory of mode 0700, and the endpoint
+    serverd keeps (renewed on the instance's return, as serverd does) infers with the
+    same url. The state dir is longer than a unix socket's address holds (107 bytes)."""
+    workdir = tmp_path / ("a-long-state-dir-" * 6)
     repository = write_repository(tmp_path / "models", ECHO, IMAGES_DIR, [])
     process = TritonProcess(
-        TritonInstall.locate(VENV), repository, tmp_path, "local-0", TritonPorts.free()
+        TritonInstall.locate(VENV), repository, workdir, "local-0", TritonPorts.free()
     )
-    process.socket_dir.mkdir(mode=0o755)  # as an older state dir might hold it
+    assert len(os.fsencode(process.socket_path)) > 107
+    process.socket_dir.mkdir(parents=True, mode=0o755)  # as an older state dir might hold it
     states: list[bool] = []
     supervisor = TritonSupervisor(process, lambda _, up: states.append(up), poll_s=0.05)
 
@@ -256,53 +260,62 @@ def test_a_triton_killed_comes_back_on_its_socket_and_serverds_client_follows(
             first = (await endpoint.infer("echo", b"abc")).results
             pid = process.pid
             assert pid is not None
+            shutil.rmtree(process.socket_dir)
             os.kill(pid, signal.SIGKILL)
-            assert process.socket_path.exists()  # left behind
             await asyncio.to_thread(
                 wait_until, "Triton restarted", lambda: states == [False, True], 90
             )
             endpoint.renew()
+            assert endpoint.url == process.grpc_url
             return first, (await endpoint.infer("echo", b"abcd")).results
         finally:
             await endpoint.close()
 
     supervisor.start()
     try:
-        assert process.grpc_url == f"unix:{tmp_path}/sockets/local-0.sock:0"
+        assert stat.S_IMODE(process.socket_dir.stat().st_mode) == 0o700
         first, second = asyncio.run(scenario())
         assert first == [{"type": "echo", "bytes": 3}]
         assert second == [{"type": "echo", "bytes": 4}]
         assert stat.S_IMODE(process.socket_dir.stat().st_mode) == 0o700
+        assert stat.S_ISSOCK(process.socket_path.stat().st_mode)
     finally:
         supervisor.stop()
     assert not process.socket_path.exists()  # a clean stop removes it
 
 
-def test_a_state_dir_too_long_for_a_socket_is_a_config_error(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 120)
-    with pytest.raises(ConfigError, match="longer than the 107 bytes a unix socket allows"):
-        TritonProcess(TritonInstall.locate(VENV), deep, deep, "local-0", TritonPorts.free())
-
-
-def kubeedge_triton_command() -> list[str]:
+def kubeedge_triton() -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(KUBEEDGE.read_text()) if d]
     (deployment,) = [
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton"
     ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    command: list[str] = container["command"]
-    return command
+    container_: dict[str, Any] = container
+    return container_
 
 
-def test_the_kubeedge_triton_refuses_what_serverd_never_calls(tmp_path: Path) -> None:
-    """The Triton Deployment's command (the image's entry point through sh) run for real,
-    with the repository polled as there: the APIs serverd never calls are refused to a
-    call without the per-start key nobody holds; serverd's calls (inference, health,
-    repository index) work without one, behind the NetworkPolicy."""
-    command = kubeedge_triton_command()
-    assert command[:2] == ["tini", "--"]
-    shell = command[2:]
-    assert shell[:2] == ["sh", "-ec"]
+def image_entry_point() -> list[str]:
+    """The ENTRYPOINT of the edgefed-serverd-triton image."""
+    text = CONTAINERFILE.read_text().split("FROM serverd AS serverd-triton")[1]
+    line = next(line for line in text.splitlines() if line.startswith("ENTRYPOINT "))
+    entry: list[str] = yaml.safe_load(line.removeprefix("ENTRYPOINT "))
+    return entry
+
+
+# what the test sets itself: its key file, repository and loopback ports
+OWN_ARGS = ("--key-file=", "--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
+
+
+def test_the_kubeedge_triton_refuses_every_api_but_health_without_its_secret_key(
+    tmp_path: Path,
+) -> None:
+    """The Triton Deployment run for real (the image's entry point with the manifest's
+    arguments, the repository polled as there): without the key of its Secret every API
+    but health is refused (the kubelet's probes still answer); serverd's endpoint with
+    the Secret's file as ``key_file`` infers and reads the repository index."""
+    container = kubeedge_triton()
+    tini, dashes, *entry = image_entry_point()
+    assert (tini, dashes) == ("tini", "--") and entry[:2] == ["serverd", "tritonserver"]
     # `serverd` of the image, with this checkout's environments in place of /opt/edgefed
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -315,17 +328,20 @@ def test_the_kubeedge_triton_refuses_what_serverd_never_calls(tmp_path: Path) ->
         f'--workdir={tmp_path / "work"} "$@"\n'
     )
     shim.chmod(0o755)
+    key = "5e" * 32
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{key}\n")  # as `kubectl create secret --from-literal` + a newline
     repository = write_repository(tmp_path / "models", ECHO, IMAGES_DIR, [])
     ports = TritonPorts.free()
     args = [
+        *(a for a in container["args"] if not a.startswith(OWN_ARGS)),
+        f"--key-file={key_file}",
         f"--model-repository={repository}",
-        "--model-control-mode=poll",
         *ports.args(),
-        "--exit-timeout-secs=5",
     ]
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
     triton = subprocess.Popen(
-        [*shell, *args],
+        [*entry, *args],
         cwd=REPO,
         env=os.environ | {"PATH": path, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
@@ -342,22 +358,25 @@ def test_the_kubeedge_triton_refuses_what_serverd_never_calls(tmp_path: Path) ->
         argv = Path(f"/proc/{triton.pid}/cmdline").read_bytes().split(b"\0")
         assert Path(f"/proc/{triton.pid}/exe").resolve().name == "tritonserver"
         flags = [a.decode() for a in argv if b"restricted" in a]
-        assert len(flags) == 2 and len({f.rsplit("=", 1)[1] for f in flags}) == 1
-        assert len(flags[0].rsplit("=", 1)[1]) == 64  # secrets.token_hex(32)
-        never = {"metadata", "shared-memory", "model-config", "statistics", "trace", "logging"}
+        assert len(flags) == 2 and {f.rsplit("=", 1)[1] for f in flags} == {key}
+        groups = {g for f in flags for g in f.split("=", 1)[1].split(":")[0].split(",")}
+        assert groups == set(access.APIS) - set(access.OPEN)
+        keyed = {access.HEADER: key}
         for method, call_path, body in CALLS:
             code, text = http(method, base + call_path, body)
-            group = group_of(call_path)
-            if group in never:
-                assert code == 403, (method, call_path, code, text)
+            if group_of(call_path) in access.OPEN:
+                assert code == 200, (method, call_path, code, text)
             else:
-                assert code != 403, (method, call_path, code, text)
+                assert code == 403, (method, call_path, code, text)
+                assert http(method, base + call_path, body, keyed)[0] != 403, call_path
         # poll mode: no load or unload through the API, key or not
-        code, text = http("POST", f"{base}/v2/repository/models/echo/unload", {})
+        code, text = http("POST", f"{base}/v2/repository/models/echo/unload", {}, keyed)
         assert code == 503 and b"polling is enabled" in text, text
 
-        async def serverds_calls() -> tuple[bool, set[str], list[dict[str, Any]]]:
-            endpoint = TritonEndpoint("triton", f"127.0.0.1:{ports.grpc}")
+        async def serverds_calls(
+            headers: Callable[[], dict[str, str]],
+        ) -> tuple[bool, set[str], list[dict[str, Any]]]:
+            endpoint = TritonEndpoint("triton", f"127.0.0.1:{ports.grpc}", headers=headers)
             try:
                 return (
                     await endpoint.ready(),
@@ -367,7 +386,13 @@ def test_the_kubeedge_triton_refuses_what_serverd_never_calls(tmp_path: Path) ->
             finally:
                 await endpoint.close()
 
-        assert asyncio.run(serverds_calls()) == (True, {"echo"}, [{"type": "echo", "bytes": 4}])
+        with pytest.raises(OffloadError, match="This protocol is restricted"):
+            asyncio.run(serverds_calls(dict))
+        assert asyncio.run(serverds_calls(access.key_file_headers(key_file))) == (
+            True,
+            {"echo"},
+            [{"type": "echo", "bytes": 4}],
+        )
     finally:
         os.killpg(triton.pid, signal.SIGTERM)
         try:
@@ -375,6 +400,38 @@ def test_the_kubeedge_triton_refuses_what_serverd_never_calls(tmp_path: Path) ->
         except subprocess.TimeoutExpired:
             os.killpg(triton.pid, signal.SIGKILL)
             triton.communicate(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(None, "cannot read it"), ("short", "at least 32 characters"), ("a:b" * 16, "without")],
+)
+def test_the_entry_point_refuses_a_key_file_it_cannot_use(
+    tmp_path: Path, content: str | None, said: str
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serverd",
+            "tritonserver",
+            f"--venv={VENV}",
+            f"--key-file={key_file}",
+            "--model-repository=/nonexistent",
+        ],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EXIT_CONFIG, done
+    assert f"--key-file {key_file}" in done.stderr and said in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 GROUPS_BY_PREFIX = {
@@ -408,44 +465,3 @@ def test_an_external_tritons_key_file_is_read_again_when_it_changes(tmp_path: Pa
     key.write_text("second\n")
     os.utime(key, ns=(1, 2))  # a different stamp whatever the file system's resolution
     assert headers() == {access.GRPC_HEADER: "second"}
-
-
-def test_an_external_triton_restricted_by_its_operator_is_called_with_its_key_file(
-    tmp_path: Path,
-) -> None:
-    """An external Triton started with the restriction flag refuses inference and its
-    index without the key; an endpoint with the key file (serverd's ``key_file``) gets
-    both. Health stays open here, as serverd's ready check of a Triton it starts needs."""
-    key = tmp_path / "triton.key"
-    key.write_text(f"{'ab' * 32}\n")
-    restricted = (
-        f"--grpc-restricted-protocol=inference,model-repository:{access.HEADER}={'ab' * 32}"
-    )
-    repository = write_repository(tmp_path / "models", ECHO, IMAGES_DIR, [])
-    process = TritonProcess(
-        TritonInstall.locate(VENV),
-        repository,
-        tmp_path,
-        "ext",
-        TritonPorts.free(),
-        extra_args=[restricted],
-        private=False,
-    )
-
-    async def calls(headers: Callable[[], dict[str, str]]) -> tuple[set[str], list[Any]]:
-        endpoint = TritonEndpoint("ext", process.grpc_url, headers=headers)
-        try:
-            return await endpoint.models(), (await endpoint.infer("echo", b"ab")).results
-        finally:
-            await endpoint.close()
-
-    process.start()
-    try:
-        with pytest.raises(OffloadError, match="This protocol is restricted"):
-            asyncio.run(calls(dict))
-        assert asyncio.run(calls(access.key_file_headers(key))) == (
-            {"echo"},
-            [{"type": "echo", "bytes": 2}],
-        )
-    finally:
-        process.stop()

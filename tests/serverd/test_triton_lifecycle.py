@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from edgefed.testing.wait import wait_until
 from serverd.app import ServerdApp
-from serverd.triton import supervisor
+from serverd.triton import access, supervisor
 from serverd.triton.install import TritonInstall
 from serverd.triton.reaper import proc_stat
 from serverd.triton.repository import TritonModelConfig, write_repository
@@ -269,6 +270,14 @@ def test_serverd_tritonserver_execs_triton_with_our_backends(tmp_path: Path) -> 
         wait_until("the echo model to be ready", lambda: _ok(url), 60)
         assert Path(f"/proc/{process.pid}/exe").resolve().name == "tritonserver"
         assert (tmp_path / "work" / "backends" / "echo" / "model.py").is_file()
+        # without --key-file the groups serverd never calls need a key nobody holds
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        flags = [a.decode() for a in argv if b"restricted" in a]
+        groups = {g for f in flags for g in f.split("=", 1)[1].split(":")[0].split(",")}
+        assert len(flags) == 2 and groups == set(access.APIS) - set(access.SERVERD_CALLS)
+        stats = f"http://127.0.0.1:{ports.http}/v2/models/echo/stats"
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(stats, timeout=5)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=20)
     finally:

@@ -1,0 +1,17 @@
+"""Reading Kubernetes pod specs in the manifest tests."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+
+def secret_of(pod: dict[str, Any], container: dict[str, Any], path: str) -> str:
+    """The Secret whose volume ``container`` mounts, read-only and whole (no subPath, so
+    a changed Secret reaches the file), at the directory holding ``path``."""
+    directory = str(PurePosixPath(path).parent)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret: str = volume["secret"]["secretName"]
+    return secret
