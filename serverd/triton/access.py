@@ -35,7 +35,7 @@ APIS = (
     "trace",
     "logging",
 )
-OPEN = ("health",)  # the kubelet's probes and serverd's health checks send no header
+OPEN = ("health",)  # the kubelet's probes send no header
 SERVERD_CALLS = ("health", "inference", "model-repository")  # serverd/triton/client.py
 KEY_MIN_CHARS = 32
 

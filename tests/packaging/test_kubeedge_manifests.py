@@ -19,12 +19,11 @@ from edged.eventbus import DEFAULT_PREFIX, event_topics
 from edged.settings import RuntimeSettings
 from edged.twin.kubeedge import KEY_RE, VALUE_RE
 from serverd.triton import access
-from tests.support.kube import secret_of
+from tests.support.kube import secret_of, triton_entry_point
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
 KUBERNETES = REPO / "packaging" / "kubernetes"  # serverd replicas, using the same Triton
-CONTAINERFILE = REPO / "packaging" / "oci" / "Containerfile"
 NOT_MANIFESTS = {"kustomization.yaml"}
 TWIN_TABLE = files("edged.twin") / "properties.yaml"  # the source of truth, package data
 NAMESPACE = "edgefed"
@@ -354,6 +353,7 @@ def test_triton_needs_the_key_of_a_secret_that_serverd_sends() -> None:
     triton = pod_spec(the("Deployment", "triton"))
     (container,) = triton["containers"]
     assert "command" not in container  # the image's ENTRYPOINT: serverd tritonserver
+    assert triton_entry_point()[2:4] == ["serverd", "tritonserver"]
     (key_file,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--key-file=")]
     assert secret_of(triton, container, key_file) == "edgefed-triton-key"
     assert not any("restricted" in arg for arg in container["args"])

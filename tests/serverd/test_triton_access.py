@@ -35,11 +35,11 @@ from serverd.triton.install import TritonInstall
 from serverd.triton.repository import INPUT, TritonModelConfig, write_repository
 from serverd.triton.supervisor import SETPRIV, TritonPorts, TritonProcess, TritonSupervisor
 from tests.serverd.harness import Edge, ServerdThread, frame_jpeg, triton_successes
+from tests.support.kube import triton_entry_point
 from tests.support.paths import IMAGES_DIR, REPO
 
 VENV = REPO / ".venv-triton"
 KUBEEDGE = REPO / "packaging" / "kubeedge" / "serverd.yaml"
-CONTAINERFILE = REPO / "packaging" / "oci" / "Containerfile"
 ECHO = [TritonModelConfig(name="echo", backend="echo")]
 NOBODY = 65534
 SHM_BODY = {"key": "", "offset": 0, "byte_size": 64}  # key: a real /dev/shm object
@@ -294,14 +294,6 @@ def kubeedge_triton() -> dict[str, Any]:
     return container_
 
 
-def image_entry_point() -> list[str]:
-    """The ENTRYPOINT of the edgefed-serverd-triton image."""
-    text = CONTAINERFILE.read_text().split("FROM serverd AS serverd-triton")[1]
-    line = next(line for line in text.splitlines() if line.startswith("ENTRYPOINT "))
-    entry: list[str] = yaml.safe_load(line.removeprefix("ENTRYPOINT "))
-    return entry
-
-
 # what the test sets itself: its key file, repository and loopback ports
 OWN_ARGS = ("--key-file=", "--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port=")
 
@@ -314,7 +306,7 @@ def test_the_kubeedge_triton_refuses_every_api_but_health_without_its_secret_key
     but health is refused (the kubelet's probes still answer); serverd's endpoint with
     the Secret's file as ``key_file`` infers and reads the repository index."""
     container = kubeedge_triton()
-    tini, dashes, *entry = image_entry_point()
+    tini, dashes, *entry = triton_entry_point()
     assert (tini, dashes) == ("tini", "--") and entry[:2] == ["serverd", "tritonserver"]
     # `serverd` of the image, with this checkout's environments in place of /opt/edgefed
     bin_dir = tmp_path / "bin"
