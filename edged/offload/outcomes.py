@@ -121,8 +121,8 @@ class ObjectMasks:
         kept = [r for r in result.results if not _stands_in(r, polygons, shape)]
         if len(kept) == len(result.results):
             return outcome
-        masked = outcome.masked + len(result.results) - len(kept)
-        return replace(outcome, result=result.model_copy(update={"results": kept}), masked=masked)
+        dropped = outcome.masked + len(result.results) - len(kept)
+        return replace(outcome, result=result.model_copy(update={"results": kept}), masked=dropped)
 
 
 def _stands_in(result: Mapping[str, Any], polygons: Sequence[np.ndarray], shape: Any) -> bool:

@@ -179,21 +179,17 @@ class TritonProcess:
         if not self.private:
             return f"127.0.0.1:{self.ports.grpc}"
         if self._socket_dir_fd is None:
-            self._socket_dir_fd = self._open_socket_dir()
+            self._open_socket_dir()
         return f"unix:/proc/self/fd/{self._socket_dir_fd}/{self.socket_path.name}"
 
-    def _open_socket_dir(self) -> int:
+    def _open_socket_dir(self) -> None:
         """``socket_dir`` made if missing and set to mode 0700 (an existing directory
-        keeps its mode on mkdir), opened as a path descriptor."""
+        keeps its mode on mkdir), held as a path descriptor. Again at each start: a
+        directory replaced since (removed by hand) is pointed at under the same number,
+        so that the ``grpc_url`` clients hold stays right."""
         self.socket_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         self.socket_dir.chmod(0o700)
-        return os.open(self.socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def _reopen_socket_dir(self) -> None:
-        """At each start: the directory checked again and, if it was replaced (removed by
-        hand), its descriptor pointed at the new one under the same number, so that the
-        ``grpc_url`` clients hold stays right."""
-        fresh = self._open_socket_dir()
+        fresh = os.open(self.socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if self._socket_dir_fd is None:
             self._socket_dir_fd = fresh
             return
@@ -251,7 +247,7 @@ class TritonProcess:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if self.private:
-                self._reopen_socket_dir()
+                self._open_socket_dir()
             command = self.command()
             self.rotate_log()
             with self.log_path.open("ab") as out:

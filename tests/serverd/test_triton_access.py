@@ -217,8 +217,7 @@ def open_dir() -> Iterator[Path]:
 def test_another_user_cannot_reach_the_socket(open_dir: Path) -> None:
     """In a state dir every user may enter, another user's connect is refused by the
     socket directory's mode alone (the socket itself made writable for all here)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to try the socket as another user")
+    assert os.geteuid() == 0, "connecting as another user needs root, as .ci/run has"
     repository = write_repository(open_dir / "models", ECHO, IMAGES_DIR, [])
     process = TritonProcess(
         TritonInstall.locate(VENV), repository, open_dir, "local-0", TritonPorts.free()
@@ -289,9 +288,9 @@ def kubeedge_triton() -> dict[str, Any]:
     (deployment,) = [
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton"
     ]
+    container: dict[str, Any]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    container_: dict[str, Any] = container
-    return container_
+    return container
 
 
 # what the test sets itself: its key file, repository and loopback ports
