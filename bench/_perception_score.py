@@ -36,6 +36,13 @@ def overlaps(box: Sequence[float], others: Sequence[Sequence[float]]) -> bool:
     return any(iou(a, (b[0], b[1], b[2], b[3])) >= FOUND_IOU for b in others)
 
 
+def recall(oracle: list[list[list[float]]], boxes: dict[int, list[Box]]) -> float | None:
+    """The share of the oracle's people that ``boxes`` (per motion frame) find."""
+    people = sum(len(f) for f in oracle)
+    found = sum(overlaps(o, boxes.get(k, [])) for k, f in enumerate(oracle) for o in f)
+    return round(found / people, 4) if people else None
+
+
 def shifted_oracle(
     oracle: list[list[list[float]]],
     second: list[list[list[float]]],

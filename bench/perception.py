@@ -15,10 +15,13 @@ Pipeline: the real ``CameraPerception`` (region planner + tracker) behind the re
 three-frame gate with its pre-roll, on every frame of the clip, run synchronously.
 
 A person is an oracle box on a motion frame; it is found when a box the pipeline reports
-for that frame (its detections, plus confirmed tracks detected within ``coast_s``)
-overlaps it at IoU >= 0.3. ``detection_recall_vs_oracle`` counts this frame's detections
-only. ``id_switches``: the oracle boxes are linked frame to frame (IoU >= 0.5) into
-reference identities; a switch is a reference identity whose matched track id changes.
+for that frame (what its record in results.jsonl carries: the detections, plus the
+tracker's ``objects`` carried between detections) overlaps it at IoU >= 0.3;
+``recall_confirmed_vs_oracle`` leaves out the objects not confirmed yet (one detection
+so far, not looked for since), as the dashboard's preview does.
+``detection_recall_vs_oracle`` counts this frame's detections only. ``id_switches``: the
+oracle boxes are linked frame to frame (IoU >= 0.5) into reference identities; a switch
+is a reference identity whose matched track id changes.
 ``recall_vs_persistent_oracle``: the recall over oracle people whose identity lasts at
 least 3 frames (the oracle's one-off hits left out; a diagnostic beside the contract).
 ``miss_causes``: why the misses were missed; ``missed_after_found``:
@@ -62,6 +65,7 @@ from bench._perception_score import (
     Reported,
     miss_causes,
     missed_after_found,
+    recall,
     reference_ids,
     score,
     shifted_oracle,
@@ -237,6 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_ms: list[float] = []
     reported: Reported = {}
     looked: dict[int, list[Box]] = {}  # each motion frame's regions (the whole frame's box)
+    confirmed: dict[int, list[Box]] = {}  # each motion frame's boxes, unconfirmed tracks out
     motion_index = -1
     index_of: dict[int, int] = {}
     for n, frame in enumerate(clip(args.video, segs, args.static_frames, args.seed, args.scale)):
@@ -255,12 +260,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model_ms.append((time.perf_counter() - t0) * 1e3)
             runs.append(len(plan.regions))
             tracked, _ = perception.observe(dets, ts, plan, image)
-            coasting = [(i, b) for i, b in perception.in_view(ts)]
             seen = {d.track_id for d in tracked}
-            boxes = [d.box for d in tracked] + [b for i, b in coasting if i not in seen]
-            ids = [d.track_id for d in tracked] + [i for i, _ in coasting if i not in seen]
+            # what the frame's record adds to its detections: the objects carried between
+            # detections (confirmed or not: the record says which)
+            coasting = [o for o in perception.objects(ts) if o["track_id"] not in seen]
+            boxes = [d.box for d in tracked] + [tuple(o["box"]) for o in coasting]
+            ids = [d.track_id for d in tracked] + [o["track_id"] for o in coasting]
             if k in index_of:
                 reported[index_of[k]] = ([d.box for d in tracked], boxes, ids)
+                confirmed[index_of[k]] = [d.box for d in tracked] + [
+                    tuple(o["box"]) for o in coasting if o["confirmed"]
+                ]
                 whole = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
                 looked[index_of[k]] = [whole if r is None else r for r in plan.regions]
                 if args.picture is not None and index_of[k] == args.picture_frame:
@@ -283,6 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     misses["missed_after_found"] = missed_after_found(refs["oracle"], rids, reported)
     misses["missed_after_found_loose"] = missed_after_found(refs["oracle"], loose, reported)
     out = score(refs, reported, runs, model_ms, motion_index + 1, rids) | misses
+    out["recall_confirmed_vs_oracle"] = recall(refs["oracle"][: motion_index + 1], confirmed)
     if second is not None:
         looks = [len(scan_regions(runner.manifest.input.width, *size, s)) for s in (0.0, SHIFT)]
         out["shifted_oracle"] = shifted_oracle(refs["oracle"], second["oracle"], rids, reported)

@@ -53,4 +53,5 @@ class FrameJob:
             "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
             "errors": self.errors,
             "dropped": self.dropped,
+            "objects": [{k: v for k, v in o.items() if k != "trail"} for o in self.objects],
         }

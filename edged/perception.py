@@ -161,15 +161,12 @@ class CameraPerception:
                     "box": [round(v, 1) for v in t.predict(now)],
                     "score": round(t.score, 4),
                     "duration_s": round(t.duration_s, 2),
+                    "since_detected_s": round(max(now - t.last_ts, 0.0), 3),
                     "confirmed": t.confirmed,
                     "trail": [[round(x, 1), round(y, 1)] for x, y in t.trail],
                 }
                 for t in self.tracker.tracks
             ]
-
-    def in_view(self, ts: float) -> list[tuple[int, Box]]:
-        with self._lock:
-            return [(t.id, t.predict(ts)) for t in self.tracker.in_view(ts)]
 
 
 def lower_threshold(decoder: object, track_score: float) -> float:

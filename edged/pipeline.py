@@ -309,6 +309,8 @@ class Pipeline:
 
     def _on_drop(self, name: str, task: Task) -> None:
         job: FrameJob = task.job
+        if name == self.planned_model and job.perception is not None:
+            job.objects = job.perception.objects(job.frame.ts)  # carried, not detected
         with self._lock:
             job.dropped.append(name)
             job.pending -= 1

@@ -318,9 +318,3 @@ class Tracker:
         quality = det.score * math.sqrt(max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0))
         if quality > track.best_score:
             track.best_score, track.best_box, track.best_ts = quality, b, ts
-
-    def in_view(self, ts: float) -> list[Track]:
-        """The objects the camera shows now: every live track whose predicted box is on the
-        frame (a track ends when the detector looked for it and missed it ``max_misses``
-        times, once while tentative, or after ``max_age_s``)."""
-        return [t for t in self.tracks if t.hits > 0]

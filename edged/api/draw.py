@@ -102,11 +102,14 @@ def _result(img: np.ndarray, model: str, r: Result, s: float, line: list[int]) -
 
 
 def _tracks(img: np.ndarray, objects: Sequence[dict[str, Any]], s: float) -> None:
-    """Each tracked object's trail (its recent foot points) and id at the trail's head."""
+    """Each tracked object's trail (its recent foot points) and id at the trail's head; a
+    thin box where the tracker carries it between detections (the detection's box else)."""
     for obj in objects:
         if not obj["confirmed"] or len(obj["trail"]) < 2:
             continue
         colour = colour_of(f"track-{obj['track_id']}")
+        if obj["since_detected_s"] > 0:
+            _box(img, tuple(obj["box"]), s, colour, 1)
         pts = np.array([_pt(x, y, s) for x, y in obj["trail"]], dtype=np.int32)
         cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
         _label(img, f"#{obj['track_id']}", (int(pts[-1][0]) + 4, int(pts[-1][1])), colour)

@@ -44,12 +44,22 @@ class Readiness(_Out):
     checks: list[Check] = Field(description="One entry per camera, the models and each link")
 
 
-class TrackOut(_Out):
+class ObjectOut(_Out):
     track_id: int = Field(description="The object's id on this camera")
-    box: Floats = Field(description="Predicted box now, x1, y1, x2, y2 (frame pixels)")
+    box: Floats = Field(
+        description="x1, y1, x2, y2 (frame pixels) at the frame's time (the status: now): "
+        "the detection's, or the tracker's prediction between detections"
+    )
     score: float = Field(description="Latest detection score")
     duration_s: float = Field(description="Seconds from the first to the latest detection")
+    since_detected_s: float = Field(
+        description="Seconds since its latest detection (between detections its box is the "
+        "tracker's prediction)"
+    )
     confirmed: bool = Field(description="Detected often enough to be reported as an object")
+
+
+class TrackOut(ObjectOut):
     trail: list[Floats] = Field(description="Recent foot points (x, y), oldest first")
 
 
@@ -312,6 +322,9 @@ class Event(_Out):
     latency_ms: dict[str, float] = Field(description="Run time per model (ms)")
     errors: dict[str, str] = Field(description="Error per failed model")
     dropped: list[str] = Field(description="Models that dropped this frame")
+    objects: list[ObjectOut] = Field(
+        description="The tracker's objects after this frame (cameras with a planned model)"
+    )
 
 
 class EventPage(_Out):

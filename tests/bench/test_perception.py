@@ -8,6 +8,7 @@ from bench._perception_score import (
     miss_causes,
     missed_after_found,
     persistent_recall,
+    recall,
     reference_ids,
     score,
     shifted_oracle,
@@ -173,3 +174,6 @@ def test_the_score_counts_people_found_boxes_reported_and_hog_people_covered() -
     assert out["reported_per_frame"] == 1.5
     assert (out["hog_people"], out["hog_found"], out["hog_found_by_oracle"]) == (1, 1, 1)
     assert out["cost_ratio"] == 0.25 and out["id_switches"] == 0
+    # the same frames without the coasting track (an unconfirmed one, say): one found of 3
+    assert recall(refs["oracle"], {0: [(0.0, 0.0, 10.0, 20.0)]}) == round(1 / 3, 4)
+    assert recall([[], []], {}) is None

@@ -91,3 +91,16 @@ def test_object_masks_drop_detections_standing_in_them_at_any_frame_size() -> No
         [person(75, 225, 50), person(300, 100, 60)], 0.3, plan, np.zeros(small, np.uint8)
     )
     assert [d.box for d in found] == [person(300, 100, 60).box]
+
+
+def test_objects_say_how_long_a_track_has_been_carried_without_a_detection() -> None:
+    perception = CameraPerception(PerceptionConfig(), 224, FRAME)
+    plan = perception.plan([(300, 200, 340, 300)], 0.0, FRAME)
+    for i in range(3):  # walking right at 100 px/s
+        perception.observe([person(320 + 10 * i, 250, 90)], 0.1 * i, plan)
+    (now,) = perception.objects(0.2)
+    assert now["confirmed"] and now["since_detected_s"] == 0.0
+    assert now["box"] == [295.0, 205.0, 385.0, 295.0]
+    (later,) = perception.objects(0.5)  # not detected since: predicted along its velocity
+    assert later["since_detected_s"] == 0.3
+    assert later["box"][0] > now["box"][0] + 10 and later["box"][1] == now["box"][1]

@@ -37,6 +37,42 @@ def fast_config(tmp_path: Path, frames: int, **sections: Any) -> dict[str, Any]:
     return raw
 
 
+def test_each_record_carries_the_people_tracked_between_detections(tmp_path: Path) -> None:
+    raw = fast_config(tmp_path, 60)
+    raw["models"] = raw["models"][:1]  # the planned, tracked person detector
+    records = run_app(tmp_path, EdgedApp(parse_config(raw, env={})))
+    assert len(records) >= 60
+    carried = 0
+    for r in records:
+        detected = {d["track_id"]: d["box"] for d in r["models"]["person"] if d.get("track_id")}
+        assert set(detected) <= {o["track_id"] for o in r["objects"]}
+        for o in r["objects"]:
+            x1, y1, x2, y2 = o["box"]
+            assert "trail" not in o and x1 < x2 and y1 < y2
+            if o["track_id"] in detected:  # detected on this frame: the detection's box
+                assert o["since_detected_s"] == 0.0
+                assert o["box"] == pytest.approx(detected[o["track_id"]], abs=0.11)
+            else:
+                assert o["since_detected_s"] > 0
+                carried += o["confirmed"]
+    # vtest's walkers are not all detected on every frame: the tracker carries them
+    assert carried >= 10
+
+
+def test_a_frame_the_person_model_dropped_still_carries_the_tracked_people(
+    tmp_path: Path,
+) -> None:
+    raw = fast_config(tmp_path, 80, pipeline={"lossless": False})  # the queue drops the oldest
+    raw["models"] = [raw["models"][0] | {"queue_size": 1}]  # the planned person detector
+    app = EdgedApp(parse_config(raw, env={}))
+    app.run(threading.Event())
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    dropped = [r for r in records if r["dropped"] == ["person"] and r["objects"]]
+    assert dropped, "capture at full speed outruns 5 detector runs a frame: frames are dropped"
+    assert all(o["since_detected_s"] > 0 for r in dropped for o in r["objects"])
+
+
 def test_four_models_run_concurrently_on_the_same_frames(tmp_path: Path) -> None:
     app = EdgedApp(parse_config(fast_config(tmp_path, 24), env={}))
     spans: list[dict[str, tuple[float, float]]] = []

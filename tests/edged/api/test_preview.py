@@ -142,6 +142,32 @@ def test_annotation_greys_the_cameras_object_masks(daemon: Daemon) -> None:
         assert grey < np.abs(plain[area > 0].astype(int) - 128).mean()
 
 
+def test_a_tracked_person_between_detections_keeps_a_box(daemon: Daemon) -> None:
+    job = latest_job_with_pose(daemon)
+    box = [300.0, 150.0, 380.0, 330.0]
+    carried = {
+        "track_id": 7,
+        "box": box,
+        "score": 0.9,
+        "duration_s": 1.0,
+        "since_detected_s": 0.2,
+        "confirmed": True,
+        "trail": [[330.0, 300.0], [340.0, 330.0]],
+    }
+    bare = replace(job, results={}, objects=[], perception=None)
+    plain = annotate(bare, mask=False, max_width=2000)
+    drawn = annotate(replace(bare, objects=[carried]), mask=False, max_width=2000)
+    detected = annotate(
+        replace(bare, objects=[carried | {"since_detected_s": 0.0}]), mask=False, max_width=2000
+    )
+    x1, y1, x2, y2 = (round(v) for v in box)
+    edge = np.zeros(plain.shape[:2], bool)
+    edge[y1, x1 : x2 + 1] = edge[y1 : y2 + 1, x1] = True  # top and left, clear of the trail
+    assert np.any(drawn != plain, axis=2)[edge].mean() > 0.9, "a carried track is boxed"
+    # detected on the frame: its detection's box is drawn by the model; the track adds none
+    assert not np.any(detected != plain, axis=2)[edge].any()
+
+
 async def render_twice(
     renderer: PreviewRenderer, sink: PreviewSink, good: FrameJob
 ) -> tuple[Rendered | None, Rendered | None]:
