@@ -148,10 +148,12 @@ class TritonProcess:
         ready_timeout: float = 60.0,
         extra_args: Sequence[str] = (),
         private: bool = True,
+        log_max_bytes: int = LOG_MAX_BYTES,
     ) -> None:
         """``private``: gRPC on ``socket_path`` only (of ``ports`` only ``metrics`` is
         used); False: HTTP and gRPC on ``ports`` of 127.0.0.1, every API open to whoever
-        reaches them (tests and tools; serverd's own Tritons are private)."""
+        reaches them (tests and tools; serverd's own Tritons are private).
+        ``log_max_bytes``: the log's size past which ``rotate_log`` moves it aside."""
         self.install = install
         self.repository = repository
         self.workdir = workdir
@@ -161,6 +163,7 @@ class TritonProcess:
         self._abandon = threading.Event()  # serverd stops: a start under way gives up
         self.extra_args = tuple(extra_args)
         self.private = private
+        self.log_max_bytes = log_max_bytes
         self.socket_dir = workdir / SOCKETS  # mode 0700: serverd's user (and root) only
         self.socket_path = self.socket_dir / f"{name}.sock:{SOCKET_PORT}"
         self._socket_dir_fd: int | None = None
@@ -374,12 +377,12 @@ class TritonProcess:
         self.pid_path.unlink(missing_ok=True)
 
     def rotate_log(self) -> bool:
-        """Past ``LOG_MAX_BYTES`` the log becomes ``<name>.log.1``; True when it did. Renamed
+        """Past ``log_max_bytes`` the log becomes ``<name>.log.1``; True when it did. Renamed
         before a start; while Triton runs, copied and emptied in place (its writers append:
         their next line lands at the start; logrotate's ``copytruncate``)."""
         kept = self.log_path.with_suffix(".log.1")
         try:
-            if self.log_path.stat().st_size <= LOG_MAX_BYTES:
+            if self.log_path.stat().st_size <= self.log_max_bytes:
                 return False
             if self.poll() is not None:
                 os.replace(self.log_path, kept)
@@ -440,8 +443,10 @@ class TritonSupervisor:
         window_s: float = 300.0,
         poll_s: float = 0.2,
         backoff_s: float = 1.0,
+        log_check_s: float = LOG_CHECK_S,
     ) -> None:
         self.process = process
+        self._log_check_s = log_check_s
         self._backoff_s = backoff_s
         self._on_state = on_state
         self._restarts = restarts
@@ -475,7 +480,7 @@ class TritonSupervisor:
             code = self.process.poll()
             if code is None:
                 if time.monotonic() >= self._next_log_check:
-                    self._next_log_check = time.monotonic() + LOG_CHECK_S
+                    self._next_log_check = time.monotonic() + self._log_check_s
                     self._rotate_log()
                     if self._adopts_orphans:  # the stubs of a Triton that died since
                         reap_orphans()

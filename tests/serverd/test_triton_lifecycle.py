@@ -88,13 +88,10 @@ def test_the_stubs_of_a_crashed_triton_are_reaped_where_serverd_adopts_them(
     assert said["helper_exit"] == 3  # serverd's own short-lived children are not taken
 
 
-def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(tmp_path: Path) -> None:
     """... and what that run left is cleared: the shared memory of the serverd of this
     state dir that was killed (by the prefix it recorded, not by pid: another serverd's
     may be invisible here), and a log past its size moves aside (both grew for ever)."""
-    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 64 * 1024)
     install = TritonInstall.locate(VENV)
     echo = [TritonModelConfig(name="echo", backend="echo")]
     repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
@@ -116,7 +113,7 @@ def test_a_triton_left_by_an_earlier_run_is_stopped_by_its_pid_file(
     with (tmp_path / "local-0.log").open("ab") as log:
         log.write(b"x" * 128 * 1024)
     # a new run with the same state dir and ports: the earlier Triton holds them
-    again = TritonProcess(install, repository, tmp_path, "local-0", ports)
+    again = TritonProcess(install, repository, tmp_path, "local-0", ports, log_max_bytes=64 * 1024)
     try:
         started = time.monotonic()
         again.start()
@@ -171,22 +168,24 @@ def test_a_triton_that_dies_while_its_files_cannot_be_written_comes_back_when_th
         supervisor.stop()
 
 
-def test_a_running_triton_s_log_is_kept_within_its_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_running_triton_s_log_is_kept_within_its_size(tmp_path: Path) -> None:
     """A Triton run with ``--log-verbose`` grew its log until its next start; now the
     watcher moves it to ``.log.1`` and empties it in place while Triton runs on, whose
     next lines land at the start of the emptied file (not after a hole of its old size)."""
-    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 16 * 1024)  # start-up alone logs ~19 KB
-    monkeypatch.setattr(supervisor, "LOG_CHECK_S", 0.1)
     install = TritonInstall.locate(VENV)
     echo = [TritonModelConfig(name="echo", backend="echo")]
     repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
     ports = TritonPorts.free()
     process = TritonProcess(
-        install, repository, tmp_path, "local-0", ports, extra_args=["--log-verbose=1"]
+        install,
+        repository,
+        tmp_path,
+        "local-0",
+        ports,
+        extra_args=["--log-verbose=1"],
+        log_max_bytes=16 * 1024,  # start-up alone logs ~19 KB
     )
-    watcher = TritonSupervisor(process, lambda _, up: None, poll_s=0.05)
+    watcher = TritonSupervisor(process, lambda _, up: None, poll_s=0.05, log_check_s=0.1)
     watcher.start()
     kept = tmp_path / "local-0.log.1"
     try:
@@ -221,15 +220,16 @@ def test_triton_log_verbose_reaches_each_triton_s_command_line(tmp_path: Path) -
 
 
 def test_a_running_triton_s_log_that_cannot_be_kept_is_emptied_all_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Where ``.log.1`` cannot be written (a full disk; here a directory in its place) the
     running Triton's log is still emptied: the disk matters more than the old lines."""
-    monkeypatch.setattr(supervisor, "LOG_MAX_BYTES", 1024)  # start-up alone logs more
     echo = [TritonModelConfig(name="echo", backend="echo")]
     repository = write_repository(tmp_path / "models", echo, IMAGES_DIR, [])
     install = TritonInstall.locate(VENV)
-    process = TritonProcess(install, repository, tmp_path, "local-0", TritonPorts.free())
+    process = TritonProcess(  # start-up alone logs more than 1 KB
+        install, repository, tmp_path, "local-0", TritonPorts.free(), log_max_bytes=1024
+    )
     process.start()
     try:
         (tmp_path / "local-0.log.1").mkdir()
