@@ -264,12 +264,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # what the frame's record adds to its detections: the objects carried between
             # detections (confirmed or not: the record says which)
             coasting = [o for o in perception.objects(ts) if o["track_id"] not in seen]
-            boxes = [d.box for d in tracked] + [tuple(o["box"]) for o in coasting]
+            detected = [d.box for d in tracked]
+            carried = [tuple(o["box"]) for o in coasting]
+            boxes = detected + carried
             ids = [d.track_id for d in tracked] + [o["track_id"] for o in coasting]
             if k in index_of:
-                reported[index_of[k]] = ([d.box for d in tracked], boxes, ids)
-                confirmed[index_of[k]] = [d.box for d in tracked] + [
-                    tuple(o["box"]) for o in coasting if o["confirmed"]
+                reported[index_of[k]] = (detected, boxes, ids)
+                confirmed[index_of[k]] = detected + [
+                    b for b, o in zip(carried, coasting, strict=True) if o["confirmed"]
                 ]
                 whole = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
                 looked[index_of[k]] = [whole if r is None else r for r in plan.regions]
