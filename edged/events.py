@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edged.perception import crop_jpeg
 from edged.tracking import Track, TrackerUpdate
+from edgefed.outage import Outage
 
 if TYPE_CHECKING:
     from edged.pipeline import FrameJob
@@ -83,6 +84,7 @@ class ObjectEvents:
         self._last_update: dict[tuple[str, int], float] = {}
         self._ended: dict[tuple[str, int], None] = {}  # the latest ENDED_KEPT, oldest first
         self._lock = threading.Lock()  # the state the status API reads
+        self._publishing = Outage(log, "publishing object events")
         self._order = threading.Lock()
         self._counts = {"new": 0, "update": 0, "end": 0}
 
@@ -167,12 +169,8 @@ class ObjectEvents:
             self._counts[event.type] += 1
             self._log.append(event.model_dump(exclude={"snapshot_jpeg"}))
         if self.publish is not None:
-            try:
+            with self._publishing.contained():  # telemetry never stops the pipeline
                 self.publish(event)
-            except Exception:  # contained: telemetry never stops the pipeline
-                log.exception(
-                    "object event %s of track %d not published", event.type, event.track_id
-                )
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest object events (without snapshots), oldest first."""

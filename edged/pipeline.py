@@ -173,8 +173,10 @@ class Pipeline:
             if m.cascade_on is not None:
                 self._children.setdefault(m.cascade_on, []).append(m)
         self._sinks = Sinks(log, "result sink", sinks)
-        self._listeners = list(listeners)
-        self._object_listeners = list(object_listeners)
+        self._listeners = Sinks(log, "model listener", listeners)
+        self._object_listeners = Sinks(log, "object listener", object_listeners)
+        self._tracking = Outage(log, "tracking")
+        self._handling = Outage(log, "result handling")
         planned = [m.name for m in self._models.values() if m.regions == "planned"]
         # the detector the planner and tracker serve (config allows one) and its input side
         self.planned_model = planned[0] if planned else None
@@ -265,12 +267,33 @@ class Pipeline:
         job: FrameJob = task.job
         end = time.perf_counter()
         job.spans[name] = (end - ms / 1000.0, end)
+        try:
+            children = self._handle(name, task, results, ms, error)
+        except Exception as exc:  # contained: the frame still completes, without cascades
+            self._handling.failed(exc)
+            children = []
+        with self._lock:
+            job.pending += len(children) - 1
+            done = job.pending == 0
+        for child, regions in children:
+            self.workers[child.name].submit(
+                Task(job, regions, tracks=_region_tracks(job.results.get(name, [])))
+            )
+        if done:
+            self._complete(job)
+
+    def _handle(
+        self, name: str, task: Task, results: list[Result] | None, ms: float, error: Any
+    ) -> list[tuple[ModelConfig, list[Box | None]]]:
+        """Record one model's answer on its frame; the cascades it starts."""
+        job: FrameJob = task.job
         children: list[tuple[ModelConfig, list[Box | None]]] = []
         if error is not None:
             job.errors[name] = f"{type(error).__name__}: {error}"
         elif results is not None:
             if name == self.planned_model and job.perception is not None:
-                results = self._track(job, results)
+                with self._tracking.contained():  # a failure keeps the untracked detections
+                    results = self._track(job, results)
             elif task.tracks:
                 results = assign_tracks(results, task.tracks)
             job.results[name] = results
@@ -281,17 +304,8 @@ class Pipeline:
                 regions = cascade_regions(results, job.frame.image.shape)
                 if regions:
                     children.append((child, regions))
-            for listener in self._listeners:
-                listener(name, job, results)
-        with self._lock:
-            job.pending += len(children) - 1
-            done = job.pending == 0
-        for child, regions in children:
-            self.workers[child.name].submit(
-                Task(job, regions, tracks=_region_tracks(results or []))
-            )
-        if done:
-            self._complete(job)
+            self._listeners(name, job, results)
+        return children
 
     def _track(self, job: FrameJob, results: list[Result]) -> list[Result]:
         """Feed the planned detector's results to the camera's tracker (ids, events)."""
@@ -300,11 +314,7 @@ class Pipeline:
         others = [r for r in results if not isinstance(r, Detection)]
         tracked, update = job.perception.observe(dets, job.frame.ts, job.plan, job.frame.image)
         job.objects = job.perception.objects(job.frame.ts)
-        for listener in self._object_listeners:
-            try:
-                listener(job, update)
-            except Exception:
-                log.exception("object listener %r failed", listener)
+        self._object_listeners(job, update)
         return [*tracked, *others]
 
     def _on_drop(self, name: str, task: Task) -> None:

@@ -18,13 +18,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, ParamSpec
 
 REMIND_S = 300.0
 SETTLE_S = 30.0
 REPEAT_S = 60.0
 
-T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Outage:
@@ -140,24 +140,24 @@ class Repeats:
         self.log.log(self.level, "%s", text)
 
 
-class Sinks(Generic[T]):
-    """Callables that are each given every item; a failing one is an outage of its own
-    and never keeps an item from the others."""
+class Sinks(Generic[P]):
+    """Callables that are each given every call's arguments; a failing one is an outage
+    of its own and never keeps them from the others."""
 
-    def __init__(self, log: logging.Logger, what: str, sinks: Iterable[Callable[[T], object]]):
+    def __init__(self, log: logging.Logger, what: str, sinks: Iterable[Callable[P, object]]):
         self._log, self._what = log, what
-        self._sinks: list[tuple[Callable[[T], object], Outage]] = []
+        self._sinks: list[tuple[Callable[P, object], Outage]] = []
         for sink in sinks:
             self.add(sink)
 
-    def add(self, sink: Callable[[T], object]) -> None:
+    def add(self, sink: Callable[P, object]) -> None:
         name = getattr(sink, "__qualname__", type(sink).__name__)
         self._sinks = [*self._sinks, (sink, Outage(self._log, f"{self._what} {name}"))]
 
-    def __call__(self, item: T) -> None:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> None:
         for sink, outage in self._sinks:
             with outage.contained():
-                sink(item)
+                sink(*args, **kwargs)
 
     @property
     def failures(self) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgefed.driver import Driver, LoadedModel
-from edgefed.errors import DriverError, EdgeFedError, ImageError
+from edgefed.errors import DriverError, EdgeFedError, ImageError, ModelError
 from edgefed.images.manifest import Manifest
 from edgefed.images.verify import load_labels, verify_image
 
@@ -43,7 +43,25 @@ def _clip(box: Box, width: int, height: int) -> Box:
 
 
 def to_frame(result: Result, t: Transform, region: Box | None, shape: tuple[int, ...]) -> Result:
-    """Map one decoded result from normalised input coordinates to frame pixels."""
+    """Map one decoded result from normalised input coordinates to frame pixels;
+    ModelError if the model gave a coordinate that is not a number (a faulty device)."""
+    mapped = _mapped(result, t, region, shape)
+    if not np.isfinite(_coordinates(mapped)).all():
+        raise ModelError(f"model produced non-finite coordinates for {type(result).__name__}")
+    return mapped
+
+
+def _coordinates(result: Result) -> list[float]:
+    if isinstance(result, Detection):
+        return [result.score, *result.box, *(v for p in result.keypoints for v in p)]
+    if isinstance(result, Landmarks):
+        return [result.presence, *(v for p in result.points for v in p)]
+    if isinstance(result, Classification):
+        return [score for _, score in result.top]
+    return [result.score, *result.box, *(v for p in result.polygon for v in p)]
+
+
+def _mapped(result: Result, t: Transform, region: Box | None, shape: tuple[int, ...]) -> Result:
     height, width = shape[0], shape[1]
     if isinstance(result, Detection):
         return replace(

@@ -14,6 +14,7 @@ import pytest
 
 from edged.app import EdgedApp
 from edged.config import parse_config
+from edged.perception import CameraPerception
 from edgefed.models.types import Box, Result
 from edgefed.testing.wait import wait_until
 from tests.support.configs import demo_config
@@ -253,6 +254,39 @@ def test_a_frame_that_fails_is_counted_and_the_camera_goes_on(
     assert status["skipped_failed"] == 3 and app.pipeline.completed.total >= 24
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "dispatching a frame failed: injected fault" in errors[0]
+
+
+def test_a_tracker_fault_loses_no_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A fault injected into the tracker on its calls 5-7 (as a bug on a rare layout would
+    raise): those frames still complete, with the detector's own boxes, and the log says
+    so once. Before, such a frame never completed: no record, no event, not counted."""
+    raw = fast_config(tmp_path, 24)
+    raw["models"] = raw["models"][:1]  # the planned, tracked person detector
+    app = EdgedApp(parse_config(raw, env={}))
+    camera = app.pipeline.cameras[0]
+    assert app.pipeline.planned_input is not None
+    camera.perception = CameraPerception(
+        app.config.perception, app.pipeline.planned_input, (576, 768, 3)
+    )
+    observe, calls = camera.perception.observe, [0]
+
+    def faulty(*args: Any) -> Any:
+        calls[0] += 1
+        if 5 <= calls[0] <= 7:
+            raise ValueError("injected fault")
+        return observe(*args)
+
+    camera.perception.observe = faulty  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING)
+    app.run(threading.Event())
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    (status,) = app.pipeline.status()["cameras"]
+    assert len(records) == app.pipeline.completed.total == status["gated"] >= 24
+    untracked = [r for r in records if not r["objects"] and r["models"]["person"]]
+    assert len(untracked) == 3
+    assert all("track_id" not in d for d in untracked[0]["models"]["person"])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "tracking failed: injected fault" in errors[0]
 
 
 def test_a_full_disk_under_the_results_file_is_one_error_and_loses_no_frame(

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from edgefed.errors import ModelError
 from edgefed.images.manifest import InputSpec
 
 from ..types import Detection, Result
@@ -100,8 +99,6 @@ class MediaPipeSsd:
             [np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1), decoded[:, 4:]],
             axis=1,
         )
-        if not np.isfinite(coords).all():
-            raise ModelError("detector produced non-finite coordinates")
         # as MediaPipe does: suppress on the detector's own boxes, then derive body boxes
         if self.p.weighted:
             scores, coords = weighted_nms(coords, scores, self.p.iou_threshold)

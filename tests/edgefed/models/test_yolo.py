@@ -94,3 +94,13 @@ def test_head_without_class_scores_is_a_model_error(tmp_path: Path) -> None:
     runner = yolo_runner(tmp_path, np.zeros((1, 20, 5), np.float32), 5)
     with pytest.raises(ModelError, match=r"yolo v5 output \[1, 20, 5\] has no class scores"):
         runner.infer(FRAME, [None])
+
+
+def test_a_head_that_gives_a_non_finite_box_is_a_model_error(tmp_path: Path) -> None:
+    """A device that returns NaN in a kept candidate (a faulty NPU): the frame's answer is
+    the model's error, never a box of NaN on to the tracker, the results and the wire."""
+    rows = np.array(V8_ROWS, np.float32)
+    rows[4, 2] = np.nan  # the dog's width
+    runner = yolo_runner(tmp_path, rows.T[None], 8)
+    with pytest.raises(ModelError, match="non-finite coordinates for Detection"):
+        runner.infer(FRAME, [None])
