@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from edgefed.config import Seconds
 from edgefed.counters import Counters
 from edgefed.driver import DeviceInfo, Driver, DriverConfig, LoadedModel
 from edgefed.errors import DriverError
@@ -206,8 +207,8 @@ class FallbackConfig(DriverConfig):
         min_length=1, description="Devices as <driver>:<device>, in order of preference"
     )
     fall_back_after: int = Field(3, ge=1, description="Failed runs in a row that move the model")
-    probe_interval_s: float = Field(
-        30, gt=0, description="How often the more preferred devices are probed"
+    probe_interval_s: Seconds = Field(
+        30, description="How often the more preferred devices are probed"
     )
 
     @field_validator("chain")

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgefed.config import Seconds
+
 Share = Annotated[float, Field(ge=0, le=1)]
 # a polygon of (x, y) points in shares of the frame's width and height
 MaskPolygon = Annotated[list[tuple[Share, Share]], Field(min_length=3)]
@@ -57,17 +59,17 @@ class CameraConfig(BaseModel):
         "they decode (live sources always arrive at their own rate)",
     )
     ring_size: int = Field(4, ge=1, le=256, description="Frames buffered before the oldest drops")
-    reconnect_initial_s: float = Field(
-        0.5, gt=0, description="First wait before reopening a lost stream or device"
+    reconnect_initial_s: Seconds = Field(
+        0.5, description="First wait before reopening a lost stream or device"
     )
-    reconnect_max_s: float = Field(
-        30.0, gt=0, description="Cap of the doubling wait between reopen attempts"
+    reconnect_max_s: Seconds = Field(
+        30.0, description="Cap of the doubling wait between reopen attempts"
     )
     reconnect_jitter: float = Field(
         0.2, ge=0, le=1, description="Random share (+/-) applied to each reconnect wait"
     )
     io_timeout_s: float = Field(
-        10.0, gt=0, description="Streams: open and read timeout before a reconnect"
+        10.0, gt=0, le=3600, description="Streams: open and read timeout before a reconnect"
     )
     object_masks: list[MaskPolygon] = Field(
         default_factory=list,

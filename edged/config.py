@@ -27,7 +27,7 @@ from edged.perception import PerceptionConfig
 from edged.twin.dmi_config import DmiConfig
 from edged.twin.service import TwinConfig
 from edgefed import paths
-from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
+from edgefed.config import ImagesConfig, LogLevel, Seconds, Strict, read_yaml_mapping, validate
 from edgefed.driver import DriverConfig
 from edgefed.errors import ConfigError
 from edgefed.mqtt import MqttConfig
@@ -52,10 +52,14 @@ class ModelConfig(Strict):
     fallback_after: int = Field(
         3, ge=1, description="Failed runs in a row that move the model down its chain"
     )
-    fallback_probe_s: float = Field(
-        30, gt=0, description="Seconds between probes of the chain's more preferred devices"
+    fallback_probe_s: Seconds = Field(
+        30, description="Seconds between probes of the chain's more preferred devices"
     )
-    enabled: bool = Field(True, description="Load and run this model")
+    enabled: bool = Field(
+        True,
+        description="Run this model from start (a disabled one is loaded and verified all the "
+        "same; enabled_models turns it on at run time)",
+    )
     cascade_on: str | None = Field(
         None,
         description="Cascade: run on each detection of this other model (e.g. pose landmarks "
@@ -112,12 +116,12 @@ class OutputConfig(Strict):
         64,
         ge=1,
         description="Rotate the results file before it passes this many MiB (None: never; "
-        "the demo's lines grow it ~2.7 GB a day at 10 frames/s)",
+        "the demo's lines grow it ~3.2 GB a day at 10 frames/s)",
     )
     results_keep: int = Field(
         4, ge=1, le=100, description="Rotated results files kept: results.jsonl.1 (newest) .. .N"
     )
-    summary_interval_s: float = Field(10.0, gt=0, description="Seconds between summary log lines")
+    summary_interval_s: Seconds = Field(10.0, description="Seconds between summary log lines")
     max_results: int | None = Field(
         None, ge=1, description="Stop after this many frames with results (None: run forever)"
     )

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edged.framejob import FrameJob
 from edged.twin.kubeedge import split_device_id, twin_topics
 from edgefed.clock import now_ms
+from edgefed.config import Seconds
 from edgefed.counters import Counters
 from edgefed.errors import OffloadError
 from edgefed.models.types import Classification, Detection
@@ -62,9 +63,7 @@ class EventBusConfig(BaseModel):
         default=1.0, ge=0, description="Average completed-frame summaries per second (0: none)"
     )
     frame_burst: int = Field(default=5, ge=1, description="Frame summaries allowed back to back")
-    stats_interval_s: float = Field(
-        default=30.0, gt=0, description="Seconds between stats messages"
-    )
+    stats_interval_s: Seconds = Field(default=30.0, description="Seconds between stats messages")
 
     @field_validator("prefix")
     @classmethod

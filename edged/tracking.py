@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefed.config import Seconds
 from edgefed.models.types import Box, Detection
 
 
@@ -48,7 +49,7 @@ class TrackerConfig(BaseModel):
     max_misses: int = Field(
         4, ge=1, description="Searched frames without a detection before a track ends"
     )
-    max_age_s: float = Field(10.0, gt=0, description="Seconds without a detection before it ends")
+    max_age_s: Seconds = Field(10.0, description="Seconds without a detection before it ends")
     velocity_smoothing: float = Field(
         0.5, gt=0, le=1, description="Weight of the newest velocity measurement"
     )

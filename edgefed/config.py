@@ -3,17 +3,19 @@
 A daemon's config is a pydantic v2 model (``extra="forbid"``, a description on every
 field, validators without I/O) read from YAML, overlaid with ``<PREFIX>SECTION__FIELD``
 environment variables, and validated; every problem becomes one ``ConfigError`` whose
-message lists each error with its field path. ``check_config_command`` is the
-``check-config`` sub-command of both CLIs.
+message lists each error with its field path; a value that is not a finite number
+(YAML's ``.inf`` and ``.nan``) is refused wherever it stands. ``check_config_command`` is
+the ``check-config`` sub-command of both CLIs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +25,13 @@ from edgefed.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Model = TypeVar("Model", bound=BaseModel)
+
+MAX_WAIT_S = 30 * 86400.0
+"""The longest duration a setting takes (30 days): past it a value is a slip of the
+keyboard, and the timers, the SQLite millisecond columns and the OS calls it feeds
+overflow."""
+Seconds = Annotated[float, Field(gt=0, le=MAX_WAIT_S)]
+"""A duration setting in seconds: more than 0, at most ``MAX_WAIT_S``."""
 
 
 class Strict(BaseModel):
@@ -111,10 +120,25 @@ def validate(
         raise ConfigError("config must be a YAML mapping at the top level")
     if prefix:
         raw = apply_env(raw, os.environ if env is None else env, prefix)
+    if bad := _non_finite(raw):
+        raise ConfigError("\n".join(f"{loc}: must be a finite number, not {v}" for loc, v in bad))
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def _non_finite(node: Any, loc: str = "") -> list[tuple[str, float]]:
+    """The (path, value) of every infinite or NaN number in a parsed config."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(loc or "(top level)", node)]
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return []
+    return [bad for k, v in items for bad in _non_finite(v, f"{loc}.{k}" if loc else str(k))]
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from drivers import registry
 from edgefed import paths
-from edgefed.config import ImagesConfig, LogLevel, Strict, read_yaml_mapping, validate
+from edgefed.config import ImagesConfig, LogLevel, Seconds, Strict, read_yaml_mapping, validate
 from edgefed.errors import ConfigError, ProtocolError
 from edgefed.mqtt import MqttConfig
 from edgefed.wire import DEFAULT_MAX_BYTES, DEFAULT_PREFIX, ID_PATTERN, Topics
@@ -47,9 +47,9 @@ class TritonConfig(Strict):
         "+1 stay free: serverd reaches its Tritons over a private unix socket, "
         "state_dir/triton/sockets); None: a free port",
     )
-    ready_timeout_s: float = Field(120.0, gt=0, description="Wait for Triton's health: ready")
+    ready_timeout_s: Seconds = Field(120.0, description="Wait for Triton's health: ready")
     restarts: int = Field(3, ge=0, description="Restarts allowed within restart_window_s")
-    restart_window_s: float = Field(300.0, gt=0, description="Window of the restart budget")
+    restart_window_s: Seconds = Field(300.0, description="Window of the restart budget")
     log_verbose: int = Field(
         0,
         ge=0,
@@ -162,10 +162,10 @@ class ServerdConfig(Strict):
         description="Jobs held (queued + in flight) at most; past it a job takes the place "
         "of a queued one of lower priority or is shed",
     )
-    infer_timeout_s: float = Field(10.0, gt=0, description="One Triton call, at most")
-    health_interval_s: float = Field(1.0, gt=0, description="Readiness probe period")
+    infer_timeout_s: Seconds = Field(10.0, description="One Triton call, at most")
+    health_interval_s: Seconds = Field(1.0, description="Readiness probe period")
     drain_s: float = Field(5.0, ge=0, description="On stop, wait this long for jobs in flight")
-    retention_s: float = Field(86400.0, gt=0, description="Finished jobs kept in the job table")
+    retention_s: Seconds = Field(86400.0, description="Finished jobs kept in the job table")
     job_table_max_mb: int = Field(
         256,
         ge=8,

@@ -33,6 +33,7 @@ from pydantic import Field, SerializeAsAny, field_validator
 
 from drivers import registry
 from drivers.sidecar import protocol
+from edgefed.config import Seconds
 from edgefed.counters import Counters
 from edgefed.driver import DeviceInfo, Driver, DriverConfig, DriverHealth, LoadedModel
 from edgefed.errors import DriverError
@@ -53,11 +54,11 @@ class SidecarConfig(DriverConfig):
     call_timeout_ms: float = Field(
         2000, gt=0, le=600_000, description="Deadline of one run; past it the side-car is killed"
     )
-    start_timeout_s: float = Field(
-        120, gt=0, description="Deadline to start the side-car and load its models again"
+    start_timeout_s: Seconds = Field(
+        120, description="Deadline to start the side-car and load its models again"
     )
     max_restarts: int = Field(5, ge=0, description="Restarts allowed within restart_window_s")
-    restart_window_s: float = Field(60, gt=0, description="Window of the restart budget")
+    restart_window_s: Seconds = Field(60, description="Window of the restart budget")
 
     @field_validator("driver", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from edgefed.config import Strict
+from edgefed.config import Seconds, Strict
 from edgefed.wire import MODEL_PATTERN
 
 
@@ -55,8 +55,8 @@ class EdgeFederationConfig(Strict):
     margin: float = Field(
         0.02, ge=0, le=1, description="Refuse a version worse on the held-back slice by more"
     )
-    offer_interval_s: float = Field(
-        30.0, gt=0, description="Re-send the sample offer this often (and on every change)"
+    offer_interval_s: Seconds = Field(
+        30.0, description="Re-send the sample offer this often (and on every change)"
     )
     trusted_keys: list[Path] | None = Field(
         None, description="Keys a global version must be signed by (default: images.trusted_keys)"

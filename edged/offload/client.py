@@ -46,6 +46,7 @@ from edged.offload.outbox import Outbox
 from edged.offload.records import Enqueued, NewJob
 from edged.offload.serverclock import ServerClock
 from edgefed.clock import Clock, now_ms
+from edgefed.config import Seconds
 from edgefed.errors import OffloadError, ProtocolError
 from edgefed.mqtt import Ack, PacketTooLarge
 from edgefed.outage import Repeats
@@ -91,8 +92,8 @@ class OffloadClientConfig(BaseModel):
 
     prefix: str = Field(default=DEFAULT_PREFIX, description="Topic prefix shared with serverd")
     window: int = Field(default=32, ge=1, le=1024, description="Requests awaiting PUBACK at once")
-    sweep_interval_s: float = Field(
-        default=0.25, gt=0, description="How often deadlines and retry timers are checked"
+    sweep_interval_s: Seconds = Field(
+        default=0.25, description="How often deadlines and retry timers are checked"
     )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_BYTES, ge=1024, description="Largest request or reply on the wire"

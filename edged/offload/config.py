@@ -7,12 +7,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from edged.offload.client import OffloadClientConfig
 from edged.offload.policy import OffloadPolicyConfig
 from edged.offload.records import OutboxConfig
+from edgefed.config import Seconds
+from edgefed.wire import MODEL_PATTERN
 
 
 class RemoteModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Model name served by serverd (not registered on this device)")
+    name: str = Field(
+        pattern=MODEL_PATTERN,
+        description="Model name served by serverd (not registered on this device)",
+    )
     every_n: int = Field(10, ge=1, description="Offload every n-th completed frame")
     priority: int = Field(0, ge=0, le=255, description="Priority of these jobs")
 
@@ -31,8 +36,8 @@ class OffloadConfig(BaseModel):
         default_factory=list, description="Models that run only on the server"
     )
     priority: int = Field(0, ge=0, le=255, description="Priority of policy-offloaded jobs")
-    ttl_s: float = Field(
-        5.0, gt=0, description="Deadline: past it the local result stands and the job expires"
+    ttl_s: Seconds = Field(
+        5.0, description="Deadline: past it the local result stands and the job expires"
     )
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of offloaded frames")
     client: OffloadClientConfig = Field(

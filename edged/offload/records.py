@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefed import paths
+from edgefed.config import Seconds
 from edgefed.lifecycle import Status
 from edgefed.wire import LocalSummary, OffloadRequest
 
@@ -43,12 +44,10 @@ class OutboxConfig(BaseModel):
         default=10_000, ge=0, description="Finished jobs kept for the status API"
     )
     max_iterations: int = Field(default=5, ge=1, description="Attempts before a job fails")
-    retry_base_s: float = Field(
-        default=1.0, gt=0, description="First retry delay; doubles each retry"
-    )
-    retry_cap_s: float = Field(default=60.0, gt=0, description="Longest retry delay")
-    result_timeout_s: float = Field(
-        default=10.0, gt=0, description="Wait for a server answer after sending before a retry"
+    retry_base_s: Seconds = Field(default=1.0, description="First retry delay; doubles each retry")
+    retry_cap_s: Seconds = Field(default=60.0, description="Longest retry delay")
+    result_timeout_s: Seconds = Field(
+        default=10.0, description="Wait for a server answer after sending before a retry"
     )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL", description="SQLite sync: NORMAL survives process death, FULL power loss"

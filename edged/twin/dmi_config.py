@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgefed.config import Seconds
 from edgefed.counters import Counters
 from edgefed.dmi import stubs
 
@@ -33,15 +34,13 @@ class DmiConfig(BaseModel):
         default=Path(stubs.EDGECORE_SOCKET),
         description="EdgeCore's DMI socket (edgecore.yaml deviceTwin.dmiSockPath)",
     )
-    report_interval_s: float = Field(
-        default=10.0, gt=0, description="Seconds between reports of every property"
+    report_interval_s: Seconds = Field(
+        default=10.0, description="Seconds between reports of every property"
     )
-    retry_max_s: float = Field(
-        default=30.0, gt=0, description="Longest wait between MapperRegister attempts"
+    retry_max_s: Seconds = Field(
+        default=30.0, description="Longest wait between MapperRegister attempts"
     )
-    call_timeout_s: float = Field(
-        default=10.0, gt=0, description="Deadline of each call to EdgeCore"
-    )
+    call_timeout_s: Seconds = Field(default=10.0, description="Deadline of each call to EdgeCore")
 
     @field_validator("socket", "edgecore_socket")
     @classmethod

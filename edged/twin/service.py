@@ -49,6 +49,7 @@ from edged.twin.kubeedge import (
 from edged.twin.properties import PropertyTable
 from edged.twin.seen import SeenDeltas, delta_key
 from edgefed.clock import now_ms
+from edgefed.config import Seconds
 from edgefed.counters import Counters
 from edgefed.errors import ConfigError, OffloadError, ProtocolError
 from edgefed.mqtt import MqttClient
@@ -63,8 +64,8 @@ class TwinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Take runtime settings from the device twin")
-    report_interval_s: float = Field(
-        default=10.0, gt=0, description="Seconds between reports of the ReadOnly readings"
+    report_interval_s: Seconds = Field(
+        default=10.0, description="Seconds between reports of the ReadOnly readings"
     )
     properties_file: Path | None = Field(
         default=None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, model_validator
 
-from edgefed.config import Strict
+from edgefed.config import Seconds, Strict
 from edgefed.errors import ConfigError, ImageError
 from edgefed.federation_wire import MAX_PARTICIPANTS, TrainConfig, init_head
 from edgefed.images import image_dir
@@ -116,15 +116,15 @@ class FederationConfig(Strict):
     min_clients: int = Field(3, ge=1, description="Participants needed to open a round")
     quorum: int = Field(3, ge=1, description="Accepted updates needed at the deadline")
     min_samples: int = Field(10, ge=1, description="Samples a device must offer to be selected")
-    timeout_s: float = Field(120.0, gt=0, description="How long a round collects updates")
+    timeout_s: Seconds = Field(120.0, description="How long a round collects updates")
     max_delta_norm: float | None = Field(
         None, gt=0, description="Refuse an update farther than this (L2) from the base"
     )
-    interval_s: float | None = Field(
-        None, gt=0, description="Open a round of each idle model this often (None: on demand)"
+    interval_s: Seconds | None = Field(
+        None, description="Open a round of each idle model this often (None: on demand)"
     )
-    offer_ttl_s: float = Field(
-        120.0, gt=0, description="A device's sample offer counts for this long after it is sent"
+    offer_ttl_s: Seconds = Field(
+        120.0, description="A device's sample offer counts for this long after it is sent"
     )
     max_chunk_bytes: int = Field(262_144, ge=1024, le=4_194_304, description="Update chunk bound")
     max_participants: int = Field(

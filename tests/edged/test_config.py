@@ -48,6 +48,41 @@ def test_every_error_is_reported_with_its_field_path(tmp_path: Path) -> None:
     assert any(line.startswith("models.2.image:") for line in lines)
 
 
+def test_values_that_would_break_a_timer_or_the_wire_are_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """Each was accepted before and broke later: an infinite deadline or retry wait made
+    every offload fail (int(inf)), a huge one overflowed the outbox's SQLite column, a
+    stream timeout past int32 milliseconds made OpenCV refuse to open the camera with an
+    error about sequence items, and a remote model name the wire refuses made every
+    n-th frame fail to offload."""
+    path = write_config(tmp_path, demo_config(tmp_path))
+    text = path.read_text() + "offload:\n  ttl_s: .inf\n  outbox: {retry_cap_s: .nan}\n"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"EDGED__CAMERAS__0__RECONNECT_MAX_S": "-.inf"})
+    assert str(info.value).splitlines() == [
+        "cameras.0.reconnect_max_s: must be a finite number, not -inf",
+        "offload.ttl_s: must be a finite number, not inf",
+        "offload.outbox.retry_cap_s: must be a finite number, not nan",
+    ]
+    raw = demo_config(tmp_path)
+    raw["cameras"][0]["io_timeout_s"] = 2_200_000
+    raw["offload"] = {
+        "outbox": {"result_timeout_s": 1e13},
+        "remote_models": [{"name": "face recog"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "cameras.0.io_timeout_s",
+        "offload.remote_models.0.name",
+        "offload.outbox.result_timeout_s",
+    ]
+    assert "less than or equal to 2592000" in lines[2]
+
+
 def test_unknown_keys_drivers_and_cascades_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="motoin"):
         parse_config({**demo_config(tmp_path), "motoin": {}}, env={})
