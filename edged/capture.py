@@ -270,10 +270,10 @@ class CaptureSource:
                     self._set_state(CaptureState.ENDED, None)
                     log.info("camera %s: end of file", self.config.name)
                     return
-                reader = self._open()
-                if reader is None:
-                    self._set_state(CaptureState.FAILED, "cannot reopen the file to loop")
-                    log.error("camera %s: cannot reopen the file to loop", self.config.name)
+                try:  # as at start: a file replaced by one with no frame fails, not spins
+                    reader, first = self._open_file()
+                except CaptureError as exc:
+                    log.error("cannot loop: %s", exc)
                     return
                 continue
             self._lost = True

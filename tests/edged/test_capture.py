@@ -200,6 +200,39 @@ def test_file_loops(short_clip: Path) -> None:
     assert src.stats().state is CaptureState.STOPPED
 
 
+def test_a_looping_file_replaced_by_one_without_frames_fails_instead_of_spinning(
+    short_clip: Path, tmp_path: Path
+) -> None:
+    """The file swapped (atomic rename) for its own first 5,700 bytes, as a half-copied
+    replacement is: OpenCV opens it and decodes nothing. The camera fails with the cause,
+    as it would at start; before, it reopened the file ~10,000 times a second, a CPU
+    core busy and its state ``running``."""
+    ring = FrameRing(4)
+    cfg = CameraConfig(name="clip", source=str(short_clip), pace="fast", loop=True)
+    opens = [0]
+
+    def opener(source: str | int) -> cv2.VideoCapture:
+        opens[0] += 1
+        return cv2.VideoCapture(source)
+
+    src = CaptureSource(cfg, ring, opener=opener)
+    stop = threading.Event()
+    consumer = drain(ring, stop, [])
+    src.start()
+    try:
+        wait_until("a few passes", lambda: src.stats().frames >= 20, WAIT_S)
+        cut = tmp_path / "cut.avi"
+        cut.write_bytes(short_clip.read_bytes()[:5700])
+        cut.replace(short_clip)
+        wait_until("the camera to fail", lambda: src.stats().state is CaptureState.FAILED, WAIT_S)
+    finally:
+        src.stop()
+        stop.set()
+        consumer.join(WAIT_S)
+    assert src.stats().last_error == f"camera clip: video file {short_clip} has no decodable frame"
+    assert opens[0] < 50
+
+
 def test_missing_file_fails_at_start_with_the_cause(tmp_path: Path) -> None:
     src = CaptureSource(CameraConfig(name="c", source=str(tmp_path / "nope.mp4")), FrameRing(2))
     with pytest.raises(CaptureError, match=r"nope\.mp4 does not exist"):
