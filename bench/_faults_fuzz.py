@@ -190,7 +190,7 @@ def fuzz_twin_deltas(broker: ShippedBroker, state: Path, n: int, h: Hostile) -> 
     )  # fmt: skip
     state.mkdir(parents=True, exist_ok=True)
     runtime = RuntimeConfig(
-        initial, setters, {"person", "pose", "face"}, state_path=state / "runtime.json"
+        initial, setters, lambda: {"person", "pose", "face"}, state_path=state / "runtime.json"
     )
     mqtt = MqttClient(broker.client_config(DEVICE_B, client_id="fuzz-twin"))
     twin = TwinService(mqtt, DEVICE_B, runtime, load_property_table(), report_interval_s=3600)

@@ -267,8 +267,16 @@ class EdgedApp:
             if m.name in pipeline.workers:
                 pipeline.workers[m.name].swap_runner(runner)
             else:  # its first version: the model did not load at start
-                pipeline.add_model(m, runner)
+                try:
+                    pipeline.add_model(m, runner)
+                except ConfigError:
+                    runner.close()  # the federation rolls back; the driver's memory too
+                    raise
                 self.models.failures.pop(m.name, None)
+                try:  # the API, the twin and the next start know it from now on
+                    self.runtime.model_added(m.name, m.enabled)
+                except ConfigError as exc:  # it serves all the same
+                    log.warning("model %s serves but is not among enabled_models: %s", m.name, exc)
             self.models.runners[m.name] = runner
             log.info("model %s now serves %s %s", m.name, federated, runner.manifest.version)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ class RuntimeConfig:
         self,
         initial: RuntimeSettings,
         setters: Mapping[str, Setter],
-        known_models: set[str],
+        known_models: Callable[[], Collection[str]],
         state_path: Path | None = None,
     ) -> None:
         missing = set(RuntimeSettings.model_fields) - set(setters)
@@ -97,6 +97,9 @@ class RuntimeConfig:
         self._known_models = known_models
         self._state_path = state_path
         self._lock = threading.Lock()
+        # one change at a time, from validation to the listeners (the twin, the API and
+        # DMI each apply from a thread of their own); re-entrant for a listener's own
+        self._applying = threading.RLock()
         self._listeners: list[Callable[[RuntimeSettings], None]] = []
 
     def current(self) -> RuntimeSettings:
@@ -119,18 +122,31 @@ class RuntimeConfig:
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )
             raise ConfigError(reasons) from None
-        bad = sorted(set(new.enabled_models) - self._known_models)
+        known = set(self._known_models())
+        bad = sorted(set(new.enabled_models) - known)
         if bad:
             raise ConfigError(
                 f"enabled_models: unknown or unloaded model(s) {', '.join(bad)} "
-                f"(loaded: {', '.join(sorted(self._known_models))})"
+                f"(loaded: {', '.join(sorted(known))})"
             )
         return new
 
     def apply(self, changes: Mapping[str, Any]) -> RuntimeSettings:
         """Validate and apply ``changes``; roll back every setting if one setter fails."""
-        with self._lock:
-            old = self._settings
+        with self._applying:
+            return self._apply(changes)
+
+    def model_added(self, name: str, enabled: bool) -> None:
+        """Model ``name`` began to serve while running (a federated model's first
+        version): from now on a known model, and among ``enabled_models`` (saved with
+        them, so the next start keeps it on) if ``enabled``."""
+        with self._applying:
+            current = self._settings.enabled_models
+            if enabled and name not in current:
+                self._apply({"enabled_models": [*current, name]})
+
+    def _apply(self, changes: Mapping[str, Any]) -> RuntimeSettings:
+        old = self._settings
         new = self.validate(changes)
         changed = [k for k in RuntimeSettings.model_fields if getattr(new, k) != getattr(old, k)]
         done: list[str] = []

@@ -198,7 +198,7 @@ def runtime_config(
             "log_level": lambda v: logging.getLogger().setLevel(v),
             "federated_training": fed.set_allowed if fed is not None else lambda v: None,
         },
-        known_models=set(pipeline.workers),
+        known_models=lambda: pipeline.workers,
         state_path=state_path,
     )
     try:

@@ -18,9 +18,10 @@ class ApiConfig(ListenConfig):
     enabled: bool = Field(True, description="Serve the HTTP API, metrics, preview and dashboard")
     token: SecretStr | None = Field(
         None,
-        description=f"Bearer token for mutating calls (PUT /api/v1/config); at least "
-        f"{MIN_TOKEN_CHARS} characters. Else token_file, else the {TOKEN_ENV} environment "
-        "variable; with none of them mutating calls are refused",
+        description=f"Bearer token for mutating calls (PUT /api/v1/config, POST "
+        f"/api/v1/federation/<model>/samples); at least {MIN_TOKEN_CHARS} characters. Or "
+        f"token_file (not both); with neither, the {TOKEN_ENV} environment variable; with "
+        "none of them mutating calls are refused",
     )
     preview_fps: float = Field(
         5.0, gt=0, le=30, description="Most preview frames rendered per second (all viewers share)"

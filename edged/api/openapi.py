@@ -100,7 +100,8 @@ def _config_change(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_openapi(models: list[str]) -> dict[str, Any]:
-    """The whole document for a daemon that loaded ``models`` (built once per server)."""
+    """The whole document for a daemon that loaded ``models`` (built on each request: a
+    federated model that starts while edged runs joins them)."""
     _, top = models_json_schema(
         [(m, "serialization") for m in _BODIES]
         + [(RuntimeSettings, "validation"), (SampleIn, "validation")],

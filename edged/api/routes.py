@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -66,15 +67,15 @@ class Routes:
         views: StatusViews,
         renderer: PreviewRenderer,
         registry: CollectorRegistry,
-        openapi: dict[str, Any],
+        openapi: Callable[[], dict[str, Any]],
         token: str | None,
     ) -> None:
         self._src = sources
         self._views = views
         self._renderer = renderer
         self._registry = registry
-        self._openapi = json.dumps(openapi)
-        self._config_schema: dict[str, Any] = openapi["components"]["schemas"]["ConfigChange"]
+        self._openapi = openapi  # its model names grow when a federated model starts
+        self._config_schema: dict[str, Any] = openapi()["components"]["schemas"]["ConfigChange"]
         self._token = token
         self._static = {name: STATIC.joinpath(name).read_bytes() for name in _STATIC_TYPES}
         self.closing = asyncio.Event()
@@ -125,7 +126,7 @@ class Routes:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._openapi, content_type=JSON)
+        return web.Response(text=json.dumps(self._openapi()), content_type=JSON)
 
     async def status(self, request: web.Request) -> web.Response:
         # off the loop: the outbox counts are a SQLite query

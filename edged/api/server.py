@@ -57,7 +57,9 @@ class ApiServer:
         self._stopping: asyncio.Event | None = None
         self.port: int | None = None
         if self._token is None:
-            log.warning("no API token configured: PUT /api/v1/config is refused")
+            log.warning(
+                "no API token configured: mutating calls (PUT /api/v1/config, ...) are refused"
+            )
 
     @property
     def url(self) -> str:
@@ -102,7 +104,7 @@ class ApiServer:
             self.views,
             self.renderer,
             make_registry(self.views.status),
-            build_openapi(list(self._sources.pipeline.workers)),
+            lambda: build_openapi(list(self._sources.pipeline.workers)),
             self._token,
         )
         app = web.Application(middlewares=middlewares(self.config.host))

@@ -7,6 +7,7 @@ first version arrives while edged runs starts serving from then on."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from edged.config import parse_config
 from edged.federation.features import FeatureExtractor
 from edged.federation.versions import INCOMING, VersionImages
 from edged.framejob import FrameJob
+from edged.wiring import RUNTIME_STATE
 from edgefed.errors import FederationError
 from edgefed.federation_wire import (
     FederationTopics,
@@ -206,6 +208,16 @@ def test_a_model_whose_first_version_arrives_while_running_starts_serving(
     summary = app.final_summary()
     assert summary["model_failures"] == {}
     assert summary["models"][MODEL]["version"] == "1"
+    # known as a model loaded at start would be: the API and the twin may turn it off and
+    # on again, and the saved settings keep it on at the next start (before, naming it was
+    # refused as unknown, and the next change of any setting saved a list without it)
+    assert MODEL in app.runtime.current().enabled_models
+    saved = json.loads((app.config.state_dir / RUNTIME_STATE).read_text())
+    assert MODEL in saved["enabled_models"]
+    app.runtime.apply({"enabled_models": ["person"]})
+    assert app.pipeline.enabled == {"person"}
+    app.runtime.apply({"enabled_models": ["person", MODEL]})
+    assert app.pipeline.enabled == {"person", MODEL}
 
 
 def test_a_version_with_no_room_to_unpack_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def make(tmp_path: Path, fail_on: str | None = None) -> tuple[RuntimeConfig, dic
     rc = RuntimeConfig(
         INITIAL,
         {k: setter(k) for k in RuntimeSettings.model_fields},
-        known_models={"person", "face", "scene"},
+        known_models=lambda: {"person", "face", "scene"},
         state_path=tmp_path / "runtime.json",
     )
     return rc, applied
@@ -131,7 +132,7 @@ def test_a_state_dir_that_cannot_be_written_leaves_the_change_in_effect(
     rc = RuntimeConfig(
         INITIAL,
         {k: (lambda v, k=k: applied.__setitem__(k, v)) for k in RuntimeSettings.model_fields},
-        known_models={"person", "face"},
+        known_models=lambda: {"person", "face"},
         state_path=blocker / "runtime.json",
     )
     rc.on_change(heard.append)
@@ -139,3 +140,58 @@ def test_a_state_dir_that_cannot_be_written_leaves_the_change_in_effect(
     assert applied == {"motion_threshold": 40} and rc.current() == new
     assert [s.motion_threshold for s in heard] == [40]
     assert "not saved to" in caplog.text and "a restart goes back" in caplog.text
+
+
+def test_changes_from_two_threads_both_stand(tmp_path: Path) -> None:
+    """The twin, the API and DMI apply from threads of their own. A change made while
+    another is still in its setters waits for it and builds on it; before, it built on
+    what it read first, and whichever stored last erased the other's value from the
+    settings, the saved file and the twin's report, though that value was in effect."""
+    in_setter, release = threading.Event(), threading.Event()
+
+    def slow(value: Any) -> None:  # a setter that takes a while (a camera reconfiguring)
+        in_setter.set()
+        release.wait(10)
+
+    setters: dict[str, Any] = {k: (lambda v: None) for k in RuntimeSettings.model_fields}
+    rc = RuntimeConfig(
+        INITIAL,
+        setters | {"target_fps": slow},
+        known_models=lambda: {"person", "face"},
+        state_path=tmp_path / "runtime.json",
+    )
+    first = threading.Thread(target=rc.apply, args=({"target_fps": 5},))
+    first.start()
+    assert in_setter.wait(10)
+    second = threading.Thread(target=rc.apply, args=({"motion_threshold": 40},))
+    second.start()
+    second.join(0.5)  # before: done by now, on top of the settings without target_fps
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert (rc.current().target_fps, rc.current().motion_threshold) == (5, 40)
+    saved = json.loads((tmp_path / "runtime.json").read_text())
+    assert (saved["target_fps"], saved["motion_threshold"]) == (5, 40)
+
+
+def test_a_model_that_starts_while_running_becomes_known_and_enabled(tmp_path: Path) -> None:
+    loaded = {"person", "face"}
+    applied: dict[str, Any] = {}
+    rc = RuntimeConfig(
+        INITIAL,
+        {k: (lambda v, k=k: applied.__setitem__(k, v)) for k in RuntimeSettings.model_fields},
+        known_models=lambda: loaded,
+        state_path=tmp_path / "runtime.json",
+    )
+    with pytest.raises(ConfigError, match="unknown or unloaded model"):
+        rc.apply({"enabled_models": ["person", "people"]})
+    loaded.add("people")  # its first version arrived and the pipeline serves it
+    rc.model_added("people", enabled=True)
+    assert rc.current().enabled_models == ["person", "face", "people"]
+    saved = json.loads((tmp_path / "runtime.json").read_text())
+    assert saved["enabled_models"] == ["person", "face", "people"]
+    loaded.add("cars")
+    rc.model_added("cars", enabled=False)  # its config says: loaded, not run
+    assert "cars" not in rc.current().enabled_models
+    rc.apply({"enabled_models": ["cars"]})
+    assert applied["enabled_models"] == ["cars"]

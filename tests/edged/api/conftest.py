@@ -75,7 +75,7 @@ def runtime_for(pipeline: Pipeline, refuse: set[str]) -> RuntimeConfig:
         log_level=cfg.log_level,
     )
     guarded_setters = {k: guarded(k, fn) for k, fn in setters.items()}
-    return RuntimeConfig(initial, guarded_setters, known_models=set(pipeline.workers))
+    return RuntimeConfig(initial, guarded_setters, known_models=lambda: pipeline.workers)
 
 
 def start_daemon(tmp: Path, api: dict[str, Any] | None = None, **sections: Any) -> Daemon:

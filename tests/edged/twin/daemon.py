@@ -64,7 +64,7 @@ class Daemon:
                 "log_level": lambda v: self.applied.__setitem__("log_level", v),
                 "federated_training": lambda v: self.applied.__setitem__("federated_training", v),
             },
-            known_models=MODELS,
+            known_models=lambda: MODELS,
             state_path=self.state,
         )
 

@@ -25,7 +25,9 @@ def runtime() -> RuntimeConfig:
         offload_policy="never",
         log_level="INFO",
     )
-    return RuntimeConfig(initial, {k: lambda v: None for k in RuntimeSettings.model_fields}, MODELS)
+    return RuntimeConfig(
+        initial, {k: lambda v: None for k in RuntimeSettings.model_fields}, lambda: MODELS
+    )
 
 
 def test_writable_properties_are_exactly_the_runtime_settings() -> None:
