@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
+from pydantic import ValidationError
+
 from edgefed.errors import ProtocolError
 from edgefed.federation_wire import (
     MAX_MISSING_LISTED,
@@ -20,12 +22,15 @@ from edgefed.federation_wire import (
     encode,
     sha256_hex,
 )
+from edgefed.wire import summarise
 
 UPDATE_OVERHEAD_BYTES = 4096
 """What holding an update costs serverd besides its bytes (its first chunk's header, the
 bookkeeping; measured at about 2.2 KiB), charged against the reassembly bound."""
 CHUNK_OVERHEAD_BYTES = 64
 """And each chunk of it (a bytes object and its slot)."""
+MAX_PENDING_BYTES = 4 * MAX_UPDATE_BYTES
+"""What the updates held at once may be charged, by default."""
 
 
 def split(data: bytes, max_chunk_bytes: int) -> list[bytes]:
@@ -57,23 +62,29 @@ class Upload:
         metrics: dict[str, float],
         max_chunk_bytes: int,
     ) -> Upload:
+        """The update ``data`` in chunks; a header the wire would refuse (a metric that is
+        not finite, such as the NaN loss of a training that diverged: JSON has no NaN) is
+        a ``ProtocolError`` saying which field and why."""
         chunks = split(data, max_chunk_bytes)
         digest = sha256_hex(data)
-        headers = [
-            UpdateChunk(
-                update_id=update_id,
-                model=model,
-                round=round,
-                base_version=base_version,
-                num_samples=num_samples,
-                metrics=metrics,
-                index=i,
-                count=len(chunks),
-                total_bytes=len(data),
-                sha256=digest,
-            )
-            for i in range(len(chunks))
-        ]
+        try:
+            headers = [
+                UpdateChunk(
+                    update_id=update_id,
+                    model=model,
+                    round=round,
+                    base_version=base_version,
+                    num_samples=num_samples,
+                    metrics=metrics,
+                    index=i,
+                    count=len(chunks),
+                    total_bytes=len(data),
+                    sha256=digest,
+                )
+                for i in range(len(chunks))
+            ]
+        except ValidationError as exc:
+            raise ProtocolError(f"update cannot be sent: {summarise(exc)}") from exc
         return cls(chunks, headers)
 
     @property
@@ -108,7 +119,9 @@ class _Partial:
     cost: int
     parts: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
-    listed: set[int] | None = None  # what the last ack asked for and has not come yet
+    # what the last ack asked for and has not come yet; None until then, and set() once the
+    # update's last chunk is in (the edge sent them all, in order: the rest is asked for)
+    listed: set[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,14 +145,19 @@ class Reassembler:
 
     ``add`` returns the ``Assembled`` update when its last chunk arrives; a chunk outside
     these bounds or contradicting the update's first chunk, or a whole whose sha256
-    differs, raises ``ProtocolError`` and drops what the device held. ``ack`` answers an
-    ``UpdateQuery`` (listing at most ``MAX_MISSING_LISTED`` chunks) and ``next_ack`` the
-    edge's resend of those, while chunks are still missing.
+    differs, raises ``ProtocolError`` and drops what the device held. A chunk of an update
+    there is no room for is dropped (not the device's fault: many honest updates at once)
+    and the device ``waits``; ``woken`` names the waiting devices there is room for
+    again, each to be told ``unknown`` (send it all), so an edge that has no answer is
+    never left to send its update over and over into a full reassembly. ``ack`` answers
+    an ``UpdateQuery`` (listing at most ``MAX_MISSING_LISTED`` chunks) and ``next_ack``
+    the edge's resend of those, or its update's last chunk, while chunks are still
+    missing.
     """
 
     def __init__(
         self,
-        max_pending_bytes: int = 4 * MAX_UPDATE_BYTES,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
         max_update_bytes: int = MAX_UPDATE_BYTES,
         max_chunk_bytes: int | None = None,
     ) -> None:
@@ -148,6 +166,9 @@ class Reassembler:
         self.max_chunk_bytes = max_chunk_bytes
         self._pending: dict[str, _Partial] = {}  # by device
         self._bytes = 0
+        # devices whose update found no room, in the order they came: update id and cost
+        self._waiting: dict[str, tuple[str, int]] = {}
+        self._freed = False  # room given back since ``woken`` last looked
 
     def pending_bytes(self) -> int:
         """What the held updates are charged (whole sizes and overhead)."""
@@ -156,9 +177,17 @@ class Reassembler:
     def pending_updates(self) -> int:
         return len(self._pending)
 
+    def waiting(self) -> int:
+        """Devices whose update waits for room."""
+        return len(self._waiting)
+
     def holds(self, device: str, update_id: str) -> bool:
         partial = self._pending.get(device)
         return partial is not None and partial.first.update_id == update_id
+
+    def waits(self, device: str, update_id: str) -> bool:
+        """True while this update from ``device`` waits for room (its chunks are dropped)."""
+        return self._waiting.get(device, ("", 0))[0] == update_id
 
     def add(self, device: str, received: Received) -> Assembled | None:
         chunk = received.chunk
@@ -169,6 +198,8 @@ class Reassembler:
         try:
             if partial is None:
                 partial = self._start(device, chunk)
+                if partial is None:
+                    return None  # no room: it waits
             elif chunk.model_dump(exclude={"index"}) != partial.first.model_dump(exclude={"index"}):
                 raise ProtocolError(f"chunk {chunk.index} contradicts update {chunk.update_id}")
             if chunk.index in partial.parts:
@@ -181,6 +212,8 @@ class Reassembler:
         partial.size += len(received.body)
         if partial.listed is not None:
             partial.listed.discard(chunk.index)
+        elif chunk.index == chunk.count - 1:
+            partial.listed = set()
         if len(partial.parts) < chunk.count:
             return None
         self._drop(device)
@@ -199,8 +232,9 @@ class Reassembler:
         return UpdateAck(update_id=update_id, state="partial", missing=missing)
 
     def next_ack(self, device: str, update_id: str) -> UpdateAck | None:
-        """The next chunks to ask for, once those the last ack listed are all in and the
-        update is not yet whole (an edge sends what an ack lists and nothing more)."""
+        """The next chunks to ask for, once those the last ack listed (or, before any ack,
+        the update's last chunk) are all in and the update is not yet whole (an edge sends
+        what an ack lists and nothing more)."""
         partial = self._pending.get(device)
         if partial is None or partial.first.update_id != update_id or partial.listed != set():
             return None  # not asked, or not all in yet
@@ -208,12 +242,33 @@ class Reassembler:
             return None
         return self.ack(device, update_id)
 
-    def clear(self) -> None:
-        """Drop every partial update (a round opens or closes)."""
-        self._pending.clear()
-        self._bytes = 0
+    def woken(self) -> list[tuple[str, UpdateAck]]:
+        """The waiting devices the room given back holds, in the order they came (one
+        whose update does not fit lets a later one that does go first), each with the
+        ``unknown`` ack that makes its edge send the whole update again; they no longer
+        wait. The room is not kept for them: an update that comes first takes it, and
+        one it leaves no room for waits again."""
+        if not self._freed:
+            return []
+        self._freed = False
+        room = self.max_pending_bytes - self._bytes
+        out = []
+        for device, (update_id, cost) in list(self._waiting.items()):
+            if cost <= room:
+                room -= cost
+                del self._waiting[device]
+                out.append((device, UpdateAck(update_id=update_id, state="unknown")))
+        return out
 
-    def _start(self, device: str, chunk: UpdateChunk) -> _Partial:
+    def clear(self) -> None:
+        """Drop every partial and waiting update (a round opens or closes)."""
+        self._pending.clear()
+        self._waiting.clear()
+        self._bytes = 0
+        self._freed = False
+
+    def _start(self, device: str, chunk: UpdateChunk) -> _Partial | None:
+        """Hold a new update; None, and the device waits, when there is no room for it."""
         if chunk.total_bytes > self.max_update_bytes:
             raise ProtocolError(
                 f"update of {chunk.total_bytes} bytes; one of this model is at most "
@@ -221,10 +276,9 @@ class Reassembler:
             )
         cost = chunk.total_bytes + UPDATE_OVERHEAD_BYTES + chunk.count * CHUNK_OVERHEAD_BYTES
         if self._bytes + cost > self.max_pending_bytes:
-            raise ProtocolError(
-                f"reassembly is full: {self._bytes} of {self.max_pending_bytes} bytes held, "
-                f"this update needs {cost}"
-            )
+            self._waiting[device] = (chunk.update_id, cost)
+            return None
+        self._waiting.pop(device, None)
         partial = self._pending[device] = _Partial(chunk, cost)
         self._bytes += cost
         return partial
@@ -247,9 +301,11 @@ class Reassembler:
             raise ProtocolError(f"chunk {chunk.index} holds {body_bytes} bytes, more than {size}")
 
     def _drop(self, device: str) -> None:
+        self._waiting.pop(device, None)
         partial = self._pending.pop(device, None)
         if partial is not None:
             self._bytes -= partial.cost
+            self._freed = True
 
 
 def _missing(partial: _Partial) -> Iterator[int]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, TypeAdapter
 
 from edgefed.errors import ProtocolError
 from edgefed.wire import (
@@ -108,8 +108,10 @@ class UpdateChunk(_Message):
     round: int = Field(ge=1, description="Round answered")
     base_version: int = Field(ge=0, description="Version the edge trained from")
     num_samples: int = Field(ge=1, description="Samples the update was trained on")
-    metrics: dict[str, float] = Field(
-        default_factory=dict, max_length=16, description="Training metrics (loss, accuracy)"
+    metrics: dict[str, FiniteFloat] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Training metrics (loss, accuracy); finite numbers only (JSON has no NaN)",
     )
     index: int = Field(ge=0, description="Index of this chunk")
     count: int = Field(ge=1, description="Number of chunks of the whole")
@@ -160,8 +162,12 @@ class AdoptionReport(_Message):
     version: int = Field(ge=1, description="Version judged")
     adopted: bool = Field(description="True if the edge now serves it")
     reason: str = Field(default="", max_length=500, description="Why it was refused")
-    holdout_accuracy: float | None = Field(default=None, description="Accuracy of the version")
-    current_accuracy: float | None = Field(default=None, description="Accuracy of the current")
+    holdout_accuracy: FiniteFloat | None = Field(
+        default=None, description="Accuracy of the version (finite: the status is JSON)"
+    )
+    current_accuracy: FiniteFloat | None = Field(
+        default=None, description="Accuracy of the current (finite: the status is JSON)"
+    )
 
 
 def init_head(features: int, classes: int) -> list[np.ndarray]:
@@ -346,9 +352,15 @@ def _spec(spec: object) -> tuple[str, tuple[int, ...]]:
     if (
         not isinstance(shape, list)
         or len(shape) > 8
-        or not all(isinstance(d, int) and 0 <= d <= MAX_UPDATE_BYTES for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise ProtocolError(f"invalid shape {shape!r}")
+        raise ProtocolError(f"invalid shape {shape!r}: at most 8 dimensions, each an integer >= 0")
+    # bounded with its zeros taken as ones: numpy sizes an array by its other dimensions
+    # too, and [0, 2**26, 2**26, 2**26, 2**26] holds no bytes but is past what numpy can shape
+    if math.prod(max(d, 1) for d in shape) > MAX_UPDATE_BYTES:
+        raise ProtocolError(
+            f"shape {shape!r} spans more than {MAX_UPDATE_BYTES} elements (zeros counted as 1)"
+        )
     return dtype, tuple(shape)
 
 

@@ -8,7 +8,12 @@ dropped unread; the last chunk of such an update is answered with the reason), h
 each whole update to ``Federation.receive`` and answers with an ``UpdateAck``
 (accepted, rejected with the reason, or the chunks still missing), and publishes every
 new global version as a model image signed with serverd's key (retained ``GlobalModel``
-with the packed image, ``serverd.federation.images``). A version whose frame is larger
+with the packed image, ``serverd.federation.images``). A chunk of an update the
+reassembly has no room for is counted (``chunks_no_room``) and dropped, not held against
+the device: it is told ``unknown`` (send it all) once there is room. A version whose
+image cannot be built or sent (a full disk, a refused publish) is counted
+(``publish_failures``), logged as one outage and tried again every ``poll``; no round
+opens on it until it is out. A version whose frame is larger
 than the broker takes (``mqtt.max_packet_bytes``) is not sent: it is logged as an error
 and counted (``versions_unsent``), and kept on disk; a round message that would be is
 not opened. Edges' adoption
@@ -31,7 +36,7 @@ from pydantic import ValidationError
 from edgefed.clock import Clock, now_ms
 from edgefed.counters import Counters
 from edgefed.errors import FederationError, ProtocolError
-from edgefed.federation_upload import Assembled, Reassembler
+from edgefed.federation_upload import MAX_PENDING_BYTES, Assembled, Reassembler
 from edgefed.federation_wire import (
     AdoptionReport,
     FederationTopics,
@@ -50,7 +55,7 @@ from edgefed.federation_wire import (
 from edgefed.images.signing import sign
 from edgefed.mqtt import MqttClient, PacketTooLarge
 from edgefed.mqtt.packet import SETTING
-from edgefed.outage import Repeats
+from edgefed.outage import Outage, Repeats
 from edgefed.wire import MAX_EPOCH_MS, MAX_HEADER_BYTES
 from serverd.federation.images import VersionImager
 from serverd.federation.rounds import Federation, RoundOutcome, RoundPlan
@@ -63,10 +68,12 @@ class CoordinatorCounters(Counters):
     rounds_opened: int = 0
     chunks: int = 0
     chunks_dropped: int = 0
+    chunks_no_room: int = 0  # of updates the reassembly had no room for (they wait)
     updates_accepted: int = 0
     updates_rejected: int = 0
     versions_published: int = 0
     versions_unsent: int = 0  # larger than the broker's packet limit
+    publish_failures: int = 0  # a version's image not built or not sent: tried again
     bytes_received: int = 0
 
 
@@ -83,6 +90,7 @@ class Coordinator:
         train: TrainConfig | None = None,
         max_chunk_bytes: int = 256 * 1024,
         clock: Clock = now_ms,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self.mqtt, self.topics, self.federation, self.key = mqtt, topics, federation, key
         self.imager = imager
@@ -94,9 +102,13 @@ class Coordinator:
         self._lock = threading.Lock()
         self._rejections = Repeats(log)  # a device can send rejected updates by the thousand
         self._reassembler = Reassembler(
+            max_pending_bytes=max_pending_bytes,
             max_update_bytes=max_encoded_bytes([p.shape for p in federation.params]),
             max_chunk_bytes=max_chunk_bytes,
         )
+        # the round whose version is not published yet (None: the current one is out)
+        self._unpublished: int | None = None
+        self._publishing = Outage(log, f"federation {federation.model}: publishing a version")
         # the round message's room for its participants' ids: its header bound, less the
         # rest of a header whose numbers are as long as they can be
         widest = RoundPlan(MAX_EPOCH_MS, MAX_EPOCH_MS, (), MAX_EPOCH_MS)
@@ -104,9 +116,11 @@ class Coordinator:
         self.list_bytes = MAX_HEADER_BYTES - rest
 
     def announce(self) -> None:
-        """Publish the current global version (retained), as at start-up."""
+        """Publish the current global version (retained), as at start-up; one that cannot
+        be is tried again every ``poll``."""
         with self._lock:
-            self._publish_version(max(1, self.federation.round_id))
+            self._unpublished = max(1, self.federation.round_id)
+            self._publish_pending()
 
     def holds(self, device: str, update_id: str) -> bool:
         """True while part of this update from ``device`` is held for reassembly."""
@@ -118,6 +132,12 @@ class Coordinator:
         message is built and encoded first, and one that cannot be is a
         ``FederationError`` with the federation still idle."""
         with self._lock:
+            if self._unpublished is not None:
+                fed = self.federation
+                raise FederationError(
+                    f"v{fed.version} of {fed.model} is not published yet: no edge could train "
+                    "from it"
+                )
             plan = self.federation.draft(available, self.clock(), self.list_bytes)
             message, data = self._round_message(plan)
             self._sendable(self.topics.round(self.federation.model), data, plan.round_id)
@@ -156,13 +176,16 @@ class Coordinator:
             raise FederationError(f"round {round_id} of {model} cannot be sent: {exc}") from exc
 
     def poll(self) -> RoundOutcome | None:
-        """Close the round when it is due; a new version is signed and published."""
+        """Close the round when it is due; a new version is signed and published, and one
+        that could not be is tried again. The outcome is returned whether or not its
+        version is out (it is the caller's to save)."""
         with self._lock:
             outcome = self.federation.poll(self.clock())
             if outcome is not None:
                 self._reassembler.clear()
-            if outcome is not None and outcome.version is not None:
-                self._publish_version(outcome.round_id)
+                if outcome.version is not None:
+                    self._unpublished = outcome.round_id
+            self._publish_pending()
         if outcome is not None:  # the device lists are in the history, not the log
             accepted, rejected, missing = outcome.tally()
             log.info(
@@ -186,12 +209,28 @@ class Coordinator:
                     "updates": self._reassembler.pending_updates(),
                     "bytes": self._reassembler.pending_bytes(),
                     "max_bytes": self._reassembler.max_pending_bytes,
+                    "waiting": self._reassembler.waiting(),
                 },
             }
 
     def history(self) -> list[dict[str, Any]]:
         with self._lock:
             return [o.record() for o in self.federation.history]
+
+    def _publish_pending(self) -> None:
+        """Publish the current version if it is not out yet. Any failure (no room to
+        build its image, a publish refused) is counted and logged as one outage, not
+        raised: the version stays current, and the next call tries again."""
+        if self._unpublished is None:
+            return
+        try:
+            self._publish_version(self._unpublished)
+        except Exception as exc:  # contained: the round's outcome must reach its caller
+            self.counters.publish_failures += 1
+            self._publishing.failed(exc)
+        else:
+            self._unpublished = None
+            self._publishing.ok()
 
     def _publish_version(self, round_id: int) -> None:
         fed = self.federation
@@ -238,8 +277,11 @@ class Coordinator:
                 ack = self._rejected(chunk.update_id, unexpected) if last else None
             else:
                 ack = self._reassemble(device, received)
+            woken = self._reassembler.woken()  # waiting for room that an update gave back
         if ack is not None:
             self._reply(device, ack)
+        for waiting, again in woken:
+            self._reply(waiting, again)
 
     def _reassemble(self, device: str, received: Received) -> UpdateAck | None:
         """The verdict on the update once whole, the next chunks to send, or None."""
@@ -250,9 +292,18 @@ class Coordinator:
             ack = self._rejected(chunk.update_id, f"malformed: {exc}")
             self.federation.refuse(device, chunk.round, ack.reason)
             return ack
-        if whole is None:
-            return self._reassembler.next_ack(device, chunk.update_id)
-        return self._judge(whole)
+        if whole is not None:
+            return self._judge(whole)
+        if self._reassembler.waits(device, chunk.update_id):  # not the device's answer
+            self.counters.chunks_no_room += 1
+            held, bound = self._reassembler.pending_bytes(), self._reassembler.max_pending_bytes
+            self._rejections(
+                "no room",
+                f"federation {self.federation.model}: reassembly is full ({held} of {bound} "
+                f"bytes held): update {chunk.update_id} of {device} waits for room",
+            )
+            return None
+        return self._reassembler.next_ack(device, chunk.update_id)
 
     def _judge(self, whole: Assembled) -> UpdateAck:
         head = whole.header

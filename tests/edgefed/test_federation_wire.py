@@ -56,7 +56,8 @@ def _upload(data: bytes, chunk: int = 4096) -> Upload:
 
 
 def test_params_round_trip_exactly() -> None:
-    params = [*_params(), np.array([[1, -2]], dtype=">i4")]  # big-endian in, native out
+    big_endian = np.array([[1, -2]], dtype=">i4")  # in; native out
+    params = [*_params(), big_endian, np.zeros((0, 3), np.float32)]
     out = decode_params(encode_params(params))
     for a, b in zip(params, out, strict=True):
         assert a.shape == b.shape and a.dtype.name == b.dtype.name
@@ -79,7 +80,9 @@ def _header(specs: list[dict[str, object]]) -> bytes:
         (_header([{"dtype": "float32", "shape": [9]}]) + b"\0" * 35, "past"),
         (_header([{"dtype": "float32", "shape": [-1]}]), "invalid shape"),
         (_header([{"dtype": "float32", "shape": [1], "x": 1}]), "exactly dtype and shape"),
-        (_header([{"dtype": "float32", "shape": [65536] * 4}]), "past the end"),  # 2**64
+        (_header([{"dtype": "float32", "shape": [65536] * 4}]), "spans more than"),  # 2**64
+        (_header([{"dtype": "float32", "shape": [0, 2**26, 2**26, 2**26]}]), "spans more than"),
+        (_header([{"dtype": "float32", "shape": [True, 1]}]), "invalid shape"),
         (struct.pack(">I", 4000) + b"[" * 4000, "nested too deep"),
         (struct.pack(">I", 3) + b"[\xff]", "not JSON"),
     ],
@@ -119,6 +122,36 @@ def test_global_model_carries_its_parameters_under_their_hash() -> None:
         decode(encode(header, body[:-1] + b"\x01"))
     report = AdoptionReport(model="digits", version=2, adopted=False, reason="worse")
     assert decode(encode(report)) == report
+
+
+def test_numbers_json_cannot_carry_are_refused_on_both_sides() -> None:
+    """JSON has no NaN: a NaN training loss went out as null, which serverd refused, so an
+    edge whose training diverged sent chunks serverd dropped without an answer; a NaN or
+    infinite accuracy in an adoption report was kept and made serverd's status invalid
+    JSON. The edge's upload now refuses such metrics, naming them, before anything is
+    sent; a frame holding a NaN or Infinity literal (another client's JSON) is refused."""
+    with pytest.raises(ProtocolError, match=r"metrics\.loss: Input should be a finite number"):
+        Upload.of(
+            new_job_id(),
+            b"x" * 100,
+            model="digits",
+            round=3,
+            base_version=2,
+            num_samples=120,
+            metrics={"loss": float("nan")},
+            max_chunk_bytes=4096,
+        )
+    chunk = _upload(b"x" * 100).frames()[0]  # its loss is 0.3
+    with pytest.raises(ProtocolError, match=r"metrics\.loss: Input should be a finite number"):
+        decode(chunk.replace(b'"loss":0.3', b'"loss":NaN'))  # as long: the frame stays whole
+    report = AdoptionReport(
+        model="digits", version=2, adopted=True, holdout_accuracy=0.5, current_accuracy=123456.0
+    )
+    for old, new in ((b"0.5", b"NaN"), (b"123456.0", b"Infinity")):
+        with pytest.raises(ProtocolError, match="accuracy: Input should be a finite number"):
+            decode(encode(report).replace(old, new))
+    with pytest.raises(ValueError, match="finite"):
+        AdoptionReport(model="digits", version=2, adopted=True, holdout_accuracy=float("inf"))
 
 
 def test_chunk_index_beyond_count_is_refused() -> None:
@@ -208,11 +241,15 @@ def test_reassembly_charges_each_update_its_size_and_overhead() -> None:
     for device, upload in zip(("a", "b"), uploads, strict=False):
         assert assembler.add(device, _chunk(upload.frames()[0])) is None
     assert assembler.pending_bytes() == 2 * cost
-    with pytest.raises(ProtocolError, match="reassembly is full"):
-        assembler.add("c", _chunk(uploads[2].frames()[0]))
+    assert assembler.add("c", _chunk(uploads[2].frames()[0])) is None  # no room: c waits
+    assert assembler.waits("c", uploads[2].update_id) and assembler.waiting() == 1
+    assert assembler.pending_updates() == 2 and assembler.woken() == []
     for frame in uploads[0].frames()[1:]:
         assembler.add("a", _chunk(frame))
     assert assembler.pending_bytes() == cost and assembler.pending_updates() == 1
+    again = UpdateAck(update_id=uploads[2].update_id, state="unknown")  # send it all
+    assert assembler.woken() == [("c", again)]  # a's room given back
+    assert assembler.waiting() == 0 and assembler.woken() == []
     assembler.add("b", _chunk(uploads[2].frames()[0]))  # b's newer update replaces its first
     assert not assembler.holds("b", uploads[1].update_id)
     assert assembler.holds("b", uploads[2].update_id) and assembler.pending_bytes() == cost
@@ -220,6 +257,29 @@ def test_reassembly_charges_each_update_its_size_and_overhead() -> None:
         assembler.add("c", _chunk(_upload(b"q" * 3001).frames()[0]))
     assembler.clear()
     assert assembler.pending_bytes() == 0 and assembler.pending_updates() == 0
+
+
+def test_interleaved_updates_past_the_room_wait_and_are_asked_for_again() -> None:
+    """Two devices upload at once, chunk by chunk, and there is room for one: the second's
+    chunks are dropped and it waits (before, it was refused as malformed); once the first
+    is whole it is woken to send its update again, and its last chunk, which came after
+    the room did, asks for the chunks dropped before it: the update is whole once they
+    are in."""
+    a, b = _upload(b"a" * 5000, chunk=1024), _upload(b"b" * 5000, chunk=1024)
+    cost = 5000 + UPDATE_OVERHEAD_BYTES + 5 * CHUNK_OVERHEAD_BYTES
+    assembler = Reassembler(max_pending_bytes=cost * 3 // 2)
+    for first, second in zip(a.frames()[:-1], b.frames()[:-1], strict=True):
+        assert assembler.add("a", _chunk(first)) is None
+        assert assembler.add("b", _chunk(second)) is None
+    assert assembler.waits("b", b.update_id) and assembler.pending_updates() == 1
+    whole = assembler.add("a", _chunk(a.frames()[-1]))
+    assert whole is not None and whole.data == b"a" * 5000
+    assert assembler.woken() == [("b", UpdateAck(update_id=b.update_id, state="unknown"))]
+    assert assembler.add("b", _chunk(b.frames()[-1])) is None  # held: there is room
+    ack = assembler.next_ack("b", b.update_id)
+    assert ack is not None and (ack.state, ack.missing) == ("partial", [0, 1, 2, 3])
+    outcomes = [assembler.add("b", _chunk(frame)) for frame in b.on_ack(ack)]
+    assert outcomes[-1] is not None and outcomes[-1].data == b"b" * 5000
 
 
 def test_with_the_chunking_set_no_chunk_is_larger() -> None:

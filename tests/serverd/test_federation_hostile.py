@@ -1,7 +1,8 @@
 """serverd's federation against hostile updates, on a real broker: devices that speak the
 wire by hand send chunk counts that cannot be right, chunks from outside the open round,
 more than one update at a time, values that overflow the model's dtype and parameter
-headers that do not parse; serverd refuses each with its reason and keeps running."""
+headers that do not parse; serverd refuses each with its reason and keeps running. And
+honest updates more than its reassembly holds at once, which wait for room."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefed import federation_upload
-from edgefed.federation_upload import Upload
+from edgefed.federation_upload import (
+    CHUNK_OVERHEAD_BYTES,
+    MAX_PENDING_BYTES,
+    UPDATE_OVERHEAD_BYTES,
+    Upload,
+)
 from edgefed.federation_wire import (
     MAX_UPDATE_BYTES,
     MAX_VERSION_FRAME_BYTES,
+    AdoptionReport,
     FederationTopics,
     GlobalModel,
     ReceivedModel,
@@ -32,6 +39,7 @@ from edgefed.federation_wire import (
 from edgefed.images.federated import Base
 from edgefed.mqtt import MqttClient, MqttConfig
 from edgefed.testing.broker import Broker
+from edgefed.testing.wait import wait_until
 from edgefed.wire import new_job_id
 from serverd.federation.aggregate import AggregationSettings
 from serverd.federation.coordinator import Coordinator
@@ -85,13 +93,21 @@ class Device:
 class Server:
     """serverd's federation of one model (its service and coordinator) on a broker."""
 
-    def __init__(self, port: int, settings: RoundSettings) -> None:
+    def __init__(
+        self, port: int, settings: RoundSettings, max_pending_bytes: int = MAX_PENDING_BYTES
+    ) -> None:
         key = Ed25519PrivateKey.generate()
         self.client = MqttClient(MqttConfig(port=port, client_id="serverd"))
         imager = VersionImager(MODEL, Base.pixels(SIDE, SIDE, 255.0), ["no", "yes"], key)
         federation = Federation(MODEL, 1, init_head(SIDE * SIDE, 2), settings)
         self.coordinator = Coordinator(
-            self.client, TOPICS, federation, key, imager, max_chunk_bytes=CHUNK
+            self.client,
+            TOPICS,
+            federation,
+            key,
+            imager,
+            max_chunk_bytes=CHUNK,
+            max_pending_bytes=max_pending_bytes,
         )
         self.service = FederationService(self.client, TOPICS, [self.coordinator])
         self.service.start()
@@ -121,8 +137,10 @@ def site(broker: Broker) -> Iterator[tuple[Server, dict[str, Device]]]:
     _stop(server, devices)
 
 
-def _site(broker: Broker, settings: RoundSettings) -> tuple[Server, dict[str, Device]]:
-    server = Server(broker.port, settings)
+def _site(
+    broker: Broker, settings: RoundSettings, max_pending_bytes: int = MAX_PENDING_BYTES
+) -> tuple[Server, dict[str, Device]]:
+    server = Server(broker.port, settings, max_pending_bytes)
     devices = {name: Device(broker.port, name) for name in (*EDGES, "outsider")}
     server.coordinator.open_round(dict.fromkeys(EDGES, 50))
     return server, devices
@@ -279,23 +297,57 @@ def test_a_non_finite_aggregate_fails_the_round_and_the_model_stays(broker: Brok
         _stop(server, devices)
 
 
+def test_an_adoption_report_with_numbers_json_cannot_carry_is_a_bad_message(
+    site: tuple[Server, dict[str, Device]],
+) -> None:
+    """NaN and Infinity are no JSON numbers: a report holding them was kept, and serverd's
+    status (``/api/v1/status``, ``/api/v1/federation``) became invalid JSON. Such a
+    report is counted as a bad message and dropped; the device's next report is kept."""
+    server, devices = site
+    edge = devices["edge-a"]
+    report = AdoptionReport(
+        model=MODEL, version=2, adopted=False, holdout_accuracy=0.5, current_accuracy=123456.0
+    )
+    for old, new in ((b"0.5", b"NaN"), (b"123456.0", b"Infinity")):  # as long: a whole frame
+        edge.client.publish(TOPICS.adoption(edge.name), encode(report).replace(old, new))
+    edge.client.publish(TOPICS.adoption(edge.name), encode(report))
+    wait_until("the good report", lambda: edge.name in server.coordinator.adoptions)
+    assert server.service.counters.bad_messages == 2
+    status = json.loads(json.dumps(server.service.status(), allow_nan=False))
+    assert status["models"][MODEL]["adoptions"][edge.name]["holdout_accuracy"] == 0.5
+
+
 def _params_with(header: bytes, body: bytes = b"") -> bytes:
     return struct.pack(">I", len(header)) + header + body
+
+
+def _shape(shape: list[int]) -> bytes:
+    """Parameters of one float32 tensor of ``shape`` and no bytes."""
+    return _params_with(json.dumps([{"dtype": "float32", "shape": shape}]).encode())
 
 
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (_params_with(json.dumps([{"dtype": "float32", "shape": [65536] * 4}]).encode()), "past"),
+        (_shape([65536] * 4), "spans more than"),
+        (_shape([0, 2**26, 2**26, 2**26, 2**26]), "spans more than"),
+        (_shape([True, 1]), "invalid shape"),
         (_params_with(b"[" * 5000 + b"]" * 5000), "nested too deep"),
     ],
-    ids=["element-count-overflows-int64", "deeply-nested-header"],
+    ids=[
+        "element-count-overflows-int64",
+        "no-elements-but-past-numpys-sizes",
+        "a-bool-dimension",
+        "deeply-nested-header",
+    ],
 )
 def test_malformed_parameters_are_refused_with_the_reason(
     site: tuple[Server, dict[str, Device]], data: bytes, reason: str
 ) -> None:
     """Parameters whose header overflows numpy's sizes or Python's parser are refused and
-    recorded (before, the handler failed with a traceback and the device had no answer)."""
+    recorded (before, the handler failed with a traceback and the device had no answer:
+    a shape with a zero passed the byte count and numpy could not shape it; ``true`` passed
+    as the integer 1 and numpy refused it)."""
     server, devices = site
     edge = devices["edge-c"]
     edge.send(*edge.upload(data).frames())
@@ -303,3 +355,37 @@ def test_malformed_parameters_are_refused_with_the_reason(
     assert ack.state == "rejected" and ack.reason.startswith("malformed: ")
     assert reason in ack.reason
     assert server.rejected()["edge-c"] == ack.reason
+
+
+def test_an_update_there_is_no_room_for_waits_and_is_not_held_against_the_device(
+    broker: Broker,
+) -> None:
+    """Two participants upload at once and the reassembly holds one update: the second's
+    chunks are counted and dropped unread, with no answer, and once the first is whole the
+    second is told to send its update again (``unknown``), which is accepted. Before, it
+    was rejected as malformed ("reassembly is full") and that was its answer to the round:
+    serverd's own load counted as the device's fault."""
+    sizes = len(_honest()), math.ceil(len(_honest()) / CHUNK)
+    cost = sizes[0] + UPDATE_OVERHEAD_BYTES + sizes[1] * CHUNK_OVERHEAD_BYTES
+    settings = RoundSettings(min_clients=2, quorum=2, min_samples=1)
+    server, devices = _site(broker, settings, max_pending_bytes=cost * 3 // 2)
+    try:
+        first, second = devices["edge-a"], devices["edge-b"]
+        uploads = first.upload(_honest()), second.upload(_honest(0.02))
+        first.send(uploads[0].frames([0])[0])
+        wait_until("one held", lambda: server.coordinator.status()["reassembly"]["updates"] == 1)
+        second.send(*uploads[1].frames())
+        counters = server.coordinator.counters
+        wait_until("no room", lambda: counters.chunks_no_room == len(uploads[1].chunks))
+        assert server.coordinator.status()["reassembly"]["waiting"] == 1
+        first.send(*uploads[0].frames()[1:])
+        assert first.ack().state == "accepted"
+        again = second.ack()
+        assert (again.state, again.update_id) == ("unknown", uploads[1].update_id)
+        second.send(*uploads[1].on_ack(again))
+        assert second.ack().state == "accepted"
+        assert server.rejected() == {}
+        assert server.coordinator.status()["received"] == ["edge-a", "edge-b"]
+        assert second.acks.empty() and counters.updates_rejected == 0
+    finally:
+        _stop(server, devices)

@@ -19,6 +19,7 @@ from edged.federation.samples import SampleStore
 from edged.federation.service import EdgeFederation
 from edged.federation.versions import VersionImages
 from edgefed.clock import now_ms
+from edgefed.errors import FederationError
 from edgefed.federation_upload import Upload
 from edgefed.federation_wire import (
     AdoptionReport,
@@ -50,29 +51,41 @@ def _classes(model: str) -> list[str]:
 
 
 def _coordinator(
-    client: MqttClient, topics: FederationTopics, key: Ed25519PrivateKey, model: str
+    client: MqttClient,
+    topics: FederationTopics,
+    key: Ed25519PrivateKey,
+    model: str,
+    scratch: Path | None = None,
 ) -> Coordinator:
-    """serverd's coordinator of ``model``, as the fleet's rounds need it."""
+    """serverd's coordinator of ``model``, as the fleet's rounds need it (its versions'
+    images built under ``scratch``)."""
     settings = RoundSettings(min_clients=3, quorum=3, min_samples=10, timeout_ms=30_000)
     features, classes = SHAPES[model]
+    base = Base.pixels(features, 1, 255.0)
     return Coordinator(
         client,
         topics,
         Federation(model, 1, init_head(features, classes), settings),
         key,
-        VersionImager(model, Base.pixels(features, 1, 255.0), _classes(model), key),
+        VersionImager(model, base, _classes(model), key, scratch),
         TrainConfig(epochs=2, learning_rate=0.5),
         max_chunk_bytes=1024,
     )
 
 
 class Fleet:
-    def __init__(self, broker: Broker, root: Path, versions: VersionFiles | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        root: Path,
+        versions: VersionFiles | None = None,
+        scratch: Path | None = None,
+    ) -> None:
         self.key = Ed25519PrivateKey.generate()
         self.topics = FederationTopics()
         self.clients = [self._client(broker, "serverd")]
         self.coordinators = [
-            _coordinator(self.clients[0], self.topics, self.key, model) for model in SHAPES
+            _coordinator(self.clients[0], self.topics, self.key, model, scratch) for model in SHAPES
         ]
         self.service = FederationService(
             self.clients[0], self.topics, self.coordinators, versions=versions
@@ -128,6 +141,11 @@ class Fleet:
         """Every edge serves ``version`` of ``model`` (the service's timer ticks here)."""
         self.service.tick()
         return self.versions(model) == [version] * len(self.edges)
+
+    def closed(self, model: str, rounds: int) -> bool:
+        """serverd closed ``rounds`` rounds of ``model`` (the service's timer ticks here)."""
+        self.service.tick()
+        return len(self.service.history(model)) == rounds
 
     def stop(self) -> None:
         for edge in self.edges:
@@ -208,6 +226,56 @@ def test_a_new_version_the_disk_refuses_is_saved_once_it_has_room(
         assert running.service.status()["unsaved_versions"] == {}
         saved = VersionFiles(blocked).load("wide")
         assert saved is not None and saved[0] == 2
+    finally:
+        running.stop()
+
+
+def test_a_new_version_whose_image_cannot_be_built_is_saved_and_published_once_it_can(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round closes while the disk under both the saved versions and the directory its
+    image is built in is full (a file stands where each directory goes): the version is
+    kept as unsaved, the log says once that it cannot be published, no round opens on a
+    version no edge has, and once there is room it is saved and then published, and the
+    edges adopt it. Before, the failed build raised out of the tick: the version was
+    neither saved nor published, and rounds went on from a base no edge served."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    blocked = tmp_path / "versions"
+    blocked.write_text("not a directory")
+    running = Fleet(broker, tmp_path / "fleet", VersionFiles(blocked), scratch)
+    wide = running.coordinators[0]
+    try:
+        wait_until("offers", lambda: len(running.service.available("wide")) == 3)
+        wait_until("wide v1 everywhere", lambda: running.versions("wide") == [1, 1, 1])
+        scratch.rmdir()
+        scratch.write_text("the disk is full")
+        running.service.start_round("wide")
+        wait_until("the round closed", lambda: running.closed("wide", 1))
+        running.service.tick()
+        assert wide.federation.version == 2 and running.versions("wide") == [1, 1, 1]
+        assert running.service.status()["unsaved_versions"] == {"wide": 2}
+        assert wide.counters.publish_failures == 2 and wide.counters.versions_published == 1
+        assert running.service.counters.tick_failures == 0
+        errors = sorted(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+        assert len(errors) == 2, errors
+        assert "federation wide: publishing a version failed" in errors[0]
+        assert "saving a new global version failed" in errors[1]
+        with pytest.raises(FederationError, match="v2 of wide is not published yet"):
+            running.service.start_round("wide")
+
+        blocked.unlink()  # room on the disk of the versions: saved, still not published
+        running.service.tick()
+        assert running.service.status()["unsaved_versions"] == {}
+        saved = VersionFiles(blocked).load("wide")
+        assert saved is not None and saved[0] == 2
+        assert running.versions("wide") == [1, 1, 1]
+
+        scratch.unlink()  # and under the image's: published, adopted
+        scratch.mkdir()
+        wait_until("wide v2 everywhere", lambda: running.on("wide", 2))
+        assert wide.counters.versions_published == 2
+        assert running.service.status()["models"]["wide"]["counters"]["publish_failures"] == 3
     finally:
         running.stop()
 
