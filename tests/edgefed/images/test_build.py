@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from edgefed.errors import ImageError
 from edgefed.images.build import imagenet_labels
@@ -13,6 +15,8 @@ from edgefed.images.recipe import load_recipe
 from edgefed.images.verify import load_labels, verify_image
 
 from .conftest import MODEL_BYTES, Workspace, make_wheel, sha256
+
+REPO = Path(__file__).parents[3]
 
 
 def test_build_from_a_recipe_verifies(workspace: Workspace) -> None:
@@ -163,6 +167,53 @@ def test_failing_export_script_is_reported(workspace: Workspace) -> None:
     assert not (workspace.out / "tiny").exists()
 
 
+def doc_recipe() -> dict[str, Any]:
+    """The example recipe of docs/model-images.md ("Write a recipe")."""
+    text = (REPO / "docs" / "model-images.md").read_text(encoding="utf-8")
+    block = text.split("## Write a recipe", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    recipe: dict[str, Any] = yaml.safe_load(block)
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("decoder", "message"),
+    [
+        (
+            {"type": "yolo", "params": {"score_threshold": 0.25}},
+            r"tiny\.yaml: invalid recipe: decoder 'yolo': version: Field required$",
+        ),
+        (
+            {"type": "yolo", "params": {"version": 7}},
+            r"decoder 'yolo': version: Input should be 5 or 8$",
+        ),
+        (
+            {"type": "softmax_topk", "params": {"k": 0, "topk": 3}},
+            r"decoder 'softmax_topk': k: Input should be greater than or equal to 1; "
+            r"topk: Extra inputs are not permitted$",
+        ),
+        ({"type": "yolov8", "params": {}}, r"unknown decoder 'yolov8' \(known: .*yolo\)$"),
+    ],
+)
+def test_bad_decoder_fails_the_build_before_any_download(
+    workspace: Workspace, decoder: dict[str, object], message: str
+) -> None:
+    """What the runner would refuse when the device opens the image is refused here."""
+    recipe = workspace.write_recipe("tiny", input=doc_recipe()["input"], decoder=decoder)
+    with pytest.raises(ImageError, match=message):
+        workspace.builder().build(recipe)
+    assert not (workspace.out / "tiny").exists()
+    assert not list((workspace.cache / "wheels").glob("*.whl"))
+
+
+def test_the_documented_recipe_decoder_builds(workspace: Workspace) -> None:
+    doc = doc_recipe()
+    recipe = workspace.write_recipe(
+        "tiny", task=doc["task"], input=doc["input"], decoder=doc["decoder"]
+    )
+    manifest = verify_image(workspace.builder().build(recipe).path, [workspace.keys.public])
+    assert manifest.decoder.model_dump() == doc["decoder"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -217,7 +268,7 @@ def test_imagenet_labels_take_the_first_lemma_in_synset_order() -> None:
 
 
 def test_real_recipes_are_valid() -> None:
-    recipes = sorted((Path(__file__).parents[3] / "firmware-images" / "recipes").glob("*.yaml"))
+    recipes = sorted((REPO / "firmware-images" / "recipes").glob("*.yaml"))
     names = {load_recipe(p).name for p in recipes}
     assert {
         "pose_detector",
