@@ -97,9 +97,9 @@ class RuntimeConfig:
         self._known_models = known_models
         self._state_path = state_path
         self._lock = threading.Lock()
-        # one change at a time, from validation to the listeners (the twin, the API and
-        # DMI each apply from a thread of their own); re-entrant for a listener's own
-        self._applying = threading.RLock()
+        # one change at a time, from validation to the saved file (the twin, the API and
+        # DMI each apply from a thread of their own)
+        self._applying = threading.Lock()
         self._listeners: list[Callable[[RuntimeSettings], None]] = []
 
     def current(self) -> RuntimeSettings:
@@ -134,7 +134,9 @@ class RuntimeConfig:
     def apply(self, changes: Mapping[str, Any]) -> RuntimeSettings:
         """Validate and apply ``changes``; roll back every setting if one setter fails."""
         with self._applying:
-            return self._apply(changes)
+            new, changed = self._apply(changes)
+        self._announce(new, changed)
+        return new
 
     def model_added(self, name: str, enabled: bool) -> None:
         """Model ``name`` began to serve while running (a federated model's first
@@ -142,10 +144,13 @@ class RuntimeConfig:
         them, so the next start keeps it on) if ``enabled``."""
         with self._applying:
             current = self._settings.enabled_models
-            if enabled and name not in current:
-                self._apply({"enabled_models": [*current, name]})
+            if not enabled or name in current:
+                return
+            new, changed = self._apply({"enabled_models": [*current, name]})
+        self._announce(new, changed)
 
-    def _apply(self, changes: Mapping[str, Any]) -> RuntimeSettings:
+    def _apply(self, changes: Mapping[str, Any]) -> tuple[RuntimeSettings, list[str]]:
+        """The settings after ``changes``, in effect and saved; the names that changed."""
         old = self._settings
         new = self.validate(changes)
         changed = [k for k in RuntimeSettings.model_fields if getattr(new, k) != getattr(old, k)]
@@ -166,9 +171,15 @@ class RuntimeConfig:
         if changed:
             log.info("runtime settings changed: %s", {k: getattr(new, k) for k in changed})
             self._persist(new)
+        return new, changed
+
+    def _announce(self, new: RuntimeSettings, changed: list[str]) -> None:
+        """Tell the listeners (the twin's report, DMI) of a change, after it is applied and
+        outside the lock: a listener takes locks of its own, and their holders apply
+        changes (the twin applies a delta under its lock)."""
+        if changed:
             for listener in self._listeners:
                 listener(new)
-        return new
 
     def _persist(self, settings: RuntimeSettings) -> None:
         if self._state_path is None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ValidationError
 
@@ -56,6 +56,10 @@ def parse_query(model: type[Q], request: web.Request) -> Q:
 
 def _ok(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), content_type=JSON, status=status)
+
+
+PREVIEW_WRITE_TIMEOUT_S = 10.0
+"""A preview viewer that takes in no frame for this long is let go of."""
 
 
 class Routes:
@@ -121,7 +125,10 @@ class Routes:
         return _ok(ready, 200 if ready.ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        except (TypeError, ValueError):  # an Accept prometheus_client cannot read: the text
+            encode, content_type = generate_latest, CONTENT_TYPE_LATEST
         body = await asyncio.get_running_loop().run_in_executor(None, encode, self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -172,7 +179,7 @@ class Routes:
         except ConfigError as exc:
             raise reject(400, "invalid", str(exc)) from None
         try:
-            settings = runtime.apply(changes)
+            settings = await asyncio.to_thread(runtime.apply, changes)  # setters and fsync
         except ConfigError as exc:
             raise reject(409, "not_applied", str(exc)) from None
         return _ok(settings)
@@ -224,19 +231,36 @@ class Routes:
     async def preview_mjpg(self, request: web.Request) -> web.StreamResponse:
         q = parse_query(PreviewQuery, request)
         camera = self._camera(q)
+        renderer = self._renderer
+        if renderer.viewers >= renderer.max_viewers:
+            raise reject(
+                503,
+                "busy",
+                f"{renderer.viewers} preview streams are open, at most "
+                f"{renderer.max_viewers} (api.preview_max_viewers)",
+            )
         headers = {"Content-Type": mjpeg.CONTENT_TYPE, "Cache-Control": "no-store"}
         resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        with self._renderer.watching(), contextlib.suppress(ConnectionError):
-            await resp.write(mjpeg.OPENING)
-            last = -1
-            while not self.closing.is_set():
-                rendered = await self._renderer.frame(camera, q.mask)
-                if rendered is not None and rendered.seq != last:
-                    last = rendered.seq
-                    await resp.write(mjpeg.part(rendered.jpeg))
-                await self._pause(self._renderer.interval)
+        with renderer.watching(), contextlib.suppress(ConnectionError):
+            await resp.prepare(request)
+            try:
+                await self._send(resp, mjpeg.OPENING)
+                last = -1
+                while not self.closing.is_set():
+                    rendered = await renderer.frame(camera, q.mask)
+                    if rendered is not None and rendered.seq != last:
+                        last = rendered.seq
+                        await self._send(resp, mjpeg.part(rendered.jpeg))
+                    await self._pause(renderer.interval)
+            except TimeoutError:  # a viewer that stopped reading: its connection goes
+                if request.transport is not None:
+                    request.transport.abort()
         return resp
+
+    @staticmethod
+    async def _send(resp: web.StreamResponse, data: bytes) -> None:
+        """Write to a preview viewer, or TimeoutError if it takes in nothing for a while."""
+        await asyncio.wait_for(resp.write(data), PREVIEW_WRITE_TIMEOUT_S)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -7,6 +7,7 @@ edged does. ``start`` runs a TwinService on a real broker next to an EdgeCore st
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ class Daemon:
     gate: ThreeFrameGate = field(default_factory=lambda: ThreeFrameGate(MotionConfig()))
     applied: dict[str, Any] = field(default_factory=dict)
     fail_fps: float | None = None
+    # while set, the min_pixels setter says so on ``held`` and waits for ``hold`` to clear
+    # (a setter that takes a while: a camera reconfiguring)
+    hold: threading.Event = field(default_factory=threading.Event)
+    held: threading.Event = field(default_factory=threading.Event)
 
     def runtime(self) -> RuntimeConfig:
         initial = RuntimeSettings.model_validate(
@@ -72,6 +77,9 @@ class Daemon:
         self.gate.reconfigure(threshold=value)
 
     def _set_min_pixels(self, value: int) -> None:
+        if self.hold.is_set():
+            self.held.set()
+            wait_until(lambda: not self.hold.is_set())
         self.gate.reconfigure(min_pixels=value)
 
     def _set_fps(self, value: float | None) -> None:

@@ -8,6 +8,7 @@ KubeEdge's format, and be refused with a reason when invalid, the old value stay
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -216,3 +217,30 @@ def test_edgecore_errors_are_counted(setup: tuple[Running, Daemon]) -> None:
     running.edgecore.publish("update/result", json.dumps(error).encode())
     wait_until(lambda: running.twin.counters.edgecore_errors == 1)
     assert "404 not found: Device not found" in running.twin.status()["last_error"]
+
+
+def test_a_change_from_the_api_while_a_delta_arrives_leaves_both_standing(
+    setup: tuple[Running, Daemon],
+) -> None:
+    """The API's thread applies a change whose setter takes a while; a delta arrives
+    meanwhile and waits for it under the twin's lock, while the API's change, once
+    applied, is reported through the twin, which takes that lock. Both complete: both
+    values stand and EdgeCore sees both reported. (For a few hours of 2026-12-07 the
+    settings announced changes under their own lock: the two threads waited on each
+    other for good, the API's event loop and the MQTT thread with them.)"""
+    running, daemon = setup
+    ec = running.edgecore
+    wait_until(lambda: ec.actual("motion_min_pixels") == "5")
+    daemon.hold.set()
+    api = threading.Thread(target=running.runtime.apply, args=({"motion_min_pixels": 7},))
+    api.start()
+    assert daemon.held.wait(10)
+    ec.set_desired("motion_threshold", "40", "int")
+    wait_until(lambda: running.twin.counters.deltas == 1)  # in, waiting for the change
+    daemon.hold.clear()
+    api.join(10)
+    assert not api.is_alive()
+    wait_until(lambda: ec.actual("motion_threshold") == "40")
+    wait_until(lambda: ec.actual("motion_min_pixels") == "7")
+    current = running.runtime.current()
+    assert (current.motion_threshold, current.motion_min_pixels) == (40, 7)
