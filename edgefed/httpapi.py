@@ -147,5 +147,6 @@ def check_bearer(header: str | None, token: str | None) -> None:
         raise reject(401, "unauthorized", "send 'Authorization: Bearer <token>'", **_CHALLENGE)
     if token is None:
         raise reject(403, "forbidden", "no API token is configured")
-    if not hmac.compare_digest(value.strip().encode(), token.encode()):
+    # aiohttp gives a header's bytes that are not UTF-8 as surrogates: kept, never matching
+    if not hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode()):
         raise reject(403, "forbidden", "wrong token")

@@ -26,6 +26,13 @@ class ApiConfig(ListenConfig):
     preview_fps: float = Field(
         5.0, gt=0, le=30, description="Most preview frames rendered per second (all viewers share)"
     )
+    preview_max_viewers: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Preview streams open at once; one more is answered 503 (each holds a "
+        "connection and ~240 KB, and a page can open many)",
+    )
     preview_max_width: int = Field(
         960, ge=64, le=4096, description="Preview frames wider than this are scaled down"
     )

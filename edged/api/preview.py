@@ -62,8 +62,10 @@ class PreviewRenderer:
         fps: float,
         quality: int,
         max_width: int,
+        max_viewers: int,
     ) -> None:
         self.sink = sink
+        self.max_viewers = max_viewers
         self.interval = 1.0 / fps
         self._executor = executor
         self._quality = quality

@@ -48,6 +48,7 @@ class ApiServer:
             fps=config.preview_fps,
             quality=config.jpeg_quality,
             max_width=config.preview_max_width,
+            max_viewers=config.preview_max_viewers,
         )
         self.views = StatusViews(sources, self.renderer)
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)

@@ -35,10 +35,10 @@ DEVICE_PREFIX = "$hw/events/device/"
 MAX_PAYLOAD = 256 * 1024
 """Inbound twin payloads above this size are dropped as malformed."""
 
-KEY_RE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}$")
-VALUE_RE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}$")
+KEY_RE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}\Z")
+VALUE_RE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}\Z")
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-DEVICE_ID_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})?$")
+DEVICE_ID_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})?\Z")
 
 _M = TypeVar("_M", bound=BaseModel)
 

@@ -36,9 +36,9 @@ WIRE_TYPES: dict[str, str] = {
 }
 """DeviceModel type -> twin ``metadata.type`` (the names EdgeCore's ValidateValue knows)."""
 
-_INT = re.compile(r"^-?[0-9]+$")
+_INT = re.compile(r"^-?[0-9]+\Z")
 MAX_NUMBER_CHARS = 64  # a longer number is out of every range (and costly to parse)
-_FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+_FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
 
 
 class PropertySpec(BaseModel):

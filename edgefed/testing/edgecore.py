@@ -30,8 +30,8 @@ from edgefed.clock import now_ms
 from edgefed.testing import wait as support_wait
 from edgefed.testing.broker import Broker
 
-KEY = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}$")
-VALUE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}$")
+KEY = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,128}\Z")
+VALUE = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}\Z")
 MAX_DELTAS = 50  # far more than a converging exchange needs: past it we call it a loop
 
 

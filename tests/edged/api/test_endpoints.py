@@ -109,6 +109,7 @@ def test_config_get_shows_runtime_settings(daemon: Daemon) -> None:
         ({"Authorization": "Bearer "}, 401),
         ({"Authorization": "Bearer wrong-token-0123456789"}, 403),
         ({"Authorization": f"Bearer {TOKEN}x"}, 403),
+        ({"Authorization": "Bearer \xff\xfe-not-utf-8"}, 403),  # was a 500 and a traceback
     ],
 )
 def test_put_config_without_the_token_is_refused(

@@ -45,3 +45,11 @@ def test_json_types_that_match_are_accepted(body: dict[str, Any]) -> None:
 )
 def test_wrong_json_types_are_named(body: dict[str, Any], error: str) -> None:
     assert type_errors(SCHEMA, body) == [error]
+
+
+def test_a_body_of_many_wrong_items_gets_a_short_reason() -> None:
+    """A 1 MiB body of numbers where names go built a 23 MB reason on the event loop."""
+    errors = type_errors(SCHEMA, {"enabled_models": [0] * 500_000, "log_level": 10})
+    assert errors == [f"enabled_models.{i}: must be JSON string" for i in range(10)] + [
+        "more errors not listed"
+    ]

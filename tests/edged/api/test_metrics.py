@@ -124,6 +124,16 @@ def test_openmetrics_is_served_when_asked_for(daemon: Daemon) -> None:
     assert families["edged_frames_completed"] == "counter"
 
 
+def test_an_accept_header_prometheus_client_cannot_read_gets_the_text_format(
+    daemon: Daemon,
+) -> None:
+    """It was a 500 and a traceback in the log, asked by anyone, no token needed."""
+    accept = {"Accept": "application/openmetrics-text; version=bogus"}
+    answer = call(daemon.url + "/metrics", headers=accept)
+    assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    assert "edged_frames_completed_total" in answer.body.decode()
+
+
 def test_every_metric_is_documented() -> None:
     doc = (REPO / "docs" / "api.md").read_text()
     exposed = {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import aiohttp
 import cv2
@@ -186,7 +188,38 @@ def test_a_frame_that_cannot_be_drawn_is_skipped(daemon: Daemon) -> None:
     assert latest is not None
     sink = PreviewSink()
     with ThreadPoolExecutor(1, thread_name_prefix="test-render") as executor:
-        renderer = PreviewRenderer(sink, executor, fps=50, quality=70, max_width=960)
+        renderer = PreviewRenderer(sink, executor, fps=50, quality=70, max_width=960, max_viewers=8)
         first, second = asyncio.run(render_twice(renderer, sink, latest[1]))
     assert first is not None and second is first, "the last good frame stays on screen"
     assert renderer.renders == 1
+
+
+def stalled_viewer(url: str) -> socket.socket:
+    """A client that asks for the MJPEG stream and never reads a byte of it."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((parts.hostname or "", parts.port or 80))
+    sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return sock
+
+
+def test_streams_past_the_bound_are_refused_and_a_viewer_that_stops_reading_goes(
+    daemon: Daemon,
+) -> None:
+    """300 clients that asked for the stream and never read held 300 connections and
+    ~240 KB each, for good (a web page can open them with <img> tags, no token needed)."""
+    renderer = daemon.api.renderer
+    url = daemon.url + "/api/v1/preview.mjpg"
+    wait_until("no viewers", lambda: renderer.viewers == 0)
+    stalled = [stalled_viewer(url) for _ in range(renderer.max_viewers)]
+    try:
+        wait_until("the stalled viewers counted", lambda: renderer.viewers == len(stalled))
+        refused = call(url)
+        assert refused.status == 503 and refused.json()["error"] == "busy"
+        assert "api.preview_max_viewers" in refused.json()["reason"]
+        wait_until("the stalled viewers let go of", lambda: renderer.viewers == 0, 120)
+        assert asyncio.run(watch(url, 1)), "a viewer that reads is served again"
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -189,10 +189,10 @@ def test_key_and_value_limits() -> None:
     check_key("k" * 128)
     check_value("v" * 512)
     check_value("")
-    for bad_key in ("", "k" * 129, "with space", "uni\u00e9"):
+    for bad_key in ("", "k" * 129, "with space", "uni\u00e9", "key\n"):
         with pytest.raises(ProtocolError, match="twin key"):
             check_key(bad_key)
-    for bad_value in ("v" * 513, "a b", "x;y", '"quoted"'):
+    for bad_value in ("v" * 513, "a b", "x;y", '"quoted"', "40\n"):
         with pytest.raises(ProtocolError, match="twin value"):
             check_value(bad_value)
     with pytest.raises(ProtocolError):

@@ -86,6 +86,8 @@ def test_parse(name: str, wire: str, value: Any) -> None:
         ("motion_threshold", "4O", "not an integer"),
         ("motion_threshold", " 40", "not an integer"),
         ("motion_threshold", "1_0", "not an integer"),
+        ("motion_threshold", "40\n", "not an integer"),  # Python's $ took it; EdgeCore's not
+        ("target_fps", "2.5\n", "not a finite number"),
         ("target_fps", "nan", "not a finite number"),
         ("target_fps", "inf", "not a finite number"),
         ("target_fps", "1e999", "not a finite number"),
