@@ -5,6 +5,8 @@ device: ``<state_dir>/npu<N>`` holds ``ok`` or ``fault`` (optionally followed by
 e.g. ``fault thermal trip``). Operators and tests flip a device's health by writing that
 file. Models are ``.onnx`` files that run on ONNX Runtime's CPU provider underneath, with
 an optional simulated device latency; a faulted device refuses to load or run models.
+``run-fault [reason]`` is a device whose health says ok while its runs fail (a firmware
+bug in its execution path): it is listed healthy and loads models, and every run fails.
 Nothing here pretends to be real hardware: every id, message and resource says "fake".
 """
 
@@ -14,7 +16,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -27,6 +29,7 @@ from .onnx_runtime import OnnxRuntimeConfig, OnnxRuntimeDriver
 STATE_OK = "ok"
 STATE_FAULT = "fault"
 STATE_HANG = "hang"  # a wedged device: runs block until the state changes (watchdog tests)
+STATE_RUN_FAULT = "run-fault"  # listed healthy and loads models, but every run fails
 _DEVICE_FILE = re.compile(r"^npu(\d+)$")
 
 
@@ -47,27 +50,42 @@ class FakeNpuConfig(DriverConfig):
     state_dir: Path = Field(
         default=Path("var/fake-npu"),
         description="Directory simulating the vendor's sysfs: one file per device (npu0, "
-        "npu1, ...) holding 'ok' or 'fault [reason]'",
+        "npu1, ...) holding 'ok', 'fault [reason]', 'hang' or 'run-fault [reason]'",
     )
     latency_ms: float = Field(
         default=0.0, ge=0, le=10_000, description="Simulated device latency added to every run"
     )
 
 
-def read_state(path: Path) -> tuple[bool, str]:
-    """Health and detail of one device from its state file."""
-    try:
-        text = path.read_text(encoding="utf-8").strip()
+class DeviceState(NamedTuple):
+    """What one device's state file says."""
+
+    word: str  # ok, fault, hang, run-fault; "" for a file unreadable or holding anything else
+    detail: str  # why the device is not healthy, or why its runs fail
+
+    @property
+    def healthy(self) -> bool:
+        """As the device is listed: a run fault shows only when a model runs."""
+        return self.word in (STATE_OK, STATE_RUN_FAULT)
+
+
+def read_state(path: Path) -> DeviceState:
+    """One device's state, from its file."""
+    try:  # bytes that are not UTF-8 read as U+FFFD: an unknown state, like any other text
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError as exc:
-        return False, f"state file unreadable: {exc.strerror or exc}"
+        return DeviceState("", f"state file unreadable: {exc.strerror or exc}")
     word, _, reason = text.partition(" ")
-    if word.lower() == STATE_OK:
-        return True, ""
-    if word.lower() == STATE_FAULT:
-        return False, f"fault: {reason.strip()}" if reason.strip() else "fault"
-    if word.lower() == STATE_HANG:
-        return False, "hang: the device does not answer"
-    return False, f"unknown state {text[:40]!r} (expected 'ok', 'fault' or 'hang')"
+    word, reason = word.lower(), reason.strip()
+    if word == STATE_OK:
+        return DeviceState(word, "")
+    if word in (STATE_FAULT, STATE_RUN_FAULT):
+        name = word.replace("-", " ")
+        return DeviceState(word, f"{name}: {reason}" if reason else name)
+    if word == STATE_HANG:
+        return DeviceState(word, "hang: the device does not answer")
+    expected = "'ok', 'fault', 'hang' or 'run-fault'"
+    return DeviceState("", f"unknown state {text[:40]!r} (expected {expected})")
 
 
 def write_state(path: Path, state: str) -> None:
@@ -76,13 +94,6 @@ def write_state(path: Path, state: str) -> None:
     partial = path.with_name(f".{path.name}.new")
     partial.write_text(state + "\n", encoding="utf-8")
     os.replace(partial, path)
-
-
-def _hung(path: Path) -> bool:
-    try:
-        return path.read_text(encoding="utf-8").split(maxsplit=1)[:1] == [STATE_HANG]
-    except OSError:
-        return False
 
 
 class FakeNpuModel(LoadedModel):
@@ -97,11 +108,11 @@ class FakeNpuModel(LoadedModel):
         self.outputs = inner.outputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        while _hung(self._state_file):  # like a wedged card: the call never returns by itself
+        # like a wedged card, a hung one never returns by itself
+        while (state := read_state(self._state_file)).word == STATE_HANG:
             time.sleep(0.05)
-        healthy, detail = read_state(self._state_file)
-        if not healthy:
-            raise DriverError(f"fake-npu: device {self.device} cannot run: {detail}")
+        if state.word != STATE_OK:
+            raise DriverError(f"fake-npu: device {self.device} cannot run: {state.detail}")
         if self._latency_s:
             time.sleep(self._latency_s)
         return self._inner.run(feeds)
@@ -140,8 +151,9 @@ class FakeNpuDriver(Driver[FakeNpuConfig]):
         names.sort(key=lambda n: int(n[3:]))
         out = []
         for name in names:
-            healthy, detail = read_state(self.config.state_dir / name)
-            out.append(DeviceInfo(name, self.config.model_name, healthy, detail))
+            state = read_state(self.config.state_dir / name)
+            detail = "" if state.healthy else state.detail
+            out.append(DeviceInfo(name, self.config.model_name, state.healthy, detail))
         return out
 
     def _pick(self, device: str | None) -> DeviceInfo:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import grpc
 
-from edgefed.driver import DeviceInfo, Driver
+from edgefed.driver import DeviceInfo, Driver, one_line
 from edgefed.errors import DriverError
+from edgefed.outage import Outage
 from edgefed.sdnotify import Notifier
 
 from . import core
@@ -124,6 +125,7 @@ class DevicePlugin:
         self._registered_with: tuple[int, int] | None = None
         self._last_problem = ""
         self._status = ""
+        self._listing = Outage(log, f"{driver.type}: listing devices")
 
     def _problem(self, text: str) -> None:
         """Log a problem once until it changes, so a poll loop does not flood the log."""
@@ -134,10 +136,12 @@ class DevicePlugin:
     async def _devices(self) -> list[DeviceInfo]:
         known = [d for s in self.servers.values() for d in s.table.devices]
         try:
-            return await asyncio.to_thread(self.driver.devices)
-        except DriverError as exc:  # the driver cannot say: report what we knew as unhealthy
-            self._problem(f"{self.driver.type}: cannot list devices: {exc}")
-            return [DeviceInfo(d.id, d.model, False, str(exc)) for d in known]
+            devices = await asyncio.to_thread(self.driver.devices)
+        except Exception as exc:  # whatever it raised, the driver cannot say: what we knew
+            self._listing.failed(exc)  # is reported unhealthy, and the plugin keeps serving
+            return [DeviceInfo(d.id, d.model, False, one_line(exc)) for d in known]
+        self._listing.ok()
+        return devices
 
     async def _update_tables(self) -> None:
         grouping = core.group(await self._devices(), self.config)

@@ -4,9 +4,11 @@
 ``python -m drivers.sidecar.host``; tensors cross in shared memory (see ``protocol``). Each
 call has a deadline: a side-car that does not answer in time is killed (SIGKILL) like one
 that crashed, the call fails with a ``DriverError`` and the failure is counted. The next
-call starts a new side-car and loads its models again, unless ``max_restarts`` restarts
-already happened in the last ``restart_window_s`` seconds: then calls are refused (health
-not ok) until the window has room again, so a fallback chain moves the model elsewhere.
+call (``devices()`` too, as the device plugin and a fallback chain's prober make) starts a
+new side-car and loads its models again, unless ``max_restarts`` restarts already happened
+in the last ``restart_window_s`` seconds: then calls are refused (health not ok) until the
+window has room again, so a fallback chain moves the model elsewhere. While the side-car
+cannot answer, ``devices()`` lists the devices it knew as unhealthy, with the reason.
 
 Calls to one side-car are served one at a time (its host is single-threaded); run several
 side-cars for parallelism. In-process drivers have no such watchdog: a call stuck inside
@@ -244,12 +246,21 @@ class SidecarDriver(Driver[SidecarConfig]):
 
     # -- the driver contract --------------------------------------------------------------
 
+    def _ask_devices(self) -> tuple[list[DeviceInfo], str]:
+        """The hosted driver's devices and "" (lock held), from a side-car started again if
+        it is gone and may be; if it cannot answer, the devices it listed last, unhealthy,
+        and why."""
+        try:
+            answer = self._call({"op": "devices"}, self.config.call_timeout_ms / 1000)
+        except DriverError as exc:
+            why = str(exc)
+            return [DeviceInfo(d.id, d.model, False, why) for d in self._devices], why
+        self._devices = protocol.devices_from_json(answer["devices"])
+        return list(self._devices), ""
+
     def devices(self) -> list[DeviceInfo]:
         with self._lock:
-            if self.state == STATE_RUNNING:
-                answer = self._call({"op": "devices"}, self.config.call_timeout_ms / 1000)
-                self._devices = protocol.devices_from_json(answer["devices"])
-            return list(self._devices)
+            return self._ask_devices()[0]
 
     def load(self, model_file: Path, device: str | None = None) -> LoadedModel:
         path = model_file.resolve()
@@ -297,15 +308,11 @@ class SidecarDriver(Driver[SidecarConfig]):
             }
 
     def health(self) -> DriverHealth:
-        """Not ok while the restart budget is exhausted; restarts a dead side-car if it may."""
+        """Not ok while the side-car cannot answer (a restart fails, the restart budget is
+        exhausted); restarts a dead side-car if it may."""
         with self._lock:
-            if self._process is None and self.state != STATE_STOPPED:
-                try:
-                    self._ensure_running()
-                except DriverError as exc:
-                    return DriverHealth(False, str(exc), list(self._devices))
-            devices = list(self._devices)
-            detail = f"side-car {self.hosted}: {self.state}, pid {self._pid}"
+            devices, failure = self._ask_devices()
+            detail = failure or f"side-car {self.hosted}: {self.state}, pid {self._pid}"
         return DriverHealth(any(d.healthy for d in devices), detail, devices)
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 Nothing on the channel is pickled. A message is a 4-byte big-endian length and a JSON
 object of at most ``MAX_HEADER`` bytes. Tensors travel in a POSIX shared-memory segment
 that the sender owns; the header names the segment and gives each tensor's name, dtype,
-shape and byte offset, so the receiver maps them as numpy arrays without a copy.
+shape and byte offset, so the receiver maps them as numpy arrays without a copy. Numbers
+are in the machine's byte order (a dtype name does not say): the sender swaps others.
 Segments are created mode 0600 by the sending process and found only by their random
 name, which crosses the private socket pair between the two processes.
 """
@@ -109,7 +110,10 @@ class Arena:
         segment = self._reserve(max(offset, 1))
         described = []
         for name, array, start in layout:
-            view = np.ndarray(array.shape, array.dtype, buffer=segment.buf, offset=start)
+            # a dtype name says nothing of byte order: the reader maps native numbers, so a
+            # big-endian tensor ('>f4', also 'float32') is swapped while it is copied in
+            native = array.dtype.newbyteorder("=")
+            view = np.ndarray(array.shape, native, buffer=segment.buf, offset=start)
             view[...] = array
             described.append(
                 {

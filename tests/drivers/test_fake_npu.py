@@ -53,6 +53,8 @@ def test_health_follows_the_state_files(driver: FakeNpuDriver) -> None:
     flip(driver, "npu0", "banana")
     assert "unknown state 'banana'" in driver.devices()[0].detail
     assert not driver.health().ok
+    driver.state_file("npu0").write_bytes(b"\xff\xfe ok\n")  # not UTF-8: another unknown state
+    assert driver.devices()[0].detail.startswith("unknown state '\ufffd\ufffd ok'")
     flip(driver, "npu0", "ok")
     assert driver.health().ok
 
@@ -94,8 +96,25 @@ def test_a_device_that_faults_refuses_to_run_until_it_recovers(
     flip(driver, "npu1", "fault ecc error")
     with pytest.raises(DriverError, match="npu1 cannot run: fault: ecc error"):
         model.run(feeds)
+    driver.state_file("npu1").write_bytes(b"\x80k\n")
+    with pytest.raises(DriverError, match="npu1 cannot run: unknown state"):
+        model.run(feeds)
     flip(driver, "npu1", "ok")
     np.testing.assert_array_equal(model.run(feeds)["y"], np.full((1, 4), 2, dtype=np.float32))
+
+
+def test_a_run_fault_is_listed_healthy_and_loads_but_fails_every_run(
+    driver: FakeNpuDriver, model_file: Path
+) -> None:
+    flip(driver, "npu0", "run-fault firmware crash")
+    npu0, _ = driver.devices()
+    assert (npu0.healthy, npu0.detail) == (True, "")  # its health says ok
+    model = driver.load(model_file, "npu0")
+    feeds = {"x": np.ones((1, 4), dtype=np.float32)}
+    with pytest.raises(DriverError, match="npu0 cannot run: run fault: firmware crash"):
+        model.run(feeds)
+    flip(driver, "npu0", "ok")
+    np.testing.assert_array_equal(model.run(feeds)["y"], 2.0)
 
 
 def test_bad_model_files_are_driver_errors(driver: FakeNpuDriver, tmp_path: Path) -> None:

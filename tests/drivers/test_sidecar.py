@@ -92,6 +92,13 @@ def test_dynamic_shapes_and_several_models_share_one_side_car(make: Any, tmp_pat
     np.testing.assert_array_equal(double.run(ONES)["y"], 2.0)
 
 
+def test_tensors_of_any_byte_order_cross_with_their_values(make: Any, tmp_path: Path) -> None:
+    model = make({"type": "onnxruntime"}).load(doubling_onnx(tmp_path / "double.onnx"))
+    for dtype in (">f4", "<f4"):  # the header says float32 for both
+        x = np.arange(4, dtype=dtype).reshape(1, 4)
+        np.testing.assert_array_equal(model.run({"x": x})["y"], [[0, 2, 4, 6]])
+
+
 def test_kill_9_during_inference_fails_that_frame_then_the_side_car_restarts(
     make: Any, tmp_path: Path
 ) -> None:

@@ -1,23 +1,32 @@
-"""Fixtures: generated stubs, a kubelet stand-in, and the device plugin as a real process."""
+"""Fixtures: generated stubs, a kubelet stand-in, and the device plugin as a real process
+or, for a driver a test holds (to kill its side-car), in a thread of the test's process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivers.deviceplugin import gen, stubs
+from drivers.deviceplugin.config import DevicePluginConfig
+from drivers.deviceplugin.plugin import DevicePlugin
 from drivers.deviceplugin.stubs import Api
+from edgefed.driver import Driver
+from edgefed.sdnotify import Notifier
 from edgefed.testing.kubelet import KubeletStandIn
 from tests.support.paths import REPO
 
 STOP_WAIT_S = 15.0
+POLL_S = 0.1  # the plugin's poll interval in these tests
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +76,7 @@ def plugin_command(driver_config: Path, socket_dir: Path, *extra: str) -> list[s
         "--resource-domain",
         "edgefed.io",
         "--poll-interval",
-        "0.1",
+        str(POLL_S),
         *extra,
     ]
 
@@ -110,3 +119,52 @@ def plugin(
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+class PluginThread:
+    """``DevicePlugin.run`` serving ``driver`` on its own event loop in a thread."""
+
+    def __init__(self, driver: Driver[Any], api: Api, socket_dir: Path) -> None:
+        config = DevicePluginConfig(socket_dir=socket_dir, poll_interval_s=POLL_S)
+        self._plugin = DevicePlugin(driver, config, api, Notifier({}))
+        self._serving = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.error: BaseException | None = None  # what ended the plugin, if anything did
+        self._thread = threading.Thread(target=self._main, name="device-plugin")
+        self._thread.start()
+        self._serving.wait(STOP_WAIT_S)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # the test asserts there is none
+            self.error = exc
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._serving.set()
+        await self._plugin.run(self._stop)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self.running:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(STOP_WAIT_S)
+
+
+@pytest.fixture
+def serve(api: Api, socket_dir: Path) -> Iterator[Callable[[Driver[Any]], PluginThread]]:
+    """Start the device plugin on a driver in this process; stopped after the test."""
+    started: list[PluginThread] = []
+
+    def serve(driver: Driver[Any]) -> PluginThread:
+        started.append(PluginThread(driver, api, socket_dir))
+        return started[-1]
+
+    yield serve
+    for plugin in started:
+        plugin.stop()

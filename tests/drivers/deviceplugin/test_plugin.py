@@ -1,25 +1,37 @@
-"""The device plugin process against a kubelet stand-in serving the real Registration API."""
+"""The device plugin against a kubelet stand-in serving the real Registration API: as a
+process, or in a thread when the test holds its driver (a side-car to kill, a vendor driver
+that breaks the contract)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from drivers import registry
 from drivers.deviceplugin.stubs import Api
+from drivers.fake_npu import write_state
+from drivers.sidecar.driver import SidecarDriver
 from edgefed.testing.kubelet import WAIT_S, KubeletStandIn
+from edgefed.testing.wait import wait_until
+from tests.drivers.untranslated import untranslated_npu
 from tests.support.paths import REPO
 
-from .conftest import PluginProcess, plugin_command
+from .conftest import POLL_S, PluginProcess, PluginThread, plugin_command
 
 RESOURCE = "edgefed.io/npu-fake-x220"
 ENDPOINT = "edgefed.io_npu-fake-x220.sock"
 ALL_HEALTHY = {"npu0": "Healthy", "npu1": "Healthy"}
+ALL_UNHEALTHY = {"npu0": "Unhealthy", "npu1": "Unhealthy"}
 
 
 def plugin_stub(api: Api, socket_dir: Path, endpoint: str = ENDPOINT) -> Any:
@@ -59,9 +71,72 @@ def test_a_driver_that_cannot_list_reports_its_devices_unhealthy(
     kubelet.next_registration()
     assert kubelet.next_devices() == ALL_HEALTHY
     shutil.rmtree(plugin.state_dir)  # the vendor's sysfs is gone: devices() raises
-    assert kubelet.next_devices() == {"npu0": "Unhealthy", "npu1": "Unhealthy"}
-    assert "cannot list devices" in plugin.output()
+    assert kubelet.next_devices() == ALL_UNHEALTHY
+    assert "fake-npu: listing devices failed: fake-npu: cannot list" in plugin.output()
     assert plugin.proc.poll() is None  # contained: the plugin keeps serving
+
+
+def test_a_driver_raising_what_the_contract_does_not_allow_is_one_outage(
+    kubelet: KubeletStandIn,
+    serve: Callable[[Any], PluginThread],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin = serve(untranslated_npu(tmp_path / "npu", devices=2))
+    kubelet.next_registration()
+    assert kubelet.next_devices() == ALL_HEALTHY
+    shutil.rmtree(tmp_path / "npu")  # its devices() raises RuntimeError
+    assert kubelet.next_devices() == ALL_UNHEALTHY
+    time.sleep(10 * POLL_S)  # polls that fail the same way
+    back = tmp_path / "npu.new"
+    back.mkdir()
+    for device in ALL_HEALTHY:
+        write_state(back / device, "ok")
+    back.rename(tmp_path / "npu")
+    assert kubelet.next_devices() == ALL_HEALTHY
+    assert plugin.running
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged.getMessage().startswith(
+        "untranslated-npu: listing devices failed: NPU SDK: fake-npu: cannot list "
+    )
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[SidecarDriver]:
+    """The two-device fake NPU in a side-car that may restart often (state in tmp_path/npu)."""
+    hosted = {"type": "fake-npu", "devices": 2, "state_dir": str(tmp_path / "npu")}
+    config = {"type": "sidecar", "driver": hosted, "max_restarts": 100}
+    driver = registry.create(registry.parse_config(config))
+    assert isinstance(driver, SidecarDriver)
+    yield driver
+    driver.close()
+
+
+def test_a_side_car_that_cannot_come_back_is_unhealthy_until_it_can(
+    kubelet: KubeletStandIn,
+    serve: Callable[[Any], PluginThread],
+    sidecar: SidecarDriver,
+    tmp_path: Path,
+) -> None:
+    plugin = serve(sidecar)
+    kubelet.next_registration()
+    assert kubelet.next_devices() == ALL_HEALTHY
+    state_dir, away = tmp_path / "npu", tmp_path / "npu.away"
+    state_dir.rename(away)  # the hosted driver can no longer start (nor list its devices)
+    state_dir.write_text("not a directory\n", encoding="utf-8")
+    os.kill(sidecar.status()["pid"], signal.SIGKILL)
+    assert kubelet.devices_until(ALL_UNHEALTHY) == ALL_UNHEALTHY
+    # the polls start it again, in vain: its devices stay unhealthy, with the reason
+    wait_until("a failed restart", lambda: "start failed" in sidecar.status()["last_failure"])
+    assert kubelet.device_lists.empty()
+    assert all("cannot prepare state dir" in d.detail for d in sidecar.devices())
+    state_dir.unlink()
+    away.rename(state_dir)
+    assert kubelet.devices_until(ALL_HEALTHY) == ALL_HEALTHY  # a poll started it again
+    assert sidecar.status()["state"] == "running"
+    write_state(state_dir / "npu0", "fault ecc")  # seen through the new side-car
+    assert kubelet.next_devices() == {"npu0": "Unhealthy", "npu1": "Healthy"}
+    assert plugin.running
 
 
 def test_allocate_returns_env_devices_mounts_and_annotations(
