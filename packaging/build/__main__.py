@@ -61,6 +61,7 @@ def stage_debian(out: Path, version: str) -> Path:
     for package, units in UNITS.items():
         for unit in units:
             shutil.copy(PACKAGING / "systemd" / unit, tree / "debian" / f"{package}.{unit}")
+    shutil.copy(REPO / "README.md", tree / "README.md")  # debian/edgefed-*.docs
     (tree / "etc" / "edgefed").mkdir(parents=True)
     for name, src in CONFIGS.items():
         shutil.copy(src, tree / "etc" / "edgefed" / name)

@@ -4,7 +4,9 @@
 debootstrap (kept in ``artifacts/deb/chroot-base``, with python3, adduser and systemd for
 ``systemd-analyze``) is copied afresh; inside the copy, ``dpkg -i`` both packages, run
 ``edged --version``, ``edged check-config /etc/edgefed/edged.yaml``, ``serverd
-check-config /etc/edgefed/serverd.yaml`` and ``systemd-analyze verify`` on the installed
+check-config /etc/edgefed/serverd.yaml`` (once serverd's broker certificates are made as
+docs/security.md says: ``edged certs init`` and ``issue serverd``; deleted before the
+purge, as a site's own files would be) and ``systemd-analyze verify`` on the installed
 units (no output allowed), check the owners and modes postinst gives (``MODES``), then
 ``dpkg -P`` both and compare the file list with the one taken before the install. Left
 behind may only be the backups adduser makes of the account files (the ``edgefed`` system
@@ -40,6 +42,7 @@ ACCOUNT_BACKUPS = {"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "
 # that shipped it, as it should
 EMPTIED_DIRS = {"opt"}
 UNITS = ("edged.service", "edgefed-deviceplugin.service", "serverd.service")
+TLS = "/etc/edgefed/tls"  # the broker certificates of `edged certs` (docs/security.md)
 # what postinst sets up (docs/install.md): the services, user edgefed, read secrets in
 # keys/ and the configs; the state root is passable by the device plugin (root without
 # capabilities); each daemon's state is its own
@@ -52,6 +55,7 @@ MODES = {
     "var/lib/edgefed/edged": ("edgefed", "edgefed", 0o750),
     "var/lib/edgefed/serverd": ("edgefed", "edgefed", 0o750),
     "var/lib/edgefed/images": ("edgefed", "edgefed", 0o755),
+    "var/lib/edgefed/images/slots": ("edgefed", "edgefed", 0o755),
 }
 
 
@@ -122,6 +126,8 @@ def install_check(debs: list[Path], base: Path, work: Path, step: Callable[[str]
     _run([*chroot, "dpkg", "-i", *(f"/tmp/{d.name}" for d in debs)], "dpkg -i")
     version = _run([*chroot, "edged", "--version"], "edged --version").strip()
     _run([*chroot, "edged", "check-config", "/etc/edgefed/edged.yaml"], "edged check-config")
+    for certs in (["init", TLS], ["issue", TLS, "serverd"]):  # what serverd.yaml names
+        _run([*chroot, "edged", "certs", *certs], f"edged certs {certs[0]}")
     _run([*chroot, "serverd", "check-config", "/etc/edgefed/serverd.yaml"], "serverd check-config")
     units = [str(root / "lib" / "systemd" / "system" / u) for u in UNITS]
     said = _run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *units], "verify")
@@ -131,6 +137,8 @@ def install_check(debs: list[Path], base: Path, work: Path, step: Callable[[str]
     if wrong:
         raise CheckError("postinst left wrong modes:\n" + "\n".join(wrong))
     step(f"dpkg -i, {version}, check-config of both, systemd-analyze verify, modes: clean")
+    for made in (root / TLS.lstrip("/")).iterdir():
+        made.unlink()
     _run([*chroot, "dpkg", "-P", "edgefed-edge", "edgefed-server"], "dpkg -P")
     for deb in debs:
         (root / "tmp" / deb.name).unlink()

@@ -4,6 +4,8 @@
 (``stage_debian``), then runs the two debhelper steps that write the scripts: the
 ``override_dh_installsystemd`` target of ``debian/rules`` and ``dh_installdeb``, which puts
 the generated snippets in place of ``#DEBHELPER#`` (well under a second; no venv is built).
+``build`` builds the two .debs themselves from the same tree with ``dpkg-buildpackage``,
+the venvs left out (a few seconds).
 
 ``Sandbox`` runs a script with the file system paths it touches moved under a temporary
 root and the system tools it calls replaced by stand-ins that record each call:
@@ -61,6 +63,19 @@ def generate(out: Path) -> dict[str, Path]:
         proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return {package: tree / "debian" / package / "DEBIAN" for package in PACKAGES}
+
+
+def build(out: Path) -> dict[str, Path]:
+    """Each package's .deb, built as ``packaging/build deb`` builds it but for the venvs:
+    ``make-venv`` makes only their ``bin/`` (the real one installs ~400 MB of wheels)."""
+    assert shutil.which("dpkg-buildpackage"), "packaging/dev/setup.d/60-deb-tools.sh"
+    (out / "wheels").mkdir(parents=True, exist_ok=True)
+    tree: Path = _builder().stage_debian(out, "0.1.0")
+    (tree / "debian" / "make-venv").write_text('mkdir -p "$1/opt/edgefed/$2/bin"\n')
+    argv = ["dpkg-buildpackage", "-us", "-uc", "-b", "-d"]  # -d: no python3-venv needed
+    proc = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {package: out / f"{package}_0.1.0_amd64.deb" for package in PACKAGES}
 
 
 @dataclass

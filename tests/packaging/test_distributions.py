@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaging.brokerfiles import with_broker_files
 from tests.support.paths import REPO
 from tests.test_layers import FIRST_PARTY, imported_modules
 
@@ -133,14 +134,9 @@ def run_without(blocked: set[str], imports: tuple[str, ...], main: str, *args: s
     return proc.stdout
 
 
-def test_serverd_runs_without_the_camera_stack() -> None:
-    out = run_without(
-        FOREIGN["server"],
-        ("serverd.app",),
-        "serverd",
-        "check-config",
-        str(REPO / "serverd" / "example-config.yaml"),
-    )
+def test_serverd_runs_without_the_camera_stack(tmp_path: Path) -> None:
+    example = with_broker_files(REPO / "serverd" / "example-config.yaml", tmp_path)
+    out = run_without(FOREIGN["server"], ("serverd.app",), "serverd", "check-config", str(example))
     assert "triton:" in out
 
 

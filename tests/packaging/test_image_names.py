@@ -1,4 +1,5 @@
-"""Every container image the KubeEdge manifests name is one ``packaging/build oci`` builds.
+"""Every container image the manifests name (packaging/kubeedge, and the serverd replicas of
+packaging/kubernetes) is one ``packaging/build oci`` builds.
 
 The names come from the builder's own table (``IMAGES`` in packaging/build/oci.py) and the
 tag from pyproject's version, which is what the builder tags with: a renamed image or a new
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.support.builder import builder_module
 from tests.support.paths import REPO
 
 KUBEEDGE = REPO / "packaging" / "kubeedge"
+MANIFESTS = (KUBEEDGE, REPO / "packaging" / "kubernetes")  # each one kustomization
 THIRD_PARTY = {"eclipse-mosquitto"}  # the broker's image is upstream's, not ours
 
 
@@ -41,9 +44,9 @@ def containers(node: Any) -> Iterator[dict[str, Any]]:
             yield from containers(item)
 
 
-def manifest_images() -> list[str]:
+def manifest_images(directories: tuple[Path, ...] = MANIFESTS) -> list[str]:
     images = []
-    for path in sorted(KUBEEDGE.glob("*.yaml")):
+    for path in sorted(p for d in directories for p in d.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             images += [c["image"] for c in containers(doc)]
     return images
@@ -70,10 +73,15 @@ def test_the_builder_tags_with_the_project_version(oci: ModuleType) -> None:
     assert oci.image_ref("edgefed-edged", oci.version()) == f"edgefed-edged:{project_version()}"
 
 
-def test_kustomization_retags_only_built_images(oci: ModuleType) -> None:
-    kustomization = yaml.safe_load((KUBEEDGE / "kustomization.yaml").read_text())
+@pytest.mark.parametrize("directory", MANIFESTS, ids=lambda d: d.name)
+def test_kustomization_retags_only_built_images(oci: ModuleType, directory: Path) -> None:
+    """``kustomize edit set image`` (docs/kubeedge.md) finds an entry for each image its
+    manifests use, and only for those."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     entries = kustomization["images"]
-    assert sorted(e["name"] for e in entries) == sorted(oci.IMAGES)
+    used = {image.split(":")[0] for image in manifest_images((directory,))} - THIRD_PARTY
+    assert sorted(e["name"] for e in entries) == sorted(used)
+    assert used <= set(oci.IMAGES)
     assert {e["newTag"] for e in entries} == {project_version()}
 
 

@@ -8,6 +8,7 @@ an NPU request ``skt.com/aix_v1``, the resource the shipped device plugin advert
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ BROKER_CONFIGS = {("edgefed-mqtt-config", "mosquitto.conf"), ("edgefed-mqtt-conf
 unchecked (both are run on a real mosquitto by tests/packaging/test_mosquitto_bridge.py)."""
 NODE_TLS = "/etc/edgefed/tls/edged/"
 """Where the edge node keeps edged's broker certificate (a hostPath of the edged DaemonSet)."""
+CLOUDCORE_NAMESPACE = {"kubernetes.io/metadata.name": "kubeedge"}
+"""CloudCore's namespace: keadm's default."""
 NPU = "skt.com/aix_v1"
 """The NPU resource of the original project, which the manifests keep."""
 NPU_USERS = {("DaemonSet", "edged"), ("Deployment", "triton")}
@@ -174,12 +177,18 @@ def test_serverd_api_is_what_the_rules_probes_and_service_use() -> None:
         path = rule["spec"]["targetResource"]["resource"].split(":8080", 1)[1]
         assert path.rsplit("/", 1)[0] == "/api/v1/edge-events"
         assert path.rsplit("/", 1)[1] in EVENT_KINDS
-    # events come without a token, so only CloudCore's namespace may reach the port
+    # events come without a token, so only CloudCore may reach the port: its namespace's
+    # pods, and with hostNetwork (keadm's default) its node's address, which the site sets
+    # in place of a documentation address that admits nothing (docs/kubeedge.md, step 6)
     assert config.api.open_edge_events is True
     policy = the("NetworkPolicy", "serverd-api-from-cloudcore")["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "serverd"}
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
+    namespace, node = ingress["from"]
+    assert namespace == {"namespaceSelector": {"matchLabels": CLOUDCORE_NAMESPACE}}
+    placeholder = ipaddress.IPv4Network(node["ipBlock"]["cidr"])
+    assert placeholder.subnet_of(ipaddress.IPv4Network("192.0.2.0/24"))  # RFC 5737
 
 
 def test_the_device_plugin_advertises_the_shipped_npu_as_skt_aix_v1(tmp_path: Path) -> None:

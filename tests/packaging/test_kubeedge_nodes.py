@@ -259,3 +259,30 @@ def test_the_docs_per_node_patch_in_the_site_s_kustomization_applies(tmp_path: P
         if d and d["kind"] == "Device"
     }
     assert fps == {EXAMPLE: "10", "edge-node-2": "5"}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_docs_patch_admits_cloudcore_s_nodes_to_serverd_s_api(tmp_path: Path) -> None:
+    """docs/kubeedge.md, step 6: the addresses of CloudCore's nodes (hostNetwork) replace
+    the NetworkPolicy's placeholder; CloudCore's namespace stays admitted."""
+    docs = (REPO / "docs" / "kubeedge.md").read_text()
+    start = docs.index("```yaml\npatches:", docs.index("### 6. Apply"))
+    example = docs[start + len("```yaml\n") : docs.index("```", start + 3)]
+    out = tmp_path / "site"
+    assert run(f"--out={out}", "--broker=h:8883", EXAMPLE).returncode == 0
+    with (out / "kustomization.yaml").open("a") as site:
+        site.write(example)
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(out)], capture_output=True, text=True, timeout=60, check=True
+    )
+    (policy,) = [
+        d
+        for d in yaml.safe_load_all(built.stdout)
+        if d and d["metadata"]["name"] == "serverd-api-from-cloudcore"
+    ]
+    (ingress,) = policy["spec"]["ingress"]
+    peers = ingress["from"]
+    shipped = the("NetworkPolicy", "serverd-api-from-cloudcore")["spec"]["ingress"][0]["from"]
+    assert peers[0] == shipped[0]  # the namespace
+    assert [p["ipBlock"]["cidr"] for p in peers[1:]] == ["10.0.0.11/32", "10.0.0.12/32"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]

@@ -13,6 +13,7 @@ from drivers import registry
 from drivers.fake_npu import FakeNpuConfig
 from tests.packaging.maintscripts import PACKAGES, Sandbox, generate, units
 from tests.packaging.test_systemd_units import read_unit
+from tests.support.builder import builder_module
 from tests.support.paths import REPO
 
 UNITS = units()
@@ -76,14 +77,19 @@ def test_remove_stops_every_service_before_the_venv_and_state_go(
     assert sorted(invoked(sandbox)) == sorted(("stop", unit) for unit in UNITS[package])
 
 
+@pytest.mark.parametrize("first", PACKAGES)
 def test_purge_deletes_the_state_of_both_packages_and_tritons_venv(
-    scripts: dict[str, Path], sandbox: Sandbox
+    scripts: dict[str, Path], sandbox: Sandbox, first: str
 ) -> None:
+    """Either package purged first deletes its own state only: the shared directories,
+    ``keys/`` and ``tls/`` included, go with the last one."""
     for package in PACKAGES:
         sandbox.run(scripts[package] / "postinst", "configure")
     for made in ("edged", "serverd", "images/slots", "fake-npu", "venv-triton/bin"):
         sandbox.path(f"/var/lib/edgefed/{made}").mkdir(parents=True, exist_ok=True)
     assert set(sandbox.overrides()) == set(CONFFILE.values())
+    own = {"edgefed-edge": {"edged", "fake-npu"}, "edgefed-server": {"serverd", "venv-triton"}}
+    (last,) = set(PACKAGES) - {first}
 
     def purge(package: str) -> None:  # dpkg -P: prerm, the files go, postrm remove, purge
         sandbox.forget()
@@ -94,11 +100,13 @@ def test_purge_deletes_the_state_of_both_packages_and_tritons_venv(
         sandbox.run(scripts[package] / "postrm", "remove")
         sandbox.run(scripts[package] / "postrm", "purge")
 
-    purge("edgefed-edge")
+    purge(first)
     state = sandbox.path("/var/lib/edgefed")
-    assert sorted(p.name for p in state.iterdir()) == ["images", "serverd", "venv-triton"]
-    assert set(sandbox.overrides()) == {CONFFILE["edgefed-server"]}
-    purge("edgefed-server")
+    assert {p.name for p in state.iterdir()} == {"images"} | own[last]
+    assert set(sandbox.overrides()) == {CONFFILE[last]}
+    for shared in ("/etc/edgefed/keys", "/etc/edgefed/tls"):  # the last one's secrets
+        assert sandbox.path(shared).is_dir(), shared
+    purge(last)
     assert not state.exists()
     assert sandbox.overrides() == {}
     assert not sandbox.path("/etc/edgefed").exists()  # keys/ and tls/ were empty
@@ -193,3 +201,18 @@ def test_the_device_plugin_can_reach_and_write_the_fake_npus_state(
     assert str(state_dir) in made, f"nothing makes {state_dir}"
     assert may("root", *made[str(state_dir)], 2 | 1)
     assert may("edgefed", *made[str(state_dir)], 4 | 1)  # edged's fake-npu driver reads it
+
+
+def test_edged_may_make_the_slots_of_a_federated_version(
+    scripts: dict[str, Path], sandbox: Sandbox
+) -> None:
+    """edged (user edgefed, no capabilities) installs an adopted version as ``edged image
+    install`` does: it makes ``images/slots/<model>`` and its ``.lock``, and links
+    ``images/<model>`` (edgefed/images/install.py). The build's install check holds the
+    installed package to the same owners and modes (``debcheck.MODES``)."""
+    sandbox.run(scripts["edgefed-edge"] / "postinst", "configure")
+    made = sandbox.directories()
+    debcheck = builder_module("debcheck", "debcheck.py")
+    for path in ("/var/lib/edgefed/images", "/var/lib/edgefed/images/slots"):
+        assert may("edgefed", *made[path], 2 | 1), path
+        assert debcheck.MODES[path.lstrip("/")] == made[path]

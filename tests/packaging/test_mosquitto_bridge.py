@@ -210,6 +210,39 @@ def test_serverd_replicas_on_the_tls_listener_each_have_an_identity(tmp_path: Pa
                 replica.stop()
 
 
+def test_serverd_s_shipped_config_is_serverd_on_the_shipped_broker(sites: Sites) -> None:
+    """serverd/example-config.yaml (the .deb's /etc/edgefed/serverd.yaml) as it is, but
+    for the broker's address and the directory of the certificates: on the listener
+    of edgefed-server.conf, with the files ``edged certs`` writes for serverd, it reads
+    the devices' requests as serverd."""
+    raw = yaml.safe_load((REPO / "serverd" / "example-config.yaml").read_text())["mqtt"]
+    listener = re.search(r"^listener (\d+) ", (MOSQUITTO / "edgefed-server.conf").read_text(), re.M)
+    assert listener and raw["port"] == int(listener.group(1))
+    assert raw["max_packet_bytes"] == int(shipped()["max_packet_size"])
+    assert raw["tls"]["ca"] == shipped()["cafile"]
+    tls_dir = Path(shipped()["cafile"]).parent
+    made = {"ca": sites.tls.ca, "cert": sites.serverd.cert, "key": sites.serverd.key}
+    assert {k: Path(v) for k, v in raw["tls"].items()} == {
+        k: tls_dir / p.name for k, p in made.items()
+    }
+    config = MqttConfig.model_validate(
+        raw | {"host": sites.server.host, "port": sites.server.port, "tls": made}
+    )
+    topics = Topics()
+    requests: queue.Queue[bytes] = queue.Queue()
+    serverd = MqttClient(config)
+    serverd.subscribe(topics.requests_filter(), lambda t, p: requests.put(p))
+    serverd.start()
+    device = client(sites.server, "edged", sites.tls, certs.issue(sites.tls.ca.parent, DEVICE))
+    try:
+        assert serverd.wait_connected(10)
+        device.publish(topics.request(DEVICE), b"job").wait(5)
+        assert requests.get(timeout=5) == b"job"
+    finally:
+        device.stop()
+        serverd.stop()
+
+
 def test_offload_request_and_reply_cross_the_bridge(sites: Sites) -> None:
     topics = Topics()
     requests: queue.Queue[bytes] = queue.Queue()

@@ -2,7 +2,8 @@
 manifests (whose uid may not be the image's) and the configs baked into the images.
 
 Read from the Containerfile itself: each target's stages, the directories ``install -d``
-makes (owner, group, mode), USER, EXPOSE, HEALTHCHECK, ENTRYPOINT and CMD. No image is built.
+makes (owner, group, mode), USER, EXPOSE, HEALTHCHECK, ENTRYPOINT and CMD; and the plain
+``podman run`` of edged that docs/install.md gives. No image is built.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,12 +27,16 @@ from edgefed.ports import free_port
 from serverd.config import load_config as load_serverd
 from tests.packaging.test_kubeedge_manifests import DOCS, device_plugin_args, pod_spec
 from tests.support.builder import builder_module
+from tests.support.paths import REPO
 
 NPU = "skt.com/aix_v1"
 Directory = tuple[int, int, int]  # uid, gid, mode
 
 
 OCI = builder_module("oci", "oci.py")
+DEBCHECK = builder_module("debcheck", "debcheck.py")
+INSTALL_MD = REPO / "docs" / "install.md"
+DEVICE_GROUPS = {"/dev/video": "video", "/dev/accel/": "render", "/dev/dri/": "render"}
 
 
 def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
@@ -206,3 +212,40 @@ def test_the_serverd_images_default_command_starts_and_is_healthy(tmp_path: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def documented_run(image: str) -> list[str]:
+    """docs/install.md's ``podman run`` of ``image``, as its argv."""
+    text = re.sub(r"\\\n\s*", " ", INSTALL_MD.read_text(encoding="utf-8"))
+    (line,) = [
+        line
+        for line in text.splitlines()
+        if line.startswith("# podman run ") and f" localhost/{image}:" in line
+    ]
+    return shlex.split(line.removeprefix("# "))
+
+
+def values(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == option]
+
+
+def test_the_documented_podman_run_of_edged_gives_its_user_what_it_uses() -> None:
+    """The image's user (USER: uid and gid 10001, no other group) must read the config
+    and write the state it is given, and open the camera. The .deb's own paths (what
+    postinst makes, ``debcheck.MODES``) are the host edgefed's or root's: uid 10001 gets
+    only their "other" bits, and a chown to 10001 would take them from the .deb's edged."""
+    uid = int(instructions("edged", "USER")[-1].split(":")[0])
+    argv = documented_run("edgefed-edged")
+    assert not {"--user", "-u"} & set(argv)  # the image's USER
+    for volume in values(argv, "-v"):
+        source, _, target = volume.partition(":")
+        if source.lstrip("/") in DEBCHECK.MODES:
+            mode = DEBCHECK.MODES[source.lstrip("/")][2]
+            want = 0o4 if target.endswith(":ro") else 0o2
+            assert mode & want, f"uid {uid} cannot use the .deb's {source} (mode {mode:o})"
+    added = values(argv, "--group-add")
+    for device in values(argv, "--device"):
+        (group,) = [g for prefix, g in DEVICE_GROUPS.items() if device.startswith(prefix)]
+        assert f"$(getent group {group} | cut -d: -f3)" in added, device  # the host's gid
+    chowned = re.findall(rf"chown {uid}\S* (/\S+)", INSTALL_MD.read_text(encoding="utf-8"))
+    assert [path for path in chowned if path.lstrip("/") in DEBCHECK.MODES] == []

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.packaging.brokerfiles import with_broker_files
 from tests.support.paths import IMAGES_DIR, REPO, TRUST_DIR
 
 pytestmark = pytest.mark.slow
@@ -150,6 +151,8 @@ def test_commands_run_from_the_wheel(installed: Installed, tmp_path: Path) -> No
         str(site / "site-packages" / package / "example-config.yaml")
         for package in ("edged", "serverd")
     )
+    # its broker's certificates made as docs/security.md says, in tmp_path
+    serverd_example = str(with_broker_files(Path(serverd_example), tmp_path))
     edged_demo = str(REPO / "packaging/dev/demo-edged.yaml")
     serverd_demo = tmp_path / "serverd.yaml"  # the shape packaging/dev/demo.py writes
     serverd_demo.write_text(
