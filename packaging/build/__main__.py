@@ -78,7 +78,11 @@ def build_debs(out: Path, check: bool) -> list[Path]:
         raise BuildError(f"version {deb_version!r} is not a Debian version")
     progress = Progress(8 if check else 5)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        base = pool.submit(debcheck.base_chroot, out / "chroot-base") if check else None
+        base = (
+            pool.submit(debcheck.base_chroot, out / f"chroot-base-{debcheck.BASE_TAG}")
+            if check
+            else None
+        )
         wheel = build_wheel(out)
         progress.step(f"wheel {wheel.name}")
         count = download_dependencies(out)

@@ -1,8 +1,9 @@
 """Install the two .debs in a clean Debian chroot, use them, purge them, count what is left.
 
 ``python3 packaging/build deb --install-check``: a minimal bookworm made once with
-debootstrap (kept in ``artifacts/deb/chroot-base``, with python3, adduser and systemd for
-``systemd-analyze``) is copied afresh; inside the copy, ``dpkg -i`` both packages, run
+debootstrap (kept in ``artifacts/deb/chroot-base-<tag>``, with python3, the server's
+libraries, adduser and systemd for ``systemd-analyze``; the tag follows the package
+list) is copied afresh; inside the copy, ``dpkg -i`` both packages, run
 ``edged --version``, ``edged check-config /etc/edgefed/edged.yaml``, ``serverd
 check-config /etc/edgefed/serverd.yaml`` (once serverd's broker certificates are made as
 docs/security.md says: ``edged certs init`` and ``issue serverd``; deleted before the
@@ -16,6 +17,7 @@ chroot owns.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import stat
 import subprocess
@@ -24,7 +26,9 @@ from pathlib import Path
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-BASE_PACKAGES = "python3,python3.11,adduser,systemd"
+# the packages' dependencies that minbase lacks (dpkg -i installs none), and systemd
+BASE_PACKAGES = "python3,python3.11,python3-venv,libpython3.11,adduser,systemd"
+BASE_TAG = hashlib.sha256(BASE_PACKAGES.encode()).hexdigest()[:8]  # a new list, a new chroot
 # not files of the system under test: package manager caches and logs
 IGNORED = (
     "proc",
