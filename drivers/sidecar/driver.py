@@ -10,9 +10,17 @@ in the last ``restart_window_s`` seconds: then calls are refused (health not ok)
 window has room again, so a fallback chain moves the model elsewhere. While the side-car
 cannot answer, ``devices()`` lists the devices it knew as unhealthy, with the reason.
 
-Calls to one side-car are served one at a time (its host is single-threaded); run several
-side-cars for parallelism. In-process drivers have no such watchdog: a call stuck inside
-a native runtime cannot be interrupted from Python, only its process can be killed.
+A restart needs only the process, the hosted driver's start and its device listing; each
+model is loaded again on its own. One that does not load (its device is down) is lost:
+its runs fail with the reason, and it is loaded again by a run at most once per
+``restart_window_s / max_restarts`` (the pace the restart budget allows), so the models on
+the other devices keep running.
+
+Calls to one side-car are served one at a time (its host is single-threaded). edged
+configures each driver type once, so all its side-car models, on every device of the
+hosted driver, share one side-car and take turns: a hung device holds the others up to
+``call_timeout_ms``. In-process drivers have no such watchdog: a call stuck inside a
+native runtime cannot be interrupted from Python, only its process can be killed.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from drivers import registry
 from drivers.sidecar import protocol
 from edgefed.config import Seconds
 from edgefed.counters import Counters
-from edgefed.driver import DeviceInfo, Driver, DriverConfig, DriverHealth, LoadedModel
+from edgefed.driver import DeviceInfo, Driver, DriverConfig, DriverHealth, LoadedModel, one_line
 from edgefed.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,19 @@ class SidecarCounters(Counters):
     restarts: int = 0
     refused: int = 0  # calls refused while the restart budget was exhausted
     last_failure: str = ""
+
+
+@dataclass
+class _Model:
+    """A model the side-car holds, to load again in a new side-car."""
+
+    path: Path
+    device: str  # the device its first load resolved
+    lost: str = ""  # why its last load failed; "" while it is loaded
+    retry_at: float = 0.0  # monotonic time before which a lost model is not loaded again
+
+    def load_request(self, model_id: int) -> dict[str, Any]:
+        return {"op": "load", "id": model_id, "path": str(self.path), "device": self.device}
 
 
 class _Process:
@@ -169,7 +190,7 @@ class SidecarDriver(Driver[SidecarConfig]):
         self._closed = False
         self._process: _Process | None = None
         self._pid: int | None = None
-        self._models: dict[int, tuple[Path, str | None]] = {}
+        self._models: dict[int, _Model] = {}
         self._next_id = 1
         self._restart_times: deque[float] = deque()
         self._devices: list[DeviceInfo] = []
@@ -209,9 +230,7 @@ class SidecarDriver(Driver[SidecarConfig]):
             self._devices = protocol.devices_from_json(
                 process.call({"op": "devices"}, timeout)["devices"]
             )
-            for model_id, (path, device) in self._models.items():
-                request = {"op": "load", "id": model_id, "path": str(path), "device": device}
-                process.call(request, timeout)
+            self._load_again(process, timeout)
         except (DriverError, OSError) as exc:
             process.kill()
             self.state = STATE_RESTARTING
@@ -221,6 +240,39 @@ class SidecarDriver(Driver[SidecarConfig]):
         self.state = STATE_RUNNING
         log.info("side-car %s running as pid %d", self.hosted, self._pid)
         return process
+
+    def _lose(self, model_id: int, model: _Model, why: str) -> None:
+        """Mark a model lost (lock held): loaded again no sooner than the restart budget's
+        pace, ``restart_window_s / max_restarts``."""
+        pace_s = self.config.restart_window_s / max(self.config.max_restarts, 1)
+        model.lost, model.retry_at = why, time.monotonic() + pace_s
+        log.warning(
+            "side-car %s: model %d (%s on %s) lost: %s; loaded again in %g s at the earliest",
+            self.hosted,
+            model_id,
+            model.path.name,
+            model.device,
+            why,
+            pace_s,
+        )
+
+    def _load_again(self, process: _Process, timeout_s: float) -> None:
+        """Load the models into a new side-car, each on its own (lock held): one the hosted
+        driver refuses is lost, the others load. A lost one is tried only once it is due. A
+        load that hangs or ends the process raises, as the start failed."""
+        now = time.monotonic()
+        for model_id, model in self._models.items():
+            if model.lost and now < model.retry_at:
+                continue
+            try:
+                process.call(model.load_request(model_id), timeout_s)
+            except (protocol.ChannelClosed, OSError) as exc:  # it hung or died: start failed
+                self._lose(model_id, model, f"load failed: {one_line(exc)}")
+                raise
+            except DriverError as exc:
+                self._lose(model_id, model, one_line(exc))
+            else:
+                model.lost = ""
 
     def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """One request to a running side-car; a hang or crash kills it and raises."""
@@ -269,7 +321,7 @@ class SidecarDriver(Driver[SidecarConfig]):
             self._next_id += 1
             request = {"op": "load", "id": model_id, "path": str(path), "device": device}
             info = self._call(request, self.config.start_timeout_s)
-            self._models[model_id] = (path, str(info["device"]))
+            self._models[model_id] = _Model(path, str(info["device"]))
         return SidecarModel(self, model_id, info)
 
     def run(self, model_id: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -277,6 +329,7 @@ class SidecarDriver(Driver[SidecarConfig]):
             self.counters.calls += 1
             start = time.perf_counter()
             try:
+                self._found(model_id)
                 request = {"op": "run", "id": model_id, **self._arena.write(feeds)}
                 answer = self._call(request, self.config.call_timeout_ms / 1000)
                 outputs = self._reader.read(answer, copy=True)
@@ -287,23 +340,52 @@ class SidecarDriver(Driver[SidecarConfig]):
                 self.counters.failed_calls += 1
                 raise
 
+    def _found(self, model_id: int) -> None:
+        """Raise if the model was lost at a restart (lock held), after loading it again if
+        that is due."""
+        self._ensure_running()  # a restart loads the models again, lost ones that are due
+        model = self._models.get(model_id)
+        if model is None or not model.lost:
+            return
+        if time.monotonic() >= model.retry_at:
+            try:
+                self._call(model.load_request(model_id), self.config.start_timeout_s)
+            except DriverError as exc:
+                self._lose(model_id, model, one_line(exc))
+            else:
+                model.lost = ""
+                log.info("side-car %s: model %d loaded again", self.hosted, model_id)
+                return
+        raise DriverError(
+            f"side-car {self.hosted}: model {model.path.name} on {model.device} was lost at a"
+            f" restart: {model.lost}"
+        )
+
     def unload(self, model_id: int) -> None:
         with self._lock:
-            if self._models.pop(model_id, None) is not None and self._process is not None:
+            model = self._models.pop(model_id, None)
+            if model is not None and not model.lost and self._process is not None:
                 try:
                     self._call({"op": "unload", "id": model_id}, self.config.call_timeout_ms / 1000)
                 except DriverError as exc:
                     log.warning("side-car %s: unload failed: %s", self.hosted, exc)
 
     def status(self) -> dict[str, Any]:
-        """What the status API shows: state, pid, restarts and failure counters."""
+        """What the status API shows: state, pid, restarts, failure counters and the models
+        lost at a restart, with why."""
         with self._lock:
+            lost = [
+                {"model": m.path.name, "device": m.device, "reason": m.lost}
+                for m in self._models.values()
+                if m.lost
+            ]
             return {
                 "driver": self.hosted,
                 "state": self.state,
                 "pid": self._pid,
                 "restarts_in_window": len(self._restart_times),
                 "last_overhead_ms": round(self.last_overhead_ms, 3),
+                "lost_models": lost,
                 **self.counters.as_dict(),
             }
 

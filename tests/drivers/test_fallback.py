@@ -281,19 +281,46 @@ def test_a_side_car_that_died_is_started_by_the_probes_and_returned_to_once_heal
     write_state(tmp_path / "sc" / "npu0", "hang")
     with pytest.raises(DriverError, match="did not answer within 300 ms; killed"):
         model.run(ONES)
-    with pytest.raises(DriverError, match=r"start failed: .*npu0 is not healthy: hang"):
+    with pytest.raises(DriverError, match=r"lost at a restart: .*npu0 is not healthy: hang"):
         model.run(ONES)  # the restart cannot load the model on the wedged device
     assert model.device == "onnxruntime:cpu"
-    probes = model.counters.probes
-    wait_for(lambda: model.counters.probes > probes + 1)  # one probe, at least, done
+    os.kill(sidecar.status()["pid"], signal.SIGKILL)  # dead, with no frame to run there
+    wait_for(lambda: sidecar.status()["restarts"] == 2)  # a probe started it
     assert model.device == "onnxruntime:cpu"
-    status = sidecar.status()
-    assert (status["state"], status["restarts"]) == ("running", 2)  # a probe started it
+    assert sidecar.status()["state"] == "running"
     (npu0,) = sidecar.devices()  # and it says how the device is now, not how it was
     assert (npu0.healthy, npu0.detail) == (False, "hang: the device does not answer")
     write_state(tmp_path / "sc" / "npu0", "ok")
     wait_for(lambda: model.device == "sidecar:npu0")
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
+
+
+def test_a_chain_across_two_cards_of_one_side_car_moves_to_the_healthy_card(
+    tmp_path: Path, drivers: dict[str, Driver[Any]], chain_model: Any
+) -> None:
+    # edged configures the side-car once: both cards are behind the same one
+    sidecar = add_sidecar(
+        tmp_path, drivers, devices=2, call_timeout_ms=300, restart_window_s=WINDOW_S
+    )
+    model = chain_model(["sidecar:npu0", "sidecar:npu1"], fall_back_after=2)
+    other = sidecar.load(doubling_onnx(tmp_path / "other.onnx"), "npu1")  # another model
+    write_state(tmp_path / "sc" / "npu0", "hang")
+    with pytest.raises(DriverError, match="did not answer within 300 ms; killed"):
+        model.run(ONES)
+    with pytest.raises(DriverError, match=r"double\.onnx on npu0 was lost at a restart: .*hang"):
+        model.run(ONES)  # the restart loaded the other model; this one's card is wedged
+    assert model.device == "sidecar:npu1"
+    assert "sidecar:npu0 failed 2 runs in a row" in model.reason
+    for _ in range(5):
+        np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
+        np.testing.assert_array_equal(other.run(ONES)["y"], 2.0)
+    status = sidecar.status()
+    assert (status["state"], status["restarts"], status["hangs"]) == ("running", 1, 1)
+    assert status["lost_models"] == []  # the chain closed the lost model as it moved
+    write_state(tmp_path / "sc" / "npu0", "ok")
+    wait_for(lambda: model.device == "sidecar:npu0")
+    np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
+    assert sidecar.status()["restarts"] == 1
 
 
 def inside(thread: threading.Thread, function: Callable[..., Any]) -> bool:

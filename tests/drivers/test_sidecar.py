@@ -7,6 +7,7 @@ The fake NPU (drivers/fake_npu.py) stands in for a vendor device that can wedge:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from drivers import registry
 from drivers.fake_npu import write_state
 from drivers.sidecar.driver import SidecarDriver
 from edgefed.errors import ConfigError, DriverError
+from edgefed.testing.wait import wait_until
 from tests.drivers.model_files import (
     built_model_file,
     doubling_onnx,
@@ -64,8 +66,8 @@ def pid_of(driver: SidecarDriver) -> int:
     return pid
 
 
-def set_state(tmp_path: Path, state: str) -> None:
-    write_state(tmp_path / "npu" / "npu0", state)
+def set_state(tmp_path: Path, state: str, device: str = "npu0") -> None:
+    write_state(tmp_path / "npu" / device, state)
 
 
 @pytest.mark.parametrize("hosted", ["onnxruntime", "openvino"])
@@ -146,6 +148,49 @@ def test_a_hung_side_car_is_killed_at_the_deadline_and_restarted(make: Any, tmp_
     set_state(tmp_path, "ok")
     np.testing.assert_array_equal(model.run(ONES)["y"], 2.0)
     assert driver.status()["restarts"] == 1
+
+
+def test_a_model_whose_device_is_down_at_a_restart_is_lost_alone_and_loaded_again_later(
+    make: Any, tmp_path: Path
+) -> None:
+    # a lost model is loaded again at the restart budget's pace: every WINDOW_S / 1 s
+    driver = make(fake_npu(tmp_path, devices=2), max_restarts=1, restart_window_s=WINDOW_S)
+    on_npu0 = driver.load(doubling_onnx(tmp_path / "double.onnx"), "npu0")
+    on_npu1 = driver.load(doubling_onnx(tmp_path / "double.onnx"), "npu1")
+    first_pid = pid_of(driver)
+    set_state(tmp_path, "hang")  # npu0 wedged, then the side-car crashes
+    os.kill(first_pid, signal.SIGKILL)
+    with pytest.raises(DriverError, match="died during run"):
+        on_npu1.run(ONES)
+    np.testing.assert_array_equal(on_npu1.run(ONES)["y"], 2.0)  # restarted, loaded again
+    reason = "fake-npu: device npu0 is not healthy: hang: the device does not answer"
+    lost = re.escape(
+        f"side-car fake-npu: model double.onnx on npu0 was lost at a restart: {reason}"
+    )
+    for _ in range(3):  # npu0's model fails with why; npu1's runs; no restart per frame
+        with pytest.raises(DriverError, match=f"^{lost}$"):
+            on_npu0.run(ONES)
+        np.testing.assert_array_equal(on_npu1.run(ONES)["y"], 2.0)
+    status = driver.status()
+    assert (status["state"], status["restarts"], status["crashes"]) == ("running", 1, 1)
+    assert status["pid"] not in (first_pid, None)
+    assert status["lost_models"] == [{"model": "double.onnx", "device": "npu0", "reason": reason}]
+    set_state(tmp_path, "ok")
+    with pytest.raises(DriverError, match=lost):  # not loaded again on every frame
+        on_npu0.run(ONES)
+
+    def runs_again() -> bool:
+        try:
+            on_npu0.run(ONES)
+        except DriverError:
+            return False
+        return True
+
+    wait_until("npu0's model loaded again", runs_again, timeout=WINDOW_S + 5)
+    np.testing.assert_array_equal(on_npu0.run(ONES)["y"], 2.0)
+    np.testing.assert_array_equal(on_npu1.run(ONES)["y"], 2.0)
+    status = driver.status()
+    assert (status["restarts"], status["lost_models"]) == (1, [])
 
 
 def test_past_the_restart_budget_calls_are_refused_until_the_window_has_room(
