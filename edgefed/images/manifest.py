@@ -200,7 +200,9 @@ def manifest_from_yaml(raw: bytes, where: str) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "manifest"
+        # a key of the manifest's own (a file name) may hold a newline: quoted, one line
+        loc = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in err["loc"])
+        loc = loc or "manifest"
         raise ImageError(f"{where}: invalid manifest: {loc}: {err['msg']}") from exc
 
 

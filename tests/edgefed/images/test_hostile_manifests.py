@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgefed.errors import ImageError
@@ -101,6 +101,7 @@ def manifest_of(image: Path) -> dict[str, Any]:
     key=st.text(max_size=12),
     value=values,
 )
+@example(section="", key="files", value={"\n\n    ": None})  # was a two-line error
 def test_a_field_with_a_hostile_value(
     fresh: Callable[[], Iterator[Path]], keys: Keys, section: str, key: str, value: Any
 ) -> None:
