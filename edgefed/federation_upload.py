@@ -68,23 +68,22 @@ class Upload:
         chunks = split(data, max_chunk_bytes)
         digest = sha256_hex(data)
         try:
-            headers = [
-                UpdateChunk(
-                    update_id=update_id,
-                    model=model,
-                    round=round,
-                    base_version=base_version,
-                    num_samples=num_samples,
-                    metrics=metrics,
-                    index=i,
-                    count=len(chunks),
-                    total_bytes=len(data),
-                    sha256=digest,
-                )
-                for i in range(len(chunks))
-            ]
+            first = UpdateChunk(
+                update_id=update_id,
+                model=model,
+                round=round,
+                base_version=base_version,
+                num_samples=num_samples,
+                metrics=metrics,
+                index=0,
+                count=len(chunks),
+                total_bytes=len(data),
+                sha256=digest,
+            )
         except ValidationError as exc:
             raise ProtocolError(f"update cannot be sent: {summarise(exc)}") from exc
+        # the chunks differ only in their index, which is in range: checked once
+        headers = [first.model_copy(update={"index": i}) for i in range(len(chunks))]
         return cls(chunks, headers)
 
     @property

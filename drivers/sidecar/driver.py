@@ -101,7 +101,12 @@ class _Model:
     retry_at: float = 0.0  # monotonic time before which a lost model is not loaded again
 
     def load_request(self, model_id: int) -> dict[str, Any]:
-        return {"op": "load", "id": model_id, "path": str(self.path), "device": self.device}
+        return _load_request(model_id, self.path, self.device)
+
+
+def _load_request(model_id: int, path: Path, device: str | None) -> dict[str, Any]:
+    """The side-car's request to load ``path`` as ``model_id`` (None: any device)."""
+    return {"op": "load", "id": model_id, "path": str(path), "device": device}
 
 
 class _Process:
@@ -319,8 +324,7 @@ class SidecarDriver(Driver[SidecarConfig]):
         with self._lock:
             model_id = self._next_id
             self._next_id += 1
-            request = {"op": "load", "id": model_id, "path": str(path), "device": device}
-            info = self._call(request, self.config.start_timeout_s)
+            info = self._call(_load_request(model_id, path, device), self.config.start_timeout_s)
             self._models[model_id] = _Model(path, str(info["device"]))
         return SidecarModel(self, model_id, info)
 
